@@ -1,0 +1,78 @@
+# CytologIA kit -- every command a user types. `make` (or `make help`) lists them.
+# Each recipe is one line over `python -m ...`; settings are variables with defaults.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON_BASE ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+DATA ?= data/raw#          challenge data folder: train.csv, test.csv, images/
+DEMO ?= data/demo#         synthetic demo data folder
+K ?= 5#                    number of folds
+SEED ?= 42#                fold / generator seed
+MODEL ?= yolov8#           registry name (see `python -m train --list`)
+FOLD ?= 0#                 fold index, or `all`
+IMAGES ?= 400#             synthetic images for demo-data
+ENSEMBLE ?= configs/ensemble.yaml
+PYTEST_ARGS ?=
+
+# Optional settings, passed on only when set.
+opt = $(if $($(1)),$(2) $($(1)))
+FOLD_OPTS = $(call opt,BALANCE,--balance) $(if $(REPAIR),--repair) $(if $(FORCE),--force) $(call opt,RESIZE,--resize)
+TRAIN_ARGS = $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(IMGSZ),imgsz=$(IMGSZ)) $(if $(BATCH),batch=$(BATCH)) \
+	$(if $(DEVICE),device=$(DEVICE)) $(if $(WEIGHTS),weights=$(WEIGHTS)) $(if $(RESUME),--resume) $(if $(FORCE),--force) $(ARGS)
+
+.PHONY: help setup test test-all bench demo-data demo folds train infer submission score tune-ensemble validate clean
+
+help: ## list the targets
+	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  Variables: DATA=$(DATA) K=$(K) SEED=$(SEED) MODEL=$(MODEL) FOLD=$(FOLD) (see README)"
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
+	$(PY) -m pip install --no-cache-dir -q --upgrade pip
+	$(PY) -m pip install --no-cache-dir -r requirements.txt
+	touch $@
+
+setup: $(STAMP) ## create .venv and install the pinned requirements
+
+test: $(STAMP) ## run the fast test tier (what CI runs)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP) ## run every test, slow ones included (GPU tests skip without a GPU)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP) ## speed benchmarks on the real annotation files, printed side by side
+	$(PY) -m bench
+
+demo-data: $(STAMP) ## generate the synthetic smear data set in DEMO (data/demo)
+	$(PY) -m prepare.synth --out $(DEMO) --images $(IMAGES) --seed $(SEED)
+
+folds: $(STAMP) ## clean, group duplicates, make K stratified folds and the YOLO/COCO exports of DATA
+	$(PY) -m prepare.folds --data $(DATA) --k $(K) --seed $(SEED) $(FOLD_OPTS)
+
+train: $(STAMP) ## train MODEL on FOLD (EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS= RESUME=1 FORCE=1 ARGS="k=v")
+	$(PY) -m train --model $(MODEL) --fold $(FOLD) --data $(DATA) --k $(K) --seed $(SEED) $(TRAIN_ARGS)
+
+infer: $(STAMP) ## predict test and out-of-fold images with every member of ENSEMBLE (with TTA)
+	$(PY) -m infer --config $(ENSEMBLE) --data $(DATA)
+
+tune-ensemble: $(STAMP) ## search member weights and WBF settings on out-of-fold predictions
+	$(PY) -m infer.tune --config $(ENSEMBLE) --data $(DATA)
+
+submission: $(STAMP) ## infer + fuse + write + validate the submission CSV in submissions/
+	$(PY) -m infer --config $(ENSEMBLE) --data $(DATA) --submission
+
+validate: $(STAMP) ## validate SUB= against DATA's test.csv
+	$(PY) -m submit.validate --submission $(SUB) --test $(DATA)/test.csv --images $(DATA)/images
+
+score: $(STAMP) ## score SUB= against TRUTH=, or the out-of-fold predictions when neither is given
+	$(if $(SUB),$(PY) -m submit.score --truth $(TRUTH) --submission $(SUB),$(PY) -m submit.oof --data $(DATA) --k $(K) --seed $(SEED))
+
+demo: $(STAMP) ## the whole pipeline on synthetic data: data, folds, train, infer, submission, score
+	$(PY) -m infer.demo --data $(DEMO)
+
+clean: ## remove generated outputs (work/, submissions/); keeps .venv and data/
+	rm -rf work submissions

@@ -1,0 +1,61 @@
+"""Offline environment: the one place that keeps ultralytics, hubs and matplotlib local.
+
+Ultralytics reads its settings at import time and otherwise checks the network,
+downloads fonts and writes to ``~/.config``. ``apply()`` must therefore run
+before ``ultralytics`` is imported; every CLI ``main()`` and the test suite call
+it. It only sets variables that are not set already, so a user can still
+override any of them.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from cytokit import paths
+
+
+def _font_source() -> Path | None:
+    """A TrueType font shipped with matplotlib, copied in as ultralytics' Arial."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    return font if font.exists() else None
+
+
+def offline_variables(config_dir: Path) -> dict[str, str]:
+    """The environment variables that keep every library offline and project-local."""
+    return {
+        "YOLO_OFFLINE": "1",
+        "YOLO_AUTOINSTALL": "false",
+        "YOLO_VERBOSE": "false",
+        "YOLO_CONFIG_DIR": str(config_dir / "ultralytics"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(config_dir / "huggingface"),
+        "TORCH_HOME": str(config_dir / "torch"),
+        "MPLBACKEND": "Agg",
+        "MPLCONFIGDIR": str(config_dir / "matplotlib"),
+        "XDG_CACHE_HOME": str(config_dir / "cache"),
+        "XDG_CONFIG_HOME": str(config_dir / "xdg"),
+        "WANDB_MODE": "disabled",
+    }
+
+
+def apply(config_dir: Path | None = None) -> dict[str, str]:
+    """Set the offline variables (unless already set) and place the fonts. Idempotent."""
+    config_dir = Path(config_dir) if config_dir else paths.config_dir()
+    variables = offline_variables(config_dir)
+    for key, value in variables.items():
+        os.environ.setdefault(key, value)
+    yolo_dir = Path(os.environ["YOLO_CONFIG_DIR"])
+    yolo_dir.mkdir(parents=True, exist_ok=True)
+    Path(os.environ["MPLCONFIGDIR"]).mkdir(parents=True, exist_ok=True)
+    font = _font_source()
+    if font is not None:
+        for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+            target = yolo_dir / name
+            if not target.exists():
+                shutil.copyfile(font, target)
+    return {key: os.environ[key] for key in variables}

@@ -1,0 +1,70 @@
+"""Every path of the kit, anchored in one place.
+
+The repo root is found from this file; the work folder (all generated outputs)
+is ``<root>/work`` unless ``CYTOKIT_WORK`` says otherwise. Raw data is only
+ever read. Layout under the work folder::
+
+    work/cache/            image sizes, repaired copies, hashes (keyed by data folder)
+    work/folds/            folds_k{K}_s{SEED}.csv, its report, count table and plot
+    work/datasets/<key>/   generated exports (YOLO labels + per-fold lists, COCO json)
+    work/runs/<model>/fold<k>/     training runs (config, metrics, weights, plots)
+    work/preds/<model>/fold<k>/    predictions in the prediction contract
+    work/config/           ultralytics / matplotlib config dirs (offline set-up)
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+DEFAULT_DATA = ROOT / "data" / "raw"
+DEMO_DATA = ROOT / "data" / "demo"
+SUBMISSIONS = ROOT / "submissions"
+
+
+def work_dir() -> Path:
+    """The folder of all generated outputs (``$CYTOKIT_WORK`` or ``<root>/work``)."""
+    env = os.environ.get("CYTOKIT_WORK")
+    return Path(env).resolve() if env else ROOT / "work"
+
+
+def cache_dir() -> Path:
+    return work_dir() / "cache"
+
+
+def folds_dir() -> Path:
+    return work_dir() / "folds"
+
+
+def fold_file(k: int, seed: int) -> Path:
+    """The fold assignment artifact: columns ``NAME,fold,group``."""
+    return folds_dir() / f"folds_k{k}_s{seed}.csv"
+
+
+def datasets_dir() -> Path:
+    return work_dir() / "datasets"
+
+
+def run_dir(model: str, fold: int | str) -> Path:
+    return work_dir() / "runs" / model / f"fold{fold}"
+
+
+def preds_dir(model: str, fold: int | str) -> Path:
+    return work_dir() / "preds" / model / f"fold{fold}"
+
+
+def config_dir() -> Path:
+    """Project-local config folder (ultralytics settings, matplotlib cache)."""
+    return work_dir() / "config"
+
+
+def data_files(data: Path) -> dict[str, Path]:
+    """The challenge layout of a data folder: train.csv, test.csv, images/, test_labels.csv."""
+    data = Path(data)
+    return {
+        "train": data / "train.csv",
+        "test": data / "test.csv",
+        "images": data / "images",
+        "test_labels": data / "test_labels.csv",
+    }

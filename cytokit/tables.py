@@ -1,0 +1,188 @@
+"""Readers for the challenge's CSV files that report EVERY problem at once.
+
+Kinds of table (exact header, in this order):
+
+- ``train``      -- ``NAME,x1,y1,x2,y2,class``          (train.csv)
+- ``test``       -- ``trustii_id,NAME``                  (test.csv)
+- ``submission`` -- ``trustii_id,NAME,x1,y1,x2,y2,class`` (a submission, or test_labels.csv)
+
+``read(path, kind)`` returns a typed DataFrame (coordinates float64, trustii_id
+int64, NAME and class str) or raises ``DataError`` listing each problem with its
+file, line (the header is line 1) and column. Warnings (for example duplicate
+train rows) are logged and do not stop the read. Raw files are only read.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cytokit import classes
+from cytokit.io import DataError, Problem
+
+log = logging.getLogger(__name__)
+
+COORDS = ("x1", "y1", "x2", "y2")
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "train": ("NAME", *COORDS, "class"),
+    "test": ("trustii_id", "NAME"),
+    "submission": ("trustii_id", "NAME", *COORDS, "class"),
+}
+
+
+def _line(index: int) -> int:
+    """File line of the data row at position ``index`` (header = line 1)."""
+    return int(index) + 2
+
+
+def read_raw(path: Path) -> tuple[pd.DataFrame | None, list[Problem]]:
+    """Every cell as a string, or the problem that stops reading the file at all."""
+    path = Path(path)
+    f = str(path)
+    if not path.exists():
+        return None, [Problem(f, "file not found")]
+    if path.is_dir():
+        return None, [Problem(f, "is a folder, expected a CSV file")]
+    if path.stat().st_size == 0:
+        return None, [Problem(f, "file is empty (expected a CSV with a header line)")]
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8")
+    except UnicodeDecodeError:
+        return None, [Problem(f, "not a text CSV file (cannot be decoded as UTF-8)")]
+    except pd.errors.EmptyDataError:
+        return None, [Problem(f, "file is empty (expected a CSV with a header line)")]
+    except pd.errors.ParserError as exc:
+        return None, [Problem(f, f"not a valid CSV file: {str(exc).strip()}")]
+    return df, []
+
+
+def check_header(columns: list[str], kind: str, file: str) -> list[Problem]:
+    """Exact header check with a hint for near misses (``Class`` for ``class``)."""
+    expected = list(COLUMNS[kind])
+    if list(columns) == expected:
+        return []
+    problems = []
+    msg = f"header must be exactly {','.join(expected)}; found {','.join(map(str, columns))}"
+    problems.append(Problem(file, msg, line=1))
+    lower = {c.lower(): c for c in expected}
+    for col in columns:
+        if col not in expected and str(col).strip().lower() in lower:
+            want = lower[str(col).strip().lower()]
+            problems.append(Problem(file, f"column {col!r} should be spelled {want!r}", line=1, column=str(col)))
+    missing = [c for c in expected if c not in columns and c.lower() not in {str(x).strip().lower() for x in columns}]
+    for col in missing:
+        problems.append(Problem(file, "missing column", line=1, column=col))
+    return problems
+
+
+def _bad_rows(mask: pd.Series) -> np.ndarray:
+    return np.flatnonzero(mask.to_numpy())
+
+
+def check_rows(raw: pd.DataFrame, kind: str, file: str) -> tuple[pd.DataFrame, list[Problem]]:
+    """Type and content checks of every row (header already right). Returns typed table."""
+    problems: list[Problem] = []
+    out = pd.DataFrame(index=raw.index)
+    if raw.isna().any().any():  # rows with fewer fields than the header
+        for i in _bad_rows(raw.isna().any(axis=1)):
+            problems.append(Problem(file, "row has fewer fields than the header", line=_line(i)))
+        raw = raw.fillna("")
+
+    names = raw["NAME"].str.strip()
+    for i in _bad_rows(names == ""):
+        problems.append(Problem(file, "empty image name", line=_line(i), column="NAME"))
+    out["NAME"] = names
+
+    if "trustii_id" in raw:
+        ids = pd.to_numeric(raw["trustii_id"].str.strip(), errors="coerce")
+        bad = ids.isna() | (ids != ids.round())
+        for i in _bad_rows(bad):
+            problems.append(Problem(file, f"not an integer: {raw['trustii_id'].iat[i]!r}", line=_line(i), column="trustii_id"))
+        ids = ids.fillna(-1).astype(np.int64)
+        dup = ids.duplicated(keep="first") & ~bad
+        if dup.any():
+            first = {v: k for k, v in reversed(list(enumerate(ids.to_numpy())))}
+            for i in _bad_rows(dup):
+                problems.append(Problem(
+                    file, f"trustii_id {ids.iat[i]} repeated (first on line {_line(first[ids.iat[i]])})",
+                    line=_line(i), column="trustii_id"))
+        out.insert(0, "trustii_id", ids)
+
+    if "x1" in raw:
+        coord_ok = pd.Series(True, index=raw.index)
+        for col in COORDS:
+            vals = pd.to_numeric(raw[col].str.strip(), errors="coerce")
+            bad = ~np.isfinite(vals.to_numpy(dtype=np.float64, na_value=np.nan))
+            for i in np.flatnonzero(bad):
+                problems.append(Problem(file, f"not a finite number: {raw[col].iat[i]!r}", line=_line(i), column=col))
+            coord_ok &= ~bad
+            out[col] = vals.astype(np.float64)
+        for lo, hi in (("x1", "x2"), ("y1", "y2")):
+            bad = coord_ok & (out[hi] <= out[lo])
+            for i in _bad_rows(bad):
+                problems.append(Problem(
+                    file, f"{hi} ({out[hi].iat[i]:g}) must be greater than {lo} ({out[lo].iat[i]:g})",
+                    line=_line(i), column=hi))
+
+    if "class" in raw:
+        cls = raw["class"]
+        valid = cls.isin(classes.CLASSES)
+        for i in _bad_rows(~valid):
+            hint = classes.suggest(cls.iat[i])
+            extra = f"; did you mean {hint!r}?" if hint else f"; valid codes: {', '.join(classes.CLASSES)}"
+            problems.append(Problem(file, f"unknown class {cls.iat[i]!r}{extra}", line=_line(i), column="class"))
+        out["class"] = cls
+
+    dup_rows = raw.duplicated(keep="first")
+    if dup_rows.any():
+        level = "warning" if kind == "train" else "error"
+        key = raw.apply(tuple, axis=1) if dup_rows.sum() < 10_000 else None
+        first: dict = {}
+        if key is not None:
+            for i, k in enumerate(key):
+                first.setdefault(k, i)
+        for i in _bad_rows(dup_rows):
+            where = f" (same as line {_line(first[key.iat[i]])})" if key is not None else ""
+            problems.append(Problem(file, f"duplicate row{where}", line=_line(i), level=level))
+    return out.reset_index(drop=True), problems
+
+
+def read(path: Path, kind: str) -> pd.DataFrame:
+    """Read and validate a challenge CSV of ``kind``; raise ``DataError`` on any error."""
+    if kind not in COLUMNS:
+        raise ValueError(f"unknown table kind {kind!r}; valid kinds: {', '.join(COLUMNS)}")
+    table, problems = inspect(path, kind)
+    errors = [p for p in problems if p.level == "error"]
+    for p in problems:
+        if p.level == "warning":
+            log.warning("%s", p)
+    if errors or table is None:
+        raise DataError(problems)
+    return table
+
+
+def inspect(path: Path, kind: str) -> tuple[pd.DataFrame | None, list[Problem]]:
+    """Like ``read`` but returns ``(table or None, problems)`` instead of raising."""
+    raw, problems = read_raw(path)
+    if raw is None:
+        return None, problems
+    problems = check_header(list(raw.columns), kind, str(path))
+    if problems:
+        return None, problems
+    if raw.empty:
+        return None, [Problem(str(path), "no data rows after the header")]
+    return check_rows(raw, kind, str(path))
+
+
+def read_train(path: Path) -> pd.DataFrame:
+    return read(path, "train")
+
+
+def read_test(path: Path) -> pd.DataFrame:
+    return read(path, "test")
+
+
+def read_submission(path: Path) -> pd.DataFrame:
+    return read(path, "submission")

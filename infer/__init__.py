@@ -1,0 +1,1 @@
+"""infer step of the kit."""

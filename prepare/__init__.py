@@ -1,0 +1,1 @@
+"""prepare step of the kit."""

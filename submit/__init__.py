@@ -1,0 +1,1 @@
+"""submit step of the kit."""

@@ -1,0 +1,62 @@
+"""Test set-up: offline environment, a private work folder, the shared data paths."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cytokit import env, paths
+
+SHARED = paths.ROOT.parent / "shared"
+CYTOLOGIA = SHARED / "cytologia"
+BCCD = SHARED / "data" / "bccd"
+
+
+def pytest_configure(config):
+    # One private work folder for the whole run: nothing lands in the repo's work/
+    # or in ~/.config / ~/.cache.
+    if "CYTOKIT_WORK" not in os.environ:
+        import tempfile
+
+        os.environ["CYTOKIT_WORK"] = tempfile.mkdtemp(prefix="cytokit-test-work-")
+    env.apply()
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if not has_cuda:
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def real_train_csv() -> Path:
+    """The challenge's real train.csv, read in place; skip when ../shared is absent."""
+    path = CYTOLOGIA / "train.csv"
+    if not path.exists():
+        pytest.skip("../shared/cytologia/train.csv is not available")
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_test_csv() -> Path:
+    path = CYTOLOGIA / "test.csv"
+    if not path.exists():
+        pytest.skip("../shared/cytologia/test.csv is not available")
+    return path
+
+
+@pytest.fixture(scope="session")
+def bccd_dir() -> Path:
+    """The small real BCCD blood smear set, read in place; skip when absent."""
+    if not (BCCD / "BCCD" / "JPEGImages").exists():
+        pytest.skip("../shared/data/bccd is not available")
+    return BCCD

@@ -1,0 +1,1 @@
+"""train step of the kit."""
