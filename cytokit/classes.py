@@ -55,7 +55,7 @@ def suggest(code: object) -> str | None:
     """The valid code closest to a misspelled one (``'LH_LyAc'`` -> ``'LH_lyAct'``).
 
     Case-insensitive exact matches win; otherwise difflib's closest match with a
-    similarity of at least 0.5. ``None`` when nothing is close.
+    similarity of at least 0.6. ``None`` when nothing is close.
     """
     if not isinstance(code, str) or not code.strip():
         return None
@@ -63,5 +63,5 @@ def suggest(code: object) -> str | None:
     lowered = {c.lower(): c for c in CLASSES}
     if text.lower() in lowered:
         return lowered[text.lower()]
-    match = difflib.get_close_matches(text.lower(), list(lowered), n=1, cutoff=0.5)
+    match = difflib.get_close_matches(text.lower(), list(lowered), n=1, cutoff=0.6)
     return lowered[match[0]] if match else None
