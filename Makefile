@@ -24,7 +24,7 @@ FOLD_OPTS = $(call opt,BALANCE,--balance) $(if $(REPAIR),--repair) $(if $(FORCE)
 TRAIN_ARGS = $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(IMGSZ),imgsz=$(IMGSZ)) $(if $(BATCH),batch=$(BATCH)) \
 	$(if $(DEVICE),device=$(DEVICE)) $(if $(WEIGHTS),weights=$(WEIGHTS)) $(if $(RESUME),--resume) $(if $(FORCE),--force) $(ARGS)
 
-.PHONY: help setup test test-all bench demo-data demo folds train infer submission score tune-ensemble validate clean
+.PHONY: help setup test test-all bench demo-data demo folds masks train infer submission score tune-ensemble validate clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,6 +52,9 @@ demo-data: $(STAMP) ## generate the synthetic smear data set in DEMO (data/demo)
 
 folds: $(STAMP) ## clean, group duplicates, make K stratified folds and the YOLO/COCO exports of DATA
 	$(PY) -m prepare.folds --data $(DATA) --k $(K) --seed $(SEED) $(FOLD_OPTS)
+
+masks: $(STAMP) ## masks from boxes for the UNet (MedSAM when MEDSAM_CKPT=path, else a classical fallback)
+	$(PY) -m prepare.masks --data $(DATA) --k $(K) --seed $(SEED) $(call opt,MEDSAM_CKPT,--medsam-ckpt)
 
 train: $(STAMP) ## train MODEL on FOLD (EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS= RESUME=1 FORCE=1 ARGS="k=v")
 	$(PY) -m train --model $(MODEL) --fold $(FOLD) --data $(DATA) --k $(K) --seed $(SEED) $(TRAIN_ARGS)
