@@ -162,10 +162,20 @@ def validate(boxes: Any, what: str = "boxes") -> Any:
     return b
 
 
-def _pairwise(a: Any, b: Any) -> tuple[Any, Any, Any, Any]:
-    """Intersection, union, enclosing area and IoU of every (a_i, b_j) pair."""
-    a = _as_array(a).reshape(-1, 4)
-    b = _as_array(b).reshape(-1, 4)
+def _pairwise(a: Any, b: Any, signed: bool = False) -> tuple[Any, Any, Any, Any]:
+    """Intersection, union, enclosing area and IoU of every (a_i, b_j) pair.
+
+    ``a`` (..., N, 4) and ``b`` (..., M, 4) give (..., N, M); leading dimensions
+    broadcast (``a[:, None]`` with ``b[:, None]`` pairs box i with box i only); a
+    single box (4,) counts as (1, 4). ``signed``: areas and the enclosing area are
+    the raw products ``(x2 - x1) * (y2 - y1)``, negative for an inverted box, as
+    the challenge's scorer computes them; otherwise negative extents count as 0.
+    The intersection (hence the IoU) is the same either way.
+    """
+    a = _as_array(a)
+    b = _as_array(b)
+    a = a.reshape(1, 4) if a.ndim == 1 else a
+    b = b.reshape(1, 4) if b.ndim == 1 else b
     if _is_tensor(a):
         import torch
 
@@ -174,11 +184,14 @@ def _pairwise(a: Any, b: Any) -> tuple[Any, Any, Any, Any]:
     else:
         mx, mn, fl = np.maximum, np.minimum, lambda t: np.maximum(t, GIOU_EPS)
         clamp0 = lambda t: np.clip(t, 0, None)  # noqa: E731
-    ax1, ay1, ax2, ay2 = (a[:, i, None] for i in range(4))
-    bx1, by1, bx2, by2 = (b[None, :, i] for i in range(4))
+    ext = (lambda t: t) if signed else clamp0
+    ax1, ay1, ax2, ay2 = (a[..., :, None, i] for i in range(4))
+    bx1, by1, bx2, by2 = (b[..., None, :, i] for i in range(4))
     inter = clamp0(mn(ax2, bx2) - mx(ax1, bx1)) * clamp0(mn(ay2, by2) - mx(ay1, by1))
-    union = area(a)[:, None] + area(b)[None, :] - inter
-    enclose = clamp0(mx(ax2, bx2) - mn(ax1, bx1)) * clamp0(mx(ay2, by2) - mn(ay1, by1))
+    area_a = ext(ax2 - ax1) * ext(ay2 - ay1)
+    area_b = ext(bx2 - bx1) * ext(by2 - by1)
+    union = area_a + area_b - inter
+    enclose = ext(mx(ax2, bx2) - mn(ax1, bx1)) * ext(mx(ay2, by2) - mn(ay1, by1))
     iou = inter / fl(union)
     return inter, union, enclose, iou
 
@@ -188,13 +201,18 @@ def iou_matrix(a: Any, b: Any) -> Any:
     return _pairwise(a, b)[3]
 
 
-def giou_matrix(a: Any, b: Any) -> Any:
+def giou_matrix(a: Any, b: Any, signed: bool = False) -> Any:
     """Generalised IoU of every xyxy box in ``a`` (N) with every box in ``b`` (M): (N, M).
 
     ``GIoU = IoU - (C - U) / C`` with C the smallest enclosing box's area and U
     the union; both denominators are floored at ``GIOU_EPS`` (1e-7) as in the
-    challenge metric, so degenerate boxes give finite values in [-1, 1].
+    challenge metric, so degenerate (zero-size) boxes give finite values in
+    [-1, 1]. Leading dimensions broadcast: ``giou_matrix(a[:, None], b[:, None])``
+    is the (K, 1, 1) GIoU of K aligned pairs. ``signed=True`` reproduces the
+    challenge's scorer on inverted boxes too (x2 < x1 or y2 < y1: signed areas,
+    no clipping of the enclosing box; values may then leave [-1, 1]); valid
+    boxes give the same value either way.
     """
-    _, union, enclose, iou = _pairwise(a, b)
+    _, union, enclose, iou = _pairwise(a, b, signed=signed)
     floor = enclose.clamp(min=GIOU_EPS) if _is_tensor(enclose) else np.maximum(enclose, GIOU_EPS)
     return iou - (enclose - union) / floor
