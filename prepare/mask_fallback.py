@@ -12,9 +12,10 @@ the cell inside it (``box_mask``):
   background are pink) with Otsu's threshold inside the box.
 
 Both keep the largest connected component, fill its holes and stay inside the
-box. When the result covers less than ``min_fill`` of the box (a failed
-segmentation), the ellipse inscribed in the box is used instead, so every box
-gets a plausible cell mask.
+box. When the result covers less than ``min_fill`` of the box, or more than
+``MAX_FILL`` (the whole box: a threshold that found no edge), the segmentation
+failed and the ellipse inscribed in the box is used instead, so every box gets
+a plausible cell mask.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 METHODS = ("grabcut", "stain")
+MAX_FILL = 0.97  # a "cell" filling more of its box than this is a failed segmentation
 
 
 def _int_box(box, width: int, height: int) -> tuple[int, int, int, int] | None:
@@ -39,13 +41,12 @@ def _int_box(box, width: int, height: int) -> tuple[int, int, int, int] | None:
 
 
 def ellipse_mask(box, width: int, height: int) -> np.ndarray:
-    """The ellipse inscribed in an xyxy box, as an (H, W) bool mask (clipped to the image)."""
-    mask = np.zeros((height, width), dtype=np.uint8)
+    """The ellipse inscribed in an xyxy box (pixels whose centre lies inside), (H, W) bool."""
     x1, y1, x2, y2 = (float(v) for v in box)
-    centre = (int(round((x1 + x2) / 2 - 0.5)), int(round((y1 + y2) / 2 - 0.5)))
-    axes = (max(1, int(round((x2 - x1) / 2))), max(1, int(round((y2 - y1) / 2))))
-    cv2.ellipse(mask, centre, axes, 0, 0, 360, 1, thickness=-1)
-    return mask.astype(bool)
+    a, b = max((x2 - x1) / 2, 1e-6), max((y2 - y1) / 2, 1e-6)
+    xs = (np.arange(width) + 0.5 - (x1 + x2) / 2) / a
+    ys = (np.arange(height) + 0.5 - (y1 + y2) / 2) / b
+    return ys[:, None] ** 2 + xs[None, :] ** 2 <= 1.0
 
 
 def clean(mask: np.ndarray) -> np.ndarray:
@@ -133,8 +134,8 @@ def box_mask(
 def finish(mask: np.ndarray, box, min_fill: float = 0.15) -> np.ndarray:
     """A raw cell mask made plausible: inside its box, largest component, holes filled.
 
-    When what is left covers less than ``min_fill`` of the box, the inscribed
-    ellipse replaces it. Used for the classical masks and for MedSAM's.
+    When what is left covers less than ``min_fill`` or more than ``MAX_FILL``
+    of the box, the inscribed ellipse replaces it. Used for the classical masks and for MedSAM's.
     """
     height, width = mask.shape
     ib = _int_box(box, width, height)
@@ -143,7 +144,8 @@ def finish(mask: np.ndarray, box, min_fill: float = 0.15) -> np.ndarray:
     x1, y1, x2, y2 = ib
     out = np.zeros((height, width), dtype=bool)
     out[y1:y2, x1:x2] = clean(mask[y1:y2, x1:x2])
-    if out.sum() < min_fill * (x2 - x1) * (y2 - y1):
+    fill = out.sum() / ((x2 - x1) * (y2 - y1))
+    if fill < min_fill or fill > MAX_FILL:
         ellipse = ellipse_mask(box, width, height)
         out[:] = False
         out[y1:y2, x1:x2] = ellipse[y1:y2, x1:x2]
