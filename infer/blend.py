@@ -1,0 +1,210 @@
+"""Second stage: classify the fused boxes' crops and blend with the detectors' class probabilities.
+
+``apply_classifier(preds, images_dir, members, weight, ...)`` takes a fused
+prediction table (cytokit.predictions contract, with or without p_ columns) and
+returns the same rows with
+
+    p = weight * classifier + (1 - weight) * detector,     class = argmax(p)
+
+where ``classifier`` is the mean over crop members and flip views of the
+softmax of each box's crop (box + margin), and ``detector`` is the table's p_
+columns (a one-hot of ``class`` when it has none). For single-cell images
+(``n_cells[NAME] == 1``, i.e. one test.csv row) full-image members are mixed in
+first: ``classifier = (1 - full_weight) * crop + full_weight * full``. Scores
+and boxes are unchanged, so the submission's top-N choice is too.
+
+Pure pieces: ``blend_probs`` and ``tune_blend_weight`` (used by infer.tune on
+out-of-fold tables, see ``oof_classifier_probs``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cytokit import classes, images, predictions
+
+log = logging.getLogger(__name__)
+WEIGHT_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))  # 0, 0.05, ..., 1
+
+
+def det_probs(preds: pd.DataFrame) -> np.ndarray:
+    """The detector's ``(N, 23)`` class probabilities: the p_ columns, else a one-hot of ``class``."""
+    if predictions.has_probs(preds):
+        return preds[list(classes.PROB_COLUMNS)].to_numpy(dtype=np.float64)
+    ids = preds["class"].map(classes.CLASS_TO_ID)
+    if ids.isna().any():
+        raise ValueError(f"unknown class {preds['class'][ids.isna()].iloc[0]!r} in the prediction table")
+    return np.eye(classes.NUM_CLASSES)[ids.to_numpy(dtype=np.int64)]
+
+
+def blend_probs(det: np.ndarray, cls: np.ndarray, weight: float, full: np.ndarray | None = None,
+                full_weight: float = 0.0, single: np.ndarray | None = None) -> np.ndarray:
+    """``weight * c + (1 - weight) * det`` with ``c = cls``, except on rows where ``single`` is
+    True and ``full`` is given: ``c = (1 - full_weight) * cls + full_weight * full``. Pure."""
+    det, cls = np.asarray(det, dtype=np.float64), np.asarray(cls, dtype=np.float64)
+    if det.shape != cls.shape or det.ndim != 2:
+        raise ValueError(f"det and cls must be (N, C) of one shape, got {det.shape} and {cls.shape}")
+    if not 0.0 <= weight <= 1.0 or not 0.0 <= full_weight <= 1.0:
+        raise ValueError(f"weight ({weight}) and full_weight ({full_weight}) must lie in [0, 1]")
+    if not (np.isfinite(det).all() and np.isfinite(cls).all()):
+        raise ValueError("det and cls probabilities must be finite")
+    c = cls
+    if full is not None:
+        full = np.asarray(full, dtype=np.float64)
+        mask = np.ones(len(cls), bool) if single is None else np.asarray(single, bool)
+        if full.shape != cls.shape or mask.shape != (len(cls),):
+            raise ValueError(f"full {full.shape} / single {mask.shape} do not fit cls {cls.shape}")
+        c = cls.copy()
+        c[mask] = (1 - full_weight) * cls[mask] + full_weight * full[mask]
+    return weight * c + (1 - weight) * det
+
+
+def _codes(y: Sequence) -> np.ndarray:
+    y = np.asarray(y)
+    return np.asarray(classes.CLASSES, dtype=object)[y] if y.dtype.kind in "iu" else y.astype(object)
+
+
+def tune_blend_weight(det_probs: np.ndarray, cls_probs: np.ndarray, y_true: Sequence,
+                      grid: Sequence[float] = WEIGHT_GRID) -> tuple[float, pd.DataFrame]:
+    """The blend weight maximising macro-F1 of ``argmax(blend)`` against ``y_true`` (codes or ids).
+
+    Returns ``(best_weight, table)``; the table has one row per grid weight with
+    ``macro_f1`` (scikit-learn's, over the union of true and predicted labels, as
+    the metric) and ``accuracy``. Ties go to the smallest weight.
+    """
+    from sklearn.metrics import f1_score
+
+    truth = _codes(y_true)
+    if len(truth) != len(det_probs):
+        raise ValueError(f"y_true has {len(truth)} rows, probabilities {len(det_probs)}")
+    rows = []
+    for w in grid:
+        pred = np.asarray(classes.CLASSES, dtype=object)[blend_probs(det_probs, cls_probs, float(w)).argmax(1)]
+        rows.append({"weight": float(w), "macro_f1": f1_score(truth, pred, average="macro", zero_division=0),
+                     "accuracy": float((pred == truth).mean()) if len(truth) else float("nan")})
+    table = pd.DataFrame(rows)
+    return float(table.loc[table["macro_f1"].idxmax(), "weight"]), table
+
+
+@dataclasses.dataclass
+class ClassifierProbs:
+    """Per-row classifier output for a prediction table (row order kept)."""
+
+    crop: np.ndarray  # (N, 23); NaN rows: not classified (no crop member, or beyond the top-n)
+    full: np.ndarray | None  # (N, 23) full-image probabilities on single-cell rows, NaN elsewhere
+    single: np.ndarray  # (N,) bool: the row's image holds one cell
+
+
+def load_members(members: Sequence[tuple[Path, Any]], device: str = "cpu") -> list:
+    """``ClassifierPredictor`` of each (weights, config) member (config: None, a dict or a YAML path)."""
+    from train.cls import ClassifierAdapter
+
+    return [ClassifierAdapter().load(Path(w), c, device) for w, c in members]
+
+
+def _selected(preds: pd.DataFrame, n_cells: Mapping[str, int] | None) -> np.ndarray:
+    """Rows to classify: each image's top-n by score (all rows without ``n_cells``)."""
+    if n_cells is None:
+        return np.ones(len(preds), bool)
+    order = preds.reset_index(drop=True).sort_values("score", ascending=False, kind="stable")
+    rank = order.groupby("NAME").cumcount().sort_index().to_numpy()
+    return rank < preds["NAME"].map(n_cells).fillna(0).to_numpy()
+
+
+def classifier_probs(preds: pd.DataFrame, images_dir: Path, predictors: Sequence, tta: bool = True,
+                     n_cells: Mapping[str, int] | None = None, chunk: int = 64) -> ClassifierProbs:
+    """Classify the rows' crops (crop members) and single-cell images (full members)."""
+    from tqdm import tqdm
+
+    n = len(preds)
+    crop_members = [p for p in predictors if p.cfg.mode == "crop"]
+    full_members = [p for p in predictors if p.cfg.mode == "full"]
+    if full_members and n_cells is None:
+        log.warning("full-image classifiers ignored: n_cells (test.csv rows per image) not given")
+        full_members = []
+    single = preds["NAME"].map(n_cells).eq(1).to_numpy() if n_cells is not None else np.zeros(n, bool)
+    todo = _selected(preds, n_cells)
+    crop = np.full((n, classes.NUM_CLASSES), np.nan)
+    full = np.full((n, classes.NUM_CLASSES), np.nan) if full_members else None
+    xyxy = preds[["x1", "y1", "x2", "y2"]].to_numpy(dtype=np.float64)
+    groups = preds.groupby("NAME", sort=False).indices if n else {}
+    names = [nm for nm, rows in groups.items() if todo[rows].any() and (crop_members or single[rows[0]])]
+    for start in tqdm(range(0, len(names), chunk), desc="classify crops", leave=False, disable=None):
+        batch = names[start:start + chunk]
+        imgs = [images.load_rgb(Path(images_dir) / nm) for nm in batch]
+        rows = [groups[nm][todo[groups[nm]]] for nm in batch]
+        if crop_members:
+            p = [m.classify_boxes(imgs, [xyxy[r] for r in rows], tta) for m in crop_members]
+            for i, r in enumerate(rows):
+                crop[r] = np.mean([pm[i] for pm in p], axis=0)
+        sel = [i for i, r in enumerate(rows) if single[r[0]]] if full_members else []
+        if sel:
+            p = np.mean([m.classify_images([imgs[i] for i in sel], tta) for m in full_members], axis=0)
+            for j, i in enumerate(sel):
+                full[rows[i]] = p[j]
+    return ClassifierProbs(crop, full, single)
+
+
+def blend_table(preds: pd.DataFrame, probs: ClassifierProbs, weight: float,
+                full_weight: float = 0.5) -> pd.DataFrame:
+    """``preds`` with p_ columns = the blend and ``class`` = its argmax (rows without a
+    classifier probability keep the detector's)."""
+    det = det_probs(preds)
+    crop = np.where(np.isnan(probs.crop), det, probs.crop)
+    full, single = None, probs.single
+    if probs.full is not None:
+        single = probs.single & ~np.isnan(probs.full).any(axis=1)
+        full = np.where(np.isnan(probs.full), det, probs.full)
+    blended = blend_probs(det, crop, weight, full, full_weight, single)
+    out = preds.drop(columns=[c for c in classes.PROB_COLUMNS if c in preds.columns]).copy()
+    out[list(classes.PROB_COLUMNS)] = blended
+    out["class"] = np.asarray(classes.CLASSES, dtype=object)[blended.argmax(1)] if len(out) else []
+    return out
+
+
+def apply_classifier(preds: pd.DataFrame, images_dir: Path, members: list[tuple[Path, Any]], weight: float,
+                     device: str = "cpu", tta: bool = True, n_cells: Mapping[str, int] | None = None,
+                     full_weight: float = 0.5) -> pd.DataFrame:
+    """Blend the classifier members' probabilities into a fused prediction table (see module doc).
+
+    ``n_cells`` (NAME -> test.csv rows) limits the work to each image's top-n
+    boxes by score (the only ones a submission keeps) and enables full-image
+    members on single-cell images.
+    """
+    if not members or len(preds) == 0:
+        return preds.copy()
+    probs = classifier_probs(preds, images_dir, load_members(members, device), tta, n_cells)
+    return blend_table(preds, probs, weight, full_weight)
+
+
+def oof_classifier_probs(preds: pd.DataFrame, data: Path, k: int, seed: int, models: Sequence[str] = ("cls",),
+                         device: str = "cpu", tta: bool = True,
+                         n_cells: Mapping[str, int] | None = None) -> ClassifierProbs:
+    """Classifier probabilities of out-of-fold rows: each image is classified by the members
+    trained WITHOUT it (``work/runs/<model>/fold<f>/best.pt`` for the fold f holding it)."""
+    from cytokit import paths
+    from prepare.dataset import dataset_dir, load_meta
+
+    root = dataset_dir(data, k, seed)
+    images_dir = Path(load_meta(root)["images_dir"])
+    folds = pd.read_csv(root / "images.csv").set_index("NAME")["fold"]
+    fold_of = preds["NAME"].map(folds)
+    if fold_of.isna().any():
+        raise ValueError(f"image {preds['NAME'][fold_of.isna()].iloc[0]!r} is not in the prepared dataset's folds")
+    n = len(preds)
+    out = ClassifierProbs(np.full((n, classes.NUM_CLASSES), np.nan), None, np.zeros(n, bool))
+    for fold in sorted(fold_of.unique()):
+        rows = np.flatnonzero((fold_of == fold).to_numpy())
+        members = [(paths.run_dir(m, int(fold)) / "best.pt", None) for m in models]
+        part = classifier_probs(preds.iloc[rows], images_dir, load_members(members, device), tta, n_cells)
+        out.crop[rows], out.single[rows] = part.crop, part.single
+        if part.full is not None:
+            out.full = out.full if out.full is not None else np.full((n, classes.NUM_CLASSES), np.nan)
+            out.full[rows] = part.full
+    return out

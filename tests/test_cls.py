@@ -1,0 +1,115 @@
+"""Classifier crops, samplers, MixUp/CutMix, losses, local weights and GT matching (train/cls_*.py)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cytokit import classes
+from cytokit.config import ConfigError, load
+from cytokit.paths import ROOT
+from train import cls_data, cls_model
+from train.cls import ClassifierConfig
+
+
+@pytest.mark.parametrize("box, margin, window", [
+    ((10, 20, 50, 60), 16, (0, 4, 66, 76)),            # left margin clipped: floor(10 - 16) = -6 -> 0
+    ((-5, 70, 95.5, 90), 16, (0, 54, 100, 80)),        # box over the border: ceil(95.5 + 16) = 112 -> 100
+    ((120, 10, 130, 20), 16, (99, 0, 100, 36)),        # box right of the image: one pixel column kept
+    ((20.5, 30.2, 40.7, 50.9), 0, (20, 30, 41, 51)),   # floor / ceil of fractional coordinates
+])
+def test_crop_window_clips_margins_at_borders(box, margin, window):
+    assert cls_data.crop_window(np.array(box), 100, 80, margin) == window
+
+
+def test_extract_crop_is_the_window():
+    image = np.arange(80 * 100 * 3, dtype=np.uint32).reshape(80, 100, 3).astype(np.uint8)
+    crop = cls_data.extract_crop(image, np.array([30, 30, 50, 50]), 5, 30)  # window 25..55 = 30 px
+    np.testing.assert_array_equal(crop, image[25:55, 25:55])
+    assert cls_data.extract_crop(image, None, 0, 16).shape == (16, 16, 3)
+
+
+def test_match_truth_takes_best_giou_among_top_n():
+    truth = pd.DataFrame({"NAME": ["a", "a", "b"], "x1": [0, 20, 5], "y1": [0, 20, 5], "x2": [10, 30, 15],
+                          "y2": [10, 30, 15], "class": ["PNN", "EO", "LY"], "width": 100, "height": 80})
+    preds = pd.DataFrame({"NAME": ["a", "a", "a"], "x1": [0.0, 21, 20], "y1": [0.0, 21, 20],
+                          "x2": [10.0, 31, 30], "y2": [10.0, 31, 30], "score": [0.9, 0.8, 0.1]})
+    m = cls_data.match_truth(truth, preds)
+    # image a keeps its top-2 predictions (rows 0, 1): the perfect row 2 is out
+    assert m["pred_index"].tolist() == [0, 1, -1]
+    assert m.loc[1, ["x1", "y1", "x2", "y2"]].tolist() == [21, 21, 31, 31]
+    assert m.loc[1, "giou"] == pytest.approx(81 / 119 - (121 - 119) / 121)
+    assert m.loc[2, ["x1", "y1", "x2", "y2"]].tolist() == [0, 0, 99, 79]  # the writer's filler box
+    assert m["class"].tolist() == ["PNN", "EO", "LY"]
+    assert cls_data.match_truth(truth, preds, top_n=False)["pred_index"].tolist() == [0, 2, -1]
+
+
+def test_balanced_sampler_weights():
+    labels = np.array([0, 0, 0, 0, 1])
+    sampler = cls_data.make_sampler(labels, "balanced", 1.0, 0)
+    np.testing.assert_allclose(sampler.weights.numpy(), [1 / 4] * 4 + [1.0])
+    sampler = cls_data.make_sampler(labels, "balanced", 0.5, 0)
+    np.testing.assert_allclose(sampler.weights.numpy(), [4 ** -0.5] * 4 + [1.0])
+    assert cls_data.make_sampler(labels, "random", 1.0, 0) is None
+    with pytest.raises(ValueError, match="valid: random, balanced"):
+        cls_data.make_sampler(labels, "uniform", 1.0, 0)
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(0.4, 0.0), (0.0, 1.0)])
+def test_mix_batch_targets_follow_the_mixed_pixels(mixup, cutmix):
+    x = torch.stack([torch.zeros(3, 8, 8), torch.ones(3, 8, 8)])
+    y = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    xm, ym = cls_data.mix_batch(x, y, mixup, cutmix, np.random.default_rng(3))
+    share_of_sample_1 = float(xm[0].mean())  # sample 0 is all 0, sample 1 all 1
+    assert float(ym[0, 1]) == pytest.approx(share_of_sample_1)
+    assert ym.sum(1).tolist() == pytest.approx([1.0, 1.0])
+    assert cls_data.mix_batch(x, y, 0.0, 0.0, np.random.default_rng(0))[0] is x
+
+
+def test_soft_loss_values():
+    logits = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    target = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    ce = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1]))
+    assert cls_model.soft_loss(logits, target, "ce").item() == pytest.approx(ce.item())
+    assert cls_model.soft_loss(logits, target, "focal", gamma=0.0).item() == pytest.approx(ce.item())
+    # row 0: p = 1/2 -> (1 - 1/2)^2 * ln 2; row 1: p = 1/(1+e^2) -> (1 - p)^2 * -ln p
+    p1 = 1 / (1 + math.e ** 2)
+    expected = (0.25 * math.log(2) + (1 - p1) ** 2 * -math.log(p1)) / 2
+    assert cls_model.soft_loss(logits, target, "focal", gamma=2.0).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_local_pretrained_weights(tmp_path):
+    src = cls_model.build_model("resnet10t", num_classes=10)
+    torch.save({"state_dict": src.state_dict()}, tmp_path / "r10.pth")
+    model = cls_model.build_model("resnet10t", weights=tmp_path / "r10.pth")  # head 10 -> 23: skipped
+    assert model.get_classifier().out_features == classes.NUM_CLASSES
+    key = next(iter(src.state_dict()))
+    torch.testing.assert_close(model.state_dict()[key], src.state_dict()[key])
+    torch.save(cls_model.build_model("resnet18").state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(ValueError, match="r18.pth: weights do not fit this backbone; .*shape mismatch"):
+        cls_model.build_model("resnet10t", weights=tmp_path / "r18.pth")
+    (tmp_path / "notes.pth").write_text("not weights")
+    with pytest.raises(ValueError, match="cannot be loaded as plain weights"):
+        cls_model.build_model("resnet10t", weights=tmp_path / "notes.pth")
+    with pytest.raises(FileNotFoundError):
+        cls_model.build_model("resnet10t", weights=tmp_path / "absent.pth")
+    with pytest.raises(ValueError, match="backbone 'no_such_net'"):
+        cls_model.build_model("no_such_net")
+
+
+def test_config_file_and_errors():
+    cfg = load(ClassifierConfig, ROOT / "configs" / "cls.yaml", ["backbone=resnet10t", "imgsz=32"])
+    assert (cfg.mode, cfg.margin, cfg.backbone, cfg.imgsz) == ("crop", 16, "resnet10t", 32)
+    with pytest.raises(ConfigError, match="valid keys: .*backbone"):
+        load(ClassifierConfig, None, ["backbones=resnet18"])
+    with pytest.raises(ConfigError, match="mode: 'box' is not one of crop, full"):
+        load(ClassifierConfig, None, ["mode=box"])
+
+
+def test_resolve_device():
+    assert cls_model.resolve_device("cpu") == "cpu"
+    assert cls_model.resolve_device("1") == "cuda:1"
+    assert cls_model.resolve_device("") == ("cuda" if torch.cuda.is_available() else "cpu")

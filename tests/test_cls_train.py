@@ -1,0 +1,97 @@
+"""Smoke runs of MODEL=cls on a tiny fixture in the prepare/dataset.py layout (CPU, seconds)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cytokit import config, paths, predictions
+from prepare.dataset import FoldData
+from train.cls import ClassifierAdapter, ClassifierConfig, training_tables
+
+COLOURS = {"PNN": (200, 40, 40), "EO": (40, 40, 200)}
+
+
+def tiny_fold(root: Path, n_train: int = 8, n_val: int = 4, fold: int = 0) -> FoldData:
+    """Images of 48 x 40 px holding one coloured square (PNN red, EO blue); two cells in the last."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for i in range(n_train + n_val):
+        im = np.full((40, 48, 3), 235, np.uint8)
+        cells = 2 if i == n_train - 1 else 1
+        for j in range(cells):
+            code = list(COLOURS)[(i + j) % 2]
+            x, y = int(rng.integers(0, 30)), int(rng.integers(0, 22))
+            im[y:y + 16, x:x + 16] = COLOURS[code]
+            rows.append({"NAME": f"im{i:02d}.jpg", "x1": x, "y1": y, "x2": x + 16, "y2": y + 16,
+                         "class": code, "width": 48, "height": 40})
+        Image.fromarray(im).save(root / "images" / f"im{i:02d}.jpg", quality=95)
+    boxes = pd.DataFrame(rows)
+    val_names = {f"im{i:02d}.jpg" for i in range(n_train, n_train + n_val)}
+    is_val = boxes["NAME"].isin(val_names)
+    sizes = boxes.drop_duplicates("NAME")[["NAME", "width", "height"]]
+    return FoldData(root=root, fold=fold, k=2, seed=0, images_dir=root / "images",
+                    train_boxes=boxes[~is_val].reset_index(drop=True), val_boxes=boxes[is_val].reset_index(drop=True),
+                    val_images=sizes[sizes["NAME"].isin(val_names)].reset_index(drop=True),
+                    train_images=sizes[~sizes["NAME"].isin(val_names)].reset_index(drop=True),
+                    yolo_yaml=root / "data.yaml", coco_train=root / "c.json", coco_val=root / "v.json", resize=None)
+
+
+def tiny_cfg(**kw) -> ClassifierConfig:
+    base = {"backbone": "resnet10t", "imgsz": 32, "epochs": 1, "batch": 4, "workers": 0, "device": "cpu",
+            "augment": "default", "mixup": 0.4, "cutmix": 1.0, "mix_prob": 1.0}
+    return config.from_dict(ClassifierConfig, {**base, **kw})
+
+
+def test_smoke_train_resume_and_predict(tmp_path):
+    fold = tiny_fold(tmp_path / "data")
+    run = tmp_path / "run"
+    best = ClassifierAdapter().train(tiny_cfg(), fold, run)
+    assert best == run / "best.pt"
+    assert {p.name for p in run.iterdir()} >= {"best.pt", "last.pt", "metrics.csv", "config.yaml"}
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert metrics["epoch"].tolist() == [1]
+    assert {"train_loss", "val_loss", "val_f1", "val_acc", "val_bacc", "lr"} <= set(metrics.columns)
+    assert config.read_yaml(run / "config.yaml")["backbone"] == "resnet10t"
+
+    ClassifierAdapter().train(tiny_cfg(epochs=2), fold, run, resume=True)  # continues at epoch 2
+    assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [1, 2]
+
+    predictor = ClassifierAdapter().load(best, {"tta": False}, "cpu")
+    assert (predictor.cfg.imgsz, predictor.cfg.tta) == (32, False)
+    ims = [np.full((40, 48, 3), 200, np.uint8), np.full((30, 20, 3), 90, np.uint8)]
+    dets = predictor.predict(ims)
+    assert [d.xyxy.tolist() for d in dets] == [[[0, 0, 47, 39]], [[0, 0, 19, 29]]]
+    for d in dets:
+        assert d.probs.shape == (1, 23) and d.probs.sum() == pytest.approx(1.0)
+        assert d.scores[0] == pytest.approx(d.probs.max()) and d.labels[0] == d.probs.argmax()
+    per_image = predictor.classify_boxes(ims, [np.array([[1, 1, 20, 20], [5, 5, 40, 30]]), np.zeros((0, 4))])
+    assert [p.shape for p in per_image] == [(2, 23), (0, 23)]
+
+
+def test_full_mode_trains_on_single_cell_images(tmp_path):
+    fold = tiny_fold(tmp_path / "data")
+    train, val = training_tables(tiny_cfg(mode="full"), fold)
+    assert len(train) == len(fold.train_boxes) - 2  # the two-cell image is left out
+    assert "im07.jpg" not in set(train["NAME"]) and len(val) == 4
+    best = ClassifierAdapter().train(tiny_cfg(mode="full", augment="light", mixup=0.0, cutmix=0.0), fold, tmp_path / "r")
+    assert ClassifierAdapter().load(best).cfg.mode == "full"
+
+
+def test_validation_on_detector_oof_boxes(tmp_path, monkeypatch):
+    monkeypatch.setenv("CYTOKIT_WORK", str(tmp_path / "work"))
+    fold = tiny_fold(tmp_path / "data")
+    v = fold.val_boxes
+    shifted = v[["x1", "y1", "x2", "y2"]].to_numpy(float) + 2.0
+    oof = pd.concat([predictions.make(row.NAME, shifted[i], [0.9], [0], 48, 40, "fakedet", 0)
+                     for i, row in enumerate(v.itertuples())])
+    predictions.write(oof, paths.preds_dir("fakedet", 0) / "oof.parquet")
+    train, val = training_tables(tiny_cfg(val_detector="fakedet"), fold)
+    np.testing.assert_array_equal(val[["x1", "y1", "x2", "y2"]].to_numpy(), shifted)
+    assert val["class"].tolist() == v["class"].tolist()  # GT classes on detector boxes
+    _, val = training_tables(tiny_cfg(val_detector="absent"), fold)
+    pd.testing.assert_frame_equal(val, fold.val_boxes)

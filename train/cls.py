@@ -1,0 +1,286 @@
+"""``MODEL=cls``: the second-stage leukocyte classifier (timm backbone on crops), one per fold.
+
+    python -m train --model cls --fold 0 --data DATA backbone=resnet18 imgsz=128
+
+Trains on the fold's GT boxes cropped with a margin (``mode: crop``), or on
+the whole images of single-cell images (``mode: full``, the full-image
+classifier). Validation crops come from a detector's out-of-fold boxes matched
+to their GT box by best GIoU (``val_detector``, when its oof.parquet exists),
+otherwise from the GT boxes. The best epoch is chosen by validation macro-F1.
+Run folder: config.yaml, metrics.csv, best.pt, last.pt (``--resume`` continues
+from last.pt). At inference ``infer.blend`` classifies the fused boxes' crops.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cytokit import classes, config, paths, predictions
+from cytokit.io import atomic_write_df
+from train import cls_data, cls_model
+from train.base import Adapter, Detections, Predictor
+
+log = logging.getLogger(__name__)
+MODES = ("crop", "full")
+SELECT = ("best", "last")
+
+
+@dataclasses.dataclass
+class ClassifierConfig:
+    """Settings of the crop / full-image classifier (configs/cls.yaml documents each key)."""
+
+    mode: str = "crop"
+    backbone: str = "efficientnet_b0"
+    weights: str = ""
+    drop_rate: float = 0.2
+    imgsz: int = 224
+    margin: int = 16
+    jitter: float = 0.05
+    epochs: int = 15
+    batch: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    loss: str = "ce"
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.05
+    sampler: str = "balanced"
+    balance_power: float = 0.5
+    augment: str = "default"
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 0.5
+    val_detector: str = ""
+    select: str = "best"
+    tta: bool = True
+    device: str = ""
+    amp: bool = True
+    workers: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key, valid in (("mode", MODES), ("select", SELECT), ("loss", cls_model.LOSSES),
+                           ("sampler", cls_data.SAMPLERS), ("augment", cls_data.AUGMENTS)):
+            if getattr(self, key) not in valid:
+                raise config.ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(valid)}")
+        if self.imgsz < 8 or self.epochs < 0 or self.batch < 1 or self.margin < 0:
+            raise config.ConfigError("imgsz >= 8, epochs >= 0, batch >= 1 and margin >= 0 are required")
+
+
+def training_tables(cfg: ClassifierConfig, fold_data: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, validation) box tables: NAME, x1..y2, class (+ width, height) per crop."""
+    train, val = fold_data.train_boxes, fold_data.val_boxes
+    if cfg.mode == "full":
+        return cls_data.single_cell_table(train), cls_data.single_cell_table(val)
+    if cfg.val_detector:
+        oof = paths.preds_dir(cfg.val_detector, fold_data.fold) / "oof.parquet"
+        if oof.exists():
+            matched = cls_data.match_truth(val, predictions.read(oof))
+            log.info("validation crops: %s boxes matched to GT by best GIoU (%d boxes, mean GIoU %.3f)",
+                     cfg.val_detector, len(matched), matched["giou"].mean() if len(matched) else float("nan"))
+            return train, matched
+        log.warning("%s not found: validating on GT crops instead of %s's boxes", oof, cfg.val_detector)
+    return train, val
+
+
+def _schedule(cfg: ClassifierConfig, steps_per_epoch: int):
+    """Linear warm-up then cosine decay to 1% of lr, per optimisation step."""
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(total - warm, 1)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def evaluate(model: torch.nn.Module, loader, device: str) -> dict[str, float]:
+    """Validation loss, accuracy, balanced accuracy and macro-F1 over a crop loader."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    model.eval()
+    losses, preds, labels = [], [], []
+    with torch.no_grad():
+        for x, y in loader:
+            with torch.autocast("cuda", enabled=device.startswith("cuda")):
+                logits = model(x.to(device)).float()
+            losses.append(torch.nn.functional.cross_entropy(logits, y.to(device), reduction="sum").item())
+            preds.append(logits.argmax(1).cpu().numpy())
+            labels.append(y.numpy())
+    if not labels:
+        return {"val_loss": float("nan"), "val_acc": float("nan"), "val_bacc": float("nan"), "val_f1": float("nan")}
+    y_true, y_pred = np.concatenate(labels), np.concatenate(preds)
+    codes = np.asarray(classes.CLASSES)
+    with warnings.catch_warnings():  # "y_pred contains classes not in y_true": expected early on
+        warnings.simplefilter("ignore", UserWarning)
+        bacc = float(balanced_accuracy_score(y_true, y_pred))
+    return {
+        "val_loss": sum(losses) / len(y_true),
+        "val_acc": float((y_true == y_pred).mean()),
+        "val_bacc": bacc,
+        # the metric's macro-F1: over the union of true and predicted labels
+        "val_f1": float(f1_score(codes[y_true], codes[y_pred], average="macro", zero_division=0)),
+    }
+
+
+def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFrame, images_dir: Path,
+        run_dir: Path, resume: bool = False) -> Path:
+    """Train a classifier on crops of ``train_table``; select on ``val_table``; return best.pt."""
+    from tqdm import tqdm
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(cfg, run_dir / "config.yaml")
+    device = cls_model.resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    full = cfg.mode == "full"
+    ds_train = cls_data.CropDataset(train_table, images_dir, cfg.imgsz, cfg.margin, cfg.augment,
+                                    cfg.jitter, full, cfg.seed)
+    ds_val = cls_data.CropDataset(val_table, images_dir, cfg.imgsz, cfg.margin, "none", 0.0, full, cfg.seed)
+    if len(ds_train) == 0:
+        raise ValueError(f"no training crops ({cfg.mode} mode) in this fold")
+    sampler = cls_data.make_sampler(ds_train.labels, cfg.sampler, cfg.balance_power, cfg.seed)
+    loader_args = {"batch_size": cfg.batch, "num_workers": cfg.workers, "pin_memory": device.startswith("cuda")}
+    train_loader = torch.utils.data.DataLoader(ds_train, sampler=sampler, shuffle=sampler is None,
+                                               drop_last=len(ds_train) > cfg.batch, **loader_args)
+    val_loader = torch.utils.data.DataLoader(ds_val, shuffle=False, **loader_args)
+
+    model = cls_model.build_model(cfg.backbone, drop_rate=cfg.drop_rate, weights=cfg.weights or None).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, len(train_loader)))
+    amp = cfg.amp and device.startswith("cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    start, best, rows = 0, -math.inf, []
+    last_path, best_path, metrics_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "metrics.csv"
+    if resume and last_path.exists():
+        ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start, best = ckpt["epoch"] + 1, ckpt["best"]
+        rows = pd.read_csv(metrics_path).to_dict("records") if metrics_path.exists() else []
+        log.info("resuming %s at epoch %d/%d", run_dir, start + 1, cfg.epochs)
+    cfg_dict = config.to_dict(cfg)
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        total, seen = 0.0, 0
+        for x, y in tqdm(train_loader, desc=f"cls epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None):
+            x = x.to(device, non_blocking=True)
+            target = torch.nn.functional.one_hot(y, classes.NUM_CLASSES).float().to(device)
+            if rng.random() < cfg.mix_prob:
+                x, target = cls_data.mix_batch(x, target, cfg.mixup, cfg.cutmix, rng)
+            with torch.autocast("cuda", enabled=amp):
+                logits = model(x)
+            loss = cls_model.soft_loss(logits, target, cfg.loss, cfg.focal_gamma, cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            total += loss.item() * len(x)
+            seen += len(x)
+        val = evaluate(model, val_loader, device)
+        rows.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), **val,
+                     "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
+        atomic_write_df(pd.DataFrame(rows), metrics_path)
+        score = val["val_f1"] if np.isfinite(val["val_f1"]) else -val["val_loss"]
+        if cfg.select == "last" or not np.isfinite(score) or score > best:
+            best = score if np.isfinite(score) else best
+            cls_model.save_checkpoint(best_path, model, cfg_dict, epoch, val["val_f1"])
+        cls_model.save_checkpoint(last_path, model, cfg_dict, epoch, val["val_f1"], best=best,
+                                  optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                                  scaler=scaler.state_dict())
+        log.info("cls epoch %d/%d: loss %.4f val macro-F1 %.4f acc %.4f", epoch + 1, cfg.epochs,
+                 rows[-1]["train_loss"], val["val_f1"], val["val_acc"])
+    if not best_path.exists():
+        cls_model.save_checkpoint(best_path, model, cfg_dict, -1, float("nan"))
+    return best_path
+
+
+class ClassifierPredictor(Predictor):
+    """A trained classifier. ``classify_boxes`` classifies crops of given boxes (what
+    ``infer.blend`` uses); ``predict`` (the registry contract) treats each WHOLE image
+    as one crop and returns one full-image box ``(0, 0, W-1, H-1)`` per image with
+    score = top probability, label = argmax and the 23 probabilities."""
+
+    def __init__(self, model: torch.nn.Module, cfg: ClassifierConfig, device: str = "cpu"):
+        self.model = model.to(device).eval()
+        self.cfg, self.device = cfg, device
+
+    def classify(self, crops: np.ndarray, tta: bool | None = None) -> np.ndarray:
+        """Probabilities ``(B, 23)`` of uint8 crops already at ``imgsz``."""
+        tta = self.cfg.tta if tta is None else tta
+        return cls_model.predict_probs(self.model, crops, self.device, tta, self.cfg.batch)
+
+    def crops(self, image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
+        """The margin crops ``(N, imgsz, imgsz, 3)`` of boxes ``(N, 4)`` of one RGB image."""
+        s = self.cfg.imgsz
+        out = [cls_data.extract_crop(image, b, self.cfg.margin, s) for b in np.asarray(xyxy).reshape(-1, 4)]
+        return np.stack(out) if out else np.zeros((0, s, s, 3), dtype=np.uint8)
+
+    def classify_boxes(self, images: list[np.ndarray], xyxy: list[np.ndarray],
+                       tta: bool | None = None) -> list[np.ndarray]:
+        """Per image, the ``(N_i, 23)`` probabilities of its boxes' crops."""
+        crops = [self.crops(im, b) for im, b in zip(images, xyxy)]
+        probs = self.classify(np.concatenate(crops), tta) if crops else np.zeros((0, classes.NUM_CLASSES))
+        return np.split(probs, np.cumsum([len(c) for c in crops])[:-1])
+
+    def classify_images(self, images: list[np.ndarray], tta: bool | None = None) -> np.ndarray:
+        """``(B, 23)`` probabilities of whole images (the full-image classifier)."""
+        s = self.cfg.imgsz
+        crops = [cls_data.extract_crop(im, None, 0, s) for im in images]
+        return self.classify(np.stack(crops) if crops else np.zeros((0, s, s, 3), np.uint8), tta)
+
+    def predict(self, images: list[np.ndarray], conf: float = 0.001) -> list[Detections]:
+        probs = self.classify_images(images)
+        out = []
+        for im, p in zip(images, probs):
+            h, w = im.shape[:2]
+            out.append(Detections(np.array([[0.0, 0.0, w - 1.0, h - 1.0]]), np.array([p.max()]),
+                                  np.array([int(p.argmax())]), p[None]))
+        return out
+
+
+class ClassifierAdapter(Adapter):
+    """Registry adapter ``cls``: trains ``ClassifierConfig`` models per fold; loads predictors."""
+
+    name: ClassVar[str] = "cls"
+    config_cls: ClassVar[type] = ClassifierConfig
+
+    def train(self, cfg: ClassifierConfig, fold_data: Any, run_dir: Path, resume: bool = False) -> Path:
+        train_table, val_table = training_tables(cfg, fold_data)
+        log.info("cls fold %s: %d training and %d validation crops (%s mode)",
+                 fold_data.fold, len(train_table), len(val_table), cfg.mode)
+        return fit(cfg, train_table, val_table, fold_data.images_dir, run_dir, resume)
+
+    def load(self, weights: Path, cfg: Any = None, device: str = "cpu") -> ClassifierPredictor:
+        """A predictor from ``best.pt``. The architecture (backbone, mode, imgsz, margin) always
+        comes from the checkpoint; ``cfg`` (a config, a dict of keys or a YAML path) may
+        override only ``tta`` and ``batch``."""
+        ckpt = cls_model.read_checkpoint(Path(weights))
+        saved = config.from_dict(ClassifierConfig, ckpt["config"], str(weights))
+        if cfg is not None:
+            given = cfg if isinstance(cfg, ClassifierConfig) else (
+                config.from_dict(ClassifierConfig, cfg) if isinstance(cfg, dict)
+                else config.load(ClassifierConfig, Path(cfg)))
+            saved = dataclasses.replace(saved, tta=given.tta, batch=given.batch)
+        model = cls_model.build_model(saved.backbone, drop_rate=saved.drop_rate)
+        model.load_state_dict(ckpt["model"])
+        return ClassifierPredictor(model, saved, cls_model.resolve_device(device))

@@ -1,0 +1,157 @@
+"""timm classifiers for leukocyte crops: building, local pretrained weights, checkpoints, losses, TTA.
+
+Models are always built with ``timm.create_model(name, pretrained=False)`` (no
+hub access); pretrained initialisation comes only from a local state-dict file
+loaded with ``torch.load(weights_only=True)``. A checkpoint (``best.pt`` /
+``last.pt``) is a plain dict: ``model`` (state dict), ``config`` (the resolved
+classifier config as a dict), ``classes`` (the 23 codes in order), ``epoch``,
+``metric`` and, in ``last.pt``, the optimizer/scheduler/scaler states for resume.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cytokit import classes
+from cytokit.io import atomic_write
+from train.cls_data import to_tensor
+
+log = logging.getLogger(__name__)
+
+TTA_VIEWS = ("identity", "hflip", "vflip")  # cells have no orientation: flips are label-preserving
+LOSSES = ("ce", "focal")
+
+
+def resolve_device(device: str) -> str:
+    """``''``/``auto`` -> ``cuda`` when available else ``cpu``; ``0`` -> ``cuda:0``; else as given."""
+    device = str(device).strip()
+    if device in ("", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.isdigit():
+        return f"cuda:{device}"
+    return device
+
+
+def build_model(backbone: str, num_classes: int = classes.NUM_CLASSES, drop_rate: float = 0.0,
+                weights: str | Path | None = None) -> torch.nn.Module:
+    """A timm ``backbone`` with a ``num_classes`` head, randomly initialised or from local ``weights``."""
+    import timm
+
+    try:
+        model = timm.create_model(backbone, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
+    except RuntimeError as exc:  # timm: "Unknown model (...)"
+        raise ValueError(f"backbone {backbone!r}: {exc}") from None
+    if weights:
+        load_pretrained(model, Path(weights))
+    return model
+
+
+def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The tensor mapping inside a saved object (a state dict, or one under model/state_dict)."""
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
+        raise ValueError(f"{path}: not a state dict (expected a mapping of parameter names to tensors)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_pretrained(model: torch.nn.Module, path: Path) -> None:
+    """Load a local state dict into ``model``; the classifier head is skipped when its shape differs.
+
+    Any other missing, unexpected or mis-shaped parameter is a ``ValueError``
+    naming the file and the first offending keys (wrong backbone, wrong file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: pretrained weights file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling refuses anything but tensors and plain containers
+        raise ValueError(f"{path}: cannot be loaded as plain weights ({type(exc).__name__}: {exc})") from None
+    state = _state_dict_of(obj, path)
+    own = model.state_dict()
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    head_keys = {f"{n}.{p}" for n, m in model.named_modules() if m is head for p, _ in m.named_parameters()}
+    skipped = [k for k in head_keys if k in state and state[k].shape != own[k].shape]
+    for k in skipped:
+        del state[k]
+    missing = sorted(set(own) - set(state) - set(skipped))
+    unexpected = sorted(set(state) - set(own))
+    shape = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
+    if missing or unexpected or shape:
+        parts = [f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
+                 for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shape))
+                 if keys]
+        raise ValueError(f"{path}: weights do not fit this backbone; " + "; ".join(parts))
+    model.load_state_dict(state, strict=False)
+    log.info("loaded pretrained weights %s%s", path, " (new classifier head)" if skipped else "")
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, config: dict, epoch: int, metric: float,
+                    **state: Any) -> Path:
+    """Write a checkpoint dict atomically (extra ``state``: optimizer/scheduler/scaler dicts)."""
+    ckpt = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "config": config,
+            "classes": list(classes.CLASSES), "epoch": int(epoch), "metric": float(metric), **state}
+    with atomic_write(Path(path)) as tmp:
+        torch.save(ckpt, tmp)
+    return Path(path)
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint written by ``save_checkpoint`` (weights_only load; class order checked)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: classifier weights not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a classifier checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise ValueError(f"{path}: not a classifier checkpoint (expected keys model, config)")
+    if list(ckpt.get("classes", [])) != list(classes.CLASSES):
+        raise ValueError(f"{path}: trained with another class list/order than cytokit.classes.CLASSES")
+    return ckpt
+
+
+def soft_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "ce", gamma: float = 2.0,
+              smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy (``ce``) or focal loss (``focal``) against soft targets ``(B, C)``."""
+    if kind not in LOSSES:
+        raise ValueError(f"unknown loss {kind!r}; valid: {', '.join(LOSSES)}")
+    if smoothing > 0:
+        target = target * (1 - smoothing) + smoothing / target.shape[1]
+    logp = F.log_softmax(logits.float(), dim=1)
+    if kind == "focal":
+        logp = (1 - logp.exp()).pow(gamma) * logp
+    return -(target * logp).sum(dim=1).mean()
+
+
+def tta_views(x: torch.Tensor, tta: bool) -> list[torch.Tensor]:
+    """The flip views of a ``(B, 3, H, W)`` batch (identity only without TTA)."""
+    if not tta:
+        return [x]
+    return [x, x.flip(-1), x.flip(-2)]
+
+
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, crops: np.ndarray, device: str, tta: bool = True,
+                  batch: int = 64) -> np.ndarray:
+    """Softmax class probabilities ``(B, 23)`` of uint8 crops ``(B, H, W, 3)``, mean over flip views."""
+    model.eval()
+    out = []
+    amp = device.startswith("cuda")
+    for start in range(0, len(crops), batch):
+        x = to_tensor(crops[start:start + batch]).to(device)
+        with torch.autocast("cuda", enabled=amp):
+            p = sum(F.softmax(model(v).float(), dim=1) for v in tta_views(x, tta))
+        out.append((p / (len(TTA_VIEWS) if tta else 1)).cpu().numpy())
+    if not out:
+        return np.zeros((0, classes.NUM_CLASSES))
+    return np.concatenate(out).astype(np.float64)
