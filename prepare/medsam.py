@@ -181,7 +181,7 @@ class MedSam:
     def _input(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int], tuple[float, float]]:
         """(3, S, S) model input, the un-padded input size and the (x, y) box scale."""
         h, w = image.shape[:2]
-        x = torch.as_tensor(np.ascontiguousarray(image), device=self.device).permute(2, 0, 1)[None].float()
+        x = torch.from_numpy(np.array(image, dtype=np.uint8)).to(self.device).permute(2, 0, 1)[None].float()
         if self.preprocess == "medsam":
             x = F.interpolate(x, (self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
             lo, hi = x.amin(), x.amax()
