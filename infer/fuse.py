@@ -96,6 +96,20 @@ class Grouped:
         return np.asarray(wbf.check_weights(w, len(w), self.slot_names))
 
 
+def _without_slots(g: Grouped, drop: np.ndarray) -> Grouped:
+    """``g`` without the slots flagged in ``drop`` (zero-weight members: WBF cannot average them)."""
+    keep_slots = np.flatnonzero(~drop)
+    remap = np.full(len(drop), -1)
+    remap[keep_slots] = np.arange(len(keep_slots))
+    rows = ~drop[g.slot]
+    image = np.repeat(np.arange(len(g.names)), np.diff(g.start))[rows]
+    return dataclasses.replace(
+        g, start=np.searchsorted(image, np.arange(len(g.names) + 1)), slot=remap[g.slot[rows]],
+        slot_names=[g.slot_names[i] for i in keep_slots], slot_models=[g.slot_models[i] for i in keep_slots],
+        boxes01=g.boxes01[rows], scores=g.scores[rows], labels=g.labels[rows], probs=g.probs[rows],
+    )
+
+
 def member_probs(df: pd.DataFrame) -> np.ndarray:
     """(R, 23) per-class probabilities of each row: its p_ columns, else one-hot x score."""
     lab = df["class"].map(classes.CLASS_TO_ID).to_numpy(dtype=np.int64)
@@ -175,6 +189,9 @@ def fuse_grouped(g: Grouped, params: FuseParams, progress: bool = True) -> pd.Da
     """Fuse every image of ``g`` with ``params``; returns the fused prediction table."""
     params.check()
     slot_weights = g.slot_weights(params.weights)
+    if (slot_weights == 0).any():
+        g = _without_slots(g, slot_weights == 0)
+        slot_weights = slot_weights[slot_weights > 0]
     n_slots = len(g.slot_names)
     slot_ids = np.arange(1, n_slots)
     parts: list[tuple] = []

@@ -9,12 +9,16 @@ of the prediction contract with the view's name in the ``view`` column.
 ``load_member`` builds the predictor of one (model, fold) through the
 registry: weights default to ``work/runs/<model>/fold<k>/best.pt`` and the
 model config to the run's resolved ``config.yaml`` (else ``configs/<model>.yaml``).
+``cached_table`` reuses a written table while its inputs (weights, views,
+threshold, images) are unchanged.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ from cytokit import boxes as bx
 from cytokit import config as kit_config
 from cytokit import paths, predictions
 from cytokit.images import load_rgb
+from cytokit.io import atomic_write_text
 from infer.tta import View
 
 log = logging.getLogger(__name__)
@@ -141,3 +146,39 @@ def load_member(model: str, fold: int, weights: Path, device: str = "cpu", overr
     else:
         cfg = registry.load_config(model, list(overrides))
     return adapter_cls().load(weights, cfg, device)
+
+
+def _names_digest(names: Sequence[str]) -> str:
+    return hashlib.sha1("\n".join(sorted(map(str, names))).encode()).hexdigest()
+
+
+def cached_table(path: Path, meta: dict, make: Callable[[], pd.DataFrame], force: bool = False) -> pd.DataFrame:
+    """The prediction table at ``path`` when its sidecar ``.json`` matches ``meta``; else ``make()`` it.
+
+    The sidecar records the weights (path and modification time), views, threshold
+    and images, so a retrained member or a changed TTA list is predicted again.
+    """
+    path = Path(path)
+    side = path.with_suffix(".json")
+    if not force and path.exists() and side.exists():
+        try:
+            same = json.loads(side.read_text()) == meta
+        except json.JSONDecodeError:
+            same = False
+        if same:
+            log.info("%s is up to date; reusing it", path)
+            return predictions.read(path)
+    df = make()
+    predictions.write(df, path)
+    atomic_write_text(side, json.dumps(meta, indent=1) + "\n")
+    return df
+
+
+def member_meta(weights: Path, views: Sequence[str], conf: float, max_det: int, names: Sequence[str]) -> dict:
+    """What a member's prediction table depends on (compared by ``cached_table``)."""
+    weights = Path(weights).resolve()
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights}: member weights not found; train the member first "
+                                "(make train MODEL=... FOLD=...) or set its weights path in the ensemble config")
+    return {"weights": str(weights), "weights_mtime": weights.stat().st_mtime, "views": list(views),
+            "conf": conf, "max_det": max_det, "images": len(names), "names_sha1": _names_digest(names)}

@@ -119,3 +119,11 @@ def test_bad_predictions_raise():
     with pytest.raises(ValueError, match="fusion mode"):
         fuse.fuse(M1, fuse.FuseParams(mode="mean"), progress=False)
     assert len(fuse.fuse(predictions.empty(), fuse.FuseParams(), progress=False)) == 0
+
+
+def test_zero_weight_model_is_left_out():
+    out = fuse.fuse(pd.concat([M1, M2]), fuse.FuseParams(mode="agnostic", weights={"m1": 0.0, "m2": 1.0}),
+                    progress=False)
+    assert out["class"].tolist() == ["LY"]
+    np.testing.assert_allclose(out[["x1", "y1", "x2", "y2", "score"]].to_numpy(), [[12, 12, 52, 52, 0.6]], rtol=1e-6)
+    np.testing.assert_allclose(out["p_LY"], [0.8])
