@@ -25,7 +25,6 @@ import pandas as pd
 import torch
 
 from cytokit import classes, config, paths, predictions
-from cytokit.io import atomic_write_df
 from train import cls_data, cls_model
 from train.base import Adapter, Detections, Predictor
 
@@ -40,7 +39,7 @@ class ClassifierConfig:
 
     mode: str = "crop"
     backbone: str = "efficientnet_b0"
-    weights: str = ""
+    weights: Path | None = None
     drop_rate: float = 0.2
     imgsz: int = 224
     margin: int = 16
@@ -140,9 +139,11 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
     """Train a classifier on crops of ``train_table``; select on ``val_table``; return best.pt."""
     from tqdm import tqdm
 
+    from train import runs
+
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(cfg, run_dir / "config.yaml")
+    runs.save_config(cfg, run_dir)
     device = cls_model.resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -163,8 +164,8 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, len(train_loader)))
     amp = cfg.amp and device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    start, best, rows = 0, -math.inf, []
-    last_path, best_path, metrics_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "metrics.csv"
+    start, best = 0, -math.inf
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     if resume and last_path.exists():
         ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["model"])
@@ -172,7 +173,6 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         start, best = ckpt["epoch"] + 1, ckpt["best"]
-        rows = pd.read_csv(metrics_path).to_dict("records") if metrics_path.exists() else []
         log.info("resuming %s at epoch %d/%d", run_dir, start + 1, cfg.epochs)
     cfg_dict = config.to_dict(cfg)
     for epoch in range(start, cfg.epochs):
@@ -197,9 +197,9 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
             total += loss.item() * len(x)
             seen += len(x)
         val = evaluate(model, val_loader, device)
-        rows.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), **val,
-                     "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
-        atomic_write_df(pd.DataFrame(rows), metrics_path)
+        row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), **val,
+               "lr": optimizer.param_groups[0]["lr"], "time": time.perf_counter() - t0}
+        runs.append_metrics(run_dir, row)
         score = val["val_f1"] if np.isfinite(val["val_f1"]) else -val["val_loss"]
         if cfg.select == "last" or not np.isfinite(score) or score > best:
             best = score if np.isfinite(score) else best
@@ -208,7 +208,7 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
                                   optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                                   scaler=scaler.state_dict())
         log.info("cls epoch %d/%d: loss %.4f val macro-F1 %.4f acc %.4f", epoch + 1, cfg.epochs,
-                 rows[-1]["train_loss"], val["val_f1"], val["val_acc"])
+                 row["train_loss"], val["val_f1"], val["val_acc"])
     if not best_path.exists():
         cls_model.save_checkpoint(best_path, model, cfg_dict, -1, float("nan"))
     return best_path

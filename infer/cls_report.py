@@ -1,0 +1,169 @@
+"""Does the second-stage classifier pay? Detector-only vs blended classes, on out-of-fold images.
+
+    python -m infer.cls_report --data DATA --k 5 --seed 42 --detector yolov8 [--classifier cls ...]
+                               [--weight 0.5] [--full-weight 0.5] [--device cpu] [--no-tta] [--out DIR]
+
+For every fold with both the detector's ``work/preds/<detector>/fold<k>/oof.parquet``
+and the classifiers' ``work/runs/<classifier>/fold<k>/best.pt``, the detector's
+top-N boxes of each validation image are classified by the classifiers trained
+without that image (``infer.blend``). The challenge score (through the
+submission writer, ``submit.oof``), its macro-F1 term and balanced accuracy are
+printed side by side for: the detector alone, the classifier alone, the blend
+at ``--weight`` and the blend at the weight tuned on these same rows
+(``infer.blend.tune_blend_weight``; optimistic: it is chosen on what it is scored
+on). Per-class F1 and the confusion-matrix PNGs of the detector and the tuned
+blend go to ``--out``
+(default ``work/reports/cls_<detector>/``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cytokit import env, io, paths
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Comparison:
+    """Scores of the variants side by side, with what is needed to print and plot them."""
+
+    table: pd.DataFrame  # variant, weight, score, giou_term, f1_term, balanced_accuracy
+    per_class: pd.DataFrame  # label, support, f1 of each variant
+    results: dict  # variant -> submit.score.ScoreResult
+    tune: pd.DataFrame  # weight, macro_f1, accuracy on the GT-matched rows
+    best_weight: float
+
+
+def matched_rows(preds: pd.DataFrame, truth_boxes: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
+    """Per GT box, the position of the prediction row the metric would give it (top-N, best GIoU)."""
+    from train.cls_data import match_truth
+
+    truth = truth_boxes[["NAME", "x1", "y1", "x2", "y2", "class"]].merge(images, on="NAME", how="left")
+    matched = match_truth(truth, preds.reset_index(drop=True))
+    return matched[matched["pred_index"] >= 0].reset_index(drop=True)
+
+
+def compare(preds: pd.DataFrame, truth_boxes: pd.DataFrame, images: pd.DataFrame, probs, weight: float,
+            full_weight: float = 0.5, detector_label: str = "detector") -> Comparison:
+    """Score ``preds`` alone and blended with classifier ``probs`` (``infer.blend.ClassifierProbs``)."""
+    from infer import blend
+    from submit.oof import oof_score
+
+    preds = preds.reset_index(drop=True)
+    det = blend.det_probs(preds)
+    crop = np.where(np.isnan(probs.crop), det, probs.crop)
+    full = None if probs.full is None else np.where(np.isnan(probs.full), det, probs.full)
+    single = probs.single if full is None else probs.single & ~np.isnan(probs.full).any(axis=1)
+    c = blend.blend_probs(det, crop, 1.0, full, full_weight, single)
+    m = matched_rows(preds, truth_boxes, images)
+    rows = m["pred_index"].to_numpy()
+    best, tune = blend.tune_blend_weight(det[rows], c[rows], m["class"].to_numpy())
+    variants = {detector_label: None, "classifier": 1.0, f"blend w={weight:g}": weight,
+                f"blend w={best:g} (tuned here)": best}
+    results, lines = {}, []
+    for name, w in variants.items():
+        table = preds if w is None else blend.blend_table(preds, probs, w, full_weight)
+        res = results[name] = oof_score(table, truth_boxes, images)
+        lines.append({"variant": name, "weight": np.nan if w is None else w, "score": res.total,
+                      "giou_term": res.giou_term, "f1_term": res.f1_term, "balanced_accuracy": res.balanced_accuracy})
+    per_class = None
+    for name, res in results.items():
+        part = res.per_class[["label", "support", "f1"]].rename(columns={"f1": name})
+        per_class = part if per_class is None else per_class.merge(part.drop(columns="support"), on="label", how="outer")
+    per_class = per_class[per_class["support"].fillna(0) > 0].sort_values("support", ascending=False)
+    return Comparison(pd.DataFrame(lines), per_class.reset_index(drop=True), results, tune, best)
+
+
+def save(comp: Comparison, out: Path) -> list[Path]:
+    """summary.csv, per_class.csv, tune.csv and the confusion PNGs of the detector and the tuned blend."""
+    from submit.report import save_confusion
+
+    out = Path(out)
+    written = [io.atomic_write_df(comp.table, out / "summary.csv"),
+               io.atomic_write_df(comp.per_class, out / "per_class.csv"),
+               io.atomic_write_df(comp.tune, out / "tune.csv")]
+    names = list(comp.results)
+    for i, name in ((0, names[0]), (len(names) - 1, names[-1])):
+        res = comp.results[name]
+        slug = "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
+        written.append(save_confusion(res, out / f"confusion_{i}_{slug}.png"))
+    return written
+
+
+def render(comp: Comparison) -> str:
+    """The side-by-side summary and per-class F1 as text."""
+    from submit.report import format_table
+
+    return (format_table(comp.table) + "\n\nper-class F1 (support = GT boxes)\n"
+            + format_table(comp.per_class) + f"\n\ntuned blend weight: {comp.best_weight:g}")
+
+
+def oof_inputs(data: Path, k: int, seed: int, detector: str, classifiers: list[str], device: str, tta: bool):
+    """The detector's OOF table, truth boxes, image sizes and classifier probabilities, all folds found."""
+    from cytokit import predictions
+    from infer import blend
+    from prepare.dataset import load_fold
+    from submit.oof import one_view
+
+    preds, truth, sizes, probs, used = [], [], [], [], []
+    for fold in range(k):
+        oof = paths.preds_dir(detector, fold) / "oof.parquet"
+        weights = [paths.run_dir(c, fold) / "best.pt" for c in classifiers]
+        if not oof.exists() or not all(w.exists() for w in weights):
+            continue
+        fd = load_fold(data, k, seed, fold)
+        p = one_view(predictions.read(oof))
+        p = p[p["NAME"].isin(fd.val_images["NAME"])].reset_index(drop=True)
+        n_cells = fd.val_boxes.groupby("NAME").size().to_dict()
+        members = blend.load_members([(w, None) for w in weights], device)
+        probs.append(blend.classifier_probs(p, fd.images_dir, members, tta, n_cells))
+        preds.append(p), truth.append(fd.val_boxes), sizes.append(fd.val_images), used.append(fold)
+    if not used:
+        raise FileNotFoundError(f"no fold has both {paths.preds_dir(detector, 0).parent}/fold<k>/oof.parquet "
+                                f"and {paths.run_dir(classifiers[0], 0).parent}/fold<k>/best.pt")
+    full = [p.full for p in probs]
+    merged = blend.ClassifierProbs(
+        np.concatenate([p.crop for p in probs]),
+        None if all(f is None for f in full) else np.concatenate(
+            [f if f is not None else np.full_like(p.crop, np.nan) for f, p in zip(full, probs)]),
+        np.concatenate([p.single for p in probs]))
+    return (pd.concat(preds, ignore_index=True), pd.concat(truth, ignore_index=True),
+            pd.concat(sizes, ignore_index=True), merged, used)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infer.cls_report", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=paths.DEFAULT_DATA, help="challenge data folder")
+    parser.add_argument("--k", type=int, default=5, help="number of folds of the prepared dataset")
+    parser.add_argument("--seed", type=int, default=42, help="fold seed of the prepared dataset")
+    parser.add_argument("--detector", default="yolov8", help="model whose OOF boxes are classified")
+    parser.add_argument("--classifier", nargs="+", default=["cls"], help="classifier run names (crop/full)")
+    parser.add_argument("--weight", type=float, default=0.5, help="blend weight of the classifier")
+    parser.add_argument("--full-weight", type=float, default=0.5, help="share of full-image classifiers")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1")
+    parser.add_argument("--no-tta", action="store_true", help="no flip test-time augmentation")
+    parser.add_argument("--out", type=Path, help="report folder (default work/reports/cls_<detector>)")
+    args = parser.parse_args(argv)
+    env.apply()
+    io.setup_logging()
+    preds, truth, sizes, probs, folds = oof_inputs(args.data, args.k, args.seed, args.detector,
+                                                    args.classifier, args.device, not args.no_tta)
+    comp = compare(preds, truth, sizes, probs, args.weight, args.full_weight, f"{args.detector} only")
+    out = args.out or paths.work_dir() / "reports" / f"cls_{args.detector}"
+    save(comp, out)
+    print(f"out-of-fold, folds {folds}: {args.detector} boxes, classes from the detector vs "
+          f"{'+'.join(args.classifier)} ({len(truth)} GT boxes)")
+    print(render(comp))
+    print(f"report: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(io.cli(main))
