@@ -1,0 +1,141 @@
+"""Check a submission CSV against test.csv before it is uploaded: every problem, with its line.
+
+    python -m submit.validate --submission SUB.csv --test TEST.csv [--images DIR]
+
+Errors: a header other than exactly ``trustii_id,NAME,x1,y1,x2,y2,class``; a
+row count or trustii_id set that differs from test.csv; a trustii_id under
+another image's NAME; an empty or NaN cell; a class outside the 23 codes (the
+nearest code is suggested); coordinates that are not finite numbers or with
+x2 <= x1 or y2 <= y1; an exact duplicate (box, class) inside one image (the
+metric would drop it). Warnings: rows not in test.csv order; with ``--images``,
+boxes that leave their image (sizes from the image headers) or missing images.
+Exit status 1 when there is any error, 0 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cytokit import images, io, tables
+from cytokit.io import Problem
+
+log = logging.getLogger(__name__)
+COORDS = ["x1", "y1", "x2", "y2"]
+MAX_PER_KIND = 50  # problems of one kind listed one by one; the rest are counted in one line
+
+
+def _line(pos: int) -> int:
+    return int(pos) + 2
+
+
+def _listed(problems: list[Problem], file: str, what: str) -> list[Problem]:
+    """At most MAX_PER_KIND problems of one kind, then one line counting the others."""
+    if len(problems) <= MAX_PER_KIND:
+        return problems
+    rest = len(problems) - MAX_PER_KIND
+    return problems[:MAX_PER_KIND] + [Problem(file, f"... and {rest} more: {what}", level=problems[0].level)]
+
+
+def _against_test(sub: pd.DataFrame, test: pd.DataFrame, file: str, test_file: str) -> list[Problem]:
+    """Row count, trustii_id set, NAME of each trustii_id, order."""
+    problems: list[Problem] = []
+    if len(sub) != len(test):
+        problems.append(Problem(file, f"{len(sub)} rows, test.csv has {len(test)} (one row per test.csv row)"))
+    test_pos = pd.Series(np.arange(len(test)), index=test["trustii_id"].to_numpy())
+    test_pos = test_pos[~test_pos.index.duplicated()]
+    pos = test_pos.reindex(sub["trustii_id"].to_numpy()).to_numpy()
+    extra = [Problem(file, f"trustii_id {sub['trustii_id'].iat[i]} is not in {test_file}", line=_line(i),
+                     column="trustii_id") for i in np.flatnonzero(np.isnan(pos) & (sub["trustii_id"] != -1))]
+    problems += _listed(extra, file, "trustii_ids not in test.csv")
+    missing_ids = ~test["trustii_id"].isin(sub["trustii_id"]).to_numpy()
+    missing = [Problem(file, f"no row for trustii_id {test['trustii_id'].iat[i]} ({test_file} line {_line(i)}, "
+                             f"{test['NAME'].iat[i]})", column="trustii_id") for i in np.flatnonzero(missing_ids)]
+    problems += _listed(missing, file, "test.csv trustii_ids without a row")
+    known = np.flatnonzero(~np.isnan(pos))
+    want = test["NAME"].to_numpy(dtype=object)[pos[known].astype(np.int64)]
+    wrong = known[sub["NAME"].to_numpy(dtype=object)[known] != want]
+    wrong_name = [Problem(file, f"NAME {sub['NAME'].iat[i]!r} but {test_file} gives "
+                                f"{want[np.searchsorted(known, i)]!r} for trustii_id {sub['trustii_id'].iat[i]}",
+                          line=_line(i), column="NAME") for i in wrong]
+    problems += _listed(wrong_name, file, "trustii_ids under the wrong NAME")
+    if not problems and not np.array_equal(pos, np.arange(len(test))):
+        first = int(np.flatnonzero(pos != np.arange(len(test)))[0])
+        problems.append(Problem(file, "rows are not in test.csv order (the metric does not need it)",
+                                line=_line(first), level="warning"))
+    return problems
+
+
+def _duplicates(sub: pd.DataFrame, file: str) -> list[Problem]:
+    """Exact duplicate (NAME, box, class) rows: the metric keeps only the first."""
+    key = ["NAME", *COORDS, "class"]
+    # whole-row repeats are already reported by tables.check_rows
+    dup = (sub.duplicated(subset=key, keep="first") & ~sub.duplicated(keep="first")).to_numpy()
+    if not dup.any():
+        return []
+    first = sub.reset_index(drop=True).reset_index().groupby(key, sort=False)["index"].transform("min").to_numpy()
+    found = [Problem(file, f"same box and class as line {_line(first[i])} in image {sub['NAME'].iat[i]} "
+                           "(the metric would drop this row)", line=_line(i)) for i in np.flatnonzero(dup)]
+    return _listed(found, file, "duplicate (box, class) rows")
+
+
+def _outside(sub: pd.DataFrame, images_dir: Path, file: str) -> list[Problem]:
+    """Warnings for boxes leaving their image and for images that cannot be read."""
+    sizes, unreadable = {}, []
+    for name in pd.unique(sub["NAME"]):
+        try:
+            sizes[name] = images.read_size(Path(images_dir) / name)
+        except (ValueError, FileNotFoundError) as exc:
+            unreadable.append(Problem(file, f"image {name}: {exc}", level="warning"))
+    problems = _listed(unreadable, file, "images not found or unreadable")
+    wh = sub["NAME"].map(lambda n: sizes.get(n, (np.nan, np.nan)))
+    w = np.array([s[0] for s in wh], dtype=np.float64)
+    h = np.array([s[1] for s in wh], dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        out = (sub["x1"].to_numpy() < 0) | (sub["y1"].to_numpy() < 0) | (sub["x2"].to_numpy() > w) | \
+              (sub["y2"].to_numpy() > h)
+    found = [Problem(file, f"box {sub[COORDS].iloc[i].tolist()} leaves image {sub['NAME'].iat[i]} "
+                           f"({int(w[i])}x{int(h[i])})", line=_line(i), level="warning") for i in np.flatnonzero(out)]
+    return problems + _listed(found, file, "boxes leaving their image")
+
+
+def validate_submission(sub_path: Path, test_path: Path, images_dir: Path | None = None) -> list[Problem]:
+    """Every problem of the submission at ``sub_path`` against ``test_path`` (errors and warnings).
+
+    Builds on ``cytokit.tables.inspect`` for the header, types, classes and boxes,
+    then checks the rows against test.csv, duplicates inside images and, when
+    ``images_dir`` is given, boxes against the image sizes.
+    """
+    file = str(sub_path)
+    sub, problems = tables.inspect(Path(sub_path), "submission")
+    test, test_problems = tables.inspect(Path(test_path), "test")
+    problems = list(problems) + [p for p in test_problems if p.level == "error"]
+    if sub is None or test is None:
+        return problems
+    problems += _against_test(sub, test, file, str(test_path))
+    problems += _duplicates(sub, file)
+    if images_dir is not None:
+        problems += _outside(sub, Path(images_dir), file)
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m submit.validate", description=__doc__.split("\n")[0])
+    parser.add_argument("--submission", type=Path, required=True, help="submission CSV to check")
+    parser.add_argument("--test", type=Path, required=True, help="the challenge's test.csv")
+    parser.add_argument("--images", type=Path, help="image folder: also check boxes against image sizes")
+    args = parser.parse_args(argv)
+    problems = validate_submission(args.submission, args.test, args.images)
+    for p in problems:
+        print(p)
+    errors = sum(p.level == "error" for p in problems)
+    print(f"{args.submission}: {errors} error(s), {len(problems) - errors} warning(s)"
+          + ("" if errors else " -- ready to upload"))
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(io.cli(main))

@@ -1,0 +1,95 @@
+"""Submission validator: every problem with its line, exit status, image-size warnings."""
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from submit import validate
+from submit.validate import validate_submission
+
+HEADER = "trustii_id,NAME,x1,y1,x2,y2,class\n"
+TEST = "trustii_id,NAME\n10,a.jpg\n11,a.jpg\n12,b.jpg\n"
+GOOD = HEADER + "10,a.jpg,0,0,50,50,PNN\n11,a.jpg,10,10,60,60,MO\n12,b.jpg,0,0,79,59,LyB\n"
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "test.csv").write_text(TEST)
+
+    def make(text: str):
+        path = tmp_path / "sub.csv"
+        path.write_text(text)
+        return path, tmp_path / "test.csv"
+
+    return make
+
+
+def errors(problems):
+    return [p for p in problems if p.level == "error"]
+
+
+def test_good_submission_has_no_problem(files):
+    assert validate_submission(*files(GOOD)) == []
+
+
+def test_header_must_be_exact(files):
+    problems = validate_submission(*files(GOOD.replace(",class\n", ",Class\n", 1)))
+    assert problems and all(p.line == 1 for p in problems)
+    assert any("'Class' should be spelled 'class'" in p.message for p in problems)
+
+
+def test_rows_must_match_test_csv(files):
+    text = HEADER + "10,a.jpg,0,0,50,50,PNN\n99,a.jpg,10,10,60,60,MO\n11,b.jpg,0,0,79,59,LyB\n12,b.jpg,1,1,9,9,PNN\n"
+    problems = errors(validate_submission(*files(text)))
+    messages = [(p.line, p.message) for p in problems]
+    assert (None, "4 rows, test.csv has 3 (one row per test.csv row)") in messages
+    assert any(line == 3 and "trustii_id 99 is not in" in m for line, m in messages)
+    assert any(line == 4 and "NAME 'b.jpg' but" in m and "gives 'a.jpg' for trustii_id 11" in m for line, m in messages)
+    assert not any("no row for trustii_id" in m for _, m in messages)
+    missing = errors(validate_submission(*files(HEADER + "10,a.jpg,0,0,50,50,PNN\n12,b.jpg,0,0,79,59,LyB\n")))
+    assert any("no row for trustii_id 11 (" in p.message and "line 3" in p.message for p in missing)
+
+
+def test_nan_class_typo_and_bad_boxes_each_reported_with_line(files):
+    text = HEADER + "10,a.jpg,0,0,50,50,\n11,a.jpg,10,10,abc,60,LH_LyAc\n12,b.jpg,5,0,5,59,LyB\n"
+    problems = errors(validate_submission(*files(text)))
+    where = {(p.line, p.column) for p in problems}
+    assert {(2, "class"), (3, "x2"), (3, "class"), (4, "x2")} <= where
+    typo = [p for p in problems if p.line == 3 and p.column == "class"][0]
+    assert "did you mean 'LH_lyAct'" in typo.message
+    assert any(p.line == 4 and "must be greater than x1" in p.message for p in problems)
+
+
+def test_duplicate_box_and_class_in_one_image(files):
+    text = HEADER + "10,a.jpg,0,0,50,50,PNN\n11,a.jpg,0,0,50,50,PNN\n12,b.jpg,0,0,50,50,PNN\n"
+    problems = errors(validate_submission(*files(text)))
+    assert [(p.line, "same box and class as line 2" in p.message) for p in problems] == [(3, True)]
+    # the same box with another class is fine (the metric keeps both)
+    assert validate_submission(*files(text.replace("11,a.jpg,0,0,50,50,PNN", "11,a.jpg,0,0,50,50,MO"))) == []
+
+
+def test_order_is_only_a_warning(files):
+    lines = GOOD.splitlines(keepends=True)
+    problems = validate_submission(*files(lines[0] + lines[2] + lines[1] + lines[3]))
+    assert [(p.level, p.line) for p in problems] == [("warning", 2)]
+
+
+def test_boxes_outside_images_are_warnings(files, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (80, 60)).save(images / "a.jpg")
+    problems = validate_submission(*files(GOOD.replace("10,10,60,60", "10,10,90,60")), images_dir=images)
+    assert all(p.level == "warning" for p in problems)
+    assert any(p.line == 3 and "leaves image a.jpg (80x60)" in p.message for p in problems)
+    assert any("image b.jpg" in p.message for p in problems)  # not there: said once, not per row
+
+
+def test_cli_exit_status_and_listing(files, capsys):
+    sub, test = files(GOOD)
+    assert validate.main(["--submission", str(sub), "--test", str(test)]) == 0
+    assert "0 error(s), 0 warning(s) -- ready to upload" in capsys.readouterr().out
+    sub, test = files(GOOD.replace("LyB", "lyb"))
+    assert validate.main(["--submission", str(sub), "--test", str(test)]) == 1
+    out = capsys.readouterr().out
+    assert f"{sub}:4: error: column 'class': unknown class 'lyb'; did you mean 'LyB'?" in out
+    assert "1 error(s)" in out
