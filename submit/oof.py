@@ -1,0 +1,136 @@
+"""Out-of-fold scoring: the leaderboard's metric on each fold's validation images.
+
+Each fold's truth is its cleaned validation boxes (``prepare.dataset.load_fold``)
+with synthetic trustii_ids; the fold's out-of-fold predictions go through the
+SAME writer as a real submission (top-N per image, full-image fillers, nudged
+repeats), then through ``submit.score``. So the local CV number is computed
+exactly as the leaderboard would compute it.
+
+    python -m submit.oof --data DATA --k K --seed SEED [--model NAME ...] [--json OUT.json]
+
+reads ``work/preds/<model>/fold<k>/oof.parquet`` for every model found (or those
+given) and prints a model x fold table with the overall out-of-fold score (all
+folds concatenated). ``make score`` runs it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cytokit import env, io, paths, predictions
+from submit.score import ScoreResult, score
+from submit.writer import make_submission
+
+log = logging.getLogger(__name__)
+VIEW_PREFERENCE = ("fused", "identity")  # the view scored when a table holds several TTA views
+
+
+def synthetic_truth(boxes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A truth table (``trustii_id,NAME,x1,y1,x2,y2,class``) and its test.csv-like table.
+
+    trustii_ids are 1..n in the order of a stable sort of ``boxes`` by NAME, so the
+    same boxes always get the same ids.
+    """
+    b = boxes.sort_values("NAME", kind="stable").reset_index(drop=True)
+    truth = pd.DataFrame({"trustii_id": np.arange(1, len(b) + 1, dtype=np.int64), "NAME": b["NAME"].to_numpy()})
+    for col in ("x1", "y1", "x2", "y2"):
+        truth[col] = b[col].to_numpy(np.float64)
+    truth["class"] = b["class"].astype(str).to_numpy(dtype=object)
+    return truth, truth[["trustii_id", "NAME"]].copy()
+
+
+def one_view(preds: pd.DataFrame) -> pd.DataFrame:
+    """The rows of one TTA view: the only one, else ``fused``, else ``identity``."""
+    views = pd.unique(preds["view"])
+    if len(views) <= 1:
+        return preds
+    for view in VIEW_PREFERENCE:
+        if view in views:
+            return preds[preds["view"] == view]
+    raise ValueError(f"predictions hold several views ({', '.join(map(str, views))}) and none of "
+                     f"{', '.join(VIEW_PREFERENCE)}; fuse them first")
+
+
+def oof_score(preds: pd.DataFrame, truth_boxes: pd.DataFrame, images: pd.DataFrame) -> ScoreResult:
+    """Score out-of-fold ``preds`` against ``truth_boxes`` (NAME,x1,y1,x2,y2,class) as the leaderboard would.
+
+    ``images``: ``NAME,width,height`` of the scored images (full-image fillers).
+    Predictions on other images are ignored.
+    """
+    truth, test = synthetic_truth(truth_boxes)
+    preds = one_view(preds)
+    sub = make_submission(preds[preds["NAME"].isin(test["NAME"])], test, images)  # validates the contract
+    return score(truth, sub)
+
+
+def find_models() -> list[str]:
+    """Models with at least one ``work/preds/<model>/fold<k>/oof.parquet``."""
+    root = paths.work_dir() / "preds"
+    return sorted({p.parent.parent.name for p in root.glob("*/fold*/oof.parquet")}) if root.exists() else []
+
+
+def score_models(data: Path, k: int, seed: int, models: list[str]) -> pd.DataFrame:
+    """One row per model: the score of each fold found, the overall OOF score and its two terms."""
+    from prepare.dataset import load_fold
+
+    folds: dict[int, object] = {}
+    rows = []
+    for model in models:
+        row: dict = {"model": model}
+        preds_all, boxes_all, images_all = [], [], []
+        for fold in range(k):
+            path = paths.preds_dir(model, fold) / "oof.parquet"
+            if not path.exists():
+                row[f"fold{fold}"] = np.nan
+                continue
+            if fold not in folds:
+                folds[fold] = load_fold(data, k, seed, fold)
+            fd = folds[fold]
+            preds = one_view(predictions.read(path))
+            row[f"fold{fold}"] = oof_score(preds, fd.val_boxes, fd.val_images).total
+            preds_all.append(preds)
+            boxes_all.append(fd.val_boxes)
+            images_all.append(fd.val_images)
+        if preds_all:
+            result = oof_score(pd.concat(preds_all, ignore_index=True), pd.concat(boxes_all, ignore_index=True),
+                               pd.concat(images_all, ignore_index=True))
+            row.update(oof=result.total, giou_term=result.giou_term, f1_term=result.f1_term,
+                       folds=len(preds_all))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m submit.oof", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=paths.DEFAULT_DATA, help="challenge data folder")
+    parser.add_argument("--k", type=int, default=5, help="number of folds of the prepared dataset")
+    parser.add_argument("--seed", type=int, default=42, help="fold seed of the prepared dataset")
+    parser.add_argument("--model", nargs="*", default=None, help="models to score (default: every one found)")
+    parser.add_argument("--json", type=Path, help="also write the table as JSON here")
+    args = parser.parse_args(argv)
+    env.apply()
+    io.setup_logging()
+    from submit.report import format_table
+
+    models = args.model or find_models()
+    if not models:
+        raise FileNotFoundError(f"{paths.work_dir() / 'preds'}: no out-of-fold predictions "
+                                "(<model>/fold<k>/oof.parquet); train and predict first")
+    table = score_models(args.data, args.k, args.seed, models)
+    if "oof" not in table.columns or table["oof"].isna().all():
+        raise FileNotFoundError(f"no oof.parquet for model(s) {', '.join(models)} under {paths.work_dir() / 'preds'}")
+    print(f"out-of-fold scores (challenge metric), data={args.data} k={args.k} seed={args.seed}")
+    print(format_table(table))
+    if args.json:
+        records = table.astype(object).where(table.notna(), None).to_dict(orient="records")
+        io.atomic_write_text(args.json, json.dumps(records, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(io.cli(main))
