@@ -199,7 +199,10 @@ def run(data: Path, cfg: FoldsConfig, *, repair: bool = False, force: bool = Fal
     print(report.table())
     print(f"duplicate groups: {summary}")
     if folds is None:
-        folds = make_folds(cleaned, groups, cfg.k, cfg.seed)
+        try:
+            folds = make_folds(cleaned, groups, cfg.k, cfg.seed)
+        except ValueError as exc:  # too few images for k folds
+            raise io.DataError(io.Problem(str(files["train"]), str(exc))) from None
         counts = fold_counts(folds, cleaned)
         write_outputs(fold_file, folds, counts, cfg, {
             "fingerprint": digest, "data": str(Path(data).resolve()), "settings": settings,

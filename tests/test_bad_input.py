@@ -192,3 +192,10 @@ def test_cli_subprocess_exits_cleanly(env, case):
     assert expected in proc.stderr and str(data / "train.csv") in proc.stderr
     assert snapshot(data) == before
     assert not (env / "work" / "folds").exists() and not (env / "work" / "datasets").exists()
+
+
+def test_too_few_images_for_k(env, capsys):
+    data = write_data(env / "raw", GOOD[:1])
+    rc, _, err = run(data, capsys, "--k", "3")
+    assert rc == 1 and "cannot make 3 folds from 1 image group(s)" in err
+    assert not paths.fold_file(3, SEED).exists()

@@ -13,7 +13,7 @@ from PIL import Image
 
 from cytokit import boxes as bx
 from cytokit import classes, io, paths
-from prepare import dataset, export, folds
+from prepare import dataset, export, folds, sizes
 
 K, SEED = 3, 7
 ROWS = [  # name, x1, y1, x2, y2, class; sizes below
@@ -239,3 +239,38 @@ def test_yolo_labels_text():
     assert texts["a.jpg"] == "0 0.5000000000 0.3750000000 0.5000000000 0.2500000000\n"
     assert texts["b.jpg"].splitlines() == ["22 0.2500000000 0.5000000000 0.5000000000 1.0000000000",
                                           "12 0.7500000000 0.2500000000 0.5000000000 0.5000000000"]
+
+
+def test_balance_flag_is_counted(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CYTOKIT_WORK", str(tmp_path / "work"))
+    data = write_data(tmp_path / "tiny")
+    assert run(["--data", str(data), "--k", "2", "--seed", "0", "--balance", "1"], capsys)[0] == 0
+    report = json.loads(paths.fold_file(2, 0).with_name("folds_k2_s0_report.json").read_text())
+    step = report["cleaning"]["steps"][-1]
+    # PNN is in 4 images (00000001, 00000006 and the two copies), MO in 2, LY in 2: one image each is
+    # kept for them (LF, EO, LLC have one image each), so 3 + 1 + 1 = 5 images go, with 5 boxes.
+    assert (step["step"], step["boxes_removed"], step["images_removed"]) == ("balance", 5, 5)
+    assert step["class_boxes_before_after"]["PNN"] == [4, 1]
+    assert len(pd.read_csv(paths.fold_file(2, 0))) == 6
+
+
+def test_cache_reads_only_changed_files(tmp_path):
+    files = []
+    for name in ("a", "b"):
+        (tmp_path / name).write_text(name)
+        files.append(sizes.file_stats(tmp_path, [name]))
+    table = pd.concat(files, ignore_index=True)
+    calls: list[list[str]] = []
+
+    def compute(paths_):
+        calls.append([p.name for p in paths_])
+        return pd.DataFrame({"length": [len(p.read_text()) for p in paths_]})
+
+    cache = tmp_path / "cache" / "lengths.csv"
+    first = sizes.cached(cache, table, compute)
+    assert first[["NAME", "length"]].values.tolist() == [["a", 1], ["b", 1]]
+    assert sizes.cached(cache, table, compute)["length"].tolist() == [1, 1]
+    (tmp_path / "b").write_text("bbb")  # new size: read again
+    table = sizes.file_stats(tmp_path, ["a", "b"])
+    assert sizes.cached(cache, table, compute)["length"].tolist() == [1, 3]
+    assert calls == [["a", "b"], ["b"]]
