@@ -1,0 +1,143 @@
+"""Devices and distributed training helpers for the torchvision loop.
+
+``device`` config values: ``""``/``"auto"`` (CUDA 0 when available, else CPU),
+``"cpu"``, ``"0"``/``"cuda:1"`` (one GPU), ``"0,1"`` (several GPUs). Ultralytics
+handles several GPUs itself (it launches its own DDP workers); the torchvision
+loop runs one process per GPU under ``torchrun``::
+
+    torchrun --nproc_per_node 2 -m train --model fasterrcnn --fold 0 --data DATA device=0,1
+
+``init()`` joins the process group when ``WORLD_SIZE > 1`` (NCCL on GPUs, gloo
+on CPU); samplers then shard the data per rank (``DistributedSampler``, or a
+weighted equivalent for class-balanced sampling) and ``wrap`` puts the model in
+``DistributedDataParallel``. Only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.distributed as torch_dist
+from torch.utils.data import DistributedSampler, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import WeightedRandomSampler
+
+from cytokit.config import ConfigError
+
+
+def resolve_device(spec: str | int | None) -> str:
+    """The torch device string for a config ``device`` value (this process's GPU under torchrun)."""
+    text = "" if spec is None else str(spec).strip().lower()
+    if text in ("", "auto"):
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if text == "cpu":
+        return "cpu"
+    ids = gpu_ids(text)
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device={spec}: CUDA is not available on this machine; use device=cpu")
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    return f"cuda:{ids[local % len(ids)]}"
+
+
+def gpu_ids(spec: str) -> list[int]:
+    """``"0,1"`` -> ``[0, 1]``; ``"cuda:1"`` -> ``[1]``."""
+    text = str(spec).strip().lower().removeprefix("cuda:").removeprefix("cuda")
+    try:
+        return [int(x) for x in text.split(",") if x.strip()] or [0]
+    except ValueError:
+        raise ConfigError(f"device={spec}: expected cpu, auto, a GPU index or a list like 0,1") from None
+
+
+def world_size() -> int:
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        return torch_dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def rank() -> int:
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        return torch_dist.get_rank()
+    return int(os.environ.get("RANK", 0))
+
+
+def is_main() -> bool:
+    """True in the process that writes files (rank 0, or the only process)."""
+    return rank() == 0
+
+
+def is_distributed() -> bool:
+    return torch_dist.is_available() and torch_dist.is_initialized()
+
+
+def init(device: str, init_method: str | None = None, world: int | None = None, rank_: int | None = None) -> bool:
+    """Join the process group when launched by torchrun (``WORLD_SIZE > 1``) or when
+    ``init_method`` is given (tests use a file store). Returns True when distributed."""
+    if is_distributed():
+        return True
+    world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
+    if world <= 1 and init_method is None:
+        return False
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    kwargs = {"init_method": init_method, "world_size": world,
+              "rank": int(os.environ.get("RANK", 0)) if rank_ is None else rank_}
+    torch_dist.init_process_group(backend=backend, **{k: v for k, v in kwargs.items() if v is not None})
+    return True
+
+
+def cleanup() -> None:
+    if is_distributed():
+        torch_dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        torch_dist.barrier()
+
+
+def wrap(model: torch.nn.Module, device: str) -> torch.nn.Module:
+    """The model in ``DistributedDataParallel`` when distributed, else unchanged."""
+    if not is_distributed():
+        return model
+    ids = [torch.device(device).index] if device.startswith("cuda") else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+class WeightedDistributedSampler(Sampler[int]):
+    """Weighted sampling with replacement, each rank taking its own slice of one shared draw."""
+
+    def __init__(self, weights: Sequence[float], num_replicas: int, rank: int, seed: int = 0):
+        self.weights = torch.as_tensor(weights, dtype=torch.double)
+        self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
+        self.num_samples = math.ceil(len(self.weights) / num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        draw = torch.multinomial(self.weights, self.num_samples * self.num_replicas, True, generator=g)
+        return iter(draw[self.rank::self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def make_sampler(dataset, shuffle: bool, weights: Sequence[float] | None = None, seed: int = 0) -> Sampler:
+    """The sampler for ``dataset``: sharded per rank when distributed, weighted when ``weights``."""
+    if is_distributed():
+        if weights is not None:
+            return WeightedDistributedSampler(weights, world_size(), rank(), seed)
+        return DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=shuffle, seed=seed)
+    if weights is not None:
+        g = torch.Generator().manual_seed(seed)
+        return WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=g)
+    if shuffle:
+        return RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    return SequentialSampler(dataset)

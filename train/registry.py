@@ -1,0 +1,78 @@
+"""The model registry: one plain dict from ``MODEL=`` names to adapter classes.
+
+Values are ``"module:Class"`` strings imported on first use, so importing this
+module stays light (no torch, no ultralytics) and a model whose module is
+missing fails with a message that names it. Each model has one commented YAML
+config, ``configs/<name>.yaml``, read into its adapter's ``config_cls``.
+
+Adding a model = one adapter class (``train.base.Adapter``) + one entry here +
+one ``configs/<name>.yaml``. ``python -m train --list`` prints the table.
+
+Inference uses the same entry point::
+
+    adapter = registry.get("yolov8")()
+    cfg = registry.load_config("yolov8", ["imgsz=384"])
+    predictor = adapter.load(weights_path, cfg, device="cpu")
+    detections = predictor.predict(list_of_rgb_uint8_arrays, conf=0.001)
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from cytokit import paths
+from cytokit.config import ConfigError, load
+
+MODELS: dict[str, str] = {
+    "yolov5": "train.ultra:Yolov5Adapter",  # ultralytics YOLOv5u (anchor-free head)
+    "yolov8": "train.ultra:Yolov8Adapter",
+    "yolo11": "train.ultra:Yolo11Adapter",
+    "fasterrcnn": "train.tv:FasterRCNNAdapter",  # torchvision fasterrcnn_resnet50_fpn_v2
+    "fasterrcnn_mobilenet": "train.tv:FasterRCNNMobileAdapter",  # fasterrcnn_mobilenet_v3_large_fpn (CPU)
+    "retinanet": "train.tv:RetinaNetAdapter",  # torchvision retinanet_resnet50_fpn_v2
+    "unet": "train.unet:UnetAdapter",
+    "cls": "train.cls:ClassifierAdapter",
+}
+
+
+def names() -> list[str]:
+    """The registered model names, in registry order."""
+    return list(MODELS)
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if registered, else raise ``ConfigError`` listing the valid names."""
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+    return name
+
+
+def get(name: str) -> type:
+    """The adapter class registered as ``name`` (imported now)."""
+    target = MODELS[check_name(name)]
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise ConfigError(
+                f"model {name!r}: its adapter module {module_name} is not available ({exc})"
+            ) from None
+        raise
+    try:
+        return getattr(module, class_name)
+    except AttributeError:
+        raise ConfigError(f"model {name!r}: {module_name} has no class {class_name}") from None
+
+
+def config_path(name: str) -> Path:
+    """``configs/<name>.yaml``: the model's commented default config."""
+    return paths.CONFIGS / f"{check_name(name)}.yaml"
+
+
+def load_config(name: str, overrides: dict[str, Any] | list[str] = ()) -> Any:
+    """The model's config dataclass: defaults <- ``configs/<name>.yaml`` <- overrides."""
+    cls = get(name).config_cls
+    path = config_path(name)
+    return load(cls, path if path.exists() else None, overrides)

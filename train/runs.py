@@ -1,0 +1,160 @@
+"""Run folders: ``work/runs/<model>/fold<k>/``, their state and their records.
+
+Every adapter leaves the same files in its run folder::
+
+    config.yaml   the resolved config (defaults <- configs/<model>.yaml <- overrides)
+    metrics.csv   one row per epoch (losses, validation metrics, challenge score)
+    curves.png    loss and metric curves drawn from metrics.csv
+    last.pt       the latest checkpoint (what ``--resume`` continues from)
+    best.pt       the weights of the epoch with the best challenge score
+    trained.json  written when training is finished (the out-of-fold predictions may not be)
+    done.json     written when training and the out-of-fold predictions are finished
+
+``prepare`` decides what a new ``python -m train`` call does with a folder: a
+finished run is skipped unless ``--force`` (which clears the folder, and the
+fold's stale predictions, explicitly); an unfinished one must be ``--resume``d
+or ``--force``d, never silently mixed with a new run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cytokit import config as kit_config
+from cytokit.io import atomic_write, atomic_write_df, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+DONE = "done.json"
+TRAINED = "trained.json"
+METRICS = "metrics.csv"
+CURVES = "curves.png"
+
+
+def is_done(run_dir: Path) -> bool:
+    return (Path(run_dir) / DONE).exists()
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """True when the run folder holds a ``last.pt`` to resume from."""
+    return (Path(run_dir) / "last.pt").exists()
+
+
+def prepare(run_dir: Path, resume: bool = False, force: bool = False, stale: tuple[Path, ...] = ()) -> str:
+    """Get ``run_dir`` ready; return ``"done"``, ``"trained"`` (predictions still to make),
+    ``"resume"`` or ``"fresh"``.
+
+    ``stale`` are outputs of an old run that live elsewhere (the fold's OOF
+    parquet): removed with the folder on ``--force``. Raises ``FileExistsError``
+    for an unfinished run called without ``--resume`` or ``--force``.
+    """
+    run_dir = Path(run_dir)
+    if force:
+        if run_dir.exists():
+            log.info("--force: removing the old run folder %s", run_dir)
+            shutil.rmtree(run_dir)
+        for path in stale:
+            if Path(path).exists():
+                log.info("--force: removing %s", path)
+                Path(path).unlink()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return "fresh"
+    if is_done(run_dir):
+        return "done"
+    if (run_dir / TRAINED).exists():
+        return "trained"
+    if resume and has_checkpoint(run_dir):
+        return "resume"
+    if resume:
+        log.warning("--resume: %s has no last.pt; starting this run from scratch", run_dir)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(
+            f"{run_dir}: holds an unfinished run; add --resume to continue it or --force to start over"
+        )
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return "fresh"
+
+
+def save_config(cfg: Any, run_dir: Path) -> Path:
+    """Write the resolved config as ``config.yaml``; log keys changed since a previous save."""
+    path = Path(run_dir) / "config.yaml"
+    if path.exists():
+        old = kit_config.read_yaml(path)
+        new = kit_config.to_dict(cfg)
+        changed = sorted(k for k in new if old.get(k) != new[k])
+        if changed:
+            log.warning("config changed since the run started: %s", ", ".join(changed))
+    return kit_config.save(cfg, path)
+
+
+def mark_done(run_dir: Path, info: dict[str, Any]) -> Path:
+    """Write ``done.json`` (the finished-run marker) with ``info`` and a timestamp."""
+    payload = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+    return atomic_write_text(Path(run_dir) / DONE, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def mark_trained(run_dir: Path) -> Path:
+    """Write ``trained.json``: training is over, only the out-of-fold predictions are left."""
+    payload = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return atomic_write_text(Path(run_dir) / TRAINED, json.dumps(payload) + "\n")
+
+
+def read_metrics(run_dir: Path) -> pd.DataFrame:
+    path = Path(run_dir) / METRICS
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+
+def append_metrics(run_dir: Path, row: dict[str, Any]) -> pd.DataFrame:
+    """Add one epoch's row to ``metrics.csv`` (replacing a row of the same epoch) and redraw the curves."""
+    old = read_metrics(run_dir)
+    if len(old) and "epoch" in old:
+        old = old[old["epoch"] != row["epoch"]]
+    table = pd.concat([old, pd.DataFrame([row])], ignore_index=True) if len(old) else pd.DataFrame([row])
+    atomic_write_df(table, Path(run_dir) / METRICS)
+    try:
+        plot_curves(table, Path(run_dir) / CURVES)
+    except Exception as exc:  # a plot must never stop a training run
+        log.warning("could not draw %s: %s", CURVES, exc)
+    return table
+
+
+def best_so_far(run_dir: Path, column: str = "challenge") -> float:
+    """The best value of ``column`` in ``metrics.csv`` (-inf when there is none): for resumed runs."""
+    table = read_metrics(run_dir)
+    if column not in table or table[column].dropna().empty:
+        return -math.inf
+    return float(table[column].max())
+
+
+def plot_curves(table: pd.DataFrame, path: Path) -> Path:
+    """Loss columns (``*loss*``) in one panel, the other metrics in another, against epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    losses = [c for c in table.columns if "loss" in c]
+    metrics = [c for c in table.columns if c not in losses and c not in ("epoch", "lr", "time")]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, cols, title in ((axes[0], losses, "losses"), (axes[1], metrics, "validation")):
+        for col in cols:
+            ax.plot(table["epoch"], table[col], marker="o", label=col)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        if cols:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,86 @@
+"""Ultralytics training pieces of the kit: an offline trainer and the per-epoch callback.
+
+Imported only when a YOLO model trains (it imports ultralytics, which must come
+after ``cytokit.env.apply()``). ``KitTrainer`` is ultralytics' DetectionTrainer
+whose AMP check never downloads its reference weights; ``EpochEnd`` writes the
+epoch's metrics row, scores the EMA model on the fold's validation images with
+the challenge metric and keeps the best epoch as ``<run_dir>/best.pt``. Both
+are picklable, so they also work in ultralytics' multi-GPU (DDP) workers.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import ultralytics.engine.trainer as trainer_module
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils import WEIGHTS_DIR, checks
+
+from train import oof, runs
+from train.ultra_predict import UltraPredictor
+
+log = logging.getLogger(__name__)
+
+
+def offline_check_amp(model: Any) -> bool:
+    """Ultralytics' AMP check without its download: the real check only when its
+    reference weights are already on disk, else AMP on for CUDA (off on CPU)."""
+    if next(model.parameters()).device.type != "cuda":
+        return False
+    if (WEIGHTS_DIR / "yolo26n.pt").is_file():
+        return checks.check_amp(model)
+    log.info("AMP check skipped (its reference weights are not on disk and nothing is downloaded); AMP on")
+    return True
+
+
+@contextlib.contextmanager
+def no_amp_download():
+    original = trainer_module.check_amp
+    trainer_module.check_amp = offline_check_amp
+    try:
+        yield
+    finally:
+        trainer_module.check_amp = original
+
+
+class KitTrainer(DetectionTrainer):
+    """DetectionTrainer whose set-up runs the offline AMP check."""
+
+    def _setup_train(self, *args, **kwargs):
+        with no_amp_download():
+            return super()._setup_train(*args, **kwargs)
+
+
+class EpochEnd:
+    """``on_model_save`` callback: the epoch's metrics row, its challenge score, best.pt."""
+
+    def __init__(self, fold_data: Any, run_dir: Path, cfg: Any, model_name: str):
+        self.fold_data, self.run_dir, self.cfg, self.model_name = fold_data, Path(run_dir), cfg, model_name
+        self.best = runs.best_so_far(run_dir, "challenge" if cfg.select == "challenge" else "ul_fitness")
+
+    def __call__(self, trainer: Any) -> None:
+        row: dict[str, Any] = {"epoch": trainer.epoch + 1}
+        losses = trainer.label_loss_items(trainer.tloss, prefix="train")
+        row.update({k.replace("/", "_"): round(float(v), 5) for k, v in losses.items()})
+        for key, value in (trainer.metrics or {}).items():
+            short = key.replace("metrics/", "ul_").replace("(B)", "").replace("/", "_").replace("-", "_")
+            row[short] = round(float(value), 5)
+        row["ul_fitness"] = round(float(trainer.fitness or 0.0), 5)
+        if self.cfg.select == "challenge":
+            predictor = UltraPredictor(trainer.ema.ema, self.cfg, str(trainer.device))
+            preds = oof.predict_fold(predictor, self.fold_data, self.model_name, self.cfg.conf, progress=False)
+            row.update(oof.evaluate(preds, self.fold_data))
+            score = row["challenge"] if row["challenge"] == row["challenge"] else -1.0
+        else:
+            score = row["ul_fitness"]
+        if score > self.best or not (self.run_dir / "best.pt").exists():
+            self.best = max(self.best, score)
+            tmp = self.run_dir / ".best.pt.tmp"
+            shutil.copyfile(trainer.last, tmp)
+            os.replace(tmp, self.run_dir / "best.pt")
+        log.info("epoch %d: %s %.4f (best %.4f)", row["epoch"], self.cfg.select, score, self.best)
+        runs.append_metrics(self.run_dir, row)
