@@ -53,7 +53,7 @@ class ScoreResult:
     labels: list[str]  # union of true and predicted labels, sorted (confusion order)
     confusion: np.ndarray  # (L, L) counts: rows true label, columns predicted label
     per_class: pd.DataFrame  # label, precision, recall, f1, support, predicted
-    per_box: pd.DataFrame  # one row per GT box: trustii_id, NAME, class, pred_class, giou
+    per_box: pd.DataFrame  # per GT box: trustii_id, NAME, class, pred_class, giou, matched, rescaled_giou
 
     def to_dict(self) -> dict:
         """JSON-ready: the numbers, per-class rows and the confusion matrix (no per-box rows)."""
@@ -90,26 +90,39 @@ def _labels(cls: pd.Series) -> np.ndarray:
     """Predicted classes as the platform's strings: NaN -> 'nan', anything else str()."""
     out = cls.to_numpy(dtype=object).copy()
     out[pd.isna(out)] = NAN_LABEL
-    other = np.array([not isinstance(v, str) for v in out], dtype=bool)
-    if other.any():
-        out[other] = [str(v) for v in out[other]]
+    if pd.api.types.infer_dtype(out, skipna=False) != "string":
+        out = np.array([v if isinstance(v, str) else str(v) for v in out], dtype=object)
     return out
 
 
-def usable_rows(truth: pd.DataFrame, submission: pd.DataFrame) -> np.ndarray:
+def _image_codes(truth: pd.DataFrame, submission: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, int]:
+    """Image index of each truth row and each submission row (-1: not a truth image), and the image count.
+
+    One factorisation of both NAME columns: truth names come first, so they get
+    the codes 0..n-1 in order of first appearance.
+    """
+    t = truth["NAME"].to_numpy(dtype=object)
+    codes, _ = pd.factorize(np.concatenate([t, submission["NAME"].to_numpy(dtype=object)]))
+    if (codes[:len(t)] < 0).any():
+        raise ValueError("truth: NAME must not be missing")
+    n_img = int(codes[:len(t)].max()) + 1 if len(t) else 0
+    sub = codes[len(t):]
+    return codes[:len(t)], np.where(sub < n_img, sub, -1), n_img
+
+
+def usable_rows(truth: pd.DataFrame, submission: pd.DataFrame, codes=None) -> np.ndarray:
     """Positions of the submission rows the metric uses, in submission order.
 
     A row is usable when its NAME is a truth image and its trustii_id one of that
     image's; then repeated (NAME, trustii_id) and repeated (NAME, box, class) rows
-    are dropped, the first kept.
+    are dropped, the first kept. ``codes``: ``_image_codes``' result, when known.
     """
-    names, uniques = pd.factorize(truth["NAME"])
+    names, sub_img, n_img = codes if codes is not None else _image_codes(truth, submission)
     ids = _truth_ids(truth)
     lo, span = int(ids.min()) if len(ids) else 0, int(np.ptp(ids)) + 1 if len(ids) else 1
-    if span * max(len(uniques), 1) >= 2**62:
+    if span * max(n_img, 1) >= 2**62:
         raise ValueError("truth: trustii_id range too wide to index")
     truth_keys = names.astype(np.int64) * span + (ids - lo)
-    sub_img = uniques.get_indexer(submission["NAME"].astype(object))
     sub_id = pd.to_numeric(submission["trustii_id"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     with np.errstate(invalid="ignore"):
         ok = (sub_img >= 0) & np.isfinite(sub_id) & (sub_id == np.round(sub_id)) & (sub_id >= lo) & (sub_id < lo + span)
@@ -126,15 +139,16 @@ def match(truth: pd.DataFrame, submission: pd.DataFrame) -> pd.DataFrame:
     """Per GT box (truth order): its best prediction's GIoU and label (SPEC section 4, steps 1-3)."""
     _require(truth, "truth")
     _require(submission, "submission")
-    names, uniques = pd.factorize(truth["NAME"])
-    rows = usable_rows(truth, submission)
-    p_img = uniques.get_indexer(submission["NAME"].iloc[rows].astype(object))
+    codes = _image_codes(truth, submission)
+    names, sub_img, n_img = codes
+    rows = usable_rows(truth, submission, codes)
+    p_img = sub_img[rows]
     p_box = submission[COORDS].iloc[rows].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
     p_lab = _labels(submission["class"].iloc[rows])
     g_box = truth[COORDS].to_numpy(np.float64)
 
     p_order = np.argsort(p_img, kind="stable")  # predictions by image, submission order inside
-    n_pred = np.bincount(p_img, minlength=len(uniques))
+    n_pred = np.bincount(p_img, minlength=n_img)
     p_start = np.cumsum(n_pred) - n_pred
     g_order = np.argsort(names, kind="stable")
     reps = n_pred[names[g_order]]
@@ -155,9 +169,12 @@ def match(truth: pd.DataFrame, submission: pd.DataFrame) -> pd.DataFrame:
         first = np.minimum.reduceat(np.where(hit, np.arange(total), total), starts)
         best[g_order[has]] = giou[first]
         label[g_order[has]] = p_lab[pair_p[first]]
+    matched = np.zeros(len(truth), dtype=bool)
+    matched[g_order[has]] = True
     return pd.DataFrame({
         "trustii_id": truth["trustii_id"].to_numpy(), "NAME": truth["NAME"].to_numpy(),
         "class": truth["class"].astype(str).to_numpy(dtype=object), "pred_class": label, "giou": best,
+        "matched": matched,
     })
 
 
@@ -174,7 +191,8 @@ def score(truth: pd.DataFrame, submission: pd.DataFrame) -> ScoreResult:
     rescaled = np.nan_to_num((per_box["giou"].to_numpy() + 1) / 2, nan=0.0)
     y_true = per_box["class"].to_numpy(dtype=object)
     y_pred = per_box["pred_class"].to_numpy(dtype=object)
-    labels, codes = np.unique(np.concatenate([y_true, y_pred]).astype(str), return_inverse=True)
+    codes, labels = pd.factorize(np.concatenate([y_true, y_pred]), sort=True)
+    labels = np.asarray(labels, dtype=object)
     n, n_lab = len(y_true), len(labels)
     confusion = np.bincount(codes[:n] * n_lab + codes[n:], minlength=n_lab * n_lab).reshape(n_lab, n_lab)
     tp = np.diag(confusion).astype(np.float64)
@@ -194,7 +212,7 @@ def score(truth: pd.DataFrame, submission: pd.DataFrame) -> ScoreResult:
         f1_term=f1_term,
         balanced_accuracy=float(recall[support > 0].mean()),
         n_gt=n,
-        n_unmatched=int((per_box["pred_class"] == MISSING_LABEL).sum()),
+        n_unmatched=int((~per_box["matched"]).sum()),
         labels=[str(x) for x in labels],
         confusion=confusion,
         per_class=per_class,
