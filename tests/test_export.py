@@ -274,3 +274,16 @@ def test_cache_reads_only_changed_files(tmp_path):
     table = sizes.file_stats(tmp_path, ["a", "b"])
     assert sizes.cached(cache, table, compute)["length"].tolist() == [1, 3]
     assert calls == [["a", "b"], ["b"]]
+
+
+def test_through_the_synthetic_generator(tmp_path, monkeypatch, capsys):
+    synth = pytest.importorskip("prepare.synth")
+    monkeypatch.setenv("CYTOKIT_WORK", str(tmp_path / "work"))
+    data = tmp_path / "demo"
+    assert synth.main(["--out", str(data), "--images", "8", "--seed", "0"]) == 0
+    rc, _, err = run(["--data", str(data), "--k", "2", "--seed", "0"], capsys)
+    assert rc == 0, err
+    train = pd.read_csv(data / "train.csv")
+    fold_data = dataset.load_fold(data, 2, 0, 1)
+    assert len(fold_data.train_images) + len(fold_data.val_images) == train["NAME"].nunique()
+    assert len(fold_data.train_boxes) + len(fold_data.val_boxes) == len(train)
