@@ -25,7 +25,8 @@ def _coco_dicts(truth: pd.DataFrame, preds: pd.DataFrame, agnostic: bool) -> tup
     size = {}
     for table in (preds, truth):
         if {"width", "height"} <= set(table.columns):
-            size.update(table.drop_duplicates("NAME").set_index("NAME")[["width", "height"]].T.to_dict("list"))
+            first = table.drop_duplicates("NAME").set_index("NAME")
+            size.update(first[["width", "height"]].T.to_dict("list"))
     images = [{"id": image_id[n], "file_name": str(n), "width": int(size.get(n, (0, 0))[0]),
                "height": int(size.get(n, (0, 0))[1])} for n in names]
 

@@ -37,7 +37,8 @@ def synthetic_truth(boxes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     same boxes always get the same ids.
     """
     b = boxes.sort_values("NAME", kind="stable").reset_index(drop=True)
-    truth = pd.DataFrame({"trustii_id": np.arange(1, len(b) + 1, dtype=np.int64), "NAME": b["NAME"].to_numpy()})
+    truth = pd.DataFrame({"trustii_id": np.arange(1, len(b) + 1, dtype=np.int64),
+                          "NAME": b["NAME"].to_numpy()})
     for col in ("x1", "y1", "x2", "y2"):
         truth[col] = b[col].to_numpy(np.float64)
     truth["class"] = b["class"].astype(str).to_numpy(dtype=object)
@@ -97,7 +98,8 @@ def score_models(data: Path, k: int, seed: int, models: list[str]) -> pd.DataFra
             boxes_all.append(fd.val_boxes)
             images_all.append(fd.val_images)
         if preds_all:
-            result = oof_score(pd.concat(preds_all, ignore_index=True), pd.concat(boxes_all, ignore_index=True),
+            result = oof_score(pd.concat(preds_all, ignore_index=True),
+                               pd.concat(boxes_all, ignore_index=True),
                                pd.concat(images_all, ignore_index=True))
             row.update(oof=result.total, giou_term=result.giou_term, f1_term=result.f1_term,
                        folds=len(preds_all))
@@ -123,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "(<model>/fold<k>/oof.parquet); train and predict first")
     table = score_models(args.data, args.k, args.seed, models)
     if "oof" not in table.columns or table["oof"].isna().all():
-        raise FileNotFoundError(f"no oof.parquet for model(s) {', '.join(models)} under {paths.work_dir() / 'preds'}")
+        raise FileNotFoundError(f"no oof.parquet for model(s) {', '.join(models)} "
+                                f"under {paths.work_dir() / 'preds'}")
     print(f"out-of-fold scores (challenge metric), data={args.data} k={args.k} seed={args.seed}")
     print(format_table(table))
     if args.json:

@@ -28,10 +28,11 @@ def format_result(result, per_class: bool = True) -> str:
     if per_class:
         table = result.per_class.sort_values(["f1", "support"], ascending=[False, False], kind="stable")
         lines.append("")
-        lines.append(f"{'class':<10} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8} {'predicted':>9}")
+        header = ("class", "precision", "recall", "f1", "support", "predicted")
+        lines.append(f"{header[0]:<10} " + " ".join(f"{h:>9}" for h in header[1:]))
         for row in table.itertuples(index=False):
             lines.append(f"{row.label:<10} {row.precision:9.4f} {row.recall:9.4f} {row.f1:9.4f} "
-                         f"{row.support:8d} {row.predicted:9d}")
+                         f"{row.support:9d} {row.predicted:9d}")
     return "\n".join(lines)
 
 

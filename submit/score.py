@@ -80,7 +80,8 @@ def _truth_ids(truth: pd.DataFrame) -> np.ndarray:
     ids = pd.to_numeric(truth["trustii_id"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     bad = ~np.isfinite(ids) | (ids != np.round(ids))
     if bad.any():
-        raise ValueError(f"truth: trustii_id must be integers ({int(bad.sum())} bad, first at row {np.argmax(bad)})")
+        raise ValueError(f"truth: trustii_id must be integers ({int(bad.sum())} bad, "
+                         f"first at row {np.argmax(bad)})")
     if truth["class"].isna().any():
         raise ValueError("truth: class must not be missing")
     return ids.astype(np.int64)
@@ -123,10 +124,13 @@ def usable_rows(truth: pd.DataFrame, submission: pd.DataFrame, codes=None) -> np
     if span * max(n_img, 1) >= 2**62:
         raise ValueError("truth: trustii_id range too wide to index")
     truth_keys = names.astype(np.int64) * span + (ids - lo)
-    sub_id = pd.to_numeric(submission["trustii_id"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    sub_id = pd.to_numeric(submission["trustii_id"], errors="coerce")
+    sub_id = sub_id.to_numpy(dtype=np.float64, na_value=np.nan)
     with np.errstate(invalid="ignore"):
-        ok = (sub_img >= 0) & np.isfinite(sub_id) & (sub_id == np.round(sub_id)) & (sub_id >= lo) & (sub_id < lo + span)
-    keys = np.where(ok, sub_img.astype(np.int64) * span + (np.where(ok, sub_id, lo) - lo).astype(np.int64), -1)
+        ok = (sub_img >= 0) & np.isfinite(sub_id) & (sub_id == np.round(sub_id))
+        ok &= (sub_id >= lo) & (sub_id < lo + span)
+    offset = (np.where(ok, sub_id, lo) - lo).astype(np.int64)
+    keys = np.where(ok, sub_img.astype(np.int64) * span + offset, -1)
     rows = np.flatnonzero(ok & np.isin(keys, truth_keys))
     rows = rows[~pd.Series(keys[rows]).duplicated().to_numpy()]
     coords = submission[COORDS].iloc[rows].apply(pd.to_numeric, errors="coerce").reset_index(drop=True)
@@ -237,7 +241,8 @@ def read_submission_lenient(path: Path) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m submit.score", description=__doc__.split("\n")[0])
-    parser.add_argument("--truth", type=Path, required=True, help="truth CSV: trustii_id,NAME,x1,y1,x2,y2,class")
+    parser.add_argument("--truth", type=Path, required=True,
+                        help="truth CSV: trustii_id,NAME,x1,y1,x2,y2,class")
     parser.add_argument("--submission", type=Path, required=True, help="submission CSV to score")
     parser.add_argument("--json", type=Path, help="write the result as JSON here")
     parser.add_argument("--confusion", type=Path, help="save the confusion matrix as a PNG here")

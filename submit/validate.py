@@ -44,7 +44,8 @@ def _against_test(sub: pd.DataFrame, test: pd.DataFrame, file: str, test_file: s
     """Row count, trustii_id set, NAME of each trustii_id, order."""
     problems: list[Problem] = []
     if len(sub) != len(test):
-        problems.append(Problem(file, f"{len(sub)} rows, test.csv has {len(test)} (one row per test.csv row)"))
+        problems.append(Problem(file, f"{len(sub)} rows, test.csv has {len(test)} "
+                                      "(one row per test.csv row)"))
     test_pos = pd.Series(np.arange(len(test)), index=test["trustii_id"].to_numpy())
     test_pos = test_pos[~test_pos.index.duplicated()]
     pos = test_pos.reindex(sub["trustii_id"].to_numpy()).to_numpy()
@@ -52,14 +53,16 @@ def _against_test(sub: pd.DataFrame, test: pd.DataFrame, file: str, test_file: s
                      column="trustii_id") for i in np.flatnonzero(np.isnan(pos) & (sub["trustii_id"] != -1))]
     problems += _listed(extra, file, "trustii_ids not in test.csv")
     missing_ids = ~test["trustii_id"].isin(sub["trustii_id"]).to_numpy()
-    missing = [Problem(file, f"no row for trustii_id {test['trustii_id'].iat[i]} ({test_file} line {_line(i)}, "
-                             f"{test['NAME'].iat[i]})", column="trustii_id") for i in np.flatnonzero(missing_ids)]
+    missing = [Problem(file, f"no row for trustii_id {test['trustii_id'].iat[i]} "
+                             f"({test_file} line {_line(i)}, {test['NAME'].iat[i]})", column="trustii_id")
+               for i in np.flatnonzero(missing_ids)]
     problems += _listed(missing, file, "test.csv trustii_ids without a row")
     known = np.flatnonzero(~np.isnan(pos))
     want = test["NAME"].to_numpy(dtype=object)[pos[known].astype(np.int64)]
     wrong = known[sub["NAME"].to_numpy(dtype=object)[known] != want]
     wrong_name = [Problem(file, f"NAME {sub['NAME'].iat[i]!r} but {test_file} gives "
-                                f"{want[np.searchsorted(known, i)]!r} for trustii_id {sub['trustii_id'].iat[i]}",
+                                f"{want[np.searchsorted(known, i)]!r} "
+                                f"for trustii_id {sub['trustii_id'].iat[i]}",
                           line=_line(i), column="NAME") for i in wrong]
     problems += _listed(wrong_name, file, "trustii_ids under the wrong NAME")
     if not problems and not np.array_equal(pos, np.arange(len(test))):
@@ -76,7 +79,8 @@ def _duplicates(sub: pd.DataFrame, file: str) -> list[Problem]:
     dup = (sub.duplicated(subset=key, keep="first") & ~sub.duplicated(keep="first")).to_numpy()
     if not dup.any():
         return []
-    first = sub.reset_index(drop=True).reset_index().groupby(key, sort=False)["index"].transform("min").to_numpy()
+    numbered = sub.reset_index(drop=True).reset_index()
+    first = numbered.groupby(key, sort=False)["index"].transform("min").to_numpy()
     found = [Problem(file, f"same box and class as line {_line(first[i])} in image {sub['NAME'].iat[i]} "
                            "(the metric would drop this row)", line=_line(i)) for i in np.flatnonzero(dup)]
     return _listed(found, file, "duplicate (box, class) rows")
@@ -98,7 +102,8 @@ def _outside(sub: pd.DataFrame, images_dir: Path, file: str) -> list[Problem]:
         out = (sub["x1"].to_numpy() < 0) | (sub["y1"].to_numpy() < 0) | (sub["x2"].to_numpy() > w) | \
               (sub["y2"].to_numpy() > h)
     found = [Problem(file, f"box {sub[COORDS].iloc[i].tolist()} leaves image {sub['NAME'].iat[i]} "
-                           f"({int(w[i])}x{int(h[i])})", line=_line(i), level="warning") for i in np.flatnonzero(out)]
+                           f"({int(w[i])}x{int(h[i])})", line=_line(i), level="warning")
+             for i in np.flatnonzero(out)]
     return problems + _listed(found, file, "boxes leaving their image")
 
 

@@ -20,8 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m submit.write", description=__doc__.split("\n")[0])
     parser.add_argument("--preds", type=Path, required=True, help="prediction parquet of the test images")
     parser.add_argument("--test", type=Path, required=True, help="the challenge's test.csv")
-    parser.add_argument("--images", type=Path, help="test image folder (sizes for full-image boxes; box checks)")
-    parser.add_argument("--out", type=Path, default=paths.SUBMISSIONS, help="output folder (default submissions/)")
+    parser.add_argument("--images", type=Path,
+                        help="test image folder (sizes for full-image boxes; box checks)")
+    parser.add_argument("--out", type=Path, default=paths.SUBMISSIONS,
+                        help="output folder (default submissions/)")
     args = parser.parse_args(argv)
     io.setup_logging()
     from submit import writer

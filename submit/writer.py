@@ -80,7 +80,8 @@ def make_submission(preds: pd.DataFrame, test: pd.DataFrame, sizes: pd.DataFrame
     out = test.assign(slot=test.groupby("NAME", sort=False).cumcount())
     ranked = preds.sort_values(["NAME", "score"], ascending=[True, False], kind="stable")
     ranked = ranked.assign(slot=ranked.groupby("NAME", sort=False).cumcount())
-    out = out.merge(ranked[["NAME", "slot", *COORDS, "class"]], on=["NAME", "slot"], how="left", validate="1:1")
+    out = out.merge(ranked[["NAME", "slot", *COORDS, "class"]], on=["NAME", "slot"], how="left",
+                    validate="1:1")
 
     fill = out["x1"].isna().to_numpy()
     if fill.any():

@@ -36,7 +36,8 @@ def test_tie_goes_to_the_first_prediction():
     bottom = (2, "a.jpg", 0, 5, 10, 10, "LY")  # vs GT 1: the same 0.5
     pb = per_box(truth, table([top, bottom]))
     assert pb["pred_class"].tolist() == ["PNN", "LY"]
-    # GT 2 vs bottom: IoU 0, union 150, enclosing 110 x 105: GIoU = -(11550 - 150) / 11550 (beats top's 110 x 110)
+    # GT 2 vs bottom: IoU 0, union 150, enclosing 110 x 105: GIoU = -(11550 - 150) / 11550
+    # (beats top's, whose enclosing box is 110 x 110)
     np.testing.assert_allclose(pb["giou"], [0.5, -(11550 - 150) / 11550], rtol=0, atol=1e-12)
     assert per_box(truth, table([bottom, top]))["pred_class"].tolist() == ["LY", "LY"]
 
@@ -62,9 +63,10 @@ def test_trustii_id_repeats_are_dropped_before_box_repeats():
 
 def test_exact_box_and_class_repeat_is_dropped_but_another_class_is_kept():
     truth = table([(1, "a.jpg", 0, 0, 10, 10, "PNN"), (2, "a.jpg", 0, 0, 10, 10, "MO")])
-    rows = score_mod.usable_rows(truth, table([(1, "a.jpg", 0, 0, 10, 10, "PNN"), (2, "a.jpg", 0, 0, 10, 10, "PNN")]))
+    first = (1, "a.jpg", 0, 0, 10, 10, "PNN")
+    rows = score_mod.usable_rows(truth, table([first, (2, "a.jpg", 0, 0, 10, 10, "PNN")]))
     assert rows.tolist() == [0]
-    rows = score_mod.usable_rows(truth, table([(1, "a.jpg", 0, 0, 10, 10, "PNN"), (2, "a.jpg", 0, 0, 10, 10, "MO")]))
+    rows = score_mod.usable_rows(truth, table([first, (2, "a.jpg", 0, 0, 10, 10, "MO")]))
     assert rows.tolist() == [0, 1]
 
 
@@ -245,5 +247,6 @@ def test_cli_missing_submission_is_one_line_error(tmp_path, capsys):
     from cytokit import io
 
     table([(1, "a.jpg", 0, 0, 10, 10, "PNN")]).to_csv(tmp_path / "truth.csv", index=False)
-    code = io.cli(score_mod.main, ["--truth", str(tmp_path / "truth.csv"), "--submission", str(tmp_path / "no.csv")])
+    argv = ["--truth", str(tmp_path / "truth.csv"), "--submission", str(tmp_path / "no.csv")]
+    code = io.cli(score_mod.main, argv)
     assert code == 1 and "not found" in capsys.readouterr().err

@@ -142,8 +142,8 @@ label = st.sampled_from(["PNN", "MO", "LY", None, "Mo"])
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    gt=st.lists(st.tuples(st.sampled_from(["a.jpg", "b.jpg", "c.jpg"]), box, st.sampled_from(["PNN", "MO", "LY"])),
-                min_size=1, max_size=7),
+    gt=st.lists(st.tuples(st.sampled_from(["a.jpg", "b.jpg", "c.jpg"]), box,
+                          st.sampled_from(["PNN", "MO", "LY"])), min_size=1, max_size=7),
     rows=st.lists(st.tuples(st.integers(1, 8), st.sampled_from(["a.jpg", "b.jpg", "c.jpg"]), box, label),
                   max_size=12),
 )

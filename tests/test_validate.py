@@ -39,12 +39,14 @@ def test_header_must_be_exact(files):
 
 
 def test_rows_must_match_test_csv(files):
-    text = HEADER + "10,a.jpg,0,0,50,50,PNN\n99,a.jpg,10,10,60,60,MO\n11,b.jpg,0,0,79,59,LyB\n12,b.jpg,1,1,9,9,PNN\n"
+    text = (HEADER + "10,a.jpg,0,0,50,50,PNN\n99,a.jpg,10,10,60,60,MO\n11,b.jpg,0,0,79,59,LyB\n"
+            "12,b.jpg,1,1,9,9,PNN\n")
     problems = errors(validate_submission(*files(text)))
     messages = [(p.line, p.message) for p in problems]
     assert (None, "4 rows, test.csv has 3 (one row per test.csv row)") in messages
     assert any(line == 3 and "trustii_id 99 is not in" in m for line, m in messages)
-    assert any(line == 4 and "NAME 'b.jpg' but" in m and "gives 'a.jpg' for trustii_id 11" in m for line, m in messages)
+    assert any(line == 4 and "NAME 'b.jpg' but" in m and "gives 'a.jpg' for trustii_id 11" in m
+               for line, m in messages)
     assert not any("no row for trustii_id" in m for _, m in messages)
     missing = errors(validate_submission(*files(HEADER + "10,a.jpg,0,0,50,50,PNN\n12,b.jpg,0,0,79,59,LyB\n")))
     assert any("no row for trustii_id 11 (" in p.message and "line 3" in p.message for p in missing)

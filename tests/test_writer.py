@@ -26,7 +26,8 @@ def dets(name, rows, probs=None):
 
 def test_top_n_by_confidence_in_test_order_and_fillers():
     preds = pd.concat([
-        dets("a.jpg", [(1, 1, 20, 20, 0.3, "MO"), (30, 30, 50, 50, 0.9, "PNN"), (5.123456, 5, 9, 9, 0.6, "LY")]),
+        dets("a.jpg", [(1, 1, 20, 20, 0.3, "MO"), (30, 30, 50, 50, 0.9, "PNN"),
+                       (5.123456, 5, 9, 9, 0.6, "LY")]),
         dets("b.jpg", [(2, 2, 40, 40, 0.8, "EO"), (3, 3, 30, 30, 0.7, "EO")]),
         dets("c.jpg", [(2, 2, 40, 40, 0.5, "EO")]),
     ])
@@ -67,7 +68,8 @@ def test_no_detection_at_all_fills_pnn_and_needs_sizes():
 
 
 def test_writer_output_scores_like_the_detections():
-    truth = TEST.assign(x1=[1, 2, 30, 4, 5, 6, 7], y1=1, x2=[20, 40, 50, 40, 30, 30, 30], y2=[20, 40, 50, 30, 30, 30, 30],
+    truth = TEST.assign(x1=[1, 2, 30, 4, 5, 6, 7], y1=1, x2=[20, 40, 50, 40, 30, 30, 30],
+                        y2=[20, 40, 50, 30, 30, 30, 30],
                         **{"class": ["MO", "EO", "PNN", "LY", "B", "M", "MM"]})
     preds = pd.concat([dets(n, [(*box, 0.9, c)]) for n, box, c in
                        zip(truth["NAME"], truth[["x1", "y1", "x2", "y2"]].to_numpy(), truth["class"])])
