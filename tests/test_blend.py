@@ -114,3 +114,20 @@ def test_det_probs_prefers_p_columns():
     t = predictions.make("a.jpg", [[0, 0, 5, 5]], [0.5], [4], 10, 10, "m", 0, probs=probs)
     np.testing.assert_allclose(blend.det_probs(t), probs)
     np.testing.assert_allclose(blend.det_probs(t.drop(columns=P)), np.eye(23)[[4]])
+
+
+def test_blended_table_makes_a_valid_submission(tmp_path, fused):
+    from submit import validate, writer
+
+    crop = np.full((4, 23), 0.01)
+    crop[:, classes.CLASS_TO_ID["EO"]] = 0.78  # the classifier says EO everywhere
+    probs = blend.ClassifierProbs(crop, None, np.array([False, False, False, True]))
+    out = blend.blend_table(fused, probs, weight=0.6)
+    assert out["class"].tolist() == ["EO"] * 4  # 0.6 * 0.78 > 0.4 * 1 + 0.6 * 0.01
+    test = pd.DataFrame({"trustii_id": [5, 9, 7], "NAME": ["a.jpg", "b.jpg", "a.jpg"]})
+    test.to_csv(tmp_path / "test.csv", index=False)
+    sub = writer.make_submission(out, test, writer.image_sizes(test["NAME"], tmp_path, out))
+    path = writer.write_submission(sub, tmp_path / "test.csv", tmp_path / "subs", tmp_path)
+    assert [p for p in validate.validate_submission(path, tmp_path / "test.csv", tmp_path) if p.level == "error"] == []
+    written = pd.read_csv(path)
+    assert written["trustii_id"].tolist() == [5, 9, 7] and set(written["class"]) == {"EO"}

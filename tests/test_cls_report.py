@@ -38,3 +38,16 @@ def test_compare_detector_classifier_and_tuned_blend(tmp_path):
     assert [p.name for p in written if p.suffix == ".png"] == [
         "confusion_0_detector.png", "confusion_3_blend_w_0_75__tuned_here.png"]
     assert "tuned blend weight: 0.75" in cls_report.render(comp)
+
+
+def test_bccd_upstream_split(bccd_dir):
+    from infer import cls_bccd
+
+    train, test, images_dir = cls_bccd.split(bccd_dir)
+    # 341 single-WBC images with a subtype: 277 in train.txt + val.txt, 64 in test.txt
+    assert (len(train), len(test)) == (277, 64)
+    assert not set(train["NAME"]) & set(test["NAME"])
+    assert set(train["width"]) == {640} and set(train["height"]) == {480}
+    assert (images_dir / test["NAME"].iloc[0]).exists()
+    dets = cls_bccd.gt_as_detections(test, "PNN")
+    assert set(dets["class"]) == {"PNN"} and dets[["x1", "y1", "x2", "y2"]].equals(test[["x1", "y1", "x2", "y2"]])

@@ -61,6 +61,7 @@ class ClassifierConfig:
     val_detector: str = ""
     select: str = "best"
     tta: bool = True
+    conf: float = 0.001
     device: str = ""
     amp: bool = True
     workers: int = 2
@@ -284,3 +285,10 @@ class ClassifierAdapter(Adapter):
         model = cls_model.build_model(saved.backbone, drop_rate=saved.drop_rate)
         model.load_state_dict(ckpt["model"])
         return ClassifierPredictor(model, saved, cls_model.resolve_device(device))
+
+
+class FullImageAdapter(ClassifierAdapter):
+    """Registry adapter ``cls_full``: the same classifier, ``mode: full`` by default
+    (configs/cls_full.yaml), in its own run folder so it never overwrites ``cls``."""
+
+    name: ClassVar[str] = "cls_full"

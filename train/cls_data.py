@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 
 import cv2
@@ -81,6 +82,7 @@ def build_augment(name: str):
         raise ValueError(f"unknown augment {name!r}; valid: {', '.join(AUGMENTS)}")
     if name == "none":
         return None
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # else albumentations asks PyPI at import
     import albumentations as A
 
     # Cells have no orientation: every flip and rotation is a valid sample.
