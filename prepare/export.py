@@ -69,10 +69,18 @@ def write_labels(label_dir: Path, boxes: pd.DataFrame) -> int:
 
 
 def link_images(image_dir: Path, sources: pd.Series) -> None:
-    """Symlink ``image_dir/<NAME>`` -> the absolute source path, for each NAME -> path of ``sources``."""
+    """Symlink ``image_dir/<NAME>`` -> the absolute source path, for each NAME -> path of ``sources``.
+
+    Only the source FOLDERS are resolved: a raw image that is itself a link stays linked through
+    the raw folder.
+    """
     image_dir.mkdir(parents=True, exist_ok=True)
-    for name, src in sources.items():
-        os.symlink(Path(src).resolve(), image_dir / name)
+    folders: dict[Path, str] = {}  # resolve each source folder once, not each file
+    for name, src in zip(sources.index.tolist(), sources.tolist()):
+        src = Path(src)
+        if src.parent not in folders:
+            folders[src.parent] = str(src.parent.resolve())
+        os.symlink(os.path.join(folders[src.parent], src.name), os.path.join(image_dir, name))
 
 
 def resized_size(width: int, height: int, longest: int) -> tuple[int, int]:

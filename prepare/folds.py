@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 
 from cytokit import classes, config, env, io, paths, tables
+from prepare import clean, dedup, export, sizes
+from prepare.dataset import dataset_dir
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = paths.CONFIGS / "folds.yaml"
@@ -55,17 +57,15 @@ class FoldsConfig:
     workers: int = 0
 
     def __post_init__(self) -> None:
-        from prepare.clean import POLICIES
-        from prepare.dedup import METHODS
-
         checks = [
             (self.k >= 2, "k must be at least 2"),
             (self.balance >= 0, "balance must be >= 0 (0 = off)"),
             (self.resize >= 0, "resize must be >= 0 (0 = off)"),
             (self.min_side >= 0, "min_side must be >= 0"),
             (0 <= self.same_class_iou <= 1 and 0 <= self.cross_class_iou <= 1, "IoU thresholds must be in [0, 1]"),
-            (self.cross_class_policy in POLICIES, f"cross_class_policy must be one of {', '.join(POLICIES)}"),
-            (self.hash_method in METHODS, f"hash_method must be one of {', '.join(METHODS)}"),
+            (self.cross_class_policy in clean.POLICIES,
+             f"cross_class_policy must be one of {', '.join(clean.POLICIES)}"),
+            (self.hash_method in dedup.METHODS, f"hash_method must be one of {', '.join(dedup.METHODS)}"),
             (self.hash_size >= 2, "hash_size must be >= 2"),
             (self.hash_distance >= 0, "hash_distance must be >= 0"),
             (1 <= self.jpeg_quality <= 100, "jpeg_quality must be in 1..100"),
@@ -170,9 +170,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(data: Path, cfg: FoldsConfig, *, repair: bool = False, force: bool = False) -> Path:
     """The whole step on the data folder ``data``; returns the prepared dataset folder."""
-    from prepare import clean, dedup, export, sizes
-    from prepare.dataset import dataset_dir
-
     files = paths.data_files(data)
     boxes = tables.read_train(files["train"])
     images = sizes.inspect_images(data, boxes, repair=repair, workers=cfg.workers)
@@ -216,8 +213,8 @@ def run(data: Path, cfg: FoldsConfig, *, repair: bool = False, force: bool = Fal
 
     root = dataset_dir(data, cfg.k, cfg.seed)
     table = images[["NAME", "width", "height", "path"]].merge(folds, on="NAME")
-    export_key = hashlib.sha256(json.dumps(
-        [digest, cfg.resize, cfg.jpeg_quality, table["path"].astype(str).tolist()]).encode()).hexdigest()
+    export_key = hashlib.sha256(json.dumps([digest, cfg.resize, cfg.jpeg_quality]).encode()
+                                + table.astype(str).to_csv(index=False).encode()).hexdigest()
     meta_path = root / "meta.json"
     if meta_path.exists() and json.loads(meta_path.read_text()).get("export_key") == export_key:
         print(f"dataset up to date: {root}")
@@ -257,11 +254,9 @@ def sidecar_path(fold_file: Path) -> Path:
 def write_outputs(fold_file: Path, folds: pd.DataFrame, counts: pd.DataFrame, cfg: FoldsConfig,
                   sidecar: dict) -> None:
     """Fold file, count table + plot, cleaning report, resolved config; the sidecar JSON last."""
-    from prepare.export import plot_counts
-
     stem = fold_file.with_suffix("")
     io.atomic_write_df(counts.reset_index(), Path(f"{stem}_counts.csv"))
-    plot_counts(counts, Path(f"{stem}_counts.png"))
+    export.plot_counts(counts, Path(f"{stem}_counts.png"))
     report = {k: sidecar[k] for k in ("cleaning", "duplicates", "repaired")}
     io.atomic_write_text(Path(f"{stem}_report.json"), json.dumps(report, indent=2))
     config.save(cfg, Path(f"{stem}_config.yaml"))
