@@ -25,19 +25,10 @@ from cytokit.io import Problem
 
 log = logging.getLogger(__name__)
 COORDS = ["x1", "y1", "x2", "y2"]
-MAX_PER_KIND = 50  # problems of one kind listed one by one; the rest are counted in one line
 
 
 def _line(pos: int) -> int:
     return int(pos) + 2
-
-
-def _listed(problems: list[Problem], file: str, what: str) -> list[Problem]:
-    """At most MAX_PER_KIND problems of one kind, then one line counting the others."""
-    if len(problems) <= MAX_PER_KIND:
-        return problems
-    rest = len(problems) - MAX_PER_KIND
-    return problems[:MAX_PER_KIND] + [Problem(file, f"... and {rest} more: {what}", level=problems[0].level)]
 
 
 def _against_test(sub: pd.DataFrame, test: pd.DataFrame, file: str, test_file: str) -> list[Problem]:
@@ -51,12 +42,12 @@ def _against_test(sub: pd.DataFrame, test: pd.DataFrame, file: str, test_file: s
     pos = test_pos.reindex(sub["trustii_id"].to_numpy()).to_numpy()
     extra = [Problem(file, f"trustii_id {sub['trustii_id'].iat[i]} is not in {test_file}", line=_line(i),
                      column="trustii_id") for i in np.flatnonzero(np.isnan(pos) & (sub["trustii_id"] != -1))]
-    problems += _listed(extra, file, "trustii_ids not in test.csv")
+    problems += extra
     missing_ids = ~test["trustii_id"].isin(sub["trustii_id"]).to_numpy()
     missing = [Problem(file, f"no row for trustii_id {test['trustii_id'].iat[i]} "
                              f"({test_file} line {_line(i)}, {test['NAME'].iat[i]})", column="trustii_id")
                for i in np.flatnonzero(missing_ids)]
-    problems += _listed(missing, file, "test.csv trustii_ids without a row")
+    problems += missing
     known = np.flatnonzero(~np.isnan(pos))
     want = test["NAME"].to_numpy(dtype=object)[pos[known].astype(np.int64)]
     wrong = known[sub["NAME"].to_numpy(dtype=object)[known] != want]
@@ -64,7 +55,7 @@ def _against_test(sub: pd.DataFrame, test: pd.DataFrame, file: str, test_file: s
                                 f"{want[np.searchsorted(known, i)]!r} "
                                 f"for trustii_id {sub['trustii_id'].iat[i]}",
                           line=_line(i), column="NAME") for i in wrong]
-    problems += _listed(wrong_name, file, "trustii_ids under the wrong NAME")
+    problems += wrong_name
     if not problems and not np.array_equal(pos, np.arange(len(test))):
         first = int(np.flatnonzero(pos != np.arange(len(test)))[0])
         problems.append(Problem(file, "rows are not in test.csv order (the metric does not need it)",
@@ -83,28 +74,25 @@ def _duplicates(sub: pd.DataFrame, file: str) -> list[Problem]:
     first = numbered.groupby(key, sort=False)["index"].transform("min").to_numpy()
     found = [Problem(file, f"same box and class as line {_line(first[i])} in image {sub['NAME'].iat[i]} "
                            "(the metric would drop this row)", line=_line(i)) for i in np.flatnonzero(dup)]
-    return _listed(found, file, "duplicate (box, class) rows")
+    return found
 
 
 def _outside(sub: pd.DataFrame, images_dir: Path, file: str) -> list[Problem]:
     """Warnings for boxes leaving their image and for images that cannot be read."""
-    sizes, unreadable = {}, []
+    sizes, problems = {}, []
     for name in pd.unique(sub["NAME"]):
         try:
             sizes[name] = images.read_size(Path(images_dir) / name)
         except (ValueError, FileNotFoundError) as exc:
-            unreadable.append(Problem(file, f"image {name}: {exc}", level="warning"))
-    problems = _listed(unreadable, file, "images not found or unreadable")
-    wh = sub["NAME"].map(lambda n: sizes.get(n, (np.nan, np.nan)))
-    w = np.array([s[0] for s in wh], dtype=np.float64)
-    h = np.array([s[1] for s in wh], dtype=np.float64)
+            problems.append(Problem(file, f"image {name}: {exc}", level="warning"))
+    wh = np.array([sizes.get(n, (np.nan, np.nan)) for n in sub["NAME"]], dtype=np.float64).reshape(-1, 2)
+    w, h = wh[:, 0], wh[:, 1]
+    x1, y1, x2, y2 = (sub[c].to_numpy(np.float64) for c in COORDS)
     with np.errstate(invalid="ignore"):
-        out = (sub["x1"].to_numpy() < 0) | (sub["y1"].to_numpy() < 0) | (sub["x2"].to_numpy() > w) | \
-              (sub["y2"].to_numpy() > h)
-    found = [Problem(file, f"box {sub[COORDS].iloc[i].tolist()} leaves image {sub['NAME'].iat[i]} "
-                           f"({int(w[i])}x{int(h[i])})", line=_line(i), level="warning")
-             for i in np.flatnonzero(out)]
-    return problems + _listed(found, file, "boxes leaving their image")
+        out = np.isfinite(w) & ((x1 < 0) | (y1 < 0) | (x2 > w) | (y2 > h))
+    return problems + [Problem(file, f"box {sub[COORDS].iloc[i].tolist()} leaves image {sub['NAME'].iat[i]} "
+                                     f"({int(w[i])}x{int(h[i])})", line=_line(i), level="warning")
+                       for i in np.flatnonzero(out)]
 
 
 def validate_submission(sub_path: Path, test_path: Path, images_dir: Path | None = None) -> list[Problem]:

@@ -95,3 +95,12 @@ def test_cli_exit_status_and_listing(files, capsys):
     out = capsys.readouterr().out
     assert f"{sub}:4: error: column 'class': unknown class 'lyb'; did you mean 'LyB'?" in out
     assert "1 error(s)" in out
+
+
+def test_every_problem_is_listed_and_images_may_be_missing(files, tmp_path):
+    text = HEADER + "".join(f"{i},z.jpg,-5,0,10,10,PNN\n" for i in range(100, 160))
+    problems = validate_submission(*files(text), images_dir=tmp_path / "nowhere")
+    assert sum("is not in" in p.message for p in problems) == 60  # one per row, none summarised
+    assert sum("no row for trustii_id" in p.message for p in problems) == 3
+    assert [p.level for p in problems if p.message.startswith("image z.jpg")] == ["warning"]
+    assert not any("leaves image" in p.message for p in problems)  # size unknown: not judged
