@@ -85,12 +85,8 @@ class Grouped:
         return sorted(set(self.slot_models))
 
     def slot_weights(self, weights: dict[str, float] | None = None) -> np.ndarray:
-        """Each model's weight (default 1) split evenly over its slots."""
-        weights = dict(weights or {})
-        unknown = sorted(set(weights) - set(self.slot_models))
-        if unknown:
-            raise ValueError(f"weight(s) given for model(s) {', '.join(unknown)} not in the predictions "
-                             f"(models: {', '.join(self.models)})")
+        """Each model's weight (default 1) split evenly over its slots present in the table."""
+        weights = dict(weights or {})  # models without rows here (nothing detected) need no slot
         count = pd.Series(self.slot_models).value_counts()
         w = np.array([weights.get(m, 1.0) / count[m] for m in self.slot_models], dtype=np.float64)
         return np.asarray(wbf.check_weights(w, len(w), self.slot_names))

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from cytokit import boxes as bx
 from cytokit import config as kit_config
-from cytokit import paths, predictions
+from cytokit import classes, paths, predictions
 from cytokit.images import load_rgb
 from cytokit.io import atomic_write_text
 from infer.tta import View
@@ -43,7 +43,9 @@ def detections_to_rows(
     xyxy = np.asarray(det.xyxy, dtype=np.float64).reshape(-1, 4)
     scores = np.clip(np.asarray(det.scores, dtype=np.float64).reshape(-1), 0.0, 1.0)
     labels = np.asarray(det.labels).reshape(-1)
-    probs = None if det.probs is None else np.asarray(det.probs, dtype=np.float64).reshape(len(xyxy), -1)
+    probs = None
+    if det.probs is not None:
+        probs = np.asarray(det.probs, dtype=np.float64).reshape(len(xyxy), classes.NUM_CLASSES)
     ok = np.isfinite(xyxy).all(axis=1) & (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
     if (~ok).any():
         log.debug("%s %s: %d degenerate box(es) from %s dropped", name, view.name, int((~ok).sum()), model)

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cytokit import predictions
 from infer import fuse, predict, tta
 from train.base import Detections, Predictor
 
@@ -118,3 +119,13 @@ def test_fake_model_fused_over_all_views_is_invariant():
     np.testing.assert_allclose(fused[["x1", "y1", "x2", "y2"]].to_numpy(), [rect, rect], atol=1e-4)
     np.testing.assert_allclose(fused["score"], [0.9, 0.9], atol=1e-6)  # every slot agrees: avg = 0.9
     assert fused["class"].tolist() == ["MO", "MO"]  # label 5 = CLASSES[5]
+
+
+def test_images_without_detections_give_no_rows():
+    class Nothing(Predictor):
+        def predict(self, images, conf=0.001):
+            return [Detections.empty(with_probs=True) for _ in images]
+
+    img, _ = _rect_image()
+    table = predict.predict_arrays(Nothing(), [("a.jpg", img)], tta.get_views(["identity", "rot90"]), "none", 0)
+    assert len(table) == 0 and list(table.columns[:12]) == list(predictions.COLUMNS)
