@@ -138,10 +138,14 @@ def inspect_images(data: Path, boxes: pd.DataFrame, *, repair: bool = False, wor
     csv_file = str(csv_path or files["train"])
     first_line = (boxes.reset_index(drop=True).reset_index().groupby("NAME", sort=True)["index"].min() + 2)
     stats = file_stats(files["images"], list(first_line.index))
-    problems = [
-        Problem(csv_file, f"image not found: {p}", line=int(first_line[n]), column="NAME")
-        for n, p in stats.loc[~stats["exists"], ["NAME", "path"]].itertuples(index=False)
-    ]
+    missing = stats.loc[~stats["exists"], ["NAME", "path"]]
+    problems = sorted(
+        (Problem(csv_file, f"image not found: {p}", line=int(first_line[n]), column="NAME")
+         for n, p in missing.itertuples(index=False)), key=lambda p: p.line)
+    if len(problems) > 1:
+        held = sum(1 for _ in files["images"].iterdir()) if files["images"].is_dir() else 0
+        problems.insert(0, Problem(str(files["images"]), f"{len(problems)} of {len(stats)} images named in "
+                                   f"{csv_file} are missing; this folder holds {held} file(s)"))
     if problems:
         raise DataError(problems)
     root = cache_root(data)

@@ -78,7 +78,8 @@ def assert_nothing_written(data: Path) -> None:
          ["train.csv:5: error: column 'class': unknown class 'LH_LyAc'; did you mean 'LH_lyAct'?"]),
         ([*GOOD, "eeeeeeee-0.jpg,1,1,9,9,PNN", GOOD[0], "ffffffff-0.jpg,1,1,9,9,MO"], None,
          ["train.csv:6: error: column 'NAME': image not found:", "eeeeeeee-0.jpg",
-          "train.csv:8: error: column 'NAME': image not found:", "ffffffff-0.jpg", "2 error(s), 0 warning(s)"]),
+          "train.csv:8: error: column 'NAME': image not found:", "ffffffff-0.jpg",
+          "images: error: 2 of 6 images named in", "this folder holds 4 file(s)", "3 error(s), 0 warning(s)"]),
     ],
     ids=["header-Class", "nan-coordinate", "x2-before-x1", "unknown-class", "images-missing"],
 )
