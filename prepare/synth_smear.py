@@ -19,7 +19,7 @@ import numpy as np
 from prepare import synth_shapes as sh
 from prepare.synth_cells import draw_cell
 
-RBC = sh.od((234, 166, 158))  # red cell: salmon pink
+RBC = sh.od((230, 170, 164))  # red cell: salmon pink (each image varies it a little)
 PLATELET = sh.od((150, 96, 172))  # small platelets: purple
 MIN_VISIBLE = 0.45  # share of an off-centre cell's box that must lie inside the image
 INSIDE_TRIES = 50  # placements of an off-centre cell tried fully inside the image first
@@ -143,7 +143,7 @@ def render(width: int, height: int, classes: list[str] | tuple[str, ...], edge: 
         kept.append(code)
         cells.append((cell.od[patch_sl], img_sl))
         placed.append((c, float(half.max())))
-    od_img = sh.tint(rbc, RBC)
+    od_img = sh.tint(rbc, RBC * rng.normal(1.0, 0.08, 3).astype(np.float32))
     for od_patch, img_sl in cells:
         od_img[img_sl] += od_patch
     spots = rng.uniform([0, 0], [width, height], (int(rng.integers(0, 4)), 2))
@@ -166,7 +166,7 @@ def finish(rng: np.random.Generator, od_img: np.ndarray) -> np.ndarray:
                          gx * (np.arange(width, dtype=np.float32) / width - 0.5)) + 1.0
     img = cv2.multiply(od_img, tuple(float(-v) for v in stain) + (0.0,))
     np.exp(img, out=img)
-    sat, hue, gain = rng.uniform(0.85, 1.2), rng.normal(0.0, 0.06), rng.uniform(0.94, 1.04)
+    sat, hue, gain = rng.uniform(0.75, 1.15), rng.normal(0.0, 0.06), rng.uniform(0.94, 1.04)
     k = np.full(3, 1 / np.sqrt(3))
     cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
     rot = np.cos(hue) * np.eye(3) + np.sin(hue) * cross + (1 - np.cos(hue)) * np.outer(k, k)
