@@ -83,9 +83,9 @@ def tune_blend_weight(det_probs: np.ndarray, cls_probs: np.ndarray, y_true: Sequ
     truth = _codes(y_true)
     if len(truth) != len(det_probs):
         raise ValueError(f"y_true has {len(truth)} rows, probabilities {len(det_probs)}")
-    rows = []
+    rows, codes = [], np.asarray(classes.CLASSES, dtype=object)
     for w in grid:
-        pred = np.asarray(classes.CLASSES, dtype=object)[blend_probs(det_probs, cls_probs, float(w)).argmax(1)]
+        pred = codes[blend_probs(det_probs, cls_probs, float(w)).argmax(1)]
         rows.append({"weight": float(w), "macro_f1": f1_score(truth, pred, average="macro", zero_division=0),
                      "accuracy": float((pred == truth).mean()) if len(truth) else float("nan")})
     table = pd.DataFrame(rows)
@@ -196,7 +196,8 @@ def oof_classifier_probs(preds: pd.DataFrame, data: Path, k: int, seed: int, mod
     folds = pd.read_csv(root / "images.csv").set_index("NAME")["fold"]
     fold_of = preds["NAME"].map(folds)
     if fold_of.isna().any():
-        raise ValueError(f"image {preds['NAME'][fold_of.isna()].iloc[0]!r} is not in the prepared dataset's folds")
+        first = preds["NAME"][fold_of.isna()].iloc[0]
+        raise ValueError(f"image {first!r} is not in the prepared dataset {root}")
     n = len(preds)
     out = ClassifierProbs(np.full((n, classes.NUM_CLASSES), np.nan), None, np.zeros(n, bool))
     for fold in sorted(fold_of.unique()):

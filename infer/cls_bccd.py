@@ -33,7 +33,7 @@ def split(bccd: Path) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
     bccd = Path(bccd)
     boxes = tables.read(bccd / "cytologia_wbc_subtypes.csv", "submission").drop(columns="trustii_id")
     lists = bccd / "BCCD" / "ImageSets" / "Main"
-    names = {part: {f"{line.strip()}.jpg" for line in (lists / f"{part}.txt").read_text().split() if line.strip()}
+    names = {part: {f"{stem}.jpg" for stem in (lists / f"{part}.txt").read_text().split()}
              for part in ("train", "val", "test")}
     images_dir = bccd / "BCCD" / "JPEGImages"
     sizes = {n: images.read_size(images_dir / n) for n in boxes["NAME"].unique()}
@@ -66,7 +66,7 @@ def gt_as_detections(test: pd.DataFrame, label: str) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infer.cls_bccd", description=__doc__.split("\n")[0])
-    parser.add_argument("--bccd", type=Path, default=DEFAULT_BCCD, help="the BCCD folder (../shared/data/bccd)")
+    parser.add_argument("--bccd", type=Path, default=DEFAULT_BCCD, help="BCCD folder (../shared/data/bccd)")
     parser.add_argument("--detections", type=Path, help="a detector's prediction parquet for the test images")
     parser.add_argument("--weight", type=float, default=0.5, help="blend weight of the classifier")
     parser.add_argument("--force", action="store_true", help="train again even if a finished run exists")
@@ -104,9 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or paths.work_dir() / "reports" / RUN
     cls_report.save(comp, out)
     print(f"BCCD test split: {len(test)} boxes on {test['NAME'].nunique()} images; classifier trained on "
-          f"{len(train)} train+val boxes ({cfg.backbone}, {cfg.imgsz} px, {cfg.epochs} epochs, select={cfg.select})")
+          f"{len(train)} train+val boxes ({cfg.backbone}, {cfg.imgsz} px, {cfg.epochs} epochs, "
+          f"select={cfg.select})")
     print(f"detections: {source}")
-    print("class counts train:", train["class"].value_counts().to_dict(), "test:", test["class"].value_counts().to_dict())
+    print("class counts: train", train["class"].value_counts().to_dict(),
+          "test", test["class"].value_counts().to_dict())
     print(cls_report.render(comp))
     print(f"report: {out}")
     return 0

@@ -72,11 +72,14 @@ def compare(preds: pd.DataFrame, truth_boxes: pd.DataFrame, images: pd.DataFrame
         table = preds if w is None else blend.blend_table(preds, probs, w, full_weight)
         res = results[name] = oof_score(table, truth_boxes, images)
         lines.append({"variant": name, "weight": np.nan if w is None else w, "score": res.total,
-                      "giou_term": res.giou_term, "f1_term": res.f1_term, "balanced_accuracy": res.balanced_accuracy})
+                      "giou_term": res.giou_term, "f1_term": res.f1_term,
+                      "balanced_accuracy": res.balanced_accuracy})
     per_class = None
     for name, res in results.items():
         part = res.per_class[["label", "support", "f1"]].rename(columns={"f1": name})
-        per_class = part if per_class is None else per_class.merge(part.drop(columns="support"), on="label", how="outer")
+        if per_class is not None:
+            part = per_class.merge(part.drop(columns="support"), on="label", how="outer")
+        per_class = part
     per_class = per_class[per_class["support"].fillna(0) > 0].sort_values("support", ascending=False)
     return Comparison(pd.DataFrame(lines), per_class.reset_index(drop=True), results, tune, best)
 

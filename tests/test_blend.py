@@ -18,8 +18,10 @@ def test_blend_probs_arithmetic():
     det = np.array([[1.0, 0.0, 0.0], [0.2, 0.5, 0.3]])
     cls = np.array([[0.0, 0.5, 0.5], [0.6, 0.2, 0.2]])
     out = blend.blend_probs(det, cls, 0.25)
-    np.testing.assert_allclose(out, [[0.75 * 1.0 + 0.25 * 0.0, 0.25 * 0.5, 0.25 * 0.5],
-                                     [0.75 * 0.2 + 0.25 * 0.6, 0.75 * 0.5 + 0.25 * 0.2, 0.75 * 0.3 + 0.25 * 0.2]])
+    np.testing.assert_allclose(out, [
+        [0.75 * 1.0 + 0.25 * 0.0, 0.25 * 0.5, 0.25 * 0.5],
+        [0.75 * 0.2 + 0.25 * 0.6, 0.75 * 0.5 + 0.25 * 0.2, 0.75 * 0.3 + 0.25 * 0.2],
+    ])
     np.testing.assert_allclose(blend.blend_probs(det, cls, 0.0), det)
     np.testing.assert_allclose(blend.blend_probs(det, cls, 1.0), cls)
     full = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
@@ -59,7 +61,7 @@ def test_tune_blend_weight_hand_case():
 
 
 def _checkpoint(tmp_path, mode="crop"):
-    cfg = config.from_dict(ClassifierConfig, {"backbone": "resnet10t", "imgsz": 32, "mode": mode, "tta": True})
+    cfg = config.from_dict(ClassifierConfig, {"backbone": "resnet10t", "imgsz": 32, "mode": mode})
     path = tmp_path / f"{mode}.pt"
     cls_model.save_checkpoint(path, cls_model.build_model("resnet10t"), config.to_dict(cfg), 0, 0.0)
     return path
@@ -96,7 +98,8 @@ def test_apply_classifier_blends_crop_probabilities(tmp_path, fused):
 def test_apply_classifier_top_n_and_full_image_members(tmp_path, fused):
     crop, full = _checkpoint(tmp_path, "crop"), _checkpoint(tmp_path, "full")
     n_cells = {"a.jpg": 2, "b.jpg": 1}
-    probs = blend.classifier_probs(fused, tmp_path, blend.load_members([(crop, None), (full, None)]), True, n_cells)
+    members = blend.load_members([(crop, None), (full, None)])
+    probs = blend.classifier_probs(fused, tmp_path, members, True, n_cells)
     # image a: its top-2 rows by score (0.9, 0.6) are classified, the 0.2 row is not
     assert np.isnan(probs.crop).any(axis=1).tolist() == [False, True, False, False]
     assert probs.single.tolist() == [False, False, False, True]
@@ -128,6 +131,7 @@ def test_blended_table_makes_a_valid_submission(tmp_path, fused):
     test.to_csv(tmp_path / "test.csv", index=False)
     sub = writer.make_submission(out, test, writer.image_sizes(test["NAME"], tmp_path, out))
     path = writer.write_submission(sub, tmp_path / "test.csv", tmp_path / "subs", tmp_path)
-    assert [p for p in validate.validate_submission(path, tmp_path / "test.csv", tmp_path) if p.level == "error"] == []
+    problems = validate.validate_submission(path, tmp_path / "test.csv", tmp_path)
+    assert [p for p in problems if p.level == "error"] == []
     written = pd.read_csv(path)
     assert written["trustii_id"].tolist() == [5, 9, 7] and set(written["class"]) == {"EO"}

@@ -12,8 +12,8 @@ EO, PNN = classes.CLASS_TO_ID["EO"], classes.CLASS_TO_ID["PNN"]
 
 
 def test_compare_detector_classifier_and_tuned_blend(tmp_path):
-    truth = pd.DataFrame({"NAME": ["a.jpg", "b.jpg"], "x1": [10.0, 0.0], "y1": [10.0, 0.0], "x2": [50.0, 30.0],
-                          "y2": [50.0, 30.0], "class": ["EO", "PNN"]})
+    truth = pd.DataFrame({"NAME": ["a.jpg", "b.jpg"], "x1": [10.0, 0.0], "y1": [10.0, 0.0],
+                          "x2": [50.0, 30.0], "y2": [50.0, 30.0], "class": ["EO", "PNN"]})
     sizes = pd.DataFrame({"NAME": ["a.jpg", "b.jpg"], "width": [60, 60], "height": [60, 60]})
     preds = pd.concat([predictions.make("a.jpg", [[10, 10, 50, 50]], [0.9], [PNN], 60, 60, "det", 0),
                        predictions.make("b.jpg", [[0, 0, 30, 30]], [0.8], [PNN], 60, 60, "det", 0)],
@@ -27,7 +27,8 @@ def test_compare_detector_classifier_and_tuned_blend(tmp_path):
     # w = 0.5 on image a: EO 0.5 * 0.7 = 0.35 < PNN 0.5 * 1 + 0.5 * 0.3 = 0.65 -> still PNN
     # EO wins when 0.7 w > 1 - 0.7 w, i.e. w > 1 / 1.4 = 0.714...: the grid's 0.75
     det_f1 = (0 + 2 / 3) / 2
-    assert comp.table["variant"].tolist() == ["detector", "classifier", "blend w=0.5", "blend w=0.75 (tuned here)"]
+    variants = ["detector", "classifier", "blend w=0.5", "blend w=0.75 (tuned here)"]
+    assert comp.table["variant"].tolist() == variants
     assert comp.table["f1_term"].tolist() == pytest.approx([det_f1, 1.0, det_f1, 1.0])
     assert comp.table["score"].tolist() == pytest.approx([0.2 + 0.8 * det_f1, 1.0, 0.2 + 0.8 * det_f1, 1.0])
     assert comp.best_weight == 0.75
@@ -50,4 +51,5 @@ def test_bccd_upstream_split(bccd_dir):
     assert set(train["width"]) == {640} and set(train["height"]) == {480}
     assert (images_dir / test["NAME"].iloc[0]).exists()
     dets = cls_bccd.gt_as_detections(test, "PNN")
-    assert set(dets["class"]) == {"PNN"} and dets[["x1", "y1", "x2", "y2"]].equals(test[["x1", "y1", "x2", "y2"]])
+    xyxy = ["x1", "y1", "x2", "y2"]
+    assert set(dets["class"]) == {"PNN"} and dets[xyxy].equals(test[xyxy])

@@ -35,10 +35,12 @@ def tiny_fold(root: Path, n_train: int = 8, n_val: int = 4, fold: int = 0) -> Fo
     is_val = boxes["NAME"].isin(val_names)
     sizes = boxes.drop_duplicates("NAME")[["NAME", "width", "height"]]
     return FoldData(root=root, fold=fold, k=2, seed=0, images_dir=root / "images",
-                    train_boxes=boxes[~is_val].reset_index(drop=True), val_boxes=boxes[is_val].reset_index(drop=True),
+                    train_boxes=boxes[~is_val].reset_index(drop=True),
+                    val_boxes=boxes[is_val].reset_index(drop=True),
                     val_images=sizes[sizes["NAME"].isin(val_names)].reset_index(drop=True),
                     train_images=sizes[~sizes["NAME"].isin(val_names)].reset_index(drop=True),
-                    yolo_yaml=root / "data.yaml", coco_train=root / "c.json", coco_val=root / "v.json", resize=None)
+                    yolo_yaml=root / "data.yaml", coco_train=root / "c.json", coco_val=root / "v.json",
+                    resize=None)
 
 
 def tiny_cfg(**kw) -> ClassifierConfig:
@@ -78,7 +80,8 @@ def test_full_mode_trains_on_single_cell_images(tmp_path):
     train, val = training_tables(tiny_cfg(mode="full"), fold)
     assert len(train) == len(fold.train_boxes) - 2  # the two-cell image is left out
     assert "im07.jpg" not in set(train["NAME"]) and len(val) == 4
-    best = ClassifierAdapter().train(tiny_cfg(mode="full", augment="light", mixup=0.0, cutmix=0.0), fold, tmp_path / "r")
+    cfg = tiny_cfg(mode="full", augment="light", mixup=0.0, cutmix=0.0)
+    best = ClassifierAdapter().train(cfg, fold, tmp_path / "r")
     assert ClassifierAdapter().load(best).cfg.mode == "full"
 
 

@@ -120,7 +120,7 @@ def evaluate(model: torch.nn.Module, loader, device: str) -> dict[str, float]:
             preds.append(logits.argmax(1).cpu().numpy())
             labels.append(y.numpy())
     if not labels:
-        return {"val_loss": float("nan"), "val_acc": float("nan"), "val_bacc": float("nan"), "val_f1": float("nan")}
+        return dict.fromkeys(("val_loss", "val_acc", "val_bacc", "val_f1"), float("nan"))
     y_true, y_pred = np.concatenate(labels), np.concatenate(preds)
     codes = np.asarray(classes.CLASSES)
     with warnings.catch_warnings():  # "y_pred contains classes not in y_true": expected early on
@@ -155,12 +155,14 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
     if len(ds_train) == 0:
         raise ValueError(f"no training crops ({cfg.mode} mode) in this fold")
     sampler = cls_data.make_sampler(ds_train.labels, cfg.sampler, cfg.balance_power, cfg.seed)
-    loader_args = {"batch_size": cfg.batch, "num_workers": cfg.workers, "pin_memory": device.startswith("cuda")}
+    loader_args = {"batch_size": cfg.batch, "num_workers": cfg.workers,
+                   "pin_memory": device.startswith("cuda")}
     train_loader = torch.utils.data.DataLoader(ds_train, sampler=sampler, shuffle=sampler is None,
                                                drop_last=len(ds_train) > cfg.batch, **loader_args)
     val_loader = torch.utils.data.DataLoader(ds_val, shuffle=False, **loader_args)
 
-    model = cls_model.build_model(cfg.backbone, drop_rate=cfg.drop_rate, weights=cfg.weights or None).to(device)
+    model = cls_model.build_model(cfg.backbone, drop_rate=cfg.drop_rate, weights=cfg.weights)
+    model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, len(train_loader)))
     amp = cfg.amp and device.startswith("cuda")

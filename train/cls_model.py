@@ -86,9 +86,9 @@ def load_pretrained(model: torch.nn.Module, path: Path) -> None:
     unexpected = sorted(set(state) - set(own))
     shape = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
     if missing or unexpected or shape:
+        found = (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shape))
         parts = [f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
-                 for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shape))
-                 if keys]
+                 for what, keys in found if keys]
         raise ValueError(f"{path}: weights do not fit this backbone; " + "; ".join(parts))
     model.load_state_dict(state, strict=False)
     log.info("loaded pretrained weights %s%s", path, " (new classifier head)" if skipped else "")
