@@ -64,9 +64,10 @@ def run(shared: Path | None) -> list[str]:
 
     total = sum(wall for wall, _ in times.values())
     total_cpu = sum(cpu for _, cpu in times.values())
-    lines = [f"{'step':<36}{'wall':>8}{'cpu':>8}  (cpu = this process's CPU time; wall grows on a busy machine)"]
+    lines = [f"{'step':<36}{'wall':>8}{'cpu':>8}  (cpu: CPU time of this process; wall grows when busy)"]
     lines += [f"{name:<36}{wall:7.2f}s{cpu:7.2f}s" for name, (wall, cpu) in times.items()]
-    lines.append(f"{'total (target < 10 s)':<36}{total:7.2f}s{total_cpu:7.2f}s  ({total / TARGET_S:.0%} of the target)")
+    lines.append(f"{'total (target < 10 s)':<36}{total:7.2f}s{total_cpu:7.2f}s  "
+                 f"({total / TARGET_S:.0%} of the target)")
     lines.append(f"{'image symlinks (apart)':<36}{link_s:7.2f}s          for {len(names)} images")
     lines += _report_lines("cleaning report, every image 363 x 363:", report)
 

@@ -166,7 +166,8 @@ def clean(
 
     before = table
     xyxy = table[list(COORDS)].to_numpy(dtype=np.float64)
-    clipped = bx.clip(xyxy, table["width"].to_numpy(dtype=np.float64), table["height"].to_numpy(dtype=np.float64))
+    width, height = (table[c].to_numpy(dtype=np.float64) for c in ("width", "height"))
+    clipped = bx.clip(xyxy, width, height)
     changed = (clipped != xyxy).any(axis=1)
     table = table.copy()
     table[list(COORDS)] = clipped

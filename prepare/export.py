@@ -47,10 +47,11 @@ def yolo_labels(boxes: pd.DataFrame) -> pd.Series:
     coordinates do not change when an image is resized, so the same labels serve both.
     """
     xyxy = boxes[list(COORDS)].to_numpy(dtype=np.float64)
-    cxcywh = bx.normalize(bx.convert(xyxy, "xyxy", "cxcywh"),
-                          boxes["width"].to_numpy(dtype=np.float64), boxes["height"].to_numpy(dtype=np.float64))
+    width, height = (boxes[c].to_numpy(dtype=np.float64) for c in ("width", "height"))
+    cxcywh = bx.normalize(bx.convert(xyxy, "xyxy", "cxcywh"), width, height)
     ids = boxes["class"].map(classes.CLASS_TO_ID).to_numpy()
-    lines = [f"{c} {x:.10f} {y:.10f} {w:.10f} {h:.10f}\n" for c, (x, y, w, h) in zip(ids.tolist(), cxcywh.tolist())]
+    lines = [f"{c} {x:.10f} {y:.10f} {w:.10f} {h:.10f}\n"
+             for c, (x, y, w, h) in zip(ids.tolist(), cxcywh.tolist())]
     return _per_image(boxes["NAME"].to_numpy(dtype=object), lines)
 
 
@@ -139,7 +140,8 @@ def coco_items(boxes: pd.DataFrame, images: pd.DataFrame) -> tuple[np.ndarray, n
 
 def coco_text(img_text: np.ndarray, ann_text: np.ndarray, img_mask: np.ndarray, ann_mask: np.ndarray) -> str:
     """A COCO detection json document of the selected images and boxes."""
-    cats = json.dumps([{"id": i + 1, "name": c, "supercategory": "leukocyte"} for i, c in enumerate(classes.CLASSES)])
+    cats = json.dumps([{"id": i + 1, "name": c, "supercategory": "leukocyte"}
+                       for i, c in enumerate(classes.CLASSES)])
     imgs = ",".join(img_text[img_mask])
     anns = ",".join(ann_text[ann_mask])
     return f'{{"images":[{imgs}],"annotations":[{anns}],"categories":{cats}}}'
@@ -162,7 +164,8 @@ def write_folds(tmp: Path, root: Path, images: pd.DataFrame, exported: pd.DataFr
         for part, is_part in (("train", np.not_equal), ("val", np.equal)):
             mask = is_part(img_fold, fold)
             (fold_dir / f"{part}.txt").write_text("".join(f"{final_images / n}\n" for n in names[mask]))
-            (fold_dir / f"coco_{part}.json").write_text(coco_text(img_text, ann_text, mask, is_part(box_fold, fold)))
+            coco = coco_text(img_text, ann_text, mask, is_part(box_fold, fold))
+            (fold_dir / f"coco_{part}.json").write_text(coco)
         data_yaml = {
             "path": str(root),
             "train": str(root / f"fold{fold}" / "train.txt"),

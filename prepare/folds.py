@@ -62,7 +62,8 @@ class FoldsConfig:
             (self.balance >= 0, "balance must be >= 0 (0 = off)"),
             (self.resize >= 0, "resize must be >= 0 (0 = off)"),
             (self.min_side >= 0, "min_side must be >= 0"),
-            (0 <= self.same_class_iou <= 1 and 0 <= self.cross_class_iou <= 1, "IoU thresholds must be in [0, 1]"),
+            (0 <= self.same_class_iou <= 1 and 0 <= self.cross_class_iou <= 1,
+             "IoU thresholds must be in [0, 1]"),
             (self.cross_class_policy in clean.POLICIES,
              f"cross_class_policy must be one of {', '.join(clean.POLICIES)}"),
             (self.hash_method in dedup.METHODS, f"hash_method must be one of {', '.join(dedup.METHODS)}"),
@@ -100,7 +101,8 @@ def make_folds(boxes: pd.DataFrame, groups: pd.Series | None, k: int, seed: int)
     else:
         group = groups.reindex(names)
         if group.isna().any():
-            raise ValueError(f"{int(group.isna().sum())} image(s) have no group, e.g. {group.index[group.isna()][0]}")
+            first = group.index[group.isna()][0]
+            raise ValueError(f"{int(group.isna().sum())} image(s) have no group, e.g. {first}")
         group = group.astype(np.int64)
     per_group = presence.groupby(group.to_numpy()).max()
     if len(per_group) < k:
@@ -186,7 +188,8 @@ def run(data: Path, cfg: FoldsConfig, *, repair: bool = False, force: bool = Fal
     groups = dedup.group_duplicates(hashes.reindex(cleaned["NAME"].unique()), cfg.hash_distance)
     summary = dedup.group_summary(groups)
     if summary["largest_group"] > cfg.group_warn_size:
-        log.warning("a duplicate group holds %d images (> group_warn_size %d): is hash_distance %d too loose?",
+        log.warning("a duplicate group holds %d images (> group_warn_size %d): "
+                    "is hash_distance %d too loose?",
                     summary["largest_group"], cfg.group_warn_size, cfg.hash_distance)
 
     settings = {k: v for k, v in config.to_dict(cfg).items() if k not in NOT_IN_FINGERPRINT}
@@ -241,7 +244,8 @@ def reuse_folds(fold_file: Path, digest: str, force: bool) -> pd.DataFrame | Non
     if force:
         log.warning("replacing %s (made from other inputs) because of --force", fold_file)
         return None
-    made = f"made from other inputs (fingerprint {old[:12]}, now {digest[:12]})" if old else "without its sidecar"
+    made = (f"made from other inputs (fingerprint {old[:12]}, now {digest[:12]})" if old
+            else "without its sidecar")
     raise FileExistsError(
         f"{fold_file} exists and was {made}; rerun with --force to replace it "
         "(or choose another --seed / --k)")

@@ -151,8 +151,10 @@ def inspect_images(data: Path, boxes: pd.DataFrame, *, repair: bool = False, wor
     root = cache_root(data)
     info = cached(root / "images.csv", stats, _headers(workers), what="image headers")
     table = stats.merge(info, on="NAME")
-    for name, path, error in table.loc[table["error"].astype(str) != "", ["NAME", "path", "error"]].itertuples(index=False):
-        problems.append(Problem(csv_file, f"image {path}: {error}", line=int(first_line[name]), column="NAME"))
+    unreadable = table.loc[table["error"].astype(str) != "", ["NAME", "path", "error"]]
+    for name, path, error in unreadable.itertuples(index=False):
+        problems.append(Problem(csv_file, f"image {path}: {error}", line=int(first_line[name]),
+                                column="NAME"))
     table["truncated"] = table["truncated"].astype(str).str.lower() == "true"
     table["repaired"] = False
     for i in table.index[table["truncated"] & (table["error"].astype(str) == "")]:

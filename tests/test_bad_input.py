@@ -32,7 +32,8 @@ def write_data(root: Path, lines: list[str], header: str = "NAME,x1,y1,x2,y2,cla
     (root / "images").mkdir(parents=True)
     for line in GOOD:
         blocks = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
-        Image.fromarray(blocks).resize((64, 48), Image.Resampling.NEAREST).save(root / "images" / line.split(",")[0])
+        image = Image.fromarray(blocks).resize((64, 48), Image.Resampling.NEAREST)
+        image.save(root / "images" / line.split(",")[0])
     (root / "train.csv").write_text("\n".join([header, *lines]) + "\n")
     (root / "test.csv").write_text("trustii_id,NAME\n2,eeeeeeee-0.jpg\n")
     return root
@@ -79,7 +80,8 @@ def assert_nothing_written(data: Path) -> None:
         ([*GOOD, "eeeeeeee-0.jpg,1,1,9,9,PNN", GOOD[0], "ffffffff-0.jpg,1,1,9,9,MO"], None,
          ["train.csv:6: error: column 'NAME': image not found:", "eeeeeeee-0.jpg",
           "train.csv:8: error: column 'NAME': image not found:", "ffffffff-0.jpg",
-          "images: error: 2 of 6 images named in", "this folder holds 4 file(s)", "3 error(s), 0 warning(s)"]),
+          "images: error: 2 of 6 images named in", "this folder holds 4 file(s)",
+          "3 error(s), 0 warning(s)"]),
     ],
     ids=["header-Class", "nan-coordinate", "x2-before-x1", "unknown-class", "images-missing"],
 )
@@ -160,11 +162,13 @@ def test_grayscale_and_rgba_accepted(env, capsys):
     data = write_data(env / "raw", [*GOOD, "gray0000-0.jpg,1,1,30,30,SS", "rgba0000-0.png,2,2,20,20,BA"])
     rng = np.random.default_rng(9)
     Image.fromarray(rng.integers(0, 255, (40, 50), dtype=np.uint8)).save(data / "images" / "gray0000-0.jpg")
-    Image.fromarray(rng.integers(0, 255, (30, 36, 4), dtype=np.uint8), "RGBA").save(data / "images" / "rgba0000-0.png")
+    rgba = Image.fromarray(rng.integers(0, 255, (30, 36, 4), dtype=np.uint8), "RGBA")
+    rgba.save(data / "images" / "rgba0000-0.png")
     rc, _, err = run(data, capsys, "--resize", "32")
     assert rc == 0, err
     root = dataset.dataset_dir(data, K, SEED)
-    images = {line.split(",")[0]: line.split(",")[1:3] for line in (root / "images.csv").read_text().splitlines()}
+    rows = (root / "images.csv").read_text().splitlines()
+    images = {line.split(",")[0]: line.split(",")[1:3] for line in rows}
     assert images["gray0000-0.jpg"] == ["50", "40"] and images["rgba0000-0.png"] == ["36", "30"]
     for name, size in (("gray0000-0.jpg", (32, 26)), ("rgba0000-0.png", (32, 27))):
         with Image.open(root / "yolo" / "images" / name) as im:

@@ -42,7 +42,8 @@ def write_data(root: Path) -> Path:
             continue
         w = 96 if name in WIDE else 64
         blocks = rng.integers(0, 255, (8, 12 if name in WIDE else 8, 3), dtype=np.uint8)
-        Image.fromarray(blocks).resize((w, 64), Image.Resampling.NEAREST).save(root / "images" / name, quality=95)
+        image = Image.fromarray(blocks).resize((w, 64), Image.Resampling.NEAREST)
+        image.save(root / "images" / name, quality=95)
     (root / "images" / "dup00001-0.jpg").write_bytes((root / "images" / "00000001-0.jpg").read_bytes())
     with Image.open(root / "images" / "00000001-0.jpg") as im:
         im.save(root / "images" / "dup00002-0.jpg", quality=80)
@@ -83,7 +84,8 @@ def test_layout(work):
     meta = json.loads((root / "meta.json").read_text())
     for key in ("data", "images_dir", "k", "seed", "fold_file", "resize", "classes", "n_images", "n_boxes"):
         assert key in meta
-    assert (meta["k"], meta["seed"], meta["resize"], meta["n_images"], meta["n_boxes"]) == (K, SEED, None, 11, 12)
+    got = (meta["k"], meta["seed"], meta["resize"], meta["n_images"], meta["n_boxes"])
+    assert got == (K, SEED, None, 11, 12)
     assert meta["classes"] == list(classes.CLASSES)
     assert meta["images_dir"] == str(work["data"].resolve() / "images")
     images = pd.read_csv(root / "images.csv")
@@ -92,8 +94,9 @@ def test_layout(work):
     boxes = pd.read_csv(root / "boxes.csv")
     assert list(boxes.columns) == ["NAME", "x1", "y1", "x2", "y2", "class", "width", "height"]
     # Cleaned, original pixels: clipped at 0 and at the image edge.
-    assert boxes.set_index("NAME").loc["00000002-0.jpg", ["x1", "y1", "x2", "y2"]].tolist() == [0, 10, 50, 64]
-    assert boxes.set_index("NAME").loc["00000004-0.jpg", ["x1", "y1", "x2", "y2"]].tolist() == [10, 10, 64, 64]
+    by_name = boxes.set_index("NAME")[["x1", "y1", "x2", "y2"]]
+    assert by_name.loc["00000002-0.jpg"].tolist() == [0, 10, 50, 64]
+    assert by_name.loc["00000004-0.jpg"].tolist() == [10, 10, 64, 64]
     fold_table = pd.read_csv(work["fold_file"])
     assert list(fold_table.columns) == ["NAME", "fold", "group"]
     assert fold_table.merge(images, on=["NAME", "fold", "group"]).shape[0] == 11
@@ -164,7 +167,8 @@ def test_coco_loads_and_matches(work):
             for row in want.itertuples():
                 anns = coco.loadAnns(coco.getAnnIds(imgIds=by_name[row.NAME]))
                 got = {(a["category_id"], *np.round(a["bbox"], 6)) for a in anns}
-                assert (classes.CLASS_TO_ID[row[6]] + 1, row.x1, row.y1, row.x2 - row.x1, row.y2 - row.y1) in got
+                xywh = (row.x1, row.y1, row.x2 - row.x1, row.y2 - row.y1)
+                assert (classes.CLASS_TO_ID[row[6]] + 1, *xywh) in got
 
 
 def test_load_fold_contract(work):
@@ -212,7 +216,8 @@ def test_resize_exports_copies(tmp_path, monkeypatch, capsys):
     with Image.open(wide) as im:
         assert (im.format, im.mode, im.size) == ("JPEG", "RGB", (48, 32))  # 96 x 64 -> 48 x 32
     boxes = pd.read_csv(root / "boxes.csv").set_index("NAME")
-    assert boxes.loc["00000002-0.jpg", ["x1", "y1", "x2", "y2"]].tolist() == [0, 10, 50, 64]  # original pixels
+    original = boxes.loc["00000002-0.jpg", ["x1", "y1", "x2", "y2"]].tolist()
+    assert original == [0, 10, 50, 64]  # boxes.csv stays in original pixels
     coco = json.loads((root / "fold0" / "coco_train.json").read_text())
     coco_val = json.loads((root / "fold0" / "coco_val.json").read_text())
     both = coco["images"] + coco_val["images"]

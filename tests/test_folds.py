@@ -28,14 +28,16 @@ def test_groups_chain_and_order():
     assert groups.to_dict() == {"a.jpg": 0, "b.jpg": 0, "c.jpg": 1, "d.jpg": 0, "e.jpg": 1, "f.jpg": 2}
     exact = dedup.group_duplicates(hashes, max_distance=0)
     assert exact.to_dict() == {"a.jpg": 0, "b.jpg": 1, "c.jpg": 2, "d.jpg": 3, "e.jpg": 2, "f.jpg": 4}
-    assert dedup.group_summary(groups) == {"images_in_duplicate_groups": 5, "duplicate_groups": 2, "largest_group": 3}
+    assert dedup.group_summary(groups) == {
+        "images_in_duplicate_groups": 5, "duplicate_groups": 2, "largest_group": 3}
 
 
 def test_near_pairs_match_brute_force():
     rng = np.random.default_rng(3)
     base = rng.integers(0, 2**63, 300, dtype=np.int64).astype(np.uint64)
     flips = np.uint64(1) << rng.integers(0, 64, (60, 3)).astype(np.uint64)
-    near = base[:60] ^ flips[:, 0] ^ (flips[:, 1] * (np.arange(60) % 2 == 0)) ^ (flips[:, 2] * (np.arange(60) % 3 == 0))
+    every2, every3 = (np.arange(60) % 2 == 0), (np.arange(60) % 3 == 0)
+    near = base[:60] ^ flips[:, 0] ^ (flips[:, 1] * every2) ^ (flips[:, 2] * every3)  # 1 to 3 bits off
     values = np.unique(np.concatenate([base, near]))
     packed = dedup.hash_bits([f"{int(v):016x}" for v in values])
     dist = np.bitwise_count(packed[:, None, :] ^ packed[None, :, :]).sum(-1)
@@ -79,7 +81,8 @@ def test_fold_counts():
     boxes = boxes_of([("a", "PNN"), ("a", "PNN"), ("b", "SS"), ("c", "PNN")])
     counts = folds.fold_counts(table, boxes)
     assert counts.index.tolist() == [0, 1]
-    assert counts[["images", "boxes", "PNN", "SS", "MO"]].values.tolist() == [[1, 2, 2, 0, 0], [2, 2, 1, 1, 0]]
+    got = counts[["images", "boxes", "PNN", "SS", "MO"]].values.tolist()
+    assert got == [[1, 2, 2, 0, 0], [2, 2, 1, 1, 0]]
     assert list(counts.columns) == ["images", "boxes", *classes.CLASSES]
 
 

@@ -103,7 +103,8 @@ def test_infinite_coordinate(tmp_path):
     ("content", "message"),
     [
         (b"", "file is empty"),
-        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xdb", "not a text CSV file"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xdb",
+         "not a text CSV file"),
         (np.random.default_rng(0).bytes(512), "not a text CSV file"),
         (HEADER.encode(), "no data rows after the header"),
     ],
