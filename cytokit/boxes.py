@@ -27,8 +27,8 @@ def _as_array(boxes: Any) -> Any:
         out = boxes if boxes.is_floating_point() else boxes.float()
     else:
         out = np.asarray(boxes, dtype=np.float64)
-        if out.size == 0:
-            out = out.reshape(0, 4)
+        if out.size == 0 and (out.ndim < 2 or out.shape[-1] != 4):
+            out = out.reshape(0, 4)  # [] or np.zeros(0): no boxes; (0, k, 4) keeps its shape
     if out.shape[-1] != 4:
         raise ValueError(f"boxes must have shape (..., 4), got {tuple(out.shape)}")
     return out
