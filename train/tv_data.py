@@ -28,15 +28,15 @@ PRESETS = ("default", "light", "none")
 
 
 def augmentations(name: str):
-    """The albumentations pipeline of preset ``name`` (boxes as pascal_voc xyxy + ``labels``)."""
+    """The albumentations pipeline of preset ``name`` (boxes as pascal_voc xyxy + ``labels``); None for none."""
     if name not in PRESETS:
         raise ConfigError(f"augment={name!r}: valid presets are {', '.join(PRESETS)}")
+    if name == "none":
+        return None
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI at import
     import albumentations as A
 
-    steps = []
-    if name in ("default", "light"):
-        steps += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
+    steps = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
     if name == "default":
         steps += [
             A.RandomRotate90(p=0.5),
@@ -79,7 +79,10 @@ class CocoDetection(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         image = load_rgb(self.images_dir / self.images[i]["file_name"])
         xyxy, labels = self.targets[i]
-        out = self.transform(image=image, bboxes=xyxy, labels=labels)
+        if self.transform is None:
+            out = {"image": image, "bboxes": xyxy, "labels": labels}
+        else:
+            out = self.transform(image=image, bboxes=xyxy, labels=labels)
         boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
         keep = kit_boxes.is_valid(boxes)
         target = {

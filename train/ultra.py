@@ -108,6 +108,8 @@ class UltraAdapter(Adapter):
         os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI at import
         from ultralytics import YOLO
 
+        place_fonts()
+
         run_dir = Path(run_dir)
         ul_last = run_dir / "ultralytics" / "weights" / "last.pt"
         if resume and ul_last.exists():
@@ -141,6 +143,17 @@ class UltraAdapter(Adapter):
         if nc != classes.NUM_CLASSES:
             raise ConfigError(f"{weights}: a model of {nc} classes; the kit's models have {classes.NUM_CLASSES}")
         return UltraPredictor(model.fuse() if hasattr(model, "fuse") else model, cfg, resolve_device(device))
+
+
+def place_fonts() -> None:
+    """Copy the fonts ``cytokit.env`` put in YOLO_CONFIG_DIR into ultralytics' settings folder
+    (``YOLO_CONFIG_DIR/Ultralytics``), where its plots look for them before downloading."""
+    from ultralytics.utils import USER_CONFIG_DIR
+
+    source = Path(os.environ.get("YOLO_CONFIG_DIR", USER_CONFIG_DIR))
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        if (source / name).exists() and not (USER_CONFIG_DIR / name).exists():
+            shutil.copyfile(source / name, USER_CONFIG_DIR / name)
 
 
 def check_weights(path: Path | str) -> Path:

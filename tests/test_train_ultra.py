@@ -1,0 +1,79 @@
+"""The ultralytics adapter's pieces: model yamls, trainer arguments, weights checks, offline AMP check."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cytokit.config import ConfigError
+from train.ultra import UltraConfig, Yolo11Adapter, Yolov5Adapter, Yolov8Adapter, check_weights
+
+FOLD = SimpleNamespace(yolo_yaml=Path("/data/ds/fold2/data.yaml"))
+
+
+def test_model_yaml_per_family_and_size():
+    assert Yolov5Adapter().model_yaml(UltraConfig(size="s")) == "yolov5su.yaml"  # YOLOv5u
+    assert Yolov8Adapter().model_yaml(UltraConfig()) == "yolov8n.yaml"
+    assert Yolo11Adapter().model_yaml(UltraConfig(size="m")) == "yolo11m.yaml"
+
+
+def test_train_args_map_the_kit_config(tmp_path):
+    cfg = UltraConfig(epochs=7, imgsz=320, batch=4, device="cpu", workers=1, extra={"erasing": 0.1})
+    args = Yolov8Adapter().train_args(cfg, FOLD, tmp_path / "fold2")
+    assert args["data"] == "/data/ds/fold2/data.yaml"
+    assert (args["epochs"], args["imgsz"], args["batch"], args["device"], args["workers"]) == (7, 320, 4, "cpu", 1)
+    assert args["project"] == str(tmp_path / "fold2") and args["name"] == "ultralytics" and args["exist_ok"]
+    assert args["pretrained"] is False and args["erasing"] == 0.1
+    assert Yolov8Adapter().train_args(UltraConfig(), FOLD, tmp_path)["device"] is None  # auto
+    with pytest.raises(ConfigError, match="extra: epochs are kit keys"):
+        Yolov8Adapter().train_args(UltraConfig(extra={"epochs": 3}), FOLD, tmp_path)
+
+
+def test_weights_must_be_local_ultralytics_checkpoints(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        check_weights("yolov8n.pt")  # a bare name is never fetched
+    from train.ultra_predict import load_ultra_checkpoint
+
+    torch.save({"0.weight": torch.zeros(2)}, tmp_path / "state.pt")  # a torchvision-style state dict
+    with pytest.raises(ConfigError, match="state.pt: not an ultralytics checkpoint"):
+        load_ultra_checkpoint(tmp_path / "state.pt")
+    (tmp_path / "junk.pt").write_bytes(b"\x00" * 64)
+    with pytest.raises(ConfigError, match="junk.pt: not a loadable ultralytics checkpoint"):
+        load_ultra_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(ConfigError, match="ultralytics weights are .pt files"):
+        load_ultra_checkpoint(tmp_path / "model.pth")
+
+
+def test_a_checkpoint_of_another_class_count_is_refused(tmp_path):
+    from ultralytics import YOLO
+
+    torch.save({"model": YOLO("yolov8n.yaml").model}, tmp_path / "coco80.pt")  # 80 classes
+    with pytest.raises(ConfigError, match="a model of 80 classes; the kit's models have 23"):
+        Yolov8Adapter().load(tmp_path / "coco80.pt", UltraConfig(), "cpu")
+
+
+def test_amp_check_is_off_on_cpu_and_never_downloads(monkeypatch):
+    from train import ultra_trainer
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the AMP check tried to download")
+
+    monkeypatch.setattr("ultralytics.utils.downloads.safe_download", no_download)
+    assert ultra_trainer.offline_check_amp(torch.nn.Linear(2, 2)) is False
+    import ultralytics.engine.trainer as trainer_module
+
+    original = trainer_module.check_amp
+    with ultra_trainer.no_amp_download():
+        assert trainer_module.check_amp is ultra_trainer.offline_check_amp
+    assert trainer_module.check_amp is original
+
+
+def test_ultralytics_settings_live_in_the_work_folder():
+    import os
+
+    from ultralytics.utils import USER_CONFIG_DIR
+
+    assert USER_CONFIG_DIR.is_relative_to(Path(os.environ["YOLO_CONFIG_DIR"]))
+    assert not USER_CONFIG_DIR.is_relative_to(Path.home() / ".config")
