@@ -13,6 +13,8 @@ train rows) are logged and do not stop the read. Raw files are only read.
 """
 from __future__ import annotations
 
+import csv
+import io
 import logging
 from pathlib import Path
 
@@ -32,13 +34,18 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _line(index: int) -> int:
-    """File line of the data row at position ``index`` (header = line 1)."""
-    return int(index) + 2
+def _line(raw: pd.DataFrame, position: int) -> int:
+    """File line of the data row at ``position`` (the raw table's index holds line numbers)."""
+    return int(raw.index[position])
 
 
 def read_raw(path: Path) -> tuple[pd.DataFrame | None, list[Problem]]:
-    """Every cell as a string, or the problem that stops reading the file at all."""
+    """Every cell as a string, indexed by its 1-based file line (the header is line 1).
+
+    Blank lines are skipped but counted; a row whose number of fields differs from
+    the header's is reported on its own line and left out. Returns ``None`` and the
+    problem when the file cannot be read as a CSV at all.
+    """
     path = Path(path)
     f = str(path)
     if not path.exists():
@@ -48,14 +55,39 @@ def read_raw(path: Path) -> tuple[pd.DataFrame | None, list[Problem]]:
     if path.stat().st_size == 0:
         return None, [Problem(f, "file is empty (expected a CSV with a header line)")]
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8")
+        text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError:
         return None, [Problem(f, "not a text CSV file (cannot be decoded as UTF-8)")]
-    except pd.errors.EmptyDataError:
+    if "\x00" in text:
+        return None, [Problem(f, "not a text CSV file (contains NUL bytes)")]
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    problems: list[Problem] = []
+    try:
+        for fields in reader:
+            if not fields or (len(fields) == 1 and not fields[0].strip()):
+                continue  # blank line: skipped, but reader.line_num keeps counting
+            if header is None:
+                header = [c.strip() for c in fields]
+                continue
+            if len(fields) != len(header):
+                few = "fewer" if len(fields) < len(header) else "more"
+                problems.append(Problem(
+                    f, f"row has {few} fields than the header ({len(fields)} instead of {len(header)})",
+                    line=reader.line_num))
+                continue
+            rows.append(fields)
+            lines.append(reader.line_num)
+    except csv.Error as exc:
+        return None, [Problem(f, f"not a valid CSV file: {exc}", line=reader.line_num)]
+    if header is None:
         return None, [Problem(f, "file is empty (expected a CSV with a header line)")]
-    except pd.errors.ParserError as exc:
-        return None, [Problem(f, f"not a valid CSV file: {str(exc).strip()}")]
-    return df, []
+    if len(set(header)) != len(header):
+        return None, [Problem(f, f"header repeats a column name: {','.join(header)}", line=1)]
+    df = pd.DataFrame(rows, columns=header, index=pd.Index(lines, dtype=np.int64), dtype=object)
+    return df, problems
 
 
 def check_header(columns: list[str], kind: str, file: str) -> list[Problem]:
@@ -70,7 +102,7 @@ def check_header(columns: list[str], kind: str, file: str) -> list[Problem]:
     for col in columns:
         if col not in expected and str(col).strip().lower() in lower:
             want = lower[str(col).strip().lower()]
-            problems.append(Problem(file, f"column {col!r} should be spelled {want!r}", line=1, column=str(col)))
+            problems.append(Problem(file, f"should be spelled {want!r}", line=1, column=str(col)))
     missing = [c for c in expected if c not in columns and c.lower() not in {str(x).strip().lower() for x in columns}]
     for col in missing:
         problems.append(Problem(file, "missing column", line=1, column=col))
@@ -85,29 +117,24 @@ def check_rows(raw: pd.DataFrame, kind: str, file: str) -> tuple[pd.DataFrame, l
     """Type and content checks of every row (header already right). Returns typed table."""
     problems: list[Problem] = []
     out = pd.DataFrame(index=raw.index)
-    if raw.isna().any().any():  # rows with fewer fields than the header
-        for i in _bad_rows(raw.isna().any(axis=1)):
-            problems.append(Problem(file, "row has fewer fields than the header", line=_line(i)))
-        raw = raw.fillna("")
-
     names = raw["NAME"].str.strip()
     for i in _bad_rows(names == ""):
-        problems.append(Problem(file, "empty image name", line=_line(i), column="NAME"))
+        problems.append(Problem(file, "empty image name", line=_line(raw, i), column="NAME"))
     out["NAME"] = names
 
     if "trustii_id" in raw:
         ids = pd.to_numeric(raw["trustii_id"].str.strip(), errors="coerce")
         bad = ids.isna() | (ids != ids.round())
         for i in _bad_rows(bad):
-            problems.append(Problem(file, f"not an integer: {raw['trustii_id'].iat[i]!r}", line=_line(i), column="trustii_id"))
+            problems.append(Problem(file, f"not an integer: {raw['trustii_id'].iat[i]!r}", line=_line(raw, i), column="trustii_id"))
         ids = ids.fillna(-1).astype(np.int64)
         dup = ids.duplicated(keep="first") & ~bad
         if dup.any():
             first = {v: k for k, v in reversed(list(enumerate(ids.to_numpy())))}
             for i in _bad_rows(dup):
                 problems.append(Problem(
-                    file, f"trustii_id {ids.iat[i]} repeated (first on line {_line(first[ids.iat[i]])})",
-                    line=_line(i), column="trustii_id"))
+                    file, f"trustii_id {ids.iat[i]} repeated (first on line {_line(raw, first[ids.iat[i]])})",
+                    line=_line(raw, i), column="trustii_id"))
         out.insert(0, "trustii_id", ids)
 
     if "x1" in raw:
@@ -116,7 +143,7 @@ def check_rows(raw: pd.DataFrame, kind: str, file: str) -> tuple[pd.DataFrame, l
             vals = pd.to_numeric(raw[col].str.strip(), errors="coerce")
             bad = ~np.isfinite(vals.to_numpy(dtype=np.float64, na_value=np.nan))
             for i in np.flatnonzero(bad):
-                problems.append(Problem(file, f"not a finite number: {raw[col].iat[i]!r}", line=_line(i), column=col))
+                problems.append(Problem(file, f"not a finite number: {raw[col].iat[i]!r}", line=_line(raw, i), column=col))
             coord_ok &= ~bad
             out[col] = vals.astype(np.float64)
         for lo, hi in (("x1", "x2"), ("y1", "y2")):
@@ -124,7 +151,7 @@ def check_rows(raw: pd.DataFrame, kind: str, file: str) -> tuple[pd.DataFrame, l
             for i in _bad_rows(bad):
                 problems.append(Problem(
                     file, f"{hi} ({out[hi].iat[i]:g}) must be greater than {lo} ({out[lo].iat[i]:g})",
-                    line=_line(i), column=hi))
+                    line=_line(raw, i), column=hi))
 
     if "class" in raw:
         cls = raw["class"]
@@ -132,7 +159,7 @@ def check_rows(raw: pd.DataFrame, kind: str, file: str) -> tuple[pd.DataFrame, l
         for i in _bad_rows(~valid):
             hint = classes.suggest(cls.iat[i])
             extra = f"; did you mean {hint!r}?" if hint else f"; valid codes: {', '.join(classes.CLASSES)}"
-            problems.append(Problem(file, f"unknown class {cls.iat[i]!r}{extra}", line=_line(i), column="class"))
+            problems.append(Problem(file, f"unknown class {cls.iat[i]!r}{extra}", line=_line(raw, i), column="class"))
         out["class"] = cls
 
     dup_rows = raw.duplicated(keep="first")
@@ -144,8 +171,8 @@ def check_rows(raw: pd.DataFrame, kind: str, file: str) -> tuple[pd.DataFrame, l
             for i, k in enumerate(key):
                 first.setdefault(k, i)
         for i in _bad_rows(dup_rows):
-            where = f" (same as line {_line(first[key.iat[i]])})" if key is not None else ""
-            problems.append(Problem(file, f"duplicate row{where}", line=_line(i), level=level))
+            where = f" (same as line {_line(raw, first[key.iat[i]])})" if key is not None else ""
+            problems.append(Problem(file, f"duplicate row{where}", line=_line(raw, i), level=level))
     return out.reset_index(drop=True), problems
 
 
@@ -168,12 +195,13 @@ def inspect(path: Path, kind: str) -> tuple[pd.DataFrame | None, list[Problem]]:
     raw, problems = read_raw(path)
     if raw is None:
         return None, problems
-    problems = check_header(list(raw.columns), kind, str(path))
-    if problems:
-        return None, problems
+    header_problems = check_header(list(raw.columns), kind, str(path))
+    if header_problems:
+        return None, header_problems
     if raw.empty:
-        return None, [Problem(str(path), "no data rows after the header")]
-    return check_rows(raw, kind, str(path))
+        return None, problems or [Problem(str(path), "no data rows after the header")]
+    table, row_problems = check_rows(raw, kind, str(path))
+    return table, sorted(problems + row_problems, key=lambda p: (p.line or 0))
 
 
 def read_train(path: Path) -> pd.DataFrame:

@@ -149,35 +149,28 @@ def test_unknown_kind():
         tables.read("x.csv", "labels")
 
 
-# --- known gaps of cytokit/tables.py (reported to the lead; strict xfail flags the fix) ---
+# --- rows whose field count differs, blank lines: reported on their own file line ---
 
-@pytest.mark.xfail(strict=True, reason="tables.read_raw: a row with MORE fields than the header makes pandas "
-                   "take column 1 as the index, so every row is shifted and correct lines get errors")
 def test_row_with_extra_field(tmp_path):
     path = write(tmp_path, HEADER + "a.jpg,1,2,3,4,PNN,extra\nb.jpg,1,2,3,4,PNN\n")
     _, problems = tables.inspect(path, "train")
     assert [p.line for p in problems] == [2]
 
 
-@pytest.mark.xfail(strict=True, reason="tables.read_raw skips blank lines, so line numbers after a blank "
-                   "line are too small")
 def test_line_numbers_after_blank_lines(tmp_path):
     path = write(tmp_path, HEADER + "a.jpg,1,2,3,4,PNN\n\n\nb.jpg,1,2,3,4,PNX\n")
     _, problems = tables.inspect(path, "train")
     assert [p.line for p in problems] == [5]
 
 
-@pytest.mark.xfail(strict=True, reason="tables.check_rows: short rows come back as empty strings (na_filter="
-                   "False), so the 'fewer fields than the header' branch never fires")
 def test_short_row_message(tmp_path):
     _, problems = tables.inspect(write(tmp_path, HEADER + "a.jpg,1,2\n"), "train")
-    assert [p.message for p in problems] == ["row has fewer fields than the header"]
+    assert [p.message for p in problems] == ["row has fewer fields than the header (3 instead of 6)"]
 
 
 def test_short_row_still_reported_on_its_line(tmp_path):
     _, problems = tables.inspect(write(tmp_path, HEADER + "a.jpg,1,2,3,4,PNN\nb.jpg,1,2\n"), "train")
-    assert {p.line for p in problems} == {3}
-    assert {p.column for p in problems} == {"x2", "y2", "class"}
+    assert [(p.line, p.column) for p in problems] == [(3, None)]
 
 
 def test_read_train_on_real_file(real_train_csv):

@@ -35,7 +35,7 @@ def test_good_submission_has_no_problem(files):
 def test_header_must_be_exact(files):
     problems = validate_submission(*files(GOOD.replace(",class\n", ",Class\n", 1)))
     assert problems and all(p.line == 1 for p in problems)
-    assert any("'Class' should be spelled 'class'" in p.message for p in problems)
+    assert any(p.column == "Class" and "should be spelled 'class'" in p.message for p in problems)
 
 
 def test_rows_must_match_test_csv(files):
