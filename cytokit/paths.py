@@ -5,7 +5,7 @@ is ``<root>/work`` unless ``CYTOKIT_WORK`` says otherwise. Raw data is only
 ever read. Layout under the work folder::
 
     work/cache/            image sizes, repaired copies, hashes (keyed by data folder)
-    work/folds/            folds_k{K}_s{SEED}.csv, its report, count table and plot
+    work/folds/<data>/     folds_k{K}_s{SEED}.csv, its report, count table and plot
     work/datasets/<key>/   generated exports (YOLO labels + per-fold lists, COCO json)
     work/runs/<model>/fold<k>/     training runs (config, metrics, weights, plots)
     work/preds/<model>/fold<k>/    predictions in the prediction contract
@@ -37,9 +37,13 @@ def folds_dir() -> Path:
     return work_dir() / "folds"
 
 
-def fold_file(k: int, seed: int) -> Path:
-    """The fold assignment artifact: columns ``NAME,fold,group``."""
-    return folds_dir() / f"folds_k{k}_s{seed}.csv"
+def fold_file(data: Path, k: int, seed: int) -> Path:
+    """The fold assignment artifact of a data folder: columns ``NAME,fold,group``.
+
+    One sub-folder per data folder name, so ``DATA=data/demo`` and ``DATA=data/raw``
+    keep their own folds.
+    """
+    return folds_dir() / Path(data).resolve().name / f"folds_k{k}_s{seed}.csv"
 
 
 def datasets_dir() -> Path:

@@ -194,7 +194,7 @@ def run(data: Path, cfg: FoldsConfig, *, repair: bool = False, force: bool = Fal
 
     settings = {k: v for k, v in config.to_dict(cfg).items() if k not in NOT_IN_FINGERPRINT}
     digest = fingerprint(cleaned, groups, settings)
-    fold_file = paths.fold_file(cfg.k, cfg.seed)
+    fold_file = paths.fold_file(data, cfg.k, cfg.seed)
     folds = reuse_folds(fold_file, digest, force)
     print(report.table())
     print(f"duplicate groups: {summary}")

@@ -61,7 +61,7 @@ def run(data: Path, capsys, *extra: str) -> tuple[int, str, str]:
 
 def assert_nothing_written(data: Path) -> None:
     """No fold file, no dataset folder (caches of image sizes may exist)."""
-    assert not paths.fold_file(K, SEED).exists()
+    assert not paths.fold_file(data, K, SEED).exists()
     assert not dataset.dataset_dir(data, K, SEED).exists()
     for folder in (paths.folds_dir(), paths.datasets_dir()):
         assert not folder.exists() or not any(folder.iterdir()), folder
@@ -123,7 +123,7 @@ def test_duplicate_row_is_dropped_and_counted(env, capsys, caplog):
         rc, out, _ = run(data, capsys)
     assert rc == 0
     assert "train.csv:6: warning: duplicate row (same as line 3)" in caplog.text
-    report = json.loads(paths.fold_file(K, SEED).with_name(f"folds_k{K}_s{SEED}_report.json").read_text())
+    report = json.loads(paths.fold_file(data, K, SEED).with_name(f"folds_k{K}_s{SEED}_report.json").read_text())
     first = report["cleaning"]["steps"][0]
     assert (first["step"], first["boxes_removed"], first["boxes"]) == ("duplicate rows", 1, 4)
     assert out.splitlines()[2].split() == ["duplicate", "rows", "1", "0", "0", "4", "4"]
@@ -154,7 +154,7 @@ def test_truncated_jpeg_needs_repair(env, capsys):
         assert (im.format, im.size) == ("JPEG", (64, 48))
     link = dataset.dataset_dir(data, K, SEED) / "yolo" / "images" / "bbbbbbbb-0.jpg"
     assert Path(os.readlink(link)) == repaired.resolve()
-    report = json.loads(paths.fold_file(K, SEED).with_name(f"folds_k{K}_s{SEED}_report.json").read_text())
+    report = json.loads(paths.fold_file(data, K, SEED).with_name(f"folds_k{K}_s{SEED}_report.json").read_text())
     assert report["repaired"] == ["bbbbbbbb-0.jpg"]
 
 
@@ -203,4 +203,4 @@ def test_too_few_images_for_k(env, capsys):
     data = write_data(env / "raw", GOOD[:1])
     rc, _, err = run(data, capsys, "--k", "3")
     assert rc == 1 and "cannot make 3 folds from 1 image group(s)" in err
-    assert not paths.fold_file(3, SEED).exists()
+    assert not paths.fold_file(data, 3, SEED).exists()

@@ -68,7 +68,7 @@ def prepared(tmp_path_factory):
         rc = io.cli(folds.main, ["--data", str(data), "--k", str(K), "--seed", str(SEED)])
         assert rc == 0
         root = dataset.dataset_dir(data, K, SEED)
-        fold_file = paths.fold_file(K, SEED)
+        fold_file = paths.fold_file(data, K, SEED)
     return {"data": data, "work": base / "work", "root": root, "fold_file": fold_file}
 
 
@@ -191,7 +191,7 @@ def test_other_inputs_need_force(tmp_path, monkeypatch, capsys):
     data = write_data(tmp_path / "tiny")
     argv = ["--data", str(data), "--k", "2", "--seed", "0"]
     assert run(argv, capsys)[0] == 0
-    fold_file = paths.fold_file(2, 0)
+    fold_file = paths.fold_file(data, 2, 0)
     first = fold_file.read_text()
     train = data / "train.csv"
     train.write_text(train.read_text().replace("00000009-0.jpg,8,9,50,52,LY", "00000009-0.jpg,8,9,50,52,SS"))
@@ -250,13 +250,13 @@ def test_balance_flag_is_counted(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CYTOKIT_WORK", str(tmp_path / "work"))
     data = write_data(tmp_path / "tiny")
     assert run(["--data", str(data), "--k", "2", "--seed", "0", "--balance", "1"], capsys)[0] == 0
-    report = json.loads(paths.fold_file(2, 0).with_name("folds_k2_s0_report.json").read_text())
+    report = json.loads(paths.fold_file(data, 2, 0).with_name("folds_k2_s0_report.json").read_text())
     step = report["cleaning"]["steps"][-1]
     # PNN is in 4 images (00000001, 00000006 and the two copies), MO in 2, LY in 2: one image each is
     # kept for them (LF, EO, LLC have one image each), so 3 + 1 + 1 = 5 images go, with 5 boxes.
     assert (step["step"], step["boxes_removed"], step["images_removed"]) == ("balance", 5, 5)
     assert step["class_boxes_before_after"]["PNN"] == [4, 1]
-    assert len(pd.read_csv(paths.fold_file(2, 0))) == 6
+    assert len(pd.read_csv(paths.fold_file(data, 2, 0))) == 6
 
 
 def test_cache_reads_only_changed_files(tmp_path):
