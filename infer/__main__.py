@@ -134,7 +134,7 @@ def submit(cfg: EnsembleConfig, data: Path, result: Result, out_dir: Path, progr
         png = viz.draw_grid(fused, files["images"], result.submission.with_name(result.submission.stem + "_boxes.png"),
                             cfg.viz_images, n_cells)
         if png:
-            print(f"boxes drawn on {cfg.viz_images} test images: {png}")
+            print(f"boxes drawn on {min(cfg.viz_images, len(n_cells))} test images: {png}")
     print(f"submission: {result.submission} ({len(sub)} rows, fusion={result.fusion})")
     if files["test_labels"].exists():
         from submit.report import format_result

@@ -1,0 +1,54 @@
+"""make demo: its config, its private work folder, and (slow) the whole pipeline on a tiny setting."""
+from __future__ import annotations
+
+import json
+import os
+
+import pandas as pd
+import pytest
+import yaml
+
+from cytokit import config as kit_config
+from cytokit import paths
+from infer import demo
+from infer.config import EnsembleConfig
+
+
+def test_demo_config_gives_a_valid_ensemble():
+    cfg = kit_config.load(demo.DemoConfig, paths.CONFIGS / "demo.yaml")
+    members = cfg.members()
+    assert [m["model"] for m in members] == [t["model"] for t in cfg.train]
+    ens = kit_config.from_dict(EnsembleConfig, {**cfg.ensemble, "members": members, "k": cfg.k, "seed": cfg.seed})
+    assert all(0 <= f < cfg.k for m in ens.member_list() for f in m.folds)
+    with pytest.raises(kit_config.ConfigError, match="train\\[0\\]"):
+        demo.DemoConfig(train=[{"folds": [0]}]).members()
+
+
+def test_demo_work_dir_is_private_and_restored(tmp_path):
+    before = os.environ.get("CYTOKIT_WORK")
+    with demo.demo_work_dir(tmp_path / "demo"):
+        assert paths.work_dir() == (tmp_path / "demo").resolve()
+        assert paths.run_dir("yolov8", 0) == (tmp_path / "demo").resolve() / "runs" / "yolov8" / "fold0"
+    assert os.environ.get("CYTOKIT_WORK") == before
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path):
+    tiny = ["epochs=1", "imgsz=64", "batch=4", "workers=0", "device=cpu"]
+    cfg_path = tmp_path / "demo.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "images": 40, "test_fraction": 0.3, "seed": 5, "k": 2, "workers": 1,
+        "train": [{"model": "yolov8", "folds": [0, 1], "overrides": tiny + ["plots=false"]},
+                  {"model": "fasterrcnn_mobilenet", "folds": [0], "overrides": tiny + ["max_size=96"]}],
+        "ensemble": {"tta": ["identity", "hflip"], "viz_images": 2,
+                     "tune": {"weights": [1.0], "iou_thr": [0.55], "skip_box_thr": [0.001], "conf_type": ["avg"],
+                              "fusion": ["wbf", "agnostic"], "rounds": 1}},
+    }))
+    data = tmp_path / "data"
+    assert demo.main(["--data", str(data), "--config", str(cfg_path)]) == 0
+    report = json.loads((paths.work_dir() / "demo" / "report.json").read_text())
+    assert [r["member"] for r in report["oof"]] == ["yolov8", "fasterrcnn_mobilenet", "ensemble (tuned)"]
+    assert 0.0 < report["score"] <= 1.0 and report["total_s"] > 0
+    assert "train yolov8 fold 1" in report["steps"] and "validate" in report["steps"]
+    sub = pd.read_csv(report["submission"])
+    assert len(sub) == len(pd.read_csv(data / "test.csv"))
