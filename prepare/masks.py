@@ -86,7 +86,8 @@ def resolve_method(cfg: MasksConfig, ckpt: Path | None) -> str:
         raise config.ConfigError(f"masks: unknown method {cfg.method!r}; valid: {', '.join(METHODS)}")
     method = cfg.method if cfg.method != "auto" else ("medsam" if ckpt else cfg.fallback)
     if method == "medsam" and ckpt is None:
-        raise config.ConfigError("masks: method medsam needs a checkpoint (--medsam-ckpt PATH / MEDSAM_CKPT=)")
+        raise config.ConfigError(
+            "masks: method medsam needs a checkpoint (--medsam-ckpt PATH / MEDSAM_CKPT=)")
     if method not in ("medsam", "grabcut", "stain"):
         raise config.ConfigError(f"masks: unknown fallback {method!r}; valid: grabcut, stain")
     return method
@@ -155,9 +156,11 @@ def make_masks(
     jobs = []
     for name in todo:
         g = groups.get(name)
-        xyxy = g[["x1", "y1", "x2", "y2"]].to_numpy(np.float64) if g is not None else np.zeros((0, 4))
-        labels = g["class"].map(classes.CLASS_TO_ID).to_numpy(np.int64) if g is not None else np.zeros(0, np.int64)
-        jobs.append((name, images_dir / name, xyxy, labels))
+        if g is None:
+            jobs.append((name, images_dir / name, np.zeros((0, 4)), np.zeros(0, np.int64)))
+            continue
+        labels = g["class"].map(classes.CLASS_TO_ID).to_numpy(np.int64)
+        jobs.append((name, images_dir / name, g[["x1", "y1", "x2", "y2"]].to_numpy(np.float64), labels))
     bar = tqdm(total=len(jobs), desc=f"masks ({method})", unit="img", disable=None)
     if method == "medsam":
         _run_medsam(jobs, cfg, ckpt, device, out, bar, medsam_spec)
@@ -186,7 +189,8 @@ def _run_medsam(jobs, cfg: MasksConfig, ckpt: Path, device: str, out: Path, bar,
 
     if spec is None:
         if cfg.medsam_arch not in medsam.SPECS:
-            raise config.ConfigError(f"masks: unknown medsam_arch {cfg.medsam_arch!r}; valid: {', '.join(medsam.SPECS)}")
+            raise config.ConfigError(
+                f"masks: unknown medsam_arch {cfg.medsam_arch!r}; valid: {', '.join(medsam.SPECS)}")
         spec = medsam.SPECS[cfg.medsam_arch]
     model = medsam.MedSam.from_checkpoint(
         ckpt, spec, device=device, preprocess=cfg.medsam_preprocess, batch=cfg.medsam_batch)

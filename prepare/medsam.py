@@ -143,7 +143,8 @@ def check_state_dict(state: dict[str, torch.Tensor], spec: SamSpec, path: Path |
         parts.append(f"unexpected keys {_summary(unexpected)}")
     if shaped:
         k = shaped[0]
-        parts.append(f"shape mismatches {_summary(shaped)}, e.g. {k} {tuple(state[k].shape)} vs {expected[k]}")
+        example = f"{k} {tuple(state[k].shape)} vs {expected[k]}"
+        parts.append(f"shape mismatches {_summary(shaped)}, e.g. {example}")
     arch = next((name for name, s in SPECS.items() if s == spec), "the given spec")
     raise CheckpointError(path, f"not a SAM {arch} state dict: " + "; ".join(parts))
 
@@ -187,8 +188,9 @@ class MedSam:
             lo, hi = x.amin(), x.amax()
             x = (x - lo) / (hi - lo).clamp(min=1e-8)
             return x[0], (self.size, self.size), (self.size / w, self.size / h)
-        scale = self.size / max(h, w)
-        nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        nh, nw = ResizeLongestSide.get_preprocess_shape(h, w, self.size)
         x = F.interpolate(x, (nh, nw), mode="bilinear", align_corners=False, antialias=True)
         return self.sam.preprocess(x)[0], (nh, nw), (nw / w, nh / h)
 

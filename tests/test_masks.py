@@ -15,11 +15,12 @@ from prepare import mask_fallback as mf
 from prepare import masks
 from prepare.dataset import dataset_dir
 
-PINK, RBC, LILAC, PALE, PURPLE = (236, 218, 226), (222, 140, 138), (196, 168, 214), (225, 200, 222), (112, 52, 150)
+PINK, RBC, PURPLE = (236, 218, 226), (222, 140, 138), (112, 52, 150)
+LILAC, PALE = (196, 168, 214), (225, 200, 222)  # cytoplasm: blue-lilac, or pale as a neutrophil's
 
 
 def draw_cell(size=200, centre=(96, 104), radius=48, cyto=LILAC, seed=0):
-    """A smear: red-cell discs on pink, one leukocyte (cytoplasm disc + purple nucleus). (image, box, mask)."""
+    """Red-cell discs on pink and one leukocyte (cytoplasm disc, purple nucleus): (image, box, mask)."""
     rng = np.random.default_rng(seed)
     img = np.zeros((size, size, 3), np.uint8)
     img[:] = PINK
@@ -128,7 +129,8 @@ def make_dataset(data: Path, k: int = 2, seed: int = 0, n: int = 6, size: int = 
         imgs.append((name, size, size, i % k, i))
     pd.DataFrame(rows, columns=["NAME", "x1", "y1", "x2", "y2", "class", "width", "height"]).to_csv(
         root / "boxes.csv", index=False)
-    pd.DataFrame(imgs, columns=["NAME", "width", "height", "fold", "group"]).to_csv(root / "images.csv", index=False)
+    images = pd.DataFrame(imgs, columns=["NAME", "width", "height", "fold", "group"])
+    images.to_csv(root / "images.csv", index=False)
     meta = {"data": str(data), "images_dir": str(images_dir), "k": k, "seed": seed, "resize": None,
             "classes": list(classes.CLASSES), "n_images": n, "n_boxes": len(rows)}
     (root / "meta.json").write_text(json.dumps(meta))

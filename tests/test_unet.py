@@ -86,30 +86,39 @@ def test_imgsz_must_fit_the_encoder_depth():
         tiny_cfg(imgsz=60)
 
 
-def test_smoke_train_resume_predict_and_oof_table(tmp_path):
+def test_cli_smoke_train_resume_predict_and_oof_table(tmp_path, capsys):
     from test_masks import make_dataset
 
+    from cytokit import paths
     from infer.fuse import FuseParams, fuse
     from prepare.dataset import load_fold
+    from train.__main__ import main as train_main
     from train.unet import UnetAdapter
 
     data = tmp_path / f"raw_{tmp_path.name}"
     make_dataset(data, n=6)
-    fold = load_fold(data, 2, 0, 0)
-    run = tmp_path / "run"
-    best = UnetAdapter().train(tiny_cfg(), fold, run)  # masks made on the way (fallback)
-    assert best == run / "best.pt"
-    assert {p.name for p in run.iterdir()} >= {"best.pt", "last.pt", "metrics.csv", "config.yaml"}
+    args = ["encoder=resnet18", "decoder_channels=[16,8,8]", "imgsz=64", "epochs=1", "batch=4", "device=cpu",
+            "min_area=0.0"]
+    assert train_main(["--model", "unet", "--fold", "0", "--data", str(data), "--k", "2", "--seed", "0",
+                       "--force", *args]) == 0  # masks made on the way (fallback)
+    assert "unet fold 0: challenge" in capsys.readouterr().out
+    run = paths.run_dir("unet", 0)
+    files = {p.name for p in run.iterdir()}
+    assert files >= {"best.pt", "last.pt", "metrics.csv", "config.yaml", "done.json"}
     metrics = pd.read_csv(run / "metrics.csv")
     assert metrics["epoch"].tolist() == [1]
-    assert {"train_loss", "seg_dice", "seg_miou", "lr"} <= set(metrics.columns)
-    assert 0 <= metrics["seg_dice"].iloc[0] <= 1
+    assert {"train_loss", "seg_dice", "seg_miou", "challenge", "lr"} <= set(metrics.columns)
+    assert 0 <= metrics["seg_dice"].iloc[0] <= 1 and 0 <= metrics["challenge"].iloc[0] <= 1
+    oof = predictions.read(paths.preds_dir("unet", 0) / "oof.parquet")  # schema-valid, maybe empty
+    assert set(oof["model"]) <= {"unet"}
 
+    fold = load_fold(data, 2, 0, 0)
     UnetAdapter().train(tiny_cfg(epochs=2), fold, run, resume=True)  # continues at epoch 2
     assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [1, 2]
 
     # fg_thr 0: every pixel is cell, so each image gives exactly one full-image box
-    predictor = UnetAdapter().load(best, dataclasses.replace(tiny_cfg(), imgsz=32, fg_thr=0.0), "cpu")
+    given = dataclasses.replace(tiny_cfg(), imgsz=32, fg_thr=0.0)
+    predictor = UnetAdapter().load(run / "best.pt", given, "cpu")
     assert predictor.cfg.imgsz == 64  # the architecture comes from the checkpoint
     from train.oof import predict_fold
 
@@ -118,8 +127,7 @@ def test_smoke_train_resume_predict_and_oof_table(tmp_path):
     assert table[["x1", "y1", "x2", "y2"]].to_numpy().tolist() == [[0, 0, 64, 64]] * 3
     assert predictions.has_probs(table)
     assert np.allclose(table[list(predictions.PROB_COLUMNS)].sum(axis=1), 1.0)
-    path = predictions.write(table, tmp_path / "oof.parquet")
-    back = predictions.read(path)
+    back = predictions.read(predictions.write(table, tmp_path / "oof.parquet"))
     assert len(back) == 3 and set(back["model"]) == {"unet"} and set(back["fold"]) == {0}
     fused = fuse(back, FuseParams(mode="agnostic"), oof=True, progress=False)
     assert len(fused) == 3 and set(fused["class"]) <= set(classes.CLASSES)

@@ -55,6 +55,7 @@ class UnetConfig:
     fg_thr: float = 0.5  # foreground where 1 - p_background > fg_thr
     min_area: float = 0.005  # smallest component kept, fraction of the image area
     eval_every: int = 1  # epochs between validations (the last epoch is always validated)
+    conf: float = 0.001  # boxes scored below are dropped from the out-of-fold predictions
     refine_ckpt: str = ""  # MedSAM checkpoint: refine each predicted box (box -> mask -> tight box)
     refine_arch: str = "vit_b"
     refine_preprocess: str = "medsam"
@@ -95,7 +96,8 @@ def _load_weights(model: torch.nn.Module, path: Path) -> None:
     target = model.encoder.state_dict()
     fits = {k: v for k, v in state.items() if k in target and target[k].shape == v.shape}
     if not fits:
-        raise config.ConfigError(f"{path}: neither a UNet checkpoint nor weights of encoder {type(model.encoder).__name__}")
+        kind = type(model.encoder).__name__
+        raise config.ConfigError(f"{path}: neither a UNet checkpoint nor weights of encoder {kind}")
     model.encoder.load_state_dict(fits, strict=False)
     log.info("encoder weights from %s: %d of %d tensors", path, len(fits), len(target))
 
@@ -134,7 +136,7 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, dice_weight: float) -> t
     return ce + dice_weight * (1 - dice[present].mean())
 
 
-def validate(predictor: UnetPredictor, fold_data: Any, masks_dir: Path, epoch: int) -> tuple[dict, pd.DataFrame]:
+def validate(predictor: UnetPredictor, fold_data: Any, masks_dir: Path) -> tuple[dict, pd.DataFrame]:
     """Segmentation metrics (original size) and the challenge score of the validation boxes."""
     from cytokit import predictions
     from cytokit.images import load_rgb
@@ -155,14 +157,9 @@ def validate(predictor: UnetPredictor, fold_data: Any, masks_dir: Path, epoch: i
                                            fold_data.fold, probs=det.probs))
     table = predictions.validate(pd.concat(frames, ignore_index=True)) if frames else predictions.empty(True)
     seg = seg_metrics(conf_mat)
-    out = {"seg_dice": seg["dice"], "seg_miou": seg["miou"]}
-    try:
-        from train.oof import evaluate
+    from train.oof import evaluate
 
-        out.update(evaluate(table, fold_data))
-    except ImportError as exc:  # the scorer modules are not installed in this tree yet
-        log.warning("epoch %d: no challenge score (%s)", epoch, exc)
-    return out, table
+    return {"seg_dice": seg["dice"], "seg_miou": seg["miou"], **evaluate(table, fold_data)}, table
 
 
 def fit(cfg: UnetConfig, fold_data: Any, masks_dir: Path, run_dir: Path, resume: bool = False) -> Path:
@@ -219,10 +216,10 @@ def fit(cfg: UnetConfig, fold_data: Any, masks_dir: Path, run_dir: Path, resume:
             seen += len(x)
         row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1)}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            metrics, _ = validate(UnetPredictor(model, cfg, device), fold_data, masks_dir, epoch + 1)
+            metrics, _ = validate(UnetPredictor(model, cfg, device), fold_data, masks_dir)
             row.update(metrics)
             score = metrics.get("challenge", float("nan"))
-            score = score if np.isfinite(score) else metrics["seg_miou"]  # no scorer: select on mIoU
+            score = score if np.isfinite(score) else metrics["seg_miou"]
             if np.isfinite(score) and score > best:
                 best = score
                 save_checkpoint(best_path, model, cfg, epoch, metric=float(score))
