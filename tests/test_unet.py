@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from cytokit import classes, config, predictions
 from train.unet_post import N_LABELS, confusion, detections_from_probs, refine_boxes, seg_metrics
@@ -71,6 +72,39 @@ def test_refine_takes_the_tight_box_of_each_mask():
 
     out = refine_boxes(Fake(), np.zeros((10, 12, 3), np.uint8), np.array([[1, 1, 9, 9], [0, 0, 4, 4]]))
     assert out.tolist() == [[3, 2, 7, 5], [0, 0, 4, 4]]
+
+
+class _BlockModel(torch.nn.Module):
+    """A stand-in network: class id 4 (LyB) in the top-left 4 x 4 of an 8 x 8 output, background elsewhere."""
+
+    def forward(self, x):
+        logits = torch.full((len(x), N_LABELS, 8, 8), -10.0)
+        logits[:, 0] = 10.0
+        logits[:, 0, :4, :4] = -10.0
+        logits[:, 5, :4, :4] = 10.0
+        return logits
+
+
+def test_predictor_upsamples_to_the_image_and_refines_boxes():
+    from train.unet_post import UnetPredictor
+
+    cfg = tiny_cfg(imgsz=8, decoder_channels=[8, 8, 8])
+    predictor = UnetPredictor(_BlockModel(), cfg, "cpu")
+    image = np.zeros((16, 16, 3), np.uint8)
+    # 8 -> 16 bilinear: output column 7 samples source 3.25 (3/4 inside: logit +5), column 8
+    # samples 3.75 (-5), so the cell covers columns and rows 0..7 -> box (0, 0, 8, 8)
+    det = predictor.predict([image])[0]
+    assert det.xyxy.tolist() == [[0, 0, 8, 8]] and classes.CLASSES[det.labels[0]] == "LyB"
+    assert predictor.predict([image], conf=1.01)[0].xyxy.shape == (0, 4)
+
+    class Fake:
+        def segment(self, images, boxes):
+            mask = np.zeros((1, 16, 16), bool)
+            mask[0, 1:4, 2:6] = True
+            return [mask]
+
+    predictor._refiner = Fake()
+    assert predictor.predict([image])[0].xyxy.tolist() == [[2, 1, 6, 4]]
 
 
 def tiny_cfg(**kw):
