@@ -43,6 +43,7 @@ class TuneGrid:
     skip_box_thr: list[float] = dataclasses.field(default_factory=lambda: [0.001, 0.01, 0.05])  # WBF skip thresholds
     conf_type: list[str] = dataclasses.field(default_factory=lambda: ["avg", "max", "box_and_model_avg"])  # WBF conf_type
     fusion: list[str] = dataclasses.field(default_factory=lambda: ["wbf", "agnostic"])  # fusion modes
+    views: bool = True  # also try leaving each TTA view out (the tuned config keeps the views that help)
     rounds: int = 2  # passes of coordinate ascent over all settings
     max_images: int = 0  # OOF images used (a fixed random subset; 0 = all)
     seed: int = 0  # seed of that subset

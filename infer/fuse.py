@@ -55,6 +55,7 @@ class FuseParams:
     conf_type: str = "avg"  # ensemble-boxes' conf_type
     max_det: int = 0  # top boxes kept per slot and image before fusion (0 = all)
     weights: dict[str, float] = dataclasses.field(default_factory=dict)  # model -> weight (default 1)
+    views: tuple[str, ...] = ()  # TTA views fused (others left out); () = every view in the table
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -84,11 +85,14 @@ class Grouped:
     def models(self) -> list[str]:
         return sorted(set(self.slot_models))
 
-    def slot_weights(self, weights: dict[str, float] | None = None) -> np.ndarray:
-        """Each model's weight (default 1) split evenly over its slots present in the table."""
+    def slot_weights(self, weights: dict[str, float] | None = None, views: tuple[str, ...] = ()) -> np.ndarray:
+        """Each model's weight (default 1) split evenly over its slots present in the table;
+        0 for the slots of views not in ``views`` (when given)."""
         weights = dict(weights or {})  # models without rows here (nothing detected) need no slot
-        count = pd.Series(self.slot_models).value_counts()
-        w = np.array([weights.get(m, 1.0) / count[m] for m in self.slot_models], dtype=np.float64)
+        used = np.array([not views or s.split("|")[2] in views for s in self.slot_names], dtype=bool)
+        count = pd.Series(np.asarray(self.slot_models, dtype=object)[used]).value_counts()
+        w = np.array([weights.get(m, 1.0) / count[m] if u else 0.0 for m, u in zip(self.slot_models, used)],
+                     dtype=np.float64)
         return np.asarray(wbf.check_weights(w, len(w), self.slot_names))
 
 
@@ -184,7 +188,7 @@ def _assigned_probs(
 def fuse_grouped(g: Grouped, params: FuseParams, progress: bool = True) -> pd.DataFrame:
     """Fuse every image of ``g`` with ``params``; returns the fused prediction table."""
     params.check()
-    slot_weights = g.slot_weights(params.weights)
+    slot_weights = g.slot_weights(params.weights, tuple(params.views))
     if (slot_weights == 0).any():
         g = _without_slots(g, slot_weights == 0)
         slot_weights = slot_weights[slot_weights > 0]

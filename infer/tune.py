@@ -95,11 +95,13 @@ def evaluate(oof: OOF, params: FuseParams, grouped: Grouped | None = None):
 
 
 def _key(p: FuseParams) -> tuple:
-    return (p.mode, p.iou_thr, p.skip_box_thr, p.conf_type, tuple(sorted(p.weights.items())))
+    return (p.mode, p.iou_thr, p.skip_box_thr, p.conf_type, tuple(sorted(p.weights.items())), tuple(p.views))
 
 
-def search(oof: OOF, start: FuseParams, grid, models: list[str]) -> tuple[FuseParams, float, list[dict]]:
-    """Coordinate ascent from ``start`` over ``grid`` (a ``TuneGrid``). Returns best, its score, the trials."""
+def search(oof: OOF, start: FuseParams, grid, models: list[str],
+           views: list[str] = ()) -> tuple[FuseParams, float, list[dict]]:
+    """Coordinate ascent from ``start`` over ``grid`` (a ``TuneGrid``); with ``views`` (the TTA views
+    of the tables) and ``grid.views``, each view is also toggled out/in. Returns best, its score, the trials."""
     g = group(oof.preds, min([start.skip_box_thr, *grid.skip_box_thr]), start.max_det, oof=True)
     seen: dict[tuple, float] = {}
     trials: list[dict] = []
@@ -111,19 +113,26 @@ def search(oof: OOF, start: FuseParams, grid, models: list[str]) -> tuple[FusePa
             log.info("trial %d: %s -> %.5f", len(trials), _key(p), seen[_key(p)])
         return seen[_key(p)]
 
-    best = dataclasses.replace(start, weights={m: start.weights.get(m, 1.0) for m in models})
+    best = dataclasses.replace(start, weights={m: start.weights.get(m, 1.0) for m in models},
+                               views=tuple(start.views or views))
     best_score = value(best)
     for _ in range(grid.rounds):
         before = best_score
         moves = [("weights", m, w) for m in models for w in grid.weights] if len(models) > 1 else []
         moves += [("iou_thr", None, v) for v in grid.iou_thr] + [("skip_box_thr", None, v) for v in grid.skip_box_thr]
         moves += [("conf_type", None, v) for v in grid.conf_type] + [("mode", None, v) for v in grid.fusion]
+        moves += [("views", None, v) for v in views] if grid.views and len(views) > 1 else []
         for field, model, v in moves:
             if field == "weights":
                 w = {**best.weights, model: float(v)}
                 if sum(w.values()) <= 0:
                     continue
                 cand = dataclasses.replace(best, weights=w)
+            elif field == "views":
+                kept = tuple(x for x in views if (x in best.views) != (x == v))
+                if not kept:
+                    continue
+                cand = dataclasses.replace(best, views=kept)
             else:
                 cand = dataclasses.replace(best, **{field: v})
             s = value(cand)
@@ -135,12 +144,18 @@ def search(oof: OOF, start: FuseParams, grid, models: list[str]) -> tuple[FusePa
 
 
 def member_scores(oof: OOF, params: FuseParams, models: list[str]) -> pd.DataFrame:
-    """Each model alone (its views fused with ``params``) on the same OOF images."""
+    """Each model alone on the same OOF images: its TTA views fused with ``params``, and (with
+    several views) its ``identity`` view alone, to show what TTA adds."""
     rows = []
     for m in models:
         part = oof.preds[oof.preds["model"] == m]
-        r = evaluate(OOF(part, oof.truth_boxes, oof.images, oof.sources), dataclasses.replace(params, weights={}))
-        rows.append({"member": m, "oof": r.total, "giou_term": r.giou_term, "f1_term": r.f1_term})
+        variants = [(m, part, params.views)]
+        if part["view"].nunique() > 1 and (part["view"] == "identity").any():
+            variants.append((f"{m} (no TTA)", part[part["view"] == "identity"], ()))
+        for label, table, views in variants:
+            alone = dataclasses.replace(params, weights={}, views=views)
+            r = evaluate(OOF(table, oof.truth_boxes, oof.images, oof.sources), alone)
+            rows.append({"member": label, "oof": r.total, "giou_term": r.giou_term, "f1_term": r.f1_term})
     return pd.DataFrame(rows)
 
 
@@ -185,8 +200,13 @@ def tuned_config(cfg: EnsembleConfig, best: FuseParams, cls_weight: float | None
     out = kit_config.to_dict(cfg)
     for m in out["members"]:
         m["weight"] = float(best.weights.get(m["model"], m.get("weight", 1.0)))
+    used = [m for m in out["members"] if m["weight"] > 0]
+    if len(used) < len(out["members"]):
+        log.info("members tuned to weight 0 left out: %s",
+                 ", ".join(m["model"] for m in out["members"] if m["weight"] <= 0))
+    out["members"] = used
     out.update(fusion=best.mode, iou_thr=float(best.iou_thr), skip_box_thr=float(best.skip_box_thr),
-               conf_type=best.conf_type)
+               conf_type=best.conf_type, tta=list(best.views or cfg.tta))
     if cls_weight is not None:
         out["classifier"] = {**out["classifier"], "weight": cls_weight}
     return out
@@ -199,7 +219,8 @@ def run(cfg: EnsembleConfig, data: Path, out: Path) -> tuple[Path, pd.DataFrame]
     oof = load_oof(cfg, data, grid.max_images, grid.seed)
     models = [m.model for m in cfg.member_list()]
     first = cfg.fuse_params("wbf" if cfg.fusion == "auto" else None)
-    best, best_score, trials = search(oof, first, grid, models)
+    views = [v for v in cfg.tta if v in set(oof.preds["view"])]
+    best, best_score, trials = search(oof, first, grid, models, views)
     fused = fuse_grouped(group(oof.preds, best.skip_box_thr, best.max_det, oof=True), best, progress=False)
     result = score(fused, oof)
     table = member_scores(oof, best, models)
@@ -212,7 +233,7 @@ def run(cfg: EnsembleConfig, data: Path, out: Path) -> tuple[Path, pd.DataFrame]
     print(f"out-of-fold images scored: {len(oof.images)} ({len(oof.truth_boxes)} boxes); "
           f"{len(trials)} settings tried in {time.perf_counter() - start:.1f} s")
     print(f"tuned: fusion={best.mode} iou_thr={best.iou_thr} skip_box_thr={best.skip_box_thr} "
-          f"conf_type={best.conf_type} weights={best.weights}"
+          f"conf_type={best.conf_type} weights={best.weights} views={list(best.views)}"
           + ("" if cls_weight is None else f" classifier weight={cls_weight}"))
     from submit.report import format_table
 

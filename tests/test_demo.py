@@ -47,7 +47,8 @@ def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path):
     data = tmp_path / "data"
     assert demo.main(["--data", str(data), "--config", str(cfg_path)]) == 0
     report = json.loads((paths.work_dir() / "demo" / "report.json").read_text())
-    assert [r["member"] for r in report["oof"]] == ["yolov8", "fasterrcnn_mobilenet", "ensemble (tuned)"]
+    assert [r["member"] for r in report["oof"]] == ["yolov8", "yolov8 (no TTA)", "fasterrcnn_mobilenet",
+                                                    "fasterrcnn_mobilenet (no TTA)", "ensemble (tuned)"]
     assert 0.0 < report["score"] <= 1.0 and report["total_s"] > 0
     assert "train yolov8 fold 1" in report["steps"] and "validate" in report["steps"]
     sub = pd.read_csv(report["submission"])

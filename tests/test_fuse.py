@@ -78,6 +78,9 @@ def test_weight_is_split_over_a_models_slots():
     # scores x slot weights: 0.4, 0.4, 0.4; mean over 3 boxes x min(3, 3) / sum of weights (2)
     np.testing.assert_allclose(out["score"], [(0.4 + 0.4 + 0.4) / 3 * 3 / 2], rtol=1e-6)
     np.testing.assert_allclose(g.slot_weights({"m3": 5.0}), [0.5, 0.5, 1.0])  # a model without rows: no slot
+    np.testing.assert_allclose(g.slot_weights({"m1": 2.0}, ("identity",)), [0.0, 2.0, 1.0])  # hflip left out
+    out = fuse.fuse_grouped(g, fuse.FuseParams(views=("hflip",)), progress=False)
+    np.testing.assert_allclose(out["score"], [0.8], rtol=1e-6)  # m1's hflip slot alone (m2 has no hflip view)
 
 
 def test_folds_are_slots_for_test_and_merged_out_of_fold():

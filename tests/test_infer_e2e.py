@@ -95,7 +95,7 @@ def test_infer_submission_and_tune(tiny, fake_members, tmp_path):
     assert len(calls) == 4
 
     out, table = tune.run(cfg, tiny, tmp_path / "tuned.yaml")
-    assert table["member"].tolist() == ["fakea", "fakeb", "ensemble (tuned)"]
+    assert table["member"].tolist() == ["fakea", "fakea (no TTA)", "fakeb", "fakeb (no TTA)", "ensemble (tuned)"]
     tuned = load_config(out)
     assert tuned.fusion in ("wbf", "agnostic") and {m.model for m in tuned.member_list()} == {"fakea", "fakeb"}
     assert {m.weight for m in tuned.member_list()} <= {0.5, 1.0, 2.0}
