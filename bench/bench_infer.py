@@ -56,7 +56,8 @@ def synthetic_predictions(n_images: int, n_members: int, per_member: int, seed: 
         frames.append(pd.DataFrame({
             "NAME": names[rows], "x1": boxes[:, 0], "y1": boxes[:, 1], "x2": boxes[:, 2], "y2": boxes[:, 3],
             "score": np.r_[rng.uniform(0.5, 1, len(img)), rng.uniform(0.001, 0.3, len(x_img))],
-            "class": np.asarray(classes.CLASSES, dtype=object)[labels], "width": side[rows], "height": side[rows],
+            "class": np.asarray(classes.CLASSES, dtype=object)[labels],
+            "width": side[rows], "height": side[rows],
             "model": f"m{m % 2}", "fold": m // 2, "view": "identity",
         }))
     return pd.concat(frames, ignore_index=True)
@@ -105,7 +106,8 @@ def _images(n: int) -> list[np.ndarray]:
 def bench_latency(folder: Path) -> list[str]:
     from infer import predict, tta
 
-    lines = [f"CPU time per image, one image per call, {LATENCY_IMAGES} images of 368x360 (random-init weights)"]
+    lines = [f"CPU time per image, one image per call, {LATENCY_IMAGES} images of 368x360 "
+             "(random-init weights)"]
     imgs = _images(LATENCY_IMAGES)
     view = tta.get_views(["identity"])
     for model in DETECTORS:
@@ -135,7 +137,7 @@ def bench_ensemble(folder: Path, imgs: list[np.ndarray]) -> list[str]:
                                      cfg.max_det, batch=1) for m, f, p in loaded]
     fuse.fuse(pd.concat(tables, ignore_index=True), cfg.fuse_params("wbf"), progress=False)
     ms = 1000 * (time.perf_counter() - start) / len(imgs)
-    return [f"  default ensemble ({len(members)} members x {len(views)} views {'+'.join(cfg.tta)}, then WBF): "
+    return [f"  default ensemble ({len(members)} members x {len(views)} views {'+'.join(cfg.tta)}, WBF): "
             f"{ms:.0f} ms per image ({'within' if ms < RULE_MS else 'over'} {RULE_MS:.0f} ms)"]
 
 
@@ -147,9 +149,11 @@ def demo_report() -> list[str]:
     lines = [f"last make demo ({rep.get('finished', '?')}): total {rep['total_s']:.0f} s"]
     lines += [f"  {step:<28} {sec:7.1f} s" for step, sec in rep["steps"].items()]
     for row in rep.get("oof", []):
-        lines.append(f"  OOF {row['member']:<24} {row['oof']:.4f} (GIoU {row['giou_term']:.4f}, F1 {row['f1_term']:.4f})")
+        lines.append(f"  OOF {row['member']:<30} {row['oof']:.4f} "
+                     f"(GIoU {row['giou_term']:.4f}, F1 {row['f1_term']:.4f})")
     if "score" in rep:
-        lines.append(f"  test score {rep['score']:.4f} (GIoU term {rep['giou_term']:.4f}, F1 term {rep['f1_term']:.4f})")
+        lines.append(f"  test score {rep['score']:.4f} "
+                     f"(GIoU term {rep['giou_term']:.4f}, F1 term {rep['f1_term']:.4f})")
     return lines
 
 

@@ -1,6 +1,7 @@
 """``python -m infer``: every ensemble member with TTA over the test (and out-of-fold) images, then fusion.
 
-    python -m infer --config configs/ensemble.yaml --data DATA [--submission] [--out DIR] [--force] [key=value ...]
+    python -m infer --config configs/ensemble.yaml --data DATA [--submission] [--out DIR] [--force]
+                    [key=value ...]
 
 (``make infer`` / ``make submission``). For each member (model x fold of the
 config; weights ``work/runs/<model>/fold<k>/best.pt`` unless set) it writes, in
@@ -78,7 +79,8 @@ def predict_members(cfg: EnsembleConfig, data: Path, force: bool = False, progre
                 fd = load_fold(data, cfg.k, cfg.seed, fold)
                 val = fd.val_images["NAME"].tolist()
                 meta = predict.member_meta(weights, cfg.tta, cfg.conf, cfg.max_det, val)
-                predict.cached_table(out / "oof_tta.parquet", meta, lambda: run(val, fd.images_dir, "oof"), force)
+                predict.cached_table(out / "oof_tta.parquet", meta,
+                                     lambda: run(val, fd.images_dir, "oof"), force)
     preds = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) \
         else predictions.empty()
     per_image = spent / len(names) if spent and names else float("nan")
@@ -131,8 +133,8 @@ def submit(cfg: EnsembleConfig, data: Path, result: Result, out_dir: Path, progr
     sub = writer.make_submission(fused, test, sizes)
     result.submission = writer.write_submission(sub, files["test"], out_dir, images_dir=files["images"])
     if cfg.viz_images:
-        png = viz.draw_grid(fused, files["images"], result.submission.with_name(result.submission.stem + "_boxes.png"),
-                            cfg.viz_images, n_cells)
+        png_path = result.submission.with_name(result.submission.stem + "_boxes.png")
+        png = viz.draw_grid(fused, files["images"], png_path, cfg.viz_images, n_cells)
         if png:
             print(f"boxes drawn on {min(cfg.viz_images, len(n_cells))} test images: {png}")
     print(f"submission: {result.submission} ({len(sub)} rows, fusion={result.fusion})")
@@ -148,7 +150,7 @@ def submit(cfg: EnsembleConfig, data: Path, result: Result, out_dir: Path, progr
 
 def run(cfg: EnsembleConfig, data: Path, submission: bool = False, out_dir: Path | None = None,
         force: bool = False, progress: bool = True) -> Result:
-    """Predict every member (``make infer``) and, with ``submission``, fuse and write (``make submission``)."""
+    """Predict every member (``make infer``); with ``submission``, fuse and write (``make submission``)."""
     if not cfg.members:
         raise io.DataError("the ensemble config lists no members")
     result = predict_members(cfg, data, force, progress)
@@ -162,10 +164,11 @@ def run(cfg: EnsembleConfig, data: Path, submission: bool = False, out_dir: Path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infer", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path, default=paths.CONFIGS / "ensemble.yaml", help="ensemble config")
+    parser.add_argument("--config", type=Path, default=paths.CONFIGS / "ensemble.yaml",
+                        help="ensemble config")
     parser.add_argument("--data", type=Path, default=paths.DEFAULT_DATA, help="challenge data folder")
     parser.add_argument("--submission", action="store_true", help="also fuse and write the submission CSV")
-    parser.add_argument("--out", type=Path, help="submission folder (default: config out_dir, else submissions/)")
+    parser.add_argument("--out", type=Path, help="submission folder (default: out_dir, else submissions/)")
     parser.add_argument("--force", action="store_true", help="predict again even when the tables are current")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="ensemble config overrides")
     args = parser.parse_args(argv)

@@ -19,6 +19,11 @@ from infer.fuse import MODES, FuseParams
 FUSION_CHOICES = (*MODES, "auto")
 
 
+def _list(*values: Any) -> Any:
+    """A dataclass field defaulting to a fresh list of ``values``."""
+    return dataclasses.field(default_factory=lambda: list(values))
+
+
 @dataclasses.dataclass
 class Member:
     """One model of the ensemble with the folds whose weights it uses."""
@@ -26,7 +31,7 @@ class Member:
     model: str  # registry name (python -m train --list)
     folds: list[int] = dataclasses.field(default_factory=list)  # folds to use; empty = all k folds
     weight: float = 1.0  # the model's share in the fusion (split over its folds and views)
-    weights: str | None = None  # weights path template ({fold}, {model}); default work/runs/<model>/fold<k>/best.pt
+    weights: str | None = None  # path template ({fold}, {model}); None = work/runs/<model>/fold<k>/best.pt
     overrides: list[str] = dataclasses.field(default_factory=list)  # model config key=value at load time
 
     def __post_init__(self) -> None:
@@ -38,11 +43,11 @@ class Member:
 class TuneGrid:
     """What ``python -m infer.tune`` searches (coordinate ascent over these values)."""
 
-    weights: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 3.0])  # per-model weights tried
-    iou_thr: list[float] = dataclasses.field(default_factory=lambda: [0.4, 0.5, 0.55, 0.6, 0.7])  # WBF IoU thresholds
-    skip_box_thr: list[float] = dataclasses.field(default_factory=lambda: [0.001, 0.01, 0.05])  # WBF skip thresholds
-    conf_type: list[str] = dataclasses.field(default_factory=lambda: ["avg", "max", "box_and_model_avg"])  # WBF conf_type
-    fusion: list[str] = dataclasses.field(default_factory=lambda: ["wbf", "agnostic"])  # fusion modes
+    weights: list[float] = _list(0.0, 0.5, 1.0, 2.0, 3.0)  # per-model weights tried
+    iou_thr: list[float] = _list(0.4, 0.5, 0.55, 0.6, 0.7)  # WBF IoU thresholds
+    skip_box_thr: list[float] = _list(0.001, 0.01, 0.05)  # WBF skip thresholds
+    conf_type: list[str] = _list("avg", "max", "box_and_model_avg")  # WBF conf_type
+    fusion: list[str] = _list("wbf", "agnostic")  # fusion modes
     views: bool = True  # also try leaving each TTA view out (the tuned config keeps the views that help)
     rounds: int = 2  # passes of coordinate ascent over all settings
     max_images: int = 0  # OOF images used (a fixed random subset; 0 = all)
@@ -53,10 +58,10 @@ class TuneGrid:
 class EnsembleConfig:
     """Everything ``python -m infer`` and ``python -m infer.tune`` need."""
 
-    members: list[dict] = dataclasses.field(default_factory=list)  # Member entries (model, folds, weight, ...)
+    members: list[dict] = dataclasses.field(default_factory=list)  # Member entries (model, folds, weight...)
     k: int = 5  # folds of the prepared dataset (as in make folds)
     seed: int = 42  # fold seed (as in make folds)
-    tta: list[str] = dataclasses.field(default_factory=lambda: ["identity", "hflip"])  # TTA views
+    tta: list[str] = _list("identity", "hflip")  # TTA views
     conf: float = 0.001  # detection threshold of every member (low: fusion decides)
     max_det: int = 20  # boxes kept per image, member and view before fusion
     batch: int = 8  # images per predictor call
@@ -113,11 +118,13 @@ class EnsembleConfig:
             return None
         unknown = sorted(set(c) - {"members", "weight", "tta", "full_weight"})
         if unknown:
-            raise ConfigError(f"classifier: unknown key(s) {', '.join(unknown)}; valid: full_weight, members, tta, weight")
+            raise ConfigError(f"classifier: unknown key(s) {', '.join(unknown)}; "
+                              "valid: full_weight, members, tta, weight")
         members = []
         for i, m in enumerate(c["members"]):
             if not isinstance(m, dict) or "weights" not in m:
-                raise ConfigError(f"classifier.members[{i}] must be a mapping with 'weights' (and optional 'config')")
+                raise ConfigError(f"classifier.members[{i}] must be a mapping with 'weights' "
+                                  "(and optional 'config')")
             members.append((Path(m["weights"]), m.get("config")))
         weight = float(c.get("weight", 0.5))
         if not 0.0 <= weight <= 1.0:

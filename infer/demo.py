@@ -51,7 +51,8 @@ class DemoConfig:
         for i, t in enumerate(self.train):
             unknown = sorted(set(t) - {"model", "folds", "overrides", "weight"})
             if unknown or "model" not in t:
-                raise kit_config.ConfigError(f"train[{i}]: needs model (+ folds, overrides, weight); got {sorted(t)}")
+                raise kit_config.ConfigError(f"train[{i}]: needs model (+ folds, overrides, weight); "
+                                             f"got {sorted(t)}")
             out.append({"model": t["model"], "folds": list(t.get("folds") or range(self.k)),
                         "weight": float(t.get("weight", 1.0))})
         return out
@@ -125,13 +126,15 @@ def run(cfg: DemoConfig, data: Path) -> dict:
     steps("infer (members x TTA views)", lambda: infer_main.run(ens, data))
     oof_table = None
     if cfg.tune:
-        tuned_path, oof_table = steps("tune fusion on OOF", lambda: tune.run(ens, data, paths.work_dir() / "tuned.yaml"))
+        tuned_path, oof_table = steps("tune fusion on OOF",
+                                      lambda: tune.run(ens, data, paths.work_dir() / "tuned.yaml"))
         ens_path = tuned_path
         ens = kit_config.load(EnsembleConfig, tuned_path)
     out_dir = paths.work_dir() / "submissions"
     result = steps("fuse + submission", lambda: infer_main.run(ens, data, submission=True, out_dir=out_dir))
     files = paths.data_files(data)
-    problems = steps("validate", lambda: validate_submission(result.submission, files["test"], files["images"]))
+    problems = steps("validate",
+                     lambda: validate_submission(result.submission, files["test"], files["images"]))
     errors = [p for p in problems if p.level == "error"]
     print(f"validator: {len(errors)} error(s), {len(problems) - len(errors)} warning(s)")
     if errors:
@@ -151,7 +154,8 @@ def run(cfg: DemoConfig, data: Path) -> dict:
         print("\nout-of-fold challenge score, each member vs the fused ensemble:")
         print(format_table(oof_table.reset_index(drop=True)))
     if result.score is not None:
-        report.update(score=result.score.total, giou_term=result.score.giou_term, f1_term=result.score.f1_term)
+        r = result.score
+        report.update(score=r.total, giou_term=r.giou_term, f1_term=r.f1_term)
         print(f"\nlocal score against {files['test_labels']}:")
         print(format_result(result.score, per_class=False))
     io.atomic_write_text(paths.work_dir() / "report.json", json.dumps(report, indent=1) + "\n")
@@ -164,7 +168,8 @@ def run(cfg: DemoConfig, data: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infer.demo", description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=paths.DEMO_DATA, help="demo data folder (made if absent)")
+    parser.add_argument("--data", type=Path, default=paths.DEMO_DATA,
+                        help="demo data folder (made if absent)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="demo settings")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="demo config overrides")
     args = parser.parse_args(argv)

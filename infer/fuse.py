@@ -85,7 +85,8 @@ class Grouped:
     def models(self) -> list[str]:
         return sorted(set(self.slot_models))
 
-    def slot_weights(self, weights: dict[str, float] | None = None, views: tuple[str, ...] = ()) -> np.ndarray:
+    def slot_weights(self, weights: dict[str, float] | None = None,
+                     views: tuple[str, ...] = ()) -> np.ndarray:
         """Each model's weight (default 1) split evenly over its slots present in the table;
         0 for the slots of views not in ``views`` (when given)."""
         weights = dict(weights or {})  # models without rows here (nothing detected) need no slot
@@ -138,11 +139,13 @@ def group(df: pd.DataFrame, skip_box_thr: float = 0.0, max_det: int = 0, oof: bo
         if (per_image > 1).any():
             name, model = per_image[per_image > 1].index[0]
             raise ValueError(f"out-of-fold predictions: image {name} has rows from several folds of {model}")
-    slot_key = df["model"].astype(str) + "|" + ("*" if oof else df["fold"].astype(str)) + "|" + df["view"].astype(str)
+    fold_key = "*" if oof else df["fold"].astype(str)
+    slot_key = df["model"].astype(str) + "|" + fold_key + "|" + df["view"].astype(str)
     slot, slot_names = pd.factorize(slot_key, sort=True)
     bad = ~df["class"].isin(classes.CLASSES)
     if bad.any():
-        raise ValueError(f"predictions of {df['model'][bad].iloc[0]}: unknown class {df['class'][bad].iloc[0]!r}")
+        first = df[bad].iloc[0]
+        raise ValueError(f"predictions of {first['model']}: unknown class {first['class']!r}")
     labels = df["class"].map(classes.CLASS_TO_ID).to_numpy(dtype=np.int64)
     b01, scores, labels, keep = wbf.prepare(
         df[["x1", "y1", "x2", "y2"]].to_numpy(dtype=np.float64), df["score"].to_numpy(dtype=np.float64),
@@ -209,7 +212,8 @@ def fuse_grouped(g: Grouped, params: FuseParams, progress: bool = True) -> pd.Da
         )
         if not len(ob):
             continue
-        p = _assigned_probs(b, lab, s * slot_weights[g.slot[lo:hi]], g.probs[lo:hi], ob, None if agnostic else ol)
+        weight = s * slot_weights[g.slot[lo:hi]]
+        p = _assigned_probs(b, lab, weight, g.probs[lo:hi], ob, None if agnostic else ol)
         if agnostic:
             ol = np.argmax(p, axis=1)
         parts.append((i, ob, os_, ol, p))

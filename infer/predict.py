@@ -78,7 +78,8 @@ def predict_arrays(
         for view in views:
             dets = predictor.predict([view.image(img) for _, img in chunk], conf=conf)
             if len(dets) != len(chunk):
-                raise ValueError(f"{model} fold{fold}: predictor returned {len(dets)} results for {len(chunk)} images")
+                raise ValueError(f"{model} fold{fold}: predictor returned {len(dets)} results "
+                                 f"for {len(chunk)} images")
             for (name, img), det in zip(chunk, dets):
                 h, w = img.shape[:2]
                 frames.append(detections_to_rows(det, view, name, w, h, model, fold, max_det))
@@ -115,7 +116,8 @@ def predict_files(
 ) -> pd.DataFrame:
     """``predict_arrays`` over image files ``images_dir/<name>`` (decoded to RGB), with a progress bar."""
     names = list(names)
-    bar = tqdm(names, desc=desc or f"predict {model} fold{fold}", unit="img", disable=not progress, mininterval=2)
+    bar = tqdm(names, desc=desc or f"predict {model} fold{fold}", unit="img", disable=not progress,
+               mininterval=2)
     pairs = ((n, load_rgb(Path(images_dir) / n)) for n in bar)
     start = time.perf_counter()
     out = predict_arrays(predictor, pairs, views, model, fold, conf, max_det, batch)
@@ -133,7 +135,8 @@ def member_weights(model: str, fold: int, template: str | None = None) -> Path:
     return paths.run_dir(model, fold) / "best.pt"
 
 
-def load_member(model: str, fold: int, weights: Path, device: str = "cpu", overrides: Sequence[str] = ()) -> Any:
+def load_member(model: str, fold: int, weights: Path, device: str = "cpu",
+                overrides: Sequence[str] = ()) -> Any:
     """The ``Predictor`` of one member through the model registry."""
     from train import registry
 
@@ -154,7 +157,8 @@ def _names_digest(names: Sequence[str]) -> str:
     return hashlib.sha1("\n".join(sorted(map(str, names))).encode()).hexdigest()
 
 
-def cached_table(path: Path, meta: dict, make: Callable[[], pd.DataFrame], force: bool = False) -> pd.DataFrame:
+def cached_table(path: Path, meta: dict, make: Callable[[], pd.DataFrame],
+                 force: bool = False) -> pd.DataFrame:
     """The prediction table at ``path`` when its sidecar ``.json`` matches ``meta``; else ``make()`` it.
 
     The sidecar records the weights (path and modification time), views, threshold
@@ -180,7 +184,7 @@ def member_meta(weights: Path, views: Sequence[str], conf: float, max_det: int, 
     """What a member's prediction table depends on (compared by ``cached_table``)."""
     weights = Path(weights).resolve()
     if not weights.exists():
-        raise FileNotFoundError(f"{weights}: member weights not found; train the member first "
-                                "(make train MODEL=... FOLD=...) or set its weights path in the ensemble config")
+        raise FileNotFoundError(f"{weights}: member weights not found; train the member first (make "
+                                "train MODEL=... FOLD=...) or set its weights path in the ensemble config")
     return {"weights": str(weights), "weights_mtime": weights.stat().st_mtime, "views": list(views),
             "conf": conf, "max_det": max_det, "images": len(names), "names_sha1": _names_digest(names)}

@@ -35,6 +35,7 @@ from infer.fuse import FuseParams, Grouped, fuse_grouped, group
 
 log = logging.getLogger(__name__)
 OOF_FILES = ("oof_tta.parquet", "oof.parquet")  # preferred first
+COORDS = ["x1", "y1", "x2", "y2"]
 MATCH_IOU = 0.5  # a fused box stands for the GT box it overlaps at least this much (blend-weight tuning)
 
 
@@ -101,7 +102,8 @@ def _key(p: FuseParams) -> tuple:
 def search(oof: OOF, start: FuseParams, grid, models: list[str],
            views: list[str] = ()) -> tuple[FuseParams, float, list[dict]]:
     """Coordinate ascent from ``start`` over ``grid`` (a ``TuneGrid``); with ``views`` (the TTA views
-    of the tables) and ``grid.views``, each view is also toggled out/in. Returns best, its score, the trials."""
+    of the tables) and ``grid.views``, each view is also toggled out/in. Returns best, its score and
+    the trials."""
     g = group(oof.preds, min([start.skip_box_thr, *grid.skip_box_thr]), start.max_det, oof=True)
     seen: dict[tuple, float] = {}
     trials: list[dict] = []
@@ -119,7 +121,8 @@ def search(oof: OOF, start: FuseParams, grid, models: list[str],
     for _ in range(grid.rounds):
         before = best_score
         moves = [("weights", m, w) for m in models for w in grid.weights] if len(models) > 1 else []
-        moves += [("iou_thr", None, v) for v in grid.iou_thr] + [("skip_box_thr", None, v) for v in grid.skip_box_thr]
+        moves += [("iou_thr", None, v) for v in grid.iou_thr]
+        moves += [("skip_box_thr", None, v) for v in grid.skip_box_thr]
         moves += [("conf_type", None, v) for v in grid.conf_type] + [("mode", None, v) for v in grid.fusion]
         moves += [("views", None, v) for v in views] if grid.views and len(views) > 1 else []
         for field, model, v in moves:
@@ -167,7 +170,7 @@ def matched_labels(fused: pd.DataFrame, truth: pd.DataFrame) -> tuple[np.ndarray
         if name not in t_groups:
             continue
         t = truth.iloc[t_groups[name]]
-        iou = bx.iou_matrix(fused.iloc[idx][["x1", "y1", "x2", "y2"]].to_numpy(), t[["x1", "y1", "x2", "y2"]].to_numpy())
+        iou = bx.iou_matrix(fused.iloc[idx][COORDS].to_numpy(), t[COORDS].to_numpy())
         best = iou.argmax(axis=1)
         ok = iou[np.arange(len(idx)), best] >= MATCH_IOU
         rows.extend(idx[ok])
@@ -244,7 +247,8 @@ def run(cfg: EnsembleConfig, data: Path, out: Path) -> tuple[Path, pd.DataFrame]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infer.tune", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path, default=paths.CONFIGS / "ensemble.yaml", help="ensemble config")
+    parser.add_argument("--config", type=Path, default=paths.CONFIGS / "ensemble.yaml",
+                        help="ensemble config")
     parser.add_argument("--data", type=Path, default=paths.DEFAULT_DATA, help="challenge data folder")
     parser.add_argument("--out", type=Path, help="tuned config to write (default work/tuned/ensemble.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="ensemble config overrides")

@@ -50,7 +50,8 @@ def draw_grid(preds: pd.DataFrame, images_dir: Path, out: Path, n: int = 16,
         rows_idx = by_name.get(name, np.zeros(0, dtype=int))
         top = (n_cells or {}).get(name, DEFAULT_TOP)
         part = preds.iloc[rows_idx].sort_values("score", ascending=False).head(top)
-        for (x1, y1, x2, y2), code, score in zip(part[["x1", "y1", "x2", "y2"]].to_numpy(), part["class"], part["score"]):
+        coords = part[["x1", "y1", "x2", "y2"]].to_numpy()
+        for (x1, y1, x2, y2), code, score in zip(coords, part["class"], part["score"]):
             colour = cmap(classes.CLASS_TO_ID.get(code, 0))
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.5, ec=colour))
             ax.text(x1, y1, f"{code} {score:.2f}", fontsize=6, color="white", va="bottom",

@@ -18,7 +18,8 @@ def test_demo_config_gives_a_valid_ensemble():
     cfg = kit_config.load(demo.DemoConfig, paths.CONFIGS / "demo.yaml")
     members = cfg.members()
     assert [m["model"] for m in members] == [t["model"] for t in cfg.train]
-    ens = kit_config.from_dict(EnsembleConfig, {**cfg.ensemble, "members": members, "k": cfg.k, "seed": cfg.seed})
+    values = {**cfg.ensemble, "members": members, "k": cfg.k, "seed": cfg.seed}
+    ens = kit_config.from_dict(EnsembleConfig, values)
     assert all(0 <= f < cfg.k for m in ens.member_list() for f in m.folds)
     with pytest.raises(kit_config.ConfigError, match="train\\[0\\]"):
         demo.DemoConfig(train=[{"folds": [0]}]).members()
@@ -41,8 +42,8 @@ def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path):
         "train": [{"model": "yolov8", "folds": [0, 1], "overrides": tiny + ["plots=false"]},
                   {"model": "fasterrcnn_mobilenet", "folds": [0], "overrides": tiny + ["max_size=96"]}],
         "ensemble": {"tta": ["identity", "hflip"], "viz_images": 2,
-                     "tune": {"weights": [1.0], "iou_thr": [0.55], "skip_box_thr": [0.001], "conf_type": ["avg"],
-                              "fusion": ["wbf", "agnostic"], "rounds": 1}},
+                     "tune": {"weights": [1.0], "iou_thr": [0.55], "skip_box_thr": [0.001],
+                              "conf_type": ["avg"], "fusion": ["wbf", "agnostic"], "rounds": 1}},
     }))
     data = tmp_path / "data"
     assert demo.main(["--data", str(data), "--config", str(cfg_path)]) == 0

@@ -68,7 +68,8 @@ def test_class_aware_wbf_keeps_classes_apart():
 
 
 def test_weight_is_split_over_a_models_slots():
-    views = pd.concat([rows("a.jpg", [[10, 10, 50, 50]], [0.8], [PNN], "m1", view=v) for v in ("identity", "hflip")])
+    views = pd.concat([rows("a.jpg", [[10, 10, 50, 50]], [0.8], [PNN], "m1", view=v)
+                       for v in ("identity", "hflip")])
     other = rows("a.jpg", [[10, 10, 50, 50]], [0.4], [PNN], "m2")
     g = fuse.group(pd.concat([views, other]))
     assert g.slot_names == ["m1|0|hflip", "m1|0|identity", "m2|0|identity"]
@@ -97,7 +98,8 @@ def test_folds_are_slots_for_test_and_merged_out_of_fold():
 
 
 def test_max_det_and_skip_thr_per_slot():
-    many = rows("a.jpg", [[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], [0.3, 0.9, 0.6], [PNN] * 3, "m1")
+    boxes = [[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]]
+    many = rows("a.jpg", boxes, [0.3, 0.9, 0.6], [PNN] * 3, "m1")
     g = fuse.group(many, max_det=2)
     np.testing.assert_allclose(g.scores, [0.9, 0.6])
     g = fuse.group(many, skip_box_thr=0.5)
@@ -127,5 +129,6 @@ def test_zero_weight_model_is_left_out():
     out = fuse.fuse(pd.concat([M1, M2]), fuse.FuseParams(mode="agnostic", weights={"m1": 0.0, "m2": 1.0}),
                     progress=False)
     assert out["class"].tolist() == ["LY"]
-    np.testing.assert_allclose(out[["x1", "y1", "x2", "y2", "score"]].to_numpy(), [[12, 12, 52, 52, 0.6]], rtol=1e-6)
+    got = out[["x1", "y1", "x2", "y2", "score"]].to_numpy()
+    np.testing.assert_allclose(got, [[12, 12, 52, 52, 0.6]], rtol=1e-6)
     np.testing.assert_allclose(out["p_LY"], [0.8])

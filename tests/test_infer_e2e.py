@@ -13,6 +13,7 @@ from cytokit import classes, paths, predictions, tables
 from infer import __main__ as infer_main
 from infer import predict, tune
 from infer.config import load_config
+from prepare.dataset import dataset_dir
 from train.base import Detections, Predictor
 
 
@@ -39,7 +40,8 @@ def tiny(tmp_path_factory):
     from prepare import folds, synth
 
     data = tmp_path_factory.mktemp("e2e") / "data"
-    assert synth.main(["--out", str(data), "--images", "24", "--seed", "3", "--test-fraction", "0.4"]) in (0, None)
+    made = synth.main(["--out", str(data), "--images", "24", "--seed", "3", "--test-fraction", "0.4"])
+    assert made in (0, None)
     assert folds.main(["--data", str(data), "--k", "2", "--seed", "1"]) in (0, None)
     return data
 
@@ -78,7 +80,8 @@ def test_infer_submission_and_tune(tiny, fake_members, tmp_path):
     t = predictions.read(paths.preds_dir("fakea", 0) / "test.parquet")
     assert set(t["view"]) == {"identity", "hflip"} and set(t["NAME"]) == set(test["NAME"])
     oof = predictions.read(paths.preds_dir("fakea", 1) / "oof_tta.parquet")
-    val1 = set(pd.read_csv(next(paths.datasets_dir().glob("data_k2_s1")) / "images.csv").query("fold == 1")["NAME"])
+    images = pd.read_csv(dataset_dir(tiny, 2, 1) / "images.csv")
+    val1 = set(images.loc[images["fold"] == 1, "NAME"])
     assert set(oof["NAME"]) == val1
 
     from submit.validate import validate_submission
@@ -95,9 +98,11 @@ def test_infer_submission_and_tune(tiny, fake_members, tmp_path):
     assert len(calls) == 4
 
     out, table = tune.run(cfg, tiny, tmp_path / "tuned.yaml")
-    assert table["member"].tolist() == ["fakea", "fakea (no TTA)", "fakeb", "fakeb (no TTA)", "ensemble (tuned)"]
+    expected = ["fakea", "fakea (no TTA)", "fakeb", "fakeb (no TTA)", "ensemble (tuned)"]
+    assert table["member"].tolist() == expected
     tuned = load_config(out)
-    assert tuned.fusion in ("wbf", "agnostic") and {m.model for m in tuned.member_list()} == {"fakea", "fakeb"}
+    assert tuned.fusion in ("wbf", "agnostic")
+    assert {m.model for m in tuned.member_list()} == {"fakea", "fakeb"}
     assert {m.weight for m in tuned.member_list()} <= {0.5, 1.0, 2.0}
 
 

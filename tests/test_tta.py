@@ -47,7 +47,8 @@ def test_forward_keeps_box_order_and_size_frame(name, data):
     assert (f[:, 2] >= f[:, 0]).all() and (f[:, 3] >= f[:, 1]).all()
     vw, vh = view.size(w, h)
     # a box covering the whole image covers the whole view image
-    np.testing.assert_allclose(view.forward(np.array([[0, 0, w, h]]), w, h), [[0, 0, vw, vh]], atol=1e-9 * max(w, h))
+    whole = view.forward(np.array([[0, 0, w, h]]), w, h)
+    np.testing.assert_allclose(whole, [[0, 0, vw, vh]], atol=1e-9 * max(w, h))
 
 
 def test_view_image_sizes_non_square():
@@ -112,7 +113,8 @@ def test_fake_model_finds_the_same_box_in_every_view(name):
 def test_fake_model_fused_over_all_views_is_invariant():
     img, rect = _rect_image()
     views = tta.get_views(ALL_VIEWS)
-    table = predict.predict_arrays(BrightRectPredictor(), [("a.jpg", img), ("b.jpg", img)], views, "fake", 0, batch=1)
+    pairs = [("a.jpg", img), ("b.jpg", img)]
+    table = predict.predict_arrays(BrightRectPredictor(), pairs, views, "fake", 0, batch=1)
     assert len(table) == 2 * len(ALL_VIEWS)
     fused = fuse.fuse(table, fuse.FuseParams(mode="wbf"), progress=False)
     assert fused["NAME"].tolist() == ["a.jpg", "b.jpg"]
@@ -127,5 +129,6 @@ def test_images_without_detections_give_no_rows():
             return [Detections.empty(with_probs=True) for _ in images]
 
     img, _ = _rect_image()
-    table = predict.predict_arrays(Nothing(), [("a.jpg", img)], tta.get_views(["identity", "rot90"]), "none", 0)
+    views = tta.get_views(["identity", "rot90"])
+    table = predict.predict_arrays(Nothing(), [("a.jpg", img)], views, "none", 0)
     assert len(table) == 0 and list(table.columns[:12]) == list(predictions.COLUMNS)
