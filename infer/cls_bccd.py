@@ -57,13 +57,6 @@ def fold_of(train: pd.DataFrame, test: pd.DataFrame, images_dir: Path):
                     coco_train=root / "none.json", coco_val=root / "none.json", resize=None)
 
 
-def gt_as_detections(test: pd.DataFrame, label: str) -> pd.DataFrame:
-    """The GT boxes as a prediction table, every box of class ``label`` with score 1."""
-    out = test[["NAME", "x1", "y1", "x2", "y2", "width", "height"]].copy()
-    out = out.assign(score=1.0, **{"class": label}, model="gt_boxes", fold=-1, view="identity")
-    return predictions.validate(out, "GT boxes as detections")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infer.cls_bccd", description=__doc__.split("\n")[0])
     parser.add_argument("--bccd", type=Path, default=DEFAULT_BCCD, help="BCCD folder (../shared/data/bccd)")
@@ -94,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         source = f"{args.detections.name} boxes and classes"
     else:
         majority = train["class"].value_counts().idxmax()
-        preds = gt_as_detections(test, majority)
+        preds = cls_report.gt_as_detections(test, majority)
         source = f"GT boxes as detections (no detector), detector class = majority training class {majority}"
     predictor = adapter.load(run_dir / "best.pt", None, cfg.device)
     n_cells = test.groupby("NAME").size().to_dict()

@@ -13,7 +13,9 @@ at ``--weight`` and the blend at the weight tuned on these same rows
 (``infer.blend.tune_blend_weight``; optimistic: it is chosen on what it is scored
 on). Per-class F1 and the confusion-matrix PNGs of the detector and the tuned
 blend go to ``--out``
-(default ``work/reports/cls_<detector>/``).
+(default ``work/reports/cls_<detector>/``). ``--detector gt`` measures the
+classification alone: the GT boxes stand in for detections and the "detector"
+gives each the fold's most frequent training class.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import pandas as pd
 from cytokit import env, io, paths
 
 log = logging.getLogger(__name__)
+GT = "gt"  # --detector gt: the GT boxes stand in for detections, with the fold's most frequent class
 
 
 @dataclasses.dataclass
@@ -39,6 +42,15 @@ class Comparison:
     results: dict  # variant -> submit.score.ScoreResult
     tune: pd.DataFrame  # weight, macro_f1, accuracy on the GT-matched rows
     best_weight: float
+
+
+def gt_as_detections(boxes: pd.DataFrame, label: str) -> pd.DataFrame:
+    """GT boxes (NAME, x1..y2, width, height) as a prediction table: class ``label``, score 1."""
+    from cytokit import predictions
+
+    out = boxes[["NAME", "x1", "y1", "x2", "y2", "width", "height"]].copy()
+    out = out.assign(score=1.0, **{"class": label}, model="gt_boxes", fold=-1, view="identity")
+    return predictions.validate(out, "GT boxes as detections")
 
 
 def matched_rows(preds: pd.DataFrame, truth_boxes: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
@@ -108,6 +120,13 @@ def render(comp: Comparison) -> str:
             + format_table(comp.per_class) + f"\n\ntuned blend weight: {comp.best_weight:g}")
 
 
+def finished(run_dir: Path) -> bool:
+    """True when training in ``run_dir`` is over (``train.runs``' done.json or trained.json)."""
+    from train import runs
+
+    return runs.is_done(run_dir) or (Path(run_dir) / runs.TRAINED).exists()
+
+
 def oof_inputs(data: Path, k: int, seed: int, detector: str, classifiers: list[str], device: str, tta: bool):
     """The detector's OOF table, truth boxes, image sizes and classifier probabilities, all folds found."""
     from cytokit import predictions
@@ -119,11 +138,18 @@ def oof_inputs(data: Path, k: int, seed: int, detector: str, classifiers: list[s
     for fold in range(k):
         oof = paths.preds_dir(detector, fold) / "oof.parquet"
         weights = [paths.run_dir(c, fold) / "best.pt" for c in classifiers]
-        if not oof.exists() or not all(w.exists() for w in weights):
+        if not (detector == GT or oof.exists()) or not all(w.exists() for w in weights):
+            continue
+        unfinished = [str(w.parent) for w in weights if not finished(w.parent)]
+        if unfinished:
+            log.warning("fold %d skipped: run(s) still training: %s", fold, ", ".join(unfinished))
             continue
         fd = load_fold(data, k, seed, fold)
-        p = one_view(predictions.read(oof))
-        p = p[p["NAME"].isin(fd.val_images["NAME"])].reset_index(drop=True)
+        if detector == GT:
+            p = gt_as_detections(fd.val_boxes, fd.train_boxes["class"].value_counts().idxmax())
+        else:
+            p = one_view(predictions.read(oof))
+            p = p[p["NAME"].isin(fd.val_images["NAME"])].reset_index(drop=True)
         n_cells = fd.val_boxes.groupby("NAME").size().to_dict()
         members = blend.load_members([(w, None) for w in weights], device)
         probs.append(blend.classifier_probs(p, fd.images_dir, members, tta, n_cells))
@@ -146,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=paths.DEFAULT_DATA, help="challenge data folder")
     parser.add_argument("--k", type=int, default=5, help="number of folds of the prepared dataset")
     parser.add_argument("--seed", type=int, default=42, help="fold seed of the prepared dataset")
-    parser.add_argument("--detector", default="yolov8", help="model whose OOF boxes are classified")
+    parser.add_argument("--detector", default="yolov8",
+                        help="model whose OOF boxes are classified; 'gt': GT boxes, majority class")
     parser.add_argument("--classifier", nargs="+", default=["cls"], help="classifier run names (crop/full)")
     parser.add_argument("--weight", type=float, default=0.5, help="blend weight of the classifier")
     parser.add_argument("--full-weight", type=float, default=0.5, help="share of full-image classifiers")

@@ -50,6 +50,6 @@ def test_bccd_upstream_split(bccd_dir):
     assert not set(train["NAME"]) & set(test["NAME"])
     assert set(train["width"]) == {640} and set(train["height"]) == {480}
     assert (images_dir / test["NAME"].iloc[0]).exists()
-    dets = cls_bccd.gt_as_detections(test, "PNN")
+    dets = cls_report.gt_as_detections(test, "PNN")
     xyxy = ["x1", "y1", "x2", "y2"]
     assert set(dets["class"]) == {"PNN"} and dets[xyxy].equals(test[xyxy])
