@@ -176,11 +176,17 @@ def _assigned_probs(
     in_boxes: np.ndarray, in_labels: np.ndarray, in_weight: np.ndarray, in_probs: np.ndarray,
     out_boxes: np.ndarray, out_labels: np.ndarray | None,
 ) -> np.ndarray:
-    """Weighted mean of member probabilities per fused box (each member box -> its best-IoU fused box)."""
+    """Weighted mean of member probabilities per fused box (each member box -> its best-IoU fused box).
+
+    A member box that overlaps no fused box (of its class, with ``out_labels``) took no
+    part in the fusion and is left out.
+    """
     iou = bx.iou_matrix(in_boxes, out_boxes)
     if out_labels is not None:
         iou = np.where(in_labels[:, None] == out_labels[None, :], iou, -1.0)
     target = np.argmax(iou, axis=1)
+    used = iou[np.arange(len(target)), target] > 0
+    target, in_probs, in_weight = target[used], in_probs[used], in_weight[used]
     num = np.zeros((len(out_boxes), in_probs.shape[1]))
     np.add.at(num, target, in_probs * in_weight[:, None])
     den = np.zeros(len(out_boxes))
@@ -212,7 +218,7 @@ def fuse_grouped(g: Grouped, params: FuseParams, progress: bool = True) -> pd.Da
         )
         if not len(ob):
             continue
-        weight = s * slot_weights[g.slot[lo:hi]]
+        weight = np.where(s >= params.skip_box_thr, s * slot_weights[g.slot[lo:hi]], 0.0)
         p = _assigned_probs(b, lab, weight, g.probs[lo:hi], ob, None if agnostic else ol)
         if agnostic:
             ol = np.argmax(p, axis=1)

@@ -132,3 +132,15 @@ def test_zero_weight_model_is_left_out():
     got = out[["x1", "y1", "x2", "y2", "score"]].to_numpy()
     np.testing.assert_allclose(got, [[12, 12, 52, 52, 0.6]], rtol=1e-6)
     np.testing.assert_allclose(out["p_LY"], [0.8])
+
+
+def test_boxes_left_out_of_the_fusion_do_not_vote():
+    # m2's LY box is below skip_box_thr: it is not fused and its probabilities do not count
+    low = rows("a.jpg", [[12, 12, 52, 52]], [0.05], [LY], "m2", p=[probs(PNN=0.0, LY=1.0)])
+    g = fuse.group(pd.concat([M1, low]))
+    out = fuse.fuse_grouped(g, fuse.FuseParams(mode="agnostic", skip_box_thr=0.1), progress=False)
+    np.testing.assert_allclose(out[["p_PNN", "p_LY"]].to_numpy(), [[0.6, 0.4]])
+    # class-aware: a box whose class has no fused box does not vote for another class's box
+    far = rows("a.jpg", [[60, 60, 90, 90]], [0.5], [LY], "m2", p=[probs(LY=1.0)])
+    out = fuse.fuse(pd.concat([M1, far]), fuse.FuseParams(mode="wbf"), progress=False)
+    np.testing.assert_allclose(out[["p_PNN", "p_LY"]].to_numpy(), [[0.6, 0.4], [0.0, 1.0]])
