@@ -23,8 +23,9 @@ def test_registry_names_and_targets():
 
 
 def test_import_registry_stays_light():
-    code = "import sys, train.registry; print(sorted(m for m in ('torch', 'ultralytics') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=paths.ROOT, capture_output=True, text=True, check=True)
+    code = "import sys, train.registry; print([m for m in ('torch', 'ultralytics') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], cwd=paths.ROOT, capture_output=True, text=True,
+                         check=True)
     assert out.stdout.strip() == "[]"
 
 
@@ -32,7 +33,8 @@ def test_unknown_model_lists_valid_names():
     with pytest.raises(ConfigError) as err:
         registry.get("yolov9")
     assert "unknown model 'yolov9'" in str(err.value)
-    assert "valid models: yolov5, yolov8, yolo11, fasterrcnn, fasterrcnn_mobilenet, retinanet, unet, cls" in str(err.value)
+    valid = "valid models: yolov5, yolov8, yolo11, fasterrcnn, fasterrcnn_mobilenet, retinanet, unet, cls"
+    assert valid in str(err.value)
     with pytest.raises(ConfigError, match="valid models"):
         registry.config_path("YOLOv8")
 
@@ -88,3 +90,15 @@ def test_bad_enumerated_values_are_refused():
         registry.load_config("yolov8", ["select=map"])
     with pytest.raises(ConfigError, match="sgd, adamw"):
         registry.load_config("retinanet", ["optimizer=adam"])
+
+
+def test_run_config_reads_the_saved_config(tmp_path, monkeypatch):
+    from train import runs
+    from train.ultra import UltraConfig
+
+    monkeypatch.setenv("CYTOKIT_WORK", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no trained run of yolov8 fold 1"):
+        registry.run_config("yolov8", 1)
+    runs.save_config(UltraConfig(imgsz=320, size="s"), paths.run_dir("yolov8", 1))
+    cfg = registry.run_config("yolov8", 1, ["conf=0.01"])
+    assert (cfg.imgsz, cfg.size, cfg.conf) == (320, "s", 0.01)

@@ -60,7 +60,7 @@ def test_trained_run_goes_straight_to_predictions(tmp_path):
 def test_metrics_rows_replace_the_same_epoch_and_draw_curves(tmp_path):
     runs.append_metrics(tmp_path, {"epoch": 1, "train_loss": 2.0, "challenge": 0.3})
     runs.append_metrics(tmp_path, {"epoch": 2, "train_loss": 1.5, "challenge": 0.5})
-    runs.append_metrics(tmp_path, {"epoch": 2, "train_loss": 1.4, "challenge": 0.4})  # epoch 2 redone (resume)
+    runs.append_metrics(tmp_path, {"epoch": 2, "train_loss": 1.4, "challenge": 0.4})  # redone (resume)
     table = pd.read_csv(tmp_path / "metrics.csv")
     assert table["epoch"].tolist() == [1, 2] and table["train_loss"].tolist() == [2.0, 1.4]
     assert runs.best_so_far(tmp_path) == 0.4

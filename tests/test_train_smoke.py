@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from cytokit import classes, paths, predictions
 from prepare import dataset
@@ -96,7 +97,8 @@ def check_predictor(model: str, data: Path) -> None:
     for det, image in zip(dets, images):
         assert det.xyxy.shape == (len(det.scores), 4) and len(det.labels) == len(det.scores)
         assert ((det.labels >= 0) & (det.labels < classes.NUM_CLASSES)).all()
-        assert (det.xyxy[:, 2] <= image.shape[1] + 1e-3).all() and (det.xyxy[:, 3] <= image.shape[0] + 1e-3).all()
+        assert (det.xyxy[:, 2] <= image.shape[1] + 1e-3).all()
+        assert (det.xyxy[:, 3] <= image.shape[0] + 1e-3).all()
         if det.probs is not None:
             assert det.probs.shape == (len(det.scores), classes.NUM_CLASSES)
 
@@ -113,8 +115,13 @@ def test_smoke_one_epoch_offline(model, tiny_data, offline):
     check_predictor(model, tiny_data)
 
 
-def test_yolov8_interrupted_then_resumed_offline(tiny_data, offline, monkeypatch):
+def test_yolov8_from_local_weights_interrupted_then_resumed(tiny_data, offline, monkeypatch, tmp_path):
+    from ultralytics import YOLO
+
     from train import ultra_trainer
+
+    init = tmp_path / "coco80.pt"  # a local ultralytics checkpoint of another head (80 classes)
+    torch.save({"model": YOLO("yolov8n.yaml").model}, init)
 
     original = ultra_trainer.EpochEnd.__call__
 
@@ -124,14 +131,16 @@ def test_yolov8_interrupted_then_resumed_offline(tiny_data, offline, monkeypatch
 
     monkeypatch.setattr(ultra_trainer.EpochEnd, "__call__", stop_after_first)
     with pytest.raises(KeyboardInterrupt):
-        train_cli("yolov8", tiny_data, "epochs=2", *ULTRA)
+        train_cli("yolov8", tiny_data, "epochs=2", f"weights={init}", *ULTRA)
     run = paths.run_dir("yolov8", 0)
+    assert f"weights: {init}" in (run / "config.yaml").read_text()
+    assert (run / "ultralytics" / "args.yaml").exists()  # ultralytics' outputs inside the run folder
     assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [1]
     assert (run / "last.pt").exists() and not (run / "done.json").exists()
     with pytest.raises(FileExistsError, match="--resume"):
         train_cli("yolov8", tiny_data, "epochs=2", *ULTRA)
     monkeypatch.setattr(ultra_trainer.EpochEnd, "__call__", original)
-    assert train_cli("yolov8", tiny_data, "--resume", "epochs=2", *ULTRA) == 0
+    assert train_cli("yolov8", tiny_data, "--resume", "epochs=2", f"weights={init}", *ULTRA) == 0
     oof = check_run("yolov8", tiny_data, epochs=2)
     assert predictions.has_probs(oof)
     probs = oof[list(classes.PROB_COLUMNS)].to_numpy()
@@ -139,10 +148,9 @@ def test_yolov8_interrupted_then_resumed_offline(tiny_data, offline, monkeypatch
     check_predictor("yolov8", tiny_data)
 
 
-def test_mobilenet_interrupted_resumed_then_skipped_and_forced(tiny_data, offline, monkeypatch, capsys):
-    import torch
-
+def test_mobilenet_interrupted_resumed_skipped_forced(tiny_data, offline, monkeypatch, capsys, tmp_path):
     from train import tv_engine
+    from train.tv import TvConfig, build_model
 
     original, calls = tv_engine.train_one_epoch, []
 
@@ -169,6 +177,9 @@ def test_mobilenet_interrupted_resumed_then_skipped_and_forced(tiny_data, offlin
     assert "already trained" in capsys.readouterr().out
     assert (run / "best.pt").stat().st_mtime_ns == best_time and len(calls) == 3
 
-    assert train_cli(model, tiny_data, "--force", "epochs=1", *TV) == 0  # cleared, trained again
-    assert len(calls) == 4
+    sd = build_model("fasterrcnn_mobilenet_v3_large_fpn", TvConfig()).state_dict()
+    sd["roi_heads.box_predictor.cls_score.weight"] = torch.zeros(91, 1024)  # a COCO-sized head: skipped
+    torch.save(sd, tmp_path / "init.pt")
+    assert train_cli(model, tiny_data, "--force", "epochs=1", f"weights={tmp_path / 'init.pt'}", *TV) == 0
+    assert len(calls) == 4  # cleared, trained again
     check_run(model, tiny_data, epochs=1)

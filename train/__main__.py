@@ -1,6 +1,6 @@
 """``python -m train``: train a model of the registry on one fold (or all) of a prepared dataset.
 
-    python -m train --model yolov8 --fold 0 --data data/raw --k 5 --seed 42 [--resume] [--force] [key=value ...]
+    python -m train --model yolov8 --fold 0 --data data/raw --k 5 --seed 42 [--resume] [--force] [k=v ...]
     python -m train --model fasterrcnn --fold all epochs=12 device=cpu
     python -m train --list
 
@@ -32,7 +32,7 @@ log = logging.getLogger("train")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train", description="Train a registry model on one or all folds.")
+    p = argparse.ArgumentParser(prog="python -m train", description="Train a registry model on folds.")
     p.add_argument("--model", help="registry name (see --list)")
     p.add_argument("--fold", default="0", help="fold index, or 'all' (default 0)")
     p.add_argument("--data", type=Path, default=paths.DEFAULT_DATA, help="data folder given to `make folds`")

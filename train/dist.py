@@ -14,6 +14,7 @@ weighted equivalent for class-balanced sampling) and ``wrap`` puts the model in
 """
 from __future__ import annotations
 
+import datetime
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -70,7 +71,8 @@ def is_distributed() -> bool:
     return torch_dist.is_available() and torch_dist.is_initialized()
 
 
-def init(device: str, init_method: str | None = None, world: int | None = None, rank_: int | None = None) -> bool:
+def init(device: str, init_method: str | None = None, world: int | None = None,
+         rank_: int | None = None) -> bool:
     """Join the process group when launched by torchrun (``WORLD_SIZE > 1``) or when
     ``init_method`` is given (tests use a file store). Returns True when distributed."""
     if is_distributed():
@@ -83,7 +85,9 @@ def init(device: str, init_method: str | None = None, world: int | None = None, 
         torch.cuda.set_device(torch.device(device))
     kwargs = {"init_method": init_method, "world_size": world,
               "rank": int(os.environ.get("RANK", 0)) if rank_ is None else rank_}
-    torch_dist.init_process_group(backend=backend, **{k: v for k, v in kwargs.items() if v is not None})
+    # Rank 0 alone scores the validation images each epoch; the others wait that long at a barrier.
+    torch_dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=2),
+                                  **{k: v for k, v in kwargs.items() if v is not None})
     return True
 
 

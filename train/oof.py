@@ -50,7 +50,8 @@ def predict_images(
 ) -> pd.DataFrame:
     """Predict every image of ``names`` (read from ``images_dir``) as a prediction table."""
     frames = []
-    bar = tqdm(total=len(names), desc=f"predict {model} fold{fold}", unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=len(names), desc=f"predict {model} fold{fold}", unit="img", disable=not progress,
+               leave=False)
     for part, images in _chunks(images_dir, list(names), CHUNK):
         for name, image, det in zip(part, images, predictor.predict(images, conf=conf)):
             h, w = image.shape[:2]
@@ -69,10 +70,12 @@ def predict_images(
     return predictions.validate(pd.concat(frames, ignore_index=True))
 
 
-def predict_fold(predictor: Any, fold_data: Any, model: str, conf: float = 0.001, progress: bool = True) -> pd.DataFrame:
+def predict_fold(predictor: Any, fold_data: Any, model: str, conf: float = 0.001,
+                 progress: bool = True) -> pd.DataFrame:
     """The out-of-fold table: ``fold_data``'s validation images, original coordinates."""
     names = fold_data.val_images["NAME"].tolist()
-    return predict_images(predictor, fold_data.images_dir, names, model, fold_data.fold, conf, progress=progress)
+    return predict_images(predictor, fold_data.images_dir, names, model, fold_data.fold, conf,
+                          progress=progress)
 
 
 def evaluate(preds: pd.DataFrame, fold_data: Any) -> dict[str, float]:

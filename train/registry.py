@@ -11,9 +11,11 @@ one ``configs/<name>.yaml``. ``python -m train --list`` prints the table.
 Inference uses the same entry point::
 
     adapter = registry.get("yolov8")()
-    cfg = registry.load_config("yolov8", ["imgsz=384"])
-    predictor = adapter.load(weights_path, cfg, device="cpu")
+    cfg = registry.run_config("yolov8", fold=0)   # the config the run was trained with
+    predictor = adapter.load(paths.run_dir("yolov8", 0) / "best.pt", cfg, device="cpu")
     detections = predictor.predict(list_of_rgb_uint8_arrays, conf=0.001)
+
+``detections[i]`` is a ``train.base.Detections`` in the pixels of ``images[i]``.
 """
 from __future__ import annotations
 
@@ -76,3 +78,11 @@ def load_config(name: str, overrides: dict[str, Any] | list[str] = ()) -> Any:
     cls = get(name).config_cls
     path = config_path(name)
     return load(cls, path if path.exists() else None, overrides)
+
+
+def run_config(name: str, fold: int | str, overrides: dict[str, Any] | list[str] = ()) -> Any:
+    """The resolved config a run was trained with (``work/runs/<name>/fold<k>/config.yaml``) <- overrides."""
+    path = paths.run_dir(check_name(name), fold) / "config.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no trained run of {name} fold {fold}; run `make train` first")
+    return load(get(name).config_cls, path, overrides)

@@ -66,11 +66,13 @@ def build_model(arch: str, cfg: TvConfig):
 
     common = dict(weights=None, weights_backbone=None, min_size=cfg.imgsz, max_size=cfg.max_size)
     if arch.startswith("fasterrcnn"):
-        return getattr(detection, arch)(num_classes=classes.NUM_CLASSES + 1, box_score_thresh=cfg.conf,
-                                        box_nms_thresh=cfg.nms_iou, box_detections_per_img=cfg.max_det, **common)
+        return getattr(detection, arch)(
+            num_classes=classes.NUM_CLASSES + 1, box_score_thresh=cfg.conf, box_nms_thresh=cfg.nms_iou,
+            box_detections_per_img=cfg.max_det, **common)
     if arch.startswith("retinanet"):
-        return getattr(detection, arch)(num_classes=classes.NUM_CLASSES, score_thresh=cfg.conf,
-                                        nms_thresh=cfg.nms_iou, detections_per_img=cfg.max_det, **common)
+        return getattr(detection, arch)(
+            num_classes=classes.NUM_CLASSES, score_thresh=cfg.conf, nms_thresh=cfg.nms_iou,
+            detections_per_img=cfg.max_det, **common)
     raise ConfigError(f"unknown torchvision architecture {arch!r}")
 
 
@@ -80,14 +82,16 @@ def read_state_dict(path: Path) -> dict:
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"weights={path}: no such file (weights are local files; nothing is downloaded)")
+        raise FileNotFoundError(
+            f"weights={path}: no such file (weights are local files; nothing is downloaded)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
         raise ConfigError(f"{path}: not a torchvision state dict readable with weights_only=True "
                           f"(an ultralytics .pt or another format?): {str(exc).splitlines()[0]}") from None
     state = obj.get("model", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    tensors = isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())
+    if not tensors:
         raise ConfigError(f"{path}: not a state dict (expected a mapping of parameter names to tensors)")
     return state
 
@@ -161,7 +165,8 @@ class TvAdapter(Adapter):
         model = self.build(cfg)
         if cfg.weights and not resume:
             load_matching(model, read_state_dict(cfg.weights), Path(cfg.weights), strict=False)
-        dataset = CocoDetection(fold_data.coco_train, fold_data.export_images_dir, self.label_offset, cfg.augment)
+        dataset = CocoDetection(fold_data.coco_train, fold_data.export_images_dir, self.label_offset,
+                                cfg.augment)
 
         def evaluate(net) -> dict[str, float]:
             predictor = TvPredictor(net, cfg, device, self.label_offset)

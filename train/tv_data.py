@@ -28,7 +28,7 @@ PRESETS = ("default", "light", "none")
 
 
 def augmentations(name: str):
-    """The albumentations pipeline of preset ``name`` (boxes as pascal_voc xyxy + ``labels``); None for none."""
+    """The albumentations pipeline of preset ``name`` (pascal_voc boxes + ``labels``); None for ``none``."""
     if name not in PRESETS:
         raise ConfigError(f"augment={name!r}: valid presets are {', '.join(PRESETS)}")
     if name == "none":
@@ -89,7 +89,8 @@ class CocoDetection(torch.utils.data.Dataset):
             "boxes": torch.from_numpy(boxes[keep]),
             "labels": torch.as_tensor(np.asarray(out["labels"], dtype=np.int64)[keep] + self.label_offset),
         }
-        tensor = torch.from_numpy(np.require(out["image"], np.uint8, ["C", "W"])).permute(2, 0, 1).float().div_(255.0)
+        pixels = np.require(out["image"], np.uint8, ["C", "W"])
+        tensor = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255.0)
         return tensor, target
 
     def class_counts(self) -> Counter:

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 def lr_factor(it: int, total: int, warmup: int, min_ratio: float) -> float:
-    """Learning-rate multiplier at iteration ``it``: linear warm-up from 0.001, then cosine to ``min_ratio``."""
+    """Learning-rate multiplier at iteration ``it``: linear warm-up from 0.001, then cosine down to
+    ``min_ratio``."""
     if it < warmup:
         return 0.001 + (1 - 0.001) * it / warmup
     progress = min(1.0, (it - warmup) / max(1, total - warmup))
@@ -53,7 +54,8 @@ def train_one_epoch(model, optimizer, scheduler, scaler, loader, device: str, ep
     sums: dict[str, float] = defaultdict(float)
     seen = 0
     params = [p for p in model.parameters() if p.requires_grad]
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not dist.is_main(), leave=False)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not dist.is_main(),
+               leave=False)
     for images, targets in bar:
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
@@ -118,7 +120,8 @@ def fit(model: torch.nn.Module, cfg: Any, dataset, run_dir: Path, device: str, a
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         start, best = int(ckpt["epoch"]), float(ckpt["best"])
-        log.info("resuming %s at epoch %d of %d (best challenge so far %.4f)", run_dir, start + 1, cfg.epochs, best)
+        log.info("resuming %s at epoch %d of %d (best challenge so far %.4f)", run_dir, start + 1,
+                 cfg.epochs, best)
     meta = {"arch": arch, "config": to_dict(cfg), "classes": list(classes.CLASSES)}
     for epoch in range(start, cfg.epochs):
         if hasattr(sampler, "set_epoch"):

@@ -89,15 +89,16 @@ class UltraAdapter(Adapter):
 
     def model_yaml(self, cfg: UltraConfig) -> str:
         """The ultralytics model yaml to build: ``yolov8n.yaml``, ``yolov5nu.yaml``, ``yolo11s.yaml``..."""
-        return f"{self.family}{cfg.size}u.yaml" if self.family == "yolov5" else f"{self.family}{cfg.size}.yaml"
+        suffix = "u" if self.family == "yolov5" else ""
+        return f"{self.family}{cfg.size}{suffix}.yaml"
 
     def train_args(self, cfg: UltraConfig, fold_data: Any, run_dir: Path) -> dict[str, Any]:
         """The keyword arguments of ``YOLO.train`` for this config and fold."""
         args = {key: getattr(cfg, key) for key in PASSED}
         args.update(
-            data=str(fold_data.yolo_yaml), device=cfg.device or None, project=str(run_dir), name="ultralytics",
-            exist_ok=True, pretrained=str(init_weights(cfg.weights)) if cfg.weights else False, val=True,
-            verbose=False,
+            data=str(fold_data.yolo_yaml), device=cfg.device or None, project=str(run_dir),
+            name="ultralytics", exist_ok=True, val=True, verbose=False,
+            pretrained=str(init_weights(cfg.weights)) if cfg.weights else False,
         )
         clash = sorted(set(cfg.extra) & set(args))
         if clash:
@@ -128,7 +129,8 @@ class UltraAdapter(Adapter):
         model.train(trainer=KitTrainer, **args)
         best = run_dir / "best.pt"
         if not best.exists():  # no epoch was scored (e.g. NaN scores): fall back on ultralytics' choice
-            shutil.copyfile(ul_last.with_name("best.pt") if ul_last.with_name("best.pt").exists() else ul_last, best)
+            ul_best = ul_last.with_name("best.pt")
+            shutil.copyfile(ul_best if ul_best.exists() else ul_last, best)
         from ultralytics.utils.torch_utils import strip_optimizer
 
         strip_optimizer(best)
@@ -141,7 +143,8 @@ class UltraAdapter(Adapter):
         model = load_ultra_checkpoint(check_weights(weights))
         nc = int(getattr(model, "nc", len(getattr(model, "names", {}))))
         if nc != classes.NUM_CLASSES:
-            raise ConfigError(f"{weights}: a model of {nc} classes; the kit's models have {classes.NUM_CLASSES}")
+            raise ConfigError(
+                f"{weights}: a model of {nc} classes; the kit's models have {classes.NUM_CLASSES}")
         return UltraPredictor(model.fuse() if hasattr(model, "fuse") else model, cfg, resolve_device(device))
 
 
@@ -160,7 +163,8 @@ def check_weights(path: Path | str) -> Path:
     """A local weights file that exists (never a name that ultralytics would download)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"weights={path}: no such file (weights are local files; nothing is downloaded)")
+        raise FileNotFoundError(
+            f"weights={path}: no such file (weights are local files; nothing is downloaded)")
     return path.resolve()
 
 

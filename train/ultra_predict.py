@@ -29,10 +29,12 @@ def load_ultra_checkpoint(path: Path) -> torch.nn.Module:
     try:
         ckpt, _ = torch_safe_load(str(path), safe_only=True)
     except Exception as exc:  # ultralytics raises TypeError/RuntimeError/UnpicklingError for bad files
-        raise ConfigError(f"{path}: not a loadable ultralytics checkpoint ({type(exc).__name__}: {exc})") from None
+        raise ConfigError(
+            f"{path}: not a loadable ultralytics checkpoint ({type(exc).__name__}: {exc})") from None
     model = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
     if not isinstance(model, torch.nn.Module):
-        raise ConfigError(f"{path}: not an ultralytics checkpoint (no 'model'/'ema' module inside; a state dict?)")
+        raise ConfigError(
+            f"{path}: not an ultralytics checkpoint (no 'model'/'ema' module inside; a state dict?)")
     return model.float().eval()
 
 
@@ -60,8 +62,9 @@ class UltraPredictor(Predictor):
             part = images[start:start + self.batch]
             x = np.stack([letterbox(image=np.ascontiguousarray(im)) for im in part])
             t = torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
-            raw = self.model(t)
-            raw = raw[0] if isinstance(raw, (list, tuple)) else raw
+            with torch.autocast("cuda", enabled=self.device.type == "cuda"):
+                raw = self.model(t)
+            raw = (raw[0] if isinstance(raw, (list, tuple)) else raw).float()
             dets, keep = non_max_suppression(
                 raw, conf, self.iou, agnostic=self.agnostic, max_det=self.max_det, return_idxs=True
             )

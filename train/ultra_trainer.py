@@ -72,7 +72,8 @@ class EpochEnd:
         row["ul_fitness"] = round(float(trainer.fitness or 0.0), 5)
         if self.cfg.select == "challenge":
             predictor = UltraPredictor(trainer.ema.ema, self.cfg, str(trainer.device))
-            preds = oof.predict_fold(predictor, self.fold_data, self.model_name, self.cfg.conf, progress=False)
+            preds = oof.predict_fold(predictor, self.fold_data, self.model_name, self.cfg.conf,
+                                     progress=False)
             row.update(oof.evaluate(preds, self.fold_data))
             score = row["challenge"] if row["challenge"] == row["challenge"] else -1.0
         else:
