@@ -162,18 +162,23 @@ def cached_table(path: Path, meta: dict, make: Callable[[], pd.DataFrame],
     """The prediction table at ``path`` when its sidecar ``.json`` matches ``meta``; else ``make()`` it.
 
     The sidecar records the weights (path and modification time), views, threshold
-    and images, so a retrained member or a changed TTA list is predicted again.
+    and images, so a retrained member or a new view is predicted again. A table
+    holding MORE views than asked (e.g. after tuning dropped some) is reused, cut
+    to the views asked.
     """
     path = Path(path)
     side = path.with_suffix(".json")
     if not force and path.exists() and side.exists():
         try:
-            same = json.loads(side.read_text()) == meta
+            old = json.loads(side.read_text())
         except json.JSONDecodeError:
-            same = False
-        if same:
+            old = {}
+        views = list(meta.get("views", []))
+        same = {k: v for k, v in old.items() if k != "views"} == {k: v for k, v in meta.items() if k != "views"}
+        if same and set(views) <= set(old.get("views", [])):
             log.info("%s is up to date; reusing it", path)
-            return predictions.read(path)
+            table = predictions.read(path)
+            return table[table["view"].isin(views)].reset_index(drop=True) if views else table
     df = make()
     predictions.write(df, path)
     atomic_write_text(side, json.dumps(meta, indent=1) + "\n")

@@ -132,3 +132,21 @@ def test_images_without_detections_give_no_rows():
     views = tta.get_views(["identity", "rot90"])
     table = predict.predict_arrays(Nothing(), [("a.jpg", img)], views, "none", 0)
     assert len(table) == 0 and list(table.columns[:12]) == list(predictions.COLUMNS)
+
+
+def test_cached_table_reuses_a_table_with_more_views(tmp_path):
+    img, _ = _rect_image()
+    made = []
+
+    def make(names):
+        made.append(names)
+        return predict.predict_arrays(BrightRectPredictor(), [("a.jpg", img)], tta.get_views(names), "fake", 0)
+
+    path = tmp_path / "test.parquet"
+    meta = {"weights": "w.pt", "views": ["identity", "hflip"], "conf": 0.001}
+    predict.cached_table(path, meta, lambda: make(["identity", "hflip"]))
+    fewer = predict.cached_table(path, {**meta, "views": ["hflip"]}, lambda: make(["hflip"]))
+    assert len(made) == 1 and fewer["view"].tolist() == ["hflip"]
+    predict.cached_table(path, {**meta, "views": ["identity", "rot90"]}, lambda: make(["identity", "rot90"]))
+    predict.cached_table(path, {**meta, "conf": 0.01}, lambda: make(["identity", "rot90"]))
+    assert len(made) == 3  # a new view, then a new threshold: predicted again
