@@ -84,7 +84,9 @@ def training_tables(cfg: ClassifierConfig, fold_data: Any) -> tuple[pd.DataFrame
     if cfg.val_detector:
         oof = paths.preds_dir(cfg.val_detector, fold_data.fold) / "oof.parquet"
         if oof.exists():
-            matched = cls_data.match_truth(val, predictions.read(oof))
+            from submit.oof import one_view
+
+            matched = cls_data.match_truth(val, one_view(predictions.read(oof)))
             log.info("validation crops: %s boxes matched to GT by best GIoU (%d boxes, mean GIoU %.3f)",
                      cfg.val_detector, len(matched), matched["giou"].mean() if len(matched) else float("nan"))
             return train, matched
