@@ -12,7 +12,7 @@ from torch.utils.data import DistributedSampler
 
 from cytokit.config import ConfigError
 from train import dist
-from train.tv import TvConfig, build_model, load_matching, read_state_dict
+from train.tv import FasterRCNNConfig, TvConfig, build_model, load_matching, read_state_dict
 from train.tv_data import CocoDetection, augmentations
 from train.tv_engine import lr_factor
 
@@ -108,9 +108,13 @@ def test_ddp_path_with_gloo_world_size_one(tmp_path):
 
 def test_models_sized_for_the_kit():
     cfg = TvConfig(imgsz=320, max_size=512)
-    frcnn = build_model("fasterrcnn_mobilenet_v3_large_fpn", cfg)
+    frcnn = build_model("fasterrcnn_mobilenet_v3_large_fpn", FasterRCNNConfig(imgsz=320, max_size=512,
+                                                                             roi_samples=64, rpn_proposals=300))
     assert frcnn.roi_heads.box_predictor.cls_score.out_features == 24  # background + 23
     assert frcnn.transform.min_size == (320,) and frcnn.transform.max_size == 512
+    assert frcnn.roi_heads.fg_bg_sampler.batch_size_per_image == 64
+    assert frcnn.rpn._post_nms_top_n == {"training": 300, "testing": 300}
+    assert frcnn.rpn._pre_nms_top_n == {"training": 600, "testing": 600}
     retina = build_model("retinanet_resnet50_fpn_v2", cfg)
     assert retina.head.classification_head.num_classes == 23
     with pytest.raises(ConfigError, match="unknown torchvision architecture"):

@@ -60,15 +60,27 @@ class TvConfig:
             raise ConfigError(f"optimizer={self.optimizer!r}: valid values are sgd, adamw")
 
 
+@dataclasses.dataclass
+class FasterRCNNConfig(TvConfig):
+    """TvConfig + the Faster R-CNN sampling sizes that set its CPU cost (configs/fasterrcnn*.yaml)."""
+
+    roi_samples: int = 128
+    rpn_proposals: int = 500
+
+
 def build_model(arch: str, cfg: TvConfig):
     """An untrained torchvision detector of ``arch`` sized for the kit's 23 classes."""
     from torchvision.models import detection
 
     common = dict(weights=None, weights_backbone=None, min_size=cfg.imgsz, max_size=cfg.max_size)
     if arch.startswith("fasterrcnn"):
+        rpn = getattr(cfg, "rpn_proposals", None)
+        sizes = {} if rpn is None else dict(
+            box_batch_size_per_image=cfg.roi_samples, rpn_pre_nms_top_n_train=2 * rpn,
+            rpn_pre_nms_top_n_test=2 * rpn, rpn_post_nms_top_n_train=rpn, rpn_post_nms_top_n_test=rpn)
         return getattr(detection, arch)(
             num_classes=classes.NUM_CLASSES + 1, box_score_thresh=cfg.conf, box_nms_thresh=cfg.nms_iou,
-            box_detections_per_img=cfg.max_det, **common)
+            box_detections_per_img=cfg.max_det, **sizes, **common)
     if arch.startswith("retinanet"):
         return getattr(detection, arch)(
             num_classes=classes.NUM_CLASSES, score_thresh=cfg.conf, nms_thresh=cfg.nms_iou,
@@ -188,6 +200,7 @@ class FasterRCNNAdapter(TvAdapter):
 
     name = "fasterrcnn"
     arch = "fasterrcnn_resnet50_fpn_v2"
+    config_cls = FasterRCNNConfig
 
 
 class FasterRCNNMobileAdapter(TvAdapter):
@@ -195,6 +208,7 @@ class FasterRCNNMobileAdapter(TvAdapter):
 
     name = "fasterrcnn_mobilenet"
     arch = "fasterrcnn_mobilenet_v3_large_fpn"
+    config_cls = FasterRCNNConfig
 
 
 class RetinaNetAdapter(TvAdapter):
