@@ -40,7 +40,7 @@ def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path):
     cfg_path.write_text(yaml.safe_dump({
         "images": 40, "test_fraction": 0.3, "seed": 5, "k": 2, "workers": 1,
         "train": [{"model": "yolov8", "folds": [0, 1], "overrides": tiny + ["plots=false"]},
-                  {"model": "fasterrcnn_mobilenet", "folds": [0], "overrides": tiny + ["max_size=96"]}],
+                  {"model": "yolo11", "folds": [0], "overrides": tiny + ["plots=false"]}],
         "ensemble": {"tta": ["identity", "hflip"], "viz_images": 2,
                      "tune": {"weights": [1.0], "iou_thr": [0.55], "skip_box_thr": [0.001],
                               "conf_type": ["avg"], "fusion": ["wbf", "agnostic"], "rounds": 1}},
@@ -48,8 +48,8 @@ def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path):
     data = tmp_path / "data"
     assert demo.main(["--data", str(data), "--config", str(cfg_path)]) == 0
     report = json.loads((paths.work_dir() / "demo" / "report.json").read_text())
-    assert [r["member"] for r in report["oof"]] == ["yolov8", "yolov8 (no TTA)", "fasterrcnn_mobilenet",
-                                                    "fasterrcnn_mobilenet (no TTA)", "ensemble (tuned)"]
+    assert [r["member"] for r in report["oof"]] == ["yolov8", "yolov8 (no TTA)", "yolo11", "yolo11 (no TTA)",
+                                                    "ensemble (tuned)"]
     assert 0.0 < report["score"] <= 1.0 and report["total_s"] > 0
     assert "train yolov8 fold 1" in report["steps"] and "validate" in report["steps"]
     sub = pd.read_csv(report["submission"])
