@@ -19,7 +19,7 @@ import torch
 from cytokit import classes
 
 BATCH = 2  # images per step
-STEPS = 2  # timed steps, after one warm-up step
+STEPS = 3  # timed steps, after one warm-up step
 SIDE = 360  # synthetic image side (CytologIA images are ~360 px)
 MODELS = ("yolov5", "yolov8", "yolo11", "fasterrcnn", "fasterrcnn_mobilenet", "retinanet")
 
@@ -100,7 +100,10 @@ def throughput(name: str) -> tuple[float, str]:
 
 
 def run(shared: Path | None) -> list[str]:
+    from train.dist import set_cpu_threads
+
     torch.manual_seed(0)
+    set_cpu_threads()  # what both trainers use on CPU
     lines = [f"training throughput on CPU ({torch.get_num_threads()} threads), batch {BATCH}, "
              f"{STEPS} steps after a warm-up, synthetic {SIDE}x{SIDE} images:"]
     rates = {}

@@ -75,6 +75,17 @@ def test_devices():
             dist.resolve_device("0")
 
 
+def test_cpu_threads_leave_a_core_free():
+    import os
+
+    before = torch.get_num_threads()
+    try:
+        assert dist.set_cpu_threads(3) == 3 and torch.get_num_threads() == 3
+        assert dist.set_cpu_threads(0) == min(8, max(1, os.cpu_count() - 1)) == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_weighted_distributed_sampler_splits_one_draw():
     weights = [1.0, 2.0, 3.0, 4.0, 5.0]
     ranks = [dist.WeightedDistributedSampler(weights, 2, r, seed=7) for r in range(2)]

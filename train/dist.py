@@ -41,6 +41,16 @@ def resolve_device(spec: str | int | None) -> str:
     return f"cuda:{ids[local % len(ids)]}"
 
 
+def set_cpu_threads(threads: int = 0) -> int:
+    """Set torch's CPU threads: ``threads``, or as ultralytics does, one less than the cores (1 to 8).
+
+    Leaving a core free matters: on a busy machine, all-core OpenMP runs several times slower.
+    """
+    n = threads if threads > 0 else min(8, max(1, (os.cpu_count() or 1) - 1))
+    torch.set_num_threads(n)
+    return n
+
+
 def gpu_ids(spec: str) -> list[int]:
     """``"0,1"`` -> ``[0, 1]``; ``"cuda:1"`` -> ``[1]``."""
     text = str(spec).strip().lower().removeprefix("cuda:").removeprefix("cuda")

@@ -37,6 +37,7 @@ class TvConfig:
     max_size: int = 640
     device: str = ""
     workers: int = 4
+    threads: int = 0
     weights: Path | None = None
     seed: int = 0
     optimizer: str = "sgd"
@@ -170,6 +171,8 @@ class TvAdapter(Adapter):
         from train.tv_data import CocoDetection
 
         device = dist.resolve_device(cfg.device)
+        if device == "cpu":
+            log.info("training on CPU with %d thread(s)", dist.set_cpu_threads(cfg.threads))
         if len(dist.gpu_ids(cfg.device)) > 1 and device != "cpu" and dist.world_size() == 1:
             raise ConfigError(f"device={cfg.device}: several GPUs need one process each; run "
                               f"`torchrun --nproc_per_node {len(dist.gpu_ids(cfg.device))} -m train ...`")
