@@ -78,3 +78,29 @@ def test_ultralytics_settings_live_in_the_work_folder():
 
     assert USER_CONFIG_DIR.is_relative_to(Path(os.environ["YOLO_CONFIG_DIR"]))
     assert not USER_CONFIG_DIR.is_relative_to(Path.home() / ".config")
+
+
+def test_epoch_end_scores_every_n_epochs_and_keeps_the_best(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from train import ultra_trainer
+
+    scores = iter([0.30, 0.20, 0.25])  # challenge of epochs 2, 4 and 5 (the last)
+    monkeypatch.setattr(ultra_trainer, "UltraPredictor", lambda *a: None)
+    monkeypatch.setattr(ultra_trainer.oof, "predict_fold", lambda *a, **k: None)
+    monkeypatch.setattr(ultra_trainer.oof, "evaluate", lambda *a: {"challenge": next(scores)})
+    last = tmp_path / "ultralytics" / "last.pt"
+    last.parent.mkdir()
+    trainer = SimpleNamespace(epochs=5, tloss=None, metrics={"metrics/mAP50(B)": 0.5}, fitness=0.1,
+                              ema=SimpleNamespace(ema=None), device="cpu", last=last,
+                              label_loss_items=lambda loss, prefix: {f"{prefix}/box_loss": 1.0})
+    callback = ultra_trainer.EpochEnd(None, tmp_path, UltraConfig(val_every=2), "yolov8")
+    for epoch in range(5):
+        trainer.epoch = epoch
+        last.write_text(f"weights of epoch {epoch + 1}")
+        callback(trainer)
+    table = pd.read_csv(tmp_path / "metrics.csv")
+    assert table["epoch"].tolist() == [1, 2, 3, 4, 5]
+    assert table["challenge"].fillna(-1).tolist() == [-1, 0.30, -1, 0.20, 0.25]
+    assert table["ul_mAP50"].tolist() == [0.5] * 5 and table["train_box_loss"].tolist() == [1.0] * 5
+    assert (tmp_path / "best.pt").read_text() == "weights of epoch 2"

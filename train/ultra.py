@@ -61,6 +61,7 @@ class UltraConfig:
     cache: bool = False
     plots: bool = True
     select: str = "challenge"
+    val_every: int = 1
     conf: float = 0.001
     iou: float = 0.6
     agnostic_nms: bool = False

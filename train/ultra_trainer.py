@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import shutil
 from pathlib import Path
@@ -70,14 +71,17 @@ class EpochEnd:
             short = key.replace("metrics/", "ul_").replace("(B)", "").replace("/", "_").replace("-", "_")
             row[short] = round(float(value), 5)
         row["ul_fitness"] = round(float(trainer.fitness or 0.0), 5)
-        if self.cfg.select == "challenge":
+        scored = row["epoch"] % max(1, self.cfg.val_every) == 0 or row["epoch"] >= trainer.epochs
+        if self.cfg.select == "fitness":
+            score = row["ul_fitness"]
+        elif scored:
             predictor = UltraPredictor(trainer.ema.ema, self.cfg, str(trainer.device))
             preds = oof.predict_fold(predictor, self.fold_data, self.model_name, self.cfg.conf,
                                      progress=False)
             row.update(oof.evaluate(preds, self.fold_data))
             score = row["challenge"] if row["challenge"] == row["challenge"] else -1.0
         else:
-            score = row["ul_fitness"]
+            score = -math.inf  # not scored this epoch: not a candidate
         if score > self.best or not (self.run_dir / "best.pt").exists():
             self.best = max(self.best, score)
             tmp = self.run_dir / ".best.pt.tmp"
