@@ -16,6 +16,7 @@ MODEL ?= yolov8#           registry name (see `python -m train --list`)
 FOLD ?= 0#                 fold index, or `all`
 IMAGES ?= 400#             synthetic images for demo-data
 ENSEMBLE ?= configs/ensemble.yaml
+DETECTOR ?= yolov8#       detector whose OOF boxes the classifier report uses (or gt)
 PYTEST_ARGS ?=
 
 # Optional settings, passed on only when set.
@@ -24,7 +25,7 @@ FOLD_OPTS = $(call opt,BALANCE,--balance) $(if $(REPAIR),--repair) $(if $(FORCE)
 TRAIN_ARGS = $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(IMGSZ),imgsz=$(IMGSZ)) $(if $(BATCH),batch=$(BATCH)) \
 	$(if $(DEVICE),device=$(DEVICE)) $(if $(WEIGHTS),weights=$(WEIGHTS)) $(if $(RESUME),--resume) $(if $(FORCE),--force) $(ARGS)
 
-.PHONY: help setup test test-all bench demo-data demo folds masks train infer submission score tune-ensemble validate clean
+.PHONY: help setup test test-all bench demo-data demo folds masks train infer submission score tune-ensemble cls-report validate clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -67,6 +68,9 @@ tune-ensemble: $(STAMP) ## search member weights and WBF settings on out-of-fold
 
 submission: $(STAMP) ## infer + fuse + write + validate the submission CSV in submissions/
 	$(PY) -m infer --config $(ENSEMBLE) --data $(DATA) --submission
+
+cls-report: $(STAMP) ## crop classifier vs detector classes on out-of-fold boxes (DETECTOR=yolov8|gt)
+	$(PY) -m infer.cls_report --data $(DATA) --k $(K) --seed $(SEED) --detector $(DETECTOR)
 
 validate: $(STAMP) ## validate SUB= against DATA's test.csv
 	$(PY) -m submit.validate --submission $(SUB) --test $(DATA)/test.csv --images $(DATA)/images

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 import cv2
@@ -82,7 +81,6 @@ def build_augment(name: str):
         raise ValueError(f"unknown augment {name!r}; valid: {', '.join(AUGMENTS)}")
     if name == "none":
         return None
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # else albumentations asks PyPI at import
     import albumentations as A
 
     # Cells have no orientation: every flip and rotation is a valid sample.
