@@ -55,8 +55,10 @@ def apply(config_dir: Path | None = None) -> dict[str, str]:
     Path(os.environ["MPLCONFIGDIR"]).mkdir(parents=True, exist_ok=True)
     font = _font_source()
     if font is not None:
-        for name in ("Arial.ttf", "Arial.Unicode.ttf"):
-            target = yolo_dir / name
-            if not target.exists():
-                shutil.copyfile(font, target)
+        # Ultralytics keeps its settings and looks for fonts in YOLO_CONFIG_DIR/Ultralytics.
+        for folder in (yolo_dir, yolo_dir / "Ultralytics"):
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+                if not (folder / name).exists():
+                    shutil.copyfile(font, folder / name)
     return {key: os.environ[key] for key in variables}

@@ -134,4 +134,5 @@ def test_offline_env_is_project_local(tmp_path, monkeypatch):
     font_dir = Path(values["YOLO_CONFIG_DIR"])
     assert (font_dir / "Arial.ttf").stat().st_size > 10_000
     assert (font_dir / "Arial.Unicode.ttf").exists()
+    assert (font_dir / "Ultralytics" / "Arial.ttf").exists()  # where ultralytics' plots look
     assert os.environ["MPLBACKEND"] == "Agg"

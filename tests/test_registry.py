@@ -17,9 +17,10 @@ MINE = ("yolov5", "yolov8", "yolo11", "fasterrcnn", "fasterrcnn_mobilenet", "ret
 
 def test_registry_names_and_targets():
     assert registry.names() == ["yolov5", "yolov8", "yolo11", "fasterrcnn", "fasterrcnn_mobilenet",
-                                "retinanet", "unet", "cls"]
+                                "retinanet", "unet", "cls", "cls_full"]
     assert registry.MODELS["unet"] == "train.unet:UnetAdapter"
     assert registry.MODELS["cls"] == "train.cls:ClassifierAdapter"
+    assert registry.MODELS["cls_full"] == "train.cls:FullImageAdapter"
 
 
 def test_import_registry_stays_light():

@@ -124,7 +124,6 @@ def run_fold(name: str, adapter: Any, cfg: Any, fold_data: Any, resume: bool, fo
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     env.apply()
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations asks PyPI for updates at import
     io.setup_logging(args.verbose)
     if args.list:
         print(list_models())

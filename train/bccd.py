@@ -79,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ["CYTOKIT_WORK"] = str(paths.work_dir() / "bccd")
     env.apply()
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     io.setup_logging()
     if not (args.bccd / "cytologia_wbc_subtypes.csv").exists():
         raise FileNotFoundError(

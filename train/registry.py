@@ -35,6 +35,7 @@ MODELS: dict[str, str] = {
     "retinanet": "train.tv:RetinaNetAdapter",  # torchvision retinanet_resnet50_fpn_v2
     "unet": "train.unet:UnetAdapter",
     "cls": "train.cls:ClassifierAdapter",
+    "cls_full": "train.cls:FullImageAdapter",
 }
 
 

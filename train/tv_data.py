@@ -13,7 +13,6 @@ by name (``augment:`` in the config; an unknown name raises):
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -33,7 +32,6 @@ def augmentations(name: str):
         raise ConfigError(f"augment={name!r}: valid presets are {', '.join(PRESETS)}")
     if name == "none":
         return None
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI at import
     import albumentations as A
 
     steps = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -107,10 +106,7 @@ class UltraAdapter(Adapter):
         return {**args, **cfg.extra}
 
     def train(self, cfg: UltraConfig, fold_data: Any, run_dir: Path, resume: bool = False) -> Path:
-        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI at import
         from ultralytics import YOLO
-
-        place_fonts()
 
         run_dir = Path(run_dir)
         ul_last = run_dir / "ultralytics" / "weights" / "last.pt"
@@ -147,17 +143,6 @@ class UltraAdapter(Adapter):
             raise ConfigError(
                 f"{weights}: a model of {nc} classes; the kit's models have {classes.NUM_CLASSES}")
         return UltraPredictor(model.fuse() if hasattr(model, "fuse") else model, cfg, resolve_device(device))
-
-
-def place_fonts() -> None:
-    """Copy the fonts ``cytokit.env`` put in YOLO_CONFIG_DIR into ultralytics' settings folder
-    (``YOLO_CONFIG_DIR/Ultralytics``), where its plots look for them before downloading."""
-    from ultralytics.utils import USER_CONFIG_DIR
-
-    source = Path(os.environ.get("YOLO_CONFIG_DIR", USER_CONFIG_DIR))
-    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
-        if (source / name).exists() and not (USER_CONFIG_DIR / name).exists():
-            shutil.copyfile(source / name, USER_CONFIG_DIR / name)
 
 
 def check_weights(path: Path | str) -> Path:
