@@ -8,7 +8,7 @@ from PIL import Image
 
 from cytokit import classes, config, predictions
 from infer import blend
-from train import cls_model
+from train import checkpoint, cls_model
 from train.cls import ClassifierAdapter, ClassifierConfig
 
 P = list(classes.PROB_COLUMNS)
@@ -63,7 +63,7 @@ def test_tune_blend_weight_hand_case():
 def _checkpoint(tmp_path, mode="crop"):
     cfg = config.from_dict(ClassifierConfig, {"backbone": "resnet10t", "imgsz": 32, "mode": mode})
     path = tmp_path / f"{mode}.pt"
-    cls_model.save_checkpoint(path, cls_model.build_model("resnet10t"), config.to_dict(cfg), 0, 0.0)
+    checkpoint.save(path, cls_model.build_model("resnet10t"), config.to_dict(cfg), 0, metric=0.0)
     return path
 
 

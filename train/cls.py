@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from cytokit import classes, config, paths, predictions
-from train import cls_data, cls_model
+from train import checkpoint, cls_data, cls_model
 from train.base import Adapter, Detections, Predictor
 
 log = logging.getLogger(__name__)
@@ -172,12 +172,7 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
     start, best = 0, -math.inf
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     if resume and last_path.exists():
-        ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start, best = ckpt["epoch"] + 1, ckpt["best"]
+        start, best = checkpoint.restore(last_path, "classifier", model, optimizer, scheduler, scaler)
         log.info("resuming %s at epoch %d/%d", run_dir, start + 1, cfg.epochs)
     cfg_dict = config.to_dict(cfg)
     for epoch in range(start, cfg.epochs):
@@ -208,14 +203,14 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
         score = val["val_f1"] if np.isfinite(val["val_f1"]) else -val["val_loss"]
         if cfg.select == "last" or not np.isfinite(score) or score > best:
             best = score if np.isfinite(score) else best
-            cls_model.save_checkpoint(best_path, model, cfg_dict, epoch, val["val_f1"])
-        cls_model.save_checkpoint(last_path, model, cfg_dict, epoch, val["val_f1"], best=best,
-                                  optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                                  scaler=scaler.state_dict())
+            checkpoint.save(best_path, model, cfg_dict, epoch, metric=val["val_f1"])
+        checkpoint.save(last_path, model, cfg_dict, epoch, metric=val["val_f1"], best=best,
+                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                        scaler=scaler.state_dict())
         log.info("cls epoch %d/%d: loss %.4f val macro-F1 %.4f acc %.4f", epoch + 1, cfg.epochs,
                  row["train_loss"], val["val_f1"], val["val_acc"])
     if not best_path.exists():
-        cls_model.save_checkpoint(best_path, model, cfg_dict, -1, float("nan"))
+        checkpoint.save(best_path, model, cfg_dict, -1, metric=float("nan"))
     return best_path
 
 
@@ -279,7 +274,7 @@ class ClassifierAdapter(Adapter):
         """A predictor from ``best.pt``. The architecture (backbone, mode, imgsz, margin) always
         comes from the checkpoint; ``cfg`` (a config, a dict of keys or a YAML path) may
         override only ``tta`` and ``batch``."""
-        ckpt = cls_model.read_checkpoint(Path(weights))
+        ckpt = checkpoint.read(Path(weights), "classifier")
         saved = config.from_dict(ClassifierConfig, ckpt["config"], str(weights))
         if cfg is not None:
             given = cfg if isinstance(cfg, ClassifierConfig) else (

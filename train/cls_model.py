@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from cytokit import classes
-from cytokit.io import atomic_write
 from train.cls_data import to_tensor
 
 log = logging.getLogger(__name__)
@@ -92,32 +91,6 @@ def load_pretrained(model: torch.nn.Module, path: Path) -> None:
         raise ValueError(f"{path}: weights do not fit this backbone; " + "; ".join(parts))
     model.load_state_dict(state, strict=False)
     log.info("loaded pretrained weights %s%s", path, " (new classifier head)" if skipped else "")
-
-
-def save_checkpoint(path: Path, model: torch.nn.Module, config: dict, epoch: int, metric: float,
-                    **state: Any) -> Path:
-    """Write a checkpoint dict atomically (extra ``state``: optimizer/scheduler/scaler dicts)."""
-    ckpt = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "config": config,
-            "classes": list(classes.CLASSES), "epoch": int(epoch), "metric": float(metric), **state}
-    with atomic_write(Path(path)) as tmp:
-        torch.save(ckpt, tmp)
-    return Path(path)
-
-
-def read_checkpoint(path: Path) -> dict:
-    """A checkpoint written by ``save_checkpoint`` (weights_only load; class order checked)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: classifier weights not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a classifier checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"{path}: not a classifier checkpoint (expected keys model, config)")
-    if list(ckpt.get("classes", [])) != list(classes.CLASSES):
-        raise ValueError(f"{path}: trained with another class list/order than cytokit.classes.CLASSES")
-    return ckpt
 
 
 def soft_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "ce", gamma: float = 2.0,

@@ -30,9 +30,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from cytokit import classes, config
-from cytokit.io import atomic_write
-from train import runs
+from cytokit import config
+from train import checkpoint, runs
 from train.base import Adapter
 from train.unet_post import N_LABELS, UnetPredictor, confusion, seg_metrics
 
@@ -100,26 +99,6 @@ def _load_weights(model: torch.nn.Module, path: Path) -> None:
         raise config.ConfigError(f"{path}: neither a UNet checkpoint nor weights of encoder {kind}")
     model.encoder.load_state_dict(fits, strict=False)
     log.info("encoder weights from %s: %d of %d tensors", path, len(fits), len(target))
-
-
-def save_checkpoint(path: Path, model: torch.nn.Module, cfg: UnetConfig, epoch: int, **state: Any) -> Path:
-    ckpt = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "config": config.to_dict(cfg), "classes": list(classes.CLASSES), "epoch": int(epoch), **state}
-    with atomic_write(Path(path)) as tmp:
-        torch.save(ckpt, tmp)
-    return Path(path)
-
-
-def read_checkpoint(path: Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: UNet weights not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"{path}: not a UNet checkpoint (expected keys model, config)")
-    if list(ckpt.get("classes", [])) != list(classes.CLASSES):
-        raise ValueError(f"{path}: trained with another class list/order than cytokit.classes.CLASSES")
-    return ckpt
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, dice_weight: float) -> torch.Tensor:
@@ -191,12 +170,7 @@ def fit(cfg: UnetConfig, fold_data: Any, masks_dir: Path, run_dir: Path, resume:
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     start, best = 0, -math.inf
     if resume and last_path.exists():
-        ckpt = read_checkpoint(last_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start, best = ckpt["epoch"] + 1, ckpt["best"]
+        start, best = checkpoint.restore(last_path, "UNet", model, optimizer, scheduler, scaler)
         log.info("resuming %s at epoch %d/%d", run_dir, start + 1, cfg.epochs)
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
@@ -222,15 +196,15 @@ def fit(cfg: UnetConfig, fold_data: Any, masks_dir: Path, run_dir: Path, resume:
             score = score if np.isfinite(score) else metrics["seg_miou"]
             if np.isfinite(score) and score > best:
                 best = score
-                save_checkpoint(best_path, model, cfg, epoch, metric=float(score))
+                checkpoint.save(best_path, model, config.to_dict(cfg), epoch, metric=float(score))
         row.update({"lr": optimizer.param_groups[0]["lr"], "time": time.perf_counter() - t0})
         runs.append_metrics(run_dir, row)
-        save_checkpoint(last_path, model, cfg, epoch, best=best, optimizer=optimizer.state_dict(),
+        checkpoint.save(last_path, model, config.to_dict(cfg), epoch, best=best, optimizer=optimizer.state_dict(),
                         scheduler=scheduler.state_dict(), scaler=scaler.state_dict())
         log.info("unet epoch %d/%d: %s", epoch + 1, cfg.epochs,
                  " ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
     if not best_path.exists():
-        save_checkpoint(best_path, model, cfg, -1, metric=float("nan"))
+        checkpoint.save(best_path, model, config.to_dict(cfg), -1, metric=float("nan"))
     return best_path
 
 
@@ -253,7 +227,7 @@ class UnetAdapter(Adapter):
         comes from the checkpoint, everything else (thresholds, refinement) from ``cfg``."""
         from train.dist import resolve_device
 
-        ckpt = read_checkpoint(Path(weights))
+        ckpt = checkpoint.read(Path(weights), "UNet")
         saved = config.from_dict(UnetConfig, ckpt["config"], str(weights))
         use = cfg if isinstance(cfg, UnetConfig) else saved
         use = dataclasses.replace(use, weights="", **{k: getattr(saved, k) for k in ARCH_KEYS})
