@@ -97,14 +97,42 @@ def _ok(code: int | None, what: str) -> None:
         raise RuntimeError(f"{what} failed with exit status {code}")
 
 
+def test_member_scores(ens: Any, data: Path) -> list[dict]:
+    """Each member (model x fold) alone on the test images against test_labels.csv, then the ensemble:
+    the fusion's settings are the same, so the difference is what ensembling adds."""
+    import pandas as pd
+
+    from cytokit import predictions, tables
+    from infer import fuse
+    from submit.score import score
+    from submit.writer import image_sizes, make_submission
+
+    files = paths.data_files(data)
+    test, truth = tables.read(files["test"], "test"), tables.read(files["test_labels"], "submission")
+    sizes = image_sizes(test["NAME"], files["images"])
+    params = ens.fuse_params()
+    members = [(m.model, f) for m in ens.member_list() for f in m.folds]
+    frames = {(m, f): predictions.read(paths.preds_dir(m, f) / "test.parquet") for m, f in members}
+    rows = []
+    for label, table, p in [*[(f"{m} fold{f}", t, dataclasses.replace(params, weights={}))
+                              for (m, f), t in frames.items()],
+                            ("ensemble", pd.concat(frames.values(), ignore_index=True), params)]:
+        table = table[table["view"].isin(ens.tta)]
+        r = score(truth, make_submission(fuse.fuse(table, p, progress=False), test, sizes))
+        rows.append({"member": label, "test": r.total, "giou_term": r.giou_term, "f1_term": r.f1_term})
+    return rows
+
+
 def run(cfg: DemoConfig, data: Path) -> dict:
     """The whole demo; returns the report (also written to work/demo/report.json)."""
+    import pandas as pd
+
     import infer.__main__ as infer_main
     import train.__main__ as train_main
     from infer import tune
     from infer.config import EnsembleConfig
     from prepare import folds, synth
-    from submit.report import format_result
+    from submit.report import format_result, format_table
     from submit.validate import validate_submission
 
     data = Path(data)
@@ -149,13 +177,14 @@ def run(cfg: DemoConfig, data: Path) -> dict:
         print(f"  {name:<30} {sec:7.1f} s")
     print(f"  {'total':<30} {steps.total:7.1f} s")
     if oof_table is not None:
-        from submit.report import format_table
-
         print("\nout-of-fold challenge score, each member vs the fused ensemble:")
         print(format_table(oof_table.reset_index(drop=True)))
     if result.score is not None:
         r = result.score
         report.update(score=r.total, giou_term=r.giou_term, f1_term=r.f1_term)
+        report["test_members"] = test_member_scores(ens, data)
+        print(f"\ntest score of each member alone vs the ensemble ({files['test_labels']}):")
+        print(format_table(pd.DataFrame(report["test_members"])))
         print(f"\nlocal score against {files['test_labels']}:")
         print(format_result(result.score, per_class=False))
     io.atomic_write_text(paths.work_dir() / "report.json", json.dumps(report, indent=1) + "\n")
