@@ -146,17 +146,17 @@ def search(oof: OOF, start: FuseParams, grid, models: list[str],
     return best, best_score, trials
 
 
-def member_scores(oof: OOF, params: FuseParams, models: list[str]) -> pd.DataFrame:
+def member_scores(oof: OOF, params: FuseParams, models: list[str], views: list[str]) -> pd.DataFrame:
     """Each model alone on the same OOF images: its TTA views fused with ``params``, and (with
-    several views) its ``identity`` view alone, to show what TTA adds."""
+    several ``views``, identity among them) its ``identity`` view alone, to show what TTA adds."""
     rows = []
     for m in models:
         part = oof.preds[oof.preds["model"] == m]
         variants = [(m, part, params.views)]
-        if part["view"].nunique() > 1 and (part["view"] == "identity").any():
+        if len(views) > 1 and "identity" in views:
             variants.append((f"{m} (no TTA)", part[part["view"] == "identity"], ()))
-        for label, table, views in variants:
-            alone = dataclasses.replace(params, weights={}, views=views)
+        for label, table, fused_views in variants:
+            alone = dataclasses.replace(params, weights={}, views=fused_views)
             r = evaluate(OOF(table, oof.truth_boxes, oof.images, oof.sources), alone)
             rows.append({"member": label, "oof": r.total, "giou_term": r.giou_term, "f1_term": r.f1_term})
     return pd.DataFrame(rows)
@@ -226,7 +226,7 @@ def run(cfg: EnsembleConfig, data: Path, out: Path) -> tuple[Path, pd.DataFrame]
     best, best_score, trials = search(oof, first, grid, models, views)
     fused = fuse_grouped(group(oof.preds, best.skip_box_thr, best.max_det, oof=True), best, progress=False)
     result = score(fused, oof)
-    table = member_scores(oof, best, models)
+    table = member_scores(oof, best, models, list(cfg.tta))
     table = pd.concat([table, pd.DataFrame([{"member": "ensemble (tuned)", "oof": result.total,
                                              "giou_term": result.giou_term, "f1_term": result.f1_term}])])
     cls_weight = tune_classifier(cfg, data, fused, oof)
