@@ -54,3 +54,12 @@ def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path):
     assert "train yolov8 fold 1" in report["steps"] and "validate" in report["steps"]
     sub = pd.read_csv(report["submission"])
     assert len(sub) == len(pd.read_csv(data / "test.csv"))
+
+
+@pytest.mark.slow
+def test_full_demo_scores_clearly_above_chance(tmp_path):
+    """The real `make demo` settings (about 10 minutes on 2 idle cores)."""
+    assert demo.main(["--data", str(tmp_path / "data")]) == 0
+    report = json.loads((paths.work_dir() / "demo" / "report.json").read_text())
+    # chance: a full-image box of one class per image scores about 0.12 on these data
+    assert report["score"] > 0.18 and report["giou_term"] > 0.8
