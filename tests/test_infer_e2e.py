@@ -1,8 +1,6 @@
 """End-to-end smoke of make infer / submission / tune-ensemble on a tiny synthetic set with fake members."""
 from __future__ import annotations
 
-import sys
-import types
 
 import numpy as np
 import pandas as pd
@@ -117,7 +115,9 @@ def test_classifier_hook_is_called(tiny, fake_members, tmp_path, monkeypatch):
         out[list(classes.PROB_COLUMNS)] = np.eye(classes.NUM_CLASSES)[classes.CLASS_TO_ID["LY"]]
         return out
 
-    monkeypatch.setitem(sys.modules, "infer.blend", types.SimpleNamespace(apply_classifier=apply_classifier))
+    import infer.blend
+
+    monkeypatch.setattr(infer.blend, "apply_classifier", apply_classifier)
     cfg = load_config(cfg_path, {"classifier": {"members": [{"weights": "cls.pt"}], "weight": 0.3},
                                  "fusion": "wbf", "viz_images": 0})
     result = infer_main.run(cfg, tiny, submission=True, out_dir=tmp_path / "subs", progress=False)
