@@ -157,6 +157,9 @@ def demo_report() -> list[str]:
     for row in rep.get("oof", []):
         lines.append(f"  OOF {row['member']:<30} {row['oof']:.4f} "
                      f"(GIoU {row['giou_term']:.4f}, F1 {row['f1_term']:.4f})")
+    for row in rep.get("test_members", []):
+        lines.append(f"  test {row['member']:<29} {row['test']:.4f} "
+                     f"(GIoU {row['giou_term']:.4f}, F1 {row['f1_term']:.4f})")
     if "score" in rep:
         lines.append(f"  test score {rep['score']:.4f} "
                      f"(GIoU term {rep['giou_term']:.4f}, F1 term {rep['f1_term']:.4f})")

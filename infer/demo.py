@@ -97,9 +97,10 @@ def _ok(code: int | None, what: str) -> None:
         raise RuntimeError(f"{what} failed with exit status {code}")
 
 
-def test_member_scores(ens: Any, data: Path) -> list[dict]:
-    """Each member (model x fold) alone on the test images against test_labels.csv, then the ensemble:
-    the fusion's settings are the same, so the difference is what ensembling adds."""
+def test_member_scores(ens: Any, data: Path, members: list[tuple[str, int]] | None = None) -> list[dict]:
+    """Each member (model x fold; ``members``, default those of ``ens``) alone on the test images
+    against test_labels.csv, then the ensemble ``ens``: the fusion's settings are the same, so the
+    difference is what ensembling adds."""
     import pandas as pd
 
     from cytokit import predictions, tables
@@ -111,12 +112,13 @@ def test_member_scores(ens: Any, data: Path) -> list[dict]:
     test, truth = tables.read(files["test"], "test"), tables.read(files["test_labels"], "submission")
     sizes = image_sizes(test["NAME"], files["images"])
     params = ens.fuse_params()
-    members = [(m.model, f) for m in ens.member_list() for f in m.folds]
+    members = members or [(m.model, f) for m in ens.member_list() for f in m.folds]
     frames = {(m, f): predictions.read(paths.preds_dir(m, f) / "test.parquet") for m, f in members}
+    used = {(m.model, f) for m in ens.member_list() for f in m.folds}
+    fused = pd.concat([t for key, t in frames.items() if key in used], ignore_index=True)
     rows = []
     for label, table, p in [*[(f"{m} fold{f}", t, dataclasses.replace(params, weights={}))
-                              for (m, f), t in frames.items()],
-                            ("ensemble", pd.concat(frames.values(), ignore_index=True), params)]:
+                              for (m, f), t in frames.items()], ("ensemble", fused, params)]:
         table = table[table["view"].isin(ens.tta)]
         r = score(truth, make_submission(fuse.fuse(table, p, progress=False), test, sizes))
         rows.append({"member": label, "test": r.total, "giou_term": r.giou_term, "f1_term": r.f1_term})
@@ -152,6 +154,7 @@ def run(cfg: DemoConfig, data: Path) -> dict:
                                                 "seed": cfg.seed}, "demo ensemble")
     ens_path = kit_config.save(ens, paths.work_dir() / "ensemble.yaml")
     steps("infer (members x TTA views)", lambda: infer_main.run(ens, data))
+    trained = [(m.model, f) for m in ens.member_list() for f in m.folds]
     oof_table = None
     if cfg.tune:
         tuned_path, oof_table = steps("tune fusion on OOF",
@@ -182,7 +185,7 @@ def run(cfg: DemoConfig, data: Path) -> dict:
     if result.score is not None:
         r = result.score
         report.update(score=r.total, giou_term=r.giou_term, f1_term=r.f1_term)
-        report["test_members"] = test_member_scores(ens, data)
+        report["test_members"] = test_member_scores(ens, data, trained)
         print(f"\ntest score of each member alone vs the ensemble ({files['test_labels']}):")
         print(format_table(pd.DataFrame(report["test_members"])))
         print(f"\nlocal score against {files['test_labels']}:")
