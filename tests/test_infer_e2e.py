@@ -1,7 +1,6 @@
 """End-to-end smoke of make infer / submission / tune-ensemble on a tiny synthetic set with fake members."""
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pytest
