@@ -136,3 +136,26 @@ def test_missing_weights_is_a_clear_error(tiny, tmp_path):
     cfg_path.write_text(yaml.safe_dump({"members": [{"model": "nothere", "folds": [0]}], "k": 2, "seed": 1}))
     with pytest.raises(FileNotFoundError, match="nothere.*fold0.*best.pt|best.pt"):
         infer_main.run(load_config(cfg_path), tiny, progress=False)
+
+
+def test_tune_sets_the_classifier_blend_weight(tiny, fake_members, tmp_path, monkeypatch):
+    import infer.blend
+
+    cfg_path, _ = fake_members
+    cfg = load_config(cfg_path, {"classifier": {"members": [{"weights": "cls.pt"}], "weight": 0.5},
+                                 "fusion": "wbf"})
+    infer_main.run(cfg, tiny, progress=False)
+    boxes = pd.read_csv(dataset_dir(tiny, 2, 1) / "boxes.csv")
+
+    def perfect_classifier(preds, data, k, seed, **kwargs):
+        # the true class of each row's image (one cell per image here): a classifier that is always right
+        truth = boxes.drop_duplicates("NAME").set_index("NAME")["class"].map(classes.CLASS_TO_ID)
+        crop = np.eye(classes.NUM_CLASSES)[truth.reindex(preds["NAME"]).to_numpy(dtype=np.int64)]
+        return infer.blend.ClassifierProbs(crop, None, np.zeros(len(preds), bool))
+
+    monkeypatch.setattr(infer.blend, "oof_classifier_probs", perfect_classifier)
+    out, _ = tune.run(cfg, tiny, tmp_path / "tuned.yaml")
+    weight = load_config(out).classifier["weight"]
+    # the detector says PNN 0.7 / LY 0.3 on every cell: a true class c other than those wins the blend
+    # w * onehot(c) + (1 - w) * det once w > 0.7 * (1 - w), i.e. w > 0.41; the grid's first such w is 0.45
+    assert weight == 0.45
