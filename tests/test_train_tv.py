@@ -67,6 +67,7 @@ def test_unknown_augmentation_preset():
 def test_devices():
     assert dist.resolve_device("cpu") == "cpu"
     assert dist.gpu_ids("0,1") == [0, 1] and dist.gpu_ids("cuda:1") == [1] and dist.gpu_ids("2") == [2]
+    assert dist.gpu_ids("cpu") == [] and dist.gpu_ids("auto") == [0]  # device=cpu must not raise
     with pytest.raises(ConfigError, match="expected cpu, auto, a GPU index"):
         dist.gpu_ids("gpu-one")
     if not torch.cuda.is_available():

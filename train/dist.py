@@ -52,8 +52,12 @@ def set_cpu_threads(threads: int = 0) -> int:
 
 
 def gpu_ids(spec: str) -> list[int]:
-    """``"0,1"`` -> ``[0, 1]``; ``"cuda:1"`` -> ``[1]``."""
+    """``"0,1"`` -> ``[0, 1]``; ``"cuda:1"`` -> ``[1]``; ``"cpu"`` -> ``[]``; ``"auto"``/``""`` -> ``[0]``."""
     text = str(spec).strip().lower().removeprefix("cuda:").removeprefix("cuda")
+    if text == "cpu":
+        return []
+    if text == "auto":
+        return [0]
     try:
         return [int(x) for x in text.split(",") if x.strip()] or [0]
     except ValueError:
