@@ -55,7 +55,7 @@ folds: $(STAMP) ## clean, group duplicates, make K stratified folds and the YOLO
 	$(PY) -m prepare.folds --data $(DATA) --k $(K) --seed $(SEED) $(FOLD_OPTS)
 
 masks: $(STAMP) ## masks from boxes for the UNet (MedSAM when MEDSAM_CKPT=path, else a classical fallback)
-	$(PY) -m prepare.masks --data $(DATA) --k $(K) --seed $(SEED) $(call opt,MEDSAM_CKPT,--medsam-ckpt)
+	$(PY) -m train.unet.masks --data $(DATA) --k $(K) --seed $(SEED) $(call opt,MEDSAM_CKPT,--medsam-ckpt)
 
 train: $(STAMP) ## train MODEL on FOLD (EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS= RESUME=1 FORCE=1 ARGS="k=v")
 	$(PY) -m train --model $(MODEL) --fold $(FOLD) --data $(DATA) --k $(K) --seed $(SEED) $(TRAIN_ARGS)
@@ -79,7 +79,7 @@ score: $(STAMP) ## score SUB= against TRUTH=, or the out-of-fold predictions whe
 	$(if $(SUB),$(PY) -m submit.score --truth $(TRUTH) --submission $(SUB),$(PY) -m submit.oof --data $(DATA) --k $(K) --seed $(SEED))
 
 demo: $(STAMP) ## the whole pipeline on synthetic data: data, folds, train, infer, submission, score
-	$(PY) -m infer.demo --data $(DEMO)
+	$(PY) -m pipeline.demo --data $(DEMO)
 
 clean: ## remove generated outputs (work/, submissions/); keeps .venv and data/
 	rm -rf work submissions

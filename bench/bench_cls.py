@@ -30,8 +30,9 @@ def _best_of(fn, repeats: int = REPEATS) -> float:
 
 def run(shared: Path | None) -> list[str]:
     from cytokit import classes, config
-    from train import cls_data, cls_model
-    from train.cls import ClassifierConfig, ClassifierPredictor
+    from train.cls import data as cls_data
+    from train.cls import model as cls_model
+    from train.cls.adapter import ClassifierConfig, ClassifierPredictor
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (360, 363, 3), dtype=np.uint8)

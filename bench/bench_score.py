@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from cytokit import classes, paths, predictions
+from cytokit.tables import COORDS
 
 ORACLE_IMAGES = 1500  # images in the subset timed with the oracle (the SPEC's 1,621-box subset)
 
@@ -39,8 +40,8 @@ def _perturbed(truth: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """Box noise, 20% wrong classes, 2% NaN classes, 3% dropped rows, shuffled order."""
     rng = np.random.default_rng(seed)
     n = len(truth)
-    sub = truth.astype({c: np.float64 for c in ("x1", "y1", "x2", "y2")}).astype({"class": object})
-    sub[["x1", "y1", "x2", "y2"]] += rng.normal(0, 6, (n, 4))
+    sub = truth.astype({c: np.float64 for c in COORDS}).astype({"class": object})
+    sub[COORDS] += rng.normal(0, 6, (n, 4))
     wrong = rng.random(n) < 0.2
     sub.loc[wrong, "class"] = rng.choice(classes.CLASSES, size=int(wrong.sum()))
     sub.loc[rng.random(n) < 0.02, "class"] = np.nan
@@ -48,7 +49,7 @@ def _perturbed(truth: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
 
 
 def _writer_lines(test_csv: Path) -> list[str]:
-    from submit import writer
+    from cytokit import submission
 
     test = pd.read_csv(test_csv)
     names = pd.unique(test["NAME"])
@@ -62,13 +63,13 @@ def _writer_lines(test_csv: Path) -> list[str]:
     for j, col in enumerate(predictions.PROB_COLUMNS):
         preds[col] = probs[:, j]
     sizes = pd.DataFrame({"NAME": names, "width": 360, "height": 360})
-    t, sub = _best_of(lambda: writer.make_submission(preds, test, sizes))
+    t, sub = _best_of(lambda: submission.make_submission(preds, test, sizes))
     return [f"make_submission: {len(sub):,} rows on {len(names):,} test images from {n:,} detections: "
             f"{t * 1000:.0f} ms (best of 3)"]
 
 
 def run(shared: Path | None) -> list[str]:
-    from submit.score import score
+    from cytokit.metric import score
 
     train_csv = shared / "cytologia" / "train.csv" if shared else None
     if train_csv is None or not train_csv.exists():

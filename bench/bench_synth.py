@@ -14,8 +14,8 @@ from pathlib import Path
 
 import cv2
 
-from prepare import synth
-from prepare.synth_plan import make_plan
+from prepare.synth import make as synth
+from prepare.synth.plan import make_plan
 
 TARGET = 50.0  # images per second on one core
 N_IMAGES = 150

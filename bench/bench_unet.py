@@ -1,8 +1,8 @@
 """Speed (and quality) of the UNet path on CPU: fallback masks, MedSAM, UNet inference.
 
-- Classical masks (``prepare.mask_fallback``): time per image and per box, and
+- Classical masks (``train.unet.fallback``): time per image and per box, and
   mean IoU against the synthetic generator's own cell masks
-  (``prepare.synth_smear.render``), for GrabCut and stain thresholding.
+  (``prepare.synth.smear.render``), for GrabCut and stain thresholding.
 - MedSAM ViT-B (random weights: the speed does not depend on them): time of
   one 1024 px encoder pass plus the box decoding, on CPU (a single call).
 - UNet inference (``configs/unet.yaml`` architecture, untrained): time per
@@ -25,8 +25,8 @@ N_UNET = 16  # images for UNet inference
 
 
 def _scenes(n: int, seed: int = 0) -> list:
-    from prepare.synth_classes import RECIPES
-    from prepare.synth_smear import render
+    from prepare.synth.classes import RECIPES
+    from prepare.synth.smear import render
 
     rng = np.random.default_rng(seed)
     codes = list(RECIPES)
@@ -38,7 +38,7 @@ def _scenes(n: int, seed: int = 0) -> list:
 
 
 def _fallback_lines(scenes: list) -> list[str]:
-    from prepare.mask_fallback import METHODS, box_mask
+    from train.unet.fallback import METHODS, box_mask
 
     lines = []
     n_boxes = sum(len(s.boxes) for s in scenes)
@@ -64,7 +64,7 @@ def _fallback_lines(scenes: list) -> list[str]:
 def _medsam_line() -> str:
     import torch
 
-    from prepare.medsam import MedSam, build_sam
+    from train.unet.medsam import MedSam, build_sam
 
     torch.manual_seed(0)
     model = MedSam(build_sam(), device="cpu")
@@ -83,8 +83,8 @@ def _unet_lines(scenes: list) -> list[str]:
     import torch
 
     from cytokit import config, paths
-    from train.unet import UnetConfig, build_model
-    from train.unet_post import UnetPredictor
+    from train.unet.adapter import UnetConfig, build_model
+    from train.unet.post import UnetPredictor
 
     base = config.load(UnetConfig, paths.ROOT / "configs" / "unet.yaml", {"device": "cpu"})
     light = dataclasses.replace(base, imgsz=128, decoder_channels=[128, 64, 32, 16, 8])  # the CPU demo's

@@ -116,3 +116,14 @@ def cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def format_table(scores, float_cols: list[str] | None = None) -> str:
+    """A plain-text table of a small DataFrame (floats with 6 decimals)."""
+    import pandas as pd
+
+    float_cols = float_cols or [c for c in scores.columns if pd.api.types.is_float_dtype(scores[c])]
+    shown = scores.copy()
+    for col in float_cols:
+        shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{v:.6f}")
+    return shown.to_string(index=False)

@@ -32,6 +32,7 @@ import pandas as pd
 
 from cytokit import boxes, classes
 from cytokit.io import atomic_write_df
+from cytokit.tables import COORDS
 
 COLUMNS: dict[str, str] = {
     "NAME": "str",
@@ -121,7 +122,7 @@ def validate(df: pd.DataFrame, what: str = "predictions") -> pd.DataFrame:
         else:
             out[col] = out[col].astype(object)
     if len(out):
-        boxes.validate(out[["x1", "y1", "x2", "y2"]].to_numpy(), what)
+        boxes.validate(out[COORDS].to_numpy(), what)
         bad = ~out["class"].isin(classes.CLASSES)
         if bad.any():
             raise ValueError(f"{what}: unknown class {out['class'][bad].iloc[0]!r} ({int(bad.sum())} rows)")

@@ -26,7 +26,8 @@ from cytokit.io import DataError, Problem
 
 log = logging.getLogger(__name__)
 
-COORDS = ("x1", "y1", "x2", "y2")
+COORDS = ["x1", "y1", "x2", "y2"]  # the box columns of every table (a list: ``df[COORDS]`` selects them)
+SUBMISSION_COLUMNS = ["trustii_id", "NAME", *COORDS, "class"]  # a submission / test_labels.csv, in order
 COLUMNS: dict[str, tuple[str, ...]] = {
     "train": ("NAME", *COORDS, "class"),
     "test": ("trustii_id", "NAME"),

@@ -3,163 +3,15 @@
     python -m infer --config configs/ensemble.yaml --data DATA [--submission] [--out DIR] [--force]
                     [key=value ...]
 
-(``make infer`` / ``make submission``). For each member (model x fold of the
-config; weights ``work/runs/<model>/fold<k>/best.pt`` unless set) it writes, in
-the prediction contract with every TTA view in the ``view`` column:
-
-- ``work/preds/<model>/fold<k>/test.parquet``    -- the test images of DATA/test.csv
-- ``work/preds/<model>/fold<k>/oof_tta.parquet`` -- the fold's validation images (``predict_oof``)
-
-A table is reused while its weights, views, threshold and images are unchanged
-(``--force`` predicts again). With ``--submission`` it then resolves
-``fusion: auto`` on the out-of-fold tables, fuses the test tables over views,
-folds and models (``infer.fuse``), applies the classifier section (if any),
-writes ``work/preds/ensemble/test.parquet``, writes and validates the
-submission (``submit.writer``), draws a PNG of boxes beside it, prints its
-path, and scores it when DATA has test_labels.csv.
+(``make infer`` / ``make submission``). What it writes and reuses: ``infer.ensemble``.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import logging
-import time
 from pathlib import Path
 
-import pandas as pd
-
-from cytokit import env, io, paths, predictions, tables
-from infer import fuse, predict, tta
-from infer.config import EnsembleConfig, load_config
-
-log = logging.getLogger("infer")
-
-
-@dataclasses.dataclass
-class Result:
-    """What one ``python -m infer`` run produced."""
-
-    test_preds: pd.DataFrame
-    fusion: str | None = None
-    fused: pd.DataFrame | None = None
-    submission: Path | None = None
-    score: object | None = None  # submit.score.ScoreResult when test_labels.csv exists
-    seconds_per_image: float = float("nan")  # member prediction time per test image (all members, views)
-
-
-def predict_members(cfg: EnsembleConfig, data: Path, force: bool = False, progress: bool = True) -> Result:
-    """Predict (or reuse) every member's test and out-of-fold tables; returns the test tables together."""
-    files = paths.data_files(data)
-    test = tables.read(files["test"], "test")
-    names = pd.unique(test["NAME"]).tolist()
-    views = tta.get_views(cfg.tta)
-    frames, spent = [], 0.0
-    for m in cfg.member_list():
-        for fold in m.folds:
-            weights = predict.member_weights(m.model, fold, m.weights)
-            loaded: dict = {}
-
-            def run(image_names: list[str], images_dir: Path, what: str, model=m, fold=fold, weights=weights):
-                if "p" not in loaded:
-                    loaded["p"] = predict.load_member(model.model, fold, weights, cfg.device, model.overrides)
-                return predict.predict_files(loaded["p"], images_dir, image_names, views, model.model, fold,
-                                             cfg.conf, cfg.max_det, cfg.batch, progress,
-                                             desc=f"{model.model} fold{fold} {what}")
-
-            out = paths.preds_dir(m.model, fold)
-            start = time.perf_counter()
-            meta = predict.member_meta(weights, cfg.tta, cfg.conf, cfg.max_det, names)
-            frames.append(predict.cached_table(out / "test.parquet", meta,
-                                               lambda: run(names, files["images"], "test"), force))
-            if "p" in loaded:
-                spent += time.perf_counter() - start
-            if cfg.predict_oof:
-                from prepare.dataset import load_fold
-
-                fd = load_fold(data, cfg.k, cfg.seed, fold)
-                val = fd.val_images["NAME"].tolist()
-                meta = predict.member_meta(weights, cfg.tta, cfg.conf, cfg.max_det, val)
-                predict.cached_table(out / "oof_tta.parquet", meta,
-                                     lambda: run(val, fd.images_dir, "oof"), force)
-    preds = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) \
-        else predictions.empty()
-    per_image = spent / len(names) if spent and names else float("nan")
-    return Result(test_preds=preds, seconds_per_image=per_image)
-
-
-def resolve_fusion(cfg: EnsembleConfig, data: Path) -> str:
-    """``cfg.fusion``, or for ``auto`` the mode with the better out-of-fold score (wbf without OOF tables)."""
-    if cfg.fusion != "auto":
-        return cfg.fusion
-    from infer import tune
-
-    try:
-        oof = tune.load_oof(cfg, data)
-    except (FileNotFoundError, ValueError) as exc:
-        log.warning("fusion auto: no out-of-fold predictions to choose with (%s); using wbf", exc)
-        return "wbf"
-    scores = {mode: tune.evaluate(oof, cfg.fuse_params(mode)).total for mode in fuse.MODES}
-    best = max(fuse.MODES, key=lambda mode: scores[mode])
-    print("fusion auto, out-of-fold scores: " + ", ".join(f"{k} {v:.6f}" for k, v in scores.items())
-          + f" -> {best}")
-    return best
-
-
-def classify(cfg: EnsembleConfig, fused: pd.DataFrame, images_dir: Path, n_cells: dict) -> pd.DataFrame:
-    """The classifier hook: blend a second-stage classifier into the fused table (no-op without one)."""
-    section = cfg.classifier_section()
-    if section is None:
-        return fused
-    from infer import blend
-
-    return blend.apply_classifier(fused, images_dir, section["members"], section["weight"], device=cfg.device,
-                                  tta=section["tta"], n_cells=n_cells, full_weight=section["full_weight"])
-
-
-def submit(cfg: EnsembleConfig, data: Path, result: Result, out_dir: Path, progress: bool = True) -> Result:
-    """Fuse, classify, write, validate, draw and (with test_labels.csv) score the submission."""
-    from infer import viz
-    from submit import writer
-
-    files = paths.data_files(data)
-    test = tables.read(files["test"], "test")
-    n_cells = test.groupby("NAME").size().to_dict()
-    result.fusion = resolve_fusion(cfg, data)
-    fused = fuse.fuse(result.test_preds, cfg.fuse_params(result.fusion), progress=progress)
-    fused = classify(cfg, fused, files["images"], n_cells)
-    predictions.write(fused, paths.work_dir() / "preds" / "ensemble" / "test.parquet")
-    result.fused = fused
-    sizes = writer.image_sizes(test["NAME"], files["images"], fused)
-    sub = writer.make_submission(fused, test, sizes)
-    result.submission = writer.write_submission(sub, files["test"], out_dir, images_dir=files["images"])
-    if cfg.viz_images:
-        png_path = result.submission.with_name(result.submission.stem + "_boxes.png")
-        png = viz.draw_grid(fused, files["images"], png_path, cfg.viz_images, n_cells)
-        if png:
-            print(f"boxes drawn on {min(cfg.viz_images, len(n_cells))} test images: {png}")
-    print(f"submission: {result.submission} ({len(sub)} rows, fusion={result.fusion})")
-    if files["test_labels"].exists():
-        from submit.report import format_result
-        from submit.score import score
-
-        result.score = score(tables.read(files["test_labels"], "submission"), sub)
-        print(f"local score against {files['test_labels']}:")
-        print(format_result(result.score))
-    return result
-
-
-def run(cfg: EnsembleConfig, data: Path, submission: bool = False, out_dir: Path | None = None,
-        force: bool = False, progress: bool = True) -> Result:
-    """Predict every member (``make infer``); with ``submission``, fuse and write (``make submission``)."""
-    if not cfg.members:
-        raise io.DataError("the ensemble config lists no members")
-    result = predict_members(cfg, data, force, progress)
-    if result.seconds_per_image == result.seconds_per_image:
-        print(f"member predictions: {1000 * result.seconds_per_image:.0f} ms per test image "
-              f"({len(cfg.tta)} view(s), all members)")
-    if submission:
-        submit(cfg, data, result, Path(out_dir or cfg.out_dir or paths.SUBMISSIONS), progress)
-    return result
+from cytokit import env, io, paths
+from infer.config import load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     env.apply()
     io.setup_logging()
     cfg = load_config(args.config, args.overrides)
-    run(cfg, args.data, args.submission, args.out, args.force)
+    from infer import ensemble
+
+    ensemble.run(cfg, args.data, args.submission, args.out, args.force)
     return 0
 
 

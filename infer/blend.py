@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from cytokit import classes, images, predictions
+from cytokit.tables import COORDS
 
 log = logging.getLogger(__name__)
 WEIGHT_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))  # 0, 0.05, ..., 1
@@ -103,7 +104,7 @@ class ClassifierProbs:
 
 def load_members(members: Sequence[tuple[Path, Any]], device: str = "cpu") -> list:
     """``ClassifierPredictor`` of each (weights, config) member (config: None, a dict or a YAML path)."""
-    from train.cls import ClassifierAdapter
+    from train.cls.adapter import ClassifierAdapter
 
     return [ClassifierAdapter().load(Path(w), c, device) for w, c in members]
 
@@ -132,7 +133,7 @@ def classifier_probs(preds: pd.DataFrame, images_dir: Path, predictors: Sequence
     todo = _selected(preds, n_cells)
     crop = np.full((n, classes.NUM_CLASSES), np.nan)
     full = np.full((n, classes.NUM_CLASSES), np.nan) if full_members else None
-    xyxy = preds[["x1", "y1", "x2", "y2"]].to_numpy(dtype=np.float64)
+    xyxy = preds[COORDS].to_numpy(dtype=np.float64)
     groups = preds.groupby("NAME", sort=False).indices if n else {}
     names = [nm for nm, rows in groups.items() if todo[rows].any() and (crop_members or single[rows[0]])]
     for start in tqdm(range(0, len(names), chunk), desc="classify crops", leave=False, disable=None):
@@ -189,7 +190,7 @@ def oof_classifier_probs(preds: pd.DataFrame, data: Path, k: int, seed: int, mod
     """Classifier probabilities of out-of-fold rows: each image is classified by the members
     trained WITHOUT it (``work/runs/<model>/fold<f>/best.pt`` for the fold f holding it)."""
     from cytokit import paths
-    from prepare.dataset import dataset_dir, load_meta
+    from cytokit.dataset import dataset_dir, load_meta
 
     root = dataset_dir(data, k, seed)
     images_dir = Path(load_meta(root)["images_dir"])

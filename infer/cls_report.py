@@ -39,7 +39,7 @@ class Comparison:
 
     table: pd.DataFrame  # variant, weight, score, giou_term, f1_term, balanced_accuracy
     per_class: pd.DataFrame  # label, support, f1 of each variant
-    results: dict  # variant -> submit.score.ScoreResult
+    results: dict  # variant -> cytokit.metric.ScoreResult
     tune: pd.DataFrame  # weight, macro_f1, accuracy on the GT-matched rows
     best_weight: float
 
@@ -55,7 +55,7 @@ def gt_as_detections(boxes: pd.DataFrame, label: str) -> pd.DataFrame:
 
 def matched_rows(preds: pd.DataFrame, truth_boxes: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
     """Per GT box, the position of the prediction row the metric would give it (top-N, best GIoU)."""
-    from train.cls_data import match_truth
+    from train.cls.data import match_truth
 
     truth = truth_boxes[["NAME", "x1", "y1", "x2", "y2", "class"]].merge(images, on="NAME", how="left")
     matched = match_truth(truth, preds.reset_index(drop=True))
@@ -65,8 +65,8 @@ def matched_rows(preds: pd.DataFrame, truth_boxes: pd.DataFrame, images: pd.Data
 def compare(preds: pd.DataFrame, truth_boxes: pd.DataFrame, images: pd.DataFrame, probs, weight: float,
             full_weight: float = 0.5, detector_label: str = "detector") -> Comparison:
     """Score ``preds`` alone and blended with classifier ``probs`` (``infer.blend.ClassifierProbs``)."""
+    from cytokit.submission import oof_score
     from infer import blend
-    from submit.oof import oof_score
 
     preds = preds.reset_index(drop=True)
     det = blend.det_probs(preds)
@@ -98,7 +98,7 @@ def compare(preds: pd.DataFrame, truth_boxes: pd.DataFrame, images: pd.DataFrame
 
 def save(comp: Comparison, out: Path) -> list[Path]:
     """summary.csv, per_class.csv, tune.csv and the confusion PNGs of the detector and the tuned blend."""
-    from submit.report import save_confusion
+    from cytokit.metric import save_confusion
 
     out = Path(out)
     written = [io.atomic_write_df(comp.table, out / "summary.csv"),
@@ -114,7 +114,7 @@ def save(comp: Comparison, out: Path) -> list[Path]:
 
 def render(comp: Comparison) -> str:
     """The side-by-side summary and per-class F1 as text."""
-    from submit.report import format_table
+    from cytokit.io import format_table
 
     return (format_table(comp.table) + "\n\nper-class F1 (support = GT boxes)\n"
             + format_table(comp.per_class) + f"\n\ntuned blend weight: {comp.best_weight:g}")
@@ -130,9 +130,9 @@ def finished(run_dir: Path) -> bool:
 def oof_inputs(data: Path, k: int, seed: int, detector: str, classifiers: list[str], device: str, tta: bool):
     """The detector's OOF table, truth boxes, image sizes and classifier probabilities, all folds found."""
     from cytokit import predictions
+    from cytokit.dataset import load_fold
+    from cytokit.submission import one_view
     from infer import blend
-    from prepare.dataset import load_fold
-    from submit.oof import one_view
 
     preds, truth, sizes, probs, used = [], [], [], [], []
     for fold in range(k):

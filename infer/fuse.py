@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from cytokit import boxes as bx
 from cytokit import classes, predictions
+from cytokit.tables import COORDS
 from infer import wbf
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ def group(df: pd.DataFrame, skip_box_thr: float = 0.0, max_det: int = 0, oof: bo
         raise ValueError(f"predictions of {first['model']}: unknown class {first['class']!r}")
     labels = df["class"].map(classes.CLASS_TO_ID).to_numpy(dtype=np.int64)
     b01, scores, labels, keep = wbf.prepare(
-        df[["x1", "y1", "x2", "y2"]].to_numpy(dtype=np.float64), df["score"].to_numpy(dtype=np.float64),
+        df[COORDS].to_numpy(dtype=np.float64), df["score"].to_numpy(dtype=np.float64),
         labels, df["width"].to_numpy(dtype=np.float64), df["height"].to_numpy(dtype=np.float64),
         slot, list(slot_names),
     )

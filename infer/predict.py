@@ -9,16 +9,13 @@ of the prediction contract with the view's name in the ``view`` column.
 ``load_member`` builds the predictor of one (model, fold) through the
 registry: weights default to ``work/runs/<model>/fold<k>/best.pt`` and the
 model config to the run's resolved ``config.yaml`` (else ``configs/<model>.yaml``).
-``cached_table`` reuses a written table while its inputs (weights, views,
-threshold, images) are unchanged.
+Reusing a written table while its inputs are unchanged is ``infer.cache``.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +24,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cytokit import boxes as bx
-from cytokit import config as kit_config
 from cytokit import classes, paths, predictions
+from cytokit import config as kit_config
 from cytokit.images import load_rgb
-from cytokit.io import atomic_write_text
 from infer.tta import View
 
 log = logging.getLogger(__name__)
@@ -151,45 +147,3 @@ def load_member(model: str, fold: int, weights: Path, device: str = "cpu",
     else:
         cfg = registry.load_config(model, list(overrides))
     return adapter_cls().load(weights, cfg, device)
-
-
-def _names_digest(names: Sequence[str]) -> str:
-    return hashlib.sha1("\n".join(sorted(map(str, names))).encode()).hexdigest()
-
-
-def cached_table(path: Path, meta: dict, make: Callable[[], pd.DataFrame],
-                 force: bool = False) -> pd.DataFrame:
-    """The prediction table at ``path`` when its sidecar ``.json`` matches ``meta``; else ``make()`` it.
-
-    The sidecar records the weights (path and modification time), views, threshold
-    and images, so a retrained member or a new view is predicted again. A table
-    holding MORE views than asked (e.g. after tuning dropped some) is reused, cut
-    to the views asked.
-    """
-    path = Path(path)
-    side = path.with_suffix(".json")
-    if not force and path.exists() and side.exists():
-        try:
-            old = json.loads(side.read_text())
-        except json.JSONDecodeError:
-            old = {}
-        views = list(meta.get("views", []))
-        same = {k: v for k, v in old.items() if k != "views"} == {k: v for k, v in meta.items() if k != "views"}
-        if same and set(views) <= set(old.get("views", [])):
-            log.info("%s is up to date; reusing it", path)
-            table = predictions.read(path)
-            return table[table["view"].isin(views)].reset_index(drop=True) if views else table
-    df = make()
-    predictions.write(df, path)
-    atomic_write_text(side, json.dumps(meta, indent=1) + "\n")
-    return df
-
-
-def member_meta(weights: Path, views: Sequence[str], conf: float, max_det: int, names: Sequence[str]) -> dict:
-    """What a member's prediction table depends on (compared by ``cached_table``)."""
-    weights = Path(weights).resolve()
-    if not weights.exists():
-        raise FileNotFoundError(f"{weights}: member weights not found; train the member first (make "
-                                "train MODEL=... FOLD=...) or set its weights path in the ensemble config")
-    return {"weights": str(weights), "weights_mtime": weights.stat().st_mtime, "views": list(views),
-            "conf": conf, "max_det": max_det, "images": len(names), "names_sha1": _names_digest(names)}

@@ -6,7 +6,7 @@
 tables (``work/preds/<model>/fold<k>/oof_tta.parquet`` from ``make infer``,
 else the training's ``oof.parquet``) cover its folds' validation images; the
 ensemble is scored on the images every member covers, with the challenge
-metric exactly as the leaderboard computes it (``submit.oof.oof_score``).
+metric exactly as the leaderboard computes it (``cytokit.submission.oof_score``).
 
 Coordinate ascent over the grids of the config's ``tune`` section (model
 weights, iou_thr, skip_box_thr, conf_type, fusion mode), starting from the
@@ -30,12 +30,12 @@ import yaml
 from cytokit import boxes as bx
 from cytokit import config as kit_config
 from cytokit import env, io, paths, predictions
+from cytokit.tables import COORDS
 from infer.config import EnsembleConfig, load_config
 from infer.fuse import FuseParams, Grouped, fuse_grouped, group
 
 log = logging.getLogger(__name__)
 OOF_FILES = ("oof_tta.parquet", "oof.parquet")  # preferred first
-COORDS = ["x1", "y1", "x2", "y2"]
 MATCH_IOU = 0.5  # a fused box stands for the GT box it overlaps at least this much (blend-weight tuning)
 
 
@@ -51,7 +51,7 @@ class OOF:
 
 def load_oof(cfg: EnsembleConfig, data: Path, max_images: int = 0, seed: int = 0) -> OOF:
     """Each member's OOF tables over its folds, restricted to the images covered by every member."""
-    from prepare.dataset import load_fold
+    from cytokit.dataset import load_fold
 
     tables, sources, covered, boxes, images = [], [], None, {}, {}
     for m in cfg.member_list():
@@ -83,8 +83,8 @@ def load_oof(cfg: EnsembleConfig, data: Path, max_images: int = 0, seed: int = 0
 
 
 def score(fused: pd.DataFrame, oof: OOF):
-    """The challenge score (``submit.score.ScoreResult``) of a fused OOF table."""
-    from submit.oof import oof_score
+    """The challenge score (``cytokit.metric.ScoreResult``) of a fused OOF table."""
+    from cytokit.submission import oof_score
 
     return oof_score(fused, oof.truth_boxes, oof.images)
 
@@ -238,7 +238,7 @@ def run(cfg: EnsembleConfig, data: Path, out: Path) -> tuple[Path, pd.DataFrame]
     print(f"tuned: fusion={best.mode} iou_thr={best.iou_thr} skip_box_thr={best.skip_box_thr} "
           f"conf_type={best.conf_type} weights={best.weights} views={list(best.views)}"
           + ("" if cls_weight is None else f" classifier weight={cls_weight}"))
-    from submit.report import format_table
+    from cytokit.io import format_table
 
     print(format_table(table.reset_index(drop=True)))
     print(f"wrote {out}")

@@ -16,6 +16,7 @@ import pandas as pd
 
 from cytokit import classes, io
 from cytokit.images import load_rgb
+from cytokit.tables import COORDS
 
 COLUMNS = 4  # images per row of the grid
 CELL_INCHES = 3.0  # size of one image in the figure
@@ -50,7 +51,7 @@ def draw_grid(preds: pd.DataFrame, images_dir: Path, out: Path, n: int = 16,
         rows_idx = by_name.get(name, np.zeros(0, dtype=int))
         top = (n_cells or {}).get(name, DEFAULT_TOP)
         part = preds.iloc[rows_idx].sort_values("score", ascending=False).head(top)
-        coords = part[["x1", "y1", "x2", "y2"]].to_numpy()
+        coords = part[COORDS].to_numpy()
         for (x1, y1, x2, y2), code, score in zip(coords, part["class"], part["score"]):
             colour = cmap(classes.CLASS_TO_ID.get(code, 0))
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.5, ec=colour))

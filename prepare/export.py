@@ -1,4 +1,4 @@
-"""Exports of a fold assignment in the layout of ``prepare/dataset.py``.
+"""Exports of a fold assignment in the layout of ``cytokit/dataset.py``.
 
 ``export_dataset(root, ...)`` writes, for every fold, the ultralytics dataset
 (images LINKED into ``yolo/images``, or resized JPEG copies with ``resize``;

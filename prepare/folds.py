@@ -9,7 +9,7 @@ clean (``prepare.clean``); optional balancing; duplicate groups; folds grouped b
 duplicate group and multilabel-stratified on class presence; the fold file
 ``work/folds/folds_k{K}_s{SEED}.csv`` (``NAME,fold,group``) with its sidecar JSON
 (input fingerprint), cleaning report, per-fold class counts (CSV + PNG) and
-resolved config; then the YOLO/COCO exports of ``prepare/dataset.py``.
+resolved config; then the YOLO/COCO exports of ``cytokit/dataset.py``.
 
 The fold file is written once: a rerun with the same inputs reuses it, other
 inputs are an error unless ``--force``. The core (``make_folds``, ``fold_counts``,
@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 
 from cytokit import classes, config, env, io, paths, tables
+from cytokit.dataset import dataset_dir
 from prepare import clean, dedup, export, sizes
-from prepare.dataset import dataset_dir
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = paths.CONFIGS / "folds.yaml"

@@ -1,9 +1,9 @@
 """Out-of-fold scoring: the leaderboard's metric on each fold's validation images.
 
-Each fold's truth is its cleaned validation boxes (``prepare.dataset.load_fold``)
+Each fold's truth is its cleaned validation boxes (``cytokit.dataset.load_fold``)
 with synthetic trustii_ids; the fold's out-of-fold predictions go through the
 SAME writer as a real submission (top-N per image, full-image fillers, nudged
-repeats), then through ``submit.score``. So the local CV number is computed
+repeats), then through ``cytokit.metric``. So the local CV number is computed
 exactly as the leaderboard would compute it.
 
     python -m submit.oof --data DATA --k K --seed SEED [--model NAME ...] [--json OUT.json]
@@ -23,52 +23,9 @@ import numpy as np
 import pandas as pd
 
 from cytokit import env, io, paths, predictions
-from submit.score import ScoreResult, score
-from submit.writer import make_submission
+from cytokit.submission import one_view, oof_score
 
 log = logging.getLogger(__name__)
-VIEW_PREFERENCE = ("fused", "identity")  # the view scored when a table holds several TTA views
-
-
-def synthetic_truth(boxes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A truth table (``trustii_id,NAME,x1,y1,x2,y2,class``) and its test.csv-like table.
-
-    trustii_ids are 1..n in the order of a stable sort of ``boxes`` by NAME, so the
-    same boxes always get the same ids.
-    """
-    b = boxes.sort_values("NAME", kind="stable").reset_index(drop=True)
-    truth = pd.DataFrame({"trustii_id": np.arange(1, len(b) + 1, dtype=np.int64),
-                          "NAME": b["NAME"].to_numpy()})
-    for col in ("x1", "y1", "x2", "y2"):
-        truth[col] = b[col].to_numpy(np.float64)
-    truth["class"] = b["class"].astype(str).to_numpy(dtype=object)
-    return truth, truth[["trustii_id", "NAME"]].copy()
-
-
-def one_view(preds: pd.DataFrame) -> pd.DataFrame:
-    """The rows of one TTA view: the only one, else ``fused``, else ``identity``."""
-    views = pd.unique(preds["view"])
-    if len(views) <= 1:
-        return preds
-    for view in VIEW_PREFERENCE:
-        if view in views:
-            return preds[preds["view"] == view]
-    raise ValueError(f"predictions hold several views ({', '.join(map(str, views))}) and none of "
-                     f"{', '.join(VIEW_PREFERENCE)}; fuse them first")
-
-
-def oof_score(preds: pd.DataFrame, truth_boxes: pd.DataFrame, images: pd.DataFrame) -> ScoreResult:
-    """Score out-of-fold ``preds`` against ``truth_boxes`` (NAME,x1,y1,x2,y2,class) as the leaderboard would.
-
-    ``images``: ``NAME,width,height`` of the scored images (full-image fillers).
-    Predictions on other images are ignored.
-    """
-    truth, test = synthetic_truth(truth_boxes)
-    preds = one_view(preds)
-    sub = make_submission(preds[preds["NAME"].isin(test["NAME"])], test, images)  # validates the contract
-    return score(truth, sub)
-
-
 def find_models() -> list[str]:
     """Models with at least one ``work/preds/<model>/fold<k>/oof.parquet``."""
     root = paths.work_dir() / "preds"
@@ -77,7 +34,7 @@ def find_models() -> list[str]:
 
 def score_models(data: Path, k: int, seed: int, models: list[str]) -> pd.DataFrame:
     """One row per model: the score of each fold found, the overall OOF score and its two terms."""
-    from prepare.dataset import load_fold
+    from cytokit.dataset import load_fold
 
     folds: dict[int, object] = {}
     rows = []
@@ -117,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env.apply()
     io.setup_logging()
-    from submit.report import format_table
+    from cytokit.io import format_table
 
     models = args.model or find_models()
     if not models:

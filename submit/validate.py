@@ -22,9 +22,9 @@ import pandas as pd
 
 from cytokit import images, io, tables
 from cytokit.io import Problem
+from cytokit.tables import COORDS
 
 log = logging.getLogger(__name__)
-COORDS = ["x1", "y1", "x2", "y2"]
 
 
 def _line(pos: int) -> int:

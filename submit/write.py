@@ -26,13 +26,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="output folder (default submissions/)")
     args = parser.parse_args(argv)
     io.setup_logging()
+    from cytokit import submission
     from submit import writer
 
     preds = predictions.read(args.preds)
     test = tables.read(args.test, "test")
     try:
-        sizes = writer.image_sizes(test["NAME"], args.images, preds)
-        sub = writer.make_submission(preds, test, sizes)
+        sizes = submission.image_sizes(test["NAME"], args.images, preds)
+        sub = submission.make_submission(preds, test, sizes)
     except ValueError as exc:  # a missing image size or a bad table: one line, no traceback
         raise io.DataError(str(exc)) from None
     path = writer.write_submission(sub, args.test, args.out, images_dir=args.images)

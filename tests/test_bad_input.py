@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cytokit import io, paths
-from prepare import dataset, folds, sizes
+from cytokit import dataset, io, paths
+from prepare import folds, sizes
 
 K, SEED = 2, 3
 GOOD = [

@@ -8,8 +8,9 @@ from PIL import Image
 
 from cytokit import classes, config, predictions
 from infer import blend
-from train import checkpoint, cls_model
-from train.cls import ClassifierAdapter, ClassifierConfig
+from train import checkpoint
+from train.cls import model as cls_model
+from train.cls.adapter import ClassifierAdapter, ClassifierConfig
 
 P = list(classes.PROB_COLUMNS)
 
@@ -120,6 +121,7 @@ def test_det_probs_prefers_p_columns():
 
 
 def test_blended_table_makes_a_valid_submission(tmp_path, fused):
+    from cytokit import submission
     from submit import validate, writer
 
     crop = np.full((4, 23), 0.01)
@@ -129,7 +131,7 @@ def test_blended_table_makes_a_valid_submission(tmp_path, fused):
     assert out["class"].tolist() == ["EO"] * 4  # 0.6 * 0.78 > 0.4 * 1 + 0.6 * 0.01
     test = pd.DataFrame({"trustii_id": [5, 9, 7], "NAME": ["a.jpg", "b.jpg", "a.jpg"]})
     test.to_csv(tmp_path / "test.csv", index=False)
-    sub = writer.make_submission(out, test, writer.image_sizes(test["NAME"], tmp_path, out))
+    sub = submission.make_submission(out, test, submission.image_sizes(test["NAME"], tmp_path, out))
     path = writer.write_submission(sub, tmp_path / "test.csv", tmp_path / "subs", tmp_path)
     problems = validate.validate_submission(path, tmp_path / "test.csv", tmp_path)
     assert [p for p in problems if p.level == "error"] == []

@@ -11,8 +11,9 @@ import torch
 from cytokit import classes
 from cytokit.config import ConfigError, load
 from cytokit.paths import ROOT
-from train import cls_data, cls_model
-from train.cls import ClassifierConfig
+from train.cls import data as cls_data
+from train.cls import model as cls_model
+from train.cls.adapter import ClassifierConfig
 
 
 @pytest.mark.parametrize("box, margin, window", [

@@ -42,7 +42,7 @@ def test_compare_detector_classifier_and_tuned_blend(tmp_path):
 
 
 def test_bccd_upstream_split(bccd_dir):
-    from infer import cls_bccd
+    from bench.bccd import classify as cls_bccd
 
     train, test, images_dir = cls_bccd.split(bccd_dir)
     # 341 single-WBC images with a subtype: 277 in train.txt + val.txt, 64 in test.txt

@@ -1,4 +1,4 @@
-"""Smoke runs of MODEL=cls on a tiny fixture in the prepare/dataset.py layout (CPU, seconds)."""
+"""Smoke runs of MODEL=cls on a tiny fixture in the cytokit/dataset.py layout (CPU, seconds)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from cytokit import config, paths, predictions
-from prepare.dataset import FoldData
-from train.cls import ClassifierAdapter, ClassifierConfig, training_tables
+from cytokit.dataset import FoldData
+from train.cls.adapter import ClassifierAdapter, ClassifierConfig, training_tables
 
 COLOURS = {"PNN": (200, 40, 40), "EO": (40, 40, 200)}
 
@@ -113,8 +113,8 @@ def test_gpu_amp_train_and_predict(tmp_path):
 @pytest.mark.slow
 def test_classifier_learns_synthetic_cells(tmp_path):
     """On the kit's synthetic smears, GT crops: validation accuracy well above chance (1/23)."""
-    from prepare import synth
-    from train.cls import fit
+    from prepare.synth import make as synth
+    from train.cls.adapter import fit
 
     synth.main(["--out", str(tmp_path / "demo"), "--images", "160", "--seed", "3", "--workers", "1"])
     boxes = pd.read_csv(tmp_path / "demo" / "train.csv")

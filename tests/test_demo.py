@@ -10,8 +10,8 @@ import yaml
 
 from cytokit import config as kit_config
 from cytokit import paths
-from infer import demo
 from infer.config import EnsembleConfig
+from pipeline import demo
 
 
 def test_demo_config_gives_a_valid_ensemble():

@@ -1,4 +1,4 @@
-"""``python -m prepare.folds`` on a tiny on-disk data set: the layout of prepare/dataset.py."""
+"""``python -m prepare.folds`` on a tiny on-disk data set: the layout of cytokit/dataset.py."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,8 @@ import yaml
 from PIL import Image
 
 from cytokit import boxes as bx
-from cytokit import classes, io, paths
-from prepare import dataset, export, folds, sizes
+from cytokit import classes, dataset, io, paths
+from prepare import export, folds, sizes
 
 K, SEED = 3, 7
 ROWS = [  # name, x1, y1, x2, y2, class; sizes below
@@ -282,7 +282,7 @@ def test_cache_reads_only_changed_files(tmp_path):
 
 
 def test_through_the_synthetic_generator(tmp_path, monkeypatch, capsys):
-    synth = pytest.importorskip("prepare.synth")
+    synth = pytest.importorskip("prepare.synth.make")
     monkeypatch.setenv("CYTOKIT_WORK", str(tmp_path / "work"))
     data = tmp_path / "demo"
     assert synth.main(["--out", str(data), "--images", "8", "--seed", "0"]) == 0

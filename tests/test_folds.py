@@ -11,7 +11,6 @@ import pytest
 from cytokit import classes, config, paths, tables
 from prepare import clean, dedup, folds
 
-
 # --- duplicate groups -------------------------------------------------------------
 
 def test_groups_chain_and_order():

@@ -7,10 +7,10 @@ import pytest
 import yaml
 
 from cytokit import classes, paths, predictions, tables
-from infer import __main__ as infer_main
+from cytokit.dataset import dataset_dir
+from infer import ensemble as infer_main
 from infer import predict, tune
 from infer.config import load_config
-from prepare.dataset import dataset_dir
 from train.base import Detections, Predictor
 
 
@@ -34,7 +34,8 @@ class CentreBoxPredictor(Predictor):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from prepare import folds, synth
+    from prepare import folds
+    from prepare.synth import make as synth
 
     data = tmp_path_factory.mktemp("e2e") / "data"
     made = synth.main(["--out", str(data), "--images", "24", "--seed", "3", "--test-fraction", "0.4"])

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from cytokit import classes, config
-from prepare import mask_fallback as mf
-from prepare import masks
-from prepare.dataset import dataset_dir
+from cytokit.dataset import dataset_dir
+from train.unet import fallback as mf
+from train.unet import masks
 
 PINK, RBC, PURPLE = (236, 218, 226), (222, 140, 138), (112, 52, 150)
 LILAC, PALE = (196, 168, 214), (225, 200, 222)  # cytoplasm: blue-lilac, or pale as a neutrophil's
@@ -106,7 +106,7 @@ def test_paint_puts_smaller_cells_on_top():
 
 
 def make_dataset(data: Path, k: int = 2, seed: int = 0, n: int = 6, size: int = 64) -> Path:
-    """A tiny prepared dataset in the prepare/dataset.py layout: n images, folds 0/1 alternating.
+    """A tiny prepared dataset in the cytokit/dataset.py layout: n images, folds 0/1 alternating.
 
     Each image holds one drawn cell (PNN on even images, EO on odd ones); the
     last one holds a second, smaller LY cell.

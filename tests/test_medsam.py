@@ -7,7 +7,7 @@ import torch
 
 from cytokit import classes
 from cytokit.io import cli
-from prepare import masks, medsam
+from train.unet import masks, medsam
 
 # segment-anything's modules at a toy size; img_size 1024 / patch 16 keep SAM's geometry.
 TINY = medsam.SamSpec(

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cytokit import classes, paths, predictions
-from prepare.dataset import dataset_dir
-from submit import coco_eval, oof
+from cytokit import classes, coco_eval, paths, predictions, submission
+from cytokit.dataset import dataset_dir
+from submit import oof
 
 BOXES = pd.DataFrame({
     "NAME": ["b.jpg", "a.jpg", "a.jpg", "c.jpg", "d.jpg"],
@@ -28,21 +28,21 @@ def preds_from(boxes: pd.DataFrame, model: str = "m", fold: int = 0, view: str =
 
 
 def test_synthetic_truth_numbers_boxes_stably_by_name():
-    truth, test = oof.synthetic_truth(BOXES)
+    truth, test = submission.synthetic_truth(BOXES)
     assert truth["trustii_id"].tolist() == [1, 2, 3, 4, 5]
     assert truth["NAME"].tolist() == ["a.jpg", "a.jpg", "b.jpg", "c.jpg", "d.jpg"]
     assert truth["class"].tolist() == ["PNN", "LY", "MO", "EO", "B"]
     assert test.columns.tolist() == ["trustii_id", "NAME"] and len(test) == 5
-    again, _ = oof.synthetic_truth(BOXES.iloc[::-1])
+    again, _ = submission.synthetic_truth(BOXES.iloc[::-1])
     cols = ["NAME", "class"]
     assert again[cols].iloc[2:].values.tolist() == truth[cols].iloc[2:].values.tolist()
 
 
 def test_oof_score_goes_through_the_writer():
-    assert oof.oof_score(preds_from(BOXES), BOXES, IMAGES).total == 1.0
+    assert submission.oof_score(preds_from(BOXES), BOXES, IMAGES).total == 1.0
     # a.jpg's LY cell missed: its row gets a full-image box (0, 0, 99, 99) with a.jpg's likely class PNN;
     # the LY GT box takes it (GIoU 40*40 / 99*99 beats the PNN box's), so LY loses its only box
-    r = oof.oof_score(preds_from(BOXES.drop(index=2)), BOXES, IMAGES)
+    r = submission.oof_score(preds_from(BOXES.drop(index=2)), BOXES, IMAGES)
     assert r.per_box.set_index("class").loc["LY", "pred_class"] == "PNN"
     # labels B, EO, LY, MO, PNN: PNN predicted twice, right once -> F1 2/3; LY F1 0
     assert r.f1_term == pytest.approx((1 + 1 + 0 + 1 + 2 / 3) / 5, abs=1e-12)
@@ -50,15 +50,15 @@ def test_oof_score_goes_through_the_writer():
 
 def test_one_view_prefers_fused_then_identity():
     two = pd.concat([preds_from(BOXES, view="identity"), preds_from(BOXES, view="hflip")])
-    assert set(oof.one_view(two)["view"]) == {"identity"}
-    assert set(oof.one_view(pd.concat([two, preds_from(BOXES, view="fused")]))["view"]) == {"fused"}
+    assert set(submission.one_view(two)["view"]) == {"identity"}
+    assert set(submission.one_view(pd.concat([two, preds_from(BOXES, view="fused")]))["view"]) == {"fused"}
     with pytest.raises(ValueError, match="several views"):
-        oof.one_view(two[two["view"] == "hflip"].assign(view=["a", "b", "a", "b", "a"]))
+        submission.one_view(two[two["view"] == "hflip"].assign(view=["a", "b", "a", "b", "a"]))
 
 
 @pytest.fixture
 def prepared(tmp_path, monkeypatch):
-    """A hand-made prepared dataset (prepare/dataset.py layout) in a private work folder."""
+    """A hand-made prepared dataset (cytokit/dataset.py layout) in a private work folder."""
     monkeypatch.setenv("CYTOKIT_WORK", str(tmp_path / "work"))
     data = tmp_path / "mydata"
     data.mkdir()

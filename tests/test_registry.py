@@ -18,9 +18,9 @@ MINE = ("yolov5", "yolov8", "yolo11", "fasterrcnn", "fasterrcnn_mobilenet", "ret
 def test_registry_names_and_targets():
     assert registry.names() == ["yolov5", "yolov8", "yolo11", "fasterrcnn", "fasterrcnn_mobilenet",
                                 "retinanet", "unet", "cls", "cls_full"]
-    assert registry.MODELS["unet"] == "train.unet:UnetAdapter"
-    assert registry.MODELS["cls"] == "train.cls:ClassifierAdapter"
-    assert registry.MODELS["cls_full"] == "train.cls:FullImageAdapter"
+    assert registry.MODELS["unet"] == "train.unet.adapter:UnetAdapter"
+    assert registry.MODELS["cls"] == "train.cls.adapter:ClassifierAdapter"
+    assert registry.MODELS["cls_full"] == "train.cls.adapter:FullImageAdapter"
 
 
 def test_import_registry_stays_light():
@@ -95,7 +95,7 @@ def test_bad_enumerated_values_are_refused():
 
 def test_run_config_reads_the_saved_config(tmp_path, monkeypatch):
     from train import runs
-    from train.ultra import UltraConfig
+    from train.yolo.adapter import UltraConfig
 
     monkeypatch.setenv("CYTOKIT_WORK", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no trained run of yolov8 fold 1"):

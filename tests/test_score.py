@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
+from cytokit import metric
+from cytokit.metric import score
 from submit import score as score_mod
-from submit.score import score
 
 COLS = ["trustii_id", "NAME", "x1", "y1", "x2", "y2", "class"]
 
@@ -64,9 +65,9 @@ def test_trustii_id_repeats_are_dropped_before_box_repeats():
 def test_exact_box_and_class_repeat_is_dropped_but_another_class_is_kept():
     truth = table([(1, "a.jpg", 0, 0, 10, 10, "PNN"), (2, "a.jpg", 0, 0, 10, 10, "MO")])
     first = (1, "a.jpg", 0, 0, 10, 10, "PNN")
-    rows = score_mod.usable_rows(truth, table([first, (2, "a.jpg", 0, 0, 10, 10, "PNN")]))
+    rows = metric.usable_rows(truth, table([first, (2, "a.jpg", 0, 0, 10, 10, "PNN")]))
     assert rows.tolist() == [0]
-    rows = score_mod.usable_rows(truth, table([first, (2, "a.jpg", 0, 0, 10, 10, "MO")]))
+    rows = metric.usable_rows(truth, table([first, (2, "a.jpg", 0, 0, 10, 10, "MO")]))
     assert rows.tolist() == [0, 1]
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import f1_score
 
 from cytokit import classes
-from submit.score import score
+from cytokit.metric import score
 
 COORDS = ["x1", "y1", "x2", "y2"]
 COLS = ["trustii_id", "NAME", *COORDS, "class"]

@@ -12,10 +12,10 @@ import pytest
 
 from cytokit import images, tables
 from cytokit.classes import CLASSES
-from prepare import synth
-from prepare.synth_classes import BOX_COUNTS, RECIPES
-from prepare.synth_plan import make_plan, multi_probability
-from prepare.synth_smear import render
+from prepare.synth import make as synth
+from prepare.synth.classes import BOX_COUNTS, RECIPES
+from prepare.synth.plan import make_plan, multi_probability
+from prepare.synth.smear import render
 
 NAME_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]\.jpg$")
 

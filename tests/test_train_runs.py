@@ -9,7 +9,8 @@ import pytest
 from cytokit import io
 from cytokit.config import ConfigError
 from train import runs
-from train.__main__ import folds_of, list_models, main
+from train.__main__ import main
+from train.job import folds_of, list_models
 
 
 def test_fresh_folder_is_created(tmp_path):
@@ -69,7 +70,7 @@ def test_metrics_rows_replace_the_same_epoch_and_draw_curves(tmp_path):
 
 
 def test_config_saved_and_changes_logged(tmp_path, caplog):
-    from train.tv import TvConfig
+    from train.tv.adapter import TvConfig
 
     runs.save_config(TvConfig(epochs=3), tmp_path)
     assert "epochs: 3" in (tmp_path / "config.yaml").read_text()
@@ -90,7 +91,7 @@ def test_cli_list_and_user_errors(capsys, tmp_path):
     assert main(["--list"]) == 0
     out = capsys.readouterr().out
     assert out == list_models() + "\n"
-    assert "fasterrcnn_mobilenet   train.tv:FasterRCNNMobileAdapter" in out
+    assert "fasterrcnn_mobilenet   train.tv.adapter:FasterRCNNMobileAdapter" in out
     assert io.cli(main, ["--model", "yolov9"]) == 1
     assert "unknown model 'yolov9'; valid models: yolov5" in capsys.readouterr().err
     assert io.cli(main, ["--model", "yolov8", "epoch=3"]) == 1

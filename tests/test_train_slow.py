@@ -12,8 +12,7 @@ import json
 import pandas as pd
 import pytest
 
-from cytokit import classes, paths, predictions
-from prepare import dataset
+from cytokit import classes, dataset, paths, predictions
 
 pytestmark = pytest.mark.slow
 # From scratch on ~135 images: AdamW at 0.003 (ultralytics' "auto" picks 0.00037 for short runs, too slow here).
@@ -23,7 +22,7 @@ EPOCHS = ["epochs=25", "imgsz=160", "batch=8", "workers=1", "plots=false", "clos
 
 def constant_baseline(fold) -> float:
     """Challenge score of a full-image box with the training fold's commonest class on every image."""
-    from submit.oof import oof_score
+    from cytokit.submission import oof_score
 
     common = fold.train_boxes["class"].value_counts().idxmax()
     imgs = fold.val_images
@@ -34,7 +33,8 @@ def constant_baseline(fold) -> float:
 
 
 def test_yolov8_learns_on_synthetic_smears(tmp_path, monkeypatch):
-    from prepare import folds, synth
+    from prepare import folds
+    from prepare.synth import make as synth
     from train.__main__ import main
 
     monkeypatch.setenv("CYTOKIT_WORK", str(tmp_path / "work"))

@@ -18,8 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cytokit import classes, paths, predictions
-from prepare import dataset
+from cytokit import classes, dataset, paths, predictions
 
 TINY = ["imgsz=64", "batch=2", "workers=0", "conf=0.0", "predict_batch=4"]
 ULTRA = TINY + ["plots=false", "warmup_epochs=0", "mosaic=0.0"]
@@ -30,9 +29,10 @@ ARGS = {"yolov5": ULTRA, "yolov8": ULTRA, "yolo11": ULTRA,
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Iterator[Path]:
-    """8 synthetic images, folds k=2 seed 0, exported in the prepare/dataset.py layout,
+    """8 synthetic images, folds k=2 seed 0, exported in the cytokit/dataset.py layout,
     in a work folder of this module's own (runs and predictions of other tests stay apart)."""
-    from prepare import folds, synth
+    from prepare import folds
+    from prepare.synth import make as synth
 
     root = tmp_path_factory.mktemp("train-smoke")
     with pytest.MonkeyPatch.context() as mp:
@@ -118,7 +118,7 @@ def test_smoke_one_epoch_offline(model, tiny_data, offline):
 def test_yolov8_from_local_weights_interrupted_then_resumed(tiny_data, offline, monkeypatch, tmp_path):
     from ultralytics import YOLO
 
-    from train import ultra_trainer
+    from train.yolo import trainer as ultra_trainer
 
     init = tmp_path / "coco80.pt"  # a local ultralytics checkpoint of another head (80 classes)
     torch.save({"model": YOLO("yolov8n.yaml").model}, init)
@@ -149,8 +149,8 @@ def test_yolov8_from_local_weights_interrupted_then_resumed(tiny_data, offline, 
 
 
 def test_mobilenet_interrupted_resumed_skipped_forced(tiny_data, offline, monkeypatch, capsys, tmp_path):
-    from train import tv_engine
-    from train.tv import TvConfig, build_model
+    from train.tv import engine as tv_engine
+    from train.tv.adapter import TvConfig, build_model
 
     original, calls = tv_engine.train_one_epoch, []
 

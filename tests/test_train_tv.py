@@ -12,9 +12,9 @@ from torch.utils.data import DistributedSampler
 
 from cytokit.config import ConfigError
 from train import dist
-from train.tv import FasterRCNNConfig, TvConfig, build_model, load_matching, read_state_dict
-from train.tv_data import CocoDetection, augmentations
-from train.tv_engine import lr_factor
+from train.tv.adapter import FasterRCNNConfig, TvConfig, build_model, load_matching, read_state_dict
+from train.tv.data import CocoDetection, augmentations
+from train.tv.engine import lr_factor
 
 
 def test_lr_factor_warmup_then_cosine():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cytokit.config import ConfigError
-from train.ultra import UltraConfig, Yolo11Adapter, Yolov5Adapter, Yolov8Adapter, check_weights
+from train.yolo.adapter import UltraConfig, Yolo11Adapter, Yolov5Adapter, Yolov8Adapter, check_weights
 
 FOLD = SimpleNamespace(yolo_yaml=Path("/data/ds/fold2/data.yaml"))
 
@@ -35,7 +35,7 @@ def test_train_args_map_the_kit_config(tmp_path):
 def test_weights_must_be_local_ultralytics_checkpoints(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         check_weights("yolov8n.pt")  # a bare name is never fetched
-    from train.ultra_predict import load_ultra_checkpoint
+    from train.yolo.predict import load_ultra_checkpoint
 
     torch.save({"0.weight": torch.zeros(2)}, tmp_path / "state.pt")  # a torchvision-style state dict
     with pytest.raises(ConfigError, match="state.pt: not an ultralytics checkpoint"):
@@ -56,7 +56,7 @@ def test_a_checkpoint_of_another_class_count_is_refused(tmp_path):
 
 
 def test_amp_check_is_off_on_cpu_and_never_downloads(monkeypatch):
-    from train import ultra_trainer
+    from train.yolo import trainer as ultra_trainer
 
     def no_download(*args, **kwargs):
         raise AssertionError("the AMP check tried to download")
@@ -83,7 +83,7 @@ def test_ultralytics_settings_live_in_the_work_folder():
 def test_epoch_end_scores_every_n_epochs_and_keeps_the_best(tmp_path, monkeypatch):
     import pandas as pd
 
-    from train import ultra_trainer
+    from train.yolo import trainer as ultra_trainer
 
     scores = iter([0.30, 0.20, 0.25])  # challenge of epochs 2, 4 and 5 (the last)
     monkeypatch.setattr(ultra_trainer, "UltraPredictor", lambda *a: None)

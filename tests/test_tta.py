@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cytokit import predictions
-from infer import fuse, predict, tta
+from infer import cache, fuse, predict, tta
 from train.base import Detections, Predictor
 
 ALL_VIEWS = [*tta.VIEWS, "scale1.25", "scale0.8", "scale2"]
@@ -144,9 +144,9 @@ def test_cached_table_reuses_a_table_with_more_views(tmp_path):
 
     path = tmp_path / "test.parquet"
     meta = {"weights": "w.pt", "views": ["identity", "hflip"], "conf": 0.001}
-    predict.cached_table(path, meta, lambda: make(["identity", "hflip"]))
-    fewer = predict.cached_table(path, {**meta, "views": ["hflip"]}, lambda: make(["hflip"]))
+    cache.cached_table(path, meta, lambda: make(["identity", "hflip"]))
+    fewer = cache.cached_table(path, {**meta, "views": ["hflip"]}, lambda: make(["hflip"]))
     assert len(made) == 1 and fewer["view"].tolist() == ["hflip"]
-    predict.cached_table(path, {**meta, "views": ["identity", "rot90"]}, lambda: make(["identity", "rot90"]))
-    predict.cached_table(path, {**meta, "conf": 0.01}, lambda: make(["identity", "rot90"]))
+    cache.cached_table(path, {**meta, "views": ["identity", "rot90"]}, lambda: make(["identity", "rot90"]))
+    cache.cached_table(path, {**meta, "conf": 0.01}, lambda: make(["identity", "rot90"]))
     assert len(made) == 3  # a new view, then a new threshold: predicted again

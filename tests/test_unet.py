@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cytokit import classes, config, predictions
-from train.unet_post import N_LABELS, confusion, detections_from_probs, refine_boxes, seg_metrics
+from train.unet.post import N_LABELS, confusion, detections_from_probs, refine_boxes, seg_metrics
 
 
 def one_hot(label_map: np.ndarray) -> np.ndarray:
@@ -86,7 +86,7 @@ class _BlockModel(torch.nn.Module):
 
 
 def test_predictor_upsamples_to_the_image_and_refines_boxes():
-    from train.unet_post import UnetPredictor
+    from train.unet.post import UnetPredictor
 
     cfg = tiny_cfg(imgsz=8, decoder_channels=[8, 8, 8])
     predictor = UnetPredictor(_BlockModel(), cfg, "cpu")
@@ -108,7 +108,7 @@ def test_predictor_upsamples_to_the_image_and_refines_boxes():
 
 
 def tiny_cfg(**kw):
-    from train.unet import UnetConfig
+    from train.unet.adapter import UnetConfig
 
     base = {"encoder": "resnet18", "decoder_channels": [16, 8, 8], "imgsz": 64, "epochs": 1, "batch": 4,
             "device": "cpu", "workers": 0, "min_area": 0.0}
@@ -124,10 +124,10 @@ def test_cli_smoke_train_resume_predict_and_oof_table(tmp_path, capsys):
     from test_masks import make_dataset
 
     from cytokit import paths
+    from cytokit.dataset import load_fold
     from infer.fuse import FuseParams, fuse
-    from prepare.dataset import load_fold
     from train.__main__ import main as train_main
-    from train.unet import UnetAdapter
+    from train.unet.adapter import UnetAdapter
 
     data = tmp_path / f"raw_{tmp_path.name}"
     make_dataset(data, n=6)

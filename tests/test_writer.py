@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cytokit import classes, io, predictions, tables
+from cytokit import classes, io, predictions, submission, tables
+from cytokit.metric import score
 from submit import write, writer
-from submit.score import score
 
 TEST = pd.DataFrame({"trustii_id": [10, 20, 11, 30, 40, 41, 42],
                      "NAME": ["a.jpg", "b.jpg", "a.jpg", "c.jpg", "d.jpg", "d.jpg", "d.jpg"]})
@@ -31,7 +31,7 @@ def test_top_n_by_confidence_in_test_order_and_fillers():
         dets("b.jpg", [(2, 2, 40, 40, 0.8, "EO"), (3, 3, 30, 30, 0.7, "EO")]),
         dets("c.jpg", [(2, 2, 40, 40, 0.5, "EO")]),
     ])
-    sub = writer.make_submission(preds, TEST, SIZES)
+    sub = submission.make_submission(preds, TEST, SIZES)
     assert sub.columns.tolist() == ["trustii_id", "NAME", "x1", "y1", "x2", "y2", "class"]
     assert sub["trustii_id"].tolist() == TEST["trustii_id"].tolist()
     rows = sub.set_index("trustii_id")
@@ -53,18 +53,18 @@ def test_filler_class_from_the_images_own_detections():
     # score-weighted sums: MO 0.9*0.6 + 0.5*0.1 = 0.59, LY 0.9*0.4 + 0.5*0.9 = 0.81 -> LY
     preds = dets("d.jpg", [(1, 1, 20, 20, 0.9, "MO"), (30, 30, 50, 48, 0.5, "LY")], probs=probs)
     test = TEST[TEST["NAME"] == "d.jpg"]
-    sub = writer.make_submission(preds, test, SIZES)
+    sub = submission.make_submission(preds, test, SIZES)
     assert sub["class"].tolist() == ["MO", "LY", "LY"] and sub["x2"].tolist() == [20.0, 50.0, 59.0]
     # without probabilities: summed scores per predicted class, MO 0.9 > LY 0.5
-    sub = writer.make_submission(preds.drop(columns=list(predictions.PROB_COLUMNS)), test, SIZES)
+    sub = submission.make_submission(preds.drop(columns=list(predictions.PROB_COLUMNS)), test, SIZES)
     assert sub["class"].tolist() == ["MO", "LY", "MO"]
 
 
 def test_no_detection_at_all_fills_pnn_and_needs_sizes():
-    sub = writer.make_submission(predictions.empty(), TEST, SIZES)
+    sub = submission.make_submission(predictions.empty(), TEST, SIZES)
     assert set(sub["class"]) == {"PNN"} and len(sub) == len(TEST)
     with pytest.raises(ValueError, match="no image size for 1 test image"):
-        writer.make_submission(predictions.empty(), TEST, SIZES[SIZES["NAME"] != "c.jpg"])
+        submission.make_submission(predictions.empty(), TEST, SIZES[SIZES["NAME"] != "c.jpg"])
 
 
 def test_writer_output_scores_like_the_detections():
@@ -73,7 +73,7 @@ def test_writer_output_scores_like_the_detections():
                         **{"class": ["MO", "EO", "PNN", "LY", "B", "M", "MM"]})
     preds = pd.concat([dets(n, [(*box, 0.9, c)]) for n, box, c in
                        zip(truth["NAME"], truth[["x1", "y1", "x2", "y2"]].to_numpy(), truth["class"])])
-    assert score(truth, writer.make_submission(preds, TEST, SIZES)).total == pytest.approx(1.0, abs=1e-12)
+    assert score(truth, submission.make_submission(preds, TEST, SIZES)).total == pytest.approx(1.0, abs=1e-12)
 
 
 def _write_test_csv(tmp_path):
@@ -85,7 +85,7 @@ def _write_test_csv(tmp_path):
 def test_write_submission_is_timestamped_validated_and_linked(tmp_path):
     test_path = _write_test_csv(tmp_path)
     out = tmp_path / "subs"
-    sub = writer.make_submission(predictions.empty(), TEST, SIZES)
+    sub = submission.make_submission(predictions.empty(), TEST, SIZES)
     first = writer.write_submission(sub, test_path, out)
     second = writer.write_submission(sub.assign(y2=sub["y2"] - 1), test_path, out)
     assert first != second and first.exists() and second.name.startswith("submission_")

@@ -49,7 +49,7 @@ class Adapter(abc.ABC):
 
     @abc.abstractmethod
     def train(self, cfg: Any, fold_data: Any, run_dir: Path, resume: bool = False) -> Path:
-        """Train on ``fold_data`` (``prepare.dataset.FoldData``) into ``run_dir``; return best weights."""
+        """Train on ``fold_data`` (``cytokit.dataset.FoldData``) into ``run_dir``; return best weights."""
 
     @abc.abstractmethod
     def load(self, weights: Path, cfg: Any, device: str = "cpu") -> Predictor:

@@ -21,8 +21,13 @@ from collections.abc import Iterator, Sequence
 
 import torch
 import torch.distributed as torch_dist
-from torch.utils.data import DistributedSampler, RandomSampler, Sampler, SequentialSampler
-from torch.utils.data import WeightedRandomSampler
+from torch.utils.data import (
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    WeightedRandomSampler,
+)
 
 from cytokit.config import ConfigError
 

@@ -3,8 +3,8 @@
 ``predict_images`` runs any ``train.base.Predictor`` over images read from disk
 (original size, so boxes come out in original coordinates) and returns the
 prediction table (``cytokit.predictions``). ``evaluate`` scores such a table on
-the fold's validation boxes with the challenge metric (``submit.oof``) and
-mAP50 (``submit.coco_eval``). ``write_oof`` stores it as
+the fold's validation boxes with the challenge metric (``cytokit.submission.oof_score``) and
+mAP50 (``cytokit.coco_eval``). ``write_oof`` stores it as
 ``work/preds/<model>/fold<k>/oof.parquet``. Trainers call ``evaluate`` every
 epoch to keep the best checkpoint; ``python -m train`` calls all three after a
 fold is trained.
@@ -80,8 +80,8 @@ def predict_fold(predictor: Any, fold_data: Any, model: str, conf: float = 0.001
 
 def evaluate(preds: pd.DataFrame, fold_data: Any) -> dict[str, float]:
     """Challenge score (with its GIoU and F1 terms) and mAP50 of ``preds`` on the fold's validation boxes."""
-    from submit.coco_eval import coco_map
-    from submit.oof import oof_score
+    from cytokit.coco_eval import coco_map
+    from cytokit.submission import oof_score
 
     result = oof_score(preds, fold_data.val_boxes, fold_data.val_images)
     maps = coco_map(fold_data.val_boxes, preds)

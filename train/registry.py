@@ -27,15 +27,15 @@ from cytokit import paths
 from cytokit.config import ConfigError, load
 
 MODELS: dict[str, str] = {
-    "yolov5": "train.ultra:Yolov5Adapter",  # ultralytics YOLOv5u (anchor-free head)
-    "yolov8": "train.ultra:Yolov8Adapter",
-    "yolo11": "train.ultra:Yolo11Adapter",
-    "fasterrcnn": "train.tv:FasterRCNNAdapter",  # torchvision fasterrcnn_resnet50_fpn_v2
-    "fasterrcnn_mobilenet": "train.tv:FasterRCNNMobileAdapter",  # fasterrcnn_mobilenet_v3_large_fpn (CPU)
-    "retinanet": "train.tv:RetinaNetAdapter",  # torchvision retinanet_resnet50_fpn_v2
-    "unet": "train.unet:UnetAdapter",
-    "cls": "train.cls:ClassifierAdapter",
-    "cls_full": "train.cls:FullImageAdapter",
+    "yolov5": "train.yolo.adapter:Yolov5Adapter",  # ultralytics YOLOv5u (anchor-free head)
+    "yolov8": "train.yolo.adapter:Yolov8Adapter",
+    "yolo11": "train.yolo.adapter:Yolo11Adapter",
+    "fasterrcnn": "train.tv.adapter:FasterRCNNAdapter",  # torchvision fasterrcnn_resnet50_fpn_v2
+    "fasterrcnn_mobilenet": "train.tv.adapter:FasterRCNNMobileAdapter",  # fasterrcnn_mobilenet_v3_large_fpn (CPU)
+    "retinanet": "train.tv.adapter:RetinaNetAdapter",  # torchvision retinanet_resnet50_fpn_v2
+    "unet": "train.unet.adapter:UnetAdapter",
+    "cls": "train.cls.adapter:ClassifierAdapter",
+    "cls_full": "train.cls.adapter:FullImageAdapter",
 }
 
 

@@ -18,7 +18,7 @@ import dataclasses
 import numpy as np
 
 from cytokit.classes import CLASSES
-from prepare.synth_classes import BOX_COUNTS, RECIPES
+from prepare.synth.classes import BOX_COUNTS, RECIPES
 
 CLASS_FLOOR = 4  # images per class guaranteed when there are enough images
 BOXES_PER_MULTI = 2.3  # mean boxes of a real multi-cell image

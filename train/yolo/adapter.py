@@ -120,7 +120,7 @@ class UltraAdapter(Adapter):
         if not link.exists():
             link.unlink(missing_ok=True)
             link.symlink_to(Path("ultralytics") / "weights" / "last.pt")
-        from train.ultra_trainer import EpochEnd, KitTrainer
+        from train.yolo.trainer import EpochEnd, KitTrainer
 
         model.add_callback("on_model_save", EpochEnd(fold_data, run_dir, cfg, self.name))
         model.train(trainer=KitTrainer, **args)
@@ -135,7 +135,7 @@ class UltraAdapter(Adapter):
 
     def load(self, weights: Path, cfg: UltraConfig, device: str = "cpu") -> Predictor:
         from train.dist import resolve_device
-        from train.ultra_predict import UltraPredictor, load_ultra_checkpoint
+        from train.yolo.predict import UltraPredictor, load_ultra_checkpoint
 
         model = load_ultra_checkpoint(check_weights(weights))
         nc = int(getattr(model, "nc", len(getattr(model, "names", {}))))
@@ -156,7 +156,7 @@ def check_weights(path: Path | str) -> Path:
 
 def init_weights(path: Path | str) -> Path:
     """A local ultralytics checkpoint to initialise from, checked by loading it safely."""
-    from train.ultra_predict import load_ultra_checkpoint
+    from train.yolo.predict import load_ultra_checkpoint
 
     path = check_weights(path)
     load_ultra_checkpoint(path)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from cytokit import classes
-from train.cls_data import to_tensor
+from train.cls.data import to_tensor
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ contract) against truth boxes (``NAME,x1,y1,x2,y2,class``, absolute xyxy) with
 faster-coco-eval, class-aware (23 categories) and class-agnostic (one "cell"
 category: how well the boxes alone are found). Predictions on images absent
 from the truth are ignored. These numbers explain a score; they are not the
-challenge's metric (``submit.score``).
+challenge's metric (``cytokit.metric``).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cytokit import boxes, classes
+from cytokit.tables import COORDS
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def _coco_dicts(truth: pd.DataFrame, preds: pd.DataFrame, agnostic: bool) -> tup
             return np.ones(len(cls), dtype=np.int64)
         return cls.map(classes.CLASS_TO_ID).fillna(-2).astype(np.int64).to_numpy() + 1
 
-    xywh = boxes.convert(truth[["x1", "y1", "x2", "y2"]].to_numpy(np.float64), "xyxy", "xywh")
+    xywh = boxes.convert(truth[COORDS].to_numpy(np.float64), "xyxy", "xywh")
     cats = category(truth["class"])
     anns = [{"id": i + 1, "image_id": image_id[n], "category_id": int(c), "bbox": [float(v) for v in b],
              "area": float(b[2] * b[3]), "iscrowd": 0}
@@ -45,7 +46,7 @@ def _coco_dicts(truth: pd.DataFrame, preds: pd.DataFrame, agnostic: bool) -> tup
     gt = {"images": images, "annotations": anns,
           "categories": [{"id": i + 1, "name": names_of[i]} for i in range(n_cat)]}
     preds = preds[preds["NAME"].isin(image_id)]
-    dxywh = boxes.convert(preds[["x1", "y1", "x2", "y2"]].to_numpy(np.float64), "xyxy", "xywh")
+    dxywh = boxes.convert(preds[COORDS].to_numpy(np.float64), "xyxy", "xywh")
     dets = [{"image_id": image_id[n], "category_id": int(c), "bbox": [float(v) for v in b], "score": float(s)}
             for n, c, b, s in zip(preds["NAME"], category(preds["class"]), dxywh, preds["score"])]
     return gt, dets

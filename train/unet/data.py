@@ -1,7 +1,7 @@
 """Images and cached label maps for the UNet, resized to a square network input.
 
 Images are stretched to ``imgsz x imgsz`` (the smears are nearly square) and
-normalised with the ImageNet mean/std; label maps (``prepare.masks``: 0
+normalised with the ImageNet mean/std; label maps (``train.unet.masks``: 0
 background, 1 + class id) are resized with nearest-neighbour. Training views
 are flipped and rotated by multiples of 90 degrees (a cell has no up or down).
 """
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from cytokit.images import load_rgb
-from prepare.masks import read_mask
+from train.unet.masks import read_mask
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255

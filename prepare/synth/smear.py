@@ -16,8 +16,8 @@ import functools
 import cv2
 import numpy as np
 
-from prepare import synth_shapes as sh
-from prepare.synth_cells import draw_cell
+from prepare.synth import shapes as sh
+from prepare.synth.cells import draw_cell
 
 RBC = sh.od((230, 170, 164))  # red cell: salmon pink (each image varies it a little)
 PLATELET = sh.od((150, 96, 172))  # small platelets: purple

@@ -22,7 +22,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import WEIGHTS_DIR, checks
 
 from train import oof, runs
-from train.ultra_predict import UltraPredictor
+from train.yolo.predict import UltraPredictor
 
 log = logging.getLogger(__name__)
 

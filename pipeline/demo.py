@@ -1,6 +1,6 @@
 """``make demo``: the whole pipeline on synthetic data, from nothing, on a CPU, timing every step.
 
-    python -m infer.demo --data data/demo [--config configs/demo.yaml] [key=value ...]
+    python -m pipeline.demo --data data/demo [--config configs/demo.yaml] [key=value ...]
 
 Steps (settings in ``configs/demo.yaml``): synthetic data (``prepare.synth``,
 only when DATA has no train.csv), folds (``prepare.folds``), training of each
@@ -104,9 +104,9 @@ def test_member_scores(ens: Any, data: Path, members: list[tuple[str, int]] | No
     import pandas as pd
 
     from cytokit import predictions, tables
+    from cytokit.metric import score
+    from cytokit.submission import image_sizes, make_submission
     from infer import fuse
-    from submit.score import score
-    from submit.writer import image_sizes, make_submission
 
     files = paths.data_files(data)
     test, truth = tables.read(files["test"], "test"), tables.read(files["test_labels"], "submission")
@@ -129,12 +129,14 @@ def run(cfg: DemoConfig, data: Path) -> dict:
     """The whole demo; returns the report (also written to work/demo/report.json)."""
     import pandas as pd
 
-    import infer.__main__ as infer_main
-    import train.__main__ as train_main
+    from infer import ensemble as infer_main
+    from train import job
+    from cytokit.io import format_table
+    from cytokit.metric import format_result
     from infer import tune
     from infer.config import EnsembleConfig
-    from prepare import folds, synth
-    from submit.report import format_result, format_table
+    from prepare import folds
+    from prepare.synth import make as synth
     from submit.validate import validate_submission
 
     data = Path(data)
@@ -147,9 +149,8 @@ def run(cfg: DemoConfig, data: Path) -> dict:
     steps("folds", lambda: _ok(folds.main(common), "prepare.folds"))
     for t in cfg.train:
         for fold in t.get("folds") or range(cfg.k):
-            steps(f"train {t['model']} fold {fold}", lambda t=t, fold=fold: _ok(train_main.main(
-                ["--model", t["model"], "--fold", str(fold), *common, *map(str, t.get("overrides", []))]),
-                f"train {t['model']} fold {fold}"))
+            steps(f"train {t['model']} fold {fold}", lambda t=t, fold=fold: job.train(
+                t["model"], str(fold), data, cfg.k, cfg.seed, [str(o) for o in t.get("overrides", [])]))
     ens = kit_config.from_dict(EnsembleConfig, {**cfg.ensemble, "members": cfg.members(), "k": cfg.k,
                                                 "seed": cfg.seed}, "demo ensemble")
     ens_path = kit_config.save(ens, paths.work_dir() / "ensemble.yaml")
@@ -199,7 +200,7 @@ def run(cfg: DemoConfig, data: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infer.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=paths.DEMO_DATA,
                         help="demo data folder (made if absent)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="demo settings")

@@ -7,7 +7,7 @@ torchvision's ``min_size``/``max_size`` (it would otherwise upscale every image
 to 800 px). ``weights=path`` initialises from a local state dict (or one of the
 kit's checkpoints), loaded with ``torch.load(weights_only=True)``; tensors whose
 shape differs (a COCO head) are skipped and counted. Training is the shared loop
-of ``train.tv_engine``; prediction returns boxes in input-image pixels
+of ``train.tv.engine``; prediction returns boxes in input-image pixels
 (torchvision maps them back from its resized input). No per-class scores.
 """
 from __future__ import annotations
@@ -155,7 +155,7 @@ class TvPredictor(Predictor):
 
 
 class TvAdapter(Adapter):
-    """Trains a torchvision detector ``arch`` with the shared loop of ``train.tv_engine``."""
+    """Trains a torchvision detector ``arch`` with the shared loop of ``train.tv.engine``."""
 
     arch: str = ""
     label_offset: int = 1
@@ -167,8 +167,9 @@ class TvAdapter(Adapter):
     def train(self, cfg: TvConfig, fold_data: Any, run_dir: Path, resume: bool = False) -> Path:
         import torch
 
-        from train import dist, oof, tv_engine
-        from train.tv_data import CocoDetection
+        from train import dist, oof
+        from train.tv import engine as tv_engine
+        from train.tv.data import CocoDetection
 
         device = dist.resolve_device(cfg.device)
         if device == "cpu":

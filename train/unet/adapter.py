@@ -1,13 +1,13 @@
 """``MODEL=unet``: a segmentation-models-pytorch UNet on box-made masks, one per fold.
 
-    make masks DATA=... [MEDSAM_CKPT=medsam_vit_b.pth]     # masks from boxes (prepare.masks)
+    make masks DATA=... [MEDSAM_CKPT=medsam_vit_b.pth]     # masks from boxes (train.unet.masks)
     python -m train --model unet --fold 0 --data DATA epochs=20 imgsz=256
 
 Input: the fold's images stretched to ``imgsz`` and their cached label maps
 (``work/masks/<dataset key>/``; made with the classical fallback when absent).
 Output: 24 channels (background + the 23 classes), softmax, trained with
 cross-entropy + Dice. Predictions: connected components of the foreground
-become boxes with class probabilities (``train.unet_post``), optionally refined
+become boxes with class probabilities (``train.unet.post``), optionally refined
 by MedSAM (``refine_ckpt``), in original-image pixels.
 
 Each epoch is validated on the fold's validation images at their original size:
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from cytokit import config
 from train import checkpoint, runs
 from train.base import Adapter
-from train.unet_post import N_LABELS, UnetPredictor, confusion, seg_metrics
+from train.unet.post import N_LABELS, UnetPredictor, confusion, seg_metrics
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def validate(predictor: UnetPredictor, fold_data: Any, masks_dir: Path) -> tuple
     """Segmentation metrics (original size) and the challenge score of the validation boxes."""
     from cytokit import predictions
     from cytokit.images import load_rgb
-    from prepare.masks import read_mask
+    from train.unet.masks import read_mask
 
     conf_mat = np.zeros((N_LABELS, N_LABELS), dtype=np.int64)
     frames = []
@@ -146,7 +146,7 @@ def fit(cfg: UnetConfig, fold_data: Any, masks_dir: Path, run_dir: Path, resume:
     from tqdm import tqdm
 
     from train.dist import resolve_device
-    from train.unet_data import MaskDataset
+    from train.unet.data import MaskDataset
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -215,7 +215,7 @@ class UnetAdapter(Adapter):
     config_cls: ClassVar[type] = UnetConfig
 
     def train(self, cfg: UnetConfig, fold_data: Any, run_dir: Path, resume: bool = False) -> Path:
-        from prepare.masks import ensure_masks
+        from train.unet.masks import ensure_masks
 
         masks_dir = ensure_masks(fold_data.root)
         log.info("unet fold %s: %d training, %d validation images; masks %s", fold_data.fold,

@@ -3,7 +3,7 @@
 ``draw_cell(code, rng)`` returns a ``CellPatch``: the optical density of the
 cell on a square patch, how much of the smear behind it the cell hides, and
 the boolean mask of its pixels (its box is the mask's extent plus a few pixels,
-like an annotator's). The look of each class is in ``prepare.synth_classes``.
+like an annotator's). The look of each class is in ``prepare.synth.classes``.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import dataclasses
 import cv2
 import numpy as np
 
-from prepare import synth_shapes as sh
-from prepare.synth_classes import AZUR, BASO, EOSIN, RECIPES, Recipe
+from prepare.synth import shapes as sh
+from prepare.synth.classes import AZUR, BASO, EOSIN, RECIPES, Recipe
 
 BOX_PAD = 3.5  # px between the drawn cell and the real annotators' median box
 DUST = sh.od((206, 168, 204))  # fine neutrophilic granules

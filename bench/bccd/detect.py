@@ -1,10 +1,10 @@
 """A check on real smears: train a detector on BCCD's upstream train+val split, score its test split.
 
-    python -m train.bccd --model yolov8 [--bccd ../shared/data/bccd] [--resume] [--force] [key=value ...]
+    python -m bench.bccd.detect --model yolov8 [--bccd ../shared/data/bccd] [--resume] [--force] [key=value ...]
 
 Reads the small public BCCD set in place (``cytologia_wbc_subtypes.csv``: one
 white cell per image, classes PNN/EO/LY/MO/BA, 640x480 fields) and exports it
-in the ``prepare/dataset.py`` layout with the upstream split as two folds:
+in the ``cytokit/dataset.py`` layout with the upstream split as two folds:
 fold 0 = ``ImageSets/Main/test.txt`` (scored), fold 1 = ``train.txt`` + ``val.txt``.
 Then trains fold 0 exactly as ``python -m train`` does (best epoch by the
 challenge score on the test images) and prints the test split's challenge
@@ -23,8 +23,9 @@ import pandas as pd
 from cytokit import boxes as kit_boxes
 from cytokit import env, io, paths
 from cytokit.images import read_size
+from cytokit.tables import COORDS
 
-log = logging.getLogger("train.bccd")
+log = logging.getLogger("bench.bccd.detect")
 SHARED_BCCD = paths.ROOT.parent / "shared" / "data" / "bccd"
 K, SEED = 2, 0  # fold 0 = upstream test split, fold 1 = upstream train + val
 
@@ -41,7 +42,7 @@ def split_of(bccd: Path) -> dict[str, int]:
 
 def export(bccd: Path) -> Path:
     """Write the BCCD dataset (upstream split as folds) and return the pseudo data folder it is keyed by."""
-    from prepare import dataset
+    from cytokit import dataset
     from prepare.export import export_dataset
 
     labels = pd.read_csv(bccd / "cytologia_wbc_subtypes.csv")
@@ -54,9 +55,9 @@ def export(bccd: Path) -> Path:
                            "fold": [fold[n] for n in names], "group": range(len(names)),
                            "path": [str(jpegs / n) for n in names]})
     size = images.set_index("NAME").loc[labels["NAME"]]
-    xyxy = kit_boxes.clip(labels[["x1", "y1", "x2", "y2"]].to_numpy(float), size["width"].to_numpy(),
+    xyxy = kit_boxes.clip(labels[COORDS].to_numpy(float), size["width"].to_numpy(),
                           size["height"].to_numpy())
-    boxes = pd.DataFrame(xyxy, columns=["x1", "y1", "x2", "y2"])
+    boxes = pd.DataFrame(xyxy, columns=COORDS)
     boxes.insert(0, "NAME", labels["NAME"])
     boxes["class"] = labels["class"]
     boxes["width"], boxes["height"] = size["width"].to_numpy(), size["height"].to_numpy()
@@ -70,7 +71,7 @@ def export(bccd: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.bccd", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.bccd.detect", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="yolov8", help="registry name (default yolov8)")
     p.add_argument("--bccd", type=Path, default=SHARED_BCCD, help="the BCCD folder (read only)")
     p.add_argument("--resume", action="store_true")
@@ -83,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.bccd / "cytologia_wbc_subtypes.csv").exists():
         raise FileNotFoundError(
             f"{args.bccd}: no cytologia_wbc_subtypes.csv (the BCCD folder of ../shared/data)")
-    from prepare import dataset
+    from cytokit import dataset
     from train import registry
-    from train.__main__ import run_fold
+    from train.job import run_fold
 
     data = export(args.bccd)
     cfg = registry.load_config(args.model, args.overrides)

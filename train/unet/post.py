@@ -117,7 +117,7 @@ class UnetPredictor(Predictor):
     @torch.no_grad()
     def probabilities(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Per image, (24, H, W) float32 softmax probabilities at the image's own size."""
-        from train.unet_data import to_input
+        from train.unet.data import to_input
 
         out = []
         for start in range(0, len(images), self.cfg.batch):
@@ -133,7 +133,7 @@ class UnetPredictor(Predictor):
     def refiner(self):
         """The MedSAM model of ``refine_ckpt`` (loaded once), or None."""
         if self.cfg.refine_ckpt and self._refiner is None:
-            from prepare import medsam
+            from train.unet import medsam
 
             spec = medsam.SPECS[self.cfg.refine_arch]
             self._refiner = medsam.MedSam.from_checkpoint(

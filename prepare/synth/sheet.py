@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from cytokit.classes import CLASSES
-from prepare.synth_cells import draw_cell
-from prepare.synth_smear import finish
+from prepare.synth.cells import draw_cell
+from prepare.synth.smear import finish
 
 LABEL_W = 96  # px of the class-code column
 

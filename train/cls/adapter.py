@@ -25,8 +25,10 @@ import pandas as pd
 import torch
 
 from cytokit import classes, config, paths, predictions
-from train import checkpoint, cls_data, cls_model
+from train import checkpoint
 from train.base import Adapter, Detections, Predictor
+from train.cls import data as cls_data
+from train.cls import model as cls_model
 
 log = logging.getLogger(__name__)
 MODES = ("crop", "full")
@@ -84,7 +86,7 @@ def training_tables(cfg: ClassifierConfig, fold_data: Any) -> tuple[pd.DataFrame
     if cfg.val_detector:
         oof = paths.preds_dir(cfg.val_detector, fold_data.fold) / "oof.parquet"
         if oof.exists():
-            from submit.oof import one_view
+            from cytokit.submission import one_view
 
             matched = cls_data.match_truth(val, one_view(predictions.read(oof)))
             log.info("validation crops: %s boxes matched to GT by best GIoU (%d boxes, mean GIoU %.3f)",

@@ -3,7 +3,7 @@
 One ``Recipe`` per class code, written from ``../shared/cytologia/MORPHOLOGY.md``:
 the real median box size, the nucleus shape and its share of the cell, the
 chromatin texture, nucleoli, cytoplasm colour, granules, Auer rods, vacuoles
-and outline. ``prepare.synth_cells`` turns a recipe into pixels. Colours are
+and outline. ``prepare.synth.cells`` turns a recipe into pixels. Colours are
 the RGB a stain shows on a white background (converted to optical density when
 drawn). The hard pairs of the real data (LY/LLC/LM/LZMG, LyB/MBL/B/MoB,
 M/MM/PM, LGL/LH_lyAct, PNN/MM) share most parameters on purpose and differ in

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from cytokit import boxes, classes, images
+from cytokit.tables import COORDS
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,6 @@ MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)  # ImageNet, timm's def
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 AUGMENTS = ("none", "light", "default")
 SAMPLERS = ("random", "balanced")
-XYXY = ["x1", "y1", "x2", "y2"]
 
 
 def crop_window(box: np.ndarray, width: int, height: int, margin: int) -> tuple[int, int, int, int]:
@@ -152,7 +152,7 @@ class CropDataset(torch.utils.data.Dataset):
                  augment: str = "none", jitter: float = 0.0, full: bool = False, seed: int = 0):
         self.table = table.reset_index(drop=True)
         self.names = self.table["NAME"].to_numpy()
-        self.xyxy = self.table[XYXY].to_numpy(dtype=np.float64)
+        self.xyxy = self.table[COORDS].to_numpy(dtype=np.float64)
         self.labels = labels_of(self.table)
         self.images_dir = Path(images_dir)
         self.imgsz, self.margin, self.jitter, self.full = imgsz, margin, jitter, full
@@ -199,9 +199,9 @@ def match_truth(truth: pd.DataFrame, preds: pd.DataFrame, top_n: bool = True) ->
     else:
         ranked = preds
     pred_groups = ranked.groupby("NAME").indices if len(ranked) else {}
-    pred_xyxy = ranked[XYXY].to_numpy(dtype=np.float64)
+    pred_xyxy = ranked[COORDS].to_numpy(dtype=np.float64)
     pred_index = ranked.index.to_numpy()
-    new_xyxy = out[XYXY].to_numpy(dtype=np.float64).copy()
+    new_xyxy = out[COORDS].to_numpy(dtype=np.float64).copy()
     for name, rows in out.groupby("NAME").indices.items():
         cand = pred_groups.get(name)
         if cand is None:
@@ -217,5 +217,5 @@ def match_truth(truth: pd.DataFrame, preds: pd.DataFrame, top_n: bool = True) ->
         out.loc[rows, "pred_index"] = pred_index[cand[best]]
         out.loc[rows, "giou"] = g[np.arange(len(rows)), best]
         new_xyxy[rows] = pred_xyxy[cand[best]]
-    out[XYXY] = new_xyxy
+    out[COORDS] = new_xyxy
     return out

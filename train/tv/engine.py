@@ -26,7 +26,7 @@ from cytokit import classes
 from cytokit.config import to_dict
 from cytokit.io import atomic_write
 from train import dist, runs
-from train.tv_data import collate
+from train.tv.data import collate
 
 log = logging.getLogger(__name__)
 

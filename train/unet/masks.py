@@ -1,9 +1,9 @@
 """Cell masks from boxes, cached per image, for the UNet.
 
-    python -m prepare.masks --data DATA --k K --seed SEED [--medsam-ckpt PATH] [--device cpu|cuda]
+    python -m train.unet.masks --data DATA --k K --seed SEED [--medsam-ckpt PATH] [--device cpu|cuda]
                             [--config configs/masks.yaml] [--force] [key=value ...]
 
-Reads the prepared dataset (``prepare/dataset.py``; run ``make folds`` first) and
+Reads the prepared dataset (``cytokit/dataset.py``; run ``make folds`` first) and
 writes, under ``work/masks/<dataset key>/``::
 
     meta.json     method, checkpoint, the resolved config, "complete" once every image is done
@@ -30,6 +30,7 @@ import pandas as pd
 
 from cytokit import classes, config, env, paths
 from cytokit.io import atomic_write, atomic_write_text, cli, setup_logging
+from cytokit.tables import COORDS
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def _write_png(path: Path, label_map: np.ndarray) -> None:
 def _fallback_one(job: tuple) -> tuple[str, np.ndarray]:
     """(name, label map) of one image with the classical method (runs in worker processes)."""
     from cytokit.images import load_rgb
-    from prepare.mask_fallback import box_masks
+    from train.unet.fallback import box_masks
 
     name, image_path, xyxy, labels, method, kwargs = job
     image = load_rgb(image_path)
@@ -133,7 +134,7 @@ def make_masks(
     """Write the label maps of every image of a prepared dataset; return the mask folder."""
     from tqdm import tqdm
 
-    from prepare.dataset import load_meta
+    from cytokit.dataset import load_meta
 
     cfg = cfg or MasksConfig()
     method = resolve_method(cfg, ckpt)
@@ -160,7 +161,7 @@ def make_masks(
             jobs.append((name, images_dir / name, np.zeros((0, 4)), np.zeros(0, np.int64)))
             continue
         labels = g["class"].map(classes.CLASS_TO_ID).to_numpy(np.int64)
-        jobs.append((name, images_dir / name, g[["x1", "y1", "x2", "y2"]].to_numpy(np.float64), labels))
+        jobs.append((name, images_dir / name, g[COORDS].to_numpy(np.float64), labels))
     bar = tqdm(total=len(jobs), desc=f"masks ({method})", unit="img", disable=None)
     if method == "medsam":
         _run_medsam(jobs, cfg, ckpt, device, out, bar, medsam_spec)
@@ -184,8 +185,8 @@ def make_masks(
 
 def _run_medsam(jobs, cfg: MasksConfig, ckpt: Path, device: str, out: Path, bar, spec=None) -> None:
     from cytokit.images import load_rgb
-    from prepare import medsam
-    from prepare.mask_fallback import finish
+    from train.unet import medsam
+    from train.unet.fallback import finish
 
     if spec is None:
         if cfg.medsam_arch not in medsam.SPECS:
@@ -225,7 +226,7 @@ def ensure_masks(dataset_root: Path, cfg: MasksConfig | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     env.apply()
-    parser = argparse.ArgumentParser(prog="python -m prepare.masks", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m train.unet.masks", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="challenge data folder (train.csv, images/)")
     parser.add_argument("--k", type=int, default=5, help="number of folds of the prepared dataset")
     parser.add_argument("--seed", type=int, default=42, help="fold seed of the prepared dataset")
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     cfg = config.load(MasksConfig, args.config, args.overrides)
-    from prepare.dataset import dataset_dir
+    from cytokit.dataset import dataset_dir
 
     device = args.device
     if device is None:

@@ -16,7 +16,7 @@ The same seed gives byte-identical files with any number of workers: each image
 draws from its own numpy Generator seeded by (seed, image index). The folder is
 built beside DIR and renamed into place at the end; an existing non-empty DIR
 is only replaced with ``--force``. What the cells look like is in
-``prepare.synth_classes``; how images are composed in ``prepare.synth_smear``.
+``prepare.synth.classes``; how images are composed in ``prepare.synth.smear``.
 """
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 
 from cytokit import env, io
-from prepare.synth_plan import ImagePlan, make_plan
-from prepare.synth_sheet import write_contact_sheet
-from prepare.synth_smear import Scene, render
+from prepare.synth.plan import ImagePlan, make_plan
+from prepare.synth.sheet import write_contact_sheet
+from prepare.synth.smear import Scene, render
 
 log = logging.getLogger(__name__)
 VERSION = 1  # bump when the drawing changes, so that old data sets are not taken as current

@@ -1,6 +1,6 @@
 """The classifier on real smears: BCCD white-cell subtypes, upstream train+val vs test split.
 
-    python -m infer.cls_bccd [--bccd ../shared/data/bccd] [--detections PARQUET] [--weight 0.5]
+    python -m bench.bccd.classify [--bccd ../shared/data/bccd] [--detections PARQUET] [--weight 0.5]
                              [--force] [key=value ...]
 
 Trains ``MODEL=cls`` (configs/cls.yaml <- ``key=value``; ``select=last`` unless
@@ -45,8 +45,8 @@ def split(bccd: Path) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
 
 
 def fold_of(train: pd.DataFrame, test: pd.DataFrame, images_dir: Path):
-    """A ``prepare.dataset.FoldData`` with the test images as the validation part (monitoring only)."""
-    from prepare.dataset import FoldData
+    """A ``cytokit.dataset.FoldData`` with the test images as the validation part (monitoring only)."""
+    from cytokit.dataset import FoldData
 
     def sizes(t: pd.DataFrame) -> pd.DataFrame:
         return t.drop_duplicates("NAME")[["NAME", "width", "height"]].reset_index(drop=True)
@@ -58,7 +58,7 @@ def fold_of(train: pd.DataFrame, test: pd.DataFrame, images_dir: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infer.cls_bccd", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.bccd.classify", description=__doc__.split("\n")[0])
     parser.add_argument("--bccd", type=Path, default=DEFAULT_BCCD, help="BCCD folder (../shared/data/bccd)")
     parser.add_argument("--detections", type=Path, help="a detector's prediction parquet for the test images")
     parser.add_argument("--weight", type=float, default=0.5, help="blend weight of the classifier")
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     io.setup_logging()
     from infer import blend, cls_report
     from train import runs
-    from train.cls import ClassifierAdapter, ClassifierConfig
+    from train.cls.adapter import ClassifierAdapter, ClassifierConfig
 
     overrides = config.parse_overrides(args.overrides)
     overrides.setdefault("select", "last")

@@ -1,0 +1,1 @@
+"""The whole recipe in one command (make all, make demo): orchestration over every step."""

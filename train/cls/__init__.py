@@ -1,0 +1,1 @@
+"""The second-stage leukocyte classifier: crops, timm model, training, predictor."""

@@ -1,0 +1,124 @@
+"""One training job: a model of the registry on one fold or all folds of a prepared dataset.
+
+``train(model, fold, data, k, seed, overrides, resume, force)`` is what
+``python -m train`` (and ``make all``) runs: per fold, the run folder's state
+(fresh, resume, done; ``train.runs``), training through the model's adapter,
+then the out-of-fold predictions of the best weights and the fold's challenge
+score (``run_fold``). Under torchrun only rank 0 predicts and writes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from cytokit import paths
+
+log = logging.getLogger("train")
+
+
+def folds_of(text: str, k: int) -> list[int]:
+    """``"all"`` -> ``[0..k-1]``; ``"2"`` -> ``[2]``; anything else raises ``ConfigError``."""
+    from cytokit.config import ConfigError
+
+    if text == "all":
+        return list(range(k))
+    try:
+        fold = int(text)
+    except ValueError:
+        raise ConfigError(f"--fold {text!r}: expected a fold index (0..{k - 1}) or 'all'") from None
+    if not 0 <= fold < k:
+        raise ConfigError(f"--fold {fold}: out of range for k={k} (valid: 0..{k - 1}, or 'all')")
+    return [fold]
+
+
+def list_models() -> str:
+    from train import registry
+
+    lines = [f"{'model':<22} {'adapter':<36} config"]
+    for name in registry.names():
+        cfg = registry.config_path(name)
+        shown = cfg.relative_to(paths.ROOT) if cfg.exists() else "(none)"
+        lines.append(f"{name:<22} {registry.MODELS[name]:<36} {shown}")
+    return "\n".join(lines)
+
+
+def _agree(state: Any) -> Any:
+    """Rank 0's value on every rank (torchrun); the value itself otherwise."""
+    from train import dist
+
+    if not dist.is_distributed():
+        return state
+    import torch.distributed as torch_dist
+
+    box = [state]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def run_fold(name: str, adapter: Any, cfg: Any, fold_data: Any, resume: bool, force: bool) -> dict | None:
+    """Train (unless finished), predict the fold's validation images, score; the done.json record.
+
+    Returns None on the non-zero ranks of a torchrun job (only rank 0 predicts and writes).
+    """
+    from train import dist, oof, runs
+
+    fold = fold_data.fold
+    run_dir, oof_file = paths.run_dir(name, fold), oof.oof_path(name, fold)
+    state = runs.prepare(run_dir, resume, force, stale=(oof_file,)) if dist.is_main() else None
+    state = _agree(state)
+    if state == "done":
+        record = json.loads((run_dir / runs.DONE).read_text())
+        if oof_file.exists():
+            print(f"{name} fold {fold}: already trained ({run_dir / runs.DONE}); --force to train again")
+            return record
+    if state in ("fresh", "resume"):
+        if dist.is_main():
+            runs.save_config(cfg, run_dir)
+        adapter.train(cfg, fold_data, run_dir, resume=state == "resume")
+        if not dist.is_main():
+            return None
+        runs.mark_trained(run_dir)
+    best = run_dir / "best.pt"
+    predictor = adapter.load(best, cfg, device=cfg.device)
+    preds = oof.predict_fold(predictor, fold_data, name, cfg.conf)
+    path = oof.write_oof(preds, name, fold)
+    scores = oof.evaluate(preds, fold_data)
+    record = {"model": name, "fold": fold, "best": str(best), "oof": str(path), "n_predictions": len(preds),
+              **scores}
+    runs.mark_done(run_dir, record)
+    print(f"{name} fold {fold}: challenge {scores['challenge']:.4f} (GIoU term {scores['giou_term']:.4f}, "
+          f"F1 term {scores['f1_term']:.4f}), mAP50 {scores['map50']:.4f} -> {path}")
+    return record
+
+
+def train(model: str | None, fold: str, data: Path, k: int, seed: int, overrides: list[str] | tuple = (),
+          resume: bool = False, force: bool = False) -> list[dict | None]:
+    """Train ``model`` on ``fold`` (an index or ``all``) of the dataset prepared from ``data``; the
+    done.json records of the folds (None on non-zero torchrun ranks)."""
+    from cytokit import dataset
+    from cytokit.config import ConfigError
+    from train import dist, registry
+
+    if not model:
+        raise ConfigError(f"--model is required; valid models: {', '.join(registry.names())}")
+    registry.check_name(model)
+    cfg = registry.load_config(model, list(overrides))
+    adapter = registry.get(model)()
+    folds = folds_of(str(fold), k)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # torchrun: one process per GPU
+        dist.init(dist.resolve_device(cfg.device))
+    records = []
+    try:
+        for f in folds:
+            fold_data = dataset.load_fold(data, k, seed, f)
+            records.append(run_fold(model, adapter, cfg, fold_data, resume, force))
+    finally:
+        dist.cleanup()
+    done = [r for r in records if r and "challenge" in r]
+    if len(done) > 1:
+        mean = sum(r["challenge"] for r in done) / len(done)
+        print(f"{model}: mean challenge score over {len(done)} folds {mean:.4f}")
+    return records

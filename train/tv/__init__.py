@@ -1,0 +1,1 @@
+"""torchvision detectors (Faster R-CNN, RetinaNet): adapter, shared training loop, COCO data."""
