@@ -10,8 +10,8 @@ STAMP := $(VENV)/.installed
 
 DATA ?= data/raw#          challenge data folder: train.csv, test.csv, images/
 DEMO ?= data/demo#         synthetic demo data folder
-K ?= 5#                    number of folds
-SEED ?= 42#                fold / generator seed
+K ?=#                       folds for make folds (default 5); later steps read it from the prepared dataset
+SEED ?=#                    fold seed for make folds (default 42); later steps read it from the prepared dataset
 MODEL ?= yolov8#           registry name (see `python -m train --list`)
 FOLD ?= 0#                 fold index, or `all`
 IMAGES ?= 400#             synthetic images for demo-data
@@ -21,6 +21,8 @@ PYTEST_ARGS ?=
 
 # Optional settings, passed on only when set.
 opt = $(if $($(1)),$(2) $($(1)))
+DS_OPTS = $(call opt,K,--k) $(call opt,SEED,--seed)
+DS_KEYS = $(if $(K),k=$(K)) $(if $(SEED),seed=$(SEED))
 FOLD_OPTS = $(call opt,BALANCE,--balance) $(if $(REPAIR),--repair) $(if $(FORCE),--force) $(call opt,RESIZE,--resize)
 TRAIN_ARGS = $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(IMGSZ),imgsz=$(IMGSZ)) $(if $(BATCH),batch=$(BATCH)) \
 	$(if $(DEVICE),device=$(DEVICE)) $(if $(WEIGHTS),weights=$(WEIGHTS)) $(if $(RESUME),--resume) $(if $(FORCE),--force) $(ARGS)
@@ -29,7 +31,7 @@ TRAIN_ARGS = $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(IMGSZ),imgsz=$(IMGSZ)) $(if
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  Variables: DATA=$(DATA) K=$(K) SEED=$(SEED) MODEL=$(MODEL) FOLD=$(FOLD) (see README)"
+	@echo "  Variables: DATA=$(DATA) K=$(or $(K),5) SEED=$(or $(SEED),42) MODEL=$(MODEL) FOLD=$(FOLD) (see README)"
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
@@ -49,34 +51,34 @@ bench: $(STAMP) ## speed benchmarks on the real annotation files, printed side b
 	$(PY) -m bench
 
 demo-data: $(STAMP) ## generate the synthetic smear data set in DEMO (data/demo)
-	$(PY) -m prepare.synth --out $(DEMO) --images $(IMAGES) --seed $(SEED)
+	$(PY) -m prepare.synth --out $(DEMO) --images $(IMAGES) --seed $(or $(SEED),42)
 
 folds: $(STAMP) ## clean, group duplicates, make K stratified folds and the YOLO/COCO exports of DATA
-	$(PY) -m prepare.folds --data $(DATA) --k $(K) --seed $(SEED) $(FOLD_OPTS)
+	$(PY) -m prepare.folds --data $(DATA) $(DS_OPTS) $(FOLD_OPTS)
 
 masks: $(STAMP) ## masks from boxes for the UNet (MedSAM when MEDSAM_CKPT=path, else a classical fallback)
-	$(PY) -m train.unet.masks --data $(DATA) --k $(K) --seed $(SEED) $(call opt,MEDSAM_CKPT,--medsam-ckpt)
+	$(PY) -m train.unet.masks --data $(DATA) $(DS_OPTS) $(call opt,MEDSAM_CKPT,--medsam-ckpt)
 
 train: $(STAMP) ## train MODEL on FOLD (EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS= RESUME=1 FORCE=1 ARGS="k=v")
-	$(PY) -m train --model $(MODEL) --fold $(FOLD) --data $(DATA) --k $(K) --seed $(SEED) $(TRAIN_ARGS)
+	$(PY) -m train --model $(MODEL) --fold $(FOLD) --data $(DATA) $(DS_OPTS) $(TRAIN_ARGS)
 
 infer: $(STAMP) ## predict test and out-of-fold images with every member of ENSEMBLE (with TTA)
-	$(PY) -m infer --config $(ENSEMBLE) --data $(DATA)
+	$(PY) -m infer --config $(ENSEMBLE) --data $(DATA) $(DS_KEYS)
 
 tune-ensemble: $(STAMP) ## search member weights and WBF settings on out-of-fold predictions
-	$(PY) -m infer.tune --config $(ENSEMBLE) --data $(DATA)
+	$(PY) -m infer.tune --config $(ENSEMBLE) --data $(DATA) $(DS_KEYS)
 
 submission: $(STAMP) ## infer + fuse + write + validate the submission CSV in submissions/
-	$(PY) -m infer --config $(ENSEMBLE) --data $(DATA) --submission
+	$(PY) -m infer --config $(ENSEMBLE) --data $(DATA) --submission $(DS_KEYS)
 
 cls-report: $(STAMP) ## crop classifier vs detector classes on out-of-fold boxes (DETECTOR=yolov8|gt)
-	$(PY) -m infer.cls_report --data $(DATA) --k $(K) --seed $(SEED) --detector $(DETECTOR)
+	$(PY) -m infer.cls_report --data $(DATA) $(DS_OPTS) --detector $(DETECTOR)
 
 validate: $(STAMP) ## validate SUB= against DATA's test.csv
 	$(PY) -m submit.validate --submission $(SUB) --test $(DATA)/test.csv --images $(DATA)/images
 
 score: $(STAMP) ## score SUB= against TRUTH=, or the out-of-fold predictions when neither is given
-	$(if $(SUB),$(PY) -m submit.score --truth $(TRUTH) --submission $(SUB),$(PY) -m submit.oof --data $(DATA) --k $(K) --seed $(SEED))
+	$(if $(SUB),$(PY) -m submit.score --truth $(TRUTH) --submission $(SUB),$(PY) -m submit.oof --data $(DATA) $(DS_OPTS))
 
 demo: $(STAMP) ## the whole pipeline on synthetic data: data, folds, train, infer, submission, score
 	$(PY) -m pipeline.demo --data $(DEMO)

@@ -7,8 +7,8 @@ ever read. Layout under the work folder::
     work/cache/            image sizes, repaired copies, hashes (keyed by data folder)
     work/folds/<data>/     folds_k{K}_s{SEED}.csv, its report, count table and plot
     work/datasets/<key>/   generated exports (YOLO labels + per-fold lists, COCO json)
-    work/runs/<model>/fold<k>/     training runs (config, metrics, weights, plots)
-    work/preds/<model>/fold<k>/    predictions in the prediction contract
+    work/runs/<dataset id>/<model>/fold<k>/    training runs (config, metrics, weights, plots)
+    work/preds/<dataset id>/<model>/fold<k>/   predictions in the prediction contract
     work/config/           ultralytics / matplotlib config dirs (offline set-up)
 """
 from __future__ import annotations
@@ -50,12 +50,19 @@ def datasets_dir() -> Path:
     return work_dir() / "datasets"
 
 
-def run_dir(model: str, fold: int | str) -> Path:
-    return work_dir() / "runs" / model / f"fold{fold}"
+def dataset_root(dataset_id: str) -> Path:
+    """The prepared dataset's folder (``cytokit.dataset``)."""
+    return datasets_dir() / dataset_id
 
 
-def preds_dir(model: str, fold: int | str) -> Path:
-    return work_dir() / "preds" / model / f"fold{fold}"
+def run_dir(dataset_id: str, model: str, fold: int | str) -> Path:
+    """Training run of ``model`` on fold ``fold`` of the prepared dataset ``dataset_id``."""
+    return work_dir() / "runs" / dataset_id / model / f"fold{fold}"
+
+
+def preds_dir(dataset_id: str, model: str, fold: int | str) -> Path:
+    """Prediction tables of ``model`` fold ``fold`` (``fold`` may be a name, e.g. ``ensemble``)."""
+    return work_dir() / "preds" / dataset_id / model / f"fold{fold}"
 
 
 def config_dir() -> Path:

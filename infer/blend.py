@@ -184,26 +184,23 @@ def apply_classifier(preds: pd.DataFrame, images_dir: Path, members: list[tuple[
     return blend_table(preds, probs, weight, full_weight)
 
 
-def oof_classifier_probs(preds: pd.DataFrame, data: Path, k: int, seed: int, models: Sequence[str] = ("cls",),
+def oof_classifier_probs(preds: pd.DataFrame, ds: Any, models: Sequence[str] = ("cls",),
                          device: str = "cpu", tta: bool = True,
                          n_cells: Mapping[str, int] | None = None) -> ClassifierProbs:
     """Classifier probabilities of out-of-fold rows: each image is classified by the members
-    trained WITHOUT it (``work/runs/<model>/fold<f>/best.pt`` for the fold f holding it)."""
-    from cytokit import paths
-    from cytokit.dataset import dataset_dir, load_meta
-
-    root = dataset_dir(data, k, seed)
-    images_dir = Path(load_meta(root)["images_dir"])
-    folds = pd.read_csv(root / "images.csv").set_index("NAME")["fold"]
+    trained WITHOUT it (the best.pt of ``<model>`` on the fold f holding it, in the prepared
+    dataset ``ds``, a ``cytokit.dataset.Dataset``)."""
+    images_dir = ds.images_dir
+    folds = ds.images().set_index("NAME")["fold"]
     fold_of = preds["NAME"].map(folds)
     if fold_of.isna().any():
         first = preds["NAME"][fold_of.isna()].iloc[0]
-        raise ValueError(f"image {first!r} is not in the prepared dataset {root}")
+        raise ValueError(f"image {first!r} is not in the prepared dataset {ds.root}")
     n = len(preds)
     out = ClassifierProbs(np.full((n, classes.NUM_CLASSES), np.nan), None, np.zeros(n, bool))
     for fold in sorted(fold_of.unique()):
         rows = np.flatnonzero((fold_of == fold).to_numpy())
-        members = [(paths.run_dir(m, int(fold)) / "best.pt", None) for m in models]
+        members = [(ds.run_dir(m, int(fold)) / "best.pt", None) for m in models]
         part = classifier_probs(preds.iloc[rows], images_dir, load_members(members, device), tta, n_cells)
         out.crop[rows], out.single[rows] = part.crop, part.single
         if part.full is not None:

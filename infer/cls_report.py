@@ -127,24 +127,25 @@ def finished(run_dir: Path) -> bool:
     return runs.is_done(run_dir) or (Path(run_dir) / runs.TRAINED).exists()
 
 
-def oof_inputs(data: Path, k: int, seed: int, detector: str, classifiers: list[str], device: str, tta: bool):
+def oof_inputs(data: Path, k: int | None, seed: int | None, detector: str, classifiers: list[str], device: str,
+               tta: bool):
     """The detector's OOF table, truth boxes, image sizes and classifier probabilities, all folds found."""
-    from cytokit import predictions
-    from cytokit.dataset import load_fold
+    from cytokit import dataset, predictions
     from cytokit.submission import one_view
     from infer import blend
 
+    ds = dataset.resolve(data, k, seed)
     preds, truth, sizes, probs, used = [], [], [], [], []
-    for fold in range(k):
-        oof = paths.preds_dir(detector, fold) / "oof.parquet"
-        weights = [paths.run_dir(c, fold) / "best.pt" for c in classifiers]
+    for fold in range(ds.k):
+        oof = ds.preds_dir(detector, fold) / "oof.parquet"
+        weights = [ds.run_dir(c, fold) / "best.pt" for c in classifiers]
         if not (detector == GT or oof.exists()) or not all(w.exists() for w in weights):
             continue
         unfinished = [str(w.parent) for w in weights if not finished(w.parent)]
         if unfinished:
             log.warning("fold %d skipped: run(s) still training: %s", fold, ", ".join(unfinished))
             continue
-        fd = load_fold(data, k, seed, fold)
+        fd = ds.fold(fold)
         if detector == GT:
             p = gt_as_detections(fd.val_boxes, fd.train_boxes["class"].value_counts().idxmax())
         else:
@@ -155,8 +156,8 @@ def oof_inputs(data: Path, k: int, seed: int, detector: str, classifiers: list[s
         probs.append(blend.classifier_probs(p, fd.images_dir, members, tta, n_cells))
         preds.append(p), truth.append(fd.val_boxes), sizes.append(fd.val_images), used.append(fold)
     if not used:
-        raise FileNotFoundError(f"no fold has both {paths.preds_dir(detector, 0).parent}/fold<k>/oof.parquet "
-                                f"and {paths.run_dir(classifiers[0], 0).parent}/fold<k>/best.pt")
+        raise FileNotFoundError(f"no fold has both {ds.preds_dir(detector, 0).parent}/fold<k>/oof.parquet "
+                                f"and {ds.run_dir(classifiers[0], 0).parent}/fold<k>/best.pt")
     full = [p.full for p in probs]
     merged = blend.ClassifierProbs(
         np.concatenate([p.crop for p in probs]),
@@ -170,8 +171,8 @@ def oof_inputs(data: Path, k: int, seed: int, detector: str, classifiers: list[s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infer.cls_report", description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=paths.DEFAULT_DATA, help="challenge data folder")
-    parser.add_argument("--k", type=int, default=5, help="number of folds of the prepared dataset")
-    parser.add_argument("--seed", type=int, default=42, help="fold seed of the prepared dataset")
+    parser.add_argument("--k", type=int, help="number of folds of the prepared dataset (default: as prepared)")
+    parser.add_argument("--seed", type=int, help="fold seed of the prepared dataset (default: as prepared)")
     parser.add_argument("--detector", default="yolov8",
                         help="model whose OOF boxes are classified; 'gt': GT boxes, majority class")
     parser.add_argument("--classifier", nargs="+", default=["cls"], help="classifier run names (crop/full)")

@@ -59,8 +59,8 @@ class EnsembleConfig:
     """Everything ``python -m infer`` and ``python -m infer.tune`` need."""
 
     members: list[dict] = dataclasses.field(default_factory=list)  # Member entries (model, folds, weight...)
-    k: int = 5  # folds of the prepared dataset (as in make folds)
-    seed: int = 42  # fold seed (as in make folds)
+    k: int | None = None  # folds of the prepared dataset; None = as prepared by make folds
+    seed: int | None = None  # fold seed of the prepared dataset; None = as prepared by make folds
     tta: list[str] = _list("identity", "hflip")  # TTA views
     conf: float = 0.001  # detection threshold of every member (low: fusion decides)
     max_det: int = 20  # boxes kept per image, member and view before fusion
@@ -84,7 +84,7 @@ class EnsembleConfig:
             tta.get_views(self.tta)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        if self.max_det < 0 or self.batch < 1 or self.k < 1:
+        if self.max_det < 0 or self.batch < 1 or (self.k is not None and self.k < 1):
             raise ConfigError("max_det must be >= 0, batch >= 1 and k >= 1")
         self.member_list()
         self.tune_grid()
@@ -97,6 +97,9 @@ class EnsembleConfig:
             if not isinstance(raw, dict):
                 raise ConfigError(f"members[{i}] must be a mapping with at least 'model', got {raw!r}")
             m = kit_config.from_dict(Member, raw, f"members[{i}]")
+            if self.k is None:  # not bound to a prepared dataset yet (see bind)
+                out.append(m)
+                continue
             m.folds = list(m.folds) or list(range(self.k))
             bad = [f for f in m.folds if not 0 <= f < self.k]
             if bad:
@@ -141,6 +144,15 @@ class EnsembleConfig:
             mode=mode, iou_thr=self.iou_thr, skip_box_thr=self.skip_box_thr, conf_type=self.conf_type,
             max_det=self.max_det, weights={m.model: m.weight for m in self.member_list()},
         )
+
+
+def bind(cfg: EnsembleConfig, data: Path) -> tuple[EnsembleConfig, Any]:
+    """The prepared dataset of ``data`` (``cytokit.dataset.Dataset``; K and SEED from the config when
+    set) and the config with its K and SEED, so every member's folds are known."""
+    from cytokit import dataset
+
+    ds = dataset.resolve(data, cfg.k, cfg.seed)
+    return dataclasses.replace(cfg, k=ds.k, seed=ds.seed), ds
 
 
 def load_config(path: Path, overrides: list[str] | dict = ()) -> EnsembleConfig:

@@ -26,7 +26,7 @@ import pandas as pd
 
 from cytokit import io, paths, predictions, tables
 from infer import cache, fuse, predict, tta
-from infer.config import EnsembleConfig
+from infer.config import EnsembleConfig, bind
 
 log = logging.getLogger("infer")
 
@@ -45,6 +45,7 @@ class Result:
 
 def predict_members(cfg: EnsembleConfig, data: Path, force: bool = False, progress: bool = True) -> Result:
     """Predict (or reuse) every member's test and out-of-fold tables; returns the test tables together."""
+    cfg, ds = bind(cfg, data)
     files = paths.data_files(data)
     test = tables.read(files["test"], "test")
     names = pd.unique(test["NAME"]).tolist()
@@ -52,7 +53,7 @@ def predict_members(cfg: EnsembleConfig, data: Path, force: bool = False, progre
     frames, spent = [], 0.0
     for m in cfg.member_list():
         for fold in m.folds:
-            weights = predict.member_weights(m.model, fold, m.weights)
+            weights = predict.member_weights(ds, m.model, fold, m.weights)
             loaded: dict = {}
 
             def run(image_names: list[str], images_dir: Path, what: str, model=m, fold=fold, weights=weights):
@@ -62,7 +63,7 @@ def predict_members(cfg: EnsembleConfig, data: Path, force: bool = False, progre
                                              cfg.conf, cfg.max_det, cfg.batch, progress,
                                              desc=f"{model.model} fold{fold} {what}")
 
-            out = paths.preds_dir(m.model, fold)
+            out = ds.preds_dir(m.model, fold)
             start = time.perf_counter()
             meta = cache.member_meta(weights, cfg.tta, cfg.conf, cfg.max_det, names)
             frames.append(cache.cached_table(out / "test.parquet", meta,
@@ -70,9 +71,7 @@ def predict_members(cfg: EnsembleConfig, data: Path, force: bool = False, progre
             if "p" in loaded:
                 spent += time.perf_counter() - start
             if cfg.predict_oof:
-                from cytokit.dataset import load_fold
-
-                fd = load_fold(data, cfg.k, cfg.seed, fold)
+                fd = ds.fold(fold)
                 val = fd.val_images["NAME"].tolist()
                 meta = cache.member_meta(weights, cfg.tta, cfg.conf, cfg.max_det, val)
                 cache.cached_table(out / "oof_tta.parquet", meta,
@@ -118,13 +117,14 @@ def write_submission(cfg: EnsembleConfig, data: Path, result: Result, out_dir: P
     from infer import viz
     from submit import writer
 
+    cfg, ds = bind(cfg, data)
     files = paths.data_files(data)
     test = tables.read(files["test"], "test")
     n_cells = test.groupby("NAME").size().to_dict()
     result.fusion = resolve_fusion(cfg, data)
     fused = fuse.fuse(result.test_preds, cfg.fuse_params(result.fusion), progress=progress)
     fused = classify(cfg, fused, files["images"], n_cells)
-    predictions.write(fused, paths.work_dir() / "preds" / "ensemble" / "test.parquet")
+    predictions.write(fused, ds.preds_dir("ensemble", "all") / "test.parquet")
     result.fused = fused
     sizes = submission.image_sizes(test["NAME"], files["images"], fused)
     sub = submission.make_submission(fused, test, sizes)

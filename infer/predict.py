@@ -24,8 +24,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cytokit import boxes as bx
-from cytokit import classes, paths, predictions
-from cytokit import config as kit_config
+from cytokit import classes, predictions
 from cytokit.images import load_rgb
 from infer.tta import View
 
@@ -124,11 +123,12 @@ def predict_files(
     return out
 
 
-def member_weights(model: str, fold: int, template: str | None = None) -> Path:
-    """Weights of one member: ``template`` with ``{fold}``/``{model}`` filled in, else the run's best.pt."""
+def member_weights(ds: Any, model: str, fold: int, template: str | None = None) -> Path:
+    """Weights of one member: ``template`` with ``{fold}``/``{model}`` filled in, else the best.pt of
+    its run on the prepared dataset ``ds`` (``cytokit.dataset.Dataset``)."""
     if template:
         return Path(template.format(fold=fold, model=model))
-    return paths.run_dir(model, fold) / "best.pt"
+    return ds.run_dir(model, fold) / "best.pt"
 
 
 def load_member(model: str, fold: int, weights: Path, device: str = "cpu",
@@ -140,10 +140,5 @@ def load_member(model: str, fold: int, weights: Path, device: str = "cpu",
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: weights of {model} fold {fold} not found; train it first "
                                 f"(make train MODEL={model} FOLD={fold}) or set the member's weights path")
-    adapter_cls = registry.get(model)
-    run_config = weights.parent / "config.yaml"
-    if run_config.exists():
-        cfg = kit_config.load(adapter_cls.config_cls, run_config, list(overrides))
-    else:
-        cfg = registry.load_config(model, list(overrides))
-    return adapter_cls().load(weights, cfg, device)
+    cfg = registry.run_config(model, weights.parent, list(overrides))
+    return registry.get(model)().load(weights, cfg, device)

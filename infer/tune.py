@@ -51,17 +51,18 @@ class OOF:
 
 def load_oof(cfg: EnsembleConfig, data: Path, max_images: int = 0, seed: int = 0) -> OOF:
     """Each member's OOF tables over its folds, restricted to the images covered by every member."""
-    from cytokit.dataset import load_fold
+    from infer.config import bind
 
+    cfg, ds = bind(cfg, data)
     tables, sources, covered, boxes, images = [], [], None, {}, {}
     for m in cfg.member_list():
         names: set[str] = set()
         for fold in m.folds:
-            fd = load_fold(data, cfg.k, cfg.seed, fold)
-            path = next((paths.preds_dir(m.model, fold) / f for f in OOF_FILES
-                         if (paths.preds_dir(m.model, fold) / f).exists()), None)
+            fd = ds.fold(fold)
+            folder = ds.preds_dir(m.model, fold)
+            path = next((folder / f for f in OOF_FILES if (folder / f).exists()), None)
             if path is None:
-                raise FileNotFoundError(f"{paths.preds_dir(m.model, fold)}: no {' or '.join(OOF_FILES)}; "
+                raise FileNotFoundError(f"{folder}: no {' or '.join(OOF_FILES)}; "
                                         f"train {m.model} fold {fold} and run make infer first")
             tables.append(predictions.read(path))
             sources.append(path)
@@ -190,7 +191,10 @@ def tune_classifier(cfg: EnsembleConfig, data: Path, fused: pd.DataFrame, oof: O
         log.warning("no fused OOF box matches a GT box; classifier weight left at %s", section["weight"])
         return None
     part = fused.iloc[rows].reset_index(drop=True)
-    probs = blend.oof_classifier_probs(part, data, cfg.k, cfg.seed, device=cfg.device, tta=section["tta"])
+    from infer.config import bind
+
+    _, ds = bind(cfg, data)
+    probs = blend.oof_classifier_probs(part, ds, device=cfg.device, tta=section["tta"])
     det = blend.det_probs(part)
     cls = np.where(np.isnan(probs.crop), det, probs.crop)
     weight, table = blend.tune_blend_weight(det, cls, y_true)

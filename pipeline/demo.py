@@ -113,7 +113,10 @@ def test_member_scores(ens: Any, data: Path, members: list[tuple[str, int]] | No
     sizes = image_sizes(test["NAME"], files["images"])
     params = ens.fuse_params()
     members = members or [(m.model, f) for m in ens.member_list() for f in m.folds]
-    frames = {(m, f): predictions.read(paths.preds_dir(m, f) / "test.parquet") for m, f in members}
+    from cytokit import dataset
+
+    ds = dataset.resolve(data, ens.k, ens.seed)
+    frames = {(m, f): predictions.read(ds.preds_dir(m, f) / "test.parquet") for m, f in members}
     used = {(m.model, f) for m in ens.member_list() for f in m.folds}
     fused = pd.concat([t for key, t in frames.items() if key in used], ignore_index=True)
     rows = []
@@ -129,15 +132,15 @@ def run(cfg: DemoConfig, data: Path) -> dict:
     """The whole demo; returns the report (also written to work/demo/report.json)."""
     import pandas as pd
 
-    from infer import ensemble as infer_main
-    from train import job
     from cytokit.io import format_table
     from cytokit.metric import format_result
+    from infer import ensemble as infer_main
     from infer import tune
     from infer.config import EnsembleConfig
     from prepare import folds
     from prepare.synth import make as synth
     from submit.validate import validate_submission
+    from train import job
 
     data = Path(data)
     steps = Steps()

@@ -26,28 +26,27 @@ from cytokit import env, io, paths, predictions
 from cytokit.submission import one_view, oof_score
 
 log = logging.getLogger(__name__)
-def find_models() -> list[str]:
-    """Models with at least one ``work/preds/<model>/fold<k>/oof.parquet``."""
-    root = paths.work_dir() / "preds"
+def find_models(ds) -> list[str]:
+    """Models with at least one ``oof.parquet`` in the prepared dataset ``ds``'s prediction folders."""
+    root = ds.preds_dir("x", 0).parent.parent
     return sorted({p.parent.parent.name for p in root.glob("*/fold*/oof.parquet")}) if root.exists() else []
 
 
-def score_models(data: Path, k: int, seed: int, models: list[str]) -> pd.DataFrame:
+def score_models(ds, models: list[str]) -> pd.DataFrame:
     """One row per model: the score of each fold found, the overall OOF score and its two terms."""
-    from cytokit.dataset import load_fold
-
+    k = ds.k
     folds: dict[int, object] = {}
     rows = []
     for model in models:
         row: dict = {"model": model}
         preds_all, boxes_all, images_all = [], [], []
         for fold in range(k):
-            path = paths.preds_dir(model, fold) / "oof.parquet"
+            path = ds.preds_dir(model, fold) / "oof.parquet"
             if not path.exists():
                 row[f"fold{fold}"] = np.nan
                 continue
             if fold not in folds:
-                folds[fold] = load_fold(data, k, seed, fold)
+                folds[fold] = ds.fold(fold)
             fd = folds[fold]
             preds = one_view(predictions.read(path))
             row[f"fold{fold}"] = oof_score(preds, fd.val_boxes, fd.val_images).total
@@ -67,24 +66,26 @@ def score_models(data: Path, k: int, seed: int, models: list[str]) -> pd.DataFra
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m submit.oof", description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=paths.DEFAULT_DATA, help="challenge data folder")
-    parser.add_argument("--k", type=int, default=5, help="number of folds of the prepared dataset")
-    parser.add_argument("--seed", type=int, default=42, help="fold seed of the prepared dataset")
+    parser.add_argument("--k", type=int, help="number of folds of the prepared dataset (default: as prepared)")
+    parser.add_argument("--seed", type=int, help="fold seed of the prepared dataset (default: as prepared)")
     parser.add_argument("--model", nargs="*", default=None, help="models to score (default: every one found)")
     parser.add_argument("--json", type=Path, help="also write the table as JSON here")
     args = parser.parse_args(argv)
     env.apply()
     io.setup_logging()
+    from cytokit import dataset
     from cytokit.io import format_table
 
-    models = args.model or find_models()
+    ds = dataset.resolve(args.data, args.k, args.seed)
+    where = ds.preds_dir("x", 0).parent.parent
+    models = args.model or find_models(ds)
     if not models:
-        raise FileNotFoundError(f"{paths.work_dir() / 'preds'}: no out-of-fold predictions "
+        raise FileNotFoundError(f"{where}: no out-of-fold predictions "
                                 "(<model>/fold<k>/oof.parquet); train and predict first")
-    table = score_models(args.data, args.k, args.seed, models)
+    table = score_models(ds, models)
     if "oof" not in table.columns or table["oof"].isna().all():
-        raise FileNotFoundError(f"no oof.parquet for model(s) {', '.join(models)} "
-                                f"under {paths.work_dir() / 'preds'}")
-    print(f"out-of-fold scores (challenge metric), data={args.data} k={args.k} seed={args.seed}")
+        raise FileNotFoundError(f"no oof.parquet for model(s) {', '.join(models)} under {where}")
+    print(f"out-of-fold scores (challenge metric), dataset {ds.id} (data={args.data} k={ds.k} seed={ds.seed})")
     print(format_table(table))
     if args.json:
         records = table.astype(object).where(table.notna(), None).to_dict(orient="records")

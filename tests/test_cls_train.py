@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cytokit import config, paths, predictions
+from cytokit import config, predictions
 from cytokit.dataset import FoldData
 from train.cls.adapter import ClassifierAdapter, ClassifierConfig, training_tables
 
@@ -93,7 +93,7 @@ def test_validation_on_detector_oof_boxes(tmp_path, monkeypatch):
     shifted = v[["x1", "y1", "x2", "y2"]].to_numpy(float) + 2.0
     oof = pd.concat([predictions.make(row.NAME, shifted[i], [0.9], [0], 48, 40, "fakedet", 0)
                      for i, row in enumerate(v.itertuples())])
-    predictions.write(oof, paths.preds_dir("fakedet", 0) / "oof.parquet")
+    predictions.write(oof, fold.preds_dir("fakedet") / "oof.parquet")
     train, val = training_tables(tiny_cfg(val_detector="fakedet"), fold)
     np.testing.assert_array_equal(val[["x1", "y1", "x2", "y2"]].to_numpy(), shifted)
     assert val["class"].tolist() == v["class"].tolist()  # GT classes on detector boxes

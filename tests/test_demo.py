@@ -29,7 +29,7 @@ def test_demo_work_dir_is_private_and_restored(tmp_path):
     before = os.environ.get("CYTOKIT_WORK")
     with demo.demo_work_dir(tmp_path / "demo"):
         assert paths.work_dir() == (tmp_path / "demo").resolve()
-        assert paths.run_dir("yolov8", 0) == (tmp_path / "demo").resolve() / "runs" / "yolov8" / "fold0"
+        assert paths.run_dir("d_k2_s1", "yolov8", 0) == (tmp_path / "demo").resolve() / "runs" / "d_k2_s1" / "yolov8" / "fold0"
     assert os.environ.get("CYTOKIT_WORK") == before
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from cytokit import classes, paths, predictions, tables
+from cytokit import classes, dataset, paths, predictions, tables
 from cytokit.dataset import dataset_dir
 from infer import ensemble as infer_main
 from infer import predict, tune
@@ -55,7 +55,7 @@ def fake_members(monkeypatch, tiny, tmp_path):
     monkeypatch.setattr(predict, "load_member", load_member)
     for model in ("fakea", "fakeb"):
         for fold in (0, 1):
-            w = paths.run_dir(model, fold) / "best.pt"
+            w = dataset.resolve(tiny).run_dir(model, fold) / "best.pt"
             w.parent.mkdir(parents=True, exist_ok=True)
             w.write_bytes(b"fake")
     cfg_path = tmp_path / "ensemble.yaml"
@@ -75,9 +75,9 @@ def test_infer_submission_and_tune(tiny, fake_members, tmp_path):
     assert sorted(calls) == [("fakea", 0), ("fakea", 1), ("fakeb", 0), ("fakeb", 1)]
 
     test = tables.read(tiny / "test.csv", "test")
-    t = predictions.read(paths.preds_dir("fakea", 0) / "test.parquet")
+    t = predictions.read(dataset.resolve(tiny).preds_dir("fakea", 0) / "test.parquet")
     assert set(t["view"]) == {"identity", "hflip"} and set(t["NAME"]) == set(test["NAME"])
-    oof = predictions.read(paths.preds_dir("fakea", 1) / "oof_tta.parquet")
+    oof = predictions.read(dataset.resolve(tiny).preds_dir("fakea", 1) / "oof_tta.parquet")
     images = pd.read_csv(dataset_dir(tiny, 2, 1) / "images.csv")
     val1 = set(images.loc[images["fold"] == 1, "NAME"])
     assert set(oof["NAME"]) == val1
@@ -148,7 +148,7 @@ def test_tune_sets_the_classifier_blend_weight(tiny, fake_members, tmp_path, mon
     infer_main.run(cfg, tiny, progress=False)
     boxes = pd.read_csv(dataset_dir(tiny, 2, 1) / "boxes.csv")
 
-    def perfect_classifier(preds, data, k, seed, **kwargs):
+    def perfect_classifier(preds, ds, **kwargs):
         # the true class of each row's image (one cell per image here): a classifier that is always right
         truth = boxes.drop_duplicates("NAME").set_index("NAME")["class"].map(classes.CLASS_TO_ID)
         crop = np.eye(classes.NUM_CLASSES)[truth.reindex(preds["NAME"]).to_numpy(dtype=np.int64)]

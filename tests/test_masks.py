@@ -170,4 +170,4 @@ def test_cli_without_prepared_dataset_says_what_to_run(tmp_path, capsys):
     from cytokit.io import cli
 
     assert cli(masks.main, ["--data", str(tmp_path / "nothing"), "--k", "3", "--seed", "1"]) == 1
-    assert "run `make folds` first" in capsys.readouterr().err
+    assert "no prepared dataset with K=3 SEED=1; run `make folds DATA=" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cytokit import classes, coco_eval, paths, predictions, submission
+from cytokit import classes, coco_eval, dataset, predictions, submission
 from cytokit.dataset import dataset_dir
 from submit import oof
 
@@ -75,11 +75,11 @@ def test_cli_table_per_model_and_fold(prepared, capsys, tmp_path):
     fold_of = IMAGES.set_index("NAME")["fold"]
     for fold in (0, 1):
         part = BOXES[BOXES["NAME"].map(fold_of) == fold]
-        predictions.write(preds_from(part, "good", fold), paths.preds_dir("good", fold) / "oof.parquet")
+        predictions.write(preds_from(part, "good", fold), dataset.resolve(prepared).preds_dir("good", fold) / "oof.parquet")
     # "half" has fold 0 only, with b.jpg (MO) predicted as EO
     bad = BOXES[BOXES["NAME"].map(fold_of) == 0].assign(**{"class": ["EO", "PNN", "LY"]})
-    predictions.write(preds_from(bad, "half", 0), paths.preds_dir("half", 0) / "oof.parquet")
-    assert oof.find_models() == ["good", "half"]
+    predictions.write(preds_from(bad, "half", 0), dataset.resolve(prepared).preds_dir("half", 0) / "oof.parquet")
+    assert oof.find_models(dataset.resolve(prepared)) == ["good", "half"]
     argv = ["--data", str(prepared), "--k", "2", "--seed", "7", "--json", str(tmp_path / "t.json")]
     assert oof.main(argv) == 0
     out = capsys.readouterr().out

@@ -98,8 +98,8 @@ def test_run_config_reads_the_saved_config(tmp_path, monkeypatch):
     from train.yolo.adapter import UltraConfig
 
     monkeypatch.setenv("CYTOKIT_WORK", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="no trained run of yolov8 fold 1"):
-        registry.run_config("yolov8", 1)
-    runs.save_config(UltraConfig(imgsz=320, size="s"), paths.run_dir("yolov8", 1))
-    cfg = registry.run_config("yolov8", 1, ["conf=0.01"])
+    run = paths.run_dir("d_k2_s0", "yolov8", 1)
+    assert registry.run_config("yolov8", run).imgsz == registry.load_config("yolov8").imgsz  # no run: defaults
+    runs.save_config(UltraConfig(imgsz=320, size="s"), run)
+    cfg = registry.run_config("yolov8", run, ["conf=0.01"])
     assert (cfg.imgsz, cfg.size, cfg.conf) == (320, "s", 0.01)

@@ -97,4 +97,4 @@ def test_cli_list_and_user_errors(capsys, tmp_path):
     assert io.cli(main, ["--model", "yolov8", "epoch=3"]) == 1
     assert "unknown key(s) epoch; valid keys:" in capsys.readouterr().err
     assert io.cli(main, ["--model", "yolov8", "--data", str(tmp_path / "nowhere")]) == 1
-    assert "run `make folds` first" in capsys.readouterr().err
+    assert "no prepared dataset; run `make folds DATA=" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import json
 import pandas as pd
 import pytest
 
-from cytokit import classes, dataset, paths, predictions
+from cytokit import classes, dataset, predictions
 
 pytestmark = pytest.mark.slow
 # From scratch on ~135 images: AdamW at 0.003 (ultralytics' "auto" picks 0.00037 for short runs, too slow here).
@@ -43,7 +43,7 @@ def test_yolov8_learns_on_synthetic_smears(tmp_path, monkeypatch):
     assert folds.main(["--data", str(data), "--k", "4", "--seed", "0"]) == 0
     argv = ["--model", "yolov8", "--fold", "0", "--data", str(data), "--k", "4", "--seed", "0", *EPOCHS]
     assert main(argv) == 0
-    done = json.loads((paths.run_dir("yolov8", 0) / "done.json").read_text())
+    done = json.loads((dataset.resolve(data).run_dir("yolov8", 0) / "done.json").read_text())
     baseline = constant_baseline(dataset.load_fold(data, 4, 0, 0))
     print(f"yolov8 OOF challenge {done['challenge']:.4f} (GIoU term {done['giou_term']:.4f}, "
           f"F1 term {done['f1_term']:.4f}, mAP50 {done['map50']:.4f}); constant baseline {baseline:.4f}")

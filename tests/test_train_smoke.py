@@ -67,14 +67,14 @@ def train_cli(model: str, data: Path, *extra: str) -> int:
 
 def check_run(model: str, data: Path, epochs: int) -> pd.DataFrame:
     """The run folder and OOF parquet of ``model`` fold 0 are complete and consistent."""
-    run = paths.run_dir(model, 0)
+    run = dataset.resolve(data).run_dir(model, 0)
     for name in ("config.yaml", "metrics.csv", "best.pt", "last.pt", "curves.png", "done.json"):
         assert (run / name).exists(), name
     metrics = pd.read_csv(run / "metrics.csv")
     assert metrics["epoch"].tolist() == list(range(1, epochs + 1))
     assert metrics["challenge"].between(0, 1).all()
     done = json.loads((run / "done.json").read_text())
-    oof = predictions.read(paths.preds_dir(model, 0) / "oof.parquet")
+    oof = predictions.read(dataset.resolve(data).preds_dir(model, 0) / "oof.parquet")
     fold = dataset.load_fold(data, 2, 0, 0)
     assert set(oof["NAME"]) == set(fold.val_images["NAME"])  # conf=0: every image has boxes
     assert (oof["model"] == model).all() and (oof["fold"] == 0).all() and (oof["view"] == "identity").all()
@@ -90,7 +90,7 @@ def check_predictor(model: str, data: Path) -> None:
     from train import registry
 
     cfg = registry.load_config(model, ARGS[model])
-    predictor = registry.get(model)().load(paths.run_dir(model, 0) / "best.pt", cfg, device="cpu")
+    predictor = registry.get(model)().load(dataset.resolve(data).run_dir(model, 0) / "best.pt", cfg, device="cpu")
     images = [np.full((50, 70, 3), 200, np.uint8), np.full((90, 60, 3), 120, np.uint8)]
     dets = predictor.predict(images, conf=0.0)
     assert len(dets) == 2
@@ -110,7 +110,7 @@ def test_smoke_one_epoch_offline(model, tiny_data, offline):
     oof = check_run(model, tiny_data, epochs=1)
     assert predictions.has_probs(oof) == model.startswith("yolo")
     if plots:
-        assert (paths.run_dir(model, 0) / "ultralytics" / "results.png").exists()
+        assert (dataset.resolve(tiny_data).run_dir(model, 0) / "ultralytics" / "results.png").exists()
     assert not (paths.ROOT / "runs").exists()  # nothing in ultralytics' default places
     check_predictor(model, tiny_data)
 
@@ -132,7 +132,7 @@ def test_yolov8_from_local_weights_interrupted_then_resumed(tiny_data, offline, 
     monkeypatch.setattr(ultra_trainer.EpochEnd, "__call__", stop_after_first)
     with pytest.raises(KeyboardInterrupt):
         train_cli("yolov8", tiny_data, "epochs=2", f"weights={init}", *ULTRA)
-    run = paths.run_dir("yolov8", 0)
+    run = dataset.resolve(tiny_data).run_dir("yolov8", 0)
     assert f"weights: {init}" in (run / "config.yaml").read_text()
     assert (run / "ultralytics" / "args.yaml").exists()  # ultralytics' outputs inside the run folder
     assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [1]
@@ -164,7 +164,7 @@ def test_mobilenet_interrupted_resumed_skipped_forced(tiny_data, offline, monkey
     model = "fasterrcnn_mobilenet"
     with pytest.raises(KeyboardInterrupt):
         train_cli(model, tiny_data, "epochs=2", *TV)
-    run = paths.run_dir(model, 0)
+    run = dataset.resolve(tiny_data).run_dir(model, 0)
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
     assert train_cli(model, tiny_data, "--resume", "epochs=2", *TV) == 0
     assert len(calls) == 3  # epoch 1, the interrupted epoch 2, epoch 2 again

@@ -123,7 +123,7 @@ def test_imgsz_must_fit_the_encoder_depth():
 def test_cli_smoke_train_resume_predict_and_oof_table(tmp_path, capsys):
     from test_masks import make_dataset
 
-    from cytokit import paths
+    from cytokit import dataset
     from cytokit.dataset import load_fold
     from infer.fuse import FuseParams, fuse
     from train.__main__ import main as train_main
@@ -136,14 +136,14 @@ def test_cli_smoke_train_resume_predict_and_oof_table(tmp_path, capsys):
     assert train_main(["--model", "unet", "--fold", "0", "--data", str(data), "--k", "2", "--seed", "0",
                        "--force", *args]) == 0  # masks made on the way (fallback)
     assert "unet fold 0: challenge" in capsys.readouterr().out
-    run = paths.run_dir("unet", 0)
+    run = dataset.resolve(data).run_dir("unet", 0)
     files = {p.name for p in run.iterdir()}
     assert files >= {"best.pt", "last.pt", "metrics.csv", "config.yaml", "done.json"}
     metrics = pd.read_csv(run / "metrics.csv")
     assert metrics["epoch"].tolist() == [1]
     assert {"train_loss", "seg_dice", "seg_miou", "challenge", "lr"} <= set(metrics.columns)
     assert 0 <= metrics["seg_dice"].iloc[0] <= 1 and 0 <= metrics["challenge"].iloc[0] <= 1
-    oof = predictions.read(paths.preds_dir("unet", 0) / "oof.parquet")  # schema-valid, maybe empty
+    oof = predictions.read(dataset.resolve(data).preds_dir("unet", 0) / "oof.parquet")  # schema-valid, maybe empty
     assert set(oof["model"]) <= {"unet"}
 
     fold = load_fold(data, 2, 0, 0)

@@ -66,7 +66,7 @@ def run_fold(name: str, adapter: Any, cfg: Any, fold_data: Any, resume: bool, fo
     from train import dist, oof, runs
 
     fold = fold_data.fold
-    run_dir, oof_file = paths.run_dir(name, fold), oof.oof_path(name, fold)
+    run_dir, oof_file = fold_data.run_dir(name), oof.oof_path(fold_data, name)
     state = runs.prepare(run_dir, resume, force, stale=(oof_file,)) if dist.is_main() else None
     state = _agree(state)
     if state == "done":
@@ -84,7 +84,7 @@ def run_fold(name: str, adapter: Any, cfg: Any, fold_data: Any, resume: bool, fo
     best = run_dir / "best.pt"
     predictor = adapter.load(best, cfg, device=cfg.device)
     preds = oof.predict_fold(predictor, fold_data, name, cfg.conf)
-    path = oof.write_oof(preds, name, fold)
+    path = oof.write_oof(preds, fold_data, name)
     scores = oof.evaluate(preds, fold_data)
     record = {"model": name, "fold": fold, "best": str(best), "oof": str(path), "n_predictions": len(preds),
               **scores}
@@ -94,7 +94,7 @@ def run_fold(name: str, adapter: Any, cfg: Any, fold_data: Any, resume: bool, fo
     return record
 
 
-def train(model: str | None, fold: str, data: Path, k: int, seed: int, overrides: list[str] | tuple = (),
+def train(model: str | None, fold: str, data: Path, k: int | None, seed: int | None, overrides: list[str] | tuple = (),
           resume: bool = False, force: bool = False) -> list[dict | None]:
     """Train ``model`` on ``fold`` (an index or ``all``) of the dataset prepared from ``data``; the
     done.json records of the folds (None on non-zero torchrun ranks)."""
@@ -107,13 +107,14 @@ def train(model: str | None, fold: str, data: Path, k: int, seed: int, overrides
     registry.check_name(model)
     cfg = registry.load_config(model, list(overrides))
     adapter = registry.get(model)()
-    folds = folds_of(str(fold), k)
+    ds = dataset.resolve(data, k, seed)
+    folds = folds_of(str(fold), ds.k)
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # torchrun: one process per GPU
         dist.init(dist.resolve_device(cfg.device))
     records = []
     try:
         for f in folds:
-            fold_data = dataset.load_fold(data, k, seed, f)
+            fold_data = ds.fold(f)
             records.append(run_fold(model, adapter, cfg, fold_data, resume, force))
     finally:
         dist.cleanup()

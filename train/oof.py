@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cytokit import paths, predictions
+from cytokit import predictions
 from cytokit.images import load_rgb
 
 log = logging.getLogger(__name__)
@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 CHUNK = 32  # images decoded and handed to the predictor at a time
 
 
-def oof_path(model: str, fold: int) -> Path:
-    return paths.preds_dir(model, fold) / "oof.parquet"
+def oof_path(fold_data: Any, model: str) -> Path:
+    """``<preds dir of model on the fold>/oof.parquet``."""
+    return fold_data.preds_dir(model) / "oof.parquet"
 
 
 def _chunks(images_dir: Path, names: list[str], size: int) -> Iterator[tuple[list[str], list[np.ndarray]]]:
@@ -90,6 +91,6 @@ def evaluate(preds: pd.DataFrame, fold_data: Any) -> dict[str, float]:
             "agnostic_map50": float(maps["agnostic_mAP50"])}
 
 
-def write_oof(preds: pd.DataFrame, model: str, fold: int) -> Path:
+def write_oof(preds: pd.DataFrame, fold_data: Any, model: str) -> Path:
     """Write the out-of-fold table to ``work/preds/<model>/fold<k>/oof.parquet``."""
-    return predictions.write(preds, oof_path(model, fold))
+    return predictions.write(preds, oof_path(fold_data, model))

@@ -11,8 +11,9 @@ one ``configs/<name>.yaml``. ``python -m train --list`` prints the table.
 Inference uses the same entry point::
 
     adapter = registry.get("yolov8")()
-    cfg = registry.run_config("yolov8", fold=0)   # the config the run was trained with
-    predictor = adapter.load(paths.run_dir("yolov8", 0) / "best.pt", cfg, device="cpu")
+    run = dataset.resolve(DATA).run_dir("yolov8", 0)
+    cfg = registry.run_config("yolov8", run)   # the config the run was trained with
+    predictor = adapter.load(run / "best.pt", cfg, device="cpu")
     detections = predictor.predict(list_of_rgb_uint8_arrays, conf=0.001)
 
 ``detections[i]`` is a ``train.base.Detections`` in the pixels of ``images[i]``.
@@ -81,9 +82,10 @@ def load_config(name: str, overrides: dict[str, Any] | list[str] = ()) -> Any:
     return load(cls, path if path.exists() else None, overrides)
 
 
-def run_config(name: str, fold: int | str, overrides: dict[str, Any] | list[str] = ()) -> Any:
-    """The resolved config a run was trained with (``work/runs/<name>/fold<k>/config.yaml``) <- overrides."""
-    path = paths.run_dir(check_name(name), fold) / "config.yaml"
+def run_config(name: str, run_dir: Path, overrides: dict[str, Any] | list[str] = ()) -> Any:
+    """The resolved config a run was trained with (``<run_dir>/config.yaml``) <- overrides; the model's
+    default config when the run folder has none (weights from elsewhere)."""
+    path = Path(run_dir) / "config.yaml"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no trained run of {name} fold {fold}; run `make train` first")
-    return load(get(name).config_cls, path, overrides)
+        return load_config(name, overrides)
+    return load(get(check_name(name)).config_cls, path, overrides)

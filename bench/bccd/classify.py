@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides.setdefault("select", "last")
     cfg = config.load(ClassifierConfig, paths.CONFIGS / "cls.yaml", overrides)
     train, test, images_dir = split(args.bccd)
-    run_dir = paths.run_dir(RUN, 0)
+    run_dir = paths.run_dir("bccd_cls", RUN, 0)
     adapter = ClassifierAdapter()
     if runs.prepare(run_dir, resume=False, force=args.force) != "done":
         adapter.train(cfg, fold_of(train, test, images_dir), run_dir)

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cytokit import classes, config, paths, predictions
+from cytokit import classes, config, predictions
 from train import checkpoint
 from train.base import Adapter, Detections, Predictor
 from train.cls import data as cls_data
@@ -84,7 +84,7 @@ def training_tables(cfg: ClassifierConfig, fold_data: Any) -> tuple[pd.DataFrame
     if cfg.mode == "full":
         return cls_data.single_cell_table(train), cls_data.single_cell_table(val)
     if cfg.val_detector:
-        oof = paths.preds_dir(cfg.val_detector, fold_data.fold) / "oof.parquet"
+        oof = fold_data.preds_dir(cfg.val_detector) / "oof.parquet"
         if oof.exists():
             from cytokit.submission import one_view
 

@@ -228,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     env.apply()
     parser = argparse.ArgumentParser(prog="python -m train.unet.masks", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="challenge data folder (train.csv, images/)")
-    parser.add_argument("--k", type=int, default=5, help="number of folds of the prepared dataset")
-    parser.add_argument("--seed", type=int, default=42, help="fold seed of the prepared dataset")
+    parser.add_argument("--k", type=int, help="number of folds of the prepared dataset (default: as prepared)")
+    parser.add_argument("--seed", type=int, help="fold seed of the prepared dataset (default: as prepared)")
     parser.add_argument("--medsam-ckpt", type=Path, default=None, help="local MedSAM (SAM ViT-B) checkpoint")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="masks config YAML")
@@ -238,14 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     cfg = config.load(MasksConfig, args.config, args.overrides)
-    from cytokit.dataset import dataset_dir
+    from cytokit import dataset
 
     device = args.device
     if device is None:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    out = make_masks(dataset_dir(args.data, args.k, args.seed), cfg, args.medsam_ckpt, device, args.force)
+    out = make_masks(dataset.resolve(args.data, args.k, args.seed).root, cfg, args.medsam_ckpt, device, args.force)
     print(f"masks: {out}")
     return 0
 
