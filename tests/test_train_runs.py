@@ -70,11 +70,11 @@ def test_metrics_rows_replace_the_same_epoch_and_draw_curves(tmp_path):
 
 
 def test_config_saved_and_changes_logged(tmp_path, caplog):
-    from train.tv.adapter import TvConfig
+    from train import registry
 
-    runs.save_config(TvConfig(epochs=3), tmp_path)
+    runs.save_config(registry.load_config("retinanet", ["epochs=3"]), tmp_path)
     assert "epochs: 3" in (tmp_path / "config.yaml").read_text()
-    runs.save_config(TvConfig(epochs=5), tmp_path)
+    runs.save_config(registry.load_config("retinanet", ["epochs=5"]), tmp_path)
     assert "config changed since the run started: epochs" in caplog.text
 
 

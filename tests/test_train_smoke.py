@@ -149,8 +149,9 @@ def test_yolov8_from_local_weights_interrupted_then_resumed(tiny_data, offline, 
 
 
 def test_mobilenet_interrupted_resumed_skipped_forced(tiny_data, offline, monkeypatch, capsys, tmp_path):
+    from train import registry
     from train.tv import engine as tv_engine
-    from train.tv.adapter import TvConfig, build_model
+    from train.tv.adapter import build_model
 
     original, calls = tv_engine.train_one_epoch, []
 
@@ -177,7 +178,8 @@ def test_mobilenet_interrupted_resumed_skipped_forced(tiny_data, offline, monkey
     assert "already trained" in capsys.readouterr().out
     assert (run / "best.pt").stat().st_mtime_ns == best_time and len(calls) == 3
 
-    sd = build_model("fasterrcnn_mobilenet_v3_large_fpn", TvConfig()).state_dict()
+    cfg = registry.load_config("fasterrcnn_mobilenet")
+    sd = build_model("fasterrcnn_mobilenet_v3_large_fpn", cfg).state_dict()
     sd["roi_heads.box_predictor.cls_score.weight"] = torch.zeros(91, 1024)  # a COCO-sized head: skipped
     torch.save(sd, tmp_path / "init.pt")
     assert train_cli(model, tiny_data, "--force", "epochs=1", f"weights={tmp_path / 'init.pt'}", *TV) == 0

@@ -116,7 +116,7 @@ def test_fake_model_fused_over_all_views_is_invariant():
     pairs = [("a.jpg", img), ("b.jpg", img)]
     table = predict.predict_arrays(BrightRectPredictor(), pairs, views, "fake", 0, batch=1)
     assert len(table) == 2 * len(ALL_VIEWS)
-    fused = fuse.fuse(table, fuse.FuseParams(mode="wbf"), progress=False)
+    fused = fuse.fuse(table, fuse.FuseParams(iou_thr=0.55, mode="wbf"), progress=False)
     assert fused["NAME"].tolist() == ["a.jpg", "b.jpg"]
     np.testing.assert_allclose(fused[["x1", "y1", "x2", "y2"]].to_numpy(), [rect, rect], atol=1e-4)
     np.testing.assert_allclose(fused["score"], [0.9, 0.9], atol=1e-6)  # every slot agrees: avg = 0.9

@@ -163,5 +163,5 @@ def test_cli_smoke_train_resume_predict_and_oof_table(tmp_path, capsys):
     assert np.allclose(table[list(predictions.PROB_COLUMNS)].sum(axis=1), 1.0)
     back = predictions.read(predictions.write(table, tmp_path / "oof.parquet"))
     assert len(back) == 3 and set(back["model"]) == {"unet"} and set(back["fold"]) == {0}
-    fused = fuse(back, FuseParams(mode="agnostic"), oof=True, progress=False)
+    fused = fuse(back, FuseParams(iou_thr=0.55, mode="agnostic"), oof=True, progress=False)
     assert len(fused) == 3 and set(fused["class"]) <= set(classes.CLASSES)

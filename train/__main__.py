@@ -6,7 +6,7 @@
 
 (``make train MODEL= FOLD= EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS= RESUME=1 FORCE=1 ARGS="k=v"``.)
 The fold comes from ``make folds`` (``cytokit.dataset.load_fold``). Config =
-dataclass defaults <- ``configs/<model>.yaml`` <- ``key=value``; unknown keys are
+defaults (``configs/<family>.yaml``, see --list) <- ``key=value``; unknown keys are
 an error naming the valid ones. Per fold, into ``work/runs/<model>/fold<k>/``:
 the resolved config, training (best epoch by the challenge score on the fold's
 validation images), then the out-of-fold predictions of the best weights in

@@ -109,7 +109,7 @@ def fit(model: torch.nn.Module, cfg: Any, dataset, run_dir: Path, device: str, a
     optimizer = make_optimizer(model, cfg)
     total, warmup = cfg.epochs * len(loader), int(cfg.warmup_epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: lr_factor(it, total, warmup, cfg.min_lr_ratio))
+        optimizer, lambda it: lr_factor(it, total, warmup, cfg.lrf))
     use_amp = bool(cfg.amp) and device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start, best = 0, -math.inf
