@@ -17,6 +17,8 @@ from PIL import Image
 from cytokit import dataset, io, paths
 from prepare import folds, sizes
 
+pytestmark = pytest.mark.unit
+
 K, SEED = 2, 3
 GOOD = [
     "aaaaaaaa-0.jpg,5,6,40,44,PNN",
@@ -183,6 +185,7 @@ def test_bad_override_lists_valid_keys(env, capsys):
 
 
 @pytest.mark.parametrize("case", ["unknown-class", "jpeg-as-csv"])
+@pytest.mark.smoke
 def test_cli_subprocess_exits_cleanly(env, case):
     data = write_data(env / "raw", [*GOOD[:3], "dddddddd-0.jpg,1,1,20,25,LH_LyAc"])
     if case == "jpeg-as-csv":

@@ -11,6 +11,8 @@ import pytest
 
 from cytokit import classes, config, env, io, predictions
 
+pytestmark = pytest.mark.unit
+
 
 def test_23_exact_codes():
     assert len(classes.CLASSES) == 23 == len(set(classes.CLASSES))

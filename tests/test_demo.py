@@ -13,6 +13,8 @@ from cytokit import paths
 from infer.config import EnsembleConfig
 from pipeline import demo
 
+pytestmark = pytest.mark.unit
+
 
 def test_demo_config_gives_a_valid_ensemble():
     cfg = kit_config.load(demo.DemoConfig, paths.CONFIGS / "demo.yaml")

@@ -11,6 +11,8 @@ import pytest
 from cytokit import classes, config, paths, tables
 from prepare import clean, dedup, folds
 
+pytestmark = pytest.mark.unit
+
 # --- duplicate groups -------------------------------------------------------------
 
 def test_groups_chain_and_order():

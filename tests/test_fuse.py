@@ -8,6 +8,8 @@ import pytest
 from cytokit import classes, predictions
 from infer import fuse
 
+pytestmark = pytest.mark.unit
+
 PNN, LY = classes.CLASS_TO_ID["PNN"], classes.CLASS_TO_ID["LY"]
 
 

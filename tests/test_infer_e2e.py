@@ -13,6 +13,8 @@ from infer import predict, tune
 from infer.config import load_config
 from train.base import Detections, Predictor
 
+pytestmark = pytest.mark.smoke
+
 
 class CentreBoxPredictor(Predictor):
     """A box over the middle of the image, PNN-leaning probabilities; a second box in the top-left corner."""

@@ -11,6 +11,8 @@ from cytokit import classes, coco_eval, paths, predictions, submission
 from cytokit.dataset import dataset_dir
 from submit import oof
 
+pytestmark = pytest.mark.unit
+
 BOXES = pd.DataFrame({
     "NAME": ["b.jpg", "a.jpg", "a.jpg", "c.jpg", "d.jpg"],
     "x1": [10, 0, 50, 5, 20], "y1": [10, 0, 50, 5, 20],

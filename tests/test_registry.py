@@ -12,6 +12,8 @@ from cytokit import config, paths
 from cytokit.config import ConfigError
 from train import registry
 
+pytestmark = pytest.mark.unit
+
 ALL = ("yolov5", "yolov8", "yolo11", "fasterrcnn", "fasterrcnn_mobilenet", "retinanet", "unet", "cls",
        "cls_full")
 

@@ -12,6 +12,8 @@ from train import runs
 from train.__main__ import main
 from train.job import folds_of, list_models
 
+pytestmark = pytest.mark.unit
+
 
 def test_fresh_folder_is_created(tmp_path):
     run = tmp_path / "runs" / "m" / "fold0"

@@ -16,6 +16,8 @@ from train.tv.adapter import FasterRCNNConfig, TvConfig, build_model, load_match
 from train.tv.data import CocoDetection, augmentations
 from train.tv.engine import lr_factor
 
+pytestmark = pytest.mark.unit
+
 
 def test_lr_factor_warmup_then_cosine():
     # total 100 iterations, 10 of warm-up from 0.001, cosine down to 0.01

@@ -10,6 +10,8 @@ import torch
 from cytokit.config import ConfigError, from_dict
 from train.yolo.adapter import UltraConfig, Yolo11Adapter, Yolov5Adapter, Yolov8Adapter, check_weights
 
+pytestmark = pytest.mark.unit
+
 FOLD = SimpleNamespace(yolo_yaml=Path("/data/ds/fold2/data.yaml"))
 
 
@@ -59,6 +61,7 @@ def test_weights_must_be_local_ultralytics_checkpoints(tmp_path):
         load_ultra_checkpoint(tmp_path / "model.pth")
 
 
+@pytest.mark.smoke
 def test_a_checkpoint_of_another_class_count_is_refused(tmp_path):
     from ultralytics import YOLO
 

@@ -10,6 +10,8 @@ from cytokit import predictions
 from infer import cache, fuse, predict, tta
 from train.base import Detections, Predictor
 
+pytestmark = pytest.mark.unit
+
 ALL_VIEWS = [*tta.VIEWS, "scale1.25", "scale0.8", "scale2"]
 
 

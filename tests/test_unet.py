@@ -11,6 +11,8 @@ import torch
 from cytokit import classes, config, predictions
 from train.unet.post import N_LABELS, confusion, detections_from_probs, refine_boxes, seg_metrics
 
+pytestmark = pytest.mark.unit
+
 
 def one_hot(label_map: np.ndarray) -> np.ndarray:
     return (np.arange(N_LABELS)[:, None, None] == label_map[None]).astype(np.float32)
@@ -120,6 +122,7 @@ def test_imgsz_must_fit_the_encoder_depth():
         tiny_cfg(imgsz=60)
 
 
+@pytest.mark.smoke
 def test_cli_smoke_train_resume_predict_and_oof_table(tmp_path, capsys):
     from test_masks import make_dataset
 

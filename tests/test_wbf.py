@@ -6,6 +6,8 @@ import pytest
 
 from infer import wbf
 
+pytestmark = pytest.mark.unit
+
 
 def member(boxes, scores, labels):
     return np.array(boxes, dtype=float).reshape(-1, 4), np.array(scores, dtype=float), np.array(labels)
