@@ -170,11 +170,12 @@ def fit(cfg: UnetConfig, fold_data: Any, masks_dir: Path, run_dir: Path, resume:
         optimizer, lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s / total_steps, 1.0))))
     amp = cfg.amp and device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     start, best = 0, -math.inf
-    if resume and last_path.exists():
-        start, best = checkpoint.restore(last_path, "UNet", model, optimizer, scheduler, scaler)
+    if resume and (run_dir / checkpoint.LAST).exists():
+        start, best = checkpoint.restore(run_dir / checkpoint.LAST, "UNet", model, optimizer, scheduler,
+                                         scaler)
         log.info("resuming %s at epoch %d/%d", run_dir, start + 1, cfg.epochs)
+    cfg_dict = config.to_dict(cfg)
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -192,23 +193,18 @@ def fit(cfg: UnetConfig, fold_data: Any, masks_dir: Path, run_dir: Path, resume:
             total += loss.item() * len(x)
             seen += len(x)
         row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1)}
+        score = None
         if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
             metrics, _ = validate(UnetPredictor(model, cfg, device), fold_data, masks_dir)
             row.update(metrics)
             score = metrics.get("challenge", float("nan"))
             score = score if np.isfinite(score) else metrics["seg_miou"]
-            if np.isfinite(score) and score > best:
-                best = score
-                checkpoint.save(best_path, model, config.to_dict(cfg), epoch, metric=float(score))
         row.update({"lr": optimizer.param_groups[0]["lr"], "time": time.perf_counter() - t0})
         runs.append_metrics(run_dir, row)
-        checkpoint.save(last_path, model, config.to_dict(cfg), epoch, best=best, optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), scaler=scaler.state_dict())
+        best = checkpoint.keep(run_dir, model, cfg_dict, epoch, score, best, optimizer, scheduler, scaler)
         log.info("unet epoch %d/%d: %s", epoch + 1, cfg.epochs,
                  " ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
-    if not best_path.exists():
-        checkpoint.save(best_path, model, config.to_dict(cfg), -1, metric=float("nan"))
-    return best_path
+    return checkpoint.finish(run_dir, model, cfg_dict, cfg.epochs - 1)
 
 
 class UnetAdapter(Adapter):
