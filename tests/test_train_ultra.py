@@ -95,7 +95,9 @@ def test_ultralytics_settings_live_in_the_work_folder():
     assert not USER_CONFIG_DIR.is_relative_to(Path.home() / ".config")
 
 
-def test_epoch_end_scores_every_n_epochs_and_keeps_the_best(tmp_path, monkeypatch):
+def test_epoch_end_scores_every_n_epochs_and_keeps_the_best(tmp_path, monkeypatch, caplog):
+    import logging
+
     import pandas as pd
 
     from train.yolo import trainer as ultra_trainer
@@ -110,10 +112,15 @@ def test_epoch_end_scores_every_n_epochs_and_keeps_the_best(tmp_path, monkeypatc
                               ema=SimpleNamespace(ema=None), device="cpu", last=last,
                               label_loss_items=lambda loss, prefix: {f"{prefix}/box_loss": 1.0})
     callback = ultra_trainer.EpochEnd(None, tmp_path, ultra(val_every=2), "yolov8")
+    caplog.set_level(logging.INFO, logger=ultra_trainer.__name__)
     for epoch in range(5):
         trainer.epoch = epoch
         last.write_text(f"weights of epoch {epoch + 1}")
         callback(trainer)
+    assert [r.getMessage() for r in caplog.records if r.name == ultra_trainer.__name__] == [
+        "epoch 1: challenge - (best -)", "epoch 2: challenge 0.3000 (best 0.3000)",
+        "epoch 3: challenge - (best 0.3000)", "epoch 4: challenge 0.2000 (best 0.3000)",
+        "epoch 5: challenge 0.2500 (best 0.3000)"]  # unscored epochs: "-", never "-inf"
     table = pd.read_csv(tmp_path / "metrics.csv")
     assert table["epoch"].tolist() == [1, 2, 3, 4, 5]
     assert table["challenge"].fillna(-1).tolist() == [-1, 0.30, -1, 0.20, 0.25]
