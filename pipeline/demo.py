@@ -129,15 +129,15 @@ def run(cfg: DemoConfig, data: Path) -> dict:
     """The whole demo; returns the report (also written to work/demo/report.json)."""
     import pandas as pd
 
-    from infer import ensemble as infer_main
-    from train import job
     from cytokit.io import format_table
     from cytokit.metric import format_result
+    from infer import ensemble as infer_main
     from infer import tune
     from infer.config import EnsembleConfig
     from prepare import folds
     from prepare.synth import make as synth
     from submit.validate import validate_submission
+    from train import job
 
     data = Path(data)
     steps = Steps()

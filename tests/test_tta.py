@@ -142,7 +142,8 @@ def test_cached_table_reuses_a_table_with_more_views(tmp_path):
 
     def make(names):
         made.append(names)
-        return predict.predict_arrays(BrightRectPredictor(), [("a.jpg", img)], tta.get_views(names), "fake", 0)
+        views = tta.get_views(names)
+        return predict.predict_arrays(BrightRectPredictor(), [("a.jpg", img)], views, "fake", 0)
 
     path = tmp_path / "test.parquet"
     meta = {"weights": "w.pt", "views": ["identity", "hflip"], "conf": 0.001}

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print(job.list_models())
         return 0
-    job.train(args.model, str(args.fold), args.data, args.k, args.seed, args.overrides, args.resume, args.force)
+    job.train(args.model, str(args.fold), args.data, args.k, args.seed, args.overrides, args.resume,
+              args.force)
     return 0
 
 
