@@ -37,8 +37,7 @@ SELECT = ("best", "last")
 
 @dataclasses.dataclass
 class ClassifierConfig:
-    """Settings of the crop / full-image classifier; configs/cls.yaml holds the default and meaning of each
-    key (``models.cls_full`` there: the values of ``cls_full``)."""
+    """Settings of the crop / full-image classifier: defaults and meanings in configs/cls.yaml."""
 
     DEFAULTS: ClassVar[str] = "cls.yaml"
 
