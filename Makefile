@@ -27,7 +27,7 @@ FOLD_OPTS = $(call opt,BALANCE,--balance) $(if $(REPAIR),--repair) $(if $(FORCE)
 TRAIN_ARGS = $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(IMGSZ),imgsz=$(IMGSZ)) $(if $(BATCH),batch=$(BATCH)) \
 	$(if $(DEVICE),device=$(DEVICE)) $(if $(WEIGHTS),weights=$(WEIGHTS)) $(if $(RESUME),--resume) $(if $(FORCE),--force) $(ARGS)
 
-.PHONY: help setup test test-all bench demo-data demo folds masks train infer submission score tune-ensemble cls-report validate clean
+.PHONY: help setup lint test-unit test test-all bench demo-data demo folds masks train infer submission score tune-ensemble cls-report validate clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,6 +40,12 @@ $(STAMP): requirements.txt
 	touch $@
 
 setup: $(STAMP) ## create .venv and install the pinned requirements
+
+lint: $(STAMP) ## check the code with the pinned ruff (rules in pyproject.toml)
+	$(PY) -m ruff check .
+
+test-unit: $(STAMP) ## run the unit tests alone (pure functions, well under 30 s)
+	$(PY) -m pytest -m "unit and not smoke and not slow" $(PYTEST_ARGS)
 
 test: $(STAMP) ## run the fast test tier (what CI runs)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

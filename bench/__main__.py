@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     shared = shared if shared.exists() else None
     import bench
 
-    topics = sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules(bench.__path__) if m.name.startswith("bench_"))
+    topics = sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules(bench.__path__)
+                    if m.name.startswith("bench_"))
     unknown = [w for w in wanted if w not in topics]
     if unknown:
         print(f"unknown benchmark(s) {', '.join(unknown)}; valid: {', '.join(topics)}", file=sys.stderr)

@@ -39,14 +39,15 @@ def run(shared: Path | None) -> list[str]:
     box = np.array([100.0, 95.0, 250.0, 245.0])  # a median CytologIA box, about 145 px
     lines = [f"torch threads: {torch.get_num_threads()}; batch {BATCH}; best of {REPEATS}"]
     for backbone, imgsz in CASES:
-        t_crop = _best_of(lambda: [cls_data.extract_crop(image, box, 16, imgsz) for _ in range(BATCH)])
+        t_crop = _best_of(lambda size=imgsz: [cls_data.extract_crop(image, box, 16, size)
+                                              for _ in range(BATCH)])
         t_crop /= BATCH
         cfg = config.from_dict(ClassifierConfig, {"backbone": backbone, "imgsz": imgsz, "batch": BATCH})
         predictor = ClassifierPredictor(cls_model.build_model(backbone, classes.NUM_CLASSES), cfg, "cpu")
         crops = np.stack([cls_data.extract_crop(image, box, 16, imgsz)] * BATCH)
         predictor.classify(crops[:2], tta=False)  # warm-up
-        t_one = _best_of(lambda: predictor.classify(crops, tta=False)) / BATCH
-        t_tta = _best_of(lambda: predictor.classify(crops, tta=True)) / BATCH
+        t_one = _best_of(lambda p=predictor, c=crops: p.classify(c, tta=False)) / BATCH
+        t_tta = _best_of(lambda p=predictor, c=crops: p.classify(c, tta=True)) / BATCH
         lines.append(f"{backbone:<16} {imgsz:>3} px: crop {1e3 * t_crop:6.2f} ms, "
                      f"classify {1e3 * t_one:6.1f} ms/crop, "
                      f"with flip TTA {1e3 * t_tta:6.1f} ms/crop ({t_tta / t_one:.1f}x)")

@@ -104,7 +104,8 @@ def check_header(columns: list[str], kind: str, file: str) -> list[Problem]:
         if col not in expected and str(col).strip().lower() in lower:
             want = lower[str(col).strip().lower()]
             problems.append(Problem(file, f"should be spelled {want!r}", line=1, column=str(col)))
-    missing = [c for c in expected if c not in columns and c.lower() not in {str(x).strip().lower() for x in columns}]
+    lowered = {str(x).strip().lower() for x in columns}
+    missing = [c for c in expected if c not in columns and c.lower() not in lowered]
     for col in missing:
         problems.append(Problem(file, "missing column", line=1, column=col))
     return problems
@@ -127,7 +128,8 @@ def check_rows(raw: pd.DataFrame, kind: str, file: str) -> tuple[pd.DataFrame, l
         ids = pd.to_numeric(raw["trustii_id"].str.strip(), errors="coerce")
         bad = ids.isna() | (ids != ids.round())
         for i in _bad_rows(bad):
-            problems.append(Problem(file, f"not an integer: {raw['trustii_id'].iat[i]!r}", line=_line(raw, i), column="trustii_id"))
+            problems.append(Problem(file, f"not an integer: {raw['trustii_id'].iat[i]!r}", line=_line(raw, i),
+                                    column="trustii_id"))
         ids = ids.fillna(-1).astype(np.int64)
         dup = ids.duplicated(keep="first") & ~bad
         if dup.any():
@@ -144,7 +146,8 @@ def check_rows(raw: pd.DataFrame, kind: str, file: str) -> tuple[pd.DataFrame, l
             vals = pd.to_numeric(raw[col].str.strip(), errors="coerce")
             bad = ~np.isfinite(vals.to_numpy(dtype=np.float64, na_value=np.nan))
             for i in np.flatnonzero(bad):
-                problems.append(Problem(file, f"not a finite number: {raw[col].iat[i]!r}", line=_line(raw, i), column=col))
+                problems.append(Problem(file, f"not a finite number: {raw[col].iat[i]!r}", line=_line(raw, i),
+                                        column=col))
             coord_ok &= ~bad
             out[col] = vals.astype(np.float64)
         for lo, hi in (("x1", "x2"), ("y1", "y2")):
@@ -160,7 +163,8 @@ def check_rows(raw: pd.DataFrame, kind: str, file: str) -> tuple[pd.DataFrame, l
         for i in _bad_rows(~valid):
             hint = classes.suggest(cls.iat[i])
             extra = f"; did you mean {hint!r}?" if hint else f"; valid codes: {', '.join(classes.CLASSES)}"
-            problems.append(Problem(file, f"unknown class {cls.iat[i]!r}{extra}", line=_line(raw, i), column="class"))
+            problems.append(Problem(file, f"unknown class {cls.iat[i]!r}{extra}", line=_line(raw, i),
+                                    column="class"))
         out["class"] = cls
 
     dup_rows = raw.duplicated(keep="first")

@@ -41,7 +41,8 @@ def cached_table(path: Path, meta: dict, make: Callable[[], pd.DataFrame],
         except json.JSONDecodeError:
             old = {}
         views = list(meta.get("views", []))
-        same = {k: v for k, v in old.items() if k != "views"} == {k: v for k, v in meta.items() if k != "views"}
+        same = ({k: v for k, v in old.items() if k != "views"}
+                == {k: v for k, v in meta.items() if k != "views"})
         if same and set(views) <= set(old.get("views", [])):
             log.info("%s is up to date; reusing it", path)
             table = predictions.read(path)

@@ -127,8 +127,8 @@ def finished(run_dir: Path) -> bool:
     return runs.is_done(run_dir) or (Path(run_dir) / runs.TRAINED).exists()
 
 
-def oof_inputs(data: Path, k: int | None, seed: int | None, detector: str, classifiers: list[str], device: str,
-               tta: bool):
+def oof_inputs(data: Path, k: int | None, seed: int | None, detector: str, classifiers: list[str],
+               device: str, tta: bool):
     """The detector's OOF table, truth boxes, image sizes and classifier probabilities, all folds found."""
     from cytokit import dataset, predictions
     from cytokit.submission import one_view
@@ -171,7 +171,7 @@ def oof_inputs(data: Path, k: int | None, seed: int | None, detector: str, class
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infer.cls_report", description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=paths.DEFAULT_DATA, help="challenge data folder")
-    parser.add_argument("--k", type=int, help="number of folds of the prepared dataset (default: as prepared)")
+    parser.add_argument("--k", type=int, help="folds of the prepared dataset (default: as prepared)")
     parser.add_argument("--seed", type=int, help="fold seed of the prepared dataset (default: as prepared)")
     parser.add_argument("--detector", default="yolov8",
                         help="model whose OOF boxes are classified; 'gt': GT boxes, majority class")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from cytokit import config as kit_config
 from cytokit.config import ConfigError
@@ -58,6 +58,8 @@ class TuneGrid:
 class EnsembleConfig:
     """Everything ``python -m infer`` and ``python -m infer.tune`` need."""
 
+    DEFAULTS: ClassVar[str] = "ensemble.yaml"  # the default of each field without one here
+
     members: list[dict] = dataclasses.field(default_factory=list)  # Member entries (model, folds, weight...)
     k: int | None = None  # folds of the prepared dataset; None = as prepared by make folds
     seed: int | None = None  # fold seed of the prepared dataset; None = as prepared by make folds
@@ -68,7 +70,7 @@ class EnsembleConfig:
     device: str = "cpu"  # cpu, cuda, cuda:0 ...
     predict_oof: bool = True  # also predict each fold's validation images with TTA (oof_tta.parquet)
     fusion: str = "auto"  # wbf | agnostic | auto (the better on out-of-fold predictions)
-    iou_thr: float = 0.55  # WBF: IoU for boxes to join a cluster
+    iou_thr: float = dataclasses.field(kw_only=True)  # WBF: IoU for boxes to join a cluster (YAML default)
     skip_box_thr: float = 0.001  # WBF: boxes scored below are ignored
     conf_type: str = "avg"  # WBF: avg | max | box_and_model_avg | absent_model_aware_avg
     classifier: dict = dataclasses.field(default_factory=dict)  # {members: [{weights, config}], weight, tta}

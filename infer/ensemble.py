@@ -111,7 +111,8 @@ def classify(cfg: EnsembleConfig, fused: pd.DataFrame, images_dir: Path, n_cells
                                   tta=section["tta"], n_cells=n_cells, full_weight=section["full_weight"])
 
 
-def write_submission(cfg: EnsembleConfig, data: Path, result: Result, out_dir: Path, progress: bool = True) -> Result:
+def write_submission(cfg: EnsembleConfig, data: Path, result: Result, out_dir: Path,
+                     progress: bool = True) -> Result:
     """Fuse, classify, write, validate, draw and (with test_labels.csv) score the submission."""
     from cytokit import submission
     from infer import viz

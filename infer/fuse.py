@@ -51,7 +51,7 @@ class FuseParams:
     """The fusion settings (from the ensemble config)."""
 
     mode: str = "wbf"  # wbf | agnostic
-    iou_thr: float = 0.55  # IoU above which boxes join a cluster
+    iou_thr: float = dataclasses.field(kw_only=True)  # IoU above which boxes join a cluster (no default)
     skip_box_thr: float = 0.001  # boxes scored below are ignored
     conf_type: str = "avg"  # ensemble-boxes' conf_type
     max_det: int = 0  # top boxes kept per slot and image before fusion (0 = all)

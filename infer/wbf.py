@@ -145,7 +145,8 @@ def fuse_image(
     width: float,
     height: float,
     weights: Sequence[float] | None = None,
-    iou_thr: float = 0.55,
+    *,
+    iou_thr: float,
     skip_box_thr: float = 0.0,
     conf_type: str = "avg",
     names: Sequence[str] | None = None,
@@ -154,7 +155,8 @@ def fuse_image(
 
     ``members``: one ``(xyxy, scores, labels)`` per member, boxes absolute pixels
     of the ``width x height`` image, labels int class ids (an empty member is
-    fine). ``weights``: one per member (default 1). Returns ``(xyxy, scores,
+    fine). ``weights``: one per member (default 1). ``iou_thr`` has no default here: it
+    comes from the ensemble config (configs/ensemble.yaml). Returns ``(xyxy, scores,
     labels)`` -- absolute float64 boxes, scores in [0, 1], int64 labels --
     sorted by decreasing score.
     """

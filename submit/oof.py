@@ -66,7 +66,7 @@ def score_models(ds, models: list[str]) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m submit.oof", description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=paths.DEFAULT_DATA, help="challenge data folder")
-    parser.add_argument("--k", type=int, help="number of folds of the prepared dataset (default: as prepared)")
+    parser.add_argument("--k", type=int, help="folds of the prepared dataset (default: as prepared)")
     parser.add_argument("--seed", type=int, help="fold seed of the prepared dataset (default: as prepared)")
     parser.add_argument("--model", nargs="*", default=None, help="models to score (default: every one found)")
     parser.add_argument("--json", type=Path, help="also write the table as JSON here")
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     table = score_models(ds, models)
     if "oof" not in table.columns or table["oof"].isna().all():
         raise FileNotFoundError(f"no oof.parquet for model(s) {', '.join(models)} under {where}")
-    print(f"out-of-fold scores (challenge metric), dataset {ds.id} (data={args.data} k={ds.k} seed={ds.seed})")
+    print(f"out-of-fold scores (challenge metric), dataset {ds.id} "
+          f"(data={args.data} k={ds.k} seed={ds.seed})")
     print(format_table(table))
     if args.json:
         records = table.astype(object).where(table.notna(), None).to_dict(orient="records")

@@ -17,6 +17,8 @@ from PIL import Image
 from cytokit import dataset, io, paths
 from prepare import folds, sizes
 
+pytestmark = pytest.mark.unit
+
 K, SEED = 2, 3
 GOOD = [
     "aaaaaaaa-0.jpg,5,6,40,44,PNN",
@@ -123,7 +125,8 @@ def test_duplicate_row_is_dropped_and_counted(env, capsys, caplog):
         rc, out, _ = run(data, capsys)
     assert rc == 0
     assert "train.csv:6: warning: duplicate row (same as line 3)" in caplog.text
-    report = json.loads(paths.fold_file(data, K, SEED).with_name(f"folds_k{K}_s{SEED}_report.json").read_text())
+    report = json.loads(paths.fold_file(data, K, SEED).with_name(f"folds_k{K}_s{SEED}_report.json")
+                        .read_text())
     first = report["cleaning"]["steps"][0]
     assert (first["step"], first["boxes_removed"], first["boxes"]) == ("duplicate rows", 1, 4)
     assert out.splitlines()[2].split() == ["duplicate", "rows", "1", "0", "0", "4", "4"]
@@ -154,7 +157,8 @@ def test_truncated_jpeg_needs_repair(env, capsys):
         assert (im.format, im.size) == ("JPEG", (64, 48))
     link = dataset.dataset_dir(data, K, SEED) / "yolo" / "images" / "bbbbbbbb-0.jpg"
     assert Path(os.readlink(link)) == repaired.resolve()
-    report = json.loads(paths.fold_file(data, K, SEED).with_name(f"folds_k{K}_s{SEED}_report.json").read_text())
+    report = json.loads(paths.fold_file(data, K, SEED).with_name(f"folds_k{K}_s{SEED}_report.json")
+                        .read_text())
     assert report["repaired"] == ["bbbbbbbb-0.jpg"]
 
 
@@ -183,6 +187,7 @@ def test_bad_override_lists_valid_keys(env, capsys):
 
 
 @pytest.mark.parametrize("case", ["unknown-class", "jpeg-as-csv"])
+@pytest.mark.smoke
 def test_cli_subprocess_exits_cleanly(env, case):
     data = write_data(env / "raw", [*GOOD[:3], "dddddddd-0.jpg,1,1,20,25,LH_LyAc"])
     if case == "jpeg-as-csv":

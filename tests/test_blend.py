@@ -12,6 +12,8 @@ from train import checkpoint
 from train.cls import model as cls_model
 from train.cls.adapter import ClassifierAdapter, ClassifierConfig
 
+pytestmark = pytest.mark.unit
+
 P = list(classes.PROB_COLUMNS)
 
 
@@ -80,6 +82,7 @@ def fused(tmp_path):
     return pd.concat([a, b], ignore_index=True)
 
 
+@pytest.mark.smoke
 def test_apply_classifier_blends_crop_probabilities(tmp_path, fused):
     weights = _checkpoint(tmp_path)
     out = blend.apply_classifier(fused, tmp_path, [(weights, None)], weight=0.3)
@@ -96,6 +99,7 @@ def test_apply_classifier_blends_crop_probabilities(tmp_path, fused):
     assert same["class"].tolist() == fused["class"].tolist()
 
 
+@pytest.mark.smoke
 def test_apply_classifier_top_n_and_full_image_members(tmp_path, fused):
     crop, full = _checkpoint(tmp_path, "crop"), _checkpoint(tmp_path, "full")
     n_cells = {"a.jpg": 2, "b.jpg": 1}

@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 from cytokit import boxes
 
+pytestmark = pytest.mark.unit
+
 XYXY = [[10.0, 20.0, 50.0, 80.0], [0.0, 0.0, 1.0, 2.0]]
 XYWH = [[10.0, 20.0, 40.0, 60.0], [0.0, 0.0, 1.0, 2.0]]
 CXCYWH = [[30.0, 50.0, 40.0, 60.0], [0.5, 1.0, 1.0, 2.0]]

@@ -6,6 +6,8 @@ import pytest
 
 from prepare import clean
 
+pytestmark = pytest.mark.unit
+
 
 def table(rows):
     return pd.DataFrame(rows, columns=["NAME", "x1", "y1", "x2", "y2", "class"]).astype(

@@ -15,6 +15,8 @@ from train.cls import data as cls_data
 from train.cls import model as cls_model
 from train.cls.adapter import ClassifierConfig
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("box, margin, window", [
     ((10, 20, 50, 60), 16, (0, 4, 66, 76)),            # left margin clipped: floor(10 - 16) = -6 -> 0
@@ -82,6 +84,7 @@ def test_soft_loss_values():
     assert cls_model.soft_loss(logits, target, "focal", gamma=2.0).item() == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.smoke
 def test_local_pretrained_weights(tmp_path):
     src = cls_model.build_model("resnet10t", num_classes=10)
     torch.save({"state_dict": src.state_dict()}, tmp_path / "r10.pth")

@@ -8,6 +8,8 @@ import pytest
 from cytokit import classes, predictions
 from infer import blend, cls_report
 
+pytestmark = pytest.mark.unit
+
 EO, PNN = classes.CLASS_TO_ID["EO"], classes.CLASS_TO_ID["PNN"]
 
 

@@ -12,6 +12,8 @@ from cytokit import config, predictions
 from cytokit.dataset import FoldData
 from train.cls.adapter import ClassifierAdapter, ClassifierConfig, training_tables
 
+pytestmark = pytest.mark.smoke
+
 COLOURS = {"PNN": (200, 40, 40), "EO": (40, 40, 200)}
 
 

@@ -8,13 +8,16 @@ import pytest
 from cytokit import classes, compare
 from cytokit.metric import score
 
+pytestmark = pytest.mark.unit
+
 
 def _truth(n_images: int, rng: np.random.Generator) -> pd.DataFrame:
     rows = []
     for i in range(n_images):
-        for j in range(rng.integers(1, 3)):
+        for _ in range(rng.integers(1, 3)):
             x, y = rng.uniform(0, 200, 2)
-            rows.append((len(rows) + 1, f"{i:08x}-0.jpg", x, y, x + 60, y + 60, rng.choice(classes.CLASSES[:6])))
+            code = rng.choice(classes.CLASSES[:6])
+            rows.append((len(rows) + 1, f"{i:08x}-0.jpg", x, y, x + 60, y + 60, code))
     return pd.DataFrame(rows, columns=["trustii_id", "NAME", "x1", "y1", "x2", "y2", "class"])
 
 

@@ -11,6 +11,8 @@ import pytest
 
 from cytokit import classes, config, env, io, predictions
 
+pytestmark = pytest.mark.unit
+
 
 def test_23_exact_codes():
     assert len(classes.CLASSES) == 23 == len(set(classes.CLASSES))
@@ -49,7 +51,8 @@ def test_config_precedence_and_types(tmp_path):
 
 
 def test_config_unknown_key_lists_valid_ones(tmp_path):
-    with pytest.raises(config.ConfigError, match="unknown key.*epoch.*valid keys: device, epochs, lr, scales, weights"):
+    valid = "valid keys: device, epochs, lr, scales, weights"
+    with pytest.raises(config.ConfigError, match=f"unknown key.*epoch.*{valid}"):
         config.load(_Cfg, None, ["epoch=3"])
     yml = tmp_path / "bad.yaml"
     yml.write_text("batchsize: 3\n")
@@ -66,7 +69,8 @@ def test_config_bad_type_and_syntax():
 
 def _table(n=2, probs=True):
     p = np.full((n, 23), 1 / 23) if probs else None
-    return predictions.make("a.jpg", [[1, 2, 30, 40]] * n, [0.9] * n, [0, 22][:n], 360, 370, "yolov8", 0, probs=p)
+    return predictions.make("a.jpg", [[1, 2, 30, 40]] * n, [0.9] * n, [0, 22][:n], 360, 370, "yolov8", 0,
+                            probs=p)
 
 
 def test_prediction_round_trip(tmp_path):

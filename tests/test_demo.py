@@ -13,6 +13,8 @@ from cytokit import paths
 from infer.config import EnsembleConfig
 from pipeline import demo
 
+pytestmark = pytest.mark.unit
+
 
 def test_demo_config_gives_a_valid_ensemble():
     cfg = kit_config.load(demo.DemoConfig, paths.CONFIGS / "demo.yaml")
@@ -29,7 +31,8 @@ def test_demo_work_dir_is_private_and_restored(tmp_path):
     before = os.environ.get("CYTOKIT_WORK")
     with demo.demo_work_dir(tmp_path / "demo"):
         assert paths.work_dir() == (tmp_path / "demo").resolve()
-        assert paths.run_dir("d_k2_s1", "yolov8", 0) == (tmp_path / "demo").resolve() / "runs" / "d_k2_s1" / "yolov8" / "fold0"
+        expected = (tmp_path / "demo").resolve() / "runs" / "d_k2_s1" / "yolov8" / "fold0"
+        assert paths.run_dir("d_k2_s1", "yolov8", 0) == expected
     assert os.environ.get("CYTOKIT_WORK") == before
 
 
@@ -50,10 +53,21 @@ def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path):
     report = json.loads((paths.work_dir() / "demo" / "report.json").read_text())
     assert [r["member"] for r in report["oof"]] == ["yolov8", "yolov8 (no TTA)", "yolo11", "yolo11 (no TTA)",
                                                     "ensemble (tuned)"]
-    assert 0.0 < report["score"] <= 1.0 and report["total_s"] > 0
+    assert report["total_s"] > 0
     assert "train yolov8 fold 1" in report["steps"] and "validate" in report["steps"]
     sub = pd.read_csv(report["submission"])
     assert len(sub) == len(pd.read_csv(data / "test.csv"))
+    # the reported score is the submission's against test_labels.csv: 0.2 GIoU term + 0.8 F1 term
+    from cytokit import tables
+    from cytokit.metric import score
+
+    again = score(tables.read(data / "test_labels.csv", "submission"), tables.read(report["submission"],
+                                                                                   "submission"))
+    assert (report["score"], report["giou_term"], report["f1_term"]) == pytest.approx(
+        (again.total, again.giou_term, again.f1_term))
+    assert report["score"] == pytest.approx(0.2 * report["giou_term"] + 0.8 * report["f1_term"])
+    # and it is the score of the tuned ensemble the report names
+    assert report["fusion"] == kit_config.load(EnsembleConfig, report["config"]).fusion
 
 
 @pytest.mark.slow

@@ -15,6 +15,8 @@ from cytokit import boxes as bx
 from cytokit import classes, dataset, io, paths
 from prepare import export, folds, sizes
 
+pytestmark = pytest.mark.unit
+
 K, SEED = 3, 7
 ROWS = [  # name, x1, y1, x2, y2, class; sizes below
     ("00000001-0.jpg", 5, 6, 40, 44, "PNN"),
@@ -281,6 +283,7 @@ def test_cache_reads_only_changed_files(tmp_path):
     assert calls == [["a", "b"], ["b"]]
 
 
+@pytest.mark.smoke
 def test_through_the_synthetic_generator(tmp_path, monkeypatch, capsys):
     synth = pytest.importorskip("prepare.synth.make")
     monkeypatch.setenv("CYTOKIT_WORK", str(tmp_path / "work"))

@@ -8,6 +8,8 @@ import pytest
 from cytokit import classes, predictions
 from infer import fuse
 
+pytestmark = pytest.mark.unit
+
 PNN, LY = classes.CLASS_TO_ID["PNN"], classes.CLASS_TO_ID["LY"]
 
 
@@ -28,7 +30,7 @@ M2 = rows("a.jpg", [[12, 12, 52, 52]], [0.6], [LY], "m2", p=[probs(PNN=0.2, LY=0
 
 
 def test_agnostic_averages_probabilities():
-    out = fuse.fuse(pd.concat([M1, M2]), fuse.FuseParams(mode="agnostic"), progress=False)
+    out = fuse.fuse(pd.concat([M1, M2]), fuse.FuseParams(iou_thr=0.55, mode="agnostic"), progress=False)
     assert len(out) == 1
     # p = score-weighted mean: PNN (0.9*0.6 + 0.6*0.2)/1.5 = 0.44, LY (0.9*0.4 + 0.6*0.8)/1.5 = 0.56
     np.testing.assert_allclose(out["p_PNN"], [(0.9 * 0.6 + 0.6 * 0.2) / 1.5])
@@ -43,7 +45,7 @@ def test_agnostic_averages_probabilities():
 
 def test_agnostic_one_hot_times_score_without_probs():
     m2 = rows("a.jpg", [[12, 12, 52, 52]], [0.6], [LY], "m2")  # no p_ columns: one-hot x 0.6
-    out = fuse.fuse(pd.concat([M1, m2]), fuse.FuseParams(mode="agnostic"), progress=False)
+    out = fuse.fuse(pd.concat([M1, m2]), fuse.FuseParams(iou_thr=0.55, mode="agnostic"), progress=False)
     pnn = (0.9 * 0.6 + 0.6 * 0.0) / 1.5
     ly = (0.9 * 0.4 + 0.6 * 0.6) / 1.5
     # written normalised to sum 1
@@ -52,15 +54,15 @@ def test_agnostic_one_hot_times_score_without_probs():
 
 
 def test_agnostic_model_weights_change_the_class():
-    out = fuse.fuse(pd.concat([M1, M2]), fuse.FuseParams(mode="agnostic", weights={"m1": 3.0, "m2": 1.0}),
-                    progress=False)
+    params = fuse.FuseParams(iou_thr=0.55, mode="agnostic", weights={"m1": 3.0, "m2": 1.0})
+    out = fuse.fuse(pd.concat([M1, M2]), params, progress=False)
     # weights: 0.9*3 = 2.7 and 0.6*1 = 0.6 -> PNN (2.7*0.6 + 0.6*0.2)/3.3 = 0.527 > LY 0.473
     np.testing.assert_allclose(out["p_PNN"], [(2.7 * 0.6 + 0.6 * 0.2) / 3.3])
     assert out["class"].tolist() == ["PNN"]
 
 
 def test_class_aware_wbf_keeps_classes_apart():
-    out = fuse.fuse(pd.concat([M1, M2]), fuse.FuseParams(mode="wbf"), progress=False)
+    out = fuse.fuse(pd.concat([M1, M2]), fuse.FuseParams(iou_thr=0.55, mode="wbf"), progress=False)
     assert out["class"].tolist() == ["PNN", "LY"]
     np.testing.assert_allclose(out["score"], [0.9 / 2, 0.6 / 2], rtol=1e-6)
     # p_ of a class-aware box: its own members' probabilities (one member each here)
@@ -75,12 +77,12 @@ def test_weight_is_split_over_a_models_slots():
     assert g.slot_names == ["m1|0|hflip", "m1|0|identity", "m2|0|identity"]
     np.testing.assert_allclose(g.slot_weights({"m1": 2.0}), [1.0, 1.0, 1.0])
     np.testing.assert_allclose(g.slot_weights(), [0.5, 0.5, 1.0])
-    out = fuse.fuse_grouped(g, fuse.FuseParams(), progress=False)
+    out = fuse.fuse_grouped(g, fuse.FuseParams(iou_thr=0.55), progress=False)
     # scores x slot weights: 0.4, 0.4, 0.4; mean over 3 boxes x min(3, 3) / sum of weights (2)
     np.testing.assert_allclose(out["score"], [(0.4 + 0.4 + 0.4) / 3 * 3 / 2], rtol=1e-6)
     np.testing.assert_allclose(g.slot_weights({"m3": 5.0}), [0.5, 0.5, 1.0])  # a model without rows: no slot
     np.testing.assert_allclose(g.slot_weights({"m1": 2.0}, ("identity",)), [0.0, 2.0, 1.0])  # hflip left out
-    out = fuse.fuse_grouped(g, fuse.FuseParams(views=("hflip",)), progress=False)
+    out = fuse.fuse_grouped(g, fuse.FuseParams(iou_thr=0.55, views=("hflip",)), progress=False)
     np.testing.assert_allclose(out["score"], [0.8], rtol=1e-6)  # m1's hflip slot alone (m2 has no hflip view)
 
 
@@ -90,7 +92,7 @@ def test_folds_are_slots_for_test_and_merged_out_of_fold():
     assert fuse.group(pd.concat([f0, f1])).slot_names == ["m1|0|identity", "m1|1|identity"]
     g = fuse.group(pd.concat([f0, f1]), oof=True)
     assert g.slot_names == ["m1|*|identity"]
-    out = fuse.fuse_grouped(g, fuse.FuseParams(), progress=False)
+    out = fuse.fuse_grouped(g, fuse.FuseParams(iou_thr=0.55), progress=False)
     np.testing.assert_allclose(out["score"], [0.8, 0.8], rtol=1e-6)  # one slot: nothing dilutes
     both = rows("a.jpg", [[10, 10, 50, 50]], [0.8], [PNN], "m1", fold=1)
     with pytest.raises(ValueError, match="several folds"):
@@ -109,7 +111,7 @@ def test_max_det_and_skip_thr_per_slot():
 def test_images_stay_apart_and_sizes_are_per_image():
     a = rows("a.jpg", [[10, 10, 50, 50]], [0.8], [PNN], "m1", size=(100, 200))
     b = rows("b.jpg", [[10, 10, 50, 50]], [0.7], [LY], "m1", size=(300, 100))
-    out = fuse.fuse(pd.concat([b, a]), fuse.FuseParams(), progress=False)
+    out = fuse.fuse(pd.concat([b, a]), fuse.FuseParams(iou_thr=0.55), progress=False)
     assert out["NAME"].tolist() == ["a.jpg", "b.jpg"]
     assert out["width"].tolist() == [100, 300] and out["height"].tolist() == [200, 100]
     np.testing.assert_allclose(out[["x1", "y1", "x2", "y2"]].to_numpy(), [[10, 10, 50, 50]] * 2, rtol=1e-6)
@@ -119,15 +121,15 @@ def test_bad_predictions_raise():
     bad = M1.copy()
     bad.loc[0, "x2"] = 1.0  # inverted
     with pytest.raises(ValueError, match="m1.*inverted"):
-        fuse.fuse(pd.concat([bad, M2]), fuse.FuseParams(), progress=False)
+        fuse.fuse(pd.concat([bad, M2]), fuse.FuseParams(iou_thr=0.55), progress=False)
     with pytest.raises(ValueError, match="fusion mode"):
-        fuse.fuse(M1, fuse.FuseParams(mode="mean"), progress=False)
-    assert len(fuse.fuse(predictions.empty(), fuse.FuseParams(), progress=False)) == 0
+        fuse.fuse(M1, fuse.FuseParams(iou_thr=0.55, mode="mean"), progress=False)
+    assert len(fuse.fuse(predictions.empty(), fuse.FuseParams(iou_thr=0.55), progress=False)) == 0
 
 
 def test_zero_weight_model_is_left_out():
-    out = fuse.fuse(pd.concat([M1, M2]), fuse.FuseParams(mode="agnostic", weights={"m1": 0.0, "m2": 1.0}),
-                    progress=False)
+    params = fuse.FuseParams(iou_thr=0.55, mode="agnostic", weights={"m1": 0.0, "m2": 1.0})
+    out = fuse.fuse(pd.concat([M1, M2]), params, progress=False)
     assert out["class"].tolist() == ["LY"]
     got = out[["x1", "y1", "x2", "y2", "score"]].to_numpy()
     np.testing.assert_allclose(got, [[12, 12, 52, 52, 0.6]], rtol=1e-6)
@@ -138,9 +140,10 @@ def test_boxes_left_out_of_the_fusion_do_not_vote():
     # m2's LY box is below skip_box_thr: it is not fused and its probabilities do not count
     low = rows("a.jpg", [[12, 12, 52, 52]], [0.05], [LY], "m2", p=[probs(PNN=0.0, LY=1.0)])
     g = fuse.group(pd.concat([M1, low]))
-    out = fuse.fuse_grouped(g, fuse.FuseParams(mode="agnostic", skip_box_thr=0.1), progress=False)
+    out = fuse.fuse_grouped(g, fuse.FuseParams(mode="agnostic", iou_thr=0.55, skip_box_thr=0.1),
+                            progress=False)
     np.testing.assert_allclose(out[["p_PNN", "p_LY"]].to_numpy(), [[0.6, 0.4]])
     # class-aware: a box whose class has no fused box does not vote for another class's box
     far = rows("a.jpg", [[60, 60, 90, 90]], [0.5], [LY], "m2", p=[probs(LY=1.0)])
-    out = fuse.fuse(pd.concat([M1, far]), fuse.FuseParams(mode="wbf"), progress=False)
+    out = fuse.fuse(pd.concat([M1, far]), fuse.FuseParams(iou_thr=0.55, mode="wbf"), progress=False)
     np.testing.assert_allclose(out[["p_PNN", "p_LY"]].to_numpy(), [[0.6, 0.4], [0.0, 1.0]])

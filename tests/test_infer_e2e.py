@@ -1,6 +1,8 @@
 """End-to-end smoke of make infer / submission / tune-ensemble on a tiny synthetic set with fake members."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,10 +10,13 @@ import yaml
 
 from cytokit import classes, dataset, paths, predictions, tables
 from cytokit.dataset import dataset_dir
+from cytokit.metric import score
 from infer import ensemble as infer_main
 from infer import predict, tune
 from infer.config import load_config
 from train.base import Detections, Predictor
+
+pytestmark = pytest.mark.smoke
 
 
 class CentreBoxPredictor(Predictor):
@@ -38,9 +43,8 @@ def tiny(tmp_path_factory):
     from prepare.synth import make as synth
 
     data = tmp_path_factory.mktemp("e2e") / "data"
-    made = synth.main(["--out", str(data), "--images", "24", "--seed", "3", "--test-fraction", "0.4"])
-    assert made in (0, None)
-    assert folds.main(["--data", str(data), "--k", "2", "--seed", "1"]) in (0, None)
+    assert synth.main(["--out", str(data), "--images", "24", "--seed", "3", "--test-fraction", "0.4"]) == 0
+    assert folds.main(["--data", str(data), "--k", "2", "--seed", "1"]) == 0
     return data
 
 
@@ -84,11 +88,18 @@ def test_infer_submission_and_tune(tiny, fake_members, tmp_path):
 
     from submit.validate import validate_submission
 
-    assert result.fusion in ("wbf", "agnostic")
+    # fusion auto = the mode with the better out-of-fold score (wbf on a tie)
+    oof_sets = tune.load_oof(cfg, tiny)
+    by_mode = {mode: tune.evaluate(oof_sets, cfg.fuse_params(mode)).total for mode in ("wbf", "agnostic")}
+    assert result.fusion == max(by_mode, key=by_mode.get)
     assert [p for p in validate_submission(result.submission, tiny / "test.csv") if p.level == "error"] == []
     sub = pd.read_csv(result.submission)
     assert sub["trustii_id"].tolist() == test["trustii_id"].tolist()
-    assert 0.0 < result.score.total <= 1.0
+    # the printed score is the score of the written file against test_labels.csv, 0.2 GIoU + 0.8 F1
+    truth = tables.read(tiny / "test_labels.csv", "submission")
+    again = score(truth, tables.read(result.submission, "submission"))
+    assert result.score.total == pytest.approx(again.total)
+    assert result.score.total == pytest.approx(0.2 * again.giou_term + 0.8 * again.f1_term)
     assert (result.submission.parent / (result.submission.stem + "_boxes.png")).exists()
 
     # a second run reuses every member table: no predictor is loaded again
@@ -99,9 +110,14 @@ def test_infer_submission_and_tune(tiny, fake_members, tmp_path):
     expected = ["fakea", "fakea (no TTA)", "fakeb", "fakeb (no TTA)", "ensemble (tuned)"]
     assert table["member"].tolist() == expected
     tuned = load_config(out)
-    assert tuned.fusion in ("wbf", "agnostic")
-    assert {m.model for m in tuned.member_list()} == {"fakea", "fakeb"}
-    assert {m.weight for m in tuned.member_list()} <= {0.5, 1.0, 2.0}
+    members = tuned.member_list()
+    assert {m.weight for m in members} <= {0.5, 1.0, 2.0} and {m.model for m in members} <= {"fakea", "fakeb"}
+    # the written config reproduces the tuned row, which is no worse than the start (the config's wbf)
+    params = dataclasses.replace(tuned.fuse_params(), views=tuple(tuned.tta))
+    reproduced = tune.evaluate(tune.load_oof(tuned, tiny), params).total
+    tuned_row = table.loc[table["member"] == "ensemble (tuned)", "oof"].item()
+    assert reproduced == pytest.approx(tuned_row)
+    assert tuned_row >= tune.evaluate(oof_sets, cfg.fuse_params("wbf")).total - 1e-12
 
 
 def test_classifier_hook_is_called(tiny, fake_members, tmp_path, monkeypatch):
@@ -129,7 +145,12 @@ def test_classifier_hook_is_called(tiny, fake_members, tmp_path, monkeypatch):
 def test_default_config_loads_and_has_no_classifier():
     cfg = load_config(paths.CONFIGS / "ensemble.yaml")
     assert cfg.classifier_section() is None
-    assert [m.model for m in cfg.member_list()] and cfg.fusion in ("wbf", "agnostic", "auto")
+    # k unset: the prepared dataset's; members' folds [] = all of them; weights unset = the run's best.pt
+    assert cfg.k is None and cfg.seed is None
+    assert [(m.model, m.folds, m.weight, m.weights) for m in cfg.member_list()] == [("yolov8", [], 1.0, None)]
+    bound = dataclasses.replace(cfg, k=3, seed=7)
+    assert [m.folds for m in bound.member_list()] == [[0, 1, 2]]
+    assert (cfg.fusion, cfg.tta, cfg.iou_thr) == ("auto", ["identity", "hflip"], 0.55)
 
 
 def test_missing_weights_is_a_clear_error(tiny, tmp_path):

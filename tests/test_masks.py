@@ -15,6 +15,8 @@ from cytokit.dataset import dataset_dir
 from train.unet import fallback as mf
 from train.unet import masks
 
+pytestmark = pytest.mark.unit
+
 PINK, RBC, PURPLE = (236, 218, 226), (222, 140, 138), (112, 52, 150)
 LILAC, PALE = (196, 168, 214), (225, 200, 222)  # cytoplasm: blue-lilac, or pale as a neutrophil's
 

@@ -9,6 +9,8 @@ from cytokit import classes
 from cytokit.io import cli
 from train.unet import masks, medsam
 
+pytestmark = pytest.mark.unit
+
 # segment-anything's modules at a toy size; img_size 1024 / patch 16 keep SAM's geometry.
 TINY = medsam.SamSpec(
     encoder_embed_dim=16, encoder_depth=1, encoder_num_heads=1, encoder_global_attn_indexes=(),
@@ -25,6 +27,7 @@ def tiny_ckpt(tmp_path_factory):
     return path
 
 
+@pytest.mark.smoke
 def test_segment_returns_one_image_sized_mask_per_box(tiny_ckpt):
     model = medsam.MedSam.from_checkpoint(tiny_ckpt, TINY, batch=2)
     images = [np.random.default_rng(i).integers(0, 255, (90, 120, 3), dtype=np.uint8) for i in range(3)]
@@ -84,6 +87,7 @@ def test_prompt_scaling_and_mask_geometry(tiny_ckpt, preprocess, box_1024, rows)
     assert np.array_equal(mask, expected)
 
 
+@pytest.mark.smoke
 def test_masks_with_a_checkpoint_use_medsam(tmp_path, tiny_ckpt):
     from test_masks import make_dataset
 

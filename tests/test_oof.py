@@ -11,6 +11,8 @@ from cytokit import classes, coco_eval, dataset, predictions, submission
 from cytokit.dataset import dataset_dir
 from submit import oof
 
+pytestmark = pytest.mark.unit
+
 BOXES = pd.DataFrame({
     "NAME": ["b.jpg", "a.jpg", "a.jpg", "c.jpg", "d.jpg"],
     "x1": [10, 0, 50, 5, 20], "y1": [10, 0, 50, 5, 20],
@@ -75,10 +77,12 @@ def test_cli_table_per_model_and_fold(prepared, capsys, tmp_path):
     fold_of = IMAGES.set_index("NAME")["fold"]
     for fold in (0, 1):
         part = BOXES[BOXES["NAME"].map(fold_of) == fold]
-        predictions.write(preds_from(part, "good", fold), dataset.resolve(prepared).preds_dir("good", fold) / "oof.parquet")
+        out = dataset.resolve(prepared).preds_dir("good", fold) / "oof.parquet"
+        predictions.write(preds_from(part, "good", fold), out)
     # "half" has fold 0 only, with b.jpg (MO) predicted as EO
     bad = BOXES[BOXES["NAME"].map(fold_of) == 0].assign(**{"class": ["EO", "PNN", "LY"]})
-    predictions.write(preds_from(bad, "half", 0), dataset.resolve(prepared).preds_dir("half", 0) / "oof.parquet")
+    out = dataset.resolve(prepared).preds_dir("half", 0) / "oof.parquet"
+    predictions.write(preds_from(bad, "half", 0), out)
     assert oof.find_models(dataset.resolve(prepared)) == ["good", "half"]
     argv = ["--data", str(prepared), "--k", "2", "--seed", "7", "--json", str(tmp_path / "t.json")]
     assert oof.main(argv) == 0

@@ -12,6 +12,8 @@ from cytokit import metric
 from cytokit.metric import score
 from submit import score as score_mod
 
+pytestmark = pytest.mark.unit
+
 COLS = ["trustii_id", "NAME", "x1", "y1", "x2", "y2", "class"]
 
 

@@ -18,6 +18,8 @@ from sklearn.metrics import f1_score
 from cytokit import classes
 from cytokit.metric import score
 
+pytestmark = pytest.mark.unit
+
 COORDS = ["x1", "y1", "x2", "y2"]
 COLS = ["trustii_id", "NAME", *COORDS, "class"]
 

@@ -17,6 +17,8 @@ from prepare.synth.classes import BOX_COUNTS, RECIPES
 from prepare.synth.plan import make_plan, multi_probability
 from prepare.synth.smear import render
 
+pytestmark = pytest.mark.unit
+
 NAME_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]\.jpg$")
 
 
@@ -38,6 +40,7 @@ def test_recipes_cover_the_23_classes_in_order():
     assert tuple(BOX_COUNTS) == CLASSES
 
 
+@pytest.mark.smoke
 def test_layout_headers_and_table_validation(ds):
     assert sorted(p.name for p in ds.iterdir()) == [
         "contact_sheet.png", "images", "synth.json", "test.csv", "test_labels.csv", "train.csv"]
@@ -46,7 +49,7 @@ def test_layout_headers_and_table_validation(ds):
     assert (ds / "test_labels.csv").read_text().splitlines()[0] == "trustii_id,NAME,x1,y1,x2,y2,class"
     train = tables.read(ds / "train.csv", "train")
     test = tables.read(ds / "test.csv", "test")
-    labels = tables.read(ds / "test_labels.csv", "submission")
+    tables.read(ds / "test_labels.csv", "submission")  # raises on a bad table
     files = sorted(p.name for p in (ds / "images").iterdir())
     assert len(files) == 200 and all(NAME_RE.match(f) for f in files)
     assert set(train["NAME"]) | set(test["NAME"]) == set(files)
@@ -55,6 +58,7 @@ def test_layout_headers_and_table_validation(ds):
     assert (train[["x1", "y1", "x2", "y2"]] % 1 == 0).all().all()
 
 
+@pytest.mark.smoke
 def test_test_and_labels_agree(ds):
     test = tables.read(ds / "test.csv", "test")
     labels = tables.read(ds / "test_labels.csv", "submission")
@@ -66,6 +70,7 @@ def test_test_and_labels_agree(ds):
     assert len(labels) >= test["NAME"].nunique()
 
 
+@pytest.mark.smoke
 def test_every_class_in_train_and_a_spread_in_test(ds):
     train = pd.read_csv(ds / "train.csv")
     labels = pd.read_csv(ds / "test_labels.csv")
@@ -75,6 +80,7 @@ def test_every_class_in_train_and_a_spread_in_test(ds):
     assert 0.18 <= labels["NAME"].nunique() / 200 <= 0.32
 
 
+@pytest.mark.smoke
 def test_image_sizes(ds):
     sizes = [images.read_size(p) for p in (ds / "images").iterdir()]
     small = [(w, h) for w, h in sizes if 340 <= w <= 380 and 340 <= h <= 380]
@@ -83,6 +89,7 @@ def test_image_sizes(ds):
     assert 0 < len(large) <= 0.15 * len(sizes)
 
 
+@pytest.mark.smoke
 def test_mostly_single_cell_images_and_some_border_boxes(ds):
     boxes = pd.concat([pd.read_csv(ds / "train.csv"), pd.read_csv(ds / "test_labels.csv").iloc[:, 1:]])
     per_image = boxes.groupby("NAME").size()
@@ -139,6 +146,7 @@ def test_render_is_deterministic_and_seed_dependent():
     assert not np.array_equal(a.rgb, c.rgb)
 
 
+@pytest.mark.smoke
 def test_same_seed_same_bytes_with_any_workers(tmp_path):
     synth.build(tmp_path / "a", 8, 3, workers=1)
     synth.build(tmp_path / "b", 8, 3, workers=2)
@@ -149,6 +157,7 @@ def test_same_seed_same_bytes_with_any_workers(tmp_path):
     assert not set(k for k in da if k.startswith("images/")) & set(k for k in dc if k.startswith("images/"))
 
 
+@pytest.mark.smoke
 def test_existing_folder_rules(tmp_path, capsys):
     out = tmp_path / "d"
     assert synth.main(["--out", str(out), "--images", "3", "--seed", "1"]) == 0
@@ -165,6 +174,7 @@ def test_existing_folder_rules(tmp_path, capsys):
     assert synth.build(tmp_path / "empty", 2, 1) is not None
 
 
+@pytest.mark.smoke
 def test_contact_sheet_shows_every_class(ds):
     sheet = cv2.imread(str(ds / "contact_sheet.png"))
     assert sheet.shape == (23 * 96, 96 + 6 * 96, 3)

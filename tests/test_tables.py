@@ -10,6 +10,8 @@ import pytest
 from cytokit import tables
 from cytokit.io import DataError
 
+pytestmark = pytest.mark.unit
+
 HEADER = "NAME,x1,y1,x2,y2,class\n"
 
 

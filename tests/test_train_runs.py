@@ -12,6 +12,8 @@ from train import runs
 from train.__main__ import main
 from train.job import folds_of, list_models
 
+pytestmark = pytest.mark.unit
+
 
 def test_fresh_folder_is_created(tmp_path):
     run = tmp_path / "runs" / "m" / "fold0"
@@ -70,11 +72,11 @@ def test_metrics_rows_replace_the_same_epoch_and_draw_curves(tmp_path):
 
 
 def test_config_saved_and_changes_logged(tmp_path, caplog):
-    from train.tv.adapter import TvConfig
+    from train import registry
 
-    runs.save_config(TvConfig(epochs=3), tmp_path)
+    runs.save_config(registry.load_config("retinanet", ["epochs=3"]), tmp_path)
     assert "epochs: 3" in (tmp_path / "config.yaml").read_text()
-    runs.save_config(TvConfig(epochs=5), tmp_path)
+    runs.save_config(registry.load_config("retinanet", ["epochs=5"]), tmp_path)
     assert "config changed since the run started: epochs" in caplog.text
 
 

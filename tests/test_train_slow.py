@@ -1,7 +1,8 @@
 """Slow tier: yolov8 learns on the synthetic smears (``make test-all``).
 
 240 synthetic images (``prepare.synth``), 4 folds; yolov8n trains fold 0 for 25
-short epochs on CPU (about 6 minutes on 2 cores). Its out-of-fold challenge score must beat, by a clear margin,
+short epochs on CPU (about 6 minutes on 2 cores). Its out-of-fold challenge score must beat, by a clear
+margin,
 the best answer that needs no model: a full-image box of the training fold's
 most frequent class on every image (measured with the same scorer).
 """
@@ -15,9 +16,10 @@ import pytest
 from cytokit import classes, dataset, predictions
 
 pytestmark = pytest.mark.slow
-# From scratch on ~135 images: AdamW at 0.003 (ultralytics' "auto" picks 0.00037 for short runs, too slow here).
+# From scratch on ~135 images: AdamW at 0.003 (ultralytics' "auto" picks 0.00037 for short runs, too slow
+# here).
 EPOCHS = ["epochs=25", "imgsz=160", "batch=8", "workers=1", "plots=false", "close_mosaic=5", "patience=100",
-          "optimizer=AdamW", "lr0=0.003", "warmup_epochs=1"]
+          "optimizer=AdamW", "lr=0.003", "warmup_epochs=1"]
 
 
 def constant_baseline(fold) -> float:

@@ -20,6 +20,8 @@ import torch
 
 from cytokit import classes, dataset, paths, predictions
 
+pytestmark = pytest.mark.smoke
+
 TINY = ["imgsz=64", "batch=2", "workers=0", "conf=0.0", "predict_batch=4"]
 ULTRA = TINY + ["plots=false", "warmup_epochs=0", "mosaic=0.0"]
 TV = TINY + ["max_size=96", "augment=light"]
@@ -90,7 +92,8 @@ def check_predictor(model: str, data: Path) -> None:
     from train import registry
 
     cfg = registry.load_config(model, ARGS[model])
-    predictor = registry.get(model)().load(dataset.resolve(data).run_dir(model, 0) / "best.pt", cfg, device="cpu")
+    best = dataset.resolve(data).run_dir(model, 0) / "best.pt"
+    predictor = registry.get(model)().load(best, cfg, device="cpu")
     images = [np.full((50, 70, 3), 200, np.uint8), np.full((90, 60, 3), 120, np.uint8)]
     dets = predictor.predict(images, conf=0.0)
     assert len(dets) == 2
@@ -149,8 +152,9 @@ def test_yolov8_from_local_weights_interrupted_then_resumed(tiny_data, offline, 
 
 
 def test_mobilenet_interrupted_resumed_skipped_forced(tiny_data, offline, monkeypatch, capsys, tmp_path):
+    from train import registry
     from train.tv import engine as tv_engine
-    from train.tv.adapter import TvConfig, build_model
+    from train.tv.adapter import build_model
 
     original, calls = tv_engine.train_one_epoch, []
 
@@ -165,7 +169,8 @@ def test_mobilenet_interrupted_resumed_skipped_forced(tiny_data, offline, monkey
     with pytest.raises(KeyboardInterrupt):
         train_cli(model, tiny_data, "epochs=2", *TV)
     run = dataset.resolve(tiny_data).run_dir(model, 0)
-    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert (last["epoch"], last["format"]) == (0, 2)  # the first epoch's index: train.checkpoint's format
     assert train_cli(model, tiny_data, "--resume", "epochs=2", *TV) == 0
     assert len(calls) == 3  # epoch 1, the interrupted epoch 2, epoch 2 again
     check_run(model, tiny_data, epochs=2)
@@ -177,7 +182,8 @@ def test_mobilenet_interrupted_resumed_skipped_forced(tiny_data, offline, monkey
     assert "already trained" in capsys.readouterr().out
     assert (run / "best.pt").stat().st_mtime_ns == best_time and len(calls) == 3
 
-    sd = build_model("fasterrcnn_mobilenet_v3_large_fpn", TvConfig()).state_dict()
+    cfg = registry.load_config("fasterrcnn_mobilenet")
+    sd = build_model("fasterrcnn_mobilenet_v3_large_fpn", cfg).state_dict()
     sd["roi_heads.box_predictor.cls_score.weight"] = torch.zeros(91, 1024)  # a COCO-sized head: skipped
     torch.save(sd, tmp_path / "init.pt")
     assert train_cli(model, tiny_data, "--force", "epochs=1", f"weights={tmp_path / 'init.pt'}", *TV) == 0

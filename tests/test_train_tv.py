@@ -10,11 +10,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DistributedSampler
 
-from cytokit.config import ConfigError
+from cytokit.config import ConfigError, from_dict
 from train import dist
 from train.tv.adapter import FasterRCNNConfig, TvConfig, build_model, load_matching, read_state_dict
 from train.tv.data import CocoDetection, augmentations
 from train.tv.engine import lr_factor
+
+pytestmark = pytest.mark.unit
 
 
 def test_lr_factor_warmup_then_cosine():
@@ -119,9 +121,10 @@ def test_ddp_path_with_gloo_world_size_one(tmp_path):
 
 
 def test_models_sized_for_the_kit():
-    cfg = TvConfig(imgsz=320, max_size=512)
-    frcnn = build_model("fasterrcnn_mobilenet_v3_large_fpn", FasterRCNNConfig(imgsz=320, max_size=512,
-                                                                             roi_samples=64, rpn_proposals=300))
+    cfg = from_dict(TvConfig, {"imgsz": 320, "max_size": 512})
+    small = from_dict(FasterRCNNConfig, {"imgsz": 320, "max_size": 512, "roi_samples": 64,
+                                         "rpn_proposals": 300})
+    frcnn = build_model("fasterrcnn_mobilenet_v3_large_fpn", small)
     assert frcnn.roi_heads.box_predictor.cls_score.out_features == 24  # background + 23
     assert frcnn.transform.min_size == (320,) and frcnn.transform.max_size == 512
     assert frcnn.roi_heads.fg_bg_sampler.batch_size_per_image == 64

@@ -7,29 +7,43 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cytokit.config import ConfigError
+from cytokit.config import ConfigError, from_dict
 from train.yolo.adapter import UltraConfig, Yolo11Adapter, Yolov5Adapter, Yolov8Adapter, check_weights
+
+pytestmark = pytest.mark.unit
 
 FOLD = SimpleNamespace(yolo_yaml=Path("/data/ds/fold2/data.yaml"))
 
 
+def ultra(**values) -> UltraConfig:
+    """configs/yolo.yaml's defaults with ``values`` on top."""
+    return from_dict(UltraConfig, values)
+
+
 def test_model_yaml_per_family_and_size():
-    assert Yolov5Adapter().model_yaml(UltraConfig(size="s")) == "yolov5su.yaml"  # YOLOv5u
-    assert Yolov8Adapter().model_yaml(UltraConfig()) == "yolov8n.yaml"
-    assert Yolo11Adapter().model_yaml(UltraConfig(size="m")) == "yolo11m.yaml"
+    assert Yolov5Adapter().model_yaml(ultra(size="s")) == "yolov5su.yaml"  # YOLOv5u
+    assert Yolov8Adapter().model_yaml(ultra()) == "yolov8n.yaml"
+    assert Yolo11Adapter().model_yaml(ultra(size="m")) == "yolo11m.yaml"
 
 
 def test_train_args_map_the_kit_config(tmp_path):
-    cfg = UltraConfig(epochs=7, imgsz=320, batch=4, device="cpu", workers=1, extra={"erasing": 0.1})
+    cfg = ultra(epochs=7, imgsz=320, batch=4, device="cpu", workers=1, extra={"erasing": 0.1})
     args = Yolov8Adapter().train_args(cfg, FOLD, tmp_path / "fold2")
     assert args["data"] == "/data/ds/fold2/data.yaml"
     assert (args["epochs"], args["imgsz"], args["batch"]) == (7, 320, 4)
     assert (args["device"], args["workers"]) == ("cpu", 1)
     assert args["project"] == str(tmp_path / "fold2") and args["name"] == "ultralytics" and args["exist_ok"]
     assert args["pretrained"] is False and args["erasing"] == 0.1
-    assert Yolov8Adapter().train_args(UltraConfig(), FOLD, tmp_path)["device"] is None  # auto
-    with pytest.raises(ConfigError, match="extra: epochs are kit keys"):
-        Yolov8Adapter().train_args(UltraConfig(extra={"epochs": 3}), FOLD, tmp_path)
+    assert Yolov8Adapter().train_args(ultra(), FOLD, tmp_path)["device"] is None  # auto
+    with pytest.raises(ConfigError, match="extra: epochs are set by the kit"):
+        Yolov8Adapter().train_args(ultra(extra={"epochs": 3}), FOLD, tmp_path)
+
+
+def test_kit_names_reach_ultralytics_under_its_own_names(tmp_path):
+    args = Yolov8Adapter().train_args(ultra(lr=0.02, lrf=0.1), FOLD, tmp_path)
+    assert (args["lr0"], args["lrf"]) == (0.02, 0.1) and "lr" not in args
+    with pytest.raises(ConfigError, match="extra: lr0 \\(kit key lr\\) are set by the kit"):
+        Yolov8Adapter().train_args(ultra(extra={"lr0": 0.1}), FOLD, tmp_path)
 
 
 def test_weights_must_be_local_ultralytics_checkpoints(tmp_path):
@@ -47,12 +61,13 @@ def test_weights_must_be_local_ultralytics_checkpoints(tmp_path):
         load_ultra_checkpoint(tmp_path / "model.pth")
 
 
+@pytest.mark.smoke
 def test_a_checkpoint_of_another_class_count_is_refused(tmp_path):
     from ultralytics import YOLO
 
     torch.save({"model": YOLO("yolov8n.yaml").model}, tmp_path / "coco80.pt")  # 80 classes
     with pytest.raises(ConfigError, match="a model of 80 classes; the kit's models have 23"):
-        Yolov8Adapter().load(tmp_path / "coco80.pt", UltraConfig(), "cpu")
+        Yolov8Adapter().load(tmp_path / "coco80.pt", ultra(), "cpu")
 
 
 def test_amp_check_is_off_on_cpu_and_never_downloads(monkeypatch):
@@ -80,7 +95,9 @@ def test_ultralytics_settings_live_in_the_work_folder():
     assert not USER_CONFIG_DIR.is_relative_to(Path.home() / ".config")
 
 
-def test_epoch_end_scores_every_n_epochs_and_keeps_the_best(tmp_path, monkeypatch):
+def test_epoch_end_scores_every_n_epochs_and_keeps_the_best(tmp_path, monkeypatch, caplog):
+    import logging
+
     import pandas as pd
 
     from train.yolo import trainer as ultra_trainer
@@ -94,11 +111,16 @@ def test_epoch_end_scores_every_n_epochs_and_keeps_the_best(tmp_path, monkeypatc
     trainer = SimpleNamespace(epochs=5, tloss=None, metrics={"metrics/mAP50(B)": 0.5}, fitness=0.1,
                               ema=SimpleNamespace(ema=None), device="cpu", last=last,
                               label_loss_items=lambda loss, prefix: {f"{prefix}/box_loss": 1.0})
-    callback = ultra_trainer.EpochEnd(None, tmp_path, UltraConfig(val_every=2), "yolov8")
+    callback = ultra_trainer.EpochEnd(None, tmp_path, ultra(val_every=2), "yolov8")
+    caplog.set_level(logging.INFO, logger=ultra_trainer.__name__)
     for epoch in range(5):
         trainer.epoch = epoch
         last.write_text(f"weights of epoch {epoch + 1}")
         callback(trainer)
+    assert [r.getMessage() for r in caplog.records if r.name == ultra_trainer.__name__] == [
+        "epoch 1: challenge - (best -)", "epoch 2: challenge 0.3000 (best 0.3000)",
+        "epoch 3: challenge - (best 0.3000)", "epoch 4: challenge 0.2000 (best 0.3000)",
+        "epoch 5: challenge 0.2500 (best 0.3000)"]  # unscored epochs: "-", never "-inf"
     table = pd.read_csv(tmp_path / "metrics.csv")
     assert table["epoch"].tolist() == [1, 2, 3, 4, 5]
     assert table["challenge"].fillna(-1).tolist() == [-1, 0.30, -1, 0.20, 0.25]

@@ -10,6 +10,8 @@ from cytokit import predictions
 from infer import cache, fuse, predict, tta
 from train.base import Detections, Predictor
 
+pytestmark = pytest.mark.unit
+
 ALL_VIEWS = [*tta.VIEWS, "scale1.25", "scale0.8", "scale2"]
 
 
@@ -116,7 +118,7 @@ def test_fake_model_fused_over_all_views_is_invariant():
     pairs = [("a.jpg", img), ("b.jpg", img)]
     table = predict.predict_arrays(BrightRectPredictor(), pairs, views, "fake", 0, batch=1)
     assert len(table) == 2 * len(ALL_VIEWS)
-    fused = fuse.fuse(table, fuse.FuseParams(mode="wbf"), progress=False)
+    fused = fuse.fuse(table, fuse.FuseParams(iou_thr=0.55, mode="wbf"), progress=False)
     assert fused["NAME"].tolist() == ["a.jpg", "b.jpg"]
     np.testing.assert_allclose(fused[["x1", "y1", "x2", "y2"]].to_numpy(), [rect, rect], atol=1e-4)
     np.testing.assert_allclose(fused["score"], [0.9, 0.9], atol=1e-6)  # every slot agrees: avg = 0.9
@@ -140,7 +142,8 @@ def test_cached_table_reuses_a_table_with_more_views(tmp_path):
 
     def make(names):
         made.append(names)
-        return predict.predict_arrays(BrightRectPredictor(), [("a.jpg", img)], tta.get_views(names), "fake", 0)
+        views = tta.get_views(names)
+        return predict.predict_arrays(BrightRectPredictor(), [("a.jpg", img)], views, "fake", 0)
 
     path = tmp_path / "test.parquet"
     meta = {"weights": "w.pt", "views": ["identity", "hflip"], "conf": 0.001}

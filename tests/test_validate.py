@@ -7,6 +7,8 @@ from PIL import Image
 from submit import validate
 from submit.validate import validate_submission
 
+pytestmark = pytest.mark.unit
+
 HEADER = "trustii_id,NAME,x1,y1,x2,y2,class\n"
 TEST = "trustii_id,NAME\n10,a.jpg\n11,a.jpg\n12,b.jpg\n"
 GOOD = HEADER + "10,a.jpg,0,0,50,50,PNN\n11,a.jpg,10,10,60,60,MO\n12,b.jpg,0,0,79,59,LyB\n"

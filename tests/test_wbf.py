@@ -6,6 +6,8 @@ import pytest
 
 from infer import wbf
 
+pytestmark = pytest.mark.unit
+
 
 def member(boxes, scores, labels):
     return np.array(boxes, dtype=float).reshape(-1, 4), np.array(scores, dtype=float), np.array(labels)
@@ -34,7 +36,7 @@ def test_two_boxes_weighted():
 
 
 def test_two_boxes_conf_type_max():
-    _, s, _ = wbf.fuse_image([A, B], 100, 100, weights=[2, 1], conf_type="max")
+    _, s, _ = wbf.fuse_image([A, B], 100, 100, weights=[2, 1], conf_type="max", iou_thr=0.55)
     np.testing.assert_allclose(s, [max(0.8 * 2, 0.4 * 1) / max(2, 1)], rtol=1e-6)
 
 
@@ -52,7 +54,7 @@ def test_three_boxes_two_clusters():
 
 def test_different_labels_do_not_merge():
     a = member([[10, 10, 50, 50]], [0.8], [1])
-    boxes, s, lab = wbf.fuse_image([a, B], 100, 100)
+    boxes, s, lab = wbf.fuse_image([a, B], 100, 100, iou_thr=0.55)
     np.testing.assert_allclose(s, [0.8 * 1 / 2, 0.4 * 1 / 2], rtol=1e-6)
     assert lab.tolist() == [1, 2]
     np.testing.assert_allclose(boxes, [[10, 10, 50, 50], [14, 14, 54, 54]], rtol=1e-6)
@@ -60,34 +62,34 @@ def test_different_labels_do_not_merge():
 
 def test_empty_members():
     empty = member([], [], [])
-    boxes, s, lab = wbf.fuse_image([A, empty], 100, 100)
+    boxes, s, lab = wbf.fuse_image([A, empty], 100, 100, iou_thr=0.55)
     np.testing.assert_allclose(boxes, [[10, 10, 50, 50]], rtol=1e-6)
     np.testing.assert_allclose(s, [0.8 * min(2, 1) / 2], rtol=1e-6)  # the empty member still counts
-    boxes, s, lab = wbf.fuse_image([empty, empty], 100, 100)
+    boxes, s, lab = wbf.fuse_image([empty, empty], 100, 100, iou_thr=0.55)
     assert boxes.shape == (0, 4) and s.shape == (0,) and lab.shape == (0,)
-    assert wbf.fuse_image([], 100, 100)[0].shape == (0, 4)
+    assert wbf.fuse_image([], 100, 100, iou_thr=0.55)[0].shape == (0, 4)
 
 
 def test_non_square_image_normalisation():
     a = member([[100, 10, 300, 50]], [0.5], [0])
-    boxes, _, _ = wbf.fuse_image([a], 400, 60)
+    boxes, _, _ = wbf.fuse_image([a], 400, 60, iou_thr=0.55)
     np.testing.assert_allclose(boxes, [[100, 10, 300, 50]], rtol=1e-6)
 
 
 def test_clip_rule():
     # partly outside: the inside part is kept; entirely outside or flat: dropped
     part = member([[-10, 20, 50, 130]], [0.5], [0])
-    boxes, _, _ = wbf.fuse_image([part], 100, 100)
+    boxes, _, _ = wbf.fuse_image([part], 100, 100, iou_thr=0.55)
     np.testing.assert_allclose(boxes, [[0, 20, 50, 100]], rtol=1e-6)
     outside = member([[110, 10, 120, 20], [10, 10, 10, 30]], [0.5, 0.5], [0, 0])
-    boxes, s, _ = wbf.fuse_image([outside], 100, 100)
+    boxes, s, _ = wbf.fuse_image([outside], 100, 100, iou_thr=0.55)
     assert len(boxes) == 0
 
 
 def test_skip_box_thr():
     low = member([[10, 10, 50, 50]], [0.05], [0])
-    assert len(wbf.fuse_image([low], 100, 100, skip_box_thr=0.1)[0]) == 0
-    assert len(wbf.fuse_image([low], 100, 100, skip_box_thr=0.01)[0]) == 1
+    assert len(wbf.fuse_image([low], 100, 100, skip_box_thr=0.1, iou_thr=0.55)[0]) == 0
+    assert len(wbf.fuse_image([low], 100, 100, skip_box_thr=0.01, iou_thr=0.55)[0]) == 1
 
 
 @pytest.mark.parametrize(
@@ -104,25 +106,25 @@ def test_skip_box_thr():
 )
 def test_bad_boxes_raise_naming_the_member(bad, match):
     with pytest.raises(ValueError, match=match):
-        wbf.fuse_image([A, bad], 100, 100, names=["good", "yolo fold0"])
+        wbf.fuse_image([A, bad], 100, 100, names=["good", "yolo fold0"], iou_thr=0.55)
 
 
 def test_bad_settings_raise():
     with pytest.raises(ValueError, match="conf_type"):
-        wbf.fuse_image([A], 100, 100, conf_type="mean")
+        wbf.fuse_image([A], 100, 100, conf_type="mean", iou_thr=0.55)
     with pytest.raises(ValueError, match="iou_thr"):
         wbf.fuse_image([A], 100, 100, iou_thr=0)
     with pytest.raises(ValueError, match="skip_box_thr"):
-        wbf.fuse_image([A], 100, 100, skip_box_thr=2)
+        wbf.fuse_image([A], 100, 100, skip_box_thr=2, iou_thr=0.55)
     with pytest.raises(ValueError, match="weights"):
-        wbf.fuse_image([A, B], 100, 100, weights=[1])
+        wbf.fuse_image([A, B], 100, 100, weights=[1], iou_thr=0.55)
     with pytest.raises(ValueError, match="weights"):
-        wbf.fuse_image([A, B], 100, 100, weights=[0, 0])
+        wbf.fuse_image([A, B], 100, 100, weights=[0, 0], iou_thr=0.55)
     with pytest.raises(ValueError, match="size"):
-        wbf.fuse_image([A], 0, 100)
+        wbf.fuse_image([A], 0, 100, iou_thr=0.55)
 
 
 def test_float_labels_are_cast_back_to_int():
     a = member([[10, 10, 50, 50]], [0.8], [7.0])
-    _, _, lab = wbf.fuse_image([a], 100, 100)
+    _, _, lab = wbf.fuse_image([a], 100, 100, iou_thr=0.55)
     assert lab.dtype == np.int64 and lab.tolist() == [7]

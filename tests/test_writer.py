@@ -10,6 +10,8 @@ from cytokit import classes, io, predictions, submission, tables
 from cytokit.metric import score
 from submit import write, writer
 
+pytestmark = pytest.mark.unit
+
 TEST = pd.DataFrame({"trustii_id": [10, 20, 11, 30, 40, 41, 42],
                      "NAME": ["a.jpg", "b.jpg", "a.jpg", "c.jpg", "d.jpg", "d.jpg", "d.jpg"]})
 SIZES = pd.DataFrame({"NAME": ["a.jpg", "b.jpg", "c.jpg", "d.jpg"], "width": [100, 120, 90, 60],

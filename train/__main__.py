@@ -6,7 +6,7 @@
 
 (``make train MODEL= FOLD= EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS= RESUME=1 FORCE=1 ARGS="k=v"``.)
 The fold comes from ``make folds`` (``cytokit.dataset.load_fold``). Config =
-dataclass defaults <- ``configs/<model>.yaml`` <- ``key=value``; unknown keys are
+defaults (``configs/<family>.yaml``, see --list) <- ``key=value``; unknown keys are
 an error naming the valid ones. Per fold, into ``work/runs/<model>/fold<k>/``:
 the resolved config, training (best epoch by the challenge score on the fold's
 validation images), then the out-of-fold predictions of the best weights in
@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print(job.list_models())
         return 0
-    job.train(args.model, str(args.fold), args.data, args.k, args.seed, args.overrides, args.resume, args.force)
+    job.train(args.model, str(args.fold), args.data, args.k, args.seed, args.overrides, args.resume,
+              args.force)
     return 0
 
 

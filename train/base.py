@@ -26,7 +26,7 @@ class Detections:
     probs: np.ndarray | None = None  # (N, 23) per-class probabilities, when the model has them
 
     @classmethod
-    def empty(cls, with_probs: bool = False) -> "Detections":
+    def empty(cls, with_probs: bool = False) -> Detections:
         return cls(
             np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=np.int64),
             np.zeros((0, 23)) if with_probs else None,

@@ -94,8 +94,8 @@ def run_fold(name: str, adapter: Any, cfg: Any, fold_data: Any, resume: bool, fo
     return record
 
 
-def train(model: str | None, fold: str, data: Path, k: int | None, seed: int | None, overrides: list[str] | tuple = (),
-          resume: bool = False, force: bool = False) -> list[dict | None]:
+def train(model: str | None, fold: str, data: Path, k: int | None, seed: int | None,
+          overrides: list[str] | tuple = (), resume: bool = False, force: bool = False) -> list[dict | None]:
     """Train ``model`` on ``fold`` (an index or ``all``) of the dataset prepared from ``data``; the
     done.json records of the folds (None on non-zero torchrun ranks)."""
     from cytokit import dataset

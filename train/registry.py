@@ -2,11 +2,14 @@
 
 Values are ``"module:Class"`` strings imported on first use, so importing this
 module stays light (no torch, no ultralytics) and a model whose module is
-missing fails with a message that names it. Each model has one commented YAML
-config, ``configs/<name>.yaml``, read into its adapter's ``config_cls``.
+missing fails with a message that names it. Each model family (a folder
+``train/<family>/``) has one commented YAML config, ``configs/<family>.yaml``,
+that holds the defaults of its adapters' ``config_cls`` (the keys of one model
+alone under ``models: {<name>: ...}``).
 
 Adding a model = one adapter class (``train.base.Adapter``) + one entry here +
-one ``configs/<name>.yaml``. ``python -m train --list`` prints the table.
+its family's ``configs/<family>.yaml`` (a new family: a new file).
+``python -m train --list`` prints the table.
 
 Inference uses the same entry point::
 
@@ -32,7 +35,7 @@ MODELS: dict[str, str] = {
     "yolov8": "train.yolo.adapter:Yolov8Adapter",
     "yolo11": "train.yolo.adapter:Yolo11Adapter",
     "fasterrcnn": "train.tv.adapter:FasterRCNNAdapter",  # torchvision fasterrcnn_resnet50_fpn_v2
-    "fasterrcnn_mobilenet": "train.tv.adapter:FasterRCNNMobileAdapter",  # fasterrcnn_mobilenet_v3_large_fpn (CPU)
+    "fasterrcnn_mobilenet": "train.tv.adapter:FasterRCNNMobileAdapter",  # mobilenet_v3_large_fpn (CPU)
     "retinanet": "train.tv.adapter:RetinaNetAdapter",  # torchvision retinanet_resnet50_fpn_v2
     "unet": "train.unet.adapter:UnetAdapter",
     "cls": "train.cls.adapter:ClassifierAdapter",
@@ -70,16 +73,20 @@ def get(name: str) -> type:
         raise ConfigError(f"model {name!r}: {module_name} has no class {class_name}") from None
 
 
+def family(name: str) -> str:
+    """The model's family: the folder of its adapter (``yolov8`` -> ``yolo``, ``cls_full`` -> ``cls``)."""
+    module = MODELS[check_name(name)].partition(":")[0]
+    return module.split(".")[1]
+
+
 def config_path(name: str) -> Path:
-    """``configs/<name>.yaml``: the model's commented default config."""
-    return paths.CONFIGS / f"{check_name(name)}.yaml"
+    """``configs/<family>.yaml``: the commented defaults of the model's family."""
+    return paths.CONFIGS / f"{family(name)}.yaml"
 
 
 def load_config(name: str, overrides: dict[str, Any] | list[str] = ()) -> Any:
-    """The model's config dataclass: defaults <- ``configs/<name>.yaml`` <- overrides."""
-    cls = get(name).config_cls
-    path = config_path(name)
-    return load(cls, path if path.exists() else None, overrides)
+    """The model's config dataclass: its defaults (``configs/<family>.yaml``) <- overrides."""
+    return load(get(name).config_cls, None, overrides, section=name)
 
 
 def run_config(name: str, run_dir: Path, overrides: dict[str, Any] | list[str] = ()) -> Any:
@@ -88,4 +95,4 @@ def run_config(name: str, run_dir: Path, overrides: dict[str, Any] | list[str] =
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         return load_config(name, overrides)
-    return load(get(check_name(name)).config_cls, path, overrides)
+    return load(get(check_name(name)).config_cls, path, overrides, section=name)

@@ -2,7 +2,7 @@
 
 Every adapter leaves the same files in its run folder::
 
-    config.yaml   the resolved config (defaults <- configs/<model>.yaml <- overrides)
+    config.yaml   the resolved config (defaults of configs/<family>.yaml <- overrides)
     metrics.csv   one row per epoch (losses, validation metrics, challenge score)
     curves.png    loss and metric curves drawn from metrics.csv
     last.pt       the latest checkpoint (what ``--resume`` continues from)

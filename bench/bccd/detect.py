@@ -1,6 +1,7 @@
 """A check on real smears: train a detector on BCCD's upstream train+val split, score its test split.
 
-    python -m bench.bccd.detect --model yolov8 [--bccd ../shared/data/bccd] [--resume] [--force] [key=value ...]
+    python -m bench.bccd.detect --model yolov8 [--bccd ../shared/data/bccd] [--resume] [--force] \
+        [key=value ...]
 
 Reads the small public BCCD set in place (``cytologia_wbc_subtypes.csv``: one
 white cell per image, classes PNN/EO/LY/MO/BA, 640x480 fields) and exports it

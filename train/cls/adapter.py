@@ -37,37 +37,39 @@ SELECT = ("best", "last")
 
 @dataclasses.dataclass
 class ClassifierConfig:
-    """Settings of the crop / full-image classifier (configs/cls.yaml documents each key)."""
+    """Settings of the crop / full-image classifier: defaults and meanings in configs/cls.yaml."""
 
-    mode: str = "crop"
-    backbone: str = "efficientnet_b0"
-    weights: Path | None = None
-    drop_rate: float = 0.2
-    imgsz: int = 224
-    margin: int = 16
-    jitter: float = 0.05
-    epochs: int = 15
-    batch: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    loss: str = "ce"
-    focal_gamma: float = 2.0
-    label_smoothing: float = 0.05
-    sampler: str = "balanced"
-    balance_power: float = 0.5
-    augment: str = "default"
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mix_prob: float = 0.5
-    val_detector: str = ""
-    select: str = "best"
-    tta: bool = True
-    conf: float = 0.001
-    device: str = ""
-    amp: bool = True
-    workers: int = 2
-    seed: int = 0
+    DEFAULTS: ClassVar[str] = "cls.yaml"
+
+    mode: str
+    backbone: str
+    weights: Path | None
+    drop_rate: float
+    imgsz: int
+    margin: int
+    jitter: float
+    epochs: int
+    batch: int
+    lr: float
+    weight_decay: float
+    warmup_epochs: float
+    loss: str
+    focal_gamma: float
+    label_smoothing: float
+    sampler: str
+    balance_power: float
+    augment: str
+    mixup: float
+    cutmix: float
+    mix_prob: float
+    val_detector: str
+    select: str
+    tta: bool
+    conf: float
+    device: str
+    amp: bool
+    workers: int
+    seed: int
 
     def __post_init__(self) -> None:
         for key, valid in (("mode", MODES), ("select", SELECT), ("loss", cls_model.LOSSES),
@@ -290,6 +292,6 @@ class ClassifierAdapter(Adapter):
 
 class FullImageAdapter(ClassifierAdapter):
     """Registry adapter ``cls_full``: the same classifier, ``mode: full`` by default
-    (configs/cls_full.yaml), in its own run folder so it never overwrites ``cls``."""
+    (configs/cls.yaml, models.cls_full), in its own run folder so it never overwrites ``cls``."""
 
     name: ClassVar[str] = "cls_full"

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -29,32 +29,35 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class TvConfig:
-    """Settings of a torchvision detector (configs/fasterrcnn*.yaml, configs/retinanet.yaml)."""
+    """Settings of a torchvision detector; configs/tv.yaml holds the default and meaning of each key."""
 
-    epochs: int = 24
-    batch: int = 8
-    imgsz: int = 384
-    max_size: int = 640
-    device: str = ""
-    workers: int = 4
-    threads: int = 0
-    weights: Path | None = None
-    seed: int = 0
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.01
-    clip_grad: float = 10.0
-    amp: bool = True
-    augment: str = "default"
-    balanced: bool = False
-    val_every: int = 1
-    conf: float = 0.001
-    nms_iou: float = 0.5
-    max_det: int = 30
-    predict_batch: int = 8
+    DEFAULTS: ClassVar[str] = "tv.yaml"
+    RENAMED: ClassVar[dict[str, str]] = {"min_lr_ratio": "lrf"}  # the kit's name of each idea
+
+    epochs: int
+    batch: int
+    imgsz: int
+    max_size: int
+    device: str
+    workers: int
+    threads: int
+    weights: Path | None
+    seed: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    warmup_epochs: float
+    lrf: float
+    clip_grad: float
+    amp: bool
+    augment: str
+    balanced: bool
+    val_every: int
+    conf: float
+    nms_iou: float
+    max_det: int
+    predict_batch: int
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
@@ -63,10 +66,12 @@ class TvConfig:
 
 @dataclasses.dataclass
 class FasterRCNNConfig(TvConfig):
-    """TvConfig + the Faster R-CNN sampling sizes that set its CPU cost (configs/fasterrcnn*.yaml)."""
+    """TvConfig + the Faster R-CNN sampling sizes that set its CPU cost (configs/tv.yaml: models)."""
 
-    roi_samples: int = 128
-    rpn_proposals: int = 500
+    SECTION: ClassVar[str] = "fasterrcnn"
+
+    roi_samples: int
+    rpn_proposals: int
 
 
 def build_model(arch: str, cfg: TvConfig):

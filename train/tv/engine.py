@@ -5,10 +5,10 @@ Both obey ``model(images, targets) -> loss_dict`` in train mode, so one
 references/detection ``engine.py``): AMP (``torch.autocast`` + ``GradScaler``)
 on CUDA, gradient clipping, a per-iteration linear warm-up then cosine learning
 rate, a tqdm bar. ``fit`` runs the epochs: it evaluates the challenge score on
-the fold's validation images (``evaluate`` callback), writes ``last.pt``
-(model, optimizer, scheduler, scaler, epoch, best score, config) every epoch and
-``best.pt`` when the score improves, appends ``metrics.csv``, resumes from
-``last.pt``, and runs under torchrun with DDP (``train.dist``).
+the fold's validation images (``evaluate`` callback) every ``val_every`` epochs,
+writes ``last.pt`` every epoch and ``best.pt`` when the score improves (the
+kit's one checkpoint format, ``train.checkpoint``), appends ``metrics.csv``,
+resumes from ``last.pt``, and runs under torchrun with DDP (``train.dist``).
 """
 from __future__ import annotations
 
@@ -22,10 +22,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from cytokit import classes
 from cytokit.config import to_dict
-from cytokit.io import atomic_write
-from train import dist, runs
+from train import checkpoint, dist, runs
 from train.tv.data import collate
 
 log = logging.getLogger(__name__)
@@ -82,17 +80,6 @@ def train_one_epoch(model, optimizer, scheduler, scaler, loader, device: str, ep
     return {k: v / max(seen, 1) for k, v in sums.items()}
 
 
-def save_checkpoint(path: Path, **state: Any) -> Path:
-    """``torch.save`` of a dict of tensors and plain values, atomically (loads with weights_only=True)."""
-    with atomic_write(Path(path), suffix=".tmp.pt") as tmp:
-        torch.save(state, tmp)
-    return Path(path)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
-
-
 def fit(model: torch.nn.Module, cfg: Any, dataset, run_dir: Path, device: str, arch: str,
         evaluate: Callable[[torch.nn.Module], dict[str, float]], resume: bool = False) -> Path:
     """Train ``model`` on ``dataset`` for ``cfg.epochs`` into ``run_dir``; return ``best.pt``."""
@@ -109,20 +96,16 @@ def fit(model: torch.nn.Module, cfg: Any, dataset, run_dir: Path, device: str, a
     optimizer = make_optimizer(model, cfg)
     total, warmup = cfg.epochs * len(loader), int(cfg.warmup_epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: lr_factor(it, total, warmup, cfg.min_lr_ratio))
+        optimizer, lambda it: lr_factor(it, total, warmup, cfg.lrf))
     use_amp = bool(cfg.amp) and device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start, best = 0, -math.inf
     if resume:
-        ckpt = load_checkpoint(run_dir / "last.pt")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start, best = int(ckpt["epoch"]), float(ckpt["best"])
-        log.info("resuming %s at epoch %d of %d (best challenge so far %.4f)", run_dir, start + 1,
-                 cfg.epochs, best)
-    meta = {"arch": arch, "config": to_dict(cfg), "classes": list(classes.CLASSES)}
+        start, best = checkpoint.restore(run_dir / checkpoint.LAST, "torchvision", model, optimizer,
+                                         scheduler, scaler)
+        log.info("resuming %s at epoch %d of %d (best challenge so far %s)", run_dir, start + 1, cfg.epochs,
+                 f"{best:.4f}" if checkpoint.scored(best) else "-")
+    config, meta = to_dict(cfg), {"arch": arch}
     for epoch in range(start, cfg.epochs):
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
@@ -131,21 +114,15 @@ def fit(model: torch.nn.Module, cfg: Any, dataset, run_dir: Path, device: str, a
                                    cfg.clip_grad, use_amp))
         row["lr"] = optimizer.param_groups[0]["lr"]
         if dist.is_main():
-            last_epoch = epoch + 1 == cfg.epochs
-            if (epoch + 1) % max(1, cfg.val_every) == 0 or last_epoch:
+            if (epoch + 1) % max(1, cfg.val_every) == 0 or epoch + 1 == cfg.epochs:
                 row.update(evaluate(model))
                 model.train()
-            score = row.get("challenge", math.nan)
-            score = -1.0 if score != score and "challenge" in row else score
-            if score > best or not (run_dir / "best.pt").exists():
-                best = max(best, score) if score == score else best
-                save_checkpoint(run_dir / "best.pt", model=model.state_dict(), epoch=epoch + 1,
-                                score=float(score), **meta)
-            save_checkpoint(run_dir / "last.pt", model=model.state_dict(), optimizer=optimizer.state_dict(),
-                            scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=epoch + 1,
-                            best=float(best), **meta)
+            best = checkpoint.keep(run_dir, model, config, epoch, row.get("challenge"), best, optimizer,
+                                   scheduler, scaler, **meta)
             runs.append_metrics(run_dir, row)
             log.info("epoch %d/%d: loss %.4f, challenge %s", epoch + 1, cfg.epochs, row["train_loss"],
                      f"{row['challenge']:.4f}" if "challenge" in row else "-")
         dist.barrier()
-    return run_dir / "best.pt"
+    if dist.is_main():
+        checkpoint.finish(run_dir, model, config, cfg.epochs - 1, **meta)
+    return run_dir / checkpoint.BEST

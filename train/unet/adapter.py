@@ -40,35 +40,38 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class UnetConfig:
-    """Settings of the UNet (configs/unet.yaml documents each key)."""
+    """Settings of the UNet; configs/unet.yaml holds the default and meaning of each key."""
 
-    encoder: str = "resnet18"  # smp encoder name
-    weights: str = ""  # local weights: a UNet checkpoint or an encoder state dict
-    decoder_channels: list[int] = dataclasses.field(default_factory=lambda: [256, 128, 64, 32, 16])
-    imgsz: int = 256  # network input side (multiple of 32)
-    epochs: int = 20
-    batch: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    dice_weight: float = 1.0  # loss = CE + dice_weight * Dice
-    fg_thr: float = 0.5  # foreground where 1 - p_background > fg_thr
-    min_area: float = 0.005  # smallest component kept, fraction of the image area
-    eval_every: int = 1  # epochs between validations (the last epoch is always validated)
-    conf: float = 0.001  # boxes scored below are dropped from the out-of-fold predictions
-    refine_ckpt: str = ""  # MedSAM checkpoint: refine each predicted box (box -> mask -> tight box)
-    refine_arch: str = "vit_b"
-    refine_preprocess: str = "medsam"
-    device: str = ""  # "" / auto, cpu, 0, cuda:1
-    amp: bool = True  # mixed precision on CUDA
-    workers: int = 0  # DataLoader workers
-    seed: int = 0
+    DEFAULTS: ClassVar[str] = "unet.yaml"
+    RENAMED: ClassVar[dict[str, str]] = {"eval_every": "val_every"}  # the kit's name of each idea
+
+    encoder: str
+    weights: str
+    decoder_channels: list[int]
+    imgsz: int
+    epochs: int
+    batch: int
+    lr: float
+    weight_decay: float
+    dice_weight: float
+    fg_thr: float
+    min_area: float
+    conf: float
+    val_every: int
+    refine_ckpt: str
+    refine_arch: str
+    refine_preprocess: str
+    device: str
+    amp: bool
+    workers: int
+    seed: int
 
     def __post_init__(self) -> None:
         step = 2 ** len(self.decoder_channels)
         if self.imgsz < step or self.imgsz % step:
             raise config.ConfigError(f"imgsz={self.imgsz} must be a positive multiple of {step}")
-        if self.epochs < 0 or self.batch < 1 or self.eval_every < 1:
-            raise config.ConfigError("epochs >= 0, batch >= 1 and eval_every >= 1 are required")
+        if self.epochs < 0 or self.batch < 1 or self.val_every < 1:
+            raise config.ConfigError("epochs >= 0, batch >= 1 and val_every >= 1 are required")
 
 
 ARCH_KEYS = ("encoder", "decoder_channels", "imgsz")  # what a checkpoint fixes for prediction
@@ -167,11 +170,12 @@ def fit(cfg: UnetConfig, fold_data: Any, masks_dir: Path, run_dir: Path, resume:
         optimizer, lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s / total_steps, 1.0))))
     amp = cfg.amp and device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     start, best = 0, -math.inf
-    if resume and last_path.exists():
-        start, best = checkpoint.restore(last_path, "UNet", model, optimizer, scheduler, scaler)
+    if resume and (run_dir / checkpoint.LAST).exists():
+        start, best = checkpoint.restore(run_dir / checkpoint.LAST, "UNet", model, optimizer, scheduler,
+                                         scaler)
         log.info("resuming %s at epoch %d/%d", run_dir, start + 1, cfg.epochs)
+    cfg_dict = config.to_dict(cfg)
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -189,23 +193,18 @@ def fit(cfg: UnetConfig, fold_data: Any, masks_dir: Path, run_dir: Path, resume:
             total += loss.item() * len(x)
             seen += len(x)
         row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1)}
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+        score = None
+        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
             metrics, _ = validate(UnetPredictor(model, cfg, device), fold_data, masks_dir)
             row.update(metrics)
             score = metrics.get("challenge", float("nan"))
             score = score if np.isfinite(score) else metrics["seg_miou"]
-            if np.isfinite(score) and score > best:
-                best = score
-                checkpoint.save(best_path, model, config.to_dict(cfg), epoch, metric=float(score))
         row.update({"lr": optimizer.param_groups[0]["lr"], "time": time.perf_counter() - t0})
         runs.append_metrics(run_dir, row)
-        checkpoint.save(last_path, model, config.to_dict(cfg), epoch, best=best, optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), scaler=scaler.state_dict())
+        best = checkpoint.keep(run_dir, model, cfg_dict, epoch, score, best, optimizer, scheduler, scaler)
         log.info("unet epoch %d/%d: %s", epoch + 1, cfg.epochs,
                  " ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
-    if not best_path.exists():
-        checkpoint.save(best_path, model, config.to_dict(cfg), -1, metric=float("nan"))
-    return best_path
+    return checkpoint.finish(run_dir, model, cfg_dict, cfg.epochs - 1)
 
 
 class UnetAdapter(Adapter):
@@ -228,7 +227,8 @@ class UnetAdapter(Adapter):
         from train.dist import resolve_device
 
         ckpt = checkpoint.read(Path(weights), "UNet")
-        saved = config.from_dict(UnetConfig, ckpt["config"], str(weights))
+        saved = config.from_dict(UnetConfig, config.upgrade(UnetConfig, ckpt["config"], str(weights)),
+                                 str(weights))
         use = cfg if isinstance(cfg, UnetConfig) else saved
         use = dataclasses.replace(use, weights="", **{k: getattr(saved, k) for k in ARCH_KEYS})
         model = build_model(use)

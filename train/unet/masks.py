@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     env.apply()
     parser = argparse.ArgumentParser(prog="python -m train.unet.masks", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="challenge data folder (train.csv, images/)")
-    parser.add_argument("--k", type=int, help="number of folds of the prepared dataset (default: as prepared)")
+    parser.add_argument("--k", type=int, help="folds of the prepared dataset (default: as prepared)")
     parser.add_argument("--seed", type=int, help="fold seed of the prepared dataset (default: as prepared)")
     parser.add_argument("--medsam-ckpt", type=Path, default=None, help="local MedSAM (SAM ViT-B) checkpoint")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    out = make_masks(dataset.resolve(args.data, args.k, args.seed).root, cfg, args.medsam_ckpt, device, args.force)
+    root = dataset.resolve(args.data, args.k, args.seed).root
+    out = make_masks(root, cfg, args.medsam_ckpt, device, args.force)
     print(f"masks: {out}")
     return 0
 

@@ -176,7 +176,7 @@ class MedSam:
         self.size = int(self.sam.image_encoder.img_size)
 
     @classmethod
-    def from_checkpoint(cls, path: Path, spec: SamSpec = SamSpec(), **kwargs) -> "MedSam":
+    def from_checkpoint(cls, path: Path, spec: SamSpec = SamSpec(), **kwargs) -> MedSam:
         return cls(load_sam(path, spec), **kwargs)
 
     def _input(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int], tuple[float, float]]:

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from cytokit import classes
 from cytokit.config import ConfigError
@@ -29,44 +29,47 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class UltraConfig:
-    """Settings of an ultralytics detector (configs/yolov5.yaml, yolov8.yaml, yolo11.yaml)."""
+    """Settings of an ultralytics detector; configs/yolo.yaml holds the default and meaning of each key."""
 
-    size: str = "n"
-    epochs: int = 100
-    imgsz: int = 384
-    batch: int = 16
-    device: str = ""
-    workers: int = 4
-    weights: Path | None = None
-    seed: int = 0
-    optimizer: str = "auto"
-    lr0: float = 0.01
-    lrf: float = 0.01
-    cos_lr: bool = True
-    warmup_epochs: float = 3.0
-    patience: int = 50
-    mosaic: float = 1.0
-    close_mosaic: int = 10
-    mixup: float = 0.0
-    fliplr: float = 0.5
-    flipud: float = 0.5
-    degrees: float = 0.0
-    translate: float = 0.1
-    scale: float = 0.5
-    hsv_h: float = 0.015
-    hsv_s: float = 0.7
-    hsv_v: float = 0.4
-    amp: bool = True
-    cache: bool = False
-    plots: bool = True
-    select: str = "challenge"
-    val_every: int = 1
-    conf: float = 0.001
-    iou: float = 0.6
-    agnostic_nms: bool = False
-    max_det: int = 30
-    predict_batch: int = 16
-    extra: dict = dataclasses.field(default_factory=dict)
+    DEFAULTS: ClassVar[str] = "yolo.yaml"
+    RENAMED: ClassVar[dict[str, str]] = {"lr0": "lr", "iou": "nms_iou"}  # the kit's name of each idea
+
+    size: str
+    epochs: int
+    imgsz: int
+    batch: int
+    device: str
+    workers: int
+    weights: Path | None
+    seed: int
+    optimizer: str
+    lr: float
+    lrf: float
+    cos_lr: bool
+    warmup_epochs: float
+    patience: int
+    mosaic: float
+    close_mosaic: int
+    mixup: float
+    fliplr: float
+    flipud: float
+    degrees: float
+    translate: float
+    scale: float
+    hsv_h: float
+    hsv_s: float
+    hsv_v: float
+    amp: bool
+    cache: bool
+    plots: bool
+    select: str
+    val_every: int
+    conf: float
+    nms_iou: float
+    agnostic_nms: bool
+    max_det: int
+    predict_batch: int
+    extra: dict
 
     def __post_init__(self) -> None:
         if self.size not in ("n", "s", "m", "l", "x"):
@@ -75,10 +78,11 @@ class UltraConfig:
             raise ConfigError(f"select={self.select!r}: valid values are challenge, fitness")
 
 
-# Kit keys handed to ultralytics' trainer unchanged.
-PASSED = ("epochs", "imgsz", "batch", "workers", "seed", "optimizer", "lr0", "lrf", "cos_lr", "warmup_epochs",
+# Kit keys handed to ultralytics' trainer, under ultralytics' own name where it differs (ULTRA_NAME).
+PASSED = ("epochs", "imgsz", "batch", "workers", "seed", "optimizer", "lr", "lrf", "cos_lr", "warmup_epochs",
           "patience", "mosaic", "close_mosaic", "mixup", "fliplr", "flipud", "degrees", "translate", "scale",
           "hsv_h", "hsv_s", "hsv_v", "amp", "cache", "plots")
+ULTRA_NAME = {"lr": "lr0"}
 
 
 class UltraAdapter(Adapter):
@@ -94,7 +98,7 @@ class UltraAdapter(Adapter):
 
     def train_args(self, cfg: UltraConfig, fold_data: Any, run_dir: Path) -> dict[str, Any]:
         """The keyword arguments of ``YOLO.train`` for this config and fold."""
-        args = {key: getattr(cfg, key) for key in PASSED}
+        args = {ULTRA_NAME.get(key, key): getattr(cfg, key) for key in PASSED}
         args.update(
             data=str(fold_data.yolo_yaml), device=cfg.device or None, project=str(run_dir),
             name="ultralytics", exist_ok=True, val=True, verbose=False,
@@ -102,7 +106,9 @@ class UltraAdapter(Adapter):
         )
         clash = sorted(set(cfg.extra) & set(args))
         if clash:
-            raise ConfigError(f"extra: {', '.join(clash)} are kit keys; set them directly, not under extra")
+            kit = {v: k for k, v in ULTRA_NAME.items()}
+            named = ", ".join(f"{c} (kit key {kit[c]})" if c in kit else c for c in clash)
+            raise ConfigError(f"extra: {named} are set by the kit; set them directly, not under extra")
         return {**args, **cfg.extra}
 
     def train(self, cfg: UltraConfig, fold_data: Any, run_dir: Path, resume: bool = False) -> Path:

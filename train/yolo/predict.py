@@ -46,7 +46,7 @@ class UltraPredictor(Predictor):
         self.device = torch.device(device)
         self.imgsz = int(cfg.imgsz)
         self.batch = max(1, int(cfg.predict_batch))
-        self.iou, self.max_det, self.agnostic = float(cfg.iou), int(cfg.max_det), bool(cfg.agnostic_nms)
+        self.iou, self.max_det, self.agnostic = float(cfg.nms_iou), int(cfg.max_det), bool(cfg.agnostic_nms)
         self.stride = int(max(getattr(model, "stride", torch.tensor([32])).max().item(), 32))
 
     @torch.no_grad()

@@ -56,6 +56,11 @@ class KitTrainer(DetectionTrainer):
             return super()._setup_train(*args, **kwargs)
 
 
+def _shown(value: float) -> str:
+    """A score for the log: ``-`` for an epoch that was not scored (never ``-inf``)."""
+    return f"{value:.4f}" if math.isfinite(value) else "-"
+
+
 class EpochEnd:
     """``on_model_save`` callback: the epoch's metrics row, its challenge score, best.pt."""
 
@@ -87,5 +92,5 @@ class EpochEnd:
             tmp = self.run_dir / ".best.pt.tmp"
             shutil.copyfile(trainer.last, tmp)
             os.replace(tmp, self.run_dir / "best.pt")
-        log.info("epoch %d: %s %.4f (best %.4f)", row["epoch"], self.cfg.select, score, self.best)
+        log.info("epoch %d: %s %s (best %s)", row["epoch"], self.cfg.select, _shown(score), _shown(self.best))
         runs.append_metrics(self.run_dir, row)
