@@ -154,5 +154,5 @@ def run(cfg: EnsembleConfig, data: Path, submission: bool = False, out_dir: Path
         print(f"member predictions: {1000 * result.seconds_per_image:.0f} ms per test image "
               f"({len(cfg.tta)} view(s), all members)")
     if submission:
-        write_submission(cfg, data, result, Path(out_dir or cfg.out_dir or paths.SUBMISSIONS), progress)
+        write_submission(cfg, data, result, Path(out_dir or cfg.out_dir or paths.submissions_dir()), progress)
     return result
