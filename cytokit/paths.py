@@ -112,9 +112,14 @@ def dataset_root(dataset_id: str) -> Path:
     return datasets_dir() / dataset_id
 
 
+def dataset_runs(dataset_id: str) -> Path:
+    """Every training run on the prepared dataset ``dataset_id``."""
+    return work_dir() / "runs" / dataset_id
+
+
 def run_dir(dataset_id: str, model: str, fold: int | str) -> Path:
     """Training run of ``model`` on fold ``fold`` of the prepared dataset ``dataset_id``."""
-    return work_dir() / "runs" / dataset_id / model / f"fold{fold}"
+    return dataset_runs(dataset_id) / model / f"fold{fold}"
 
 
 def preds_dir(dataset_id: str, model: str, fold: int | str) -> Path:

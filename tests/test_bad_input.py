@@ -59,10 +59,13 @@ def run(data: Path, capsys, *extra: str) -> tuple[int, str, str]:
     return rc, out, err
 
 
+def report_path(data: Path) -> Path:
+    return paths.fold_file(dataset.resolve(data).id).with_name("folds_report.json")
+
+
 def assert_nothing_written(data: Path) -> None:
     """No fold file, no dataset folder (caches of image sizes may exist)."""
-    assert not paths.fold_file(data, K, SEED).exists()
-    assert not dataset.dataset_dir(data, K, SEED).exists()
+    assert dataset.prepared(data) == []
     for folder in (paths.folds_dir(), paths.datasets_dir()):
         assert not folder.exists() or not any(folder.iterdir()), folder
 
@@ -123,7 +126,7 @@ def test_duplicate_row_is_dropped_and_counted(env, capsys, caplog):
         rc, out, _ = run(data, capsys)
     assert rc == 0
     assert "train.csv:6: warning: duplicate row (same as line 3)" in caplog.text
-    report = json.loads(paths.fold_file(data, K, SEED).with_name(f"folds_k{K}_s{SEED}_report.json").read_text())
+    report = json.loads(report_path(data).read_text())
     first = report["cleaning"]["steps"][0]
     assert (first["step"], first["boxes_removed"], first["boxes"]) == ("duplicate rows", 1, 4)
     assert out.splitlines()[2].split() == ["duplicate", "rows", "1", "0", "0", "4", "4"]
@@ -149,12 +152,13 @@ def test_truncated_jpeg_needs_repair(env, capsys):
 
     rc, _, _ = run(data, capsys, "--repair")
     assert rc == 0
-    repaired = sizes.cache_root(data) / "repaired" / "bbbbbbbb-0.jpg"
+    sha1 = hashlib.sha1(raw.read_bytes()).hexdigest()
+    repaired = sizes.cache_root(data) / "repaired" / sha1 / "bbbbbbbb-0.jpg"
     with Image.open(repaired) as im:
         assert (im.format, im.size) == ("JPEG", (64, 48))
-    link = dataset.dataset_dir(data, K, SEED) / "yolo" / "images" / "bbbbbbbb-0.jpg"
+    link = dataset.resolve(data).root / "yolo" / "images" / "bbbbbbbb-0.jpg"
     assert Path(os.readlink(link)) == repaired.resolve()
-    report = json.loads(paths.fold_file(data, K, SEED).with_name(f"folds_k{K}_s{SEED}_report.json").read_text())
+    report = json.loads(report_path(data).read_text())
     assert report["repaired"] == ["bbbbbbbb-0.jpg"]
 
 
@@ -166,7 +170,7 @@ def test_grayscale_and_rgba_accepted(env, capsys):
     rgba.save(data / "images" / "rgba0000-0.png")
     rc, _, err = run(data, capsys, "--resize", "32")
     assert rc == 0, err
-    root = dataset.dataset_dir(data, K, SEED)
+    root = dataset.resolve(data).root
     rows = (root / "images.csv").read_text().splitlines()
     images = {line.split(",")[0]: line.split(",")[1:3] for line in rows}
     assert images["gray0000-0.jpg"] == ["50", "40"] and images["rgba0000-0.png"] == ["36", "30"]
@@ -203,4 +207,4 @@ def test_too_few_images_for_k(env, capsys):
     data = write_data(env / "raw", GOOD[:1])
     rc, _, err = run(data, capsys, "--k", "3")
     assert rc == 1 and "cannot make 3 folds from 1 image group(s)" in err
-    assert not paths.fold_file(data, 3, SEED).exists()
+    assert_nothing_written(data)

@@ -64,7 +64,7 @@ def export(bccd: Path) -> Path:
     data = paths.data_copy("bccd_upstream")
     meta = {"data": str(data), "images_dir": str(jpegs), "k": K, "seed": SEED,
             "fold_file": "BCCD ImageSets/Main (upstream split)"}
-    export_dataset(dataset.dataset_dir(data, K, SEED), images=images, boxes=boxes, meta=meta)
+    export_dataset(paths.dataset_root(dataset.new_id(data, K, SEED)), images=images, boxes=boxes, meta=meta)
     log.info("BCCD: %d train+val images, %d test images", int((images["fold"] == 1).sum()),
              int((images["fold"] == 0).sum()))
     return data
