@@ -1,20 +1,25 @@
 """Bad input to ``python -m prepare.folds``: a clear message with file and line, a non-zero exit
-where it is an error, no traceback, nothing written half-way, the raw folder untouched."""
+where it is an error, no traceback, nothing written half-way, the raw folder untouched.
+
+(The later steps' bad inputs and OS faults: tests/test_faults.py; the dataset identity:
+tests/test_identity.py; caches: tests/test_caches.py.)"""
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from cytokit import dataset, io, paths
+from cytokit import dataset, images, io, paths
 from prepare import folds, sizes
 
 K, SEED = 2, 3
@@ -207,4 +212,71 @@ def test_too_few_images_for_k(env, capsys):
     data = write_data(env / "raw", GOOD[:1])
     rc, _, err = run(data, capsys, "--k", "3")
     assert rc == 1 and "cannot make 3 folds from 1 image group(s)" in err
+    assert_nothing_written(data)
+
+
+def bomb_jpeg(path: Path, side: int = 20000) -> Path:
+    """A small JPEG whose header claims ``side`` x ``side`` pixels (SOF0 height and width patched)."""
+    buf = BytesIO()
+    Image.new("RGB", (64, 48)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    at = data.index(b"\xff\xc0")  # SOF0: marker, length (2), precision (1), height (2), width (2)
+    data[at + 5:at + 9] = side.to_bytes(2, "big") * 2
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ([*GOOD, "../escape.jpg,1,1,20,25,LY"],
+         "train.csv:6: error: column 'NAME': '../escape.jpg' is not a plain file name inside images/"),
+        ([*GOOD, "/tmp/abs.jpg,1,1,20,25,LY"],
+         "train.csv:6: error: column 'NAME': '/tmp/abs.jpg' is not a plain file name inside images/"),
+        ([*GOOD, "sub/x.jpg,1,1,20,25,LY"],
+         "train.csv:6: error: column 'NAME': 'sub/x.jpg' is not a plain file name inside images/"),
+        ([*GOOD, "aaaaaaaa-0.png,1,1,20,25,LY"],
+         "train.csv:6: error: column 'NAME': 'aaaaaaaa-0.png' and 'aaaaaaaa-0.jpg' (line 2) have the same stem"),
+        ([*GOOD, "AAAAAAAA-0.jpg,1,1,20,25,LY"],
+         ("train.csv:6: error: column 'NAME': 'AAAAAAAA-0.jpg' and 'aaaaaaaa-0.jpg' (line 2) have the same stem "
+          "when case is ignored")),
+    ],
+    ids=["dot-dot", "absolute", "folder-part", "same-stem", "same-name-but-case"],
+)
+def test_names_that_cannot_be_one_file_each(env, capsys, lines, expected):
+    data = write_data(env / "raw", lines)
+    for name in ("aaaaaaaa-0.png", "AAAAAAAA-0.jpg"):
+        shutil.copyfile(data / "images" / "aaaaaaaa-0.jpg", data / "images" / name)
+    (env / "escape.jpg").write_bytes((data / "images" / "aaaaaaaa-0.jpg").read_bytes())
+    rc, _, err = run(data, capsys)
+    assert rc == 1 and expected in err
+    assert_nothing_written(data)
+    assert {p.name for p in env.iterdir()} <= {"escape.jpg", "raw", "work"}  # no link made outside
+
+
+def test_header_claiming_too_many_pixels(env, capsys):
+    data = write_data(env / "raw", GOOD)
+    bomb_jpeg(data / "images" / "cccccccc-0.jpg")
+    rc, _, err = run(data, capsys)
+    assert rc == 1
+    assert ("train.csv:4: error: column 'NAME': image" in err and "cccccccc-0.jpg: not a usable image: its header "
+            "claims 400,000,000 pixels, more than the 178,956,970 Pillow accepts" in err)
+    assert_nothing_written(data)
+    with pytest.raises(images.ImageError, match="cccccccc-0.jpg: cannot decode image: its header claims"):
+        images.load_rgb(data / "images" / "cccccccc-0.jpg")
+
+
+def test_semicolon_separated_csv_gets_a_hint(env, capsys):
+    data = write_data(env / "raw", [line.replace(",", ";") for line in GOOD], header="NAME;x1;y1;x2;y2;class")
+    rc, _, err = run(data, capsys)
+    assert rc == 1
+    assert "train.csv:1: error: the fields seem to be separated by semicolons; the challenge files are " \
+           "comma-separated CSV" in err
+    assert_nothing_written(data)
+
+
+def test_missing_config_file_is_an_error(env, capsys):
+    data = write_data(env / "raw", GOOD)
+    rc, _, err = run(data, capsys, "--config", str(env / "missing.yaml"))
+    assert rc == 1 and err.strip() == f"{env / 'missing.yaml'}: config file not found"
     assert_nothing_written(data)
