@@ -18,9 +18,8 @@ import yaml
 from PIL import Image
 
 from cytokit import classes, dataset, images, io, paths, predictions
-from infer import ensemble as infer_main
+from infer import __main__ as infer_cli
 from infer import predict
-from infer.config import load_config
 from train.base import Detections, Predictor
 
 
@@ -123,7 +122,6 @@ def test_prediction_tables_follow_the_test_images(work, tmp_path, monkeypatch, c
     cfg_path = tmp_path / "ensemble.yaml"
     cfg_path.write_text(yaml.safe_dump({"members": [{"model": "m", "folds": [0]}], "tta": ["identity"],
                                         "fusion": "wbf", "viz_images": 0, "predict_oof": False}))
-    cfg = load_config(cfg_path)
 
     def infer(data: Path) -> pd.DataFrame:
         assert io.cli(folds.main, ["--data", str(data), "--k", "2"]) == 0
@@ -131,7 +129,7 @@ def test_prediction_tables_follow_the_test_images(work, tmp_path, monkeypatch, c
         weights.parent.mkdir(parents=True, exist_ok=True)
         if not weights.exists():
             weights.write_bytes(b"w")
-        infer_main.run(cfg, data, progress=False)
+        assert io.cli(infer_cli.main, ["--config", str(cfg_path), "--data", str(data)]) == 0
         return predictions.read(dataset.resolve(data).preds_dir("m", 0) / "test.parquet")
 
     first = make_data(tmp_path / "a" / "raw")

@@ -74,8 +74,6 @@ class ClassifierConfig:
                            ("sampler", cls_data.SAMPLERS), ("augment", cls_data.AUGMENTS)):
             if getattr(self, key) not in valid:
                 raise config.ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(valid)}")
-        if self.imgsz < 8 or self.epochs < 0 or self.batch < 1 or self.margin < 0:
-            raise config.ConfigError("imgsz >= 8, epochs >= 0, batch >= 1 and margin >= 0 are required")
         # Ranges, checked before a run folder exists (a bad value must not leave one behind).
         for ok, rule in (
             (self.epochs >= 1, f"epochs={self.epochs}: must be >= 1"),
@@ -89,6 +87,8 @@ class ClassifierConfig:
         ):
             if not ok:
                 raise config.ConfigError(rule)
+        if self.imgsz < 8 or self.epochs < 0 or self.batch < 1 or self.margin < 0:
+            raise config.ConfigError("imgsz >= 8, epochs >= 0, batch >= 1 and margin >= 0 are required")
 
 
 def training_tables(cfg: ClassifierConfig, fold_data: Any) -> tuple[pd.DataFrame, pd.DataFrame]:

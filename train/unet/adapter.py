@@ -67,8 +67,6 @@ class UnetConfig:
         step = 2 ** len(self.decoder_channels)
         if self.imgsz < step or self.imgsz % step:
             raise config.ConfigError(f"imgsz={self.imgsz} must be a positive multiple of {step}")
-        if self.epochs < 0 or self.batch < 1 or self.eval_every < 1:
-            raise config.ConfigError("epochs >= 0, batch >= 1 and eval_every >= 1 are required")
         # Ranges, checked before a run folder exists (a bad value must not leave one behind).
         for ok, rule in (
             (self.epochs >= 1, f"epochs={self.epochs}: must be >= 1"),
@@ -81,6 +79,8 @@ class UnetConfig:
         ):
             if not ok:
                 raise config.ConfigError(rule)
+        if self.epochs < 0 or self.batch < 1 or self.eval_every < 1:
+            raise config.ConfigError("epochs >= 0, batch >= 1 and eval_every >= 1 are required")
 
 
 ARCH_KEYS = ("encoder", "decoder_channels", "imgsz")  # what a checkpoint fixes for prediction
