@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -131,16 +132,20 @@ def n_workers(workers: int) -> int:
 
 
 def file_stats(images_dir: Path, names: Sequence[str]) -> pd.DataFrame:
-    """``NAME,path,exists,bytes,mtime_ns,ctime_ns`` of each named file under ``images_dir``."""
+    """``NAME,path,exists,bytes,mtime_ns,ctime_ns`` of each named file under ``images_dir`` (one
+    ``stat`` call per file; ``path`` as a string)."""
+    base = os.fspath(images_dir)
     rows = []
     for name in names:
-        path = Path(images_dir) / name
+        path = os.path.join(base, name)
         try:
-            st = path.stat()
-            ok = path.is_file()
+            st = os.stat(path)
         except OSError:
-            st, ok = None, False
-        rows.append((name, path, ok, *((st.st_size, st.st_mtime_ns, st.st_ctime_ns) if ok else (-1, -1, -1))))
+            st = None
+        if st is not None and stat.S_ISREG(st.st_mode):
+            rows.append((name, path, True, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        else:
+            rows.append((name, path, False, -1, -1, -1))
     return pd.DataFrame(rows, columns=["NAME", "path", "exists", "bytes", "mtime_ns", "ctime_ns"])
 
 

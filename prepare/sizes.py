@@ -79,7 +79,7 @@ def inspect_images(data: Path, boxes: pd.DataFrame, *, repair: bool = False, wor
                                     line=int(first_line[name]), column="NAME"))
             continue
         try:
-            table.at[i, "path"] = repair_image(Path(path), root / "repaired" / table.at[i, "sha1"] / name)
+            table.at[i, "path"] = str(repair_image(Path(path), root / "repaired" / table.at[i, "sha1"] / name))
             table.at[i, "repaired"] = True
             log.warning("%s is truncated; using the re-encoded copy %s", path, table.at[i, "path"])
         except (OSError, ValueError) as exc:
