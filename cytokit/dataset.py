@@ -21,14 +21,12 @@ so ``x/raw`` and ``y/raw`` never share an id)::
                          bbox absolute xywh in the exported image's pixels,
                          category_id = class id + 1)
 
-The source fingerprint is a sha256 of train.csv and of every train image's name and
-content (sha1). ``resolve(data, k, seed)`` finds the dataset prepared from ``data``
-(K and SEED only choose among several) and checks it: train.csv must hash the same
-and every train image keep its size and mtime, else a one-line ``DatasetError``
-says what changed and to run ``make folds`` again. A changed train.csv or changed
-images make a NEW id, so runs and predictions of the old data are never reused. A
-data folder that was moved keeps its id when ``make folds`` is run from the new place
-(same fingerprint, old place gone), and with it its runs and predictions.
+The source fingerprint is a sha256 of train.csv and of each train image's name and
+content sha1. ``resolve(data, k, seed)`` finds the dataset prepared from ``data`` (K and
+SEED choose among several) and checks that train.csv and each train image's size and
+mtime are as recorded, else a one-line ``DatasetError`` says what changed. Changed data
+gets a NEW id (old runs are never reused); a moved data folder keeps its id, runs and
+predictions once ``make folds`` runs from the new place.
 
 Boxes in ``boxes.csv`` and the fold tables returned here are always in the
 ORIGINAL image's pixels, which is also where predictions must be; only the
@@ -129,7 +127,7 @@ class Dataset:
         meta = self.meta
         source = meta.get("source")
         if source is None:
-            return "it was prepared by an older version of the kit" if "export_key" in meta else None
+            return "the kit's dataset format changed" if "export_key" in meta else None
         train = paths.data_files(Path(meta["data"]))["train"]
         sha = train_sha256 or file_sha256(train)
         if sha is None:
@@ -138,6 +136,8 @@ class Dataset:
             return f"{train} changed"
         from cytokit.images import file_stats
 
+        if not (self.root / SOURCE_FILE).exists():
+            return f"{self.root / SOURCE_FILE} went missing"
         recorded = pd.read_csv(self.root / SOURCE_FILE, dtype={"NAME": str}, keep_default_na=False)
         now = file_stats(self.images_dir, recorded["NAME"].tolist())
         gone = ~now["exists"].to_numpy()

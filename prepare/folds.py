@@ -225,14 +225,16 @@ def run(data: Path, cfg: FoldsConfig, *, repair: bool = False, force: bool = Fal
     export_key = hashlib.sha256(json.dumps([digest, cfg.resize, cfg.jpeg_quality]).encode()
                                 + table.astype(str).to_csv(index=False).encode()).hexdigest()
     recorded = images[["NAME", "bytes", "mtime_ns", "sha1"]]
+    record = {"train_csv_sha256": train_sha, "fingerprint": source, "images": len(images)}
     meta_path = root / "meta.json"
-    if meta_path.exists() and json.loads(meta_path.read_text()).get("export_key") == export_key:
+    old = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if old.get("export_key") == export_key and old.get("source") == record:
         io.atomic_write_df(recorded, root / dataset.SOURCE_FILE)  # the images' mtimes may have moved
         print(f"dataset up to date: {root}")
         return root
     meta = {"data": str(Path(data).resolve()), "images_dir": str(files["images"].resolve()), "k": cfg.k,
             "seed": cfg.seed, "fold_file": str(fold_file), "fingerprint": digest, "export_key": export_key,
-            "source": {"train_csv_sha256": train_sha, "fingerprint": source, "images": len(images)}}
+            "source": record}
     export.export_dataset(root, images=table, boxes=cleaned, meta=meta, resize=cfg.resize or None,
                           quality=cfg.jpeg_quality, workers=cfg.workers,
                           tables={dataset.SOURCE_FILE: recorded})

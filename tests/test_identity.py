@@ -8,6 +8,7 @@ model, so training and inference cost nothing; ``make folds`` runs through make 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -268,3 +269,19 @@ def test_moved_folder_keeps_its_id_and_runs(work, tmp_path, capsys):
     link = moved.root / "yolo" / "images" / "img00000-0.jpg"
     assert Path(os.readlink(link)) == (new / "images" / "img00000-0.jpg").resolve()
     assert len(moved.fold(0).val_images) + len(moved.fold(1).val_images) == 6
+
+
+def test_a_dataset_of_an_older_kit_or_without_its_record_is_refused(work, tmp_path, capsys):
+    data = small_data(tmp_path / "raw")
+    assert folds(data, capsys, "--k", "2")[0] == 0
+    ds = dataset.resolve(data)
+    (ds.root / dataset.SOURCE_FILE).unlink()
+    with pytest.raises(dataset.DatasetError, match=f"source.csv went missing since `make folds` prepared {ds.id}"):
+        dataset.resolve(data)
+    meta = json.loads((ds.root / "meta.json").read_text())
+    del meta["source"]
+    (ds.root / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(dataset.DatasetError, match="the kit's dataset format changed since `make folds` prepared"):
+        dataset.resolve(data)
+    assert folds(data, capsys, "--k", "2")[0] == 0
+    assert dataset.resolve(data).id == ds.id
