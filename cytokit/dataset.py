@@ -213,8 +213,8 @@ def resolve(data: Path, k: int | None = None, seed: int | None = None) -> Datase
         if moved is not None:
             raise DatasetError(
                 f"{data}: no prepared dataset; {moved.id} was prepared from {moved.data}, which is gone, with "
-                f"the same train.csv: if the folder moved, run `make folds DATA={data}{asked}` to move the "
-                "dataset here (its runs and predictions are kept)")
+                f"the same train.csv: if the folder moved, run `make folds DATA={data} K={moved.k} SEED={moved.seed}` "
+                "to move the dataset here (its runs and predictions are kept)")
         raise FileNotFoundError(f"{data}: no prepared dataset{' with' + asked if asked else ''}; "
                                 f"run `make folds DATA={data}{asked}` first")
     sha = file_sha256(paths.data_files(data)["train"])

@@ -260,7 +260,7 @@ def test_moved_folder_keeps_its_id_and_runs(work, tmp_path, capsys):
     with pytest.raises(dataset.DatasetError) as exc:
         dataset.resolve(new)
     assert f"{ds.id} was prepared from {old.resolve()}, which is gone" in str(exc.value)
-    assert f"run `make folds DATA={new}` to move the dataset here" in str(exc.value)
+    assert f"run `make folds DATA={new} K=2 SEED=42` to move the dataset here" in str(exc.value)
     rc, out, _ = folds(new, capsys, "--k", "2")
     assert rc == 0 and f"{ds.id} was prepared from {old.resolve()}" in out
     moved = dataset.resolve(new)
