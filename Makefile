@@ -31,7 +31,7 @@ TRAIN_ARGS = $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(IMGSZ),imgsz=$(IMGSZ)) $(if
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  Variables: DATA=$(DATA) K=$(or $(K),5) SEED=$(or $(SEED),42) MODEL=$(MODEL) FOLD=$(FOLD) (see README)"
+	@echo "  Variables: DATA=$(DATA) K=$(or $(K),5) SEED=$(or $(SEED),42) (make folds; later steps: as prepared) MODEL=$(MODEL) FOLD=$(FOLD) (see README)"
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)

@@ -21,7 +21,7 @@ from cytokit import env, paths
 def main(argv: list[str] | None = None) -> int:
     env.apply()
     wanted = list(sys.argv[1:] if argv is None else argv)
-    shared = paths.ROOT.parent / "shared"
+    shared = paths.shared_dir()
     shared = shared if shared.exists() else None
     import bench
 

@@ -150,7 +150,7 @@ def bench_ensemble(folder: Path, imgs: list[np.ndarray]) -> list[str]:
 
 
 def demo_report() -> list[str]:
-    path = paths.work_dir() / "demo" / "report.json"
+    path = paths.pipeline_report(paths.demo_dir())
     if not path.exists():
         return [f"demo: no {path} yet (run make demo)"]
     rep = json.loads(path.read_text())

@@ -1,10 +1,14 @@
-"""The prepared-dataset contract: what ``make folds`` writes and every trainer reads.
+"""The prepared-dataset contract: what ``make folds`` writes, how later steps find it and check it.
 
 ``python -m prepare.folds --data DATA --k K --seed SEED`` writes, under
-``work/datasets/<name>_k{K}_s{SEED}/`` (``<name>`` = the data folder's name)::
+``work/datasets/<id>/`` with ``<id> = <folder name>-<8 hex>_k{K}_s{SEED}`` (the hex
+digits are a digest of the data folder's absolute path and of the source fingerprint,
+so ``x/raw`` and ``y/raw`` never share an id)::
 
     meta.json            {"data", "images_dir", "k", "seed", "fold_file", "resize",
-                          "classes", "n_images", "n_boxes"}
+                          "classes", "n_images", "n_boxes", "source": {"train_csv_sha256",
+                          "fingerprint", "images"}, ...}
+    source.csv           NAME,bytes,mtime_ns,sha1 of the raw train images at make folds
     images.csv           NAME,width,height,fold,group   (every train image, original size)
     boxes.csv            NAME,x1,y1,x2,y2,class,width,height   (cleaned boxes, original pixels)
     yolo/images/<NAME>   symlinks to the raw images (or resized copies when resize is set)
@@ -17,6 +21,13 @@
                          bbox absolute xywh in the exported image's pixels,
                          category_id = class id + 1)
 
+The source fingerprint is a sha256 of train.csv and of each train image's name and
+content sha1. ``resolve(data, k, seed)`` finds the dataset prepared from ``data`` (K and
+SEED choose among several) and checks that train.csv and each train image's size and
+mtime are as recorded, else a one-line ``DatasetError`` says what changed. Changed data
+gets a NEW id (old runs are never reused); a moved data folder keeps its id, runs and
+predictions once ``make folds`` runs from the new place.
+
 Boxes in ``boxes.csv`` and the fold tables returned here are always in the
 ORIGINAL image's pixels, which is also where predictions must be; only the
 exported training copies (``yolo/``, COCO json) are resized when resize is set.
@@ -24,24 +35,45 @@ exported training copies (``yolo/``, COCO json) are resized when resize is set.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
 import pandas as pd
 
 from cytokit import paths
+from cytokit.config import ConfigError
 
 DEFAULT_K = 5  # folds of `make folds` when K is not given
 DEFAULT_SEED = 42  # fold seed of `make folds` when SEED is not given
+SOURCE_FILE = "source.csv"  # the raw train images' NAME,bytes,mtime_ns,sha1 at make folds
 
 
-def dataset_key(data: Path, k: int, seed: int) -> str:
-    """The id of the dataset prepared from ``data`` with ``k`` folds and ``seed``."""
-    return f"{Path(data).resolve().name}_k{k}_s{seed}"
+class DatasetError(ConfigError):
+    """No usable prepared dataset for a data folder; the one-line message says what to run."""
 
 
-def dataset_dir(data: Path, k: int, seed: int) -> Path:
-    return paths.dataset_root(dataset_key(data, k, seed))
+def file_sha256(path: Path) -> str | None:
+    """The sha256 of a file's bytes (None when it does not exist)."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def source_fingerprint(train_sha256: str, images: pd.DataFrame) -> str:
+    """The fingerprint of a data folder's training input: train.csv's sha256 and ``NAME,sha1``
+    of its images (any order)."""
+    table = images[["NAME", "sha1"]].sort_values("NAME")
+    lines = "".join(f"{n}\t{s}\n" for n, s in zip(table["NAME"], table["sha1"]))
+    return hashlib.sha256(f"{train_sha256}\n{lines}".encode()).hexdigest()
+
+
+def new_id(data: Path, k: int, seed: int, fingerprint: str = "") -> str:
+    """A new dataset id: ``<folder name>-<digest of the absolute path and fingerprint>_k{k}_s{seed}``."""
+    data = Path(data).resolve()
+    digest = hashlib.sha256(f"{data}\n{fingerprint}".encode()).hexdigest()[:8]
+    return f"{data.name}-{digest}_k{k}_s{seed}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,38 +117,123 @@ class Dataset:
     def preds_dir(self, model: str, fold: int | str) -> Path:
         return paths.preds_dir(self.id, model, fold)
 
+    def changed(self, train_sha256: str | None = None) -> str | None:
+        """What changed in the data folder since ``make folds`` (None: nothing).
 
-def prepared(data: Path) -> list[Dataset]:
-    """Every dataset ``make folds`` prepared from the data folder ``data``, by id."""
-    want = str(Path(data).resolve())
+        Compares train.csv's sha256 (``train_sha256`` when already computed) and each
+        train image's size and mtime with those recorded. A dataset without a record
+        (made by hand, e.g. by a benchmark) is not checked.
+        """
+        meta = self.meta
+        source = meta.get("source")
+        if source is None:
+            return "the kit's dataset format changed" if "export_key" in meta else None
+        train = paths.data_files(Path(meta["data"]))["train"]
+        sha = train_sha256 or file_sha256(train)
+        if sha is None:
+            return f"{train} is gone"
+        if sha != source["train_csv_sha256"]:
+            return f"{train} changed"
+        from cytokit.images import file_stats
+
+        if not (self.root / SOURCE_FILE).exists():
+            return f"{self.root / SOURCE_FILE} went missing"
+        recorded = pd.read_csv(self.root / SOURCE_FILE, dtype={"NAME": str}, keep_default_na=False)
+        now = file_stats(self.images_dir, recorded["NAME"].tolist())
+        gone = ~now["exists"].to_numpy()
+        moved = (now["bytes"].to_numpy() != recorded["bytes"].to_numpy()) | (
+            now["mtime_ns"].to_numpy() != recorded["mtime_ns"].to_numpy())
+        for mask, what in ((gone, "are gone"), (moved & ~gone, "changed")):
+            if mask.any():
+                return (
+                    f"{int(mask.sum())} of its {len(recorded)} train image(s) in {self.images_dir} {what} "
+                    f"(e.g. {recorded['NAME'].to_numpy()[mask][0]})"
+                )
+        return None
+
+
+def prepared(data: Path | None = None) -> list[Dataset]:
+    """Every dataset ``make folds`` prepared (from the data folder ``data`` when given), by id."""
+    want = str(Path(data).resolve()) if data is not None else None
     found = []
     for meta_path in sorted(paths.datasets_dir().glob("*/meta.json")):
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError):
             continue
-        if meta.get("data") == want and "k" in meta and "seed" in meta:
+        if (want is None or meta.get("data") == want) and "k" in meta and "seed" in meta:
             found.append(Dataset(meta_path.parent.name, meta_path.parent, int(meta["k"]), int(meta["seed"])))
     return found
 
 
-def resolve(data: Path, k: int | None = None, seed: int | None = None) -> Dataset:
-    """The dataset ``make folds`` prepared from ``data``; ``k`` and ``seed`` choose among several.
+def _moved_here(data: Path, candidates: list[Dataset]) -> Dataset | None:
+    """A dataset prepared from a folder that no longer exists, with the same train.csv as ``data``."""
+    sha = file_sha256(paths.data_files(data)["train"])
+    for d in candidates:
+        meta = d.meta
+        if sha and not Path(meta["data"]).exists() and meta.get("source", {}).get("train_csv_sha256") == sha:
+            return d
+    return None
 
-    Raises ``FileNotFoundError`` when none matches and ``ConfigError`` (listing
-    them) when several do.
+
+def id_for(data: Path, k: int, seed: int, fingerprint: str) -> tuple[str, str | None]:
+    """The id ``make folds`` records a preparation of ``data`` under, and a note for the user.
+
+    The id already used for this folder, K, SEED and source fingerprint; else that of
+    a dataset with the same fingerprint whose folder is gone (the folder moved: its
+    runs and predictions are kept); else a new one (the old datasets of this folder,
+    prepared from other contents, stay as they were).
     """
-    from cytokit.config import ConfigError
+    same = [d for d in prepared() if d.k == k and d.seed == seed
+            and d.meta.get("source", {}).get("fingerprint") == fingerprint]
+    here = str(Path(data).resolve())
+    for d in same:
+        if d.meta["data"] == here:
+            return d.id, None
+    for d in same:
+        if not Path(d.meta["data"]).exists():
+            return d.id, (f"{d.id} was prepared from {d.data}, which is gone, with the same train.csv and "
+                          f"images: it now belongs to {here} (its runs and predictions are kept)")
+    older = [d.id for d in prepared(data) if d.k == k and d.seed == seed]
+    note = (f"{here} changed since {', '.join(older)} was prepared: a new dataset id (the old one and its "
+            "runs are left as they were)") if older else None
+    return new_id(data, k, seed, fingerprint), note
 
+
+def resolve(data: Path, k: int | None = None, seed: int | None = None) -> Dataset:
+    """The dataset ``make folds`` prepared from ``data``, checked against it; ``k`` and ``seed``
+    choose among several.
+
+    Raises ``FileNotFoundError`` when none was prepared, ``DatasetError`` (one line) when
+    the data changed since, and when several match (listing them).
+    """
     found = [d for d in prepared(data) if (k is None or d.k == k) and (seed is None or d.seed == seed)]
-    if len(found) == 1:
-        return found[0]
     asked = "".join(f" {n}={v}" for n, v in (("K", k), ("SEED", seed)) if v is not None)
     if not found:
+        others = [d for d in prepared() if (k is None or d.k == k) and (seed is None or d.seed == seed)]
+        moved = _moved_here(Path(data), others)
+        if moved is not None:
+            raise DatasetError(
+                f"{data}: no prepared dataset; {moved.id} was prepared from {moved.data}, which is gone, "
+                "with the same train.csv: if the folder moved, run "
+                f"`make folds DATA={data} K={moved.k} SEED={moved.seed}` "
+                "to move the dataset here (its runs and predictions are kept)"
+            )
         raise FileNotFoundError(f"{data}: no prepared dataset{' with' + asked if asked else ''}; "
                                 f"run `make folds DATA={data}{asked}` first")
-    listed = ", ".join(f"{d.id} (K={d.k} SEED={d.seed})" for d in found)
-    raise ConfigError(f"{data}: {len(found)} prepared datasets match: {listed}; choose one with K= and SEED=")
+    sha = file_sha256(paths.data_files(data)["train"])
+    checked = [(d, d.changed(sha)) for d in found]
+    fresh = [d for d, why in checked if why is None]
+    if len(fresh) == 1:
+        return fresh[0]
+    if len(fresh) > 1:
+        listed = ", ".join(f"{d.id} (K={d.k} SEED={d.seed})" for d in fresh)
+        raise DatasetError(
+            f"{data}: {len(fresh)} prepared datasets match: {listed}; choose one with K= and SEED="
+        )
+    d, why = checked[-1] if len(checked) == 1 else max(checked, key=lambda c: c[0].root.stat().st_mtime)
+    raise DatasetError(f"{data}: {why} since `make folds` prepared {d.id}; run "
+                       f"`make folds DATA={data} K={d.k} SEED={d.seed}` again")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +280,7 @@ def load_meta(root: Path) -> dict:
 
 
 def load_fold(data: Path, k: int | None, seed: int | None, fold: int) -> FoldData:
-    """The fold ``fold`` of the dataset prepared from ``data`` with ``k`` folds and ``seed``."""
+    """The fold ``fold`` of the dataset prepared from ``data`` (``resolve``)."""
     return resolve(data, k, seed).fold(fold)
 
 

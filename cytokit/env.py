@@ -59,6 +59,19 @@ def apply(config_dir: Path | None = None) -> dict[str, str]:
         for folder in (yolo_dir, yolo_dir / "Ultralytics"):
             folder.mkdir(parents=True, exist_ok=True)
             for name in ("Arial.ttf", "Arial.Unicode.ttf"):
-                if not (folder / name).exists():
-                    shutil.copyfile(font, folder / name)
+                _copy_whole(font, folder / name)
     return {key: os.environ[key] for key in variables}
+
+
+def _copy_whole(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` unless a complete copy is there (same size): a copy cut short by a full
+    disk is replaced on the next call, and a failed copy leaves nothing behind."""
+    from cytokit.io import atomic_write
+
+    try:
+        if dst.stat().st_size == src.stat().st_size:
+            return
+    except FileNotFoundError:
+        pass
+    with atomic_write(dst) as tmp:
+        shutil.copyfile(src, tmp)

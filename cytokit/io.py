@@ -6,12 +6,14 @@
 - ``Problem`` / ``DataError``: every problem found in an input file, with file,
   line and column, reported at once.
 - ``cli``: runs a ``main()`` so that user errors print one line each and exit
-  non-zero, without a traceback.
+  non-zero, without a traceback; so do the OS errors of reading and writing
+  files (read-only folder, disk full, permission denied), naming the path.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import sys
@@ -27,22 +29,35 @@ MAX_SHOWN = 200  # problems printed by a DataError; all are kept in .problems
 def atomic_write(path: Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
-    On an exception the temporary file is removed and ``path`` is untouched.
+    On an exception the temporary file is removed and ``path`` is untouched; an
+    ``OSError`` of the temporary file (disk full, read-only folder) names ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix + ".tmp",
-        dir=path.parent,
-    )
+    try:
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix + ".tmp",
+            dir=path.parent,
+        )
+    except OSError as exc:
+        raise _naming(exc, path) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.errno and exc.filename in (None, str(tmp_path)):
+            raise _naming(exc, path) from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """The same OS error, about ``path`` (not the temporary file beside it)."""
+    return type(exc)(exc.errno, exc.strerror, str(path))
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
@@ -103,15 +118,55 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+def os_error_line(exc: OSError) -> str | None:
+    """One line for an OS error of a file (read-only, disk full, permission denied, ...) naming its
+    path; None for an OS error that names no file and is not about space (a bug, not the user's)."""
+    where = exc.filename
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{where or _work()}: no space left on the device (nothing half-written is kept); "
+                "free some space and run again")
+    if where is None or not exc.errno:
+        return None
+    if exc.errno == errno.EROFS:
+        return f"{where}: read-only file system{_hint(where)}"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"{where}: permission denied{_hint(where)}"
+    return f"{where}: {exc.strerror or exc}"
+
+
+def _work() -> Path:
+    from cytokit import paths
+
+    return paths.work_dir()
+
+
+def _hint(where: str | bytes) -> str:
+    """How to move the outputs, when ``where`` is one of them."""
+    try:
+        Path(os.fsdecode(where)).resolve().relative_to(_work())
+    except ValueError:
+        return ""
+    return f" (outputs go under {_work()}; set CYTOKIT_WORK to a writable folder)"
+
+
 def cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run ``main(argv)``; user errors (DataError, ValueError subclasses marked as such,
-    FileNotFoundError) print their message and return 1 instead of a traceback."""
+    """Run ``main(argv)``; user errors (DataError, ConfigError, FileNotFoundError, FileExistsError)
+    and the OS errors of files (``os_error_line``) print one line and return 1 instead of a traceback."""
     from cytokit.config import ConfigError
 
     try:
         return int(main(argv) or 0)
-    except (DataError, ConfigError, FileNotFoundError, FileExistsError) as exc:
+    except (DataError, ConfigError, FileExistsError) as exc:
         print(str(exc), file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:
+        print(f"{exc.filename}: file not found" if exc.errno and exc.filename else str(exc), file=sys.stderr)
+        return 1
+    except OSError as exc:
+        line = os_error_line(exc)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

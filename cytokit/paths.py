@@ -1,18 +1,25 @@
-"""Every path of the kit, anchored in one place.
+"""Every path of the kit, anchored in one place: no other module composes an output path.
 
 The repo root is found from this file; the work folder (all generated outputs)
 is ``<root>/work`` unless ``CYTOKIT_WORK`` says otherwise. Raw data is only
 ever read. Layout under the work folder::
 
-    work/cache/            image sizes, repaired copies, hashes (keyed by data folder)
-    work/folds/<data>/     folds_k{K}_s{SEED}.csv, its report, count table and plot
-    work/datasets/<key>/   generated exports (YOLO labels + per-fold lists, COCO json)
+    work/cache/<images>-<digest>/  per-file facts of an image folder (sizes, content hashes,
+                                   perceptual hashes, repaired copies), keyed by file size and times
+    work/folds/<dataset id>/       folds.csv, its sidecar, report, count table, plot and config
+    work/datasets/<dataset id>/    the prepared dataset (cytokit.dataset: meta.json, exports)
     work/runs/<dataset id>/<model>/fold<k>/    training runs (config, metrics, weights, plots)
     work/preds/<dataset id>/<model>/fold<k>/   predictions in the prediction contract
-    work/config/           ultralytics / matplotlib config dirs (offline set-up)
+    work/masks/<dataset id>/       UNet label maps
+    work/tuned/<name>.yaml         tuned ensemble configs
+    work/reports/<name>/           reports (classifier vs detector, ...)
+    work/submissions/              submissions, when CYTOKIT_WORK is set (else <root>/submissions)
+    work/config/                   ultralytics / matplotlib config dirs (offline set-up)
+    work/<name>/                   a nested work folder of a self-contained run (make demo, BCCD)
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -20,7 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 DEFAULT_DATA = ROOT / "data" / "raw"
 DEMO_DATA = ROOT / "data" / "demo"
-SUBMISSIONS = ROOT / "submissions"
 
 
 def work_dir() -> Path:
@@ -29,21 +35,73 @@ def work_dir() -> Path:
     return Path(env).resolve() if env else ROOT / "work"
 
 
+def nested_work_dir(name: str) -> Path:
+    """A work folder inside this one for a self-contained run (``demo``, ``bccd``)."""
+    return work_dir() / name
+
+
+def demo_dir() -> Path:
+    """The work folder of ``make demo``."""
+    return nested_work_dir("demo")
+
+
+def pipeline_report(work: Path | None = None) -> Path:
+    """``report.json`` of a whole-pipeline run (``make demo``) in the work folder ``work`` (default: this
+    one)."""
+    return Path(work or work_dir()) / "report.json"
+
+
+def ensemble_config() -> Path:
+    """The resolved ensemble config a pipeline run (``make demo``) used."""
+    return work_dir() / "ensemble.yaml"
+
+
+def submissions_dir() -> Path:
+    """Where submissions are written: ``<root>/submissions``, or ``$CYTOKIT_WORK/submissions`` so that
+    two work folders never write into one submissions folder."""
+    return work_dir() / "submissions" if os.environ.get("CYTOKIT_WORK") else ROOT / "submissions"
+
+
+def tuned_config(name: str = "ensemble") -> Path:
+    """The tuned ensemble config written by ``make tune-ensemble``."""
+    return work_dir() / "tuned" / f"{name}.yaml"
+
+
+def reports_dir(name: str) -> Path:
+    """The folder of one report (``cls_<detector>``, ``cls_bccd``, ...)."""
+    return work_dir() / "reports" / name
+
+
+def logs_dir() -> Path:
+    """Log files of long runs."""
+    return work_dir() / "logs"
+
+
 def cache_dir() -> Path:
     return work_dir() / "cache"
+
+
+def _digest(text: str, n: int = 10) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:n]
+
+
+def image_cache(images_dir: Path) -> Path:
+    """The cache folder of one image folder: ``<data folder name>-<digest of its absolute path>``."""
+    images_dir = Path(images_dir).resolve()
+    return cache_dir() / f"{images_dir.parent.name or 'root'}-{_digest(str(images_dir))}"
 
 
 def folds_dir() -> Path:
     return work_dir() / "folds"
 
 
-def fold_file(data: Path, k: int, seed: int) -> Path:
-    """The fold assignment artifact of a data folder: columns ``NAME,fold,group``.
+def fold_file(dataset_id: str) -> Path:
+    """The fold assignment artifact of a prepared dataset: columns ``NAME,fold,group``.
 
-    One sub-folder per data folder name, so ``DATA=data/demo`` and ``DATA=data/raw``
-    keep their own folds.
+    Siblings: ``folds.json`` (its input fingerprint), ``folds_report.json``,
+    ``folds_counts.csv``/``.png`` and ``folds_config.yaml``.
     """
-    return folds_dir() / Path(data).resolve().name / f"folds_k{k}_s{seed}.csv"
+    return folds_dir() / dataset_id / "folds.csv"
 
 
 def datasets_dir() -> Path:
@@ -55,9 +113,14 @@ def dataset_root(dataset_id: str) -> Path:
     return datasets_dir() / dataset_id
 
 
+def dataset_runs(dataset_id: str) -> Path:
+    """Every training run on the prepared dataset ``dataset_id``."""
+    return work_dir() / "runs" / dataset_id
+
+
 def run_dir(dataset_id: str, model: str, fold: int | str) -> Path:
     """Training run of ``model`` on fold ``fold`` of the prepared dataset ``dataset_id``."""
-    return work_dir() / "runs" / dataset_id / model / f"fold{fold}"
+    return dataset_runs(dataset_id) / model / f"fold{fold}"
 
 
 def preds_dir(dataset_id: str, model: str, fold: int | str) -> Path:
@@ -65,9 +128,34 @@ def preds_dir(dataset_id: str, model: str, fold: int | str) -> Path:
     return work_dir() / "preds" / dataset_id / model / f"fold{fold}"
 
 
+def masks_dir(dataset_id: str) -> Path:
+    """UNet label maps of the prepared dataset ``dataset_id``."""
+    return work_dir() / "masks" / dataset_id
+
+
+def data_copy(name: str) -> Path:
+    """A data folder the kit builds itself (e.g. BCCD in the challenge layout)."""
+    return work_dir() / "data" / name
+
+
 def config_dir() -> Path:
     """Project-local config folder (ultralytics settings, matplotlib cache)."""
     return work_dir() / "config"
+
+
+def shared_dir() -> Path:
+    """``../shared`` beside the repo root: the real annotation files and BCCD (may be absent)."""
+    return ROOT.parent / "shared"
+
+
+def cytologia_dir() -> Path:
+    """The challenge's real train.csv / test.csv (``../shared/cytologia``)."""
+    return shared_dir() / "cytologia"
+
+
+def bccd_dir() -> Path:
+    """The small real BCCD smear set (``../shared/data/bccd``)."""
+    return shared_dir() / "data" / "bccd"
 
 
 def data_files(data: Path) -> dict[str, Path]:

@@ -10,12 +10,18 @@ Kinds of table (exact header, in this order):
 int64, NAME and class str) or raises ``DataError`` listing each problem with its
 file, line (the header is line 1) and column. Warnings (for example duplicate
 train rows) are logged and do not stop the read. Raw files are only read.
+
+A NAME is a file name inside the data folder's ``images/``: a folder part, an
+absolute path or ``..`` is an error. In train.csv two names whose stems are equal
+when case is ignored (``a.jpg`` / ``a.png``, ``A.jpg`` / ``a.jpg``) are an error:
+the YOLO label file and the mask of an image are named by its stem.
 """
 from __future__ import annotations
 
 import csv
 import io
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +105,18 @@ def check_header(columns: list[str], kind: str, file: str) -> list[Problem]:
     problems = []
     msg = f"header must be exactly {','.join(expected)}; found {','.join(map(str, columns))}"
     problems.append(Problem(file, msg, line=1))
+    if len(columns) == 1:
+        for sep, label in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
+            if sep in str(columns[0]):
+                problems.append(
+                    Problem(
+                        file,
+                        f"the fields seem to be separated by {label}; the challenge "
+                        "files are comma-separated CSV (save or export with ',')",
+                        line=1,
+                    )
+                )
+                return problems
     lower = {c.lower(): c for c in expected}
     for col in columns:
         if col not in expected and str(col).strip().lower() in lower:
@@ -109,6 +127,27 @@ def check_header(columns: list[str], kind: str, file: str) -> list[Problem]:
     for col in missing:
         problems.append(Problem(file, "missing column", line=1, column=col))
     return problems
+
+
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` is not a plain file name inside images/ (None when it is)."""
+    if "/" in name or "\\" in name or name in (".", "..") or (len(name) > 1 and name[1] == ":"):
+        return (f"{name!r} is not a plain file name inside images/ "
+                "(no folder part, absolute path or '..' is accepted)")
+    return None
+
+
+def stem_clashes(names: list[str]) -> list[tuple[int, int]]:
+    """Positions ``(later, first)`` of distinct non-empty names whose stems are equal when case is
+    ignored (``first``: the first position of the first such name)."""
+    first_pos: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name:
+            first_pos.setdefault(name, i)
+    by_stem: dict[str, list[int]] = {}
+    for name, i in first_pos.items():
+        by_stem.setdefault(os.path.splitext(name)[0].lower(), []).append(i)
+    return sorted((later, pos[0]) for pos in by_stem.values() if len(pos) > 1 for later in pos[1:])
 
 
 def _bad_rows(mask: pd.Series) -> np.ndarray:
@@ -122,6 +161,17 @@ def check_rows(raw: pd.DataFrame, kind: str, file: str) -> tuple[pd.DataFrame, l
     names = raw["NAME"].str.strip()
     for i in _bad_rows(names == ""):
         problems.append(Problem(file, "empty image name", line=_line(raw, i), column="NAME"))
+    for i, name in enumerate(names.to_numpy()):
+        why = _name_problem(name) if name else None
+        if why:
+            problems.append(Problem(file, why, line=_line(raw, i), column="NAME"))
+    if kind == "train":
+        for later, first in stem_clashes(names.tolist()):
+            a, b = names.iat[later], names.iat[first]
+            problems.append(Problem(
+                file, f"{a!r} and {b!r} (line {_line(raw, first)}) have the same stem when case is ignored: "
+                      "their YOLO label files would be one file; rename one of them",
+                line=_line(raw, later), column="NAME"))
     out["NAME"] = names
 
     if "trustii_id" in raw:

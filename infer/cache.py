@@ -1,12 +1,14 @@
 """Prediction tables reused while what they depend on is unchanged.
 
-``member_meta`` records what a member's table depends on (its weights, views,
-threshold, images); ``cached_table`` reuses the table at a path while its
-sidecar ``.json`` matches, else makes it again and writes both atomically.
+``member_meta`` records what a member's table depends on: its weights (path,
+size, mtime), views, threshold and the images themselves (a digest of every
+image's name and content, ``cytokit.images.content_digest``), so a changed image
+or another data folder with the same names is predicted again. ``cached_table``
+reuses the table at a path while its sidecar ``.json`` matches, else makes it
+again and writes both atomically.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -14,24 +16,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from cytokit import predictions
+from cytokit import images, predictions
 from cytokit.io import atomic_write_text
 
 log = logging.getLogger(__name__)
-
-
-def _names_digest(names: Sequence[str]) -> str:
-    return hashlib.sha1("\n".join(sorted(map(str, names))).encode()).hexdigest()
 
 
 def cached_table(path: Path, meta: dict, make: Callable[[], pd.DataFrame],
                  force: bool = False) -> pd.DataFrame:
     """The prediction table at ``path`` when its sidecar ``.json`` matches ``meta``; else ``make()`` it.
 
-    The sidecar records the weights (path and modification time), views, threshold
-    and images, so a retrained member or a new view is predicted again. A table
-    holding MORE views than asked (e.g. after tuning dropped some) is reused, cut
-    to the views asked.
+    The sidecar records the weights (path, size and modification time), views,
+    threshold and the images' contents, so a retrained member, a new view or a
+    changed image is predicted again. A table holding MORE views than asked (e.g.
+    after tuning dropped some) is reused, cut to the views asked.
     """
     path = Path(path)
     side = path.with_suffix(".json")
@@ -53,11 +51,16 @@ def cached_table(path: Path, meta: dict, make: Callable[[], pd.DataFrame],
     return df
 
 
-def member_meta(weights: Path, views: Sequence[str], conf: float, max_det: int, names: Sequence[str]) -> dict:
-    """What a member's prediction table depends on (compared by ``cached_table``)."""
+def member_meta(weights: Path, views: Sequence[str], conf: float, max_det: int, names: Sequence[str],
+                images_dir: Path) -> dict:
+    """What a member's prediction table of the images ``names`` in ``images_dir`` depends on
+    (compared by ``cached_table``). Raises ``FileNotFoundError`` (one line) for missing weights
+    or images."""
     weights = Path(weights).resolve()
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: member weights not found; train the member first (make "
                                 "train MODEL=... FOLD=...) or set its weights path in the ensemble config")
-    return {"weights": str(weights), "weights_mtime": weights.stat().st_mtime, "views": list(views),
-            "conf": conf, "max_det": max_det, "images": len(names), "names_sha1": _names_digest(names)}
+    st = weights.stat()
+    return {"weights": str(weights), "weights_bytes": st.st_size, "weights_mtime_ns": st.st_mtime_ns,
+            "views": list(views), "conf": conf, "max_det": max_det, "images": len(names),
+            "images_sha256": images.content_digest(images_dir, names)}

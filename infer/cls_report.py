@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     preds, truth, sizes, probs, folds = oof_inputs(args.data, args.k, args.seed, args.detector,
                                                     args.classifier, args.device, not args.no_tta)
     comp = compare(preds, truth, sizes, probs, args.weight, args.full_weight, f"{args.detector} only")
-    out = args.out or paths.work_dir() / "reports" / f"cls_{args.detector}"
+    out = args.out or paths.reports_dir(f"cls_{args.detector}")
     save(comp, out)
     print(f"out-of-fold, folds {folds}: {args.detector} boxes, classes from the detector vs "
           f"{'+'.join(args.classifier)} ({len(truth)} GT boxes)")

@@ -65,7 +65,7 @@ def predict_members(cfg: EnsembleConfig, data: Path, force: bool = False, progre
 
             out = ds.preds_dir(m.model, fold)
             start = time.perf_counter()
-            meta = cache.member_meta(weights, cfg.tta, cfg.conf, cfg.max_det, names)
+            meta = cache.member_meta(weights, cfg.tta, cfg.conf, cfg.max_det, names, files["images"])
             frames.append(cache.cached_table(out / "test.parquet", meta,
                                                lambda: run(names, files["images"], "test"), force))
             if "p" in loaded:
@@ -73,7 +73,7 @@ def predict_members(cfg: EnsembleConfig, data: Path, force: bool = False, progre
             if cfg.predict_oof:
                 fd = ds.fold(fold)
                 val = fd.val_images["NAME"].tolist()
-                meta = cache.member_meta(weights, cfg.tta, cfg.conf, cfg.max_det, val)
+                meta = cache.member_meta(weights, cfg.tta, cfg.conf, cfg.max_det, val, fd.images_dir)
                 cache.cached_table(out / "oof_tta.parquet", meta,
                                      lambda: run(val, fd.images_dir, "oof"), force)
     preds = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) \
@@ -155,5 +155,5 @@ def run(cfg: EnsembleConfig, data: Path, submission: bool = False, out_dir: Path
         print(f"member predictions: {1000 * result.seconds_per_image:.0f} ms per test image "
               f"({len(cfg.tta)} view(s), all members)")
     if submission:
-        write_submission(cfg, data, result, Path(out_dir or cfg.out_dir or paths.SUBMISSIONS), progress)
+        write_submission(cfg, data, result, Path(out_dir or cfg.out_dir or paths.submissions_dir()), progress)
     return result

@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     env.apply()
     io.setup_logging()
     cfg = load_config(args.config, args.overrides)
-    run(cfg, args.data, args.out or paths.work_dir() / "tuned" / "ensemble.yaml")
+    run(cfg, args.data, args.out or paths.tuned_config())
     return 0
 
 

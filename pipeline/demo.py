@@ -156,16 +156,16 @@ def run(cfg: DemoConfig, data: Path) -> dict:
                 t["model"], str(fold), data, cfg.k, cfg.seed, [str(o) for o in t.get("overrides", [])]))
     ens = kit_config.from_dict(EnsembleConfig, {**cfg.ensemble, "members": cfg.members(), "k": cfg.k,
                                                 "seed": cfg.seed}, "demo ensemble")
-    ens_path = kit_config.save(ens, paths.work_dir() / "ensemble.yaml")
+    ens_path = kit_config.save(ens, paths.ensemble_config())
     steps("infer (members x TTA views)", lambda: infer_main.run(ens, data))
     trained = [(m.model, f) for m in ens.member_list() for f in m.folds]
     oof_table = None
     if cfg.tune:
         tuned_path, oof_table = steps("tune fusion on OOF",
-                                      lambda: tune.run(ens, data, paths.work_dir() / "tuned.yaml"))
+                                      lambda: tune.run(ens, data, paths.tuned_config()))
         ens_path = tuned_path
         ens = kit_config.load(EnsembleConfig, tuned_path)
-    out_dir = paths.work_dir() / "submissions"
+    out_dir = paths.submissions_dir()
     result = steps("fuse + submission", lambda: infer_main.run(ens, data, submission=True, out_dir=out_dir))
     files = paths.data_files(data)
     problems = steps("validate",
@@ -194,7 +194,7 @@ def run(cfg: DemoConfig, data: Path) -> dict:
         print(format_table(pd.DataFrame(report["test_members"])))
         print(f"\nlocal score against {files['test_labels']}:")
         print(format_result(result.score, per_class=False))
-    io.atomic_write_text(paths.work_dir() / "report.json", json.dumps(report, indent=1) + "\n")
+    io.atomic_write_text(paths.pipeline_report(), json.dumps(report, indent=1) + "\n")
     print(f"\nsubmission: {result.submission}")
     if result.score is not None:
         print(f"score: {result.score.total:.4f} (GIoU term {result.score.giou_term:.4f}, "
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     env.apply()
     io.setup_logging()
     cfg = kit_config.load(DemoConfig, args.config, args.overrides)
-    with demo_work_dir(paths.work_dir() / "demo"):
+    with demo_work_dir(paths.demo_dir()):
         env.apply()
         run(cfg, args.data.resolve())
     return 0

@@ -9,7 +9,7 @@
   made. Group ids are ``0..G-1`` in the order of each group's first NAME; an image
   without duplicates is a group of its own.
 - ``compute_hashes(paths, ...)``: the hashes of image files (imagehash), cached
-  in a CSV keyed by file mtime and size.
+  in a CSV keyed by file size, mtime and ctime.
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from cytokit.images import cached, n_workers
 from cytokit.io import DataError, Problem
-from prepare import sizes
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def compute_hashes(files: pd.DataFrame, cache_file: Path, method: str, hash_size
                    workers: int = 0) -> pd.Series:
     """Hex hashes of ``files`` (``NAME,path,mtime_ns,bytes``) as a Series indexed by NAME.
 
-    Results are cached in ``cache_file``; a file whose mtime or size changed is hashed again.
+    Results are cached in ``cache_file``; a file whose size, mtime or ctime changed is hashed again.
     """
     one = hasher(method, hash_size)
 
@@ -146,12 +146,12 @@ def compute_hashes(files: pd.DataFrame, cache_file: Path, method: str, hash_size
             return "", str(exc)
 
     def compute(paths: list[Path]) -> pd.DataFrame:
-        with ThreadPoolExecutor(max_workers=sizes.n_workers(workers)) as pool:
+        with ThreadPoolExecutor(max_workers=n_workers(workers)) as pool:
             done = list(pool.map(safe, paths))
         errors = [Problem(str(p), msg) for p, (_, msg) in zip(paths, done) if msg]
         if errors:
             raise DataError(errors)
         return pd.DataFrame({"hash": [h for h, _ in done]})
 
-    table = sizes.cached(cache_file, files, compute, what=f"{method} hashes")
+    table = cached(cache_file, files, compute, what=f"{method} hashes")
     return table.set_index("NAME")["hash"].astype(str)

@@ -23,8 +23,8 @@ import yaml
 
 from cytokit import boxes as bx
 from cytokit import classes
+from cytokit.images import n_workers
 from cytokit.tables import COORDS
-from prepare import sizes
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def resize_images(image_dir: Path, sources: pd.Series, longest: int, quality: in
             image_dir / name, format="JPEG", quality=quality)
         return name, size[0], size[1]
 
-    with ThreadPoolExecutor(max_workers=sizes.n_workers(workers)) as pool:
+    with ThreadPoolExecutor(max_workers=n_workers(workers)) as pool:
         rows = list(pool.map(one, sources.items()))
     return pd.DataFrame(rows, columns=["NAME", "width", "height"])
 
@@ -177,12 +177,14 @@ def write_folds(tmp: Path, root: Path, images: pd.DataFrame, exported: pd.DataFr
 
 
 def export_dataset(root: Path, *, images: pd.DataFrame, boxes: pd.DataFrame, meta: dict,
-                   resize: int | None = None, quality: int = 95, workers: int = 0) -> Path:
+                   resize: int | None = None, quality: int = 95, workers: int = 0,
+                   tables: dict[str, pd.DataFrame] | None = None) -> Path:
     """Write the prepared dataset at ``root`` (replacing any older one once complete).
 
     ``images``: ``NAME,width,height,fold,group,path`` (``path`` = the file to export);
     ``boxes``: cleaned ``NAME,x1,y1,x2,y2,class,width,height``; ``meta``: the entries of
-    meta.json besides ``resize``, ``classes``, ``n_images``, ``n_boxes``.
+    meta.json besides ``resize``, ``classes``, ``n_images``, ``n_boxes``; ``tables``: more
+    CSV files of the dataset by file name (``source.csv``).
     """
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -202,6 +204,8 @@ def export_dataset(root: Path, *, images: pd.DataFrame, boxes: pd.DataFrame, met
         write_folds(tmp, root, images, exported, boxes, int(meta["k"]))
         images[["NAME", "width", "height", "fold", "group"]].to_csv(tmp / "images.csv", index=False)
         boxes.to_csv(tmp / "boxes.csv", index=False)
+        for name, table in (tables or {}).items():
+            table.to_csv(tmp / name, index=False)
         full = {**meta, "resize": resize or None, "classes": list(classes.CLASSES),
                 "n_images": int(len(images)), "n_boxes": int(len(boxes))}
         (tmp / "meta.json").write_text(json.dumps(full, indent=2))

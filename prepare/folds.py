@@ -3,17 +3,19 @@
     python -m prepare.folds --data data/raw --k 5 --seed 42 [--balance 600] [--repair]
                             [--force] [--resize 512] [--config configs/folds.yaml] [key=value ...]
 
-Steps: read train.csv (``cytokit.tables``); check and size every image
-(``prepare.sizes``, cached); perceptual hashes (``prepare.dedup``, cached);
-clean (``prepare.clean``); optional balancing; duplicate groups; folds grouped by
-duplicate group and multilabel-stratified on class presence; the fold file
-``work/folds/folds_k{K}_s{SEED}.csv`` (``NAME,fold,group``) with its sidecar JSON
-(input fingerprint), cleaning report, per-fold class counts (CSV + PNG) and
-resolved config; then the YOLO/COCO exports of ``cytokit/dataset.py``.
+Steps: read train.csv (``cytokit.tables``); check, size and hash every image
+(``prepare.sizes``, cached); the dataset id (``cytokit.dataset.id_for``: the data
+folder, K, SEED and the source fingerprint of train.csv and the images' contents);
+perceptual hashes (``prepare.dedup``, cached); clean (``prepare.clean``); optional
+balancing; duplicate groups; folds grouped by duplicate group and
+multilabel-stratified on class presence; the fold file ``work/folds/<id>/folds.csv``
+(``NAME,fold,group``) with its sidecar JSON (input fingerprint), cleaning report,
+per-fold class counts (CSV + PNG) and resolved config; then the YOLO/COCO exports
+of ``cytokit/dataset.py`` under ``work/datasets/<id>/``.
 
 The fold file is written once: a rerun with the same inputs reuses it, other
-inputs are an error unless ``--force``. The core (``make_folds``, ``fold_counts``,
-``fingerprint``) is pure: DataFrames in, DataFrames out.
+settings on the same data are an error unless ``--force``. The core (``make_folds``,
+``fold_counts``, ``fingerprint``) is pure: DataFrames in, DataFrames out.
 """
 from __future__ import annotations
 
@@ -27,8 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cytokit import classes, config, env, io, paths, tables
-from cytokit.dataset import dataset_dir
+from cytokit import classes, config, dataset, env, io, paths, tables
 from prepare import clean, dedup, export, sizes
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def load_config(args: argparse.Namespace) -> FoldsConfig:
     flags = {k: getattr(args, k) for k in ("k", "seed", "balance", "resize") if getattr(args, k) is not None}
     overrides = {**config.parse_overrides(args.overrides), **flags}
-    return config.load(FoldsConfig, args.config if args.config.exists() else None, overrides)
+    return config.load(FoldsConfig, args.config, overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +175,12 @@ def run(data: Path, cfg: FoldsConfig, *, repair: bool = False, force: bool = Fal
     """The whole step on the data folder ``data``; returns the prepared dataset folder."""
     files = paths.data_files(data)
     boxes = tables.read_train(files["train"])
+    train_sha = dataset.file_sha256(files["train"])
     images = sizes.inspect_images(data, boxes, repair=repair, workers=cfg.workers)
+    source = dataset.source_fingerprint(train_sha, images)
+    ds_id, note = dataset.id_for(data, cfg.k, cfg.seed, source)
+    if note:
+        print(note)
     cache = sizes.cache_root(data) / f"hashes_{cfg.hash_method}{cfg.hash_size}.csv"
     hashes = dedup.compute_hashes(images, cache, cfg.hash_method, cfg.hash_size, cfg.workers)
 
@@ -194,8 +200,8 @@ def run(data: Path, cfg: FoldsConfig, *, repair: bool = False, force: bool = Fal
 
     settings = {k: v for k, v in config.to_dict(cfg).items() if k not in NOT_IN_FINGERPRINT}
     digest = fingerprint(cleaned, groups, settings)
-    fold_file = paths.fold_file(data, cfg.k, cfg.seed)
-    folds = reuse_folds(fold_file, digest, force)
+    fold_file = paths.fold_file(ds_id)
+    folds = reuse_folds(fold_file, digest, force, paths.dataset_runs(ds_id))
     print(report.table())
     print(f"duplicate groups: {summary}")
     if folds is None:
@@ -214,26 +220,33 @@ def run(data: Path, cfg: FoldsConfig, *, repair: bool = False, force: bool = Fal
         print(f"reusing {fold_file} (same inputs)")
     print(counts[["images", "boxes"]].T.to_string())
 
-    root = dataset_dir(data, cfg.k, cfg.seed)
-    table = images[["NAME", "width", "height", "path"]].merge(folds, on="NAME")
+    root = paths.dataset_root(ds_id)
+    table = images[["NAME", "width", "height", "path", "sha1"]].merge(folds, on="NAME")
     export_key = hashlib.sha256(json.dumps([digest, cfg.resize, cfg.jpeg_quality]).encode()
                                 + table.astype(str).to_csv(index=False).encode()).hexdigest()
+    recorded = images[["NAME", "bytes", "mtime_ns", "sha1"]]
+    record = {"train_csv_sha256": train_sha, "fingerprint": source, "images": len(images)}
     meta_path = root / "meta.json"
-    if meta_path.exists() and json.loads(meta_path.read_text()).get("export_key") == export_key:
+    old = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if old.get("export_key") == export_key and old.get("source") == record:
+        io.atomic_write_df(recorded, root / dataset.SOURCE_FILE)  # the images' mtimes may have moved
         print(f"dataset up to date: {root}")
         return root
     meta = {"data": str(Path(data).resolve()), "images_dir": str(files["images"].resolve()), "k": cfg.k,
-            "seed": cfg.seed, "fold_file": str(fold_file), "fingerprint": digest, "export_key": export_key}
+            "seed": cfg.seed, "fold_file": str(fold_file), "fingerprint": digest, "export_key": export_key,
+            "source": record}
     export.export_dataset(root, images=table, boxes=cleaned, meta=meta, resize=cfg.resize or None,
-                          quality=cfg.jpeg_quality, workers=cfg.workers)
-    print(f"wrote dataset {root}")
+                          quality=cfg.jpeg_quality, workers=cfg.workers,
+                          tables={dataset.SOURCE_FILE: recorded})
+    print(f"wrote dataset {root} (id {ds_id})")
     return root
 
 
-def reuse_folds(fold_file: Path, digest: str, force: bool) -> pd.DataFrame | None:
+def reuse_folds(fold_file: Path, digest: str, force: bool, runs: Path | None = None) -> pd.DataFrame | None:
     """The existing fold table when it was made from the same inputs; None to (re)make it.
 
-    Raises ``FileExistsError`` when it was made from other inputs and ``force`` is off.
+    Raises ``FileExistsError`` when it was made from other inputs and ``force`` is off;
+    with ``force``, warns when ``runs`` (the dataset's training runs) were made on the old folds.
     """
     if not fold_file.exists():
         return None
@@ -243,6 +256,9 @@ def reuse_folds(fold_file: Path, digest: str, force: bool) -> pd.DataFrame | Non
         return pd.read_csv(fold_file, dtype={"NAME": str})
     if force:
         log.warning("replacing %s (made from other inputs) because of --force", fold_file)
+        if runs is not None and runs.is_dir() and any(runs.iterdir()):
+            log.warning("the runs in %s were trained on the replaced folds: train them again with --force",
+                        runs)
         return None
     made = (f"made from other inputs (fingerprint {old[:12]}, now {digest[:12]})" if old
             else "without its sidecar")
@@ -257,7 +273,8 @@ def sidecar_path(fold_file: Path) -> Path:
 
 def write_outputs(fold_file: Path, folds: pd.DataFrame, counts: pd.DataFrame, cfg: FoldsConfig,
                   sidecar: dict) -> None:
-    """Fold file, count table + plot, cleaning report, resolved config; the sidecar JSON last."""
+    """Fold file, count table + plot, cleaning report, resolved config (``<stem>_counts.csv``, ...);
+    the sidecar JSON last."""
     stem = fold_file.with_suffix("")
     io.atomic_write_df(counts.reset_index(), Path(f"{stem}_counts.csv"))
     export.plot_counts(counts, Path(f"{stem}_counts.png"))

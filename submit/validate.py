@@ -8,7 +8,9 @@ another image's NAME; an empty or NaN cell; a class outside the 23 codes (the
 nearest code is suggested); coordinates that are not finite numbers or with
 x2 <= x1 or y2 <= y1; an exact duplicate (box, class) inside one image (the
 metric would drop it). Warnings: rows not in test.csv order; with ``--images``,
-boxes that leave their image (sizes from the image headers) or missing images.
+boxes that leave their image (sizes from the image headers), unreadable images
+and (in one warning) missing ones. At most ``cytokit.io.MAX_SHOWN`` problems are
+printed, errors first, then how many more there are.
 Exit status 1 when there is any error, 0 otherwise.
 """
 from __future__ import annotations
@@ -78,13 +80,33 @@ def _duplicates(sub: pd.DataFrame, file: str) -> list[Problem]:
 
 
 def _outside(sub: pd.DataFrame, images_dir: Path, file: str) -> list[Problem]:
-    """Warnings for boxes leaving their image and for images that cannot be read."""
-    sizes, problems = {}, []
+    """Warnings for boxes leaving their image and for images that cannot be read (missing ones
+    counted in one warning)."""
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        return [Problem(str(images_dir), "images folder not found: boxes not checked against image sizes",
+                        level="warning")]
+    sizes, missing, problems = {}, [], []
     for name in pd.unique(sub["NAME"]):
+        path = images_dir / name
+        if not path.is_file():
+            missing.append(name)
+            continue
         try:
-            sizes[name] = images.read_size(Path(images_dir) / name)
-        except (ValueError, FileNotFoundError) as exc:
+            sizes[name] = images.read_size(path)
+        except ValueError as exc:
             problems.append(Problem(file, f"image {name}: {exc}", level="warning"))
+    if missing:
+        shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+        problems.insert(
+            0,
+            Problem(
+                str(images_dir),
+                f"{len(missing)} of {len(sizes) + len(missing) + len(problems)} "
+                f"image(s) of {file} not found ({shown}): their boxes are not checked",
+                level="warning",
+            ),
+        )
     wh = np.array([sizes.get(n, (np.nan, np.nan)) for n in sub["NAME"]], dtype=np.float64).reshape(-1, 2)
     w, h = wh[:, 0], wh[:, 1]
     x1, y1, x2, y2 = (sub[c].to_numpy(np.float64) for c in COORDS)
@@ -122,13 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=Path, help="image folder: also check boxes against image sizes")
     args = parser.parse_args(argv)
     problems = validate_submission(args.submission, args.test, args.images)
-    for p in problems:
-        print(p)
     errors = sum(p.level == "error" for p in problems)
+    shown = sorted(problems, key=lambda p: p.level != "error")[:io.MAX_SHOWN]  # errors first
+    for p in shown:
+        print(p)
+    if len(problems) > len(shown):
+        print(f"... {len(problems) - len(shown)} more problem(s) not shown")
     print(f"{args.submission}: {errors} error(s), {len(problems) - errors} warning(s)"
           + ("" if errors else " -- ready to upload"))
     return 1 if errors else 0
-
 
 if __name__ == "__main__":
     raise SystemExit(io.cli(main))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cytokit import io, paths, predictions, tables
+from cytokit import io, predictions, tables
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", type=Path, required=True, help="the challenge's test.csv")
     parser.add_argument("--images", type=Path,
                         help="test image folder (sizes for full-image boxes; box checks)")
-    parser.add_argument("--out", type=Path, default=paths.SUBMISSIONS,
-                        help="output folder (default submissions/)")
+    parser.add_argument("--out", type=Path,
+                        help="output folder (default submissions/, or $CYTOKIT_WORK/submissions)")
     args = parser.parse_args(argv)
     io.setup_logging()
     from cytokit import submission
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # a missing image size or a bad table: one line, no traceback
         raise io.DataError(str(exc)) from None
     path = writer.write_submission(sub, args.test, args.out, images_dir=args.images)
-    print(f"wrote {path} ({len(sub)} rows); {Path(args.out) / 'submission.csv'} points at it")
+    print(f"wrote {path} ({len(sub)} rows); {path.parent / 'submission.csv'} points at it")
     return 0
 
 

@@ -41,17 +41,19 @@ def _point_latest(target: Path) -> Path:
     return latest
 
 
-def write_submission(df: pd.DataFrame, test_path: Path, out_dir: Path = paths.SUBMISSIONS,
+def write_submission(df: pd.DataFrame, test_path: Path, out_dir: Path | None = None,
                      images_dir: Path | None = None) -> Path:
-    """Validate ``df`` against ``test_path`` and write it as a new timestamped CSV in ``out_dir``.
+    """Validate ``df`` against ``test_path`` and write it as a new timestamped CSV in ``out_dir``
+    (default ``paths.submissions_dir()``).
 
     Raises ``DataError`` listing every problem (nothing written) when the
-    validator finds an error; warnings are logged. Returns the new file's path;
-    ``out_dir/submission.csv`` then points at it.
+    validator finds an error; warnings are logged; a folder that cannot be
+    written raises the ``OSError`` naming it (one line through ``io.cli``).
+    Returns the new file's path; ``out_dir/submission.csv`` then points at it.
     """
     from submit.validate import validate_submission
 
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir) if out_dir is not None else paths.submissions_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target, i = out_dir / f"submission_{stamp}.csv", 1

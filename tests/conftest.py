@@ -8,9 +8,9 @@ import pytest
 
 from cytokit import env, paths
 
-SHARED = paths.ROOT.parent / "shared"
-CYTOLOGIA = SHARED / "cytologia"
-BCCD = SHARED / "data" / "bccd"
+SHARED = paths.shared_dir()
+CYTOLOGIA = paths.cytologia_dir()
+BCCD = paths.bccd_dir()
 
 
 def pytest_configure(config):

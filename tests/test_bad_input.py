@@ -1,20 +1,25 @@
 """Bad input to ``python -m prepare.folds``: a clear message with file and line, a non-zero exit
-where it is an error, no traceback, nothing written half-way, the raw folder untouched."""
+where it is an error, no traceback, nothing written half-way, the raw folder untouched.
+
+(The later steps' bad inputs and OS faults: tests/test_faults.py; the dataset identity:
+tests/test_identity.py; caches: tests/test_caches.py.)"""
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from cytokit import dataset, io, paths
+from cytokit import dataset, images, io, paths
 from prepare import folds, sizes
 
 pytestmark = pytest.mark.unit
@@ -61,10 +66,13 @@ def run(data: Path, capsys, *extra: str) -> tuple[int, str, str]:
     return rc, out, err
 
 
+def report_path(data: Path) -> Path:
+    return paths.fold_file(dataset.resolve(data).id).with_name("folds_report.json")
+
+
 def assert_nothing_written(data: Path) -> None:
     """No fold file, no dataset folder (caches of image sizes may exist)."""
-    assert not paths.fold_file(data, K, SEED).exists()
-    assert not dataset.dataset_dir(data, K, SEED).exists()
+    assert dataset.prepared(data) == []
     for folder in (paths.folds_dir(), paths.datasets_dir()):
         assert not folder.exists() or not any(folder.iterdir()), folder
 
@@ -125,8 +133,7 @@ def test_duplicate_row_is_dropped_and_counted(env, capsys, caplog):
         rc, out, _ = run(data, capsys)
     assert rc == 0
     assert "train.csv:6: warning: duplicate row (same as line 3)" in caplog.text
-    report = json.loads(paths.fold_file(data, K, SEED).with_name(f"folds_k{K}_s{SEED}_report.json")
-                        .read_text())
+    report = json.loads(report_path(data).read_text())
     first = report["cleaning"]["steps"][0]
     assert (first["step"], first["boxes_removed"], first["boxes"]) == ("duplicate rows", 1, 4)
     assert out.splitlines()[2].split() == ["duplicate", "rows", "1", "0", "0", "4", "4"]
@@ -152,13 +159,13 @@ def test_truncated_jpeg_needs_repair(env, capsys):
 
     rc, _, _ = run(data, capsys, "--repair")
     assert rc == 0
-    repaired = sizes.cache_root(data) / "repaired" / "bbbbbbbb-0.jpg"
+    sha1 = hashlib.sha1(raw.read_bytes()).hexdigest()
+    repaired = sizes.cache_root(data) / "repaired" / sha1 / "bbbbbbbb-0.jpg"
     with Image.open(repaired) as im:
         assert (im.format, im.size) == ("JPEG", (64, 48))
-    link = dataset.dataset_dir(data, K, SEED) / "yolo" / "images" / "bbbbbbbb-0.jpg"
+    link = dataset.resolve(data).root / "yolo" / "images" / "bbbbbbbb-0.jpg"
     assert Path(os.readlink(link)) == repaired.resolve()
-    report = json.loads(paths.fold_file(data, K, SEED).with_name(f"folds_k{K}_s{SEED}_report.json")
-                        .read_text())
+    report = json.loads(report_path(data).read_text())
     assert report["repaired"] == ["bbbbbbbb-0.jpg"]
 
 
@@ -170,7 +177,7 @@ def test_grayscale_and_rgba_accepted(env, capsys):
     rgba.save(data / "images" / "rgba0000-0.png")
     rc, _, err = run(data, capsys, "--resize", "32")
     assert rc == 0, err
-    root = dataset.dataset_dir(data, K, SEED)
+    root = dataset.resolve(data).root
     rows = (root / "images.csv").read_text().splitlines()
     images = {line.split(",")[0]: line.split(",")[1:3] for line in rows}
     assert images["gray0000-0.jpg"] == ["50", "40"] and images["rgba0000-0.png"] == ["36", "30"]
@@ -208,4 +215,88 @@ def test_too_few_images_for_k(env, capsys):
     data = write_data(env / "raw", GOOD[:1])
     rc, _, err = run(data, capsys, "--k", "3")
     assert rc == 1 and "cannot make 3 folds from 1 image group(s)" in err
-    assert not paths.fold_file(data, 3, SEED).exists()
+    assert_nothing_written(data)
+
+
+def bomb_jpeg(path: Path, side: int = 20000) -> Path:
+    """A small JPEG whose header claims ``side`` x ``side`` pixels (SOF0 height and width patched)."""
+    buf = BytesIO()
+    Image.new("RGB", (64, 48)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    at = data.index(b"\xff\xc0")  # SOF0: marker, length (2), precision (1), height (2), width (2)
+    data[at + 5:at + 9] = side.to_bytes(2, "big") * 2
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (
+            [*GOOD, "../escape.jpg,1,1,20,25,LY"],
+            "train.csv:6: error: column 'NAME': '../escape.jpg' is not a plain file name inside images/",
+        ),
+        (
+            [*GOOD, "/tmp/abs.jpg,1,1,20,25,LY"],
+            "train.csv:6: error: column 'NAME': '/tmp/abs.jpg' is not a plain file name inside images/",
+        ),
+        (
+            [*GOOD, "sub/x.jpg,1,1,20,25,LY"],
+            "train.csv:6: error: column 'NAME': 'sub/x.jpg' is not a plain file name inside images/",
+        ),
+        (
+            [*GOOD, "aaaaaaaa-0.png,1,1,20,25,LY"],
+            "train.csv:6: error: column 'NAME': 'aaaaaaaa-0.png' and 'aaaaaaaa-0.jpg' (line 2) "
+            "have the same stem",
+        ),
+        (
+            [*GOOD, "AAAAAAAA-0.jpg,1,1,20,25,LY"],
+            (
+                "train.csv:6: error: column 'NAME': 'AAAAAAAA-0.jpg' and 'aaaaaaaa-0.jpg' (line 2) "
+                "have the same stem when case is ignored"
+            ),
+        ),
+    ],
+    ids=["dot-dot", "absolute", "folder-part", "same-stem", "same-name-but-case"],
+)
+def test_names_that_cannot_be_one_file_each(env, capsys, lines, expected):
+    data = write_data(env / "raw", lines)
+    for name in ("aaaaaaaa-0.png", "AAAAAAAA-0.jpg"):
+        shutil.copyfile(data / "images" / "aaaaaaaa-0.jpg", data / "images" / name)
+    (env / "escape.jpg").write_bytes((data / "images" / "aaaaaaaa-0.jpg").read_bytes())
+    rc, _, err = run(data, capsys)
+    assert rc == 1 and expected in err
+    assert_nothing_written(data)
+    assert {p.name for p in env.iterdir()} <= {"escape.jpg", "raw", "work"}  # no link made outside
+
+
+def test_header_claiming_too_many_pixels(env, capsys):
+    data = write_data(env / "raw", GOOD)
+    bomb_jpeg(data / "images" / "cccccccc-0.jpg")
+    rc, _, err = run(data, capsys)
+    assert rc == 1
+    assert (
+        "train.csv:4: error: column 'NAME': image" in err
+        and "cccccccc-0.jpg: not a usable image: its header "
+        "claims 400,000,000 pixels, more than the 178,956,970 Pillow accepts"
+        in err
+    )
+    assert_nothing_written(data)
+    with pytest.raises(images.ImageError, match="cccccccc-0.jpg: cannot decode image: its header claims"):
+        images.load_rgb(data / "images" / "cccccccc-0.jpg")
+
+
+def test_semicolon_separated_csv_gets_a_hint(env, capsys):
+    data = write_data(env / "raw", [line.replace(",", ";") for line in GOOD], header="NAME;x1;y1;x2;y2;class")
+    rc, _, err = run(data, capsys)
+    assert rc == 1
+    assert "train.csv:1: error: the fields seem to be separated by semicolons; the challenge files are " \
+           "comma-separated CSV" in err
+    assert_nothing_written(data)
+
+
+def test_missing_config_file_is_an_error(env, capsys):
+    data = write_data(env / "raw", GOOD)
+    rc, _, err = run(data, capsys, "--config", str(env / "missing.yaml"))
+    assert rc == 1 and err.strip() == f"{env / 'missing.yaml'}: config file not found"
+    assert_nothing_written(data)

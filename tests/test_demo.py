@@ -50,7 +50,7 @@ def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path):
     }))
     data = tmp_path / "data"
     assert demo.main(["--data", str(data), "--config", str(cfg_path)]) == 0
-    report = json.loads((paths.work_dir() / "demo" / "report.json").read_text())
+    report = json.loads(paths.pipeline_report(paths.demo_dir()).read_text())
     assert [r["member"] for r in report["oof"]] == ["yolov8", "yolov8 (no TTA)", "yolo11", "yolo11 (no TTA)",
                                                     "ensemble (tuned)"]
     assert report["total_s"] > 0
@@ -74,6 +74,6 @@ def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path):
 def test_full_demo_scores_clearly_above_chance(tmp_path):
     """The real `make demo` settings (about 10 minutes on 2 idle cores)."""
     assert demo.main(["--data", str(tmp_path / "data")]) == 0
-    report = json.loads((paths.work_dir() / "demo" / "report.json").read_text())
+    report = json.loads(paths.pipeline_report(paths.demo_dir()).read_text())
     # chance: a full-image box of one class per image scores about 0.12 on these data
     assert report["score"] > 0.18 and report["giou_term"] > 0.8

@@ -1,8 +1,10 @@
 """``python -m prepare.folds`` on a tiny on-disk data set: the layout of cytokit/dataset.py."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ from PIL import Image
 
 from cytokit import boxes as bx
 from cytokit import classes, dataset, io, paths
-from prepare import export, folds, sizes
+from prepare import export, folds
 
 pytestmark = pytest.mark.unit
 
@@ -69,8 +71,8 @@ def prepared(tmp_path_factory):
         mp.setenv("CYTOKIT_WORK", str(base / "work"))
         rc = io.cli(folds.main, ["--data", str(data), "--k", str(K), "--seed", str(SEED)])
         assert rc == 0
-        root = dataset.dataset_dir(data, K, SEED)
-        fold_file = paths.fold_file(data, K, SEED)
+        ds = dataset.resolve(data)
+        root, fold_file = ds.root, paths.fold_file(ds.id)
     return {"data": data, "work": base / "work", "root": root, "fold_file": fold_file}
 
 
@@ -82,10 +84,22 @@ def work(prepared, monkeypatch):
 
 def test_layout(work):
     root = work["root"]
-    assert root == work["work"] / "datasets" / f"tiny_k{K}_s{SEED}"
+    assert root.parent == work["work"] / "datasets"
+    assert re.fullmatch(rf"tiny-[0-9a-f]{{8}}_k{K}_s{SEED}", root.name)
     meta = json.loads((root / "meta.json").read_text())
-    for key in ("data", "images_dir", "k", "seed", "fold_file", "resize", "classes", "n_images", "n_boxes"):
+    for key in ("data", "images_dir", "k", "seed", "fold_file", "resize", "classes", "n_images", "n_boxes",
+                "source"):
         assert key in meta
+    assert (
+        meta["source"]["train_csv_sha256"]
+        == hashlib.sha256((work["data"] / "train.csv").read_bytes()).hexdigest()
+    )
+    source = pd.read_csv(root / "source.csv")
+    assert list(source.columns) == ["NAME", "bytes", "mtime_ns", "sha1"] and len(source) == 11
+    raw = work["data"] / "images" / "00000002-0.jpg"
+    row = source.set_index("NAME").loc["00000002-0.jpg"]
+    assert (row["bytes"], row["mtime_ns"], row["sha1"]) == (
+        raw.stat().st_size, raw.stat().st_mtime_ns, hashlib.sha1(raw.read_bytes()).hexdigest())
     got = (meta["k"], meta["seed"], meta["resize"], meta["n_images"], meta["n_boxes"])
     assert got == (K, SEED, None, 11, 12)
     assert meta["classes"] == list(classes.CLASSES)
@@ -102,6 +116,7 @@ def test_layout(work):
     fold_table = pd.read_csv(work["fold_file"])
     assert list(fold_table.columns) == ["NAME", "fold", "group"]
     assert fold_table.merge(images, on=["NAME", "fold", "group"]).shape[0] == 11
+    assert work["fold_file"] == work["work"] / "folds" / root.name / "folds.csv"
     stem = work["fold_file"].with_suffix("")
     for suffix in ("_counts.csv", "_counts.png", "_report.json", "_config.yaml"):
         assert Path(f"{stem}{suffix}").exists(), suffix
@@ -188,30 +203,46 @@ def test_rerun_reuses_everything(work, capsys):
     assert work["fold_file"].stat().st_mtime_ns == before
 
 
-def test_other_inputs_need_force(tmp_path, monkeypatch, capsys):
+def test_other_settings_need_force(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CYTOKIT_WORK", str(tmp_path / "work"))
     data = write_data(tmp_path / "tiny")
     argv = ["--data", str(data), "--k", "2", "--seed", "0"]
     assert run(argv, capsys)[0] == 0
-    fold_file = paths.fold_file(data, 2, 0)
+    ds = dataset.resolve(data)
+    fold_file = paths.fold_file(ds.id)
     first = fold_file.read_text()
-    train = data / "train.csv"
-    train.write_text(train.read_text().replace("00000009-0.jpg,8,9,50,52,LY", "00000009-0.jpg,8,9,50,52,SS"))
-    rc, _, err = run(argv, capsys)
+    ds.run_dir("yolov8", 0).mkdir(parents=True)
+    rc, _, err = run([*argv, "min_side=30"], capsys)
     assert rc == 1 and "was made from other inputs" in err and "--force" in err and "Traceback" not in err
     assert fold_file.read_text() == first
-    rc, out, _ = run([*argv, "--force"], capsys)
+    rc, out, err = run([*argv, "min_side=30", "--force"], capsys)
     assert rc == 0 and "wrote" in out
-    meta = json.loads((dataset.dataset_dir(data, 2, 0) / "meta.json").read_text())
+    assert dataset.resolve(data).id == ds.id  # same data: same id, the fold file replaced
+    meta = json.loads((ds.root / "meta.json").read_text())
     assert meta["fingerprint"] == json.loads(folds.sidecar_path(fold_file).read_text())["fingerprint"]
-    assert (pd.read_csv(dataset.dataset_dir(data, 2, 0) / "boxes.csv")["class"] == "SS").sum() == 1
+    assert len(pd.read_csv(ds.root / "boxes.csv")) < 12
+
+
+def test_changed_train_csv_is_a_new_dataset(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CYTOKIT_WORK", str(tmp_path / "work"))
+    data = write_data(tmp_path / "tiny")
+    argv = ["--data", str(data), "--k", "2", "--seed", "0"]
+    assert run(argv, capsys)[0] == 0
+    old = dataset.resolve(data)
+    train = data / "train.csv"
+    train.write_text(train.read_text().replace("00000009-0.jpg,8,9,50,52,LY", "00000009-0.jpg,8,9,50,52,SS"))
+    rc, out, _ = run(argv, capsys)
+    assert rc == 0 and "a new dataset id" in out and old.id in out
+    new = dataset.resolve(data)
+    assert new.id != old.id and old.root.exists()  # the old dataset (and its runs) left alone
+    assert (pd.read_csv(new.root / "boxes.csv")["class"] == "SS").sum() == 1
 
 
 def test_resize_exports_copies(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CYTOKIT_WORK", str(tmp_path / "work"))
     data = write_data(tmp_path / "tiny")
     assert run(["--data", str(data), "--k", "2", "--seed", "0", "--resize", "48"], capsys)[0] == 0
-    root = dataset.dataset_dir(data, 2, 0)
+    root = dataset.resolve(data).root
     assert json.loads((root / "meta.json").read_text())["resize"] == 48
     wide = root / "yolo" / "images" / "00000002-0.jpg"
     assert not wide.is_symlink()
@@ -252,35 +283,14 @@ def test_balance_flag_is_counted(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CYTOKIT_WORK", str(tmp_path / "work"))
     data = write_data(tmp_path / "tiny")
     assert run(["--data", str(data), "--k", "2", "--seed", "0", "--balance", "1"], capsys)[0] == 0
-    report = json.loads(paths.fold_file(data, 2, 0).with_name("folds_k2_s0_report.json").read_text())
+    fold_file = paths.fold_file(dataset.resolve(data).id)
+    report = json.loads(fold_file.with_name("folds_report.json").read_text())
     step = report["cleaning"]["steps"][-1]
     # PNN is in 4 images (00000001, 00000006 and the two copies), MO in 2, LY in 2: one image each is
     # kept for them (LF, EO, LLC have one image each), so 3 + 1 + 1 = 5 images go, with 5 boxes.
     assert (step["step"], step["boxes_removed"], step["images_removed"]) == ("balance", 5, 5)
     assert step["class_boxes_before_after"]["PNN"] == [4, 1]
-    assert len(pd.read_csv(paths.fold_file(data, 2, 0))) == 6
-
-
-def test_cache_reads_only_changed_files(tmp_path):
-    files = []
-    for name in ("a", "b"):
-        (tmp_path / name).write_text(name)
-        files.append(sizes.file_stats(tmp_path, [name]))
-    table = pd.concat(files, ignore_index=True)
-    calls: list[list[str]] = []
-
-    def compute(paths_):
-        calls.append([p.name for p in paths_])
-        return pd.DataFrame({"length": [len(p.read_text()) for p in paths_]})
-
-    cache = tmp_path / "cache" / "lengths.csv"
-    first = sizes.cached(cache, table, compute)
-    assert first[["NAME", "length"]].values.tolist() == [["a", 1], ["b", 1]]
-    assert sizes.cached(cache, table, compute)["length"].tolist() == [1, 1]
-    (tmp_path / "b").write_text("bbb")  # new size: read again
-    table = sizes.file_stats(tmp_path, ["a", "b"])
-    assert sizes.cached(cache, table, compute)["length"].tolist() == [1, 3]
-    assert calls == [["a", "b"], ["b"]]
+    assert len(pd.read_csv(fold_file)) == 6
 
 
 @pytest.mark.smoke

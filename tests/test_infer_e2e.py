@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from cytokit import classes, dataset, paths, predictions, tables
-from cytokit.dataset import dataset_dir
 from cytokit.metric import score
 from infer import ensemble as infer_main
 from infer import predict, tune
@@ -82,7 +81,7 @@ def test_infer_submission_and_tune(tiny, fake_members, tmp_path):
     t = predictions.read(dataset.resolve(tiny).preds_dir("fakea", 0) / "test.parquet")
     assert set(t["view"]) == {"identity", "hflip"} and set(t["NAME"]) == set(test["NAME"])
     oof = predictions.read(dataset.resolve(tiny).preds_dir("fakea", 1) / "oof_tta.parquet")
-    images = pd.read_csv(dataset_dir(tiny, 2, 1) / "images.csv")
+    images = pd.read_csv(dataset.resolve(tiny).root / "images.csv")
     val1 = set(images.loc[images["fold"] == 1, "NAME"])
     assert set(oof["NAME"]) == val1
 
@@ -167,7 +166,7 @@ def test_tune_sets_the_classifier_blend_weight(tiny, fake_members, tmp_path, mon
     cfg = load_config(cfg_path, {"classifier": {"members": [{"weights": "cls.pt"}], "weight": 0.5},
                                  "fusion": "wbf"})
     infer_main.run(cfg, tiny, progress=False)
-    boxes = pd.read_csv(dataset_dir(tiny, 2, 1) / "boxes.csv")
+    boxes = pd.read_csv(dataset.resolve(tiny).root / "boxes.csv")
 
     def perfect_classifier(preds, ds, **kwargs):
         # the true class of each row's image (one cell per image here): a classifier that is always right

@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cytokit import classes, config
-from cytokit.dataset import dataset_dir
+from cytokit import classes, config, dataset, paths
 from train.unet import fallback as mf
 from train.unet import masks
 
@@ -113,7 +112,7 @@ def make_dataset(data: Path, k: int = 2, seed: int = 0, n: int = 6, size: int = 
     Each image holds one drawn cell (PNN on even images, EO on odd ones); the
     last one holds a second, smaller LY cell.
     """
-    root = dataset_dir(data, k, seed)
+    root = paths.dataset_root(dataset.new_id(data, k, seed))
     images_dir = Path(data) / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)

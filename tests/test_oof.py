@@ -7,8 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cytokit import classes, coco_eval, dataset, predictions, submission
-from cytokit.dataset import dataset_dir
+from cytokit import classes, coco_eval, dataset, paths, predictions, submission
 from submit import oof
 
 pytestmark = pytest.mark.unit
@@ -64,7 +63,7 @@ def prepared(tmp_path, monkeypatch):
     monkeypatch.setenv("CYTOKIT_WORK", str(tmp_path / "work"))
     data = tmp_path / "mydata"
     data.mkdir()
-    root = dataset_dir(data, 2, 7)
+    root = paths.dataset_root(dataset.new_id(data, 2, 7))
     root.mkdir(parents=True)
     (root / "meta.json").write_text(json.dumps({"data": str(data), "images_dir": str(data / "images"), "k": 2,
                                                 "seed": 7, "resize": None}))

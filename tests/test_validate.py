@@ -85,7 +85,8 @@ def test_boxes_outside_images_are_warnings(files, tmp_path):
     problems = validate_submission(*files(GOOD.replace("10,10,60,60", "10,10,90,60")), images_dir=images)
     assert all(p.level == "warning" for p in problems)
     assert any(p.line == 3 and "leaves image a.jpg (80x60)" in p.message for p in problems)
-    assert any("image b.jpg" in p.message for p in problems)  # not there: said once, not per row
+    missing = [p for p in problems if "not found (b.jpg)" in p.message]  # said once, not per row
+    assert len(missing) == 1 and "1 of 2 image(s)" in missing[0].message
 
 
 def test_cli_exit_status_and_listing(files, capsys):
@@ -104,5 +105,33 @@ def test_every_problem_is_listed_and_images_may_be_missing(files, tmp_path):
     problems = validate_submission(*files(text), images_dir=tmp_path / "nowhere")
     assert sum("is not in" in p.message for p in problems) == 60  # one per row, none summarised
     assert sum("no row for trustii_id" in p.message for p in problems) == 3
-    assert [p.level for p in problems if p.message.startswith("image z.jpg")] == ["warning"]
+    assert [p.level for p in problems if "images folder not found" in p.message] == ["warning"]
     assert not any("leaves image" in p.message for p in problems)  # size unknown: not judged
+
+
+def test_cli_caps_the_listing_errors_first(files, tmp_path, capsys):
+    """20,000 rows without their images: one warning for the missing images, at most MAX_SHOWN lines."""
+    from cytokit import io
+
+    images = tmp_path / "images"
+    images.mkdir()
+    text = HEADER + "".join(f"{i},n{i}.jpg,0,0,10,10,PNN\n" for i in range(2, 20_002))
+    test_text = "trustii_id,NAME\n" + "".join(f"{i},n{i}.jpg\n" for i in range(2, 20_002))
+    sub, test = tmp_path / "sub.csv", tmp_path / "test.csv"
+    sub.write_text(text.replace("5,n5.jpg,0,0,10,10,PNN", "5,n5.jpg,0,0,10,10,pnn"))
+    test.write_text(test_text)
+    assert validate.main(["--submission", str(sub), "--test", str(test), "--images", str(images)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and "unknown class 'pnn'" in lines[0]
+    assert lines[1].startswith(
+        f"{images}: warning: 20000 of 20000 image(s) of {sub} not found (n2.jpg, n3.jpg, n4.jpg ...)"
+    )
+    assert lines[2] == f"{sub}: 1 error(s), 1 warning(s)"
+    many = HEADER + "".join(f"{i},n{i}.jpg,0,0,10,10,lyb\n" for i in range(2, 20_002))
+    sub.write_text(many)
+    assert validate.main(["--submission", str(sub), "--test", str(test), "--images", str(images)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == io.MAX_SHOWN + 2
+    assert all("error" in line for line in lines[:io.MAX_SHOWN])
+    assert lines[-2] == f"... {20_001 - io.MAX_SHOWN} more problem(s) not shown"
+    assert lines[-1] == f"{sub}: 20000 error(s), 1 warning(s)"

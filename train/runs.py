@@ -1,4 +1,4 @@
-"""Run folders: ``work/runs/<model>/fold<k>/``, their state and their records.
+"""Run folders: ``work/runs/<dataset id>/<model>/fold<k>/``, their state and their records.
 
 Every adapter leaves the same files in its run folder::
 
@@ -12,8 +12,9 @@ Every adapter leaves the same files in its run folder::
 
 ``prepare`` decides what a new ``python -m train`` call does with a folder: a
 finished run is skipped unless ``--force`` (which clears the folder, and the
-fold's stale predictions, explicitly); an unfinished one must be ``--resume``d
-or ``--force``d, never silently mixed with a new run.
+fold's stale predictions, explicitly); an unfinished one with a checkpoint must
+be ``--resume``d or ``--force``d, never silently mixed with a new run; one left by
+a start that failed before its first checkpoint is cleared with a warning.
 """
 from __future__ import annotations
 
@@ -74,10 +75,13 @@ def prepare(run_dir: Path, resume: bool = False, force: bool = False, stale: tup
         return "resume"
     if resume:
         log.warning("--resume: %s has no last.pt; starting this run from scratch", run_dir)
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    elif has_checkpoint(run_dir):
         raise FileExistsError(
             f"{run_dir}: holds an unfinished run; add --resume to continue it or --force to start over"
         )
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        # A start that failed before its first checkpoint (bad data, out of memory): nothing to resume.
+        log.warning("%s: an earlier start stopped before its first checkpoint; starting over", run_dir)
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ import pandas as pd
 from cytokit import config, env, images, io, paths, predictions, tables
 
 log = logging.getLogger(__name__)
-DEFAULT_BCCD = paths.ROOT.parent / "shared" / "data" / "bccd"
+DEFAULT_BCCD = paths.bccd_dir()
 RUN = "cls_bccd"
 
 
@@ -51,7 +51,7 @@ def fold_of(train: pd.DataFrame, test: pd.DataFrame, images_dir: Path):
     def sizes(t: pd.DataFrame) -> pd.DataFrame:
         return t.drop_duplicates("NAME")[["NAME", "width", "height"]].reset_index(drop=True)
 
-    root = paths.work_dir() / "datasets" / "bccd_cls"
+    root = paths.dataset_root("bccd_cls")
     return FoldData(root=root, fold=0, k=1, seed=0, images_dir=images_dir, train_boxes=train, val_boxes=test,
                     val_images=sizes(test), train_images=sizes(train), yolo_yaml=root / "none.yaml",
                     coco_train=root / "none.json", coco_val=root / "none.json", resize=None)
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     probs = blend.classifier_probs(preds, images_dir, [predictor], cfg.tta, n_cells)
     comp = cls_report.compare(preds, test, fold_of(train, test, images_dir).val_images, probs, args.weight,
                               detector_label="detector only")
-    out = args.out or paths.work_dir() / "reports" / RUN
+    out = args.out or paths.reports_dir(RUN)
     cls_report.save(comp, out)
     print(f"BCCD test split: {len(test)} boxes on {test['NAME'].nunique()} images; classifier trained on "
           f"{len(train)} train+val boxes ({cfg.backbone}, {cfg.imgsz} px, {cfg.epochs} epochs, "

@@ -27,7 +27,7 @@ from cytokit.images import read_size
 from cytokit.tables import COORDS
 
 log = logging.getLogger("bench.bccd.detect")
-SHARED_BCCD = paths.ROOT.parent / "shared" / "data" / "bccd"
+SHARED_BCCD = paths.bccd_dir()
 K, SEED = 2, 0  # fold 0 = upstream test split, fold 1 = upstream train + val
 
 
@@ -62,10 +62,10 @@ def export(bccd: Path) -> Path:
     boxes.insert(0, "NAME", labels["NAME"])
     boxes["class"] = labels["class"]
     boxes["width"], boxes["height"] = size["width"].to_numpy(), size["height"].to_numpy()
-    data = paths.work_dir() / "data" / "bccd_upstream"
+    data = paths.data_copy("bccd_upstream")
     meta = {"data": str(data), "images_dir": str(jpegs), "k": K, "seed": SEED,
             "fold_file": "BCCD ImageSets/Main (upstream split)"}
-    export_dataset(dataset.dataset_dir(data, K, SEED), images=images, boxes=boxes, meta=meta)
+    export_dataset(paths.dataset_root(dataset.new_id(data, K, SEED)), images=images, boxes=boxes, meta=meta)
     log.info("BCCD: %d train+val images, %d test images", int((images["fold"] == 1).sum()),
              int((images["fold"] == 0).sum()))
     return data
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
-    os.environ["CYTOKIT_WORK"] = str(paths.work_dir() / "bccd")
+    os.environ["CYTOKIT_WORK"] = str(paths.nested_work_dir("bccd"))
     env.apply()
     io.setup_logging()
     if not (args.bccd / "cytologia_wbc_subtypes.csv").exists():

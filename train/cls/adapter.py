@@ -76,6 +76,31 @@ class ClassifierConfig:
                            ("sampler", cls_data.SAMPLERS), ("augment", cls_data.AUGMENTS)):
             if getattr(self, key) not in valid:
                 raise config.ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(valid)}")
+        # Ranges, checked before a run folder exists (a bad value must not leave one behind).
+        for ok, rule in (
+            (self.epochs >= 1, f"epochs={self.epochs}: must be >= 1"),
+            (
+                self.lr > 0 and self.weight_decay >= 0 and self.warmup_epochs >= 0,
+                (
+                    f"lr={self.lr}, weight_decay={self.weight_decay}, warmup_epochs={self.warmup_epochs}: "
+                    "lr > 0, the others >= 0"
+                ),
+            ),
+            (
+                0 <= self.label_smoothing < 1
+                and 0 <= self.mix_prob <= 1
+                and self.mixup >= 0
+                and self.cutmix >= 0,
+                "0 <= label_smoothing < 1, 0 <= mix_prob <= 1, mixup and cutmix >= 0 are required",
+            ),
+            (
+                0 <= self.conf <= 1 and 0 <= self.drop_rate < 1,
+                "conf in [0, 1] and drop_rate in [0, 1) are required",
+            ),
+            (self.workers >= 0, f"workers={self.workers}: must be >= 0"),
+        ):
+            if not ok:
+                raise config.ConfigError(rule)
         if self.imgsz < 8 or self.epochs < 0 or self.batch < 1 or self.margin < 0:
             raise config.ConfigError("imgsz >= 8, epochs >= 0, batch >= 1 and margin >= 0 are required")
 

@@ -62,6 +62,25 @@ class TvConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"optimizer={self.optimizer!r}: valid values are sgd, adamw")
+        # Ranges, checked before a run folder exists (a bad value must not leave one behind).
+        for ok, rule in (
+            (self.epochs >= 1, f"epochs={self.epochs}: must be >= 1"),
+            (self.batch >= 1 and self.predict_batch >= 1, "batch and predict_batch must be >= 1"),
+            (32 <= self.imgsz <= self.max_size, (f"imgsz={self.imgsz}, max_size={self.max_size}: "
+                                                "32 <= imgsz <= max_size")),
+            (self.workers >= 0 and self.threads >= 0, "workers and threads must be >= 0"),
+            (self.lr > 0 and 0 <= self.momentum < 1 and self.weight_decay >= 0,
+             (f"lr={self.lr}, momentum={self.momentum}, weight_decay={self.weight_decay}: "
+             "lr > 0, 0 <= momentum < 1, weight_decay >= 0")),
+            (self.warmup_epochs >= 0 and 0 < self.lrf <= 1 and self.clip_grad >= 0,
+             "warmup_epochs >= 0, 0 < lrf <= 1 and clip_grad >= 0 are required"),
+            (self.val_every >= 1, f"val_every={self.val_every}: must be >= 1"),
+            (0 <= self.conf <= 1 and 0 < self.nms_iou <= 1, (f"conf={self.conf}, nms_iou={self.nms_iou}: "
+                                                            "must be in [0, 1]")),
+            (self.max_det >= 1, f"max_det={self.max_det}: must be >= 1"),
+        ):
+            if not ok:
+                raise ConfigError(rule)
 
 
 @dataclasses.dataclass

@@ -70,6 +70,18 @@ class UnetConfig:
         step = 2 ** len(self.decoder_channels)
         if self.imgsz < step or self.imgsz % step:
             raise config.ConfigError(f"imgsz={self.imgsz} must be a positive multiple of {step}")
+        # Ranges, checked before a run folder exists (a bad value must not leave one behind).
+        for ok, rule in (
+            (self.epochs >= 1, f"epochs={self.epochs}: must be >= 1"),
+            (self.lr > 0 and self.weight_decay >= 0 and self.dice_weight >= 0,
+             (f"lr={self.lr}, weight_decay={self.weight_decay}, dice_weight={self.dice_weight}: "
+             "lr > 0, the others >= 0")),
+            (0 <= self.fg_thr < 1 and 0 <= self.min_area < 1 and 0 <= self.conf <= 1,
+             "0 <= fg_thr < 1, 0 <= min_area < 1 and conf in [0, 1] are required"),
+            (self.workers >= 0, f"workers={self.workers}: must be >= 0"),
+        ):
+            if not ok:
+                raise config.ConfigError(rule)
         if self.epochs < 0 or self.batch < 1 or self.val_every < 1:
             raise config.ConfigError("epochs >= 0, batch >= 1 and val_every >= 1 are required")
 

@@ -34,7 +34,7 @@ from cytokit.tables import COORDS
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = paths.ROOT / "configs" / "masks.yaml"
+DEFAULT_CONFIG = paths.CONFIGS / "masks.yaml"
 METHODS = ("auto", "medsam", "grabcut", "stain")
 
 
@@ -55,7 +55,7 @@ class MasksConfig:
 
 def masks_dir(dataset_root: Path) -> Path:
     """``work/masks/<dataset key>/`` of a prepared dataset folder."""
-    return paths.work_dir() / "masks" / Path(dataset_root).name
+    return paths.masks_dir(Path(dataset_root).name)
 
 
 def mask_path(folder: Path, name: str) -> Path:

@@ -76,6 +76,36 @@ class UltraConfig:
             raise ConfigError(f"size={self.size!r}: valid sizes are n, s, m, l, x")
         if self.select not in ("challenge", "fitness"):
             raise ConfigError(f"select={self.select!r}: valid values are challenge, fitness")
+        # Ranges, checked before a run folder exists (a bad value must not leave one behind).
+        for ok, rule in (
+            (self.epochs >= 1, f"epochs={self.epochs}: must be >= 1"),
+            (
+                self.imgsz >= 32 and self.imgsz % 32 == 0,
+                f"imgsz={self.imgsz}: must be a positive multiple of 32",
+            ),
+            (
+                self.batch == -1 or self.batch >= 1,
+                f"batch={self.batch}: must be >= 1 (or -1: ultralytics picks)",
+            ),
+            (self.workers >= 0, f"workers={self.workers}: must be >= 0"),
+            (self.lr > 0 and 0 < self.lrf <= 1, f"lr={self.lr}, lrf={self.lrf}: lr > 0 and 0 < lrf <= 1"),
+            (
+                self.warmup_epochs >= 0 and self.patience >= 0 and self.close_mosaic >= 0,
+                "warmup_epochs, patience and close_mosaic must be >= 0",
+            ),
+            (
+                all(0 <= v <= 1 for v in (self.mosaic, self.mixup, self.fliplr, self.flipud)),
+                "mosaic, mixup, fliplr and flipud are probabilities in [0, 1]",
+            ),
+            (self.val_every >= 1, f"val_every={self.val_every}: must be >= 1"),
+            (
+                0 <= self.conf <= 1 and 0 < self.nms_iou <= 1,
+                f"conf={self.conf}, nms_iou={self.nms_iou}: must be in [0, 1]",
+            ),
+            (self.max_det >= 1 and self.predict_batch >= 1, "max_det and predict_batch must be >= 1"),
+        ):
+            if not ok:
+                raise ConfigError(rule)
 
 
 # Kit keys handed to ultralytics' trainer, under ultralytics' own name where it differs (ULTRA_NAME).
