@@ -17,15 +17,16 @@ FOLD ?= 0#                 fold index, or `all`
 IMAGES ?= 400#             synthetic images for demo-data
 ENSEMBLE ?= configs/ensemble.yaml
 DETECTOR ?= yolov8#       detector whose OOF boxes the classifier report uses (or gt)
+SET ?= default#            pretrained files for make weights: default, all, or file names (see --list)
 PYTEST_ARGS ?=
 
 # Optional settings, passed on only when set.
 opt = $(if $($(1)),$(2) $($(1)))
 FOLD_OPTS = $(call opt,BALANCE,--balance) $(if $(REPAIR),--repair) $(if $(FORCE),--force) $(call opt,RESIZE,--resize)
 TRAIN_ARGS = $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(IMGSZ),imgsz=$(IMGSZ)) $(if $(BATCH),batch=$(BATCH)) \
-	$(if $(DEVICE),device=$(DEVICE)) $(if $(WEIGHTS),weights=$(WEIGHTS)) $(if $(RESUME),--resume) $(if $(FORCE),--force) $(ARGS)
+	$(if $(DEVICE),device=$(DEVICE)) $(if $(WEIGHTS),pretrained=$(WEIGHTS)) $(if $(RESUME),--resume) $(if $(FORCE),--force) $(ARGS)
 
-.PHONY: help setup test test-all bench demo-data demo folds masks train infer submission score tune-ensemble cls-report validate clean
+.PHONY: help setup test test-all bench demo-data demo weights folds masks train infer submission score tune-ensemble cls-report validate clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,13 +52,16 @@ bench: $(STAMP) ## speed benchmarks on the real annotation files, printed side b
 demo-data: $(STAMP) ## generate the synthetic smear data set in DEMO (data/demo)
 	$(PY) -m prepare.synth --out $(DEMO) --images $(IMAGES) --seed $(SEED)
 
+weights: $(STAMP) ## download pretrained weights into weights/ (SET=default|all|names; the only target that uses the network)
+	$(PY) -m train.weights --set $(SET)
+
 folds: $(STAMP) ## clean, group duplicates, make K stratified folds and the YOLO/COCO exports of DATA
 	$(PY) -m prepare.folds --data $(DATA) --k $(K) --seed $(SEED) $(FOLD_OPTS)
 
-masks: $(STAMP) ## masks from boxes for the UNet (MedSAM when MEDSAM_CKPT=path, else a classical fallback)
+masks: $(STAMP) ## masks from boxes for the UNet (MedSAM when MEDSAM_CKPT=path|auto, else a classical fallback)
 	$(PY) -m train.unet.masks --data $(DATA) --k $(K) --seed $(SEED) $(call opt,MEDSAM_CKPT,--medsam-ckpt)
 
-train: $(STAMP) ## train MODEL on FOLD (EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS= RESUME=1 FORCE=1 ARGS="k=v")
+train: $(STAMP) ## train MODEL on FOLD (EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS=auto|none|path RESUME=1 FORCE=1 ARGS="k=v")
 	$(PY) -m train --model $(MODEL) --fold $(FOLD) --data $(DATA) --k $(K) --seed $(SEED) $(TRAIN_ARGS)
 
 infer: $(STAMP) ## predict test and out-of-fold images with every member of ENSEMBLE (with TTA)

@@ -95,8 +95,26 @@ def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
+def _renamed(cls: type, values: dict[str, Any], source: str, strict: bool) -> dict[str, Any]:
+    """Keys a config class renamed (its ``RENAMED`` mapping, old -> new): an error naming the new key
+    when ``strict`` (a command-line override), else read under the new name (a config file or a
+    run folder written before the rename)."""
+    renamed = {old: new for old, new in getattr(cls, "RENAMED", {}).items() if old in values}
+    if not renamed:
+        return values
+    if strict:
+        old, new = next(iter(renamed.items()))
+        raise ConfigError(f"{source}: {old}= is now {new}= (see its comment in the model's configs/*.yaml)")
+    out = dict(values)
+    for old, new in renamed.items():
+        out.setdefault(new, out.pop(old))
+    return out
+
+
+def from_dict(cls: type[T], values: dict[str, Any], source: str = "config",
+              strict_renames: bool = False) -> T:
     """Build ``cls`` from a mapping; unknown keys raise ``ConfigError`` listing the valid ones."""
+    values = _renamed(cls, values, source, strict_renames)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -115,7 +133,7 @@ def load(cls: type[T], yaml_path: Path | None = None, overrides: dict[str, Any] 
         values.update(read_yaml(Path(yaml_path)))
     extra = parse_overrides(list(overrides)) if not isinstance(overrides, dict) else dict(overrides)
     source = str(yaml_path) if yaml_path else "config"
-    from_dict(cls, extra, "override")  # name the bad override itself, if any
+    from_dict(cls, extra, "override", strict_renames=True)  # name the bad override itself, if any
     return from_dict(cls, {**values, **extra}, source + (" + overrides" if extra else ""))
 
 

@@ -78,8 +78,8 @@ def test_unknown_config_key_names_the_valid_ones(name):
 
 def test_makefile_overrides_are_keys_of_every_detector_config():
     for name in MINE:
-        cfg = registry.load_config(name, ["epochs=2", "imgsz=96", "batch=3", "device=cpu", "weights=w.pt"])
-        assert (cfg.epochs, cfg.imgsz, cfg.batch, cfg.device, str(cfg.weights)) == (2, 96, 3, "cpu", "w.pt")
+        cfg = registry.load_config(name, ["epochs=2", "imgsz=96", "batch=3", "device=cpu", "pretrained=w.pt"])
+        assert (cfg.epochs, cfg.imgsz, cfg.batch, cfg.device, cfg.pretrained) == (2, 96, 3, "cpu", "w.pt")
     assert registry.load_config("yolov8", ["device=0"]).device == "0"  # YAML int -> str
     assert registry.load_config("yolov8", ["device=0,1"]).device == "0,1"
 

@@ -4,7 +4,7 @@ A checkpoint is a dict ``{"model": state dict (CPU tensors), "config": the resol
 config as a dict, "classes": the 23 codes in order, "epoch": 0-based index of the
 last finished epoch, ...}`` plus optional state (``metric``, ``best``, ``optimizer``,
 ``scheduler``, ``scaler``). It is written atomically and read with
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)`` (``train.weights.load``).
 """
 from __future__ import annotations
 
@@ -30,18 +30,16 @@ def save(path: Path, model: torch.nn.Module, config: dict, epoch: int, **state: 
 
 
 def read(path: Path, what: str) -> dict:
-    """A checkpoint written by ``save``; ``what`` names the model kind in error messages."""
+    """A checkpoint written by ``save``; ``what`` names the model kind in the ``WeightsError`` if bad."""
+    from train.weights import WeightsError
+    from train.weights.load import torch_load
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} weights not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: one line, not a traceback
-        raise ValueError(f"{path}: not a {what} checkpoint ({type(exc).__name__}: {exc})") from None
+    ckpt = torch_load(path, what)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"{path}: not a {what} checkpoint (expected keys model, config)")
+        raise WeightsError(path, f"not a {what} checkpoint of this kit (expected keys model, config)")
     if list(ckpt.get("classes", [])) != list(classes.CLASSES):
-        raise ValueError(f"{path}: trained with another class list/order than cytokit.classes.CLASSES")
+        raise WeightsError(path, "trained with another class list/order than cytokit.classes.CLASSES")
     return ckpt
 
 

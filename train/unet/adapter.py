@@ -1,6 +1,6 @@
 """``MODEL=unet``: a segmentation-models-pytorch UNet on box-made masks, one per fold.
 
-    make masks DATA=... [MEDSAM_CKPT=medsam_vit_b.pth]     # masks from boxes (train.unet.masks)
+    make masks DATA=... [MEDSAM_CKPT=auto|medsam_vit_b.pth]   # masks from boxes (train.unet.masks)
     python -m train --model unet --fold 0 --data DATA epochs=20 imgsz=256
 
 Input: the fold's images stretched to ``imgsz`` and their cached label maps
@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from cytokit import config
 from train import checkpoint, runs
 from train.base import Adapter
+from train.weights import normalise, resolve
+from train.weights.load import load_matching, read_tensors
 from train.unet.post import N_LABELS, UnetPredictor, confusion, seg_metrics
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ class UnetConfig:
     """Settings of the UNet (configs/unet.yaml documents each key)."""
 
     encoder: str = "resnet18"  # smp encoder name
-    weights: str = ""  # local weights: a UNet checkpoint or an encoder state dict
+    pretrained: str | None = "auto"  # auto (the encoder's ImageNet file in weights/ if there) | none | a file
     decoder_channels: list[int] = dataclasses.field(default_factory=lambda: [256, 128, 64, 32, 16])
     imgsz: int = 256  # network input side (multiple of 32)
     epochs: int = 20
@@ -63,7 +65,10 @@ class UnetConfig:
     workers: int = 0  # DataLoader workers
     seed: int = 0
 
+    RENAMED: ClassVar[dict[str, str]] = {"weights": "pretrained"}
+
     def __post_init__(self) -> None:
+        self.pretrained = normalise(self.pretrained)
         step = 2 ** len(self.decoder_channels)
         if self.imgsz < step or self.imgsz % step:
             raise config.ConfigError(f"imgsz={self.imgsz} must be a positive multiple of {step}")
@@ -74,31 +79,20 @@ class UnetConfig:
 ARCH_KEYS = ("encoder", "decoder_channels", "imgsz")  # what a checkpoint fixes for prediction
 
 
-def build_model(cfg: UnetConfig) -> torch.nn.Module:
-    """An untrained UNet (no download: ``encoder_weights=None``), then ``cfg.weights`` if given."""
+def build_model(cfg: UnetConfig, init: Path | None = None) -> torch.nn.Module:
+    """An untrained UNet (no download: ``encoder_weights=None``), initialised from ``init`` if given:
+    a UNet checkpoint (every tensor) or an encoder state dict (e.g. torchvision's ImageNet ResNet)."""
     import segmentation_models_pytorch as smp
 
     model = smp.Unet(encoder_name=cfg.encoder, encoder_weights=None, encoder_depth=len(cfg.decoder_channels),
                      decoder_channels=tuple(cfg.decoder_channels), in_channels=3, classes=N_LABELS)
-    if cfg.weights:
-        _load_weights(model, Path(cfg.weights))
+    if init:
+        state = read_tensors(init, "UNet")
+        if any(k.startswith(("encoder.", "decoder.")) for k in state):  # a whole UNet (e.g. a best.pt)
+            load_matching(model, state, init, "UNet", strict=True)
+        else:
+            load_matching(model.encoder, state, init, f"{cfg.encoder} encoder")
     return model
-
-
-def _load_weights(model: torch.nn.Module, path: Path) -> None:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: UNet weights not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        model.load_state_dict(state["model"])
-        return
-    target = model.encoder.state_dict()
-    fits = {k: v for k, v in state.items() if k in target and target[k].shape == v.shape}
-    if not fits:
-        kind = type(model.encoder).__name__
-        raise config.ConfigError(f"{path}: neither a UNet checkpoint nor weights of encoder {kind}")
-    model.encoder.load_state_dict(fits, strict=False)
-    log.info("encoder weights from %s: %d of %d tensors", path, len(fits), len(target))
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, dice_weight: float) -> torch.Tensor:
@@ -160,7 +154,9 @@ def fit(cfg: UnetConfig, fold_data: Any, masks_dir: Path, run_dir: Path, resume:
     loader = torch.utils.data.DataLoader(
         ds, batch_size=cfg.batch, shuffle=True, num_workers=cfg.workers, drop_last=len(ds) > cfg.batch,
         generator=torch.Generator().manual_seed(cfg.seed), pin_memory=device.startswith("cuda"))
-    model = build_model(cfg).to(device)
+    init = None if resume and (run_dir / "last.pt").exists() else resolve(
+        cfg.pretrained, f"unet:{cfg.encoder}", f"unet fold {fold_data.fold}")
+    model = build_model(cfg, init).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = max(cfg.epochs * len(loader), 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -214,6 +210,9 @@ class UnetAdapter(Adapter):
     name: ClassVar[str] = "unet"
     config_cls: ClassVar[type] = UnetConfig
 
+    def pretrained_key(self, cfg: UnetConfig) -> str:
+        return f"unet:{cfg.encoder}"
+
     def train(self, cfg: UnetConfig, fold_data: Any, run_dir: Path, resume: bool = False) -> Path:
         from train.unet.masks import ensure_masks
 
@@ -230,7 +229,7 @@ class UnetAdapter(Adapter):
         ckpt = checkpoint.read(Path(weights), "UNet")
         saved = config.from_dict(UnetConfig, ckpt["config"], str(weights))
         use = cfg if isinstance(cfg, UnetConfig) else saved
-        use = dataclasses.replace(use, weights="", **{k: getattr(saved, k) for k in ARCH_KEYS})
+        use = dataclasses.replace(use, pretrained="none", **{k: getattr(saved, k) for k in ARCH_KEYS})
         model = build_model(use)
         model.load_state_dict(ckpt["model"])
         return UnetPredictor(model, use, resolve_device(device))
