@@ -2,6 +2,7 @@
 renamed key, and one error for every bad weights file of every model kind."""
 from __future__ import annotations
 
+import json
 import logging
 import re
 import subprocess
@@ -79,7 +80,8 @@ def test_default_set_holds_what_every_default_config_starts_from():
 
 
 def test_entries_are_unique_and_checked_somehow():
-    assert len({e.name for e in catalog.ENTRIES}) == len({e.file for e in catalog.ENTRIES}) == len(catalog.ENTRIES)
+    n = len(catalog.ENTRIES)
+    assert len({e.name for e in catalog.ENTRIES}) == len({e.file for e in catalog.ENTRIES}) == n
     keys = [k for e in catalog.ENTRIES for k in e.models]
     assert len(keys) == len(set(keys))
     medsam = catalog.by_name()["medsam_vit_b"]
@@ -129,7 +131,7 @@ def test_make_weights_and_the_weights_variable_reach_their_commands():
 
 # --- pretrained: auto picks the catalogue file and adapts the head -----------------------------------
 
-def test_yolo_auto_passes_the_coco_checkpoint_to_ultralytics(weights_dir):
+def test_yolo_auto_passes_the_coco_checkpoint_to_ultralytics(weights_dir, tmp_path):
     from types import SimpleNamespace
 
     from ultralytics import YOLO
@@ -137,12 +139,15 @@ def test_yolo_auto_passes_the_coco_checkpoint_to_ultralytics(weights_dir):
     from train.yolo.adapter import UltraConfig, Yolov8Adapter
 
     fold = SimpleNamespace(yolo_yaml=Path("/d/data.yaml"), fold=0)
-    assert Yolov8Adapter().train_args(UltraConfig(), fold, weights_dir)["pretrained"] is False
+    assert Yolov8Adapter().train_args(UltraConfig(), fold, tmp_path)["pretrained"] is False
+    assert json.loads((tmp_path / "pretrained.json").read_text()) == {"pretrained": "auto", "file": None}
     torch.save({"model": YOLO("yolov8n.yaml").model}, weights_dir / "yolov8n.pt")  # an 80-class stand-in
     assert check_file(weights_dir / "yolov8n.pt", "ultralytics").startswith("ultralytics model")
-    args = Yolov8Adapter().train_args(UltraConfig(), fold, weights_dir)
+    args = Yolov8Adapter().train_args(UltraConfig(), fold, tmp_path)
     assert args["pretrained"] == str(weights_dir / "yolov8n.pt")
-    assert Yolov8Adapter().train_args(UltraConfig(pretrained="none"), fold, weights_dir)["pretrained"] is False
+    record = json.loads((tmp_path / "pretrained.json").read_text())  # what make report shows
+    assert record == {"pretrained": "auto", "file": str(weights_dir / "yolov8n.pt")}
+    assert Yolov8Adapter().train_args(UltraConfig(pretrained="none"), fold, tmp_path)["pretrained"] is False
 
 
 def test_torchvision_coco_heads_are_left_to_their_fresh_23_class_init(weights_dir):
@@ -166,7 +171,7 @@ def test_torchvision_coco_heads_are_left_to_their_fresh_23_class_init(weights_di
     retina = detection.retinanet_resnet50_fpn_v2(weights=None, weights_backbone=None)
     kit = build_model("retinanet_resnet50_fpn_v2", TvConfig())
     left = load_matching(kit, retina.state_dict(), "coco-stand-in", "retinanet")
-    assert sorted(left) == ["head.classification_head.cls_logits.bias", "head.classification_head.cls_logits.weight"]
+    assert sorted(left) == [f"head.classification_head.cls_logits.{t}" for t in ("bias", "weight")]
 
 
 def test_timm_imagenet_file_starts_the_classifier_with_a_new_head(weights_dir):
@@ -228,8 +233,8 @@ def test_every_model_kind_refuses_a_bad_file_in_one_line(tiny_data, tmp_path, ca
     bad = tmp_path / "bad.pt"
     bad.write_bytes(content)
     for model, extra in KIND_ARGS.items():
-        code = cli(train_main, ["--model", model, "--fold", "0", "--data", str(tiny_data), "--k", "2",
-                                "--seed", "0", "--force", "epochs=1", "workers=0", f"pretrained={bad}", *extra])
+        args = ["--fold", "0", "--data", str(tiny_data), "--k", "2", "--seed", "0", "--force", "epochs=1"]
+        code = cli(train_main, ["--model", model, *args, "workers=0", f"pretrained={bad}", *extra])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 1 and len(err) == 1 and err[0].startswith(f"{bad}: "), (model, err)
         assert ("empty file (0 bytes)" if not content else "it starts with 'epoch 3") in err[0], (model, err)

@@ -170,7 +170,7 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
     val_loader = torch.utils.data.DataLoader(ds_val, shuffle=False, **loader_args)
 
     init = None if resume and (run_dir / "last.pt").exists() else resolve(
-        cfg.pretrained, f"cls:{cfg.backbone}", f"{cfg.mode} classifier {cfg.backbone}")
+        cfg.pretrained, f"cls:{cfg.backbone}", f"{cfg.mode} classifier {cfg.backbone}", record=run_dir)
     model = cls_model.build_model(cfg.backbone, drop_rate=cfg.drop_rate, weights=init)
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -154,7 +154,7 @@ class TvAdapter(Adapter):
         torch.manual_seed(cfg.seed)
         model = self.build(cfg)
         what = f"{self.name} fold {fold_data.fold}"
-        init = None if resume else resolve(cfg.pretrained, self.pretrained_key(cfg), what)
+        init = None if resume else resolve(cfg.pretrained, self.pretrained_key(cfg), what, record=run_dir)
         if init:
             load_matching(model, read_tensors(init, "torchvision"), init, self.name)
         dataset = CocoDetection(fold_data.coco_train, fold_data.export_images_dir, self.label_offset,

@@ -7,6 +7,7 @@ network.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from train.weights.errors import WeightsError
 
 log = logging.getLogger("train.weights")
 AUTO, NONE = "auto", "none"
+RECORD = "pretrained.json"  # in a run folder: the setting and the file the run started from
 _SCRATCH = ("", "none", "null", "false", "scratch")
 
 
@@ -28,13 +30,23 @@ def normalise(value: object) -> str:
     return AUTO if text.lower() == AUTO else text
 
 
-def resolve(pretrained: object, model_key: str, what: str) -> Path | None:
+def resolve(pretrained: object, model_key: str, what: str, record: Path | None = None) -> Path | None:
     """The weights file ``what`` (e.g. ``yolov8 fold 0``) starts from, or None for random init.
 
     ``model_key`` is the model's ``<kind>:<architecture>`` (``yolo:yolov8n``); a given path that
-    does not exist raises ``WeightsError``.
+    does not exist raises ``WeightsError``. ``record``: a run folder, where ``pretrained.json`` then
+    says what the run started from (``make report`` shows it).
     """
-    value = normalise(pretrained)
+    path = _resolve(normalise(pretrained), model_key, what)
+    if record is not None:
+        from cytokit.io import atomic_write_text
+
+        atomic_write_text(Path(record) / RECORD, json.dumps(
+            {"pretrained": normalise(pretrained), "file": str(path) if path else None}) + "\n")
+    return path
+
+
+def _resolve(value: str, model_key: str, what: str) -> Path | None:
     if value == NONE:
         log.info("%s: pretrained: none -> training from scratch", what)
         return None

@@ -105,7 +105,7 @@ class UltraAdapter(Adapter):
         """The keyword arguments of ``YOLO.train`` for this config and fold."""
         args = {key: getattr(cfg, key) for key in PASSED}
         what = f"{self.name} fold {getattr(fold_data, 'fold', '?')}"
-        init = resolve(cfg.pretrained, self.pretrained_key(cfg), what)
+        init = resolve(cfg.pretrained, self.pretrained_key(cfg), what, record=run_dir)
         args.update(
             data=str(fold_data.yolo_yaml), device=cfg.device or None, project=str(run_dir),
             name="ultralytics", exist_ok=True, val=True, verbose=False,
