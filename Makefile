@@ -26,7 +26,7 @@ FOLD_OPTS = $(call opt,BALANCE,--balance) $(if $(REPAIR),--repair) $(if $(FORCE)
 TRAIN_ARGS = $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(IMGSZ),imgsz=$(IMGSZ)) $(if $(BATCH),batch=$(BATCH)) \
 	$(if $(DEVICE),device=$(DEVICE)) $(if $(WEIGHTS),pretrained=$(WEIGHTS)) $(if $(RESUME),--resume) $(if $(FORCE),--force) $(ARGS)
 
-.PHONY: help setup test test-all bench demo-data demo weights folds masks train infer submission score tune-ensemble cls-report validate clean
+.PHONY: help setup test test-all bench demo-data demo weights folds masks train infer submission score tune-ensemble cls-report report validate clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,7 +53,7 @@ demo-data: $(STAMP) ## generate the synthetic smear data set in DEMO (data/demo)
 	$(PY) -m prepare.synth --out $(DEMO) --images $(IMAGES) --seed $(SEED)
 
 weights: $(STAMP) ## download pretrained weights into weights/ (SET=default|all|names; the only target that uses the network)
-	$(PY) -m train.weights --set $(SET)
+	$(PY) -m train.weights --set $(SET) $(call opt,MIRROR,--mirror)
 
 folds: $(STAMP) ## clean, group duplicates, make K stratified folds and the YOLO/COCO exports of DATA
 	$(PY) -m prepare.folds --data $(DATA) --k $(K) --seed $(SEED) $(FOLD_OPTS)
@@ -75,6 +75,9 @@ submission: $(STAMP) ## infer + fuse + write + validate the submission CSV in su
 
 cls-report: $(STAMP) ## crop classifier vs detector classes on out-of-fold boxes (DETECTOR=yolov8|gt)
 	$(PY) -m infer.cls_report --data $(DATA) --k $(K) --seed $(SEED) --detector $(DETECTOR)
+
+report: $(STAMP) ## one self-contained HTML page: data, folds, curves, OOF table with bootstrap intervals, errors
+	$(PY) -m pipeline.report --data $(DATA) --k $(K) --seed $(SEED)
 
 validate: $(STAMP) ## validate SUB= against DATA's test.csv
 	$(PY) -m submit.validate --submission $(SUB) --test $(DATA)/test.csv --images $(DATA)/images
