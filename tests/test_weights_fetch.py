@@ -38,6 +38,12 @@ class StandIns(http.server.BaseHTTPRequestHandler):
         if len(self.requests) > MAX_REQUESTS:
             self.send_error(503)
             return
+        if name.startswith("moved/"):  # GitHub and the Hugging Face hub answer with a redirect to a CDN
+            self.send_response(302)
+            self.send_header("Location", f"/{name.removeprefix('moved/')}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if name not in self.files:
             self.send_error(404)
             return
@@ -115,6 +121,9 @@ def test_download_checks_and_renames_into_place(server, weights_dir):
     assert not fetch.part_path(e.path).exists()
     assert fetch.fetch(e, progress=False).endswith("present (2 tensors, 0.0 M parameters)")
     assert len(files.requests) == 1  # a present file is checked, not fetched again
+    e.path.write_bytes(data[:-10])  # damaged since
+    with pytest.raises(WeightsError, match="good.pth: present but refused: sha256 .* delete it and run make"):
+        fetch.fetch(e, progress=False)
 
 
 def test_interrupted_download_resumes_with_a_range_request(server, weights_dir):
@@ -129,6 +138,20 @@ def test_interrupted_download_resumes_with_a_range_request(server, weights_dir):
     assert fetch.fetch(e, progress=False).startswith(f"{e.path}: downloaded")
     assert files.requests == [("big.pth", None), ("big.pth", "bytes=30000-")]
     assert e.path.read_bytes() == data and not part.exists()
+
+
+def test_resume_follows_a_redirect_with_its_range(server, weights_dir):
+    base, files = server
+    data = state_dict_bytes(20000)
+    files.files["cdn.pth"], files.cut["cdn.pth"] = data, 10000
+    e = entry(base, "cdn", data)
+    url = f"{base}/moved/cdn.pth"
+    with pytest.raises(WeightsError, match="run again to resume"):
+        fetch.fetch(e, url, progress=False)
+    assert fetch.fetch(e, url, progress=False).startswith(f"{e.path}: downloaded")
+    assert files.requests == [("moved/cdn.pth", None), ("cdn.pth", None),
+                              ("moved/cdn.pth", "bytes=10000-"), ("cdn.pth", "bytes=10000-")]
+    assert e.path.read_bytes() == data
 
 
 def test_a_complete_part_is_finished_without_refetching(server, weights_dir):
@@ -205,7 +228,7 @@ def test_offline_exit_status_and_one_line_per_file(weights_dir, monkeypatch, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3, err  # one line per missing file, then the summary
     for line, name in zip(err, ("one", "two")):
-        assert line.startswith(f"{name}.pth: not downloaded (offline")
+        assert line.startswith(f"{name}.pth: not downloaded (no connection")
         url = f"http://127.0.0.1:{port}/{name}.pth"
         assert f"fetch {url} elsewhere and copy it to {weights_dir / name}.pth" in line
     assert err[2].startswith("2 of 3 file(s) missing or refused (no network")

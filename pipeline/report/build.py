@@ -42,7 +42,11 @@ def build_report(data: Path, k: int = 5, seed: int = 42, config: Path | None = N
     config = Path(config) if config else src.ensemble_config()
     cfg = load_config(config, {"k": k, "seed": seed})
     start = time.perf_counter()
-    oof = oof_table.build(src, cfg, classifier, n_boot)
+    try:
+        oof = oof_table.build(src, cfg, classifier, n_boot)
+    except (FileNotFoundError, ValueError, KeyError) as exc:  # e.g. a prediction table of another dataset
+        log.warning("out-of-fold table: %s", exc)
+        oof = oof_table.OOFTable([], None, [], [f"no out-of-fold table: {type(exc).__name__}: {exc}"])
     log.info("out-of-fold table: %d settings in %.1f s", len(oof.settings), time.perf_counter() - start)
     images_dir = Path(meta["images_dir"])
     body = [

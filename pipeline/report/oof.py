@@ -144,11 +144,10 @@ def build(src: Source, cfg, classifier: bool = True, n_boot: int = 1000) -> OOFT
     models = list(tables)
     views = [v for v in cfg.tta if any(v in set(t["view"]) for t in tables.values())] or ["identity"]
     everything = pd.concat(tables.values(), ignore_index=True)
-    mode = cfg.fusion
-    if mode == "auto":
-        tried = {m: _score("", _fused(everything, _fuse_params(cfg, m, models)), truth, test, images)
-                 for m in ("wbf", "agnostic")}
-        mode = max(tried, key=lambda m: tried[m].result.total)
+    modes = ("wbf", "agnostic") if cfg.fusion == "auto" else (cfg.fusion,)  # auto: the better, as infer does
+    tried = {m: _score(f"ensemble ({m})", _fused(everything, dataclasses.replace(
+        _fuse_params(cfg, m, models), views=tuple(views))), truth, test, images) for m in modes}
+    mode = max(tried, key=lambda m: tried[m].result.total)
     params = _fuse_params(cfg, mode, models)
     settings: list[Setting] = []
     for m, t in tables.items():
@@ -164,8 +163,7 @@ def build(src: Source, cfg, classifier: bool = True, n_boot: int = 1000) -> OOFT
     bases = {m: max((s for s in settings if s.label in (m, f"{m} + TTA")), key=lambda s: s.result.total)
              for m in models}
     if len(models) > 1:
-        fused = _fused(everything, dataclasses.replace(params, views=tuple(views)))
-        ens = _score(f"ensemble ({mode})", fused, truth, test, images)
+        ens = tried[mode]
         ens.baseline = max(bases.values(), key=lambda s: s.result.total).label
         settings.append(ens)
         bases["ensemble"] = ens
@@ -173,8 +171,9 @@ def build(src: Source, cfg, classifier: bool = True, n_boot: int = 1000) -> OOFT
     if classifier and not missing:
         from infer import blend
 
-        section = cfg.classifier_section() or {}
-        weight, cls_tta = float(section.get("weight", 0.5)), bool(section.get("tta", True))
+        section = cfg.classifier_section()
+        weight = float(section["weight"]) if section else 0.5
+        cls_tta = bool(section["tta"]) if section else True
         n_cells = boxes.groupby("NAME").size().to_dict()
         for base in bases.values():
             probs = _classifier_probs(src, base.table, n_cells, cls_tta)
@@ -182,7 +181,9 @@ def build(src: Source, cfg, classifier: bool = True, n_boot: int = 1000) -> OOFT
                              truth, test, images)
             blended.baseline = base.label
             settings.append(blended)
-        notes.append(f"classifier: {CLASSIFIERS[0]} of each fold, blend weight {weight} (ensemble config)")
+        notes.append(f"classifier rows: {CLASSIFIERS[0]} of each fold blended with weight {weight} "
+                     + ("(the ensemble config's classifier section)" if section else
+                        "(the ensemble config has no classifier section; its default)"))
     elif classifier:
         notes.append(f"no classifier rows: {CLASSIFIERS[0]} is not trained on fold(s) "
                      f"{', '.join(map(str, missing))} (make train MODEL=cls FOLD=all)")

@@ -38,7 +38,7 @@ def run(entries: list[catalog.Entry], mirror: str = "", timeout: float = 30.0, p
     for e in entries:
         url = f"{mirror.rstrip('/')}/{e.file}" if mirror else e.url
         if offline and not e.path.exists():
-            print(f"{e.file}: not downloaded (offline): fetch {url} elsewhere and copy it to {e.path}",
+            print(f"{e.file}: not downloaded (no connection): fetch {url} elsewhere and copy it to {e.path}",
                   file=sys.stderr)
             failed += 1
             continue
@@ -46,8 +46,8 @@ def run(entries: list[catalog.Entry], mirror: str = "", timeout: float = 30.0, p
             print(fetch.fetch(e, url, timeout, progress), flush=True)
         except fetch.Offline as exc:
             offline = str(exc)
-            print(f"{e.file}: not downloaded (offline: {offline}): fetch {url} elsewhere and copy it to "
-                  f"{e.path}", file=sys.stderr)
+            print(f"{e.file}: not downloaded (no connection: {offline}): fetch {url} elsewhere and copy it "
+                  f"to {e.path}", file=sys.stderr)
             failed += 1
         except WeightsError as exc:
             print(str(exc), file=sys.stderr)

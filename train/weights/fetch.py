@@ -107,7 +107,7 @@ def download(url: str, part: Path, timeout: float = 30.0, progress: bool = True)
         if start == 0 and offset:
             log.info("%s: the server ignored the resume request; starting over", url)
         bar = tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
-                   desc=part.name.removeprefix(".").removesuffix(".part"), disable=not progress,
+                   desc=part.name.removeprefix(".").removesuffix(".part"), disable=None if progress else True,
                    file=sys.stderr, leave=False)
         done = start
         with part.open("r+b" if start else "wb") as f, bar:
@@ -130,7 +130,11 @@ def fetch(entry: Entry, url: str | None = None, timeout: float = 30.0, progress:
     """Bring ``entry``'s file into ``weights/``; a one-line description of what was done."""
     path = entry.path
     if path.exists():
-        return f"{path}: present ({verify(path, entry)})"
+        try:
+            return f"{path}: present ({verify(path, entry)})"
+        except WeightsError as exc:
+            raise WeightsError(path, f"present but refused: {exc.problem}; delete it and run make weights "
+                                     "again") from None
     part = part_path(path)
     size = download(url or entry.url, part, timeout, progress)
     try:
