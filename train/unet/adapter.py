@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from cytokit import config
 from train import checkpoint, runs
 from train.base import Adapter
+from train.unet.post import N_LABELS, UnetPredictor, confusion, seg_metrics
 from train.weights import normalise, resolve
 from train.weights.load import load_matching, read_tensors
-from train.unet.post import N_LABELS, UnetPredictor, confusion, seg_metrics
 
 log = logging.getLogger(__name__)
 
