@@ -140,7 +140,7 @@ def test_weights_files_are_read_safely_and_checked(tmp_path):
     with pytest.raises(WeightsError, match="none.pt: torchvision weights file not found"):
         read_tensors(tmp_path / "none.pt", "torchvision")
     (tmp_path / "notes.pt").write_text("not a checkpoint")
-    with pytest.raises(WeightsError, match="notes.pt: not torchvision weights: it starts with .not a checkpoint"):
+    with pytest.raises(WeightsError, match="notes.pt: not torchvision weights: it starts with .not a check"):
         read_tensors(tmp_path / "notes.pt", "torchvision")
     torch.save([torch.zeros(2)], tmp_path / "list.pt")
     with pytest.raises(WeightsError, match="not a torchvision state dict"):
