@@ -17,6 +17,7 @@ FOLD ?= 0#                 fold index, or `all`
 IMAGES ?= 400#             synthetic images for demo-data
 ENSEMBLE ?= configs/ensemble.yaml
 DETECTOR ?= yolov8#       detector whose OOF boxes the classifier report uses (or gt)
+SET ?= default#            pretrained files for make weights: default, all, or file names (see --list)
 PYTEST_ARGS ?=
 
 # Optional settings, passed on only when set.
@@ -25,9 +26,9 @@ DS_OPTS = $(call opt,K,--k) $(call opt,SEED,--seed)
 DS_KEYS = $(if $(K),k=$(K)) $(if $(SEED),seed=$(SEED))
 FOLD_OPTS = $(call opt,BALANCE,--balance) $(if $(REPAIR),--repair) $(if $(FORCE),--force) $(call opt,RESIZE,--resize)
 TRAIN_ARGS = $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(IMGSZ),imgsz=$(IMGSZ)) $(if $(BATCH),batch=$(BATCH)) \
-	$(if $(DEVICE),device=$(DEVICE)) $(if $(WEIGHTS),weights=$(WEIGHTS)) $(if $(RESUME),--resume) $(if $(FORCE),--force) $(ARGS)
+	$(if $(DEVICE),device=$(DEVICE)) $(if $(WEIGHTS),pretrained=$(WEIGHTS)) $(if $(RESUME),--resume) $(if $(FORCE),--force) $(ARGS)
 
-.PHONY: help setup lint test-unit test test-all bench demo-data demo folds masks train infer submission score tune-ensemble cls-report validate clean
+.PHONY: help setup lint test-unit test test-all bench demo-data demo weights folds masks train infer submission score tune-ensemble cls-report report validate clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -59,13 +60,16 @@ bench: $(STAMP) ## speed benchmarks on the real annotation files, printed side b
 demo-data: $(STAMP) ## generate the synthetic smear data set in DEMO (data/demo)
 	$(PY) -m prepare.synth --out $(DEMO) --images $(IMAGES) --seed $(or $(SEED),42)
 
+weights: $(STAMP) ## download pretrained weights into weights/ (SET=default|all|names; the only target that uses the network)
+	$(PY) -m train.weights --set $(SET) $(call opt,MIRROR,--mirror)
+
 folds: $(STAMP) ## clean, group duplicates, make K stratified folds and the YOLO/COCO exports of DATA
 	$(PY) -m prepare.folds --data $(DATA) $(DS_OPTS) $(FOLD_OPTS)
 
-masks: $(STAMP) ## masks from boxes for the UNet (MedSAM when MEDSAM_CKPT=path, else a classical fallback)
+masks: $(STAMP) ## masks from boxes for the UNet (MedSAM when MEDSAM_CKPT=path|auto, else a classical fallback)
 	$(PY) -m train.unet.masks --data $(DATA) $(DS_OPTS) $(call opt,MEDSAM_CKPT,--medsam-ckpt)
 
-train: $(STAMP) ## train MODEL on FOLD (EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS= RESUME=1 FORCE=1 ARGS="k=v")
+train: $(STAMP) ## train MODEL on FOLD (EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS=auto|none|path RESUME=1 FORCE=1 ARGS="k=v")
 	$(PY) -m train --model $(MODEL) --fold $(FOLD) --data $(DATA) $(DS_OPTS) $(TRAIN_ARGS)
 
 infer: $(STAMP) ## predict test and out-of-fold images with every member of ENSEMBLE (with TTA)
@@ -79,6 +83,9 @@ submission: $(STAMP) ## infer + fuse + write + validate the submission CSV in su
 
 cls-report: $(STAMP) ## crop classifier vs detector classes on out-of-fold boxes (DETECTOR=yolov8|gt)
 	$(PY) -m infer.cls_report --data $(DATA) $(DS_OPTS) --detector $(DETECTOR)
+
+report: $(STAMP) ## one self-contained HTML page: data, folds, curves, OOF table with bootstrap intervals, errors
+	$(PY) -m pipeline.report --data $(DATA) $(DS_OPTS)
 
 validate: $(STAMP) ## validate SUB= against DATA's test.csv
 	$(PY) -m submit.validate --submission $(SUB) --test $(DATA)/test.csv --images $(DATA)/images

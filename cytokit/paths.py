@@ -167,3 +167,9 @@ def data_files(data: Path) -> dict[str, Path]:
         "images": data / "images",
         "test_labels": data / "test_labels.csv",
     }
+
+
+def weights_dir() -> Path:
+    """Downloaded pretrained weights (``make weights``): ``$CYTOKIT_WEIGHTS`` or ``<root>/weights``."""
+    env = os.environ.get("CYTOKIT_WEIGHTS")
+    return Path(env).resolve() if env else ROOT / "weights"

@@ -20,6 +20,10 @@ def pytest_configure(config):
         import tempfile
 
         os.environ["CYTOKIT_WORK"] = tempfile.mkdtemp(prefix="cytokit-test-work-")
+    if "CYTOKIT_WEIGHTS" not in os.environ:  # pretrained: auto finds nothing here, whatever weights/ holds
+        import tempfile
+
+        os.environ["CYTOKIT_WEIGHTS"] = tempfile.mkdtemp(prefix="cytokit-test-weights-")
     env.apply()
 
 

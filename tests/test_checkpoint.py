@@ -99,7 +99,7 @@ def test_what_cannot_be_resumed_says_why_in_one_line(tmp_path):
         checkpoint.restore(tmp_path / "last.pt", "UNet", bigger, other, scheduler, scaler)
     assert "\n" not in str(err.value)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="junk.pt: not a UNet checkpoint"):
+    with pytest.raises(ValueError, match="junk.pt: not UNet weights: it starts with"):
         checkpoint.read(tmp_path / "junk.pt", "UNet")
 
 

@@ -14,6 +14,7 @@ from cytokit.paths import ROOT
 from train.cls import data as cls_data
 from train.cls import model as cls_model
 from train.cls.adapter import ClassifierConfig
+from train.weights import WeightsError
 
 pytestmark = pytest.mark.unit
 
@@ -96,10 +97,18 @@ def test_local_pretrained_weights(tmp_path):
     with pytest.raises(ValueError, match="r18.pth: weights do not fit this backbone; .*shape mismatch"):
         cls_model.build_model("resnet10t", weights=tmp_path / "r18.pth")
     (tmp_path / "notes.pth").write_text("not weights")
-    with pytest.raises(ValueError, match="cannot be loaded as plain weights"):
+    with pytest.raises(WeightsError, match="notes.pth: not timm weights: it starts with"):
         cls_model.build_model("resnet10t", weights=tmp_path / "notes.pth")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(WeightsError, match="absent.pth: timm weights file not found"):
         cls_model.build_model("resnet10t", weights=tmp_path / "absent.pth")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(WeightsError, match="empty.pth: empty file .0 bytes."):
+        cls_model.build_model("resnet10t", weights=tmp_path / "empty.pth")
+    from safetensors.torch import save_file
+
+    save_file(src.state_dict(), tmp_path / "r10.safetensors")  # timm's hub format
+    model = cls_model.build_model("resnet10t", weights=tmp_path / "r10.safetensors")
+    torch.testing.assert_close(model.state_dict()[key], src.state_dict()[key])
     with pytest.raises(ValueError, match="backbone 'no_such_net'"):
         cls_model.build_model("no_such_net")
 

@@ -8,6 +8,7 @@ import torch
 from cytokit import classes
 from cytokit.io import cli
 from train.unet import masks, medsam
+from train.weights import WeightsError
 
 pytestmark = pytest.mark.unit
 
@@ -103,7 +104,7 @@ def test_masks_with_a_checkpoint_use_medsam(tmp_path, tiny_ckpt):
 
 
 def _refusal(path, spec=medsam.SPECS["vit_b"]) -> str:
-    with pytest.raises(medsam.CheckpointError) as info:
+    with pytest.raises(WeightsError) as info:
         medsam.load_sam(path, spec)
     message = str(info.value)
     assert "\n" not in message and message.startswith(str(path))
@@ -113,7 +114,7 @@ def _refusal(path, spec=medsam.SPECS["vit_b"]) -> str:
 def test_truncated_checkpoint_is_refused_in_one_line(tmp_path, tiny_ckpt):
     bad = tmp_path / "cut.pth"
     bad.write_bytes(tiny_ckpt.read_bytes()[:2000])
-    assert "not a readable torch checkpoint" in _refusal(bad)
+    assert "not MedSAM weights readable with weights_only=True" in _refusal(bad)
 
 
 def test_wrong_keys_and_wrong_shapes_are_summarised(tmp_path, tiny_ckpt):
@@ -129,7 +130,7 @@ def test_wrong_keys_and_wrong_shapes_are_summarised(tmp_path, tiny_ckpt):
 def test_not_a_state_dict_is_refused(tmp_path):
     odd = tmp_path / "list.pth"
     torch.save([1, 2, 3], odd)
-    assert "expected a SAM state dict" in _refusal(odd)
+    assert "not a MedSAM state dict" in _refusal(odd)
 
 
 def test_state_dict_nested_under_model_is_accepted(tmp_path, tiny_ckpt):
@@ -148,4 +149,4 @@ def test_cli_prints_the_refusal_without_traceback(tmp_path, capsys):
     code = cli(masks.main, ["--data", str(data), "--k", "2", "--seed", "0", "--medsam-ckpt", str(bad)])
     err = capsys.readouterr().err.strip()
     assert code == 1 and "Traceback" not in err and len(err.splitlines()) == 1
-    assert err.startswith(f"{bad}: not a readable torch checkpoint")
+    assert err.startswith(f"{bad}: not MedSAM weights readable with weights_only=True")

@@ -126,13 +126,13 @@ def test_an_old_key_in_an_override_names_the_new_one(name, old, new):
 
 def test_one_name_per_idea_across_families():
     keys = {name: set(config.to_dict(registry.load_config(name))) for name in ALL}
-    for idea in ("epochs", "batch", "imgsz", "device", "weights", "seed", "workers", "lr", "conf", "amp"):
+    for idea in ("epochs", "batch", "imgsz", "device", "pretrained", "seed", "workers", "lr", "conf", "amp"):
         assert all(idea in k for k in keys.values()), idea
     for name in ("yolov8", "fasterrcnn", "unet"):
         assert "val_every" in keys[name]
     for name in ("yolov8", "fasterrcnn"):
         assert {"lrf", "nms_iou", "max_det", "predict_batch", "warmup_epochs"} <= keys[name]
-    assert not set().union(*keys.values()) & {"lr0", "iou", "eval_every", "min_lr_ratio"}
+    assert not set().union(*keys.values()) & {"lr0", "iou", "eval_every", "min_lr_ratio", "weights"}
 
 
 def test_the_wbf_iou_threshold_has_one_home():
@@ -164,8 +164,8 @@ def test_unknown_config_key_names_the_valid_ones(name):
 
 def test_makefile_overrides_are_keys_of_every_model_config():
     for name in ALL:
-        cfg = registry.load_config(name, ["epochs=2", "imgsz=96", "batch=3", "device=cpu", "weights=w.pt"])
-        assert (cfg.epochs, cfg.imgsz, cfg.batch, cfg.device, str(cfg.weights)) == (2, 96, 3, "cpu", "w.pt")
+        cfg = registry.load_config(name, ["epochs=2", "imgsz=96", "batch=3", "device=cpu", "pretrained=w.pt"])
+        assert (cfg.epochs, cfg.imgsz, cfg.batch, cfg.device, cfg.pretrained) == (2, 96, 3, "cpu", "w.pt")
     assert registry.load_config("yolov8", ["device=0"]).device == "0"  # YAML int -> str
     assert registry.load_config("yolov8", ["device=0,1"]).device == "0,1"
 

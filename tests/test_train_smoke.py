@@ -134,16 +134,16 @@ def test_yolov8_from_local_weights_interrupted_then_resumed(tiny_data, offline, 
 
     monkeypatch.setattr(ultra_trainer.EpochEnd, "__call__", stop_after_first)
     with pytest.raises(KeyboardInterrupt):
-        train_cli("yolov8", tiny_data, "epochs=2", f"weights={init}", *ULTRA)
+        train_cli("yolov8", tiny_data, "epochs=2", f"pretrained={init}", *ULTRA)
     run = dataset.resolve(tiny_data).run_dir("yolov8", 0)
-    assert f"weights: {init}" in (run / "config.yaml").read_text()
+    assert f"pretrained: {init}" in (run / "config.yaml").read_text()
     assert (run / "ultralytics" / "args.yaml").exists()  # ultralytics' outputs inside the run folder
     assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [1]
     assert (run / "last.pt").exists() and not (run / "done.json").exists()
     with pytest.raises(FileExistsError, match="--resume"):
         train_cli("yolov8", tiny_data, "epochs=2", *ULTRA)
     monkeypatch.setattr(ultra_trainer.EpochEnd, "__call__", original)
-    assert train_cli("yolov8", tiny_data, "--resume", "epochs=2", f"weights={init}", *ULTRA) == 0
+    assert train_cli("yolov8", tiny_data, "--resume", "epochs=2", f"pretrained={init}", *ULTRA) == 0
     oof = check_run("yolov8", tiny_data, epochs=2)
     assert predictions.has_probs(oof)
     probs = oof[list(classes.PROB_COLUMNS)].to_numpy()
@@ -186,6 +186,6 @@ def test_mobilenet_interrupted_resumed_skipped_forced(tiny_data, offline, monkey
     sd = build_model("fasterrcnn_mobilenet_v3_large_fpn", cfg).state_dict()
     sd["roi_heads.box_predictor.cls_score.weight"] = torch.zeros(91, 1024)  # a COCO-sized head: skipped
     torch.save(sd, tmp_path / "init.pt")
-    assert train_cli(model, tiny_data, "--force", "epochs=1", f"weights={tmp_path / 'init.pt'}", *TV) == 0
+    assert train_cli(model, tiny_data, "--force", "epochs=1", f"pretrained={tmp_path / 'init.pt'}", *TV) == 0
     assert len(calls) == 4  # cleared, trained again
     check_run(model, tiny_data, epochs=1)

@@ -12,9 +12,11 @@ from torch.utils.data import DistributedSampler
 
 from cytokit.config import ConfigError, from_dict
 from train import dist
-from train.tv.adapter import FasterRCNNConfig, TvConfig, build_model, load_matching, read_state_dict
+from train.tv.adapter import FasterRCNNConfig, TvConfig, build_model
 from train.tv.data import CocoDetection, augmentations
 from train.tv.engine import lr_factor
+from train.weights import WeightsError
+from train.weights.load import load_matching, read_tensors
 
 pytestmark = pytest.mark.unit
 
@@ -138,22 +140,22 @@ def test_models_sized_for_the_kit():
 
 def test_weights_files_are_read_safely_and_checked(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
-    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
-        read_state_dict(tmp_path / "none.pt")
+    with pytest.raises(WeightsError, match="none.pt: torchvision weights file not found"):
+        read_tensors(tmp_path / "none.pt", "torchvision")
     (tmp_path / "notes.pt").write_text("not a checkpoint")
-    with pytest.raises(ConfigError, match="not a torchvision state dict readable with weights_only=True"):
-        read_state_dict(tmp_path / "notes.pt")
+    with pytest.raises(WeightsError, match="notes.pt: not torchvision weights: it starts with .not a check"):
+        read_tensors(tmp_path / "notes.pt", "torchvision")
     torch.save([torch.zeros(2)], tmp_path / "list.pt")
-    with pytest.raises(ConfigError, match="not a state dict"):
-        read_state_dict(tmp_path / "list.pt")
+    with pytest.raises(WeightsError, match="not a torchvision state dict"):
+        read_tensors(tmp_path / "list.pt", "torchvision")
     torch.save({"model": model.state_dict(), "epoch": 3}, tmp_path / "kit.pt")  # a kit checkpoint
-    state = read_state_dict(tmp_path / "kit.pt")
+    state = read_tensors(tmp_path / "kit.pt", "torchvision")
     assert set(state) == {"0.weight", "0.bias", "1.weight", "1.bias"}
 
     other = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 5))  # another head
-    load_matching(other, state, tmp_path / "kit.pt", strict=False)
+    assert load_matching(other, state, tmp_path / "kit.pt", "test") == ["1.weight", "1.bias"]
     assert torch.equal(other[0].weight, model[0].weight)
-    with pytest.raises(ConfigError, match="does not fit this model .2 tensors"):
-        load_matching(other, state, tmp_path / "kit.pt", strict=True)
-    with pytest.raises(ConfigError, match="no tensor fits"):
-        load_matching(torch.nn.Linear(7, 7), state, tmp_path / "kit.pt", strict=False)
+    with pytest.raises(WeightsError, match="does not fit this test model: 2 .1.weight, 1.bias. tensors"):
+        load_matching(other, state, tmp_path / "kit.pt", "test", strict=True)
+    with pytest.raises(WeightsError, match="no tensor fits"):
+        load_matching(torch.nn.Linear(7, 7), state, tmp_path / "kit.pt", "test")

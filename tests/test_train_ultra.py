@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from cytokit.config import ConfigError, from_dict
+from train.weights import WeightsError
 from train.yolo.adapter import UltraConfig, Yolo11Adapter, Yolov5Adapter, Yolov8Adapter, check_weights
 
 pytestmark = pytest.mark.unit
@@ -47,7 +48,7 @@ def test_kit_names_reach_ultralytics_under_its_own_names(tmp_path):
 
 
 def test_weights_must_be_local_ultralytics_checkpoints(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+    with pytest.raises(WeightsError, match="yolov8n.pt: ultralytics weights file not found"):
         check_weights("yolov8n.pt")  # a bare name is never fetched
     from train.yolo.predict import load_ultra_checkpoint
 
@@ -55,7 +56,7 @@ def test_weights_must_be_local_ultralytics_checkpoints(tmp_path):
     with pytest.raises(ConfigError, match="state.pt: not an ultralytics checkpoint"):
         load_ultra_checkpoint(tmp_path / "state.pt")
     (tmp_path / "junk.pt").write_bytes(b"\x00" * 64)
-    with pytest.raises(ConfigError, match="junk.pt: not a loadable ultralytics checkpoint"):
+    with pytest.raises(ConfigError, match="junk.pt: not ultralytics weights: it starts with"):
         load_ultra_checkpoint(tmp_path / "junk.pt")
     with pytest.raises(ConfigError, match="ultralytics weights are .pt files"):
         load_ultra_checkpoint(tmp_path / "model.pth")

@@ -54,3 +54,7 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def load(self, weights: Path, cfg: Any, device: str = "cpu") -> Predictor:
         """A predictor from trained weights."""
+
+    def pretrained_key(self, cfg: Any) -> str:
+        """``<kind>:<architecture>`` of ``cfg``'s model in ``train.weights.catalog`` ("" = none)."""
+        return ""

@@ -1,6 +1,7 @@
 """Checkpoints of the kit's own epoch loops (UNet, crop classifier, torchvision detectors): one format.
 
-A checkpoint is a dict, written atomically and read with ``torch.load(weights_only=True)``::
+A checkpoint is a dict, written atomically and read with ``torch.load(weights_only=True)``
+(``train.weights.load``)::
 
     model    the state dict (CPU tensors)
     config   the resolved config as a dict
@@ -44,19 +45,16 @@ def save(path: Path, model: torch.nn.Module, config: dict, epoch: int, **state: 
 
 
 def read(path: Path, what: str) -> dict:
-    """A checkpoint written by ``save``; ``what`` names the model kind in error messages."""
+    """A checkpoint written by ``save``; ``what`` names the model kind in the ``WeightsError`` if bad."""
+    from train.weights import WeightsError
+    from train.weights.load import torch_load
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} weights not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: one line, not a traceback
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ValueError(f"{path}: not a {what} checkpoint ({type(exc).__name__}: {first})") from None
+    ckpt = torch_load(path, what)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"{path}: not a {what} checkpoint (expected keys model, config)")
+        raise WeightsError(path, f"not a {what} checkpoint of this kit (expected keys model, config)")
     if list(ckpt.get("classes", [])) != list(classes.CLASSES):
-        raise ValueError(f"{path}: trained with another class list/order than cytokit.classes.CLASSES")
+        raise WeightsError(path, "trained with another class list/order than cytokit.classes.CLASSES")
     return ckpt
 
 

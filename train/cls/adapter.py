@@ -29,6 +29,7 @@ from train import checkpoint
 from train.base import Adapter, Detections, Predictor
 from train.cls import data as cls_data
 from train.cls import model as cls_model
+from train.weights import normalise, resolve
 
 log = logging.getLogger(__name__)
 MODES = ("crop", "full")
@@ -40,10 +41,12 @@ class ClassifierConfig:
     """Settings of the crop / full-image classifier: defaults and meanings in configs/cls.yaml."""
 
     DEFAULTS: ClassVar[str] = "cls.yaml"
+    # the kit's name of each idea (old name -> new name)
+    RENAMED: ClassVar[dict[str, str]] = {"weights": "pretrained"}
 
     mode: str
     backbone: str
-    weights: Path | None
+    pretrained: str | None  # auto | none | a local file (see the YAML)
     drop_rate: float
     imgsz: int
     margin: int
@@ -72,6 +75,7 @@ class ClassifierConfig:
     seed: int
 
     def __post_init__(self) -> None:
+        self.pretrained = normalise(self.pretrained)
         for key, valid in (("mode", MODES), ("select", SELECT), ("loss", cls_model.LOSSES),
                            ("sampler", cls_data.SAMPLERS), ("augment", cls_data.AUGMENTS)):
             if getattr(self, key) not in valid:
@@ -192,7 +196,9 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
                                                drop_last=len(ds_train) > cfg.batch, **loader_args)
     val_loader = torch.utils.data.DataLoader(ds_val, shuffle=False, **loader_args)
 
-    model = cls_model.build_model(cfg.backbone, drop_rate=cfg.drop_rate, weights=cfg.weights)
+    init = None if resume and (run_dir / "last.pt").exists() else resolve(
+        cfg.pretrained, f"cls:{cfg.backbone}", f"{cfg.mode} classifier {cfg.backbone}", record=run_dir)
+    model = cls_model.build_model(cfg.backbone, drop_rate=cfg.drop_rate, weights=init)
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, len(train_loader)))
@@ -292,6 +298,9 @@ class ClassifierAdapter(Adapter):
 
     name: ClassVar[str] = "cls"
     config_cls: ClassVar[type] = ClassifierConfig
+
+    def pretrained_key(self, cfg: ClassifierConfig) -> str:
+        return f"cls:{cfg.backbone}"
 
     def train(self, cfg: ClassifierConfig, fold_data: Any, run_dir: Path, resume: bool = False) -> Path:
         train_table, val_table = training_tables(cfg, fold_data)

@@ -1,8 +1,9 @@
 """timm classifiers for leukocyte crops: building, local pretrained weights, checkpoints, losses, TTA.
 
 Models are always built with ``timm.create_model(name, pretrained=False)`` (no
-hub access); pretrained initialisation comes only from a local state-dict file
-loaded with ``torch.load(weights_only=True)``. A checkpoint (``best.pt`` /
+hub access); pretrained initialisation comes only from a local file (a state dict
+or ``.safetensors``, e.g. timm's ImageNet weights that ``make weights`` puts in
+weights/), read through ``train.weights``. A checkpoint (``best.pt`` /
 ``last.pt``) is a plain dict: ``model`` (state dict), ``config`` (the resolved
 classifier config as a dict), ``classes`` (the 23 codes in order), ``epoch``,
 ``metric`` and, in ``last.pt``, the optimizer/scheduler/scaler states for resume.
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -50,31 +50,17 @@ def build_model(backbone: str, num_classes: int = classes.NUM_CLASSES, drop_rate
     return model
 
 
-def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    """The tensor mapping inside a saved object (a state dict, or one under model/state_dict)."""
-    for key in ("model", "state_dict", "model_state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
-        raise ValueError(f"{path}: not a state dict (expected a mapping of parameter names to tensors)")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
 def load_pretrained(model: torch.nn.Module, path: Path) -> None:
     """Load a local state dict into ``model``; the classifier head is skipped when its shape differs.
 
-    Any other missing, unexpected or mis-shaped parameter is a ``ValueError``
-    naming the file and the first offending keys (wrong backbone, wrong file).
+    Any other missing, unexpected or mis-shaped parameter is a ``WeightsError`` naming the file and
+    the first offending keys (wrong backbone, wrong file).
     """
+    from train.weights import WeightsError
+    from train.weights.load import read_tensors
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: pretrained weights file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling refuses anything but tensors and plain containers
-        raise ValueError(f"{path}: cannot be loaded as plain weights ({type(exc).__name__}: {exc})") from None
-    state = _state_dict_of(obj, path)
+    state = read_tensors(path, "timm")
     own = model.state_dict()
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     head_keys = {f"{n}.{p}" for n, m in model.named_modules() if m is head for p, _ in m.named_parameters()}
@@ -88,9 +74,10 @@ def load_pretrained(model: torch.nn.Module, path: Path) -> None:
         found = (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shape))
         parts = [f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
                  for what, keys in found if keys]
-        raise ValueError(f"{path}: weights do not fit this backbone; " + "; ".join(parts))
+        raise WeightsError(path, "weights do not fit this backbone; " + "; ".join(parts))
     model.load_state_dict(state, strict=False)
-    log.info("loaded pretrained weights %s%s", path, " (new classifier head)" if skipped else "")
+    log.info("loaded pretrained weights %s%s", path,
+             f" (its head replaced by a new {classes.NUM_CLASSES}-class one)" if skipped else "")
 
 
 def soft_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "ce", gamma: float = 2.0,

@@ -4,9 +4,10 @@ Models are built with ``weights=None, weights_backbone=None`` (nothing is ever
 downloaded): 24 outputs for Faster R-CNN (background + the 23 classes, label =
 class id + 1), 23 for RetinaNet (label = class id). ``imgsz``/``max_size`` are
 torchvision's ``min_size``/``max_size`` (it would otherwise upscale every image
-to 800 px). ``weights=path`` initialises from a local state dict (or one of the
-kit's checkpoints), loaded with ``torch.load(weights_only=True)``; tensors whose
-shape differs (a COCO head) are skipped and counted. Training is the shared loop
+to 800 px). ``pretrained`` (``auto``: torchvision's COCO checkpoint in weights/,
+from ``make weights``, when present; ``none``; or a local state dict or kit
+checkpoint) initialises the model through ``train.weights``: tensors whose shape
+differs (the 91-class COCO head) keep their fresh initialisation. Training is the shared loop
 of ``train.tv.engine``; prediction returns boxes in input-image pixels
 (torchvision maps them back from its resized input). No per-class scores.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import pickle
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,6 +23,8 @@ import numpy as np
 from cytokit import classes
 from cytokit.config import ConfigError
 from train.base import Adapter, Detections, Predictor
+from train.weights import normalise, resolve
+from train.weights.load import load_matching, read_tensors
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,8 @@ class TvConfig:
     """Settings of a torchvision detector; configs/tv.yaml holds the default and meaning of each key."""
 
     DEFAULTS: ClassVar[str] = "tv.yaml"
-    RENAMED: ClassVar[dict[str, str]] = {"min_lr_ratio": "lrf"}  # the kit's name of each idea
+    # the kit's name of each idea (old name -> new name)
+    RENAMED: ClassVar[dict[str, str]] = {"min_lr_ratio": "lrf", "weights": "pretrained"}
 
     epochs: int
     batch: int
@@ -41,7 +44,7 @@ class TvConfig:
     device: str
     workers: int
     threads: int
-    weights: Path | None
+    pretrained: str | None  # auto | none | a local file (see the YAML)
     seed: int
     optimizer: str
     lr: float
@@ -59,7 +62,9 @@ class TvConfig:
     max_det: int
     predict_batch: int
 
+
     def __post_init__(self) -> None:
+        self.pretrained = normalise(self.pretrained)
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"optimizer={self.optimizer!r}: valid values are sgd, adamw")
         # Ranges, checked before a run folder exists (a bad value must not leave one behind).
@@ -113,40 +118,6 @@ def build_model(arch: str, cfg: TvConfig):
     raise ConfigError(f"unknown torchvision architecture {arch!r}")
 
 
-def read_state_dict(path: Path) -> dict:
-    """A state dict from ``path``: a plain one, or the ``model`` entry of a kit checkpoint."""
-    import torch
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"weights={path}: no such file (weights are local files; nothing is downloaded)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a torchvision state dict readable with weights_only=True "
-                          f"(an ultralytics .pt or another format?): {str(exc).splitlines()[0]}") from None
-    state = obj.get("model", obj) if isinstance(obj, dict) else None
-    tensors = isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())
-    if not tensors:
-        raise ConfigError(f"{path}: not a state dict (expected a mapping of parameter names to tensors)")
-    return state
-
-
-def load_matching(model, state: dict, source: Path, strict: bool) -> None:
-    """Copy the tensors of ``state`` whose name and shape fit ``model``; ``strict`` requires all of them."""
-    own = model.state_dict()
-    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if strict and len(fits) != len(own):
-        missing = [k for k in own if k not in fits][:5]
-        raise ConfigError(f"{source}: does not fit this model ({len(own) - len(fits)} tensors missing or "
-                          f"of another shape, e.g. {', '.join(missing)}); wrong model name?")
-    if not fits:
-        raise ConfigError(f"{source}: no tensor fits this model's parameters; wrong file or model?")
-    model.load_state_dict(fits, strict=False)
-    log.info("%s: loaded %d of %d tensors (%d skipped)", source, len(fits), len(own), len(state) - len(fits))
-
-
 class TvPredictor(Predictor):
     """Batched inference of a torchvision detector on RGB uint8 images (input-image pixels out)."""
 
@@ -188,6 +159,9 @@ class TvAdapter(Adapter):
     def build(self, cfg: TvConfig):
         return build_model(self.arch, cfg)
 
+    def pretrained_key(self, cfg: TvConfig) -> str:
+        return f"tv:{self.arch}"
+
     def train(self, cfg: TvConfig, fold_data: Any, run_dir: Path, resume: bool = False) -> Path:
         import torch
 
@@ -203,8 +177,10 @@ class TvAdapter(Adapter):
                               f"`torchrun --nproc_per_node {len(dist.gpu_ids(cfg.device))} -m train ...`")
         torch.manual_seed(cfg.seed)
         model = self.build(cfg)
-        if cfg.weights and not resume:
-            load_matching(model, read_state_dict(cfg.weights), Path(cfg.weights), strict=False)
+        what = f"{self.name} fold {fold_data.fold}"
+        init = None if resume else resolve(cfg.pretrained, self.pretrained_key(cfg), what, record=run_dir)
+        if init:
+            load_matching(model, read_tensors(init, "torchvision"), init, self.name)
         dataset = CocoDetection(fold_data.coco_train, fold_data.export_images_dir, self.label_offset,
                                 cfg.augment)
 
@@ -219,7 +195,7 @@ class TvAdapter(Adapter):
         from train.dist import resolve_device
 
         model = self.build(cfg)
-        load_matching(model, read_state_dict(weights), Path(weights), strict=True)
+        load_matching(model, read_tensors(weights, "torchvision"), weights, self.name, strict=True)
         return TvPredictor(model, cfg, resolve_device(device), self.label_offset)
 
 

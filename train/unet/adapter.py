@@ -1,6 +1,6 @@
 """``MODEL=unet``: a segmentation-models-pytorch UNet on box-made masks, one per fold.
 
-    make masks DATA=... [MEDSAM_CKPT=medsam_vit_b.pth]     # masks from boxes (train.unet.masks)
+    make masks DATA=... [MEDSAM_CKPT=auto|medsam_vit_b.pth]   # masks from boxes (train.unet.masks)
     python -m train --model unet --fold 0 --data DATA epochs=20 imgsz=256
 
 Input: the fold's images stretched to ``imgsz`` and their cached label maps
@@ -34,6 +34,8 @@ from cytokit import config
 from train import checkpoint, runs
 from train.base import Adapter
 from train.unet.post import N_LABELS, UnetPredictor, confusion, seg_metrics
+from train.weights import normalise, resolve
+from train.weights.load import load_matching, read_tensors
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +45,11 @@ class UnetConfig:
     """Settings of the UNet; configs/unet.yaml holds the default and meaning of each key."""
 
     DEFAULTS: ClassVar[str] = "unet.yaml"
-    RENAMED: ClassVar[dict[str, str]] = {"eval_every": "val_every"}  # the kit's name of each idea
+    # the kit's name of each idea (old name -> new name)
+    RENAMED: ClassVar[dict[str, str]] = {"eval_every": "val_every", "weights": "pretrained"}
 
     encoder: str
-    weights: str
+    pretrained: str | None  # auto | none | a local file (see the YAML)
     decoder_channels: list[int]
     imgsz: int
     epochs: int
@@ -66,7 +69,9 @@ class UnetConfig:
     workers: int
     seed: int
 
+
     def __post_init__(self) -> None:
+        self.pretrained = normalise(self.pretrained)
         step = 2 ** len(self.decoder_channels)
         if self.imgsz < step or self.imgsz % step:
             raise config.ConfigError(f"imgsz={self.imgsz} must be a positive multiple of {step}")
@@ -89,31 +94,20 @@ class UnetConfig:
 ARCH_KEYS = ("encoder", "decoder_channels", "imgsz")  # what a checkpoint fixes for prediction
 
 
-def build_model(cfg: UnetConfig) -> torch.nn.Module:
-    """An untrained UNet (no download: ``encoder_weights=None``), then ``cfg.weights`` if given."""
+def build_model(cfg: UnetConfig, init: Path | None = None) -> torch.nn.Module:
+    """An untrained UNet (no download: ``encoder_weights=None``), initialised from ``init`` if given:
+    a UNet checkpoint (every tensor) or an encoder state dict (e.g. torchvision's ImageNet ResNet)."""
     import segmentation_models_pytorch as smp
 
     model = smp.Unet(encoder_name=cfg.encoder, encoder_weights=None, encoder_depth=len(cfg.decoder_channels),
                      decoder_channels=tuple(cfg.decoder_channels), in_channels=3, classes=N_LABELS)
-    if cfg.weights:
-        _load_weights(model, Path(cfg.weights))
+    if init:
+        state = read_tensors(init, "UNet")
+        if any(k.startswith(("encoder.", "decoder.")) for k in state):  # a whole UNet (e.g. a best.pt)
+            load_matching(model, state, init, "UNet", strict=True)
+        else:
+            load_matching(model.encoder, state, init, f"{cfg.encoder} encoder")
     return model
-
-
-def _load_weights(model: torch.nn.Module, path: Path) -> None:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: UNet weights not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        model.load_state_dict(state["model"])
-        return
-    target = model.encoder.state_dict()
-    fits = {k: v for k, v in state.items() if k in target and target[k].shape == v.shape}
-    if not fits:
-        kind = type(model.encoder).__name__
-        raise config.ConfigError(f"{path}: neither a UNet checkpoint nor weights of encoder {kind}")
-    model.encoder.load_state_dict(fits, strict=False)
-    log.info("encoder weights from %s: %d of %d tensors", path, len(fits), len(target))
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, dice_weight: float) -> torch.Tensor:
@@ -175,7 +169,9 @@ def fit(cfg: UnetConfig, fold_data: Any, masks_dir: Path, run_dir: Path, resume:
     loader = torch.utils.data.DataLoader(
         ds, batch_size=cfg.batch, shuffle=True, num_workers=cfg.workers, drop_last=len(ds) > cfg.batch,
         generator=torch.Generator().manual_seed(cfg.seed), pin_memory=device.startswith("cuda"))
-    model = build_model(cfg).to(device)
+    init = None if resume and (run_dir / "last.pt").exists() else resolve(
+        cfg.pretrained, f"unet:{cfg.encoder}", f"unet fold {fold_data.fold}", record=run_dir)
+    model = build_model(cfg, init).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = max(cfg.epochs * len(loader), 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -225,6 +221,9 @@ class UnetAdapter(Adapter):
     name: ClassVar[str] = "unet"
     config_cls: ClassVar[type] = UnetConfig
 
+    def pretrained_key(self, cfg: UnetConfig) -> str:
+        return f"unet:{cfg.encoder}"
+
     def train(self, cfg: UnetConfig, fold_data: Any, run_dir: Path, resume: bool = False) -> Path:
         from train.unet.masks import ensure_masks
 
@@ -242,7 +241,7 @@ class UnetAdapter(Adapter):
         saved = config.from_dict(UnetConfig, config.upgrade(UnetConfig, ckpt["config"], str(weights)),
                                  str(weights))
         use = cfg if isinstance(cfg, UnetConfig) else saved
-        use = dataclasses.replace(use, weights="", **{k: getattr(saved, k) for k in ARCH_KEYS})
+        use = dataclasses.replace(use, pretrained="none", **{k: getattr(saved, k) for k in ARCH_KEYS})
         model = build_model(use)
         model.load_state_dict(ckpt["model"])
         return UnetPredictor(model, use, resolve_device(device))

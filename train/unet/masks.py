@@ -1,6 +1,6 @@
 """Cell masks from boxes, cached per image, for the UNet.
 
-    python -m train.unet.masks --data DATA --k K --seed SEED [--medsam-ckpt PATH] [--device cpu|cuda]
+    python -m train.unet.masks --data DATA --k K --seed SEED [--medsam-ckpt PATH|auto] [--device cpu|cuda]
                             [--config configs/masks.yaml] [--force] [key=value ...]
 
 Reads the prepared dataset (``cytokit/dataset.py``; run ``make folds`` first) and
@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="challenge data folder (train.csv, images/)")
     parser.add_argument("--k", type=int, help="folds of the prepared dataset (default: as prepared)")
     parser.add_argument("--seed", type=int, help="fold seed of the prepared dataset (default: as prepared)")
-    parser.add_argument("--medsam-ckpt", type=Path, default=None, help="local MedSAM (SAM ViT-B) checkpoint")
+    parser.add_argument("--medsam-ckpt", default=None,
+                        help="local MedSAM (SAM ViT-B) checkpoint, or auto: weights/medsam_vit_b.pth")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="masks config YAML")
     parser.add_argument("--force", action="store_true", help="redo every mask")
@@ -245,8 +246,11 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    from train.weights import resolve
+
+    ckpt = resolve(args.medsam_ckpt, f"medsam:{cfg.medsam_arch}", "masks") if args.medsam_ckpt else None
     root = dataset.resolve(args.data, args.k, args.seed).root
-    out = make_masks(root, cfg, args.medsam_ckpt, device, args.force)
+    out = make_masks(root, cfg, ckpt, device, args.force)
     print(f"masks: {out}")
     return 0
 

@@ -1,11 +1,11 @@
 """MedSAM (a SAM ViT-B fine-tuned on medical images): box prompt in, cell mask out.
 
-The checkpoint is a plain SAM state dict read from a local file (never
-downloaded), with ``torch.load(weights_only=True)``. The architecture comes
-from a ``SamSpec`` (ViT-B by default; tests pass a tiny one), built from
-segment-anything's own modules. A wrong or corrupt checkpoint is refused with
-one line (``CheckpointError``) that summarises missing, unexpected and
-mis-shaped keys.
+The checkpoint is a plain SAM state dict read from a local file (``make weights
+SET=medsam_vit_b`` puts MedSAM's in weights/; nothing is downloaded here) through
+``train.weights``. The architecture comes from a ``SamSpec`` (ViT-B by default;
+tests pass a tiny one), built from segment-anything's own modules. A wrong or
+corrupt checkpoint is refused with one line (``train.weights.WeightsError``) that
+summarises missing, unexpected and mis-shaped keys.
 
 Pre-processing (``preprocess``):
 
@@ -30,22 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cytokit.io import DataError, Problem
+from train.weights.load import check_fits, read_tensors
 
 log = logging.getLogger(__name__)
 
 PREPROCESS = ("medsam", "sam")
-
-
-class CheckpointError(DataError):
-    """A checkpoint that cannot be loaded into the SAM architecture; one line, no traceback."""
-
-    def __init__(self, path: Path | str, message: str):
-        super().__init__(Problem(str(path), message))
-        self.line = f"{path}: {message}"
-
-    def __str__(self) -> str:
-        return self.line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,56 +91,17 @@ def build_sam(spec: SamSpec = SamSpec()) -> torch.nn.Module:
     return sam.eval()
 
 
-def _summary(names: list[str], n: int = 3) -> str:
-    shown = ", ".join(names[:n])
-    return f"{len(names)} ({shown}{', ...' if len(names) > n else ''})"
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file (a state dict, or one under ``model``/``state_dict``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: MedSAM checkpoint not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, not a torch file, pickled code
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(path, f"not a readable torch checkpoint ({first[:160]})") from None
-    if isinstance(obj, dict):
-        for key in ("model", "state_dict"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(path, f"expected a SAM state dict (name -> tensor), got {type(obj).__name__}")
-    return obj
-
-
 def check_state_dict(state: dict[str, torch.Tensor], spec: SamSpec, path: Path | str) -> None:
-    """Raise ``CheckpointError`` unless ``state`` fits ``spec`` exactly (keys and shapes)."""
+    """Raise ``WeightsError`` unless ``state`` fits ``spec`` exactly (keys and shapes)."""
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in build_sam(spec).state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shaped = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
-    if not (missing or unexpected or shaped):
-        return
-    parts = []
-    if missing:
-        parts.append(f"missing keys {_summary(missing)}")
-    if unexpected:
-        parts.append(f"unexpected keys {_summary(unexpected)}")
-    if shaped:
-        k = shaped[0]
-        example = f"{k} {tuple(state[k].shape)} vs {expected[k]}"
-        parts.append(f"shape mismatches {_summary(shaped)}, e.g. {example}")
     arch = next((name for name, s in SPECS.items() if s == spec), "the given spec")
-    raise CheckpointError(path, f"not a SAM {arch} state dict: " + "; ".join(parts))
+    check_fits(state, expected, path, f"a SAM {arch} state dict")
 
 
 def load_sam(path: Path, spec: SamSpec = SamSpec()) -> torch.nn.Module:
     """SAM of architecture ``spec`` with the weights of the checkpoint at ``path`` (CPU, eval)."""
-    state = read_state_dict(path)
+    state = read_tensors(path, "MedSAM")
     check_state_dict(state, spec, path)
     sam = build_sam(spec)
     sam.load_state_dict(state, strict=True)

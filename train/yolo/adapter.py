@@ -1,8 +1,10 @@
 """Ultralytics adapters: YOLOv5u, YOLOv8 and YOLO11, trained through the ultralytics API.
 
-A model is built from its yaml (``yolov8n.yaml``: random init, never a download),
-optionally initialised from a local ``.pt`` (``weights=path``), and trained on the
-fold's generated ``data.yaml``. Ultralytics' own outputs (args.yaml, results.csv,
+A model is built from its yaml (``yolov8n.yaml``: never a download) and initialised
+from ``pretrained`` (``auto``: ``weights/yolov8n.pt``, the COCO checkpoint of ``make
+weights``, when present; ``none``; or a local ``.pt``): ultralytics copies every tensor
+whose shape fits, so the 80-class COCO head gives way to a fresh 23-class one. It is
+trained on the fold's generated ``data.yaml``. Ultralytics' own outputs (args.yaml, results.csv,
 plots, weights/) land in ``<run_dir>/ultralytics/``; after each epoch a callback
 scores the EMA model on the fold's validation images with the challenge metric
 and keeps the best epoch as ``<run_dir>/best.pt`` (``select: fitness`` keeps
@@ -23,6 +25,7 @@ from typing import Any, ClassVar
 from cytokit import classes
 from cytokit.config import ConfigError
 from train.base import Adapter, Predictor
+from train.weights import WeightsError, normalise, resolve
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,8 @@ class UltraConfig:
     """Settings of an ultralytics detector; configs/yolo.yaml holds the default and meaning of each key."""
 
     DEFAULTS: ClassVar[str] = "yolo.yaml"
-    RENAMED: ClassVar[dict[str, str]] = {"lr0": "lr", "iou": "nms_iou"}  # the kit's name of each idea
+    # the kit's name of each idea (old name -> new name)
+    RENAMED: ClassVar[dict[str, str]] = {"lr0": "lr", "iou": "nms_iou", "weights": "pretrained"}
 
     size: str
     epochs: int
@@ -40,7 +44,7 @@ class UltraConfig:
     batch: int
     device: str
     workers: int
-    weights: Path | None
+    pretrained: str | None  # auto | none | a local file (see the YAML)
     seed: int
     optimizer: str
     lr: float
@@ -71,7 +75,9 @@ class UltraConfig:
     predict_batch: int
     extra: dict
 
+
     def __post_init__(self) -> None:
+        self.pretrained = normalise(self.pretrained)
         if self.size not in ("n", "s", "m", "l", "x"):
             raise ConfigError(f"size={self.size!r}: valid sizes are n, s, m, l, x")
         if self.select not in ("challenge", "fitness"):
@@ -126,13 +132,18 @@ class UltraAdapter(Adapter):
         suffix = "u" if self.family == "yolov5" else ""
         return f"{self.family}{cfg.size}{suffix}.yaml"
 
+    def pretrained_key(self, cfg: UltraConfig) -> str:
+        return f"yolo:{Path(self.model_yaml(cfg)).stem}"
+
     def train_args(self, cfg: UltraConfig, fold_data: Any, run_dir: Path) -> dict[str, Any]:
         """The keyword arguments of ``YOLO.train`` for this config and fold."""
         args = {ULTRA_NAME.get(key, key): getattr(cfg, key) for key in PASSED}
+        what = f"{self.name} fold {getattr(fold_data, 'fold', '?')}"
+        init = resolve(cfg.pretrained, self.pretrained_key(cfg), what, record=run_dir)
         args.update(
             data=str(fold_data.yolo_yaml), device=cfg.device or None, project=str(run_dir),
             name="ultralytics", exist_ok=True, val=True, verbose=False,
-            pretrained=str(init_weights(cfg.weights)) if cfg.weights else False,
+            pretrained=str(init_weights(init)) if init else False,
         )
         clash = sorted(set(cfg.extra) & set(args))
         if clash:
@@ -176,17 +187,17 @@ class UltraAdapter(Adapter):
         model = load_ultra_checkpoint(check_weights(weights))
         nc = int(getattr(model, "nc", len(getattr(model, "names", {}))))
         if nc != classes.NUM_CLASSES:
-            raise ConfigError(
-                f"{weights}: a model of {nc} classes; the kit's models have {classes.NUM_CLASSES}")
+            raise WeightsError(weights, f"a model of {nc} classes; the kit's models have "
+                                        f"{classes.NUM_CLASSES}")
         return UltraPredictor(model.fuse() if hasattr(model, "fuse") else model, cfg, resolve_device(device))
 
 
 def check_weights(path: Path | str) -> Path:
-    """A local weights file that exists (never a name that ultralytics would download)."""
+    """A local weights file that exists (never a bare name that ultralytics would download)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
-            f"weights={path}: no such file (weights are local files; nothing is downloaded)")
+        raise WeightsError(path, "ultralytics weights file not found (a local file; `make weights` "
+                                 "downloads the COCO ones into weights/)")
     return path.resolve()
 
 

@@ -13,28 +13,32 @@ from typing import Any
 import numpy as np
 import torch
 
-from cytokit.config import ConfigError
 from train.base import Detections, Predictor
 
 
 def load_ultra_checkpoint(path: Path) -> torch.nn.Module:
     """The fp32 model (EMA weights when present) of an ultralytics ``.pt``, in eval mode.
 
-    Raises ``ConfigError`` naming the file when it is not an ultralytics checkpoint.
+    Raises ``WeightsError`` naming the file when it is not an ultralytics checkpoint.
     """
     from ultralytics.nn.tasks import torch_safe_load
 
-    if Path(path).suffix != ".pt":
-        raise ConfigError(f"{path}: ultralytics weights are .pt files")
+    from train.weights.errors import WeightsError, first_line
+    from train.weights.load import sniff
+
+    path = Path(path)
+    if path.suffix != ".pt":
+        raise WeightsError(path, "ultralytics weights are .pt files")
+    sniff(path, "ultralytics")
     try:
         ckpt, _ = torch_safe_load(str(path), safe_only=True)
     except Exception as exc:  # ultralytics raises TypeError/RuntimeError/UnpicklingError for bad files
-        raise ConfigError(
-            f"{path}: not a loadable ultralytics checkpoint ({type(exc).__name__}: {exc})") from None
+        raise WeightsError(path, f"not a loadable ultralytics checkpoint ({type(exc).__name__}: "
+                                 f"{first_line(exc).removeprefix('ERROR ❌️ ')})") from None
     model = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
     if not isinstance(model, torch.nn.Module):
-        raise ConfigError(
-            f"{path}: not an ultralytics checkpoint (no 'model'/'ema' module inside; a state dict?)")
+        raise WeightsError(path, "not an ultralytics checkpoint (no 'model'/'ema' module inside; "
+                                 "a state dict?)")
     return model.float().eval()
 
 

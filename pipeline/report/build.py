@@ -1,0 +1,72 @@
+"""``build_report``: read what exists for one prepared dataset, write its HTML page atomically."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from cytokit import io
+from pipeline.report import errors, sections
+from pipeline.report import page as p
+from pipeline.report.sources import Source
+
+log = logging.getLogger(__name__)
+
+
+def _guarded(name: str, make) -> str:
+    """A section's HTML; an unexpected failure becomes a note on the page (the rest is still written)."""
+    try:
+        return make()
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        log.warning("report section %s: %s", name, exc)
+        return p.note(f"this section could not be drawn: {type(exc).__name__}: {exc}")
+
+
+def build_report(data: Path, k: int | None = None, seed: int | None = None, config: Path | None = None,
+                 submission: Path | None = None, out: Path | None = None, classifier: bool = True,
+                 n_boot: int = 1000) -> Path:
+    """Write the report of the dataset prepared from ``data`` (``k``/``seed`` choose when it was prepared
+    several times); its path.
+
+    ``config``: the ensemble config whose fusion and classifier settings score the out-of-fold table
+    (default: make tune-ensemble's, else configs/ensemble.yaml); ``submission``: the submission to
+    validate (default submissions/submission.csv); ``classifier``: score the classifier blend rows
+    (classifies every out-of-fold box once; cached); ``n_boot``: bootstrap resamples per comparison.
+    """
+    from infer.config import load_config
+    from pipeline.report import oof as oof_table
+    from train import registry
+
+    src = Source(Path(data), k, seed)
+    meta = src.meta()  # FileNotFoundError naming the folder when make folds has not run
+    images, boxes = src.images(), src.boxes()
+    config = Path(config) if config else src.ensemble_config()
+    cfg = load_config(config, {"k": src.k, "seed": src.seed})
+    start = time.perf_counter()
+    try:
+        oof = oof_table.build(src, cfg, classifier, n_boot)
+    except (FileNotFoundError, ValueError, KeyError) as exc:  # e.g. a prediction table of another dataset
+        log.warning("out-of-fold table: %s", exc)
+        oof = oof_table.OOFTable([], None, [], [f"no out-of-fold table: {type(exc).__name__}: {exc}"])
+    log.info("out-of-fold table: %d settings in %.1f s", len(oof.settings), time.perf_counter() - start)
+    images_dir = Path(meta["images_dir"])
+    body = [
+        ("data", "Data and cleaning", _guarded("data", lambda: sections.data_section(src, images, boxes))),
+        ("folds", "Folds", _guarded("folds", lambda: sections.folds_section(src, images, boxes))),
+        ("training", "Training",
+         _guarded("training", lambda: sections.training_section(src, registry.names()))),
+        ("oof", "Out-of-fold scores", _guarded("oof", lambda: errors.oof_section(oof, n_boot))),
+        ("best", "Best setting: classes", _guarded("best", lambda: errors.best_section(oof))),
+        ("confused", "Most confused classes",
+         _guarded("confused", lambda: errors.confused_section(oof, images_dir))),
+        ("worst", "Worst out-of-fold images",
+         _guarded("worst", lambda: errors.worst_section(oof, images_dir))),
+        ("submission", "Last submission", _guarded("submission",
+                                                    lambda: sections.submission_section(src, submission))),
+    ]
+    title = f"CytologIA kit report: {src.key}"
+    subtitle = [f"data {src.data.resolve()} | k={k} seed={seed} | ensemble settings {config}",
+                f"written {time.strftime('%Y-%m-%d %H:%M')} by make report | {oof_table.describe(oof)}"]
+    path = Path(out) if out else src.report_path()
+    io.atomic_write_text(path, p.document(title, subtitle, body))
+    return path
