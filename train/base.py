@@ -54,3 +54,9 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def load(self, weights: Path, cfg: Any, device: str = "cpu") -> Predictor:
         """A predictor from trained weights."""
+
+    def oof_predictions(self, predictor: Predictor, cfg: Any, fold_data: Any) -> Any:
+        """The fold's out-of-fold prediction table, or None: every validation image through
+        ``predictor.predict`` (``train.oof.predict_fold``). A second-stage model overrides it to
+        return another model's boxes with its own classes."""
+        return None
