@@ -145,9 +145,10 @@ def test_cls_oof_table_is_the_detectors_boxes_with_the_classifiers_classes(tmp_p
 
     fold = _cls_fold(tmp_path, monkeypatch)
     # the detector: the right box (score 0.9) and a stray one (0.2) per image, both called LY
+    ly = np.eye(23)[[classes.CLASS_TO_ID["LY"]] * 2]
     det = pd.concat([predictions.make(f"v{i}.jpg", [[12, 10, 28, 26], [0, 0, 10, 10]], [0.9, 0.2],
-                                      [classes.CLASS_TO_ID["LY"]] * 2, 48, 40, "det", 0) for i in range(4)],
-                    ignore_index=True)
+                                      [classes.CLASS_TO_ID["LY"]] * 2, 48, 40, "det", 0, probs=ly)
+                     for i in range(4)], ignore_index=True)
     predictions.write(det, fold.preds_dir("det") / "oof.parquet")
     cfg = config.from_dict(ClassifierConfig, {"backbone": "resnet10t", "imgsz": 32, "val_detector": "det"})
     checkpoint.save(tmp_path / "best.pt", cls_model.build_model("resnet10t"), config.to_dict(cfg), 0, metric=0.0)

@@ -55,7 +55,7 @@ def oof_table(predictor: Any, cfg: Any, fold_data: Any, model: str) -> pd.DataFr
     if predictor.cfg.mode == "full":
         todo &= need == 1
     if predictions.has_probs(det):
-        probs = det[list(classes.PROB_COLUMNS)].to_numpy(dtype=np.float64)
+        probs = np.array(det[list(classes.PROB_COLUMNS)].to_numpy(dtype=np.float64))  # a writable copy
     else:
         probs = np.eye(classes.NUM_CLASSES)[det["class"].map(classes.CLASS_TO_ID).to_numpy(dtype=np.int64)]
     groups = det[todo].groupby("NAME", sort=False).indices
