@@ -165,7 +165,9 @@ class EnsembleConfig:
             members.append(kit_config.from_dict(ClassifierMember, m, f"classifier.members[{i}]"))
         models = [m.model for m in members]
         if len(set(models)) < len(models):
-            raise ConfigError(f"classifier.members: a model is listed twice ({', '.join(models)})")
+            raise ConfigError(f"classifier.members: a model is listed twice ({', '.join(models)}); list each "
+                              "model once with its folds, e.g. {model: cls} or {model: cls, weights: "
+                              "path/fold{fold}/best.pt}")
         return kit_config.from_dict(ClassifierSection, {**c, "members": members}, "classifier")
 
     def fuse_params(self, mode: str | None = None) -> FuseParams:

@@ -161,8 +161,15 @@ def tuned_config(cfg: EnsembleConfig, best: Settings, classifier: bool) -> dict:
 
 
 def write_variants(ev: Evaluator, rows: list[tuple], folder: Path, config: Path) -> Path:
-    """Each row's OOF prediction table (``model`` = the row's label) and the images scored, for make score."""
-    frames = [ev.table(s).assign(model=label) for label, s in rows]
+    """Each row's OOF prediction table (``model`` = the row's label) and the images scored, for make score.
+    Only each image's top-n rows are kept (n = its GT boxes): the writer uses no other, so the score
+    is unchanged and the file small."""
+    from infer.blend import top_rows
+
+    frames = []
+    for label, s in rows:
+        table = ev.table(s)
+        frames.append(table[top_rows(table, ev.n_cells)].assign(model=label))
     path = predictions.write(pd.concat(frames, ignore_index=True), folder / VARIANTS)
     meta = {"config": str(config), "rows": [label for label, _ in rows], "reference": ENSEMBLE_ROW,
             "images": ev.oof.images["NAME"].tolist()}
@@ -225,19 +232,20 @@ def run(cfg: EnsembleConfig, data: Path, out: Path) -> tuple[Path, pd.DataFrame]
 
     began = time.perf_counter()
     t = tune(cfg, data)
-    ev, start, best, trials = t.ev, t.start, t.best, t.trials
+    ev, start, best = t.ev, t.start, t.best
     table, _ = score_table(ev, t.rows)
     classifier = ev.classifier is not None
     first, tuned = ev.result(start).total, ev.result(best).total
     body = yaml.safe_dump(tuned_config(cfg, best, classifier), sort_keys=False)
     io.atomic_write_text(out, f"# tuned by python -m infer.tune on {len(ev.oof.images)} out-of-fold images "
-                              f"(score {tuned:.6f}, from {first:.6f}; {len(trials)} trials)\n{body}")
+                              f"(score {tuned:.6f}, from {first:.6f}; {len(ev.results)} settings scored)\n"
+                              f"{body}")
     write_variants(ev, t.rows, t.ds.preds_dir("ensemble", "oof"), out)
     sec = ev.seconds
     crops = "" if not classifier else (f", classifier {sec['classify']:.1f} s ({ev.classifier.computed} crops "
                                        f"classified, {ev.classifier.reused} reused)")
     print(f"out-of-fold images scored: {len(ev.oof.images)} ({len(ev.oof.truth_boxes)} boxes); "
-          f"{len(trials)} settings tried in {time.perf_counter() - began:.1f} s (fusion {sec['fuse']:.1f} s"
+          f"{len(ev.results)} settings scored in {time.perf_counter() - began:.1f} s (fusion {sec['fuse']:.1f} s"
           f"{crops}, scoring {sec['score']:.1f} s)")
     p, b = best.fuse, best.blend
     print(f"out-of-fold score: config {first:.6f} -> tuned {tuned:.6f}")

@@ -251,6 +251,9 @@ def test_classifier_member_weights_template(tiny, tmp_path):
     assert missing == [dataset.resolve(tiny).run_dir("cls_full", 1) / "best.pt"]
     with pytest.raises(config.ConfigError, match="classifier.members\\[0\\].*valid keys"):
         load_config(paths.CONFIGS / "ensemble.yaml", {"classifier": {"members": [{"weights": "x", "config": 1}]}})
+    old_style = {"members": [{"weights": "runs/cls/fold0/best.pt"}, {"weights": "runs/cls/fold1/best.pt"}]}
+    with pytest.raises(config.ConfigError, match="listed twice.*fold{fold}"):
+        load_config(paths.CONFIGS / "ensemble.yaml", {"classifier": old_style})
 
 
 def test_missing_weights_is_a_clear_error(tiny, tmp_path):
