@@ -17,6 +17,7 @@ each flip view apart, so that TTA on and off come from one pass of the network.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from cytokit.tables import COORDS
 from infer import blend
 
 log = logging.getLogger(__name__)
+IMAGE_CACHE_BYTES = 512 * 2**20  # decoded images kept between trials (least recently used dropped first)
 
 
 def crop_windows(xyxy: np.ndarray, width: np.ndarray, height: np.ndarray, margin: int) -> np.ndarray:
@@ -79,6 +81,8 @@ class OOFClassifier:
         self.fold_of = ds.images().set_index("NAME")["fold"]
         self._predictors: dict[tuple[str, int], Any] = {}
         self._cache: dict[tuple[str, int], dict] = {}
+        self._images: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._image_bytes = 0
         self.computed = 0  # crops (and whole images) run through a network
         self.reused = 0  # crops served from the cache
 
@@ -87,6 +91,18 @@ class OOFClassifier:
         if key not in self._predictors:
             self._predictors[key] = blend.load_members([(self.paths[key], None)], self.device)[0]
         return self._predictors[key]
+
+    def image(self, name: str) -> np.ndarray:
+        """The decoded image ``name`` (kept in a bounded LRU: trials ask for the same images again)."""
+        if name in self._images:
+            self._images.move_to_end(name)
+            return self._images[name]
+        image = images.load_rgb(Path(self.ds.images_dir) / name)
+        self._images[name] = image
+        self._image_bytes += image.nbytes
+        while self._image_bytes > IMAGE_CACHE_BYTES and len(self._images) > 1:
+            self._image_bytes -= self._images.popitem(last=False)[1].nbytes
+        return image
 
     def mode(self, model: str) -> str:
         """``crop`` or ``full``: the mode the model's folds were trained in (from the checkpoint)."""
@@ -115,7 +131,7 @@ class OOFClassifier:
             by_image.setdefault(names[i], []).append((key, i))
         crops, done = [], []
         for name, items in by_image.items():
-            image = images.load_rgb(Path(self.ds.images_dir) / name)
+            image = self.image(name)
             if boxes is None:
                 from train.cls.data import extract_crop
 
