@@ -76,10 +76,15 @@ def test_cli_table_per_model_and_fold(prepared, capsys, tmp_path):
     for fold in (0, 1):
         part = BOXES[BOXES["NAME"].map(fold_of) == fold]
         predictions.write(preds_from(part, "good", fold), dataset.resolve(prepared).preds_dir("good", fold) / "oof.parquet")
+    # "meh" has both folds, with d.jpg (B) predicted as EO
+    for fold in (0, 1):
+        part = BOXES[BOXES["NAME"].map(fold_of) == fold]
+        part = part.assign(**{"class": part["class"].where(part["NAME"] != "d.jpg", "EO")})
+        predictions.write(preds_from(part, "meh", fold), dataset.resolve(prepared).preds_dir("meh", fold) / "oof.parquet")
     # "half" has fold 0 only, with b.jpg (MO) predicted as EO
     bad = BOXES[BOXES["NAME"].map(fold_of) == 0].assign(**{"class": ["EO", "PNN", "LY"]})
     predictions.write(preds_from(bad, "half", 0), dataset.resolve(prepared).preds_dir("half", 0) / "oof.parquet")
-    assert oof.find_models(dataset.resolve(prepared)) == ["good", "half"]
+    assert oof.find_models(dataset.resolve(prepared)) == ["good", "half", "meh"]
     argv = ["--data", str(prepared), "--k", "2", "--seed", "7", "--json", str(tmp_path / "t.json")]
     assert oof.main(argv) == 0
     out = capsys.readouterr().out
@@ -92,8 +97,11 @@ def test_cli_table_per_model_and_fold(prepared, capsys, tmp_path):
     assert rows["half"]["fold0"] == pytest.approx(0.2 + 0.8 * 0.5, abs=1e-12)
     assert rows["half"]["fold1"] is None
     assert "good" in out and "1.000000" in out
-    # only "good" covers both folds: it is the reference of the bootstrap column, "half" has none
+    # "good" is the best model on both folds: the reference of the bootstrap column; "half" is not on the
+    # same images, so it has none; "meh" lost B's F1 (1 -> 0) and EO's (1 -> 2/3) out of 5 labels
     assert good["vs_best"] == "" and rows["half"]["vs_best"] == ""
+    assert rows["meh"]["oof"] == pytest.approx(0.2 + 0.8 * (1 + 1 + 1 + 2 / 3 + 0) / 5, abs=1e-12)
+    assert rows["meh"]["vs_best"].startswith(f"{rows['meh']['oof'] - 1:+.4f} [")
 
 
 def test_cli_without_predictions_is_an_error(prepared, capsys):
