@@ -11,10 +11,12 @@ softmax of each box's crop (box + margin), and ``detector`` is the table's p_
 columns (a one-hot of ``class`` when it has none). For single-cell images
 (``n_cells[NAME] == 1``, i.e. one test.csv row) full-image members are mixed in
 first: ``classifier = (1 - full_weight) * crop + full_weight * full``. Scores
-and boxes are unchanged, so the submission's top-N choice is too.
+and boxes are unchanged, so the submission's top-N choice is too; weight 0
+leaves the table as it is (the detectors' classes).
 
-Pure pieces: ``blend_probs`` and ``tune_blend_weight`` (used by infer.tune on
-out-of-fold tables, see ``oof_classifier_probs``).
+Pure pieces: ``blend_probs`` and ``blend_table``. Out-of-fold probabilities
+(each image classified by the fold that did not see it, cached per crop for
+tuning) are ``infer.oof_cls``.
 """
 from __future__ import annotations
 
@@ -66,33 +68,6 @@ def blend_probs(det: np.ndarray, cls: np.ndarray, weight: float, full: np.ndarra
     return weight * c + (1 - weight) * det
 
 
-def _codes(y: Sequence) -> np.ndarray:
-    y = np.asarray(y)
-    return np.asarray(classes.CLASSES, dtype=object)[y] if y.dtype.kind in "iu" else y.astype(object)
-
-
-def tune_blend_weight(det_probs: np.ndarray, cls_probs: np.ndarray, y_true: Sequence,
-                      grid: Sequence[float] = WEIGHT_GRID) -> tuple[float, pd.DataFrame]:
-    """The blend weight maximising macro-F1 of ``argmax(blend)`` against ``y_true`` (codes or ids).
-
-    Returns ``(best_weight, table)``; the table has one row per grid weight with
-    ``macro_f1`` (scikit-learn's, over the union of true and predicted labels, as
-    the metric) and ``accuracy``. Ties go to the smallest weight.
-    """
-    from sklearn.metrics import f1_score
-
-    truth = _codes(y_true)
-    if len(truth) != len(det_probs):
-        raise ValueError(f"y_true has {len(truth)} rows, probabilities {len(det_probs)}")
-    rows, codes = [], np.asarray(classes.CLASSES, dtype=object)
-    for w in grid:
-        pred = codes[blend_probs(det_probs, cls_probs, float(w)).argmax(1)]
-        rows.append({"weight": float(w), "macro_f1": f1_score(truth, pred, average="macro", zero_division=0),
-                     "accuracy": float((pred == truth).mean()) if len(truth) else float("nan")})
-    table = pd.DataFrame(rows)
-    return float(table.loc[table["macro_f1"].idxmax(), "weight"]), table
-
-
 @dataclasses.dataclass
 class ClassifierProbs:
     """Per-row classifier output for a prediction table (row order kept)."""
@@ -109,7 +84,7 @@ def load_members(members: Sequence[tuple[Path, Any]], device: str = "cpu") -> li
     return [ClassifierAdapter().load(Path(w), c, device) for w, c in members]
 
 
-def _selected(preds: pd.DataFrame, n_cells: Mapping[str, int] | None) -> np.ndarray:
+def top_rows(preds: pd.DataFrame, n_cells: Mapping[str, int] | None) -> np.ndarray:
     """Rows to classify: each image's top-n by score (all rows without ``n_cells``)."""
     if n_cells is None:
         return np.ones(len(preds), bool)
@@ -130,7 +105,7 @@ def classifier_probs(preds: pd.DataFrame, images_dir: Path, predictors: Sequence
         log.warning("full-image classifiers ignored: n_cells (test.csv rows per image) not given")
         full_members = []
     single = preds["NAME"].map(n_cells).eq(1).to_numpy() if n_cells is not None else np.zeros(n, bool)
-    todo = _selected(preds, n_cells)
+    todo = top_rows(preds, n_cells)
     crop = np.full((n, classes.NUM_CLASSES), np.nan)
     full = np.full((n, classes.NUM_CLASSES), np.nan) if full_members else None
     xyxy = preds[COORDS].to_numpy(dtype=np.float64)
@@ -155,7 +130,9 @@ def classifier_probs(preds: pd.DataFrame, images_dir: Path, predictors: Sequence
 def blend_table(preds: pd.DataFrame, probs: ClassifierProbs, weight: float,
                 full_weight: float = 0.5) -> pd.DataFrame:
     """``preds`` with p_ columns = the blend and ``class`` = its argmax (rows without a
-    classifier probability keep the detector's)."""
+    classifier probability keep the detector's); ``weight`` 0: ``preds`` unchanged."""
+    if weight == 0:
+        return preds.copy()
     det = det_probs(preds)
     crop = np.where(np.isnan(probs.crop), det, probs.crop)
     full, single = None, probs.single
@@ -178,32 +155,7 @@ def apply_classifier(preds: pd.DataFrame, images_dir: Path, members: list[tuple[
     boxes by score (the only ones a submission keeps) and enables full-image
     members on single-cell images.
     """
-    if not members or len(preds) == 0:
+    if not members or len(preds) == 0 or weight == 0:
         return preds.copy()
     probs = classifier_probs(preds, images_dir, load_members(members, device), tta, n_cells)
     return blend_table(preds, probs, weight, full_weight)
-
-
-def oof_classifier_probs(preds: pd.DataFrame, ds: Any, models: Sequence[str] = ("cls",),
-                         device: str = "cpu", tta: bool = True,
-                         n_cells: Mapping[str, int] | None = None) -> ClassifierProbs:
-    """Classifier probabilities of out-of-fold rows: each image is classified by the members
-    trained WITHOUT it (the best.pt of ``<model>`` on the fold f holding it, in the prepared
-    dataset ``ds``, a ``cytokit.dataset.Dataset``)."""
-    images_dir = ds.images_dir
-    folds = ds.images().set_index("NAME")["fold"]
-    fold_of = preds["NAME"].map(folds)
-    if fold_of.isna().any():
-        first = preds["NAME"][fold_of.isna()].iloc[0]
-        raise ValueError(f"image {first!r} is not in the prepared dataset {ds.root}")
-    n = len(preds)
-    out = ClassifierProbs(np.full((n, classes.NUM_CLASSES), np.nan), None, np.zeros(n, bool))
-    for fold in sorted(fold_of.unique()):
-        rows = np.flatnonzero((fold_of == fold).to_numpy())
-        members = [(ds.run_dir(m, int(fold)) / "best.pt", None) for m in models]
-        part = classifier_probs(preds.iloc[rows], images_dir, load_members(members, device), tta, n_cells)
-        out.crop[rows], out.single[rows] = part.crop, part.single
-        if part.full is not None:
-            out.full = out.full if out.full is not None else np.full((n, classes.NUM_CLASSES), np.nan)
-            out.full[rows] = part.full
-    return out

@@ -9,10 +9,10 @@ top-N boxes of each validation image are classified by the classifiers trained
 without that image (``infer.blend``). The challenge score (through the
 submission writer, ``submit.oof``), its macro-F1 term and balanced accuracy are
 printed side by side for: the detector alone, the classifier alone, the blend
-at ``--weight`` and the blend at the weight tuned on these same rows
-(``infer.blend.tune_blend_weight``; optimistic: it is chosen on what it is scored
-on). Per-class F1 and the confusion-matrix PNGs of the detector and the tuned
-blend go to ``--out``
+at ``--weight`` and the blend at the weight of the grid with the best challenge
+score on these same rows (optimistic: it is chosen on what it is scored on;
+``make tune-ensemble`` chooses it with the fusion, ``infer.tune``). Per-class F1
+and the confusion-matrix PNGs of the detector and the last blend go to ``--out``
 (default ``work/reports/cls_<detector>/``). ``--detector gt`` measures the
 classification alone: the GT boxes stand in for detections and the "detector"
 gives each the fold's most frequent training class.
@@ -40,8 +40,8 @@ class Comparison:
     table: pd.DataFrame  # variant, weight, score, giou_term, f1_term, balanced_accuracy
     per_class: pd.DataFrame  # label, support, f1 of each variant
     results: dict  # variant -> cytokit.metric.ScoreResult
-    tune: pd.DataFrame  # weight, macro_f1, accuracy on the GT-matched rows
-    best_weight: float
+    tune: pd.DataFrame  # weight, score, f1_term of each blend weight of the grid (empty when not tuned)
+    best_weight: float | None  # the grid's best weight (None when not tuned)
 
 
 def gt_as_detections(boxes: pd.DataFrame, label: str) -> pd.DataFrame:
@@ -53,32 +53,27 @@ def gt_as_detections(boxes: pd.DataFrame, label: str) -> pd.DataFrame:
     return predictions.validate(out, "GT boxes as detections")
 
 
-def matched_rows(preds: pd.DataFrame, truth_boxes: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
-    """Per GT box, the position of the prediction row the metric would give it (top-N, best GIoU)."""
-    from train.cls.data import match_truth
-
-    truth = truth_boxes[["NAME", "x1", "y1", "x2", "y2", "class"]].merge(images, on="NAME", how="left")
-    matched = match_truth(truth, preds.reset_index(drop=True))
-    return matched[matched["pred_index"] >= 0].reset_index(drop=True)
-
-
 def compare(preds: pd.DataFrame, truth_boxes: pd.DataFrame, images: pd.DataFrame, probs, weight: float,
-            full_weight: float = 0.5, detector_label: str = "detector") -> Comparison:
-    """Score ``preds`` alone and blended with classifier ``probs`` (``infer.blend.ClassifierProbs``)."""
+            full_weight: float = 0.5, detector_label: str = "detector", tune: bool = True) -> Comparison:
+    """Score ``preds`` alone and blended with classifier ``probs`` (``infer.blend.ClassifierProbs``), each
+    through the submission writer and the metric; with ``tune``, also at the grid weight scoring best
+    here (``blend w=... (tuned here)``), else the blend at ``weight`` is labelled the fixed default."""
     from cytokit.submission import oof_score
     from infer import blend
 
     preds = preds.reset_index(drop=True)
-    det = blend.det_probs(preds)
-    crop = np.where(np.isnan(probs.crop), det, probs.crop)
-    full = None if probs.full is None else np.where(np.isnan(probs.full), det, probs.full)
-    single = probs.single if full is None else probs.single & ~np.isnan(probs.full).any(axis=1)
-    c = blend.blend_probs(det, crop, 1.0, full, full_weight, single)
-    m = matched_rows(preds, truth_boxes, images)
-    rows = m["pred_index"].to_numpy()
-    best, tune = blend.tune_blend_weight(det[rows], c[rows], m["class"].to_numpy())
-    variants = {detector_label: None, "classifier": 1.0, f"blend w={weight:g}": weight,
-                f"blend w={best:g} (tuned here)": best}
+    grid, best = pd.DataFrame(columns=["weight", "score", "f1_term"]), None
+    if tune:
+        rows = []
+        for w in blend.WEIGHT_GRID:
+            res = oof_score(blend.blend_table(preds, probs, float(w), full_weight), truth_boxes, images)
+            rows.append({"weight": float(w), "score": res.total, "f1_term": res.f1_term})
+        grid = pd.DataFrame(rows)
+        best = float(grid.loc[grid["score"].idxmax(), "weight"])
+    variants = {detector_label: None, "classifier": 1.0}
+    variants[f"blend w={weight:g}" + ("" if tune else " (fixed default)")] = weight
+    if tune:
+        variants[f"blend w={best:g} (tuned here)"] = best
     results, lines = {}, []
     for name, w in variants.items():
         table = preds if w is None else blend.blend_table(preds, probs, w, full_weight)
@@ -93,11 +88,11 @@ def compare(preds: pd.DataFrame, truth_boxes: pd.DataFrame, images: pd.DataFrame
             part = per_class.merge(part.drop(columns="support"), on="label", how="outer")
         per_class = part
     per_class = per_class[per_class["support"].fillna(0) > 0].sort_values("support", ascending=False)
-    return Comparison(pd.DataFrame(lines), per_class.reset_index(drop=True), results, tune, best)
+    return Comparison(pd.DataFrame(lines), per_class.reset_index(drop=True), results, grid, best)
 
 
 def save(comp: Comparison, out: Path) -> list[Path]:
-    """summary.csv, per_class.csv, tune.csv and the confusion PNGs of the detector and the tuned blend."""
+    """summary.csv, per_class.csv, tune.csv and the confusion PNGs of the detector and the last blend."""
     from cytokit.metric import save_confusion
 
     out = Path(out)
@@ -116,8 +111,10 @@ def render(comp: Comparison) -> str:
     """The side-by-side summary and per-class F1 as text."""
     from cytokit.io import format_table
 
-    return (format_table(comp.table) + "\n\nper-class F1 (support = GT boxes)\n"
-            + format_table(comp.per_class) + f"\n\ntuned blend weight: {comp.best_weight:g}")
+    text = format_table(comp.table) + "\n\nper-class F1 (support = GT boxes)\n" + format_table(comp.per_class)
+    if comp.best_weight is None:
+        return text + "\n\nblend weight: the fixed default, not chosen on these images"
+    return text + f"\n\nbest blend weight on these images: {comp.best_weight:g}"
 
 
 def finished(run_dir: Path) -> bool:

@@ -1,12 +1,15 @@
 """The ensemble config (``configs/ensemble.yaml``): members, TTA, fusion, classifier, tuning grids.
 
 ``load_config(path, overrides)`` reads it into ``EnsembleConfig`` (unknown keys
-are an error naming the valid ones); ``members()``, ``fuse_params()``,
-``tune_grid()`` give the typed parts. ``python -m infer.tune`` writes a tuned
-copy (``work/tuned/ensemble.yaml``) that loads the same way.
+are an error naming the valid ones); ``member_list()``, ``fuse_params()``,
+``tune_grid()`` and ``classifier_section()`` give the typed parts;
+``classifier_weights`` finds the classifier folds trained on the prepared
+dataset. ``python -m infer.tune`` writes a tuned copy (``work/tuned/ensemble.yaml``)
+that loads the same way.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,6 +43,33 @@ class Member:
 
 
 @dataclasses.dataclass
+class ClassifierMember:
+    """One second-stage classifier model with the folds whose weights it uses (like ``Member``)."""
+
+    model: str = "cls"  # registry name: cls (crops of boxes) or cls_full (whole single-cell images)
+    folds: list[int] = dataclasses.field(default_factory=list)  # folds to use; empty = all k folds
+    weights: str | None = None  # path template ({fold}, {model}); None = the model's runs on this dataset
+
+
+@dataclasses.dataclass
+class ClassifierSection:
+    """The second stage (``infer.blend``): which classifier folds, and how they blend with the detectors."""
+
+    members: list[ClassifierMember]
+    weight: float = 0.5  # classifier share of the blended class probabilities (0 = detectors' classes)
+    tta: bool = True  # mean over identity, horizontal and vertical flips of every crop
+    full_weight: float = 0.5  # share of full-image members (cls_full) on single-cell images
+
+    def __post_init__(self) -> None:
+        for key in ("weight", "full_weight"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"classifier.{key} must be in [0, 1], got {getattr(self, key)}")
+
+
+CLASSIFIER_DEFAULT = {"members": [{"model": "cls"}], "weight": 0.5, "tta": True, "full_weight": 0.5}
+
+
+@dataclasses.dataclass
 class TuneGrid:
     """What ``python -m infer.tune`` searches (coordinate ascent over these values)."""
 
@@ -50,6 +80,9 @@ class TuneGrid:
     fusion: list[str] = _list("wbf", "agnostic")  # fusion modes
     views: bool = True  # also try leaving each TTA view out (the tuned config keeps the views that help)
     rounds: int = 2  # passes of coordinate ascent over all settings
+    cls_weight: list[float] = _list(*[round(0.05 * i, 2) for i in range(21)])  # classifier blend weights
+    cls_tta: list[bool] = _list(True, False)  # classifier flip TTA on / off
+    full_weight: list[float] = _list(0.0, 0.25, 0.5, 0.75, 1.0)  # full-image shares (with a cls_full member)
     max_images: int = 0  # OOF images used (a fixed random subset; 0 = all)
     seed: int = 0  # seed of that subset
 
@@ -73,7 +106,8 @@ class EnsembleConfig:
     iou_thr: float = dataclasses.field(kw_only=True)  # WBF: IoU for boxes to join a cluster (YAML default)
     skip_box_thr: float = 0.001  # WBF: boxes scored below are ignored
     conf_type: str = "avg"  # WBF: avg | max | box_and_model_avg | absent_model_aware_avg
-    classifier: dict = dataclasses.field(default_factory=dict)  # {members: [{weights, config}], weight, tta}
+    classifier: dict | None = dataclasses.field(  # ClassifierSection keys; {} or null = no classifier
+        default_factory=lambda: copy.deepcopy(CLASSIFIER_DEFAULT))
     viz_images: int = 16  # images drawn in the PNG grid beside the submission (0 = none)
     out_dir: str | None = None  # submission folder; default submissions/
     tune: dict = dataclasses.field(default_factory=dict)  # TuneGrid overrides for python -m infer.tune
@@ -116,26 +150,27 @@ class EnsembleConfig:
     def tune_grid(self) -> TuneGrid:
         return kit_config.from_dict(TuneGrid, self.tune, "tune")
 
-    def classifier_section(self) -> dict[str, Any] | None:
-        """``{members: [(weights, config)], weight, tta}``, or None when the section is empty."""
+    def classifier_section(self) -> ClassifierSection | None:
+        """The typed classifier section, or None when it is empty (``{}``, null) or its members are ``[]``."""
         c = dict(self.classifier or {})
-        if not c or not c.get("members"):
+        if not c:
             return None
-        unknown = sorted(set(c) - {"members", "weight", "tta", "full_weight"})
-        if unknown:
-            raise ConfigError(f"classifier: unknown key(s) {', '.join(unknown)}; "
-                              "valid: full_weight, members, tta, weight")
+        raw = c.get("members", CLASSIFIER_DEFAULT["members"])
+        if raw == []:
+            return None
+        if not isinstance(raw, list):
+            raise ConfigError(f"classifier.members must be a list of {{model, folds, weights}}, got {raw!r}")
         members = []
-        for i, m in enumerate(c["members"]):
-            if not isinstance(m, dict) or "weights" not in m:
-                raise ConfigError(f"classifier.members[{i}] must be a mapping with 'weights' "
-                                  "(and optional 'config')")
-            members.append((Path(m["weights"]), m.get("config")))
-        weight = float(c.get("weight", 0.5))
-        if not 0.0 <= weight <= 1.0:
-            raise ConfigError(f"classifier.weight must be in [0, 1], got {weight}")
-        return {"members": members, "weight": weight, "tta": bool(c.get("tta", True)),
-                "full_weight": float(c.get("full_weight", 0.5))}
+        for i, m in enumerate(raw):
+            if not isinstance(m, dict):
+                raise ConfigError(f"classifier.members[{i}] must be a mapping like {{model: cls}}, got {m!r}")
+            members.append(kit_config.from_dict(ClassifierMember, m, f"classifier.members[{i}]"))
+        models = [m.model for m in members]
+        if len(set(models)) < len(models):
+            raise ConfigError(f"classifier.members: a model is listed twice ({', '.join(models)}); list each "
+                              "model once with its folds, e.g. {model: cls} or {model: cls, weights: "
+                              "path/fold{fold}/best.pt}")
+        return kit_config.from_dict(ClassifierSection, {**c, "members": members}, "classifier")
 
     def fuse_params(self, mode: str | None = None) -> FuseParams:
         """The fusion settings; ``mode`` replaces ``fusion`` (needed when it is ``auto``)."""
@@ -155,6 +190,25 @@ def bind(cfg: EnsembleConfig, data: Path) -> tuple[EnsembleConfig, Any]:
 
     ds = dataset.resolve(data, cfg.k, cfg.seed)
     return dataclasses.replace(cfg, k=ds.k, seed=ds.seed), ds
+
+
+def classifier_weights(section: ClassifierSection, ds: Any) -> tuple[list[tuple[str, int, Path]],
+                                                                      list[Path]]:
+    """``(found, missing)``: ``(model, fold, best.pt)`` of every classifier member fold that exists on
+    the prepared dataset ``ds`` (weights template, else ``ds.run_dir(model, fold)/best.pt``), and the
+    paths that do not."""
+    found, missing = [], []
+    for m in section.members:
+        for fold in list(m.folds) or list(range(ds.k)):
+            if not 0 <= fold < ds.k:
+                raise ConfigError(f"classifier member {m.model}: fold {fold} out of range for k={ds.k}")
+            path = Path(m.weights.format(fold=fold, model=m.model)) if m.weights else \
+                ds.run_dir(m.model, fold) / "best.pt"
+            if path.exists():
+                found.append((m.model, fold, path))
+            else:
+                missing.append(path)
+    return found, missing
 
 
 def load_config(path: Path, overrides: list[str] | dict = ()) -> EnsembleConfig:

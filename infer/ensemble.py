@@ -10,8 +10,9 @@ in the prediction contract with every TTA view in the ``view`` column:
 
 A table is reused while its inputs are unchanged (``infer.cache``). With
 ``submission`` it then resolves ``fusion: auto`` on the out-of-fold tables,
-fuses the test tables over views, folds and models (``infer.fuse``), applies
-the classifier section (if any), writes ``work/preds/ensemble/test.parquet``,
+fuses the test tables over views, folds and models (``infer.fuse``), blends in
+the classifier (every trained fold of its members; one line and the detectors'
+classes when none is trained), writes ``work/preds/ensemble/test.parquet``,
 writes and validates the submission (``submit.writer``), draws a PNG of boxes
 beside it, and scores it when DATA has test_labels.csv.
 """
@@ -83,32 +84,49 @@ def predict_members(cfg: EnsembleConfig, data: Path, force: bool = False, progre
 
 
 def resolve_fusion(cfg: EnsembleConfig, data: Path) -> str:
-    """``cfg.fusion``, or for ``auto`` the mode with the better out-of-fold score (wbf without OOF tables)."""
+    """``cfg.fusion``, or for ``auto`` the mode with the better out-of-fold score of a submission made
+    with the config's settings, classifier included (wbf without OOF tables)."""
     if cfg.fusion != "auto":
         return cfg.fusion
-    from infer import tune
+    from infer import oof_eval
 
     try:
-        oof = tune.load_oof(cfg, data)
+        oof = oof_eval.load_oof(cfg, data, cfg.tune_grid().max_images, cfg.tune_grid().seed)
     except (FileNotFoundError, ValueError) as exc:
         log.warning("fusion auto: no out-of-fold predictions to choose with (%s); using wbf", exc)
         return "wbf"
-    scores = {mode: tune.evaluate(oof, cfg.fuse_params(mode)).total for mode in fuse.MODES}
-    best = max(fuse.MODES, key=lambda mode: scores[mode])
+    bound, ds = bind(cfg, data)
+    classifier = oof_eval.classifier_for(bound, ds, quiet=True)
+    ev = oof_eval.Evaluator(oof, classifier, cfg.skip_box_thr, cfg.max_det)
+    settings = oof_eval.config_settings(bound, sorted(set(oof.preds["view"])), classifier is not None)
+    scores = {s.fuse.mode: ev.result(s).total for s in settings}
+    best = max(scores, key=lambda mode: scores[mode])
     print("fusion auto, out-of-fold scores: " + ", ".join(f"{k} {v:.6f}" for k, v in scores.items())
           + f" -> {best}")
     return best
 
 
-def classify(cfg: EnsembleConfig, fused: pd.DataFrame, images_dir: Path, n_cells: dict) -> pd.DataFrame:
-    """The classifier hook: blend a second-stage classifier into the fused table (no-op without one)."""
+def classify(cfg: EnsembleConfig, fused: pd.DataFrame, images_dir: Path, n_cells: dict, ds) -> pd.DataFrame:
+    """The classifier: blend every trained fold of the classifier members into the fused table. With
+    none trained, one line says how to train them (or switch the classifier off) and the detectors'
+    classes stay. ``ds``: the prepared dataset (``cytokit.dataset.Dataset``) whose runs hold them."""
     section = cfg.classifier_section()
     if section is None:
         return fused
-    from infer import blend
+    from infer import blend, oof_eval
+    from infer.config import classifier_weights
 
-    return blend.apply_classifier(fused, images_dir, section["members"], section["weight"], device=cfg.device,
-                                  tta=section["tta"], n_cells=n_cells, full_weight=section["full_weight"])
+    found, missing = classifier_weights(section, ds)
+    if not found:
+        log.warning(oof_eval.missing_message(section, ds, missing))
+        return fused
+    if missing:
+        log.warning("classifier: %d of %d fold(s) not trained (first: %s); using the %d found",
+                    len(missing), len(missing) + len(found), missing[0], len(found))
+    weights = list(dict.fromkeys(path for _, _, path in found))
+    return blend.apply_classifier(fused, images_dir, [(w, None) for w in weights], section.weight,
+                                  device=cfg.device, tta=section.tta, n_cells=n_cells,
+                                  full_weight=section.full_weight)
 
 
 def write_submission(cfg: EnsembleConfig, data: Path, result: Result, out_dir: Path,
@@ -124,7 +142,7 @@ def write_submission(cfg: EnsembleConfig, data: Path, result: Result, out_dir: P
     n_cells = test.groupby("NAME").size().to_dict()
     result.fusion = resolve_fusion(cfg, data)
     fused = fuse.fuse(result.test_preds, cfg.fuse_params(result.fusion), progress=progress)
-    fused = classify(cfg, fused, files["images"], n_cells)
+    fused = classify(cfg, fused, files["images"], n_cells, ds)
     predictions.write(fused, ds.preds_dir("ensemble", "all") / "test.parquet")
     result.fused = fused
     sizes = submission.image_sizes(test["NAME"], files["images"], fused)

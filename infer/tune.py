@@ -1,250 +1,278 @@
-"""``python -m infer.tune``: tune member weights and fusion settings on out-of-fold predictions.
+"""``python -m infer.tune``: tune the ensemble on out-of-fold predictions with the challenge metric itself.
 
     python -m infer.tune --config configs/ensemble.yaml --data DATA [--out work/tuned/ensemble.yaml]
 
-(``make tune-ensemble``). Each member is a model whose folds' out-of-fold
-tables (``work/preds/<model>/fold<k>/oof_tta.parquet`` from ``make infer``,
-else the training's ``oof.parquet``) cover its folds' validation images; the
-ensemble is scored on the images every member covers, with the challenge
-metric exactly as the leaderboard computes it (``cytokit.submission.oof_score``).
+(``make tune-ensemble``). Every trial is scored exactly as a submission with
+its settings would be scored (``infer.oof_eval``): the members' OOF tables
+(``oof_tta.parquet`` from ``make infer``, else the training's ``oof.parquet``)
+fused, the crop classifier blended in with the folds that did not see each
+image, the writer's rows per test.csv row with its full-image fillers, the
+metric. Coordinate ascent over the grids of the config's ``tune`` section --
+model weights, WBF iou_thr / skip_box_thr / conf_type, fusion mode, TTA views,
+and the classifier's blend weight, flip TTA and full-image share -- starts from
+the best of the config's own settings and each member alone, and only ever
+moves up. Then every row of the score table (each member with and without TTA,
+with and without the classifier) is a candidate too, so the tuned ensemble is
+never below any of them.
 
-Coordinate ascent over the grids of the config's ``tune`` section (model
-weights, iou_thr, skip_box_thr, conf_type, fusion mode), starting from the
-config's own settings. Prints the OOF score of the tuned ensemble next to
-every single member's (its TTA views fused with the same settings) and writes
-the tuned config. With a classifier section, its blend weight is tuned too
-(``infer.blend.tune_blend_weight``) on the tuned ensemble's matched boxes.
+Prints the score table with the paired bootstrap interval of each row's
+difference to the tuned ensemble, writes the tuned config, and writes the
+table's OOF prediction tables (``work/preds/<dataset>/ensemble/foldoof/``) that
+``make score`` scores again.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
-from cytokit import boxes as bx
 from cytokit import config as kit_config
 from cytokit import env, io, paths, predictions
-from cytokit.tables import COORDS
-from infer.config import EnsembleConfig, load_config
-from infer.fuse import FuseParams, Grouped, fuse_grouped, group
+from infer.config import EnsembleConfig, bind, load_config
+from infer.oof_eval import (
+    OFF,
+    Blend,
+    Evaluator,
+    Settings,
+    classifier_for,
+    config_settings,
+    intervals,
+    load_oof,
+)
 
 log = logging.getLogger(__name__)
-OOF_FILES = ("oof_tta.parquet", "oof.parquet")  # preferred first
-MATCH_IOU = 0.5  # a fused box stands for the GT box it overlaps at least this much (blend-weight tuning)
+ENSEMBLE_ROW = "ensemble (tuned)"
+VARIANTS = "variants.parquet"  # the score table's OOF prediction tables, beside variants.json
 
 
-@dataclasses.dataclass
-class OOF:
-    """Out-of-fold predictions of every member on the images all of them cover, and the truth."""
-
-    preds: pd.DataFrame
-    truth_boxes: pd.DataFrame  # NAME,x1,y1,x2,y2,class
-    images: pd.DataFrame  # NAME,width,height
-    sources: list[Path]
-
-
-def load_oof(cfg: EnsembleConfig, data: Path, max_images: int = 0, seed: int = 0) -> OOF:
-    """Each member's OOF tables over its folds, restricted to the images covered by every member."""
-    from infer.config import bind
-
-    cfg, ds = bind(cfg, data)
-    tables, sources, covered, boxes, images = [], [], None, {}, {}
-    for m in cfg.member_list():
-        names: set[str] = set()
-        for fold in m.folds:
-            fd = ds.fold(fold)
-            folder = ds.preds_dir(m.model, fold)
-            path = next((folder / f for f in OOF_FILES if (folder / f).exists()), None)
-            if path is None:
-                raise FileNotFoundError(f"{folder}: no {' or '.join(OOF_FILES)}; "
-                                        f"train {m.model} fold {fold} and run make infer first")
-            tables.append(predictions.read(path))
-            sources.append(path)
-            names |= set(fd.val_images["NAME"])
-            boxes[fold], images[fold] = fd.val_boxes, fd.val_images
-        covered = names if covered is None else covered & names
-    if not covered:
-        raise ValueError("the members' folds share no validation image; nothing to score out of fold")
-    keep = sorted(covered)
-    if max_images and len(keep) > max_images:
-        keep = sorted(np.random.default_rng(seed).choice(keep, max_images, replace=False).tolist())
-    keep_set = set(keep)
-    preds = pd.concat(tables, ignore_index=True)
-    truth = pd.concat(boxes.values(), ignore_index=True)
-    imgs = pd.concat(images.values(), ignore_index=True).drop_duplicates("NAME")
-    return OOF(preds[preds["NAME"].isin(keep_set)].reset_index(drop=True),
-               truth[truth["NAME"].isin(keep_set)].reset_index(drop=True),
-               imgs[imgs["NAME"].isin(keep_set)].reset_index(drop=True), sources)
-
-
-def score(fused: pd.DataFrame, oof: OOF):
-    """The challenge score (``cytokit.metric.ScoreResult``) of a fused OOF table."""
-    from cytokit.submission import oof_score
-
-    return oof_score(fused, oof.truth_boxes, oof.images)
-
-
-def evaluate(oof: OOF, params: FuseParams, grouped: Grouped | None = None):
-    """Fuse the OOF predictions with ``params`` and score them."""
-    g = grouped or group(oof.preds, params.skip_box_thr, params.max_det, oof=True)
-    return score(fuse_grouped(g, params, progress=False), oof)
-
-
-def _key(p: FuseParams) -> tuple:
-    return (p.mode, p.iou_thr, p.skip_box_thr, p.conf_type, tuple(sorted(p.weights.items())), tuple(p.views))
-
-
-def search(oof: OOF, start: FuseParams, grid, models: list[str],
-           views: list[str] = ()) -> tuple[FuseParams, float, list[dict]]:
-    """Coordinate ascent from ``start`` over ``grid`` (a ``TuneGrid``); with ``views`` (the TTA views
-    of the tables) and ``grid.views``, each view is also toggled out/in. Returns best, its score and
-    the trials."""
-    g = group(oof.preds, min([start.skip_box_thr, *grid.skip_box_thr]), start.max_det, oof=True)
-    seen: dict[tuple, float] = {}
+def search(ev: Evaluator, starts: list[Settings], grid, models: list[str], views: list[str],
+           tune_classifier: bool = False, full: bool = False) -> tuple[Settings, list[dict]]:
+    """Coordinate ascent from the best of ``starts`` over ``grid`` (a ``TuneGrid``): a move is kept
+    only when it raises the score. Returns the best settings and the trials."""
     trials: list[dict] = []
 
-    def value(p: FuseParams) -> float:
-        if _key(p) not in seen:
-            seen[_key(p)] = score(fuse_grouped(g, p, progress=False), oof).total
-            trials.append({**dataclasses.asdict(p), "score": seen[_key(p)]})
-            log.info("trial %d: %s -> %.5f", len(trials), _key(p), seen[_key(p)])
-        return seen[_key(p)]
+    def value(s: Settings) -> float:
+        fresh = s.key() not in ev.results
+        total = ev.result(s).total
+        if fresh:
+            trials.append({**dataclasses.asdict(s.fuse), **{f"cls_{k}": v for k, v in
+                                                          dataclasses.asdict(s.blend).items()},
+                           "score": total})
+            log.debug("trial %d: %s -> %.5f", len(trials), s.key(), total)
+        return total
 
-    best = dataclasses.replace(start, weights={m: start.weights.get(m, 1.0) for m in models},
-                               views=tuple(start.views or views))
-    best_score = value(best)
+    scored = [(value(s), -i, s) for i, s in enumerate(starts)]
+    best_score, _, best = max(scored, key=lambda t: t[:2])
     for _ in range(grid.rounds):
         before = best_score
-        moves = [("weights", m, w) for m in models for w in grid.weights] if len(models) > 1 else []
-        moves += [("iou_thr", None, v) for v in grid.iou_thr]
-        moves += [("skip_box_thr", None, v) for v in grid.skip_box_thr]
-        moves += [("conf_type", None, v) for v in grid.conf_type] + [("mode", None, v) for v in grid.fusion]
-        moves += [("views", None, v) for v in views] if grid.views and len(views) > 1 else []
-        for field, model, v in moves:
-            if field == "weights":
-                w = {**best.weights, model: float(v)}
-                if sum(w.values()) <= 0:
-                    continue
-                cand = dataclasses.replace(best, weights=w)
-            elif field == "views":
-                kept = tuple(x for x in views if (x in best.views) != (x == v))
-                if not kept:
-                    continue
-                cand = dataclasses.replace(best, views=kept)
-            else:
-                cand = dataclasses.replace(best, **{field: v})
+        for move in _moves(grid, models, views, tune_classifier, full):
+            cand = _apply(best, move, views)
+            if cand is None:
+                continue
             s = value(cand)
             if s > best_score:
                 best, best_score = cand, s
         if best_score <= before:
             break
-    return best, best_score, trials
+    return best, trials
 
 
-def member_scores(oof: OOF, params: FuseParams, models: list[str], views: list[str]) -> pd.DataFrame:
-    """Each model alone on the same OOF images: its TTA views fused with ``params``, and (with
-    several ``views``, identity among them) its ``identity`` view alone, to show what TTA adds."""
+def _moves(grid, models: list[str], views: list[str], tune_classifier: bool, full: bool) -> list[tuple]:
+    """Every one-setting change of a round, as ``(field, model, value)`` (applied by ``_apply``)."""
+    moves = [("weights", m, float(w)) for m in models for w in grid.weights] if len(models) > 1 else []
+    moves += [(f, None, v) for f in ("iou_thr", "skip_box_thr", "conf_type") for v in getattr(grid, f)]
+    moves += [("mode", None, v) for v in grid.fusion]
+    moves += [("views", None, v) for v in views] if grid.views and len(views) > 1 else []
+    if tune_classifier:
+        moves += [("weight", None, float(w)) for w in grid.cls_weight]
+        moves += [("tta", None, bool(t)) for t in grid.cls_tta]
+        moves += [("full_weight", None, float(f)) for f in grid.full_weight] if full else []
+    return moves
+
+
+def _apply(best: Settings, move: tuple, views: list[str]) -> Settings | None:
+    """``best`` with one setting changed (None when the change leaves nothing to fuse)."""
+    field, model, v = move
+    p = best.fuse
+    if field in ("weight", "tta", "full_weight"):
+        return dataclasses.replace(best, blend=dataclasses.replace(best.blend, **{field: v}))
+    if field == "weights":
+        weights = {**p.weights, model: v}
+        return dataclasses.replace(best, fuse=dataclasses.replace(p, weights=weights)) \
+            if sum(weights.values()) > 0 else None
+    if field == "views":  # toggle one view out or in
+        kept = tuple(x for x in views if (x in p.views) != (x == v))
+        return dataclasses.replace(best, fuse=dataclasses.replace(p, views=kept)) if kept else None
+    return dataclasses.replace(best, fuse=dataclasses.replace(p, **{field: v}))
+
+
+def table_rows(best: Settings, models: list[str], views: list[str], cls: Blend | None) -> list[tuple]:
+    """``(label, settings)`` of the score table: each member alone with the ensemble's views and
+    without TTA (identity only), each without and (``cls``: its blend) with the classifier, then the
+    ensemble without the classifier and as tuned."""
     rows = []
     for m in models:
-        part = oof.preds[oof.preds["model"] == m]
-        variants = [(m, part, params.views)]
+        alone = dataclasses.replace(best.fuse, weights={x: float(x == m) for x in models})
+        variants = [("", alone)]
         if len(views) > 1 and "identity" in views:
-            variants.append((f"{m} (no TTA)", part[part["view"] == "identity"], ()))
-        for label, table, fused_views in variants:
-            alone = dataclasses.replace(params, weights={}, views=fused_views)
-            r = evaluate(OOF(table, oof.truth_boxes, oof.images, oof.sources), alone)
-            rows.append({"member": label, "oof": r.total, "giou_term": r.giou_term, "f1_term": r.f1_term})
-    return pd.DataFrame(rows)
+            variants.append((" (no TTA)", dataclasses.replace(alone, views=("identity",))))
+        for suffix, p in variants:
+            rows.append((m + suffix, Settings(p, OFF)))
+            if cls is not None and cls.weight > 0:
+                rows.append((f"{m}{suffix} + cls", Settings(p, cls)))
+    if best.blend.weight > 0:
+        rows.append(("ensemble (no cls)", Settings(best.fuse, OFF)))
+    rows.append((ENSEMBLE_ROW, best))
+    return rows
 
 
-def matched_labels(fused: pd.DataFrame, truth: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of ``fused`` that overlap a GT box by IoU >= MATCH_IOU, and that box's class."""
-    rows, labels = [], []
-    t_groups = truth.groupby("NAME").indices
-    for name, idx in fused.groupby("NAME").indices.items():
-        if name not in t_groups:
-            continue
-        t = truth.iloc[t_groups[name]]
-        iou = bx.iou_matrix(fused.iloc[idx][COORDS].to_numpy(), t[COORDS].to_numpy())
-        best = iou.argmax(axis=1)
-        ok = iou[np.arange(len(idx)), best] >= MATCH_IOU
-        rows.extend(idx[ok])
-        labels.extend(t["class"].to_numpy()[best[ok]])
-    return np.asarray(rows, dtype=np.int64), np.asarray(labels, dtype=object)
+def score_table(ev: Evaluator, rows: list[tuple]) -> tuple[pd.DataFrame, dict]:
+    """The table (member, oof, giou_term, f1_term, vs_ensemble) and each row's ScoreResult."""
+    results = {label: ev.result(s) for label, s in rows}
+    ci = intervals(results, ENSEMBLE_ROW)
+    table = pd.DataFrame([{"member": label, "oof": r.total, "giou_term": r.giou_term, "f1_term": r.f1_term,
+                           "vs_ensemble": ci[label]} for label, r in results.items()])
+    return table, results
 
 
-def tune_classifier(cfg: EnsembleConfig, data: Path, fused: pd.DataFrame, oof: OOF) -> float | None:
-    """The blend weight of the classifier section tuned on the fused OOF boxes (None without a classifier)."""
-    section = cfg.classifier_section()
-    if section is None:
-        return None
-    from infer import blend
-
-    rows, y_true = matched_labels(fused, oof.truth_boxes)
-    if not len(rows):
-        log.warning("no fused OOF box matches a GT box; classifier weight left at %s", section["weight"])
-        return None
-    part = fused.iloc[rows].reset_index(drop=True)
-    from infer.config import bind
-
-    _, ds = bind(cfg, data)
-    probs = blend.oof_classifier_probs(part, ds, device=cfg.device, tta=section["tta"])
-    det = blend.det_probs(part)
-    cls = np.where(np.isnan(probs.crop), det, probs.crop)
-    weight, table = blend.tune_blend_weight(det, cls, y_true)
-    log.info("classifier blend weights tried:\n%s", table.to_string(index=False))
-    return float(weight)
-
-
-def tuned_config(cfg: EnsembleConfig, best: FuseParams, cls_weight: float | None) -> dict:
-    """The config as a dict with the tuned settings written in."""
+def tuned_config(cfg: EnsembleConfig, best: Settings, classifier: bool) -> dict:
+    """The config as a dict with the tuned settings written in (members tuned to 0 left out)."""
     out = kit_config.to_dict(cfg)
+    p = best.fuse
     for m in out["members"]:
-        m["weight"] = float(best.weights.get(m["model"], m.get("weight", 1.0)))
-    used = [m for m in out["members"] if m["weight"] > 0]
-    if len(used) < len(out["members"]):
-        log.info("members tuned to weight 0 left out: %s",
-                 ", ".join(m["model"] for m in out["members"] if m["weight"] <= 0))
-    out["members"] = used
-    out.update(fusion=best.mode, iou_thr=float(best.iou_thr), skip_box_thr=float(best.skip_box_thr),
-               conf_type=best.conf_type, tta=list(best.views or cfg.tta))
-    if cls_weight is not None:
-        out["classifier"] = {**out["classifier"], "weight": cls_weight}
+        m["weight"] = float(p.weights.get(m["model"], m.get("weight", 1.0)))
+    dropped = [m["model"] for m in out["members"] if m["weight"] <= 0]
+    if dropped:
+        log.info("members tuned to weight 0 left out: %s", ", ".join(dropped))
+    out["members"] = [m for m in out["members"] if m["weight"] > 0]
+    out.update(fusion=p.mode, iou_thr=float(p.iou_thr), skip_box_thr=float(p.skip_box_thr),
+               conf_type=p.conf_type, tta=list(p.views or cfg.tta))
+    if classifier:
+        b = best.blend
+        out["classifier"] = {**(out["classifier"] or {}), "weight": float(b.weight), "tta": bool(b.tta),
+                             "full_weight": float(b.full_weight)}
     return out
 
 
-def run(cfg: EnsembleConfig, data: Path, out: Path) -> tuple[Path, pd.DataFrame]:
-    """Tune, print the comparison, write the tuned config to ``out``; return it and the score table."""
+def write_variants(ev: Evaluator, rows: list[tuple], folder: Path, config: Path) -> Path:
+    """Each row's OOF prediction table (``model`` = the row's label) and the images scored, for make score.
+    Only each image's top-n rows are kept (n = its GT boxes): the writer uses no other, so the score
+    is unchanged and the file small."""
+    from infer.blend import top_rows
+
+    frames = []
+    for label, s in rows:
+        table = ev.table(s)
+        frames.append(table[top_rows(table, ev.n_cells)].assign(model=label))
+    path = predictions.write(pd.concat(frames, ignore_index=True), folder / VARIANTS)
+    meta = {"config": str(config), "rows": [label for label, _ in rows], "reference": ENSEMBLE_ROW,
+            "images": ev.oof.images["NAME"].tolist()}
+    io.atomic_write_text(folder / "variants.json", json.dumps(meta, indent=1) + "\n")
+    return path
+
+
+@dataclasses.dataclass
+class Tuned:
+    """What a tuning run found."""
+
+    ev: Evaluator
+    ds: object  # cytokit.dataset.Dataset
+    start: Settings  # the config's own settings (the better mode for fusion: auto)
+    best: Settings
+    rows: list[tuple]  # (label, settings) of the score table
+    trials: list[dict]
+
+
+def optimise(ev: Evaluator, starts: list[Settings], grid, models: list[str], views: list[str]
+             ) -> tuple[Settings, list[tuple], list[dict]]:
+    """Search from ``starts`` (the config's settings first) and each member alone; then no row of the
+    score table may beat the result: one that does becomes the start of another search. Returns the
+    best settings, the table's rows and the trials."""
+    c = ev.classifier
+    full = c is not None and any(c.mode(m) == "full" for m in c.models)
+    args = (grid, models, views, c is not None, full)
+    alone = (
+        [
+            dataclasses.replace(
+                starts[0],
+                fuse=dataclasses.replace(starts[0].fuse, weights={x: float(x == m) for x in models}),
+            )
+            for m in models
+        ]
+        if len(models) > 1
+        else []
+    )
+    best, trials = search(ev, starts + alone, *args)
+    cls = None
+    if c is not None:  # the "+ cls" rows: the tuned blend, or the config's when tuning turned it off
+        cls = best.blend if best.blend.weight > 0 else starts[0].blend
+    while True:  # each pass strictly raises the score over a finite set of settings
+        rows = table_rows(best, models, views, cls)
+        top = max(rows, key=lambda r: ev.result(r[1]).total)[1]
+        if ev.result(top).total <= ev.result(best).total:
+            return best, rows, trials
+        best, more = search(ev, [top], *args)
+        trials += more
+
+
+def tune(cfg: EnsembleConfig, data: Path) -> Tuned:
+    """Load the OOF tables and the classifier folds of ``cfg`` on ``data``'s prepared dataset; optimise."""
     grid = cfg.tune_grid()
-    start = time.perf_counter()
+    cfg, ds = bind(cfg, data)
     oof = load_oof(cfg, data, grid.max_images, grid.seed)
+    classifier = classifier_for(cfg, ds)
     models = [m.model for m in cfg.member_list()]
-    first = cfg.fuse_params("wbf" if cfg.fusion == "auto" else None)
-    views = [v for v in cfg.tta if v in set(oof.preds["view"])]
-    best, best_score, trials = search(oof, first, grid, models, views)
-    fused = fuse_grouped(group(oof.preds, best.skip_box_thr, best.max_det, oof=True), best, progress=False)
-    result = score(fused, oof)
-    table = member_scores(oof, best, models, list(cfg.tta))
-    table = pd.concat([table, pd.DataFrame([{"member": "ensemble (tuned)", "oof": result.total,
-                                             "giou_term": result.giou_term, "f1_term": result.f1_term}])])
-    cls_weight = tune_classifier(cfg, data, fused, oof)
-    body = yaml.safe_dump(tuned_config(cfg, best, cls_weight), sort_keys=False)
-    io.atomic_write_text(out, f"# tuned by python -m infer.tune on {len(oof.images)} out-of-fold images "
-                              f"(score {best_score:.6f}, {len(trials)} trials)\n{body}")
-    print(f"out-of-fold images scored: {len(oof.images)} ({len(oof.truth_boxes)} boxes); "
-          f"{len(trials)} settings tried in {time.perf_counter() - start:.1f} s")
-    print(f"tuned: fusion={best.mode} iou_thr={best.iou_thr} skip_box_thr={best.skip_box_thr} "
-          f"conf_type={best.conf_type} weights={best.weights} views={list(best.views)}"
-          + ("" if cls_weight is None else f" classifier weight={cls_weight}"))
+    starts = config_settings(cfg, sorted(set(oof.preds["view"])), classifier is not None)
+    ev = Evaluator(oof, classifier, min([cfg.skip_box_thr, *grid.skip_box_thr]), cfg.max_det)
+    start = max(starts, key=lambda s: ev.result(s).total)
+    best, rows, trials = optimise(ev, starts, grid, models, list(starts[0].fuse.views))
+    return Tuned(ev, ds, start, best, rows, trials)
+
+
+def run(cfg: EnsembleConfig, data: Path, out: Path) -> tuple[Path, pd.DataFrame]:
+    """Tune, print the score table, write the tuned config to ``out``; return it and the table."""
     from cytokit.io import format_table
 
-    print(format_table(table.reset_index(drop=True)))
+    began = time.perf_counter()
+    t = tune(cfg, data)
+    ev, start, best = t.ev, t.start, t.best
+    table, _ = score_table(ev, t.rows)
+    classifier = ev.classifier is not None
+    first, tuned = ev.result(start).total, ev.result(best).total
+    body = yaml.safe_dump(tuned_config(cfg, best, classifier), sort_keys=False)
+    io.atomic_write_text(out, f"# tuned by python -m infer.tune on {len(ev.oof.images)} out-of-fold images "
+                              f"(score {tuned:.6f}, from {first:.6f}; {len(ev.results)} settings scored)\n"
+                              f"{body}")
+    write_variants(ev, t.rows, t.ds.preds_dir("ensemble", "oof"), out)
+    sec = ev.seconds
+    crops = (
+        ""
+        if not classifier
+        else (
+            f", classifier {sec['classify']:.1f} s ({ev.classifier.computed} crops "
+            f"classified, {ev.classifier.reused} reused)"
+        )
+    )
+    print(
+        f"out-of-fold images scored: {len(ev.oof.images)} ({len(ev.oof.truth_boxes)} boxes); "
+        f"{len(ev.results)} settings scored in {time.perf_counter() - began:.1f} s "
+        f"(fusion {sec['fuse']:.1f} s"
+        f"{crops}, scoring {sec['score']:.1f} s)"
+    )
+    p, b = best.fuse, best.blend
+    print(f"out-of-fold score: config {first:.6f} -> tuned {tuned:.6f}")
+    print(f"tuned: fusion={p.mode} iou_thr={p.iou_thr} skip_box_thr={p.skip_box_thr} conf_type={p.conf_type} "
+          f"weights={p.weights} views={list(p.views)}"
+          + (f" classifier weight={b.weight} tta={b.tta} full_weight={b.full_weight}" if classifier else ""))
+    print("out-of-fold challenge score of each member and the ensemble (vs_ensemble: difference, "
+          "paired bootstrap 95 % interval over images)")
+    print(format_table(table))
     print(f"wrote {out}")
     return out, table
 

@@ -6,11 +6,18 @@ SAME writer as a real submission (top-N per image, full-image fillers, nudged
 repeats), then through ``cytokit.metric``. So the local CV number is computed
 exactly as the leaderboard would compute it.
 
-    python -m submit.oof --data DATA --k K --seed SEED [--model NAME ...] [--json OUT.json]
+    python -m submit.oof --data DATA [--k K --seed SEED] [--model NAME ...] [--json OUT.json]
 
-reads ``work/preds/<model>/fold<k>/oof.parquet`` for every model found (or those
-given) and prints a model x fold table with the overall out-of-fold score (all
-folds concatenated). ``make score`` runs it.
+reads ``work/preds/<dataset>/<model>/fold<k>/oof.parquet`` for every model found
+(or those given) and prints a model x fold table with the overall out-of-fold
+score (all folds concatenated); the classifier ``cls`` is its detector's boxes
+with its classes (``train.cls.oof``), so its line compares with theirs. Then,
+when ``make tune-ensemble`` has run, the tuned ensemble's table: each member
+with and without TTA and the classifier, and the ensemble, scored again from
+the OOF prediction tables the tuner wrote (``infer.tune``). Beside each row:
+the paired bootstrap 95 % interval over images of its difference to the
+ensemble (to the best model in the first table, among models scored on the
+same images). ``make score`` runs it.
 """
 from __future__ import annotations
 
@@ -24,8 +31,11 @@ import pandas as pd
 
 from cytokit import env, io, paths, predictions
 from cytokit.submission import one_view, oof_score
+from infer.oof_eval import intervals
 
 log = logging.getLogger(__name__)
+
+
 def find_models(ds) -> list[str]:
     """Models with at least one ``oof.parquet`` in the prepared dataset ``ds``'s prediction folders."""
     root = ds.preds_dir("x", 0).parent.parent
@@ -33,10 +43,15 @@ def find_models(ds) -> list[str]:
 
 
 def score_models(ds, models: list[str]) -> pd.DataFrame:
-    """One row per model: the score of each fold found, the overall OOF score and its two terms."""
+    """One row per model: the score of each fold found, the overall OOF score and its two terms, and
+    ``vs_best``: the interval of its difference to the best model scored on all folds."""
+    return _score_models(ds, models)[0]
+
+
+def _score_models(ds, models: list[str]) -> tuple[pd.DataFrame, dict]:
     k = ds.k
     folds: dict[int, object] = {}
-    rows = []
+    rows, results = [], {}
     for model in models:
         row: dict = {"model": model}
         preds_all, boxes_all, images_all = [], [], []
@@ -59,8 +74,36 @@ def score_models(ds, models: list[str]) -> pd.DataFrame:
                                pd.concat(images_all, ignore_index=True))
             row.update(oof=result.total, giou_term=result.giou_term, f1_term=result.f1_term,
                        folds=len(preds_all))
+            if len(preds_all) == k:
+                results[model] = result
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if results:
+        ci = intervals(results, max(results, key=lambda m: results[m].total))
+        table["vs_best"] = table["model"].map(ci).fillna("")
+    return table, results
+
+
+def score_ensemble(ds) -> tuple[pd.DataFrame, dict] | None:
+    """The tuned ensemble's table (``infer.tune``'s rows scored again from its OOF prediction tables),
+    with each row's ``vs_ensemble`` interval; and the tuner's notes. None when tuning has not run."""
+    from infer.tune import VARIANTS
+
+    folder = ds.preds_dir("ensemble", "oof")
+    if not (folder / VARIANTS).exists() or not (folder / "variants.json").exists():
+        return None
+    meta = json.loads((folder / "variants.json").read_text())
+    tables = predictions.read(folder / VARIANTS)
+    names = set(meta["images"])
+    fds = [ds.fold(f) for f in range(ds.k)]
+    truth = pd.concat([fd.val_boxes for fd in fds], ignore_index=True)
+    images = pd.concat([fd.val_images for fd in fds], ignore_index=True)
+    truth, images = truth[truth["NAME"].isin(names)], images[images["NAME"].isin(names)]
+    results = {label: oof_score(tables[tables["model"] == label], truth, images) for label in meta["rows"]}
+    ci = intervals(results, meta["reference"])
+    table = pd.DataFrame([{"member": label, "oof": r.total, "giou_term": r.giou_term, "f1_term": r.f1_term,
+                           "vs_ensemble": ci[label]} for label, r in results.items()])
+    return table, meta
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,19 +122,33 @@ def main(argv: list[str] | None = None) -> int:
     ds = dataset.resolve(args.data, args.k, args.seed)
     where = ds.preds_dir("x", 0).parent.parent
     models = args.model or find_models(ds)
-    if not models:
+    ensemble = score_ensemble(ds) if not args.model else None
+    if not models and ensemble is None:
         raise FileNotFoundError(f"{where}: no out-of-fold predictions "
                                 "(<model>/fold<k>/oof.parquet); train and predict first")
-    table = score_models(ds, models)
-    if "oof" not in table.columns or table["oof"].isna().all():
+    table = score_models(ds, models) if models else pd.DataFrame()
+    if models and ("oof" not in table.columns or table["oof"].isna().all()):
         raise FileNotFoundError(f"no oof.parquet for model(s) {', '.join(models)} under {where}")
     print(f"out-of-fold scores (challenge metric), dataset {ds.id} "
           f"(data={args.data} k={ds.k} seed={ds.seed})")
-    print(format_table(table))
+    if models:
+        if "vs_best" in table.columns:
+            print("vs_best: difference to the best model on all folds, paired bootstrap 95 % interval "
+                  "over images")
+        print(format_table(table))
+    if ensemble is not None:
+        etable, meta = ensemble
+        print(f"\ntuned ensemble ({meta['config']}) on {len(meta['images'])} out-of-fold images; "
+              "vs_ensemble: difference to it, paired bootstrap 95 % interval over images")
+        print(format_table(etable))
     if args.json:
-        records = table.astype(object).where(table.notna(), None).to_dict(orient="records")
-        io.atomic_write_text(args.json, json.dumps(records, indent=1) + "\n")
+        out = {"models": _records(table), "ensemble": _records(ensemble[0]) if ensemble else None}
+        io.atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")
     return 0
+
+
+def _records(table: pd.DataFrame) -> list[dict]:
+    return table.astype(object).where(table.notna(), None).to_dict(orient="records")
 
 
 if __name__ == "__main__":

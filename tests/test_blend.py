@@ -44,25 +44,6 @@ def test_blend_probs_rejects_bad_input(args, match):
         blend.blend_probs(*args)
 
 
-def _pad(rows):
-    out = np.zeros((len(rows), classes.NUM_CLASSES))
-    out[:, :3] = rows
-    return out
-
-
-def test_tune_blend_weight_hand_case():
-    # Row 0 is right (class 1) when w > 1/4, row 1 (class 0) and row 2 (class 2) when w < 2/3.
-    det = _pad([[0.6, 0.4, 0.0], [0.6, 0.4, 0.0], [0.0, 0.3, 0.7]])
-    cls = _pad([[0.2, 0.8, 0.0], [0.45, 0.55, 0.0], [0.0, 0.6, 0.4]])
-    best, table = blend.tune_blend_weight(det, cls, [1, 0, 2], grid=[0.0, 0.2, 0.5, 0.8, 1.0])
-    assert best == 0.5
-    # w <= 0.2: predictions 0, 0, 2 -> F1 = (2/3 + 0 + 1) / 3; w >= 0.8: 1, 1, 1 -> F1 = (0 + 1/2 + 0) / 3
-    assert table["macro_f1"].tolist() == pytest.approx([5 / 9, 5 / 9, 1.0, 1 / 6, 1 / 6])
-    assert table["accuracy"].tolist() == pytest.approx([2 / 3, 2 / 3, 1.0, 1 / 3, 1 / 3])
-    codes = [classes.CLASSES[i] for i in (1, 0, 2)]
-    assert blend.tune_blend_weight(det, cls, codes, grid=[0.0, 0.2, 0.5, 0.8, 1.0])[0] == 0.5
-
-
 def _checkpoint(tmp_path, mode="crop"):
     cfg = config.from_dict(ClassifierConfig, {"backbone": "resnet10t", "imgsz": 32, "mode": mode})
     path = tmp_path / f"{mode}.pt"
@@ -115,6 +96,70 @@ def test_apply_classifier_top_n_and_full_image_members(tmp_path, fused):
     np.testing.assert_allclose(out[P].to_numpy()[1], det[1])  # not classified: the detector's
     c3 = 0.75 * probs.crop[3] + 0.25 * probs.full[3]
     np.testing.assert_allclose(out[P].to_numpy()[3], 0.5 * c3 + 0.5 * det[3], atol=1e-6)
+
+
+def test_weight_zero_keeps_the_detectors_classes(fused):
+    probs = np.full((4, 23), 0.5 / 22)
+    probs[:, 0] = 0.5  # the detector's p_ columns disagree with its class on rows 1..3
+    table = fused.assign(**{c: probs[:, j] for j, c in enumerate(P)})
+    crop = np.eye(23)[[5, 5, 5, 5]]
+    out = blend.blend_table(table, blend.ClassifierProbs(crop, None, np.zeros(4, bool)), weight=0.0)
+    pd.testing.assert_frame_equal(out, table)
+    assert (
+        blend.blend_table(table, blend.ClassifierProbs(crop, None, np.zeros(4, bool)), 1.0)["class"].tolist()
+        == [classes.CLASSES[5]] * 4
+    )
+
+
+def test_crop_windows_match_crop_window():
+    from infer.oof_cls import crop_windows
+    from train.cls.data import crop_window
+
+    rng = np.random.default_rng(0)
+    x, y = np.sort(rng.uniform(-20, 140, (200, 2)), axis=1), np.sort(rng.uniform(-20, 140, (200, 2)), axis=1)
+    xyxy = np.column_stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]])
+    w, h = rng.integers(60, 130, 200), rng.integers(60, 130, 200)
+    for margin in (0, 16):
+        got = crop_windows(xyxy, w, h, margin)
+        want = [crop_window(b, wi, hi, margin) for b, wi, hi in zip(xyxy, w, h)]
+        np.testing.assert_array_equal(got, np.asarray(want))
+
+
+class _Dataset:
+    """What infer.oof_cls needs of a prepared dataset: images with their folds, the images folder."""
+
+    def __init__(self, root, folds):
+        self.root, self.images_dir, self.folds = root, root, folds
+
+    def images(self):
+        return pd.DataFrame({"NAME": list(self.folds), "fold": list(self.folds.values())})
+
+
+def test_oof_classifier_uses_the_other_fold_and_caches_crops(tmp_path, fused):
+    from infer.oof_cls import OOFClassifier
+
+    ck = {f: _checkpoint(tmp_path / f"f{f}") for f in (0, 1)}
+    full = _checkpoint(tmp_path / "full", "full")
+    ds = _Dataset(tmp_path, {"a.jpg": 0, "b.jpg": 1})
+    found = [("cls", 0, ck[0]), ("cls", 1, ck[1]), ("cls_full", 1, full)]
+    oof = OOFClassifier(ds, found)
+    n_cells = {"a.jpg": 2, "b.jpg": 1}
+    for tta in (True, False):
+        got = oof.probs(fused, tta, n_cells)
+        # image a (fold 0) by fold 0's crop model alone; image b (fold 1) by fold 1's crop and full models
+        want_a = blend.classifier_probs(
+            fused.iloc[:3], tmp_path, blend.load_members([(ck[0], None)]), tta, n_cells
+        )
+        want_b = blend.classifier_probs(
+            fused.iloc[3:], tmp_path, blend.load_members([(ck[1], None), (full, None)]), tta, n_cells
+        )
+        np.testing.assert_allclose(got.crop, np.concatenate([want_a.crop, want_b.crop]), atol=1e-6)
+        np.testing.assert_allclose(got.full[3], want_b.full[0], atol=1e-6)
+        assert np.isnan(got.full[:3]).all() and got.single.tolist() == [False, False, False, True]
+    assert oof.computed == 3 + 1  # two top crops of a, one of b, one whole image; each once for both TTAs
+    moved = fused.assign(x1=fused["x1"] + 0.3)  # the same integer crop windows
+    oof.probs(moved, True, n_cells)
+    assert oof.computed == 4 and oof.reused >= 6
 
 
 def test_det_probs_prefers_p_columns():

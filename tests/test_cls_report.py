@@ -40,7 +40,22 @@ def test_compare_detector_classifier_and_tuned_blend(tmp_path):
     written = cls_report.save(comp, tmp_path)
     assert [p.name for p in written if p.suffix == ".png"] == [
         "confusion_0_detector.png", "confusion_3_blend_w_0_75__tuned_here.png"]
-    assert "tuned blend weight: 0.75" in cls_report.render(comp)
+    assert "best blend weight on these images: 0.75" in cls_report.render(comp)
+    assert comp.tune.set_index("weight").loc[0.75, "score"] == pytest.approx(1.0)
+
+
+def test_a_fixed_blend_weight_is_not_chosen_on_the_scored_rows():
+    truth = pd.DataFrame({"NAME": ["a.jpg"], "x1": [10.0], "y1": [10.0], "x2": [50.0], "y2": [50.0],
+                          "class": ["EO"]})
+    sizes = pd.DataFrame({"NAME": ["a.jpg"], "width": [60], "height": [60]})
+    preds = predictions.make("a.jpg", [[10, 10, 50, 50]], [0.9], [PNN], 60, 60, "det", 0)
+    crop = np.zeros((1, 23))
+    crop[0, EO] = 1.0
+    comp = cls_report.compare(preds, truth, sizes, blend.ClassifierProbs(crop, None, np.array([True])), 0.3,
+                              tune=False)
+    assert comp.table["variant"].tolist() == ["detector", "classifier", "blend w=0.3 (fixed default)"]
+    assert comp.best_weight is None and comp.tune.empty
+    assert "the fixed default, not chosen on these images" in cls_report.render(comp)
 
 
 def test_bccd_upstream_split(bccd_dir):

@@ -1,18 +1,20 @@
-"""End-to-end smoke of make infer / submission / tune-ensemble on a tiny synthetic set with fake members."""
+"""make infer / submission / tune-ensemble / score end to end on a tiny synthetic set: fake detectors,
+real (tiny, untrained) crop classifiers; every check is an outcome recomputed another way."""
 from __future__ import annotations
 
-import dataclasses
+import json
+import logging
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from cytokit import classes, dataset, paths, predictions, tables
-from cytokit.metric import score
+from cytokit import classes, config, dataset, metric, paths, predictions, submission, tables
+from infer import blend, fuse, predict, tune
 from infer import ensemble as infer_main
-from infer import predict, tune
 from infer.config import load_config
+from train import checkpoint
 from train.base import Detections, Predictor
 
 pytestmark = pytest.mark.smoke
@@ -42,8 +44,10 @@ def tiny(tmp_path_factory):
     from prepare.synth import make as synth
 
     data = tmp_path_factory.mktemp("e2e") / "data"
-    assert synth.main(["--out", str(data), "--images", "24", "--seed", "3", "--test-fraction", "0.4"]) == 0
+    assert synth.main(["--out", str(data), "--images", "32", "--seed", "3", "--test-fraction", "0.4"]) == 0
     assert folds.main(["--data", str(data), "--k", "2", "--seed", "1"]) == 0
+    ds = dataset.resolve(data)
+    assert (ds.k, ds.seed) == (2, 1) and set(ds.images()["fold"]) == {0, 1}
     return data
 
 
@@ -65,91 +69,216 @@ def fake_members(monkeypatch, tiny, tmp_path):
     cfg_path.write_text(yaml.safe_dump({
         "members": [{"model": "fakea", "folds": [0, 1]}, {"model": "fakeb", "folds": [0, 1], "weight": 2.0}],
         "k": 2, "seed": 1, "tta": ["identity", "hflip"], "fusion": "auto", "viz_images": 4,
-        "tune": {"weights": [0.5, 1.0], "iou_thr": [0.5], "skip_box_thr": [0.001], "conf_type": ["avg"],
-                 "fusion": ["wbf", "agnostic"], "rounds": 1, "max_images": 0},
+        "tune": {"weights": [0.0, 0.5, 1.0], "iou_thr": [0.5], "skip_box_thr": [0.001], "conf_type": ["avg"],
+                 "fusion": ["wbf", "agnostic"], "rounds": 1, "max_images": 0, "cls_weight": [0.0, 0.45, 1.0]},
     }))
     return cfg_path, calls
 
 
-def test_infer_submission_and_tune(tiny, fake_members, tmp_path):
+@pytest.fixture
+def cls_folds(tiny):
+    """Untrained resnet10t crop classifiers saved as cls folds 0 and 1 of the prepared dataset."""
+    from train.cls import model as cls_model
+    from train.cls.adapter import ClassifierConfig
+
+    cfg = config.to_dict(config.from_dict(ClassifierConfig, {"backbone": "resnet10t", "imgsz": 32}))
+    out = []
+    for fold in (0, 1):
+        path = dataset.resolve(tiny).run_dir("cls", fold) / "best.pt"
+        checkpoint.save(path, cls_model.build_model("resnet10t"), cfg, 0, metric=0.0)
+        out.append(path)
+    yield out
+    for path in out:
+        path.unlink()
+
+
+def expected_submission(cfg, data, fusion, classifier=None):
+    """The submission recomputed from the member test tables: fuse, blend, write rows per test.csv row."""
+    cfg = config.from_dict(type(cfg), {**config.to_dict(cfg), "k": 2, "seed": 1})
+    ds = dataset.resolve(data)
+    tabs = [
+        predictions.read(ds.preds_dir(m.model, f) / "test.parquet")
+        for m in cfg.member_list()
+        for f in m.folds
+    ]
+    fused = fuse.fuse(pd.concat(tabs, ignore_index=True), cfg.fuse_params(fusion), progress=False)
+    test = tables.read(data / "test.csv", "test")
+    if classifier:
+        s = cfg.classifier_section()
+        fused = blend.apply_classifier(fused, data / "images", [(p, None) for p in classifier], s.weight,
+                                       tta=s.tta, n_cells=test.groupby("NAME").size().to_dict())
+    return submission.make_submission(
+        fused, test, submission.image_sizes(test["NAME"], data / "images", fused)
+    )
+
+
+def test_infer_submission_tune_and_score(tiny, fake_members, tmp_path, caplog, capsys):
     cfg_path, calls = fake_members
     cfg = load_config(cfg_path)
-    result = infer_main.run(cfg, tiny, submission=True, out_dir=tmp_path / "subs", progress=False)
+    with caplog.at_level(logging.WARNING):
+        result = infer_main.run(cfg, tiny, submission=True, out_dir=tmp_path / "subs", progress=False)
     assert sorted(calls) == [("fakea", 0), ("fakea", 1), ("fakeb", 0), ("fakeb", 1)]
+    # the classifier is on by default: no cls fold is trained, so one line says how, and classes stay
+    lines = [r.getMessage() for r in caplog.records if "classifier" in r.getMessage()]
+    assert len(lines) == 1 and "make train MODEL=cls FOLD=all" in lines[0] and "classifier: {}" in lines[0]
+    assert "\n" not in lines[0]
 
-    test = tables.read(tiny / "test.csv", "test")
-    t = predictions.read(dataset.resolve(tiny).preds_dir("fakea", 0) / "test.parquet")
-    assert set(t["view"]) == {"identity", "hflip"} and set(t["NAME"]) == set(test["NAME"])
-    oof = predictions.read(dataset.resolve(tiny).preds_dir("fakea", 1) / "oof_tta.parquet")
-    images = pd.read_csv(dataset.resolve(tiny).root / "images.csv")
-    val1 = set(images.loc[images["fold"] == 1, "NAME"])
-    assert set(oof["NAME"]) == val1
-
-    from submit.validate import validate_submission
-
-    # fusion auto = the mode with the better out-of-fold score (wbf on a tie)
-    oof_sets = tune.load_oof(cfg, tiny)
-    by_mode = {mode: tune.evaluate(oof_sets, cfg.fuse_params(mode)).total for mode in ("wbf", "agnostic")}
-    assert result.fusion == max(by_mode, key=by_mode.get)
-    assert [p for p in validate_submission(result.submission, tiny / "test.csv") if p.level == "error"] == []
     sub = pd.read_csv(result.submission)
-    assert sub["trustii_id"].tolist() == test["trustii_id"].tolist()
-    # the printed score is the score of the written file against test_labels.csv, 0.2 GIoU + 0.8 F1
+    want = expected_submission(cfg, tiny, result.fusion)
+    pd.testing.assert_frame_equal(sub, want, check_dtype=False)
     truth = tables.read(tiny / "test_labels.csv", "submission")
-    again = score(truth, tables.read(result.submission, "submission"))
-    assert result.score.total == pytest.approx(again.total)
-    assert result.score.total == pytest.approx(0.2 * again.giou_term + 0.8 * again.f1_term)
-    assert (result.submission.parent / (result.submission.stem + "_boxes.png")).exists()
-
-    # a second run reuses every member table: no predictor is loaded again
+    assert result.score.total == pytest.approx(metric.score(truth, want).total, abs=1e-12)
     infer_main.run(cfg, tiny, submission=False, progress=False)
-    assert len(calls) == 4
+    assert len(calls) == 4  # a second run reuses every member table
 
+    capsys.readouterr()
     out, table = tune.run(cfg, tiny, tmp_path / "tuned.yaml")
-    expected = ["fakea", "fakea (no TTA)", "fakeb", "fakeb (no TTA)", "ensemble (tuned)"]
-    assert table["member"].tolist() == expected
-    tuned = load_config(out)
-    members = tuned.member_list()
-    assert {m.weight for m in members} <= {0.5, 1.0, 2.0} and {m.model for m in members} <= {"fakea", "fakeb"}
-    # the written config reproduces the tuned row, which is no worse than the start (the config's wbf)
-    params = dataclasses.replace(tuned.fuse_params(), views=tuple(tuned.tta))
-    reproduced = tune.evaluate(tune.load_oof(tuned, tiny), params).total
-    tuned_row = table.loc[table["member"] == "ensemble (tuned)", "oof"].item()
-    assert reproduced == pytest.approx(tuned_row)
-    assert tuned_row >= tune.evaluate(oof_sets, cfg.fuse_params("wbf")).total - 1e-12
+    printed = capsys.readouterr().out
+    assert "config " in printed and "vs_ensemble" in printed
+    assert table["member"].tolist() == [
+        "fakea",
+        "fakea (no TTA)",
+        "fakeb",
+        "fakeb (no TTA)",
+        tune.ENSEMBLE_ROW,
+    ]
+    assert {"member", "oof", "giou_term", "f1_term", "vs_ensemble"} <= set(table.columns)
+    ens = table.set_index("member")["oof"]
+    assert (ens <= ens[tune.ENSEMBLE_ROW]).all()
+    # the tuned config, tuned again, starts where the first tuning ended and never goes below it
+    again = tune.tune(load_config(out), tiny)
+    assert again.ev.result(again.start).total == pytest.approx(ens[tune.ENSEMBLE_ROW], abs=1e-12)
+    assert again.ev.result(again.best).total >= ens[tune.ENSEMBLE_ROW]
+
+    # make score scores the table's OOF predictions again: the same numbers
+    from submit import oof
+
+    assert oof.main(["--data", str(tiny), "--json", str(tmp_path / "score.json")]) == 0
+    scored = pd.DataFrame(json.loads((tmp_path / "score.json").read_text())["ensemble"])
+    assert scored["member"].tolist() == table["member"].tolist()
+    np.testing.assert_allclose(scored["oof"], table["oof"], atol=1e-12)
+    assert scored["vs_ensemble"].iloc[-1] == "" and scored["vs_ensemble"].iloc[0].startswith(("+", "-"))
 
 
-def test_classifier_hook_is_called(tiny, fake_members, tmp_path, monkeypatch):
+def test_trained_classifier_folds_are_blended_into_the_submission(tiny, fake_members, cls_folds, tmp_path,
+                                                                 caplog):
     cfg_path, _ = fake_members
-    seen = {}
-
-    def apply_classifier(preds, images_dir, members, weight, device="cpu", tta=True, **kwargs):
-        seen.update(members=members, weight=weight, n_cells=kwargs.get("n_cells"))
-        out = preds.copy()
-        out["class"] = "LY"
-        out[list(classes.PROB_COLUMNS)] = np.eye(classes.NUM_CLASSES)[classes.CLASS_TO_ID["LY"]]
-        return out
-
-    import infer.blend
-
-    monkeypatch.setattr(infer.blend, "apply_classifier", apply_classifier)
-    cfg = load_config(cfg_path, {"classifier": {"members": [{"weights": "cls.pt"}], "weight": 0.3},
-                                 "fusion": "wbf", "viz_images": 0})
-    result = infer_main.run(cfg, tiny, submission=True, out_dir=tmp_path / "subs", progress=False)
-    assert seen["weight"] == 0.3 and [str(w) for w, _ in seen["members"]] == ["cls.pt"]
-    assert set(seen["n_cells"]) == set(tables.read(tiny / "test.csv", "test")["NAME"])
-    assert set(pd.read_csv(result.submission)["class"]) == {"LY"}
+    cfg = load_config(cfg_path, {"fusion": "wbf", "viz_images": 0,
+                                 "classifier": {"members": [{"model": "cls"}], "weight": 1.0, "tta": False}})
+    with caplog.at_level(logging.WARNING):
+        result = infer_main.run(cfg, tiny, submission=True, out_dir=tmp_path / "subs", progress=False)
+    assert not [r for r in caplog.records if "classifier" in r.getMessage()]
+    sub = pd.read_csv(result.submission)
+    pd.testing.assert_frame_equal(sub, expected_submission(cfg, tiny, "wbf", cls_folds), check_dtype=False)
+    detectors_only = expected_submission(cfg, tiny, "wbf")
+    assert (sub["class"] != detectors_only["class"]).any()  # the classifier did change classes
+    off = infer_main.run(load_config(cfg_path, {"fusion": "wbf", "viz_images": 0, "classifier": {}}), tiny,
+                         submission=True, out_dir=tmp_path / "off", progress=False)
+    pd.testing.assert_frame_equal(pd.read_csv(off.submission), detectors_only, check_dtype=False)
 
 
-def test_default_config_loads_and_has_no_classifier():
+def test_tuner_scores_a_config_as_the_submission_it_implies(tiny, fake_members, cls_folds, tmp_path):
+    """The tuner's number for a config with the real classifier folds == fusing, blending with the fold
+    that did not see each image, writing the rows and scoring, done by hand."""
+    from infer.oof_eval import config_settings
+
+    cfg_path, _ = fake_members
+    cfg = load_config(cfg_path, {"fusion": "agnostic", "classifier": {"weight": 0.7, "tta": True}})
+    infer_main.run(cfg, tiny, progress=False)
+    t = tune.tune(cfg, tiny)
+    s = config_settings(cfg, ["hflip", "identity"], classifier=True)[0]
+    assert t.ev.classifier is not None and t.ev.result(s).total == t.ev.result(t.start).total
+
+    ds = dataset.resolve(tiny)
+    parts, truth, sizes = [], [], []
+    for fold in (0, 1):
+        fd = ds.fold(fold)
+        oofs = [predictions.read(ds.preds_dir(m, fold) / "oof_tta.parquet") for m in ("fakea", "fakeb")]
+        fused = fuse.fuse(pd.concat(oofs, ignore_index=True), cfg.fuse_params("agnostic"), oof=True,
+                          progress=False)
+        fused = blend.apply_classifier(fused, fd.images_dir, [(cls_folds[fold], None)], 0.7, tta=True,
+                                       n_cells=fd.val_boxes.groupby("NAME").size().to_dict())
+        parts.append(fused), truth.append(fd.val_boxes), sizes.append(fd.val_images)
+    by_hand = submission.oof_score(pd.concat(parts), pd.concat(truth), pd.concat(sizes))
+    assert t.ev.result(s).total == pytest.approx(by_hand.total, abs=1e-9)
+    assert t.ev.result(t.best).total >= by_hand.total
+
+
+class PerfectClassifier:
+    """Stands in for the OOF classifier: each box gets the class of the GT box it overlaps most."""
+
+    models = ("cls",)
+    computed = reused = 0
+
+    def __init__(self, boxes: pd.DataFrame):
+        self.boxes = boxes
+
+    def mode(self, model):
+        return "crop"
+
+    def probs(self, table, tta, n_cells):
+        from cytokit import boxes as bx
+
+        codes = []
+        for row in table.itertuples():
+            t = self.boxes[self.boxes["NAME"] == row.NAME]
+            box = np.array([[row.x1, row.y1, row.x2, row.y2]])
+            iou = bx.iou_matrix(box, t[["x1", "y1", "x2", "y2"]].to_numpy())
+            codes.append(classes.CLASS_TO_ID[t["class"].iloc[int(iou.argmax())]])
+        return blend.ClassifierProbs(np.eye(classes.NUM_CLASSES)[codes], None, np.zeros(len(table), bool))
+
+
+def test_tune_sets_the_classifier_blend_weight(tiny, fake_members, tmp_path, monkeypatch):
+    cfg_path, _ = fake_members
+    section = {"members": [{"model": "cls"}], "weight": 0.3}
+    cfg = load_config(cfg_path, {"classifier": section, "fusion": "wbf"})
+    infer_main.run(cfg, tiny, progress=False)
+    boxes = pd.read_csv(dataset.resolve(tiny).root / "boxes.csv")
+    monkeypatch.setattr(tune, "classifier_for", lambda cfg, ds: PerfectClassifier(boxes))
+    out, table = tune.run(cfg, tiny, tmp_path / "tuned.yaml")
+    weight = load_config(out).classifier["weight"]
+    # the detectors say PNN 0.7 / LY 0.3 on every cell: a true class c other than those wins the blend
+    # w * onehot(c) + (1 - w) * det once w > 0.7 * (1 - w), i.e. w > 0.41: 0.3 keeps the detectors' classes
+    assert weight in (0.45, 1.0)
+    scores = table.set_index("member")["oof"]
+    assert scores[tune.ENSEMBLE_ROW] > scores["ensemble (no cls)"]
+    assert scores["fakea + cls"] > scores["fakea"] and "fakeb (no TTA) + cls" in scores.index
+
+
+def test_default_config_has_the_classifier_on():
     cfg = load_config(paths.CONFIGS / "ensemble.yaml")
-    assert cfg.classifier_section() is None
-    # k unset: the prepared dataset's; members' folds [] = all of them; weights unset = the run's best.pt
-    assert cfg.k is None and cfg.seed is None
-    assert [(m.model, m.folds, m.weight, m.weights) for m in cfg.member_list()] == [("yolov8", [], 1.0, None)]
-    bound = dataclasses.replace(cfg, k=3, seed=7)
-    assert [m.folds for m in bound.member_list()] == [[0, 1, 2]]
-    assert (cfg.fusion, cfg.tta, cfg.iou_thr) == ("auto", ["identity", "hflip"], 0.55)
+    section = cfg.classifier_section()
+    assert [m.model for m in section.members] == ["cls"] and section.members[0].weights is None
+    assert 0 < section.weight < 1 and section.tta
+    assert load_config(paths.CONFIGS / "ensemble.yaml", ["classifier={}"]).classifier_section() is None
+    assert [m.model for m in cfg.member_list()] and cfg.fusion in ("wbf", "agnostic", "auto")
+
+
+def test_classifier_member_weights_template(tiny, tmp_path):
+    from infer.config import classifier_weights
+
+    for fold in (0, 1):
+        (tmp_path / f"c{fold}.pt").write_bytes(b"x")
+    cfg = load_config(
+        paths.CONFIGS / "ensemble.yaml",
+        {
+            "classifier": {
+                "members": [
+                    {"model": "cls", "weights": str(tmp_path / "c{fold}.pt")},
+                    {"model": "cls_full", "folds": [1]},
+                ]
+            }
+        },
+    )
+    found, missing = classifier_weights(cfg.classifier_section(), dataset.resolve(tiny))
+    assert found == [("cls", 0, tmp_path / "c0.pt"), ("cls", 1, tmp_path / "c1.pt")]
+    assert missing == [dataset.resolve(tiny).run_dir("cls_full", 1) / "best.pt"]
+    with pytest.raises(config.ConfigError, match="classifier.members\\[0\\].*valid keys"):
+        old = {"classifier": {"members": [{"weights": "x", "config": 1}]}}
+        load_config(paths.CONFIGS / "ensemble.yaml", old)
+    old_style = {"members": [{"weights": "runs/cls/fold0/best.pt"}, {"weights": "runs/cls/fold1/best.pt"}]}
+    with pytest.raises(config.ConfigError, match="listed twice.*fold{fold}"):
+        load_config(paths.CONFIGS / "ensemble.yaml", {"classifier": old_style})
 
 
 def test_missing_weights_is_a_clear_error(tiny, tmp_path):
@@ -157,26 +286,3 @@ def test_missing_weights_is_a_clear_error(tiny, tmp_path):
     cfg_path.write_text(yaml.safe_dump({"members": [{"model": "nothere", "folds": [0]}], "k": 2, "seed": 1}))
     with pytest.raises(FileNotFoundError, match="nothere.*fold0.*best.pt|best.pt"):
         infer_main.run(load_config(cfg_path), tiny, progress=False)
-
-
-def test_tune_sets_the_classifier_blend_weight(tiny, fake_members, tmp_path, monkeypatch):
-    import infer.blend
-
-    cfg_path, _ = fake_members
-    cfg = load_config(cfg_path, {"classifier": {"members": [{"weights": "cls.pt"}], "weight": 0.5},
-                                 "fusion": "wbf"})
-    infer_main.run(cfg, tiny, progress=False)
-    boxes = pd.read_csv(dataset.resolve(tiny).root / "boxes.csv")
-
-    def perfect_classifier(preds, ds, **kwargs):
-        # the true class of each row's image (one cell per image here): a classifier that is always right
-        truth = boxes.drop_duplicates("NAME").set_index("NAME")["class"].map(classes.CLASS_TO_ID)
-        crop = np.eye(classes.NUM_CLASSES)[truth.reindex(preds["NAME"]).to_numpy(dtype=np.int64)]
-        return infer.blend.ClassifierProbs(crop, None, np.zeros(len(preds), bool))
-
-    monkeypatch.setattr(infer.blend, "oof_classifier_probs", perfect_classifier)
-    out, _ = tune.run(cfg, tiny, tmp_path / "tuned.yaml")
-    weight = load_config(out).classifier["weight"]
-    # the detector says PNN 0.7 / LY 0.3 on every cell: a true class c other than those wins the blend
-    # w * onehot(c) + (1 - w) * det once w > 0.7 * (1 - w), i.e. w > 0.41; the grid's first such w is 0.45
-    assert weight == 0.45

@@ -58,3 +58,9 @@ class Adapter(abc.ABC):
     def pretrained_key(self, cfg: Any) -> str:
         """``<kind>:<architecture>`` of ``cfg``'s model in ``train.weights.catalog`` ("" = none)."""
         return ""
+
+    def oof_predictions(self, predictor: Predictor, cfg: Any, fold_data: Any) -> Any:
+        """The fold's out-of-fold prediction table, or None: every validation image through
+        ``predictor.predict`` (``train.oof.predict_fold``). A second-stage model overrides it to
+        return another model's boxes with its own classes."""
+        return None

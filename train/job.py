@@ -83,7 +83,9 @@ def run_fold(name: str, adapter: Any, cfg: Any, fold_data: Any, resume: bool, fo
         runs.mark_trained(run_dir)
     best = run_dir / "best.pt"
     predictor = adapter.load(best, cfg, device=cfg.device)
-    preds = oof.predict_fold(predictor, fold_data, name, cfg.conf)
+    preds = adapter.oof_predictions(predictor, cfg, fold_data)
+    if preds is None:
+        preds = oof.predict_fold(predictor, fold_data, name, cfg.conf)
     path = oof.write_oof(preds, fold_data, name)
     scores = oof.evaluate(preds, fold_data)
     record = {"model": name, "fold": fold, "best": str(best), "oof": str(path), "n_predictions": len(preds),

@@ -123,8 +123,10 @@ def _classifier_probs(src: Source, table: pd.DataFrame, n_cells: dict, tta: bool
     if path.is_file():
         crop = np.load(path)
     else:
-        crop = blend.oof_classifier_probs(table, src.ds, CLASSIFIERS, tta=tta,
-                                          n_cells=n_cells).crop
+        from infer.oof_cls import OOFClassifier
+
+        found = [(m, f, w) for (m, f), w in zip([(m, f) for m in CLASSIFIERS for f in range(src.k)], weights)]
+        crop = OOFClassifier(src.ds, found).probs(table, tta, n_cells).crop
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, crop)
     return blend.ClassifierProbs(crop, None, np.zeros(len(table), bool))
@@ -172,8 +174,8 @@ def build(src: Source, cfg, classifier: bool = True, n_boot: int = 1000) -> OOFT
         from infer import blend
 
         section = cfg.classifier_section()
-        weight = float(section["weight"]) if section else 0.5
-        cls_tta = bool(section["tta"]) if section else True
+        weight = float(section.weight) if section else 0.5
+        cls_tta = bool(section.tta) if section else True
         n_cells = boxes.groupby("NAME").size().to_dict()
         for base in bases.values():
             probs = _classifier_probs(src, base.table, n_cells, cls_tta)

@@ -323,6 +323,12 @@ class ClassifierAdapter(Adapter):
         model.load_state_dict(ckpt["model"])
         return ClassifierPredictor(model, saved, cls_model.resolve_device(device))
 
+    def oof_predictions(self, predictor: ClassifierPredictor, cfg: ClassifierConfig, fold_data: Any):
+        """``val_detector``'s out-of-fold boxes with this classifier's classes (``train.cls.oof``)."""
+        from train.cls import oof
+
+        return oof.oof_table(predictor, cfg, fold_data, self.name)
+
 
 class FullImageAdapter(ClassifierAdapter):
     """Registry adapter ``cls_full``: the same classifier, ``mode: full`` by default
