@@ -129,7 +129,8 @@ class TvPredictor(Predictor):
     def __init__(self, model, cfg: TvConfig, device: str, label_offset: int):
         import torch
 
-        self.model, self.device, self.offset = model.to(device).eval(), torch.device(device), label_offset
+        self.model = model.to(device).eval()
+        self.device, self.offset = torch.device(device), label_offset
         self.batch = max(1, int(cfg.predict_batch))
 
     def _set_conf(self, conf: float) -> None:
@@ -141,7 +142,7 @@ class TvPredictor(Predictor):
 
         self._set_conf(conf)
         out: list[Detections] = []
-        with torch.no_grad():
+        with torch.inference_mode():
             for start in range(0, len(images), self.batch):
                 part = [torch.from_numpy(np.require(im, np.uint8, ["C", "W"])).to(self.device)
                         .permute(2, 0, 1).float().div_(255.0) for im in images[start:start + self.batch]]

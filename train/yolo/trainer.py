@@ -75,7 +75,7 @@ class EpochEnd:
         if self.cfg.select == "fitness":
             score = row["ul_fitness"]
         elif scored:
-            predictor = UltraPredictor(trainer.ema.ema, self.cfg, str(trainer.device))
+            predictor = UltraPredictor(trainer.ema.ema, self.cfg, str(trainer.device), frozen=False)
             preds = oof.predict_fold(predictor, self.fold_data, self.model_name, self.cfg.conf,
                                      progress=False)
             row.update(oof.evaluate(preds, self.fold_data))
