@@ -52,5 +52,14 @@ def restore(path: Path, what: str, model: torch.nn.Module, optimizer: Any, sched
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
-    scaler.load_state_dict(ckpt["scaler"])
+    load_scaler(scaler, ckpt.get("scaler"), path)
     return int(ckpt["epoch"]) + 1, float(ckpt["best"])
+
+
+def load_scaler(scaler: Any, state: dict | None, source: Path | str = "") -> None:
+    """Restore a ``GradScaler``'s state, unless it is empty: a run saved with AMP off (on a CPU, or
+    ``amp=false``) holds ``{}``, which an enabled scaler refuses; it then starts afresh."""
+    if state:
+        scaler.load_state_dict(state)
+    elif scaler.is_enabled():
+        log.info("%s: saved without mixed precision; the AMP loss scale starts afresh", source)

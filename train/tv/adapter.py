@@ -48,6 +48,7 @@ class TvConfig:
     min_lr_ratio: float = 0.01
     clip_grad: float = 10.0
     amp: bool = True
+    sync_bn: bool = False
     augment: str = "default"
     balanced: bool = False
     val_every: int = 1
@@ -182,6 +183,9 @@ class TvAdapter(Adapter):
         model = self.build(cfg)
         if cfg.weights and not resume:
             load_matching(model, read_state_dict(cfg.weights), Path(cfg.weights), strict=False)
+        if cfg.sync_bn and dist.world_size() > 1 and device.startswith("cuda"):
+            # built without weights, the backbones train ordinary BatchNorm: per-GPU batches are small
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         dataset = CocoDetection(fold_data.coco_train, fold_data.export_images_dir, self.label_offset,
                                 cfg.augment)
 

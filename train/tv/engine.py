@@ -25,7 +25,7 @@ from tqdm import tqdm
 from cytokit import classes
 from cytokit.config import to_dict
 from cytokit.io import atomic_write
-from train import dist, runs
+from train import checkpoint, dist, runs
 from train.tv.data import collate
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def fit(model: torch.nn.Module, cfg: Any, dataset, run_dir: Path, device: str, a
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        checkpoint.load_scaler(scaler, ckpt.get("scaler"), run_dir / "last.pt")
         start, best = int(ckpt["epoch"]), float(ckpt["best"])
         log.info("resuming %s at epoch %d of %d (best challenge so far %.4f)", run_dir, start + 1,
                  cfg.epochs, best)
