@@ -131,7 +131,8 @@ def run(shared: Path | None) -> list[str]:
                     t = interleaved(yolo_sides(weights, imgsz, images), N_IMAGES)
                     lines.append(_line(f"{label} {imgsz} px", t, "ultralytics"))
             sides, size = tv_sides(images, folder)
-            lines.append(_line(f"Faster R-CNN MobileNetV3 {size} px", interleaved(sides, N_IMAGES), "torchvision"))
+            t = interleaved(sides, N_IMAGES)
+            lines.append(_line(f"Faster R-CNN MobileNetV3 {size} px", t, "torchvision"))
     finally:
         torch.set_num_threads(threads)
     return lines

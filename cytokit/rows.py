@@ -134,9 +134,9 @@ def chunked(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-def predict_table(predictor: Any, images: Iterable[tuple[str, np.ndarray]], views: Sequence[Any] = (IDENTITY,),
-                  model: str = "", fold: int = 0, conf: float = 0.001, max_det: int = 0,
-                  batch: int = 8) -> pd.DataFrame:
+def predict_table(predictor: Any, images: Iterable[tuple[str, np.ndarray]],
+                  views: Sequence[Any] = (IDENTITY,), model: str = "", fold: int = 0, conf: float = 0.001,
+                  max_det: int = 0, batch: int = 8) -> pd.DataFrame:
     """Predict ``(name, RGB array)`` pairs with every view; the prediction table in original pixels.
 
     Each chunk of ``batch`` images goes to ``predictor.predict`` once with all its

@@ -23,8 +23,8 @@ def torchrun(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
 
     def launch(local_rank: int, per_node: int):
-        for key, value in (("WORLD_SIZE", per_node), ("LOCAL_WORLD_SIZE", per_node), ("LOCAL_RANK", local_rank),
-                           ("RANK", local_rank)):
+        for key, value in (("WORLD_SIZE", per_node), ("LOCAL_WORLD_SIZE", per_node),
+                           ("LOCAL_RANK", local_rank), ("RANK", local_rank)):
             monkeypatch.setenv(key, str(value))
     return launch
 
@@ -116,7 +116,9 @@ def test_dataloader_workers_and_epochs_draw_different_augmentations(tmp_path):
 def test_tv_dataset_reseeds_its_pipeline_per_worker():
     from train.tv import data as tv_data
 
-    assert "reseed_augment(self.transform" in __import__("inspect").getsource(tv_data.CocoDetection.__getitem__)
+    import inspect
+
+    assert "reseed_augment(self.transform" in inspect.getsource(tv_data.CocoDetection.__getitem__)
 
 
 def test_medsam_refiner_loads_once_per_process(tmp_path, monkeypatch):
@@ -125,7 +127,8 @@ def test_medsam_refiner_loads_once_per_process(tmp_path, monkeypatch):
     ckpt = tmp_path / "medsam.pth"
     ckpt.write_bytes(b"x")
     loads = []
-    monkeypatch.setattr(medsam.MedSam, "from_checkpoint", classmethod(lambda cls, *a, **k: loads.append(a) or "sam"))
+    fake = classmethod(lambda cls, *a, **k: loads.append(a) or "sam")
+    monkeypatch.setattr(medsam.MedSam, "from_checkpoint", fake)
     monkeypatch.setattr(post, "_REFINERS", {})
     cfg = types.SimpleNamespace(refine_ckpt=str(ckpt), refine_arch="vit_b", refine_preprocess="medsam")
     for _ in range(3):  # one predictor per validation epoch
@@ -134,14 +137,16 @@ def test_medsam_refiner_loads_once_per_process(tmp_path, monkeypatch):
 
 
 def _python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], cwd=paths.ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", code], cwd=paths.ROOT, capture_output=True, text=True,
+                          timeout=300)
 
 
 def test_kit_trainer_configures_logging_in_a_fresh_ddp_worker():
     out = _python("from cytokit import env; env.apply()\n"
                   "import logging\n"
                   "from train.yolo import trainer\n"
-                  "try:\n    trainer.KitTrainer(overrides={'data': 'missing.yaml'})\nexcept Exception:\n    pass\n"
+                  "try:\n    trainer.KitTrainer(overrides={'data': 'missing.yaml'})\n"
+                  "except Exception:\n    pass\n"
                   "logging.getLogger('train.yolo.trainer').info('epoch 3: challenge 0.5')\n")
     assert "epoch 3: challenge 0.5" in out.stderr, out.stderr[-2000:]
 
@@ -169,4 +174,5 @@ def test_ultralytics_ddp_state_round_trips_with_cloudpickle(tmp_path):
                   "cb = s['callbacks']['on_model_save'][-1]\n"
                   "print(s['trainer'].__module__, s['trainer'].__name__, type(cb).__name__, cb.model_name,\n"
                   "      s['model'].yaml['nc'], s['args']['imgsz'])\n")
-    assert out.stdout.split() == ["train.yolo.trainer", "KitTrainer", "EpochEnd", "yolov8", "23", "64"], out.stderr
+    expected = ["train.yolo.trainer", "KitTrainer", "EpochEnd", "yolov8", "23", "64"]
+    assert out.stdout.split() == expected, out.stderr

@@ -52,9 +52,10 @@ def resolve_device(spec: str | int | None) -> str:
     if launched:
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
         if not default and len(ids) != per_node:
-            raise ConfigError(f"device={spec}: {per_node} processes per node under torchrun but {len(ids)} GPU "
-                              f"id(s); give one id per process (e.g. device={','.join(map(str, range(per_node)))})"
-                              " or leave device empty")
+            example = ",".join(map(str, range(per_node)))
+            raise ConfigError(f"device={spec}: {per_node} processes per node under torchrun but {len(ids)} "
+                              f"GPU id(s); give one id per process (e.g. device={example}) or leave device "
+                              "empty")
     if text in ("", "auto"):
         if not torch.cuda.is_available():
             return "cpu"
