@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from cytokit import paths, rows
 from cytokit import config as kit_config
+from cytokit import paths, rows
 from cytokit.images import load_rgb
 from infer.tta import View
 
@@ -91,19 +91,37 @@ def member_weights(model: str, fold: int, template: str | None = None) -> Path:
     return paths.run_dir(model, fold) / "best.pt"
 
 
+def member_config(model: str, weights: Path, overrides: Sequence[str] = ()) -> Any:
+    """The model config of a member: its run's resolved ``config.yaml`` beside the weights, else
+    ``configs/<model>.yaml``; then ``overrides``."""
+    from train import registry
+
+    run_config = Path(weights).parent / "config.yaml"
+    if run_config.exists():
+        return kit_config.load(registry.get(model).config_cls, run_config, list(overrides))
+    return registry.load_config(model, list(overrides))
+
+
 def load_member(model: str, fold: int, weights: Path, device: str = "cpu",
-                overrides: Sequence[str] = ()) -> Any:
-    """The ``Predictor`` of one member through the model registry."""
+                overrides: Sequence[str] = (), backend: str = "torch") -> Any:
+    """The ``Predictor`` of one member through the model registry; ``backend`` (``infer.backends``:
+    torch, onnx, openvino or auto) picks what runs an exported YOLO member's network on the CPU."""
     from train import registry
 
     weights = Path(weights)
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: weights of {model} fold {fold} not found; train it first "
                                 f"(make train MODEL={model} FOLD={fold}) or set the member's weights path")
-    adapter_cls = registry.get(model)
-    run_config = weights.parent / "config.yaml"
-    if run_config.exists():
-        cfg = kit_config.load(adapter_cls.config_cls, run_config, list(overrides))
-    else:
-        cfg = registry.load_config(model, list(overrides))
-    return adapter_cls().load(weights, cfg, device)
+    cfg = member_config(model, weights, overrides)
+    if backend != "torch" and model in ("yolov5", "yolov8", "yolo11"):
+        import torch
+
+        from infer import backends
+        from train.yolo.predict import UltraPredictor
+
+        chosen = backends.choose(weights, backend, device, int(cfg.imgsz))
+        if chosen != "torch":
+            log.info("%s fold%d: %s backend", model, fold, chosen)
+            run = backends.runner(chosen, weights, torch.get_num_threads())
+            return UltraPredictor(None, cfg, "cpu", runner=run)
+    return registry.get(model)().load(weights, cfg, device)
