@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 N_IMAGES = 30
-ROUNDS = 3
+ROUNDS = 5
 TARGET = 1.05  # kit / plain library, per image
 
 
