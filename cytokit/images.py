@@ -20,7 +20,9 @@ def read_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return int(im.width), int(im.height)
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, ImportError) as exc:
+        # ImportError: once ultralytics is imported, PIL's open tries the (absent) pi-heif plugin on
+        # files it cannot identify
         raise ValueError(f"{path}: not a readable image ({exc})") from None
 
 
@@ -47,6 +49,6 @@ def load_rgb(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             rgb = im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, ImportError) as exc:  # ImportError: see read_size
         raise ValueError(f"{path}: cannot decode image ({exc})") from None
     return np.asarray(rgb)

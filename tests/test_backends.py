@@ -151,3 +151,17 @@ def test_make_export_cli_on_a_config(yolo, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "yolov8 fold0" in out and "differences to torch" in out
     assert "fasterrcnn fold0: stays on torch" in out
+
+
+def test_unreadable_image_after_ultralytics_is_imported(tmp_path):
+    """ultralytics patches PIL's open to try the pi-heif plugin (not installed) on unknown files."""
+    import ultralytics.utils.patches  # noqa: F401
+
+    from cytokit import images
+
+    bad = tmp_path / "x.jpg"
+    bad.write_bytes(b"this is not an image")
+    with pytest.raises(ValueError, match="not a readable image"):
+        images.read_size(bad)
+    with pytest.raises(ValueError, match="cannot decode image"):
+        images.load_rgb(bad)
