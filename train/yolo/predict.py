@@ -95,9 +95,12 @@ class UltraPredictor(Predictor):
         if model is not None:
             self.model = model.to(device).eval()
         if model is not None and frozen:
-            # As ultralytics' AutoBackend: no autograd state, channels-last convolutions (oneDNN) on x86
-            # CPUs. Not for a model that is still training (frozen=False: the EMA scored each epoch).
+            # As ultralytics' loader and AutoBackend: no autograd state, in-place activations, channels-last
+            # convolutions (oneDNN) on x86 CPUs. Not for a model still training (frozen=False: the EMA).
             self.model.requires_grad_(False)
+            for m in self.model.modules():
+                if hasattr(m, "inplace"):
+                    m.inplace = True
             if self.device.type == "cpu" and channels_last_helps():
                 self.model.to(memory_format=torch.channels_last)
         self.runner = runner
