@@ -182,13 +182,13 @@ def throughput(device: str, batch: int, n: int, folder: Path) -> list[str]:
     for model in ("yolov5", "yolov8", "yolo11", "fasterrcnn_mobilenet", "fasterrcnn", "retinanet"):
         p = predict.load_member(model, 0, random_weights(model, folder), device, [f"predict_batch={batch}"])
         p.predict(images[:batch])
-        out.append(f"{model} {_rate(lambda: p.predict(images), n, device):.0f} img/s")
+        out.append(f"{model} {_rate(lambda: p.predict(images), n, device):.3g} img/s")
     from train.cls import model as cls_model
     from train.cls.adapter import ClassifierConfig, ClassifierPredictor
 
     cls = ClassifierPredictor(cls_model.build_model("efficientnet_b0"), ClassifierConfig(batch=batch), device)
     crops = np.stack([im[:224, :224] for im in images])
-    out.append(f"cls efficientnet_b0 x3 views {_rate(lambda: cls.classify(crops), n, device):.0f} crops/s")
+    out.append(f"cls efficientnet_b0 x3 views {_rate(lambda: cls.classify(crops), n, device):.3g} crops/s")
     return out
 
 
@@ -281,4 +281,5 @@ def medsam(device: str, runs: int = 5) -> str:
         start = time.perf_counter()
         model.segment([image], box)
         times.append(1000 * (time.perf_counter() - start))
-    return f"{np.median(times):.0f} ms per image (embedding + 1 box, fp16 autocast on CUDA), median of {runs}"
+    precision = "fp16 autocast" if device.startswith("cuda") else "fp32"
+    return f"{np.median(times):.0f} ms per image (embedding + 1 box, {precision}), median of {runs}"

@@ -49,7 +49,7 @@ def test_reduced_run_on_the_cpu(tmp_path, capsys):
                  "AMP unet", "AMP classifier", "default ensemble + TTA + classifier latency",
                  "batch-2 throughput", "MedSAM ViT-B embedding"):
         assert rows[step]["status"] == "ok", rows[step]
-    assert "weights change" in rows["AMP yolov8"]["result"] and "AMP off (CPU)" in rows["AMP unet"]["result"]
+    assert "weight change" in rows["AMP yolov8"]["result"] and "AMP off (CPU)" in rows["AMP unet"]["result"]
     for step in ("train yolov8, 1 epoch", "DDP ultralytics yolov8 device=0,1", "TensorRT fp16 YOLOv8n"):
         assert rows[step]["status"] == "skipped" and "needs CUDA" in rows[step]["result"]
     assert "no CUDA device: the reduced CPU version" in capsys.readouterr().out
