@@ -194,8 +194,9 @@ def line(what: str, rec: dict) -> str:
     """One printed line of an export record."""
     ms = ", ".join(f"{b} {rec['ms'][b]:.1f}" for b in backends.BACKENDS if b in rec["ms"])
     fastest = min(rec["ms"], key=rec["ms"].get)
-    diffs = "; ".join(f"{b}: box {rec[f'{b}_diff']['box']:.1e} px, score {rec[f'{b}_diff']['score']:.1e}"
-                      for b in ("onnx", "openvino"))
+    box = rec.get("kind") != "classifier"  # a classifier has probabilities only
+    diffs = "; ".join(f"{b}: " + (f"box {rec[f'{b}_diff']['box']:.1e} px, " if box else "")
+                      + f"score {rec[f'{b}_diff']['score']:.1e}" for b in ("onnx", "openvino"))
     return (f"{what}: ms per call ({rec['threads']} threads) {ms} -> {fastest}; differences to torch {diffs} "
             f"(tolerances {BOX_TOL} px, {SCORE_TOL})")
 
