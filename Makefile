@@ -28,7 +28,7 @@ FOLD_OPTS = $(call opt,BALANCE,--balance) $(if $(REPAIR),--repair) $(if $(FORCE)
 TRAIN_ARGS = $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(IMGSZ),imgsz=$(IMGSZ)) $(if $(BATCH),batch=$(BATCH)) \
 	$(if $(DEVICE),device=$(DEVICE)) $(if $(WEIGHTS),pretrained=$(WEIGHTS)) $(if $(RESUME),--resume) $(if $(FORCE),--force) $(ARGS)
 
-.PHONY: help setup lint test-unit test test-all bench demo-data demo weights folds masks train infer submission score tune-ensemble cls-report report validate clean
+.PHONY: help setup lint test-unit test test-all bench export gpu-check demo-data demo weights folds masks train infer submission score tune-ensemble cls-report report validate clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -56,6 +56,12 @@ test-all: $(STAMP) ## run every test, slow ones included (GPU tests skip without
 
 bench: $(STAMP) ## speed benchmarks on the real annotation files, printed side by side
 	$(PY) -m bench
+
+export: $(STAMP) ## ONNX + OpenVINO copies of ENSEMBLE's YOLO members and classifiers, checked against torch, timed
+	$(PY) -m infer.export --config $(ENSEMBLE) --data $(DATA) --images $(DATA)/images $(DS_KEYS)
+
+gpu-check: $(STAMP) ## on a CUDA machine: AMP steps, DDP, latency, throughput, TensorRT, MedSAM (<= 8 min; reduced on CPU)
+	$(PY) -m bench.gpu_check
 
 demo-data: $(STAMP) ## generate the synthetic smear data set in DEMO (data/demo)
 	$(PY) -m prepare.synth --out $(DEMO) --images $(IMAGES) --seed $(or $(SEED),42)

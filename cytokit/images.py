@@ -67,6 +67,10 @@ def read_size(path: Path) -> tuple[int, int]:
         raise ImageError(path, "image not found") from None
     except Image.DecompressionBombError as exc:
         raise ImageError(path, f"not a usable image: {_bomb(exc)}") from None
+    except ImportError:
+        # once ultralytics is imported, PIL's open tries the (absent) pi-heif plugin on files it
+        # cannot identify
+        raise ImageError(path, "not a readable image (cannot identify image file)") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise ImageError(path, f"not a readable image ({exc})") from None
 
@@ -107,6 +111,8 @@ def load_rgb(path: Path) -> np.ndarray:
         raise ImageError(path, "image not found") from None
     except Image.DecompressionBombError as exc:
         raise ImageError(path, f"cannot decode image: {_bomb(exc)}") from None
+    except ImportError:  # see read_size
+        raise ImageError(path, "cannot decode image (cannot identify image file)") from None
     except UnidentifiedImageError as exc:
         raise ImageError(path, f"cannot decode image ({exc})") from None
     except OSError as exc:

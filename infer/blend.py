@@ -77,11 +77,24 @@ class ClassifierProbs:
     single: np.ndarray  # (N,) bool: the row's image holds one cell
 
 
-def load_members(members: Sequence[tuple[Path, Any]], device: str = "cpu") -> list:
-    """``ClassifierPredictor`` of each (weights, config) member (config: None, a dict or a YAML path)."""
+def load_members(members: Sequence[tuple[Path, Any]], device: str = "cpu", backend: str = "torch") -> list:
+    """``ClassifierPredictor`` of each (weights, config) member (config: None, a dict or a YAML path);
+    ``backend`` (``infer.backends``) may run an exported member's network on the CPU."""
     from train.cls.adapter import ClassifierAdapter
 
-    return [ClassifierAdapter().load(Path(w), c, device) for w, c in members]
+    out = []
+    for w, c in members:
+        p = ClassifierAdapter().load(Path(w), c, device)
+        if backend != "torch":
+            import torch
+
+            from infer import backends
+
+            chosen = backends.choose(Path(w), backend, device, int(p.cfg.imgsz))
+            if chosen != "torch":
+                p.model = backends.RunnerModule(backends.runner(chosen, Path(w), torch.get_num_threads()))
+        out.append(p)
+    return out
 
 
 def top_rows(preds: pd.DataFrame, n_cells: Mapping[str, int] | None) -> np.ndarray:
@@ -148,7 +161,7 @@ def blend_table(preds: pd.DataFrame, probs: ClassifierProbs, weight: float,
 
 def apply_classifier(preds: pd.DataFrame, images_dir: Path, members: list[tuple[Path, Any]], weight: float,
                      device: str = "cpu", tta: bool = True, n_cells: Mapping[str, int] | None = None,
-                     full_weight: float = 0.5) -> pd.DataFrame:
+                     full_weight: float = 0.5, backend: str = "torch") -> pd.DataFrame:
     """Blend the classifier members' probabilities into a fused prediction table (see module doc).
 
     ``n_cells`` (NAME -> test.csv rows) limits the work to each image's top-n
@@ -157,5 +170,5 @@ def apply_classifier(preds: pd.DataFrame, images_dir: Path, members: list[tuple[
     """
     if not members or len(preds) == 0 or weight == 0:
         return preds.copy()
-    probs = classifier_probs(preds, images_dir, load_members(members, device), tta, n_cells)
+    probs = classifier_probs(preds, images_dir, load_members(members, device, backend), tta, n_cells)
     return blend_table(preds, probs, weight, full_weight)

@@ -20,6 +20,7 @@ from infer import tta, wbf
 from infer.fuse import MODES, FuseParams
 
 FUSION_CHOICES = (*MODES, "auto")
+BACKEND_CHOICES = ("torch", "onnx", "openvino", "auto")  # infer.backends.CHOICES
 
 
 def _list(*values: Any) -> Any:
@@ -101,6 +102,7 @@ class EnsembleConfig:
     max_det: int = 20  # boxes kept per image, member and view before fusion
     batch: int = 8  # images per predictor call
     device: str = "cpu"  # cpu, cuda, cuda:0 ...
+    backend: str = "auto"  # torch | onnx | openvino | auto (fastest measured by make export, else torch)
     predict_oof: bool = True  # also predict each fold's validation images with TTA (oof_tta.parquet)
     fusion: str = "auto"  # wbf | agnostic | auto (the better on out-of-fold predictions)
     iou_thr: float = dataclasses.field(kw_only=True)  # WBF: IoU for boxes to join a cluster (YAML default)
@@ -120,6 +122,8 @@ class EnsembleConfig:
             tta.get_views(self.tta)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if self.backend not in BACKEND_CHOICES:
+            raise ConfigError(f"backend={self.backend!r}: valid values are {', '.join(BACKEND_CHOICES)}")
         if self.max_det < 0 or self.batch < 1 or (self.k is not None and self.k < 1):
             raise ConfigError("max_det must be >= 0, batch >= 1 and k >= 1")
         self.member_list()

@@ -59,7 +59,8 @@ def predict_members(cfg: EnsembleConfig, data: Path, force: bool = False, progre
 
             def run(image_names: list[str], images_dir: Path, what: str, model=m, fold=fold, weights=weights):
                 if "p" not in loaded:
-                    loaded["p"] = predict.load_member(model.model, fold, weights, cfg.device, model.overrides)
+                    loaded["p"] = predict.load_member(model.model, fold, weights, cfg.device, model.overrides,
+                                                      cfg.backend)
                 return predict.predict_files(loaded["p"], images_dir, image_names, views, model.model, fold,
                                              cfg.conf, cfg.max_det, cfg.batch, progress,
                                              desc=f"{model.model} fold{fold} {what}")
@@ -126,7 +127,7 @@ def classify(cfg: EnsembleConfig, fused: pd.DataFrame, images_dir: Path, n_cells
     weights = list(dict.fromkeys(path for _, _, path in found))
     return blend.apply_classifier(fused, images_dir, [(w, None) for w in weights], section.weight,
                                   device=cfg.device, tta=section.tta, n_cells=n_cells,
-                                  full_weight=section.full_weight)
+                                  full_weight=section.full_weight, backend=cfg.backend)
 
 
 def write_submission(cfg: EnsembleConfig, data: Path, result: Result, out_dir: Path,

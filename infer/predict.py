@@ -1,10 +1,11 @@
 """Run one loaded member (a ``train.base.Predictor``) over images with TTA -> a prediction table.
 
-For each chunk of images and each view (``infer.tta``) the view images go to
-the predictor in one batch; its boxes are mapped back to the original image
+For each chunk of images, every view (``infer.tta``) of every image goes to
+the predictor in one call; its boxes are mapped back to the original image
 (``View.inverse``), clipped to the image (boxes left with no area are
 dropped), cut to the ``max_det`` best per image and view, and stored as rows
-of the prediction contract with the view's name in the ``view`` column.
+of the prediction contract with the view's name in the ``view`` column. That
+conversion is ``cytokit.rows``, shared with out-of-fold prediction.
 
 ``load_member`` builds the predictor of one (model, fold) through the
 registry: weights default to ``work/runs/<model>/fold<k>/best.pt`` and the
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from cytokit import boxes as bx
-from cytokit import classes, predictions
+from cytokit import rows
 from cytokit.images import load_rgb
 from infer.tta import View
 
@@ -34,27 +34,11 @@ log = logging.getLogger(__name__)
 def detections_to_rows(
     det: Any, view: View, name: str, width: int, height: int, model: str, fold: int, max_det: int = 0,
 ) -> pd.DataFrame:
-    """One image's ``Detections`` (in the view image's pixels) as contract rows in original pixels."""
-    xyxy = np.asarray(det.xyxy, dtype=np.float64).reshape(-1, 4)
-    scores = np.clip(np.asarray(det.scores, dtype=np.float64).reshape(-1), 0.0, 1.0)
-    labels = np.asarray(det.labels).reshape(-1)
-    probs = None
-    if det.probs is not None:
-        probs = np.asarray(det.probs, dtype=np.float64).reshape(len(xyxy), classes.NUM_CLASSES)
-    ok = np.isfinite(xyxy).all(axis=1) & (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
-    if (~ok).any():
-        log.debug("%s %s: %d degenerate box(es) from %s dropped", name, view.name, int((~ok).sum()), model)
-    xyxy = bx.clip(view.inverse(xyxy[ok], width, height), width, height)
-    keep = np.flatnonzero(ok)[bx.area(xyxy) > 0]
-    xyxy = xyxy[bx.area(xyxy) > 0]
-    order = np.argsort(-scores[keep], kind="stable")
-    if max_det:
-        order = order[:max_det]
-    rows = keep[order]
-    return predictions.make(
-        name, xyxy[order], scores[rows], labels[rows], width, height, model, fold, view.name,
-        None if probs is None else probs[rows],
-    )
+    """One image's ``Detections`` (in the view image's pixels) as contract rows in original pixels
+    (``cytokit.rows.Rows``: the one conversion; use it directly for many images)."""
+    r = rows.Rows()
+    r.add(name, det, width, height, view, max_det, model)
+    return r.table(model, fold)
 
 
 def predict_arrays(
@@ -67,33 +51,9 @@ def predict_arrays(
     max_det: int = 0,
     batch: int = 8,
 ) -> pd.DataFrame:
-    """Predict ``(name, RGB array)`` pairs with every view; returns the prediction table."""
-    frames: list[pd.DataFrame] = []
-    for chunk in _chunked(images, batch):
-        for view in views:
-            dets = predictor.predict([view.image(img) for _, img in chunk], conf=conf)
-            if len(dets) != len(chunk):
-                raise ValueError(f"{model} fold{fold}: predictor returned {len(dets)} results "
-                                 f"for {len(chunk)} images")
-            for (name, img), det in zip(chunk, dets):
-                h, w = img.shape[:2]
-                frames.append(detections_to_rows(det, view, name, w, h, model, fold, max_det))
-    frames = [f for f in frames if len(f)]
-    with_probs = any(predictions.has_probs(f) for f in frames)
-    if not frames:
-        return predictions.empty(with_probs=with_probs)
-    return predictions.validate(pd.concat(frames, ignore_index=True))
-
-
-def _chunked(items: Iterable, size: int) -> Iterator[list]:
-    chunk: list = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    """Predict ``(name, RGB array)`` pairs with every view (all views of a chunk in one predictor
+    call); returns the prediction table (``cytokit.rows.predict_table``)."""
+    return rows.predict_table(predictor, images, views, model, fold, conf, max_det, batch)
 
 
 def predict_files(
@@ -132,8 +92,9 @@ def member_weights(ds: Any, model: str, fold: int, template: str | None = None) 
 
 
 def load_member(model: str, fold: int, weights: Path, device: str = "cpu",
-                overrides: Sequence[str] = ()) -> Any:
-    """The ``Predictor`` of one member through the model registry."""
+                overrides: Sequence[str] = (), backend: str = "torch") -> Any:
+    """The ``Predictor`` of one member through the model registry; ``backend`` (``infer.backends``:
+    torch, onnx, openvino or auto) picks what runs an exported YOLO member's network on the CPU."""
     from train import registry
 
     weights = Path(weights)
@@ -141,4 +102,15 @@ def load_member(model: str, fold: int, weights: Path, device: str = "cpu",
         raise FileNotFoundError(f"{weights}: weights of {model} fold {fold} not found; train it first "
                                 f"(make train MODEL={model} FOLD={fold}) or set the member's weights path")
     cfg = registry.run_config(model, weights.parent, list(overrides))
+    if backend != "torch" and model in ("yolov5", "yolov8", "yolo11"):
+        import torch
+
+        from infer import backends
+        from train.yolo.predict import UltraPredictor
+
+        chosen = backends.choose(weights, backend, device, int(cfg.imgsz))
+        if chosen != "torch":
+            log.info("%s fold%d: %s backend", model, fold, chosen)
+            run = backends.runner(chosen, weights, torch.get_num_threads())
+            return UltraPredictor(None, cfg, "cpu", runner=run)
     return registry.get(model)().load(weights, cfg, device)

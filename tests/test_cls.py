@@ -123,6 +123,12 @@ def test_config_file_and_errors():
 
 
 def test_resolve_device():
+    from cytokit.config import ConfigError
+
     assert cls_model.resolve_device("cpu") == "cpu"
-    assert cls_model.resolve_device("1") == "cuda:1"
-    assert cls_model.resolve_device("") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert cls_model.resolve_device("") == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        assert cls_model.resolve_device("0") == "cuda:0"
+    else:
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            cls_model.resolve_device("1")

@@ -55,7 +55,7 @@ def tiny(tmp_path_factory):
 def fake_members(monkeypatch, tiny, tmp_path):
     calls = []
 
-    def load_member(model, fold, weights, device="cpu", overrides=()):
+    def load_member(model, fold, weights, device="cpu", overrides=(), backend="torch"):
         calls.append((model, fold))
         return CentreBoxPredictor(0.0 if model == "fakea" else 0.02)
 

@@ -104,7 +104,7 @@ def test_epoch_end_scores_every_n_epochs_and_keeps_the_best(tmp_path, monkeypatc
     from train.yolo import trainer as ultra_trainer
 
     scores = iter([0.30, 0.20, 0.25])  # challenge of epochs 2, 4 and 5 (the last)
-    monkeypatch.setattr(ultra_trainer, "UltraPredictor", lambda *a: None)
+    monkeypatch.setattr(ultra_trainer, "UltraPredictor", lambda *a, **k: None)
     monkeypatch.setattr(ultra_trainer.oof, "predict_fold", lambda *a, **k: None)
     monkeypatch.setattr(ultra_trainer.oof, "evaluate", lambda *a: {"challenge": next(scores)})
     last = tmp_path / "ultralytics" / "last.pt"

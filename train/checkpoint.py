@@ -81,7 +81,7 @@ def restore(path: Path, what: str, model: torch.nn.Module, optimizer: Any, sched
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        load_scaler(scaler, ckpt.get("scaler"), path)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise ValueError(f"{path}: does not fit the model or optimizer of this config (changed since the "
                          f"run started?): {str(exc).splitlines()[0]}; start again with --force") from None
@@ -120,3 +120,12 @@ def finish(run_dir: Path, model: torch.nn.Module, config: dict, epoch: int, **me
         log.warning("no epoch of %s was scored: best.pt holds the last epoch's weights", run_dir)
         save(best, model, config, epoch, metric=math.nan, **meta)
     return best
+
+
+def load_scaler(scaler: Any, state: dict | None, source: Path | str = "") -> None:
+    """Restore a ``GradScaler``'s state, unless it is empty: a run saved with AMP off (on a CPU, or
+    ``amp=false``) holds ``{}``, which an enabled scaler refuses; it then starts afresh."""
+    if state:
+        scaler.load_state_dict(state)
+    elif scaler.is_enabled():
+        log.info("%s: saved without mixed precision; the AMP loss scale starts afresh", source)

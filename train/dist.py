@@ -1,7 +1,8 @@
 """Devices and distributed training helpers for the torchvision loop.
 
-``device`` config values: ``""``/``"auto"`` (CUDA 0 when available, else CPU),
-``"cpu"``, ``"0"``/``"cuda:1"`` (one GPU), ``"0,1"`` (several GPUs). Ultralytics
+``device`` config values: ``""``/``"auto"`` (CUDA 0 when available, else CPU;
+under torchrun each process's own GPU), ``"cpu"``, ``"0"``/``"cuda:1"`` (one
+GPU), ``"0,1"`` (several GPUs: one process each under torchrun). Ultralytics
 handles several GPUs itself (it launches its own DDP workers); the torchvision
 loop runs one process per GPU under ``torchrun``::
 
@@ -33,17 +34,47 @@ from cytokit.config import ConfigError
 
 
 def resolve_device(spec: str | int | None) -> str:
-    """The torch device string for a config ``device`` value (this process's GPU under torchrun)."""
+    """The torch device string for a config ``device`` value (this process's GPU under torchrun).
+
+    Under torchrun (``WORLD_SIZE > 1``) each process takes its own GPU: ``""``,
+    ``auto``, ``cuda`` and ``0`` mean ``cuda:$LOCAL_RANK``; a list of ids
+    (``2,3``) must name one GPU per process of the node, and process
+    ``LOCAL_RANK`` takes ``ids[LOCAL_RANK]``. Anything else is refused: two
+    processes on one GPU make NCCL fail with "Duplicate GPU detected".
+    """
     text = "" if spec is None else str(spec).strip().lower()
-    if text in ("", "auto"):
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
     if text == "cpu":
         return "cpu"
     ids = gpu_ids(text)
-    if not torch.cuda.is_available():
-        raise ConfigError(f"device={spec}: CUDA is not available on this machine; use device=cpu")
+    default = text in ("", "auto", "cuda") or ids == [0]
+    launched = int(os.environ.get("WORLD_SIZE", 1)) > 1
     local = int(os.environ.get("LOCAL_RANK", 0))
-    return f"cuda:{ids[local % len(ids)]}"
+    if launched:
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
+        if not default and len(ids) != per_node:
+            example = ",".join(map(str, range(per_node)))
+            raise ConfigError(f"device={spec}: {per_node} processes per node under torchrun but {len(ids)} "
+                              f"GPU id(s); give one id per process (e.g. device={example}) or leave device "
+                              "empty")
+    if text in ("", "auto"):
+        if not torch.cuda.is_available():
+            return "cpu"
+    elif not torch.cuda.is_available():
+        raise ConfigError(f"device={spec}: CUDA is not available on this machine; use device=cpu")
+    index = (local if default else ids[local]) if launched else ids[0]
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ConfigError(f"device={spec}: GPU {index} asked for (LOCAL_RANK {local}) but {count} visible")
+    return f"cuda:{index}"
+
+
+def single_device(spec: str | int | None, what: str) -> str:
+    """``resolve_device`` for a job that runs on ONE device (no torchrun); several GPU ids are refused."""
+    text = "" if spec is None else str(spec).strip().lower()
+    if text not in ("", "auto", "cpu") and len(gpu_ids(text)) > 1:
+        raise ConfigError(f"device={spec}: {what} trains on one GPU; give one id (e.g. device=0) or run "
+                          "one fold per GPU")
+    return resolve_device(spec)
 
 
 def set_cpu_threads(threads: int = 0) -> int:
@@ -61,12 +92,30 @@ def gpu_ids(spec: str) -> list[int]:
     text = str(spec).strip().lower().removeprefix("cuda:").removeprefix("cuda")
     if text == "cpu":
         return []
-    if text == "auto":
+    if text in ("auto", ""):
         return [0]
     try:
         return [int(x) for x in text.split(",") if x.strip()] or [0]
     except ValueError:
         raise ConfigError(f"device={spec}: expected cpu, auto, a GPU index or a list like 0,1") from None
+
+
+def worker_seed() -> int:
+    """The seed of this DataLoader worker (torch's per-worker seed, new for every epoch's workers unless they
+    persist), or of the main process. Augmentation pipelines that keep their own generator (albumentations
+    2 seeds one at construction, so forked workers would share it) are reseeded with it."""
+    return torch.initial_seed() % 2**32
+
+
+def reseed_augment(transform, seeded: int | None) -> int | None:
+    """Reseed ``transform`` (an albumentations ``Compose``) when this process's ``worker_seed`` changed
+    since ``seeded``; returns the seed now in use. Called at the top of a dataset's ``__getitem__``."""
+    if transform is None:
+        return seeded
+    seed = worker_seed()
+    if seed != seeded:
+        transform.set_random_seed(seed)
+    return seed
 
 
 def world_size() -> int:

@@ -58,6 +58,22 @@ def _agree(state: Any) -> Any:
     return box[0]
 
 
+def check_torchrun(model: str, adapter: Any) -> None:
+    """Refuse torchrun for models whose training is not one-process-per-GPU DDP: ultralytics starts its
+    own DDP workers (``device=0,1``) and would join a second process group; cls and unet would train the
+    whole job once per process."""
+    from cytokit.config import ConfigError
+    from train.tv.adapter import TvAdapter
+    from train.yolo.adapter import UltraAdapter
+
+    if isinstance(adapter, TvAdapter):
+        return
+    hint = "device=0,1 without torchrun" if isinstance(adapter, UltraAdapter) else \
+        "one GPU per fold (device=0), folds as separate jobs"
+    raise ConfigError(f"{model}: torchrun (WORLD_SIZE={os.environ.get('WORLD_SIZE')}) is only for the "
+                      f"torchvision models; use {hint}")
+
+
 def run_fold(name: str, adapter: Any, cfg: Any, fold_data: Any, resume: bool, force: bool) -> dict | None:
     """Train (unless finished), predict the fold's validation images, score; the done.json record.
 
@@ -78,9 +94,10 @@ def run_fold(name: str, adapter: Any, cfg: Any, fold_data: Any, resume: bool, fo
         if dist.is_main():
             runs.save_config(cfg, run_dir)
         adapter.train(cfg, fold_data, run_dir, resume=state == "resume")
-        if not dist.is_main():
-            return None
-        runs.mark_trained(run_dir)
+        if dist.is_main():
+            runs.mark_trained(run_dir)
+    if not dist.is_main():  # trained (now or before): rank 0 alone predicts and writes
+        return None
     best = run_dir / "best.pt"
     predictor = adapter.load(best, cfg, device=cfg.device)
     preds = adapter.oof_predictions(predictor, cfg, fold_data)
@@ -109,9 +126,12 @@ def train(model: str | None, fold: str, data: Path, k: int | None, seed: int | N
     registry.check_name(model)
     cfg = registry.load_config(model, list(overrides))
     adapter = registry.get(model)()
+    torchrun = int(os.environ.get("WORLD_SIZE", 1)) > 1  # one process per GPU
+    if torchrun:
+        check_torchrun(model, adapter)
     ds = dataset.resolve(data, k, seed)
     folds = folds_of(str(fold), ds.k)
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # torchrun: one process per GPU
+    if torchrun:
         dist.init(dist.resolve_device(cfg.device))
     records = []
     try:

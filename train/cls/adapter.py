@@ -181,6 +181,7 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
     run_dir.mkdir(parents=True, exist_ok=True)
     runs.save_config(cfg, run_dir)
     device = cls_model.resolve_device(cfg.device)
+    torch.backends.cudnn.benchmark = device.startswith("cuda")  # fixed imgsz: let cuDNN pick its kernels
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     full = cfg.mode == "full"

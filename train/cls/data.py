@@ -157,12 +157,17 @@ class CropDataset(torch.utils.data.Dataset):
         self.images_dir = Path(images_dir)
         self.imgsz, self.margin, self.jitter, self.full = imgsz, margin, jitter, full
         self.transform = build_augment(augment)
+        self._seeded: int | None = None  # worker seed of the transform (train.dist.reseed_augment)
         self.seed = seed
 
     def __len__(self) -> int:
         return len(self.table)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from train.dist import reseed_augment
+
+        # each worker (new ones every epoch) reseeds the pipeline: albumentations seeds it at construction
+        self._seeded = reseed_augment(self.transform, self._seeded)
         image = images.load_rgb(self.images_dir / self.names[i])
         rng = np.random.default_rng(None if self.transform or self.jitter else self.seed + i)
         box = None if self.full else jitter_box(self.xyxy[i], self.jitter, rng)

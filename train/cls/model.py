@@ -27,13 +27,11 @@ LOSSES = ("ce", "focal")
 
 
 def resolve_device(device: str) -> str:
-    """``''``/``auto`` -> ``cuda`` when available else ``cpu``; ``0`` -> ``cuda:0``; else as given."""
-    device = str(device).strip()
-    if device in ("", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.isdigit():
-        return f"cuda:{device}"
-    return device
+    """``''``/``auto`` -> ``cuda:0`` when available else ``cpu``; ``0`` -> ``cuda:0``; several ids
+    (``0,1``) are refused: the classifier trains on one device (``train.dist.single_device``)."""
+    from train.dist import single_device
+
+    return single_device(device, "the classifier")
 
 
 def build_model(backbone: str, num_classes: int = classes.NUM_CLASSES, drop_rate: float = 0.0,

@@ -54,6 +54,7 @@ class TvConfig:
     lrf: float
     clip_grad: float
     amp: bool
+    sync_bn: bool
     augment: str
     balanced: bool
     val_every: int
@@ -124,7 +125,8 @@ class TvPredictor(Predictor):
     def __init__(self, model, cfg: TvConfig, device: str, label_offset: int):
         import torch
 
-        self.model, self.device, self.offset = model.to(device).eval(), torch.device(device), label_offset
+        self.model = model.to(device).eval()
+        self.device, self.offset = torch.device(device), label_offset
         self.batch = max(1, int(cfg.predict_batch))
 
     def _set_conf(self, conf: float) -> None:
@@ -136,7 +138,7 @@ class TvPredictor(Predictor):
 
         self._set_conf(conf)
         out: list[Detections] = []
-        with torch.no_grad():
+        with torch.inference_mode():
             for start in range(0, len(images), self.batch):
                 part = [torch.from_numpy(np.require(im, np.uint8, ["C", "W"])).to(self.device)
                         .permute(2, 0, 1).float().div_(255.0) for im in images[start:start + self.batch]]
@@ -181,6 +183,9 @@ class TvAdapter(Adapter):
         init = None if resume else resolve(cfg.pretrained, self.pretrained_key(cfg), what, record=run_dir)
         if init:
             load_matching(model, read_tensors(init, "torchvision"), init, self.name)
+        if cfg.sync_bn and dist.world_size() > 1 and device.startswith("cuda"):
+            # built without weights, the backbones train ordinary BatchNorm: per-GPU batches are small
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         dataset = CocoDetection(fold_data.coco_train, fold_data.export_images_dir, self.label_offset,
                                 cfg.augment)
 

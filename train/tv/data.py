@@ -9,6 +9,10 @@ by name (``augment:`` in the config; an unknown name raises):
 - ``default``: flips, 90-degree turns, colour jitter, small scale/rotate
 - ``light``:   flips only
 - ``none``:    no augmentation
+
+Each DataLoader worker reseeds the pipeline with its own torch seed on its first
+item (``train.dist.reseed_augment``): albumentations seeds its generator when
+the pipeline is built, so forked workers would otherwise draw the same flips.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import torch
 from cytokit import boxes as kit_boxes
 from cytokit.config import ConfigError
 from cytokit.images import load_rgb
+from train.dist import reseed_augment
 
 PRESETS = ("default", "light", "none")
 
@@ -62,6 +67,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.images_dir = Path(images_dir)
         self.label_offset = label_offset
         self.transform = augmentations(augment)
+        self._seeded: int | None = None  # worker seed of the transform (train.dist.reseed_augment)
         self.targets = []
         for im in self.images:
             items = anns.get(im["id"], [])
@@ -75,6 +81,7 @@ class CocoDetection(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int):
+        self._seeded = reseed_augment(self.transform, self._seeded)
         image = load_rgb(self.images_dir / self.images[i]["file_name"])
         xyxy, labels = self.targets[i]
         if self.transform is None:

@@ -154,13 +154,14 @@ def fit(cfg: UnetConfig, fold_data: Any, masks_dir: Path, run_dir: Path, resume:
     """Train on the fold's training images; validate on its validation images; return best.pt."""
     from tqdm import tqdm
 
-    from train.dist import resolve_device
+    from train.dist import single_device
     from train.unet.data import MaskDataset
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     runs.save_config(cfg, run_dir)
-    device = resolve_device(cfg.device)
+    device = single_device(cfg.device, "the UNet")
+    torch.backends.cudnn.benchmark = device.startswith("cuda")  # fixed imgsz: let cuDNN pick its kernels
     torch.manual_seed(cfg.seed)
     ds = MaskDataset(fold_data.train_images["NAME"].tolist(), fold_data.images_dir, masks_dir, cfg.imgsz,
                      train=True, seed=cfg.seed)

@@ -106,6 +106,25 @@ def refine_boxes(segmenter: Any, image: np.ndarray, xyxy: np.ndarray) -> np.ndar
     return out
 
 
+_REFINERS: dict[tuple, Any] = {}  # the MedSAM refiner in use, keyed by its file, arch, device, preprocess
+
+
+def load_refiner(ckpt: str, arch: str, device: str, preprocess: str) -> Any:
+    """The MedSAM segmenter of ``ckpt`` on ``device``, loaded once per process and kept while the file is
+    unchanged: each validation of a training run makes a new predictor, and ViT-B takes seconds to load."""
+    from pathlib import Path
+
+    from train.unet import medsam
+
+    path = Path(ckpt)
+    key = (str(path.resolve()), path.stat().st_mtime_ns if path.exists() else 0, arch, device, preprocess)
+    if key not in _REFINERS:
+        _REFINERS.clear()  # one ViT-B at a time on the device
+        _REFINERS[key] = medsam.MedSam.from_checkpoint(ckpt, medsam.SPECS[arch], device=device,
+                                                       preprocess=preprocess)
+    return _REFINERS[key]
+
+
 class UnetPredictor(Predictor):
     """A trained UNet: RGB images in, per-pixel probabilities and detections out."""
 
@@ -131,13 +150,10 @@ class UnetPredictor(Predictor):
         return out
 
     def refiner(self):
-        """The MedSAM model of ``refine_ckpt`` (loaded once), or None."""
+        """The MedSAM model of ``refine_ckpt``, or None; loaded once per process (``load_refiner``)."""
         if self.cfg.refine_ckpt and self._refiner is None:
-            from train.unet import medsam
-
-            spec = medsam.SPECS[self.cfg.refine_arch]
-            self._refiner = medsam.MedSam.from_checkpoint(
-                self.cfg.refine_ckpt, spec, device=self.device, preprocess=self.cfg.refine_preprocess)
+            self._refiner = load_refiner(self.cfg.refine_ckpt, self.cfg.refine_arch, str(self.device),
+                                         self.cfg.refine_preprocess)
         return self._refiner
 
     def detect(self, image: np.ndarray, probs: np.ndarray) -> Detections:

@@ -141,7 +141,7 @@ class UltraAdapter(Adapter):
         what = f"{self.name} fold {getattr(fold_data, 'fold', '?')}"
         init = resolve(cfg.pretrained, self.pretrained_key(cfg), what, record=run_dir)
         args.update(
-            data=str(fold_data.yolo_yaml), device=cfg.device or None, project=str(run_dir),
+            data=str(fold_data.yolo_yaml), device=ultra_device(cfg.device), project=str(run_dir),
             name="ultralytics", exist_ok=True, val=True, verbose=False,
             pretrained=str(init_weights(init)) if init else False,
         )
@@ -159,7 +159,7 @@ class UltraAdapter(Adapter):
         ul_last = run_dir / "ultralytics" / "weights" / "last.pt"
         if resume and ul_last.exists():
             model = YOLO(str(ul_last))
-            args = {"resume": True, "device": cfg.device or None, "workers": cfg.workers}
+            args = {"resume": True, "device": ultra_device(cfg.device), "workers": cfg.workers}
         else:
             model = YOLO(self.model_yaml(cfg))
             args = self.train_args(cfg, fold_data, run_dir)
@@ -190,6 +190,15 @@ class UltraAdapter(Adapter):
             raise WeightsError(weights, f"a model of {nc} classes; the kit's models have "
                                         f"{classes.NUM_CLASSES}")
         return UltraPredictor(model.fuse() if hasattr(model, "fuse") else model, cfg, resolve_device(device))
+
+
+def ultra_device(spec: str | None) -> str | None:
+    """The kit's ``device`` as ultralytics takes it: ``""``/``auto`` -> None (its own choice: GPU 0 or
+    the CPU); ``cuda:1`` -> ``1``; ``cpu``, ``0``, ``0,1`` unchanged."""
+    text = "" if spec is None else str(spec).strip().lower()
+    if text in ("", "auto"):
+        return None
+    return text.replace("cuda:", "") if text != "cuda" else "0"
 
 
 def check_weights(path: Path | str) -> Path:

@@ -7,9 +7,11 @@ through ultralytics' allow-list of its own classes; anything else is refused.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -42,46 +44,105 @@ def load_ultra_checkpoint(path: Path) -> torch.nn.Module:
     return model.float().eval()
 
 
-class UltraPredictor(Predictor):
-    """Batched letterbox inference of an ultralytics detection model on RGB uint8 images."""
+def channels_last_helps() -> bool:
+    """True where channels-last convolutions are faster on the CPU (x86 with oneDNN), as ultralytics
+    decides."""
+    import platform
 
-    def __init__(self, model: torch.nn.Module, cfg: Any, device: str = "cpu"):
-        self.model = model.to(device).eval()
+    return platform.machine() in ("AMD64", "x86_64") and torch.backends.mkldnn.is_available() \
+        and torch.backends.mkldnn.enabled
+
+
+def letterbox_params(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """``(new_w, new_h, left, top)`` of ultralytics' centred letterbox of an image into ``size`` x ``size``
+    (``LetterBox(auto=False)``: each side rounded, padding split with the -0.1 rounding rule)."""
+    r = min(size / height, size / width)
+    new_w, new_h = max(round(width * r), 1), max(round(height * r), 1)
+    return new_w, new_h, round((size - new_w) / 2 - 0.1), round((size - new_h) / 2 - 0.1)
+
+
+def letterbox_batch(images: list[np.ndarray], size: int) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    """RGB uint8 images letterboxed into one ``(B, size, size, 3)`` array (grey 114 padding), as
+    ultralytics' ``LetterBox`` does, and each image's ``letterbox_params``."""
+    out = np.full((len(images), size, size, 3), 114, dtype=np.uint8)
+    params = []
+    for i, im in enumerate(images):
+        h, w = im.shape[:2]
+        new_w, new_h, left, top = letterbox_params(h, w, size)
+        if (new_w, new_h) != (w, h):
+            im = cv2.resize(im, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        out[i, top:top + new_h, left:left + new_w] = im
+        params.append((h, w, new_w, new_h, left, top))
+    return out, params
+
+
+def unletterbox(xyxy: np.ndarray, params: tuple[int, ...]) -> np.ndarray:
+    """Boxes in the letterboxed image -> the original image's pixels (ultralytics' ``scale_boxes``)."""
+    h, w, new_w, new_h, left, top = params
+    out = (xyxy - np.array([left, top, left, top], dtype=xyxy.dtype)) / np.array(
+        [new_w / w, new_h / h, new_w / w, new_h / h], dtype=xyxy.dtype)
+    return np.clip(out, 0, [w, h, w, h])
+
+
+class UltraPredictor(Predictor):
+    """Batched letterbox inference of an ultralytics detection model on RGB uint8 images.
+
+    ``runner`` replaces the torch forward pass (an exported ONNX / OpenVINO model, see
+    ``infer.backends``): it takes the ``(B, 3, S, S)`` float32 batch and returns the raw
+    ``(B, 4 + 23, anchors)`` head output; pre- and post-processing stay the same.
+    """
+
+    def __init__(self, model: torch.nn.Module | None, cfg: Any, device: str = "cpu", runner: Any = None,
+                 frozen: bool = True):
         self.device = torch.device(device)
+        self.model = None
+        if model is not None:
+            self.model = model.to(device).eval()
+        if model is not None and frozen:
+            # As ultralytics' loader and AutoBackend: no autograd state, in-place activations, channels-last
+            # convolutions (oneDNN) on x86 CPUs. Not for a model still training (frozen=False: the EMA).
+            self.model.requires_grad_(False)
+            for m in self.model.modules():
+                if hasattr(m, "inplace"):
+                    m.inplace = True
+            if self.device.type == "cpu" and channels_last_helps():
+                self.model.to(memory_format=torch.channels_last)
+        self.runner = runner
         self.imgsz = int(cfg.imgsz)
         self.batch = max(1, int(cfg.predict_batch))
         self.iou, self.max_det, self.agnostic = float(cfg.nms_iou), int(cfg.max_det), bool(cfg.agnostic_nms)
-        self.stride = int(max(getattr(model, "stride", torch.tensor([32])).max().item(), 32))
 
-    @torch.no_grad()
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """The raw head output ``(B, 4 + nc, anchors)`` of a normalised batch."""
+        if self.runner is not None:
+            return torch.as_tensor(self.runner(t))
+        with torch.autocast("cuda") if self.device.type == "cuda" else contextlib.nullcontext():
+            raw = self.model(t)
+        return (raw[0] if isinstance(raw, (list, tuple)) else raw).float()
+
+    @torch.inference_mode()
     def predict(self, images: list[np.ndarray], conf: float = 0.001) -> list[Detections]:
-        from ultralytics.data.augment import LetterBox
         from ultralytics.utils.nms import non_max_suppression
-        from ultralytics.utils.ops import scale_boxes
 
-        size = self.imgsz
-        letterbox = LetterBox((size, size), auto=False, stride=self.stride)
         out: list[Detections] = []
         for start in range(0, len(images), self.batch):
             part = images[start:start + self.batch]
-            x = np.stack([letterbox(image=np.ascontiguousarray(im)) for im in part])
+            x, params = letterbox_batch(part, self.imgsz)
             t = torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
-            with torch.autocast("cuda", enabled=self.device.type == "cuda"):
-                raw = self.model(t)
-            raw = (raw[0] if isinstance(raw, (list, tuple)) else raw).float()
+            raw = self.forward(t)
             dets, keep = non_max_suppression(
                 raw, conf, self.iou, agnostic=self.agnostic, max_det=self.max_det, return_idxs=True
             )
-            for image, det, idx, r in zip(part, dets, keep, raw):
+            for det, idx, r, prm in zip(dets, keep, raw, params):
                 if not len(det):
                     out.append(Detections.empty(with_probs=True))
                     continue
-                xyxy = scale_boxes((size, size), det[:, :4].clone(), image.shape[:2])
+                det = det.float().cpu().numpy().astype(np.float64)
                 probs = r[4:, idx.view(-1).long()].T
                 out.append(Detections(
-                    xyxy=xyxy.cpu().numpy().astype(np.float64),
-                    scores=det[:, 4].cpu().numpy().astype(np.float64),
-                    labels=det[:, 5].cpu().numpy().astype(np.int64),
+                    xyxy=unletterbox(det[:, :4], prm),
+                    scores=det[:, 4],
+                    labels=det[:, 5].astype(np.int64),
                     probs=probs.float().cpu().numpy().astype(np.float64),
                 ))
         return out

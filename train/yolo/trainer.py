@@ -5,7 +5,9 @@ after ``cytokit.env.apply()``). ``KitTrainer`` is ultralytics' DetectionTrainer
 whose AMP check never downloads its reference weights; ``EpochEnd`` writes the
 epoch's metrics row, scores the EMA model on the fold's validation images with
 the challenge metric and keeps the best epoch as ``<run_dir>/best.pt``. Both
-are picklable, so they also work in ultralytics' multi-GPU (DDP) workers.
+are picklable (ultralytics sends the trainer class and its callbacks to its
+multi-GPU DDP workers with cloudpickle), and the trainer configures logging in
+those workers.
 """
 from __future__ import annotations
 
@@ -48,8 +50,21 @@ def no_amp_download():
         trainer_module.check_amp = original
 
 
+def ensure_logging() -> None:
+    """Configure logging when nothing has (ultralytics' DDP workers are fresh interpreters that run its
+    generated script, not ``python -m train``): else the per-epoch challenge line is lost."""
+    if not logging.getLogger().handlers:
+        from cytokit.io import setup_logging
+
+        setup_logging()
+
+
 class KitTrainer(DetectionTrainer):
-    """DetectionTrainer whose set-up runs the offline AMP check."""
+    """DetectionTrainer whose set-up runs the offline AMP check and, in DDP workers, configures logging."""
+
+    def __init__(self, *args, **kwargs):
+        ensure_logging()
+        super().__init__(*args, **kwargs)
 
     def _setup_train(self, *args, **kwargs):
         with no_amp_download():
@@ -80,7 +95,7 @@ class EpochEnd:
         if self.cfg.select == "fitness":
             score = row["ul_fitness"]
         elif scored:
-            predictor = UltraPredictor(trainer.ema.ema, self.cfg, str(trainer.device))
+            predictor = UltraPredictor(trainer.ema.ema, self.cfg, str(trainer.device), frozen=False)
             preds = oof.predict_fold(predictor, self.fold_data, self.model_name, self.cfg.conf,
                                      progress=False)
             row.update(oof.evaluate(preds, self.fold_data))

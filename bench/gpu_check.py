@@ -1,0 +1,201 @@
+"""``make gpu-check``: one prepared run of every CUDA code path of the kit, in at most 8 minutes.
+
+    python -m bench.gpu_check [--budget 480] [--json FILE]
+
+On a CUDA machine, in order (each step timed; a step that fails is recorded
+and the run goes on; a step that would pass the deadline is skipped and named):
+
+1. AMP training steps of each model family on synthetic data: YOLOv8 (ultralytics'
+   model and loss), Faster R-CNN and RetinaNet (the kit's torchvision loop), the
+   UNet and the crop classifier: loss finite, weights changed.
+2. The real trainers, one epoch on a generated smear set (``make demo-data`` +
+   ``make folds``): yolov8 and fasterrcnn_mobilenet on GPU 0 (AMP check,
+   checkpoints, out-of-fold score).
+3. DDP: ``torchrun`` over the visible GPUs (fasterrcnn_mobilenet, NCCL) and
+   ultralytics' own DDP (``device=0,1``); needs 2 GPUs.
+4. Prediction of the trained yolov8 on the GPU against the CPU.
+5. The default ensemble (yolov8 x 5 folds, identity + hflip, WBF) with a crop
+   classifier per fold, per-image latency against the challenge's 500 ms rule.
+6. Batch-32 throughput of each member kind.
+7. A TensorRT fp16 engine of YOLOv8n, where the ``tensorrt`` package is installed.
+8. MedSAM ViT-B embedding time.
+
+Then one table. Without CUDA it runs a reduced version on the CPU (AMP off,
+small sizes; the slow test tier runs it) and names every step it skipped.
+Exit status 1 when a step failed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from cytokit import env, io
+
+BUDGET_S = 480  # the whole check, seconds
+RULE_MS = 500.0  # the challenge's per-image rule
+
+
+@dataclasses.dataclass
+class Row:
+    step: str
+    status: str  # ok | FAIL | skipped
+    seconds: float
+    result: str
+
+
+class Runner:
+    """Runs steps in order against a deadline; collects one ``Row`` per step."""
+
+    def __init__(self, budget_s: float, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.deadline = clock() + budget_s
+        self.rows: list[Row] = []
+        self.state: dict = {}
+
+    def left(self) -> float:
+        return self.deadline - self.clock()
+
+    def step(self, name: str, fn: Callable[[], str | list[str]], needs: str | None = None, min_s: float = 5.0,
+             after: str | None = None) -> None:
+        """Run ``fn`` unless ``needs`` (a reason) is set, ``after`` (a step) did not pass, or time is
+        short."""
+        if needs:
+            self.rows.append(Row(name, "skipped", 0.0, needs))
+            return
+        if after and not any(r.step == after and r.status == "ok" for r in self.rows):
+            self.rows.append(Row(name, "skipped", 0.0, f"needs the step '{after}'"))
+            return
+        if self.left() < min_s:
+            reason = f"out of time ({self.left():.0f} s left, needs ~{min_s:.0f})"
+            self.rows.append(Row(name, "skipped", 0.0, reason))
+            return
+        start = self.clock()
+        try:
+            out = fn()
+            status, text = "ok", "; ".join(out) if isinstance(out, list) else str(out)
+        except Exception as exc:  # a failed check is a result, not the end of the run
+            status, text = "FAIL", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        self.rows.append(Row(name, status, self.clock() - start, text))
+        print(f"[{status}] {name} ({self.rows[-1].seconds:.0f} s): {text}", flush=True)
+
+    def table(self) -> str:
+        width = max(len(r.step) for r in self.rows)
+        lines = [f"{'step':<{width}}  {'status':<7}  {'s':>5}  result", "-" * (width + 40)]
+        lines += [f"{r.step:<{width}}  {r.status:<7}  {r.seconds:5.0f}  {r.result}" for r in self.rows]
+        return "\n".join(lines)
+
+
+def ensemble_latency(device: str, folder: Path, n_images: int) -> str:
+    """The default ensemble + classifier per image on ``device`` (bench.bench_backends' pipeline)."""
+    from PIL import Image
+
+    from bench.bench_backends import cls_weights, pipeline, yolo_weights
+    from bench.bench_overhead import smears
+    from cytokit import paths
+    from infer import blend, predict
+    from infer.config import load_config
+
+    cfg = load_config(paths.CONFIGS / "ensemble.yaml")
+    members = [predict.load_member("yolov8", f, yolo_weights(folder, f), device) for f in range(5)]
+    classifiers = blend.load_members([(cls_weights(folder, f), None) for f in range(5)], device)
+    (folder / "images").mkdir()
+    pairs = []
+    for i, im in enumerate(smears(n_images)):
+        Image.fromarray(im).save(folder / "images" / f"{i}.png")
+        pairs.append((f"{i}.png", im))
+    cells = {n: 1 for n, _ in pairs}
+    pipeline(members, classifiers, pairs[:2], folder / "images", cells, cfg, 1)  # warm-up (cuDNN, allocator)
+    t = min((pipeline(members, classifiers, pairs, folder / "images", cells, cfg, 1) for _ in range(2)),
+            key=lambda r: r["total"])
+    ms = {k: 1000 * v / n_images for k, v in t.items() if k != "crops"}
+    return (f"{ms['total']:.1f} ms per image (detect {ms['detect']:.1f}, fuse {ms['fuse']:.1f}, classify "
+            f"{ms['classify']:.1f}), {n_images} images, one per call; {RULE_MS:.0f} ms rule "
+            f"{'met' if ms['total'] <= RULE_MS else 'MISSED'}")
+
+
+def environment() -> str:
+    import platform
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return (f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
+            f"{len(gpus)} GPU(s) {', '.join(gpus) or '-'}; {platform.machine()} CPU, "
+            f"{torch.get_num_threads()} threads")
+
+
+def run_checks(budget_s: float, work: Path) -> Runner:
+    """Every step of the module docstring, reduced without CUDA."""
+    from bench import gpu_steps as s
+
+    cuda = torch.cuda.is_available()
+    gpus = torch.cuda.device_count() if cuda else 0
+    dev = "cuda:0" if cuda else "cpu"
+    no_cuda = None if cuda else "needs CUDA"
+    two = None if gpus >= 2 else f"needs 2 GPUs ({gpus} visible)"
+    big = (8, 256, 3) if cuda else (2, 64, 2)  # batch, imgsz, steps
+    r = Runner(budget_s)
+    r.step("environment", environment)
+    r.step("AMP yolov8", lambda: s.amp_yolo(dev, big[2], big[1], big[0]), min_s=10)
+    arch = "fasterrcnn_resnet50_fpn_v2" if cuda else "fasterrcnn_mobilenet_v3_large_fpn"
+    r.step(f"AMP {arch}", lambda: s.amp_tv(arch, dev, big[2], max(big[1], 128), big[0] // 2), min_s=15)
+    r.step("AMP retinanet_resnet50_fpn_v2", lambda: s.amp_tv("retinanet_resnet50_fpn_v2", dev, big[2],
+                                                              max(big[1], 128), big[0] // 2), min_s=15)
+    r.step("AMP unet", lambda: s.amp_unet(dev, big[2], big[1], big[0]), min_s=10)
+    r.step("AMP classifier", lambda: s.amp_cls(dev, big[2], 224 if cuda else 32, 4 * big[0]), min_s=10)
+    r.step("synthetic data + folds", lambda: str(r.state.setdefault("data", s.synthetic_data(work))),
+           needs=no_cuda, min_s=40)
+    data = r.state.get("data")
+    yolo_args = ["imgsz=256", "batch=8", "workers=2", "plots=false"]
+    r.step("train yolov8, 1 epoch", lambda: s.train_e2e(work, data, "yolov8", "0", r.left() - 5, yolo_args),
+           needs=no_cuda, min_s=60, after="synthetic data + folds")
+    r.step("train fasterrcnn_mobilenet, 1 epoch",
+           lambda: s.train_e2e(work, data, "fasterrcnn_mobilenet", "0", r.left() - 5,
+                               ["imgsz=256", "batch=4", "workers=2"]),
+           needs=no_cuda, min_s=45, after="synthetic data + folds")
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
+    r.step(f"DDP torchrun x{gpus} fasterrcnn_mobilenet",
+           lambda: s.train_e2e(work, data, "fasterrcnn_mobilenet", "", r.left() - 5,
+                               ["imgsz=256", "batch=4", "workers=2"], launcher=run),
+           needs=no_cuda or two, min_s=60, after="synthetic data + folds")
+    r.step("DDP ultralytics yolov8 device=0,1",
+           lambda: s.train_e2e(work, data, "yolov8", ",".join(map(str, range(gpus))), r.left() - 5,
+                               ["imgsz=256", "batch=16", "workers=2", "plots=false"]),
+           needs=no_cuda or two, min_s=90, after="synthetic data + folds")
+    r.step("predict on GPU vs CPU", lambda: s.predict_agreement(work, data, dev), needs=no_cuda, min_s=15,
+           after="train yolov8, 1 epoch")
+    r.step("default ensemble + TTA + classifier latency",
+           lambda: ensemble_latency(dev, work / "latency", 16 if cuda else 2), min_s=30)
+    r.step(f"batch-{32 if cuda else 2} throughput",
+           lambda: s.throughput(dev, 32 if cuda else 2, 64 if cuda else 2, work), min_s=30)
+    r.step("TensorRT fp16 YOLOv8n", lambda: s.tensorrt_yolo(work), needs=no_cuda or s.tensorrt_missing(),
+           min_s=60)
+    r.step("MedSAM ViT-B embedding", lambda: s.medsam(dev, 5 if cuda else 1), min_s=20)
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n")[0])
+    parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for the whole check")
+    parser.add_argument("--json", type=Path, help="also write the table as JSON here")
+    args = parser.parse_args(argv)
+    env.apply()
+    io.setup_logging()
+    if not torch.cuda.is_available():
+        print("no CUDA device: the reduced CPU version (AMP off, small sizes; GPU-only steps skipped)")
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+        runner = run_checks(args.budget, Path(tmp))
+    print(runner.table())
+    if args.json:
+        io.atomic_write_text(args.json, json.dumps([dataclasses.asdict(r) for r in runner.rows], indent=2))
+    return 1 if any(r.status == "FAIL" for r in runner.rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

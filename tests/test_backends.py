@@ -1,0 +1,177 @@
+"""make export and the CPU backends: ONNX / OpenVINO copies checked against torch, chosen by the config."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from cytokit import config
+from cytokit.config import ConfigError
+from infer import backends, export, predict, tta
+
+pytestmark = pytest.mark.smoke
+
+IMGSZ = 64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_timed_call():
+    """Timing is not what these tests check: one call per backend."""
+    calls, export.TIMED_CALLS = export.TIMED_CALLS, 1
+    yield
+    export.TIMED_CALLS = calls
+
+
+@pytest.fixture(scope="module")
+def yolo(tmp_path_factory):
+    """YOLOv8n weights (23 classes; random, with a noisy head so scores differ) exported at 64 px, and
+    the check images."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    folder = tmp_path_factory.mktemp("yolo")
+    (folder / "config.yaml").write_text(f"imgsz: {IMGSZ}\n")
+    torch.manual_seed(0)
+    net = DetectionModel("yolov8n.yaml", nc=23, verbose=False)
+    with torch.no_grad():
+        head = net.model[-1]
+        for p in head.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+        for branch in head.cv3:  # class logits around -2 rather than ultralytics' prior of -10
+            branch[-1].bias.normal_(-2.0, 1.0)
+    weights = folder / "best.pt"
+    torch.save({"model": net}, weights)
+    images = export.check_images(None, 2)
+    record = export.export_yolo("yolov8", 0, weights, [], images)
+    return weights, images, record
+
+
+def test_yolo_export_files_record_and_tolerances(yolo):
+    weights, _, record = yolo
+    assert backends.onnx_path(weights).is_file() and backends.openvino_path(weights).is_file()
+    saved = json.loads(backends.record_path(weights).read_text())
+    assert saved == json.loads(json.dumps(record)) and saved["imgsz"] == IMGSZ
+    assert set(saved["ms"]) == {"torch", "onnx", "openvino"}
+    assert saved["box_diff"] <= export.BOX_TOL and saved["score_diff"] <= export.SCORE_TOL
+    assert "-> " in export.line("yolov8 fold0", saved)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_exported_member_predicts_like_torch(yolo, backend):
+    weights, images, _ = yolo
+    views = tta.get_views(["identity", "hflip"])
+    pairs = [(f"{i}.jpg", im) for i, im in enumerate(images)]
+    torch_member = predict.load_member("yolov8", 0, weights)
+    ref = predict.predict_arrays(torch_member, pairs, views, "yolov8", 0, conf=0.01)
+    member = predict.load_member("yolov8", 0, weights, backend=backend)
+    assert member.model is None and member.runner is not None
+    got = predict.predict_arrays(member, pairs, views, "yolov8", 0, conf=0.01)
+    assert len(ref) > 10 and abs(len(got) - len(ref)) <= 2  # NMS may break a near tie the other way
+    cols = ["score", "x1", "y1", "x2", "y2"]
+    top, near = (t.sort_values("score", ascending=False).head(10)[cols].to_numpy() for t in (ref, got))
+    np.testing.assert_allclose(near[:, 0], top[:, 0], atol=export.SCORE_TOL)
+    np.testing.assert_allclose(near[:, 1:], top[:, 1:], atol=export.BOX_TOL * 368 / IMGSZ)
+
+
+def test_auto_takes_the_fastest_current_export_else_torch(yolo, tmp_path):
+    weights, _, record = yolo
+    fastest = min(record["ms"], key=record["ms"].get)
+    assert backends.choose(weights, "auto") == fastest
+    assert backends.choose(weights, "auto", "cuda:0") == "torch"  # GPUs run torch
+    assert backends.choose(weights, "auto", imgsz=IMGSZ * 2) == "torch"  # exported at another size
+    with pytest.raises(ConfigError, match="exported at 64 px"):
+        backends.choose(weights, "onnx", imgsz=128)
+    other = tmp_path / "best.pt"
+    other.write_bytes(weights.read_bytes())
+    assert backends.choose(other, "auto") == "torch"
+    with pytest.raises(FileNotFoundError, match="run make export"):
+        backends.choose(other, "openvino")
+    with pytest.raises(ConfigError, match="valid values are torch, onnx, openvino, auto"):
+        backends.choose(weights, "tensorrt")
+
+
+def test_export_made_from_other_weights_is_not_used(yolo, tmp_path):
+    weights, _, _ = yolo
+    copy = tmp_path / "best.pt"
+    copy.write_bytes(weights.read_bytes())
+    rec = json.loads(backends.record_path(weights).read_text())
+    rec["weights"] = backends.weights_stamp(copy)
+    backends.record_path(copy).write_text(json.dumps(rec))
+    assert backends.read_record(copy) is not None
+    os.utime(copy, ns=(0, 0))  # retrained: the record no longer matches
+    assert backends.read_record(copy) is None and backends.choose(copy, "auto") == "torch"
+
+
+def test_export_past_the_tolerance_is_removed(yolo, tmp_path, monkeypatch):
+    weights, images, _ = yolo
+    copy = tmp_path / "best.pt"
+    copy.write_bytes(weights.read_bytes())
+    (tmp_path / "config.yaml").write_text(f"imgsz: {IMGSZ}\n")
+    monkeypatch.setattr(export, "SCORE_TOL", -1.0)
+    with pytest.raises(ValueError, match="export differs from torch"):
+        export.export_yolo("yolov8", 0, copy, [], images[:1])
+    assert not backends.onnx_path(copy).exists() and not backends.openvino_path(copy).parent.exists()
+    assert not backends.record_path(copy).exists()
+
+
+def test_classifier_export_and_backend(tmp_path):
+    from infer import blend
+    from train import checkpoint
+    from train.cls import model as cls_model
+    from train.cls.adapter import ClassifierConfig
+
+    cfg = config.from_dict(ClassifierConfig, {"backbone": "resnet10t", "imgsz": 32})
+    weights = tmp_path / "cls.pt"
+    checkpoint.save(weights, cls_model.build_model("resnet10t"), config.to_dict(cfg), 0, metric=0.0)
+    images = export.check_images(None, 2)
+    record = export.export_classifier(weights, images)
+    assert record["score_diff"] <= export.SCORE_TOL and set(record["ms"]) == {"torch", "onnx", "openvino"}
+    ref, onnx = (blend.load_members([(weights, None)], "cpu", b)[0] for b in ("torch", "onnx"))
+    assert isinstance(onnx.model, backends.RunnerModule)
+    boxes = [np.array([[10.0, 10.0, 120.0, 90.0]])] * 2
+    np.testing.assert_allclose(onnx.classify_boxes(images, boxes)[0], ref.classify_boxes(images, boxes)[0],
+                               atol=1e-4)
+
+
+def test_ensemble_config_backend_key():
+    from cytokit import paths
+    from infer.config import EnsembleConfig, load_config
+
+    assert load_config(paths.CONFIGS / "ensemble.yaml").backend == "auto"
+    with pytest.raises(ConfigError, match="backend='gpu'"):
+        EnsembleConfig(backend="gpu", iou_thr=0.55)
+
+
+def test_make_export_cli_on_a_config(yolo, tmp_path, capsys, monkeypatch):
+    from prepare import folds
+    from prepare.synth import make as synth
+
+    weights, _, _ = yolo
+    monkeypatch.setenv("CYTOKIT_WORK", str(tmp_path / "work"))
+    data = tmp_path / "data"
+    assert synth.main(["--out", str(data), "--images", "8", "--seed", "0"]) == 0
+    assert folds.main(["--data", str(data), "--k", "2", "--seed", "0"]) == 0
+    capsys.readouterr()
+    cfg = tmp_path / "ens.yaml"
+    cfg.write_text(f"members: [{{model: yolov8, folds: [0], weights: {weights}}}, "
+                   "{model: fasterrcnn, folds: [0]}]\nclassifier: {}\n")
+    assert export.main(["--config", str(cfg), "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "yolov8 fold0" in out and "differences to torch" in out
+    assert "fasterrcnn fold0: stays on torch" in out
+
+
+def test_unreadable_image_after_ultralytics_is_imported(tmp_path):
+    """ultralytics patches PIL's open to try the pi-heif plugin (not installed) on unknown files."""
+    import ultralytics.utils.patches  # noqa: F401
+
+    from cytokit import images
+
+    bad = tmp_path / "x.jpg"
+    bad.write_bytes(b"this is not an image")
+    with pytest.raises(ValueError, match="not a readable image"):
+        images.read_size(bad)
+    with pytest.raises(ValueError, match="cannot decode image"):
+        images.load_rgb(bad)
