@@ -79,3 +79,8 @@ def data_files(data: Path) -> dict[str, Path]:
         "images": data / "images",
         "test_labels": data / "test_labels.csv",
     }
+
+
+def logs_dir(dataset_id: str) -> Path:
+    """Logs of the training jobs of ``make all`` / ``make train JOBS=`` and the run report, per dataset."""
+    return work_dir() / "logs" / dataset_id
