@@ -14,6 +14,8 @@ K ?=#                       folds for make folds (default 5); later steps read i
 SEED ?=#                    fold seed for make folds (default 42); later steps read it from the prepared dataset
 MODEL ?= yolov8#           registry name (see `python -m train --list`)
 FOLD ?= 0#                 fold index, or `all`
+JOBS ?=#                    training jobs at once (CPU threads split between them; one GPU each)
+RECIPE ?= configs/recipe.yaml
 IMAGES ?= 400#             synthetic images for demo-data
 ENSEMBLE ?= configs/ensemble.yaml
 DETECTOR ?= yolov8#       detector whose OOF boxes the classifier report uses (or gt)
@@ -27,7 +29,7 @@ FOLD_OPTS = $(call opt,BALANCE,--balance) $(if $(REPAIR),--repair) $(if $(FORCE)
 TRAIN_ARGS = $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(IMGSZ),imgsz=$(IMGSZ)) $(if $(BATCH),batch=$(BATCH)) \
 	$(if $(DEVICE),device=$(DEVICE)) $(if $(WEIGHTS),weights=$(WEIGHTS)) $(if $(RESUME),--resume) $(if $(FORCE),--force) $(ARGS)
 
-.PHONY: help setup test test-all bench demo-data demo folds masks train infer submission score tune-ensemble cls-report validate clean
+.PHONY: help setup test test-all bench demo-data demo all folds masks train infer submission score tune-ensemble cls-report validate clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -59,8 +61,11 @@ folds: $(STAMP) ## clean, group duplicates, make K stratified folds and the YOLO
 masks: $(STAMP) ## masks from boxes for the UNet (MedSAM when MEDSAM_CKPT=path, else a classical fallback)
 	$(PY) -m train.unet.masks --data $(DATA) $(DS_OPTS) $(call opt,MEDSAM_CKPT,--medsam-ckpt)
 
-train: $(STAMP) ## train MODEL on FOLD (EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS= RESUME=1 FORCE=1 ARGS="k=v")
-	$(PY) -m train --model $(MODEL) --fold $(FOLD) --data $(DATA) $(DS_OPTS) $(TRAIN_ARGS)
+all: $(STAMP) ## the whole RECIPE on DATA: folds, every member x fold (JOBS= at once), infer, tune, submission
+	$(PY) -m pipeline --recipe $(RECIPE) --data $(DATA) $(call opt,JOBS,--jobs) $(DS_KEYS) $(ARGS)
+
+train: $(STAMP) ## train MODEL on FOLD (JOBS= EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS= RESUME=1 FORCE=1 ARGS="k=v")
+	$(PY) -m train --model $(MODEL) --fold $(FOLD) --data $(DATA) $(DS_OPTS) $(call opt,JOBS,--jobs) $(TRAIN_ARGS)
 
 infer: $(STAMP) ## predict test and out-of-fold images with every member of ENSEMBLE (with TTA)
 	$(PY) -m infer --config $(ENSEMBLE) --data $(DATA) $(DS_KEYS)
@@ -80,8 +85,8 @@ validate: $(STAMP) ## validate SUB= against DATA's test.csv
 score: $(STAMP) ## score SUB= against TRUTH=, or the out-of-fold predictions when neither is given
 	$(if $(SUB),$(PY) -m submit.score --truth $(TRUTH) --submission $(SUB),$(PY) -m submit.oof --data $(DATA) $(DS_OPTS))
 
-demo: $(STAMP) ## the whole pipeline on synthetic data: data, folds, train, infer, submission, score
-	$(PY) -m pipeline.demo --data $(DEMO)
+demo: $(STAMP) ## make all on synthetic data (configs/demo.yaml), from nothing, on a CPU, + the test score
+	$(PY) -m pipeline.demo --data $(DEMO) $(call opt,JOBS,--jobs) $(ARGS)
 
 clean: ## remove generated outputs (work/, submissions/); keeps .venv and data/
 	rm -rf work submissions

@@ -174,6 +174,7 @@ def run_jobs(jobs: list[Job], n: int = 1, threads: int = 0, gpus: list[str] | No
     echo(f"{len(jobs)} training job(s), {n} at a time, {where}; logs in {jobs[0].log.parent}" if jobs
          else "no training job to run")
     pending, running, ended = list(jobs), {}, {}
+    previous = _stop_on_sigterm()
     try:
         while pending or running:
             free = [s for s in range(n) if s not in running]
@@ -199,7 +200,23 @@ def run_jobs(jobs: list[Job], n: int = 1, threads: int = 0, gpus: list[str] | No
     finally:
         for r in running.values():
             r.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return [ended[name] for name in names]
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM (a scheduler's preemption, ``kill``) end the runner through its ``finally``, which
+    stops the running jobs (they resume next time); returns the previous handler (None off the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 def train_argv(model: str, fold: int, data: Path, k: int, seed: int, overrides: list[str] | tuple = (),
