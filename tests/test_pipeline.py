@@ -3,6 +3,7 @@ on a tiny synthetic set (a finished member skipped, an interrupted one resumed, 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from train import parallel
 # A fake job: records when it ran and the environment it got, then exits with the given status.
 FAKE = ("import json, os, sys, time; t0 = time.time(); time.sleep(float(sys.argv[2])); "
         "json.dump({'start': t0, 'end': time.time(), 'omp': os.environ.get('OMP_NUM_THREADS'), "
-        "'ours': os.environ.get('CYTOKIT_THREADS'), 'gpu': os.environ.get('CUDA_VISIBLE_DEVICES')}, "
+        "'ours': os.environ.get('CYTOKIT_THREADS'), 'gpu': os.environ.get('CUDA_VISIBLE_DEVICES'), 'wait': os.environ.get('OMP_WAIT_POLICY')}, "
         "open(sys.argv[1], 'w')); print('working'); print(sys.argv[4]); sys.exit(int(sys.argv[3]))")
 
 
@@ -44,13 +45,15 @@ def test_threads_are_split_between_jobs():
     assert parallel.threads_per_job(2, threads=3, n_cores=2) == 3  # explicit wins
 
 
-def test_two_jobs_run_at_once_with_their_share_of_threads(tmp_path):
+def test_two_jobs_run_at_once_with_their_share_of_threads(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     jobs = [fake_job(tmp_path, "a", sleep=1.5), fake_job(tmp_path, "b", sleep=1.5)]
     out = parallel.run_jobs(jobs, n=2, threads=3, gpus=[], echo=lambda s: None)
     assert [o.status for o in out] == ["ok", "ok"]
     a, b = ran(tmp_path, "a"), ran(tmp_path, "b")
     assert a["start"] < b["end"] and b["start"] < a["end"]  # they overlapped
     assert a["omp"] == b["omp"] == a["ours"] == "3" and a["gpu"] is None
+    assert a["wait"] == "PASSIVE"  # several threads: no spinning against other load
     assert all(o.seconds >= 1.5 and o.cpu_seconds >= 0 for o in out)
 
 
@@ -60,9 +63,10 @@ def test_one_job_at_a_time_gets_every_core_and_gpus_are_dealt_per_slot(tmp_path)
     a, b = ran(tmp_path, "a"), ran(tmp_path, "b")
     assert a["end"] <= b["start"] and a["omp"] == str(parallel.cores())
     assert [o.status for o in out] == ["ok", "ok"]
-    parallel.run_jobs([fake_job(tmp_path, "c", 0.5), fake_job(tmp_path, "d", 0.5)], n=2, gpus=["3", "5"],
-                      echo=lambda s: None)
+    parallel.run_jobs([fake_job(tmp_path, "c", 0.5), fake_job(tmp_path, "d", 0.5)], n=2, threads=1,
+                      gpus=["3", "5"], echo=lambda s: None)
     assert {ran(tmp_path, "c")["gpu"], ran(tmp_path, "d")["gpu"]} == {"3", "5"}
+    assert ran(tmp_path, "c")["wait"] == os.environ.get("OMP_WAIT_POLICY")  # one thread: left alone
 
 
 def test_a_failing_job_is_reported_with_its_log_and_the_others_go_on(tmp_path):
@@ -82,7 +86,6 @@ def test_a_failing_job_is_reported_with_its_log_and_the_others_go_on(tmp_path):
 
 def test_sigterm_to_the_runner_stops_its_jobs(tmp_path):
     """A preempted `make all` leaves no training job behind (they resume on the next run)."""
-    import os
     import signal
     import time
 
