@@ -36,6 +36,12 @@ def demo_work_dir(root: Path) -> Iterator[Path]:
             os.environ["CYTOKIT_WORK"] = old
 
 
+def last_report() -> Path | None:
+    """The report.json of the latest ``make demo`` (in the demo's work folder), or None."""
+    found = sorted((paths.work_dir() / "demo" / "logs").glob("*/report.json"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=paths.DEMO_DATA, help="demo data folder (made if absent)")

@@ -33,6 +33,17 @@ def test_demo_work_dir_is_private_and_restored(tmp_path):
     assert os.environ.get("CYTOKIT_WORK") == before
 
 
+def test_last_report_is_the_newest_demo_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("CYTOKIT_WORK", str(tmp_path))
+    assert demo.last_report() is None
+    for i, name in enumerate(["data_k2_s42", "other_k2_s1"]):
+        path = tmp_path / "demo" / "logs" / name / "report.json"
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")
+        os.utime(path, (1000 + i, 1000 + i))
+    assert demo.last_report() == tmp_path / "demo" / "logs" / "other_k2_s1" / "report.json"
+
+
 @pytest.mark.slow
 def test_full_demo_learns(tmp_path):
     """The real `make demo` settings from nothing (about 12 minutes on 2 idle cores)."""
