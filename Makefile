@@ -14,8 +14,8 @@ K ?=#                       folds for make folds (default 5); later steps read i
 SEED ?=#                    fold seed for make folds (default 42); later steps read it from the prepared dataset
 MODEL ?= yolov8#           registry name (see `python -m train --list`)
 FOLD ?= 0#                 fold index, or `all`
-JOBS ?=#                    training jobs at once (CPU threads split between them; one GPU each)
-RECIPE ?= configs/recipe.yaml
+JOBS ?=#                    training jobs at once for make all / make train FOLD=all / make demo
+RECIPE ?= configs/recipe.yaml#  the recipe of make all
 IMAGES ?= 400#             synthetic images for demo-data
 ENSEMBLE ?= configs/ensemble.yaml
 DETECTOR ?= yolov8#       detector whose OOF boxes the classifier report uses (or gt)
@@ -33,7 +33,7 @@ TRAIN_ARGS = $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(IMGSZ),imgsz=$(IMGSZ)) $(if
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  Variables: DATA=$(DATA) K=$(or $(K),5) SEED=$(or $(SEED),42) MODEL=$(MODEL) FOLD=$(FOLD) (see README)"
+	@echo "  Variables: DATA=$(DATA) K=$(or $(K),5) SEED=$(or $(SEED),42) MODEL=$(MODEL) FOLD=$(FOLD) JOBS=$(or $(JOBS),1) RECIPE=$(RECIPE) (see README)"
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
