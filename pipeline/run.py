@@ -74,7 +74,9 @@ def plan(recipe: RecipeConfig, ds: Any) -> tuple[list, list[str]]:
         if finished(ds, m.model, fold):
             skipped.append(name)
             return
-        argv = parallel.train_argv(m.model, fold, ds.data, ds.k, ds.seed, m.overrides, resume=True)
+        run_dir = ds.run_dir(m.model, fold)  # an unfinished run continues; a new one starts without a warning
+        resume = run_dir.exists() and any(run_dir.iterdir())
+        argv = parallel.train_argv(m.model, fold, ds.data, ds.k, ds.seed, m.overrides, resume=resume)
         jobs.append(parallel.Job(name, argv, parallel.log_path(ds, m.model, fold), after))
 
     for m in recipe.detector_list():

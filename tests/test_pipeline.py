@@ -21,10 +21,10 @@ from pipeline import run as orch
 from train import parallel
 
 # A fake job: records when it ran and the environment it got, then exits with the given status.
-FAKE = ("import json, os, sys, time; t0 = time.time(); time.sleep(float(sys.argv[2])); "
+FAKE = ("import json, os, sys, time; t0 = time.time(); print('working'); time.sleep(float(sys.argv[2])); "
         "json.dump({'start': t0, 'end': time.time(), 'omp': os.environ.get('OMP_NUM_THREADS'), "
         "'ours': os.environ.get('CYTOKIT_THREADS'), 'gpu': os.environ.get('CUDA_VISIBLE_DEVICES'), 'wait': os.environ.get('OMP_WAIT_POLICY')}, "
-        "open(sys.argv[1], 'w')); print('working'); print(sys.argv[4]); sys.exit(int(sys.argv[3]))")
+        "open(sys.argv[1], 'w')); print(sys.argv[4]); sys.exit(int(sys.argv[3]))")
 
 
 def fake_job(tmp: Path, name: str, sleep: float = 0.0, code: int = 0, after: tuple[str, ...] = (),
@@ -48,7 +48,9 @@ def test_threads_are_split_between_jobs():
 def test_two_jobs_run_at_once_with_their_share_of_threads(tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     jobs = [fake_job(tmp_path, "a", sleep=1.5), fake_job(tmp_path, "b", sleep=1.5)]
-    out = parallel.run_jobs(jobs, n=2, threads=3, gpus=[], echo=lambda s: None)
+    lines: list[str] = []
+    out = parallel.run_jobs(jobs, n=2, threads=3, gpus=[], echo=lines.append, heartbeat=0.5)
+    assert any(line.startswith("  running a (0 min): working") for line in lines)  # progress while they run
     assert [o.status for o in out] == ["ok", "ok"]
     a, b = ran(tmp_path, "a"), ran(tmp_path, "b")
     assert a["start"] < b["end"] and b["start"] < a["end"]  # they overlapped
@@ -183,7 +185,8 @@ def test_plan_skips_finished_runs_and_orders_classifiers_after_their_detector(tm
     assert list(by_name) == ["yolov8 fold 1", "yolo11 fold 1", "cls fold 0", "cls fold 1"]
     assert by_name["cls fold 0"].after == () and by_name["cls fold 1"].after == ("yolov8 fold 1",)
     argv = by_name["yolov8 fold 1"].argv
-    assert argv[1:5] == ["-m", "train", "--model", "yolov8"] and "--resume" in argv
+    assert argv[1:5] == ["-m", "train", "--model", "yolov8"] and "--resume" not in argv  # a new run
+    assert "--resume" in by_name["yolo11 fold 1"].argv  # its folder holds an unfinished run
     assert by_name["yolov8 fold 1"].log.name == "yolov8_fold1.log"
 
 

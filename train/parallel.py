@@ -42,6 +42,7 @@ log = logging.getLogger("train")
 THREADS_ENV = "CYTOKIT_THREADS"  # CPU threads of one job, set by run_jobs, read by apply_threads
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", THREADS_ENV)
 POLL_S = 0.2  # how often the runner checks its jobs
+HEARTBEAT_S = 120.0  # how often it prints the last log line of each running job
 
 
 @dataclasses.dataclass
@@ -160,12 +161,13 @@ class _Running:
 
 
 def run_jobs(jobs: list[Job], n: int = 1, threads: int = 0, gpus: list[str] | None = None,
-             echo=print) -> list[Outcome]:
+             echo=print, heartbeat: float = HEARTBEAT_S) -> list[Outcome]:
     """Run ``jobs``, ``n`` at a time (dependencies first); one ``Outcome`` per job, in the jobs' order.
 
     ``threads``: CPU threads per job (0: cores // n). ``gpus``: GPU ids for the
     slots when ``n > 1`` (None: the visible ones; [] : none). ``echo`` prints
-    one line when a job starts and when it ends.
+    one line when a job starts and when it ends, and every ``heartbeat`` seconds
+    the last log line of each running job.
     """
     names = [j.name for j in jobs]
     if len(set(names)) != len(names):
@@ -181,6 +183,7 @@ def run_jobs(jobs: list[Job], n: int = 1, threads: int = 0, gpus: list[str] | No
          else "no training job to run")
     pending, running, ended = list(jobs), {}, {}
     previous = _stop_on_sigterm()
+    beat = time.perf_counter()
     try:
         while pending or running:
             free = [s for s in range(n) if s not in running]
@@ -195,6 +198,10 @@ def run_jobs(jobs: list[Job], n: int = 1, threads: int = 0, gpus: list[str] | No
             if not running:
                 raise RuntimeError(f"jobs wait for each other: {', '.join(j.name for j in pending)}")
             time.sleep(POLL_S)
+            if time.perf_counter() - beat >= heartbeat:
+                beat = time.perf_counter()
+                for r in running.values():
+                    echo(f"  running {r.job.name} ({(beat - r.start) / 60:.0f} min): {last_line(r.job.log)}")
             for slot, r in list(running.items()):
                 out = r.poll()
                 if out is not None:
