@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     env.apply()
     io.setup_logging()
+    from train.parallel import passive_wait
+
+    passive_wait()  # before torch is loaded: inference runs in this process
     from pipeline import recipe, run
 
     overrides = [*args.overrides, *([f"jobs={args.jobs}"] if args.jobs is not None else [])]
