@@ -34,22 +34,33 @@ log = logging.getLogger("pipeline")
 OOF_FILE = "oof.parquet"  # train.oof.oof_path: a run is finished when it has done.json and this table
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its finished children."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 class Steps:
-    """Runs named steps, printing and recording the time of each."""
+    """Runs named steps, printing and recording the wall and CPU time of each (a CPU time near
+    cores x wall means the step used the machine; far below, it waited for others on a shared one)."""
 
     def __init__(self, echo: Callable[[str], None] = print) -> None:
         self.times: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
         self.start = time.perf_counter()
         self.echo = echo
 
     def __call__(self, name: str, fn: Callable[[], Any]) -> Any:
         self.echo(f"\n== {name} ==")
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds()
         try:
             return fn()
         finally:
             self.times[name] = round(time.perf_counter() - start, 2)
-            self.echo(f"== {name}: {self.times[name]:.1f} s")
+            self.cpu[name] = round(cpu_seconds() - cpu, 2)
+            self.echo(f"== {name}: {self.times[name]:.1f} s (CPU {self.cpu[name]:.1f} s)")
 
     @property
     def total(self) -> float:
@@ -143,7 +154,8 @@ def run(recipe: RecipeConfig, data: Path, out_dir: Path | None = None,
 
     data = Path(data).resolve()
     steps = Steps(echo)
-    report: dict[str, Any] = {"data": str(data), "status": "running", "steps": steps.times, "failures": []}
+    report: dict[str, Any] = {"data": str(data), "status": "running", "steps": steps.times,
+                              "steps_cpu": steps.cpu, "failures": []}
     report_path = None
     try:
         synth = recipe.synth_settings()
@@ -164,7 +176,8 @@ def run(recipe: RecipeConfig, data: Path, out_dir: Path | None = None,
                       error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        report.update(total_s=round(steps.total, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+        report.update(total_s=round(steps.total, 1), total_cpu_s=round(cpu_seconds(), 1),
+                      finished=time.strftime("%Y-%m-%d %H:%M:%S"))
         if report_path is not None:
             io.atomic_write_text(report_path, json.dumps(report, indent=1, default=str) + "\n")
             report["report"] = str(report_path)
@@ -236,10 +249,10 @@ def _summary(report: dict, echo: Callable[[str], None]) -> None:
 
     from cytokit.io import format_table
 
-    echo("\n== times ==")
+    echo(f"\n  {'== times ==':<48} {'wall':>9} {'CPU':>9}")
     for name, sec in report["steps"].items():
-        echo(f"  {name:<50} {sec:7.1f} s")
-    echo(f"  {'total':<50} {report['total_s']:7.1f} s")
+        echo(f"  {name:<48} {sec:7.1f} s {report['steps_cpu'].get(name, 0):7.1f} s")
+    echo(f"  {'total':<48} {report['total_s']:7.1f} s {report['total_cpu_s']:7.1f} s")
     if report.get("oof"):
         echo("\nout-of-fold challenge score of each member (with and without TTA) and of the ensemble:")
         echo(format_table(pd.DataFrame(report["oof"])))
