@@ -110,9 +110,11 @@ def train_step(recipe: RecipeConfig, ds: Any, echo: Callable[[str], None] = prin
 
     jobs, skipped = plan(recipe, ds)
     for name in skipped:
-        echo(f"  skip {name}: finished (done.json); delete its run folder or train with FORCE=1 to redo it")
-    outcomes = {o.name: o for o in parallel.run_jobs(jobs, recipe.jobs, recipe.threads, echo=echo)} if jobs \
-        else {}
+        model, _, fold = name.rpartition(" fold ")
+        echo(f"  skip {name}: finished (done.json); `make train MODEL={model} FOLD={fold} FORCE=1` redoes it")
+    outcomes = {}
+    if jobs:
+        outcomes = {o.name: o for o in parallel.run_jobs(jobs, recipe.jobs, recipe.threads, echo=echo)}
     records = []
     for m in recipe.detector_list() + recipe.classifier_list():
         for f in m.folds:

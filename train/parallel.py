@@ -14,9 +14,7 @@ CPU threads: each job gets ``threads`` (default ``cores // n``) through
 ``apply_threads`` turns into ``torch.set_num_threads`` in the job. Ultralytics
 would otherwise reset torch to its own count (cores - 1, so ONE thread on a
 2-core machine) when it selects the device, and the torchvision loop to the same
-(``train.dist.set_cpu_threads``). On small images a training job does not keep
-several cores busy, so two one-thread jobs finish two folds sooner than two
-two-thread jobs one after the other. A job with several threads waits
+(``train.dist.set_cpu_threads``). A job with several threads waits
 passively between parallel regions (``OMP_WAIT_POLICY=PASSIVE`` unless set):
 OpenMP's default spinning turns any other load on the machine into lost time
 (one YOLOv8n fold with 2 threads on a 2-core machine at load 13: 250 s wall and
