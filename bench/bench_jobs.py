@@ -3,8 +3,9 @@
 YOLOv8n on the folds of a small synthetic set, the same epochs each time, run
 as ``python -m train --fold all`` three ways, interleaved (the machine may be
 shared: every variant sees the same load drift): ``sequential`` (no --jobs: one
-process, ultralytics' own thread count, cores - 1), ``--jobs 1`` (one job at a
-time with every core) and ``--jobs K`` (the K folds at once, the cores split).
+process, ultralytics' own thread count, cores - 1), ``--jobs 1, all cores`` (one
+job at a time with every core as its threads) and ``--jobs K`` (the K folds at
+once, the cores split between them).
 Wall and CPU time (user + system of all children) per variant and the wall
 ratios.
 
@@ -42,7 +43,7 @@ def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 def measure(images: int = IMAGES, k: int = K, rounds: int = ROUNDS, overrides: list[str] = OVERRIDES) -> list[str]:
     """The comparison, as printable lines."""
-    from train.parallel import cores
+    from train.parallel import THREAD_VARS, cores
 
     with tempfile.TemporaryDirectory(prefix="cytokit-bench-jobs-") as tmp:
         env = {**os.environ, "CYTOKIT_WORK": str(Path(tmp) / "work")}
@@ -53,18 +54,20 @@ def measure(images: int = IMAGES, k: int = K, rounds: int = ROUNDS, overrides: l
         subprocess.run(py + ["prepare.folds", "--data", str(data), "--k", str(k), "--seed", "0"], env=env,
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=paths.ROOT)
         base = py + ["train", "--model", "yolov8", "--fold", "all", "--data", str(data), "--force", *overrides]
-        variants = {"sequential": base, "--jobs 1": [*base, "--jobs", "1"], f"--jobs {k}": [*base, "--jobs", str(k)]}
+        every = {**{var: str(cores()) for var in THREAD_VARS}, "OMP_WAIT_POLICY": "PASSIVE"}
+        variants = {"sequential": (base, env), "--jobs 1, all cores": ([*base, "--jobs", "1"], {**env, **every}),
+                    f"--jobs {k}": ([*base, "--jobs", str(k)], env)}
         times: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
         for _ in range(rounds):
-            for name, argv in variants.items():
-                times[name].append(_timed(argv, env))
+            for name, (argv, variant_env) in variants.items():
+                times[name].append(_timed(argv, variant_env))
     head = (f"yolov8n, {k} folds of {images} synthetic images, {' '.join(overrides)}; {cores()} cores; "
             f"{rounds} interleaved rounds (wall s / CPU s per round; load average {os.getloadavg()[0]:.1f}):")
     lines = [head]
     for name, runs in times.items():
-        lines.append(f"{name:<12} " + "  ".join(f"{w:6.1f} / {c:6.1f}" for w, c in runs))
+        lines.append(f"{name:<20} " + "  ".join(f"{w:6.1f} / {c:6.1f}" for w, c in runs))
     last = f"--jobs {k}"
-    for name in ("sequential", "--jobs 1"):
+    for name in ("sequential", "--jobs 1, all cores"):
         ratios = [a[0] / b[0] for a, b in zip(times[name], times[last])]
         lines.append(f"{last} vs {name}: wall {' '.join(f'{r:.2f}x' for r in ratios)} faster")
     return lines

@@ -48,7 +48,7 @@ class RecipeConfig:
     seed: int = 42  # fold seed (and seed of the synthetic data)
     folds: list[str] = dataclasses.field(default_factory=list)  # prepare.folds key=value (configs/folds.yaml)
     jobs: int = 1  # training jobs at once: CPU threads split between them; on GPUs one GPU per job
-    threads: int = 0  # CPU threads per training job; 0 = cores // jobs
+    threads: int = 0  # CPU threads per training job; 0 = cores // jobs (jobs 1: the trainer's own)
     detectors: list[dict] = dataclasses.field(default_factory=list)  # TrainMember entries, the ensemble's members
     classifiers: list[dict] = dataclasses.field(default_factory=list)  # TrainMember entries, trained per fold
     ensemble: dict = dataclasses.field(default_factory=dict)  # configs/ensemble.yaml keys on top of that file

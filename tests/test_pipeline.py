@@ -38,7 +38,8 @@ def ran(tmp: Path, name: str) -> dict:
 
 
 def test_threads_are_split_between_jobs():
-    assert parallel.threads_per_job(1, n_cores=2) == 2
+    assert parallel.threads_per_job(1, n_cores=2) == 0  # one job: the trainer's own choice
+    assert parallel.threads_per_job(1, threads=2, n_cores=2) == 2
     assert parallel.threads_per_job(2, n_cores=2) == 1
     assert parallel.threads_per_job(4, n_cores=16) == 4
     assert parallel.threads_per_job(3, n_cores=2) == 1  # never 0
@@ -59,11 +60,12 @@ def test_two_jobs_run_at_once_with_their_share_of_threads(tmp_path, monkeypatch)
     assert all(o.seconds >= 1.5 and o.cpu_seconds >= 0 for o in out)
 
 
-def test_one_job_at_a_time_gets_every_core_and_gpus_are_dealt_per_slot(tmp_path):
+def test_one_job_at_a_time_keeps_the_trainers_threads_and_gpus_are_dealt_per_slot(tmp_path):
     out = parallel.run_jobs([fake_job(tmp_path, "a", 0.5), fake_job(tmp_path, "b", 0.5)], n=1, gpus=[],
                             echo=lambda s: None)
     a, b = ran(tmp_path, "a"), ran(tmp_path, "b")
-    assert a["end"] <= b["start"] and a["omp"] == str(parallel.cores())
+    assert a["end"] <= b["start"]
+    assert a["omp"] == os.environ.get("OMP_NUM_THREADS") and a["ours"] == os.environ.get("CYTOKIT_THREADS")
     assert [o.status for o in out] == ["ok", "ok"]
     parallel.run_jobs([fake_job(tmp_path, "c", 0.5), fake_job(tmp_path, "d", 0.5)], n=2, threads=1,
                       gpus=["3", "5"], echo=lambda s: None)

@@ -9,16 +9,19 @@ validates on ground-truth crops instead). A failing job is reported with its
 log path and its last line, the others go on. ``make all`` (``pipeline.run``)
 uses the same runner for every member x fold.
 
-CPU threads: each job gets ``threads`` (default ``cores // n``) through
-``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` and ``CYTOKIT_THREADS``, which
+CPU threads: with ``n > 1`` each job gets ``threads`` (default ``cores // n``)
+through ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` and ``CYTOKIT_THREADS``, which
 ``apply_threads`` turns into ``torch.set_num_threads`` in the job. Ultralytics
 would otherwise reset torch to its own count (cores - 1, so ONE thread on a
 2-core machine) when it selects the device, and the torchvision loop to the same
-(``train.dist.set_cpu_threads``). A job with several threads waits
-passively between parallel regions (``OMP_WAIT_POLICY=PASSIVE`` unless set):
-OpenMP's default spinning turns any other load on the machine into lost time
-(one YOLOv8n fold with 2 threads on a 2-core machine at load 13: 250 s wall and
-82 s CPU spinning, 30 s and 10 s passive, 29 s and 10 s with 1 thread).
+(``train.dist.set_cpu_threads``). One job at a time (``n == 1``, ``threads``
+0) keeps that count: on a 2-core machine one YOLOv8n job with 2 threads was
+slower than with 1 (``python -m bench jobs``); the second core pays off as a
+second job. A job with several threads waits passively between parallel
+regions (``OMP_WAIT_POLICY=PASSIVE`` unless set): OpenMP's default spinning turns
+any other load on the machine into lost time (one YOLOv8n fold with 2 threads on
+a 2-core machine at load 13: 250 s wall and 82 s CPU spinning, 30 s and 10 s
+passive, 29 s and 10 s with 1 thread).
 
 GPUs: with ``n > 1`` and visible GPUs, job slot ``s`` sees only GPU
 ``gpus[s % len(gpus)]`` (``CUDA_VISIBLE_DEVICES``), so ``JOBS=4`` on a 4-GPU box
@@ -75,8 +78,11 @@ def cores() -> int:
 
 
 def threads_per_job(n_jobs: int, threads: int = 0, n_cores: int | None = None) -> int:
-    """``threads`` when set, else the cores split evenly over ``n_jobs`` (at least 1)."""
-    return threads if threads > 0 else max(1, (n_cores or cores()) // max(1, n_jobs))
+    """``threads`` when set; else with several jobs the cores split evenly over them (at least 1);
+    else 0: one job at a time keeps the trainer's own choice (ultralytics: cores - 1, at most 8)."""
+    if threads > 0:
+        return threads
+    return max(1, (n_cores or cores()) // n_jobs) if n_jobs > 1 else 0
 
 
 def visible_gpus() -> list[str]:
@@ -97,8 +103,11 @@ def passive_wait() -> None:
 
 
 def job_env(threads: int, gpu: str | None = None) -> dict[str, str]:
-    """The environment of a job: this one, with its thread count and (when given) its one GPU."""
-    env = {**os.environ, **{var: str(threads) for var in THREAD_VARS}, "PYTHONUNBUFFERED": "1"}
+    """The environment of a job: this one, with its thread count (0: left as it is) and (when
+    given) its one GPU."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if threads > 0:
+        env.update({var: str(threads) for var in THREAD_VARS})
     if threads > 1:  # unless the user chose a policy: see the module doc
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if gpu is not None:
@@ -169,7 +178,7 @@ def run_jobs(jobs: list[Job], n: int = 1, threads: int = 0, gpus: list[str] | No
              echo=print, heartbeat: float = HEARTBEAT_S) -> list[Outcome]:
     """Run ``jobs``, ``n`` at a time (dependencies first); one ``Outcome`` per job, in the jobs' order.
 
-    ``threads``: CPU threads per job (0: cores // n). ``gpus``: GPU ids for the
+    ``threads``: CPU threads per job (0: cores // n; for ``n == 1`` the trainer's own). ``gpus``: GPU ids for the
     slots when ``n > 1`` (None: the visible ones; [] : none). ``echo`` prints
     one line when a job starts and when it ends, and every ``heartbeat`` seconds
     the last log line of each running job.
@@ -183,7 +192,8 @@ def run_jobs(jobs: list[Job], n: int = 1, threads: int = 0, gpus: list[str] | No
     n = max(1, n)
     per_job = threads_per_job(n, threads)
     gpus = (visible_gpus() if gpus is None else list(gpus)) if n > 1 else []
-    where = f"GPU(s) {','.join(gpus)}" if gpus else f"{per_job} CPU thread(s) each"
+    where = f"GPU(s) {','.join(gpus)}" if gpus else \
+        f"{per_job} CPU thread(s) each" if per_job else "CPU threads as the trainer picks them"
     echo(f"{len(jobs)} training job(s), {n} at a time, {where}; logs in {jobs[0].log.parent}" if jobs
          else "no training job to run")
     pending, running, ended = list(jobs), {}, {}
