@@ -14,6 +14,8 @@ K ?=#                       folds for make folds (default 5); later steps read i
 SEED ?=#                    fold seed for make folds (default 42); later steps read it from the prepared dataset
 MODEL ?= yolov8#           registry name (see `python -m train --list`)
 FOLD ?= 0#                 fold index, or `all`
+JOBS ?=#                    training jobs at once for make all / make train FOLD=all / make demo
+RECIPE ?= configs/recipe.yaml#  the recipe of make all
 IMAGES ?= 400#             synthetic images for demo-data
 ENSEMBLE ?= configs/ensemble.yaml
 DETECTOR ?= yolov8#       detector whose OOF boxes the classifier report uses (or gt)
@@ -28,11 +30,11 @@ FOLD_OPTS = $(call opt,BALANCE,--balance) $(if $(REPAIR),--repair) $(if $(FORCE)
 TRAIN_ARGS = $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(IMGSZ),imgsz=$(IMGSZ)) $(if $(BATCH),batch=$(BATCH)) \
 	$(if $(DEVICE),device=$(DEVICE)) $(if $(WEIGHTS),pretrained=$(WEIGHTS)) $(if $(RESUME),--resume) $(if $(FORCE),--force) $(ARGS)
 
-.PHONY: help setup lint test-unit test test-all bench export gpu-check demo-data demo weights folds masks train infer submission score tune-ensemble cls-report report validate clean
+.PHONY: help setup lint test-unit test test-all bench export gpu-check demo-data demo all weights folds masks train infer submission score tune-ensemble cls-report report validate clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  Variables: DATA=$(DATA) K=$(or $(K),5) SEED=$(or $(SEED),42) (make folds; later steps: as prepared) MODEL=$(MODEL) FOLD=$(FOLD) (see README)"
+	@echo "  Variables: DATA=$(DATA) K=$(or $(K),5) SEED=$(or $(SEED),42) (make folds; later steps: as prepared) MODEL=$(MODEL) FOLD=$(FOLD) JOBS=$(or $(JOBS),<recipe>) RECIPE=$(RECIPE) (see README)"
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
@@ -75,8 +77,11 @@ folds: $(STAMP) ## clean, group duplicates, make K stratified folds and the YOLO
 masks: $(STAMP) ## masks from boxes for the UNet (MedSAM when MEDSAM_CKPT=path|auto, else a classical fallback)
 	$(PY) -m train.unet.masks --data $(DATA) $(DS_OPTS) $(call opt,MEDSAM_CKPT,--medsam-ckpt)
 
-train: $(STAMP) ## train MODEL on FOLD (EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS=auto|none|path RESUME=1 FORCE=1 ARGS="k=v")
-	$(PY) -m train --model $(MODEL) --fold $(FOLD) --data $(DATA) $(DS_OPTS) $(TRAIN_ARGS)
+all: $(STAMP) ## the whole RECIPE on DATA: folds, every member x fold (JOBS= at once), infer, tune, submission, report
+	$(PY) -m pipeline --recipe $(RECIPE) --data $(DATA) $(call opt,JOBS,--jobs) $(DS_KEYS) $(ARGS)
+
+train: $(STAMP) ## train MODEL on FOLD (JOBS= EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS=auto|none|path RESUME=1 FORCE=1 ARGS="k=v")
+	$(PY) -m train --model $(MODEL) --fold $(FOLD) --data $(DATA) $(DS_OPTS) $(call opt,JOBS,--jobs) $(TRAIN_ARGS)
 
 infer: $(STAMP) ## predict test and out-of-fold images with every member of ENSEMBLE (with TTA)
 	$(PY) -m infer --config $(ENSEMBLE) --data $(DATA) $(DS_KEYS)
@@ -99,8 +104,8 @@ validate: $(STAMP) ## validate SUB= against DATA's test.csv
 score: $(STAMP) ## score SUB= against TRUTH=, or the out-of-fold predictions when neither is given
 	$(if $(SUB),$(PY) -m submit.score --truth $(TRUTH) --submission $(SUB),$(PY) -m submit.oof --data $(DATA) $(DS_OPTS))
 
-demo: $(STAMP) ## the whole pipeline on synthetic data: data, folds, train, infer, submission, score
-	$(PY) -m pipeline.demo --data $(DEMO)
+demo: $(STAMP) ## make all on synthetic data (configs/demo.yaml), from nothing, on a CPU, + the test score
+	$(PY) -m pipeline.demo --data $(DEMO) $(call opt,JOBS,--jobs) $(ARGS)
 
 clean: ## remove generated outputs (work/, submissions/); keeps .venv and data/
 	rm -rf work submissions

@@ -7,7 +7,7 @@
   random-init weights: the speed does not depend on training), one image per
   call, and of the default ensemble (configs/ensemble.yaml: every member and TTA
   view, then fusion) against the challenge's 500 ms rule.
-- The last ``make demo`` report (work/demo/report.json): step times, the OOF
+- The last ``make demo`` report (work/demo/logs/<dataset id>/report.json): step times, the OOF
   score of each member next to the fused ensemble's, and the final score.
 """
 from __future__ import annotations
@@ -150,16 +150,18 @@ def bench_ensemble(folder: Path, imgs: list[np.ndarray]) -> list[str]:
 
 
 def demo_report() -> list[str]:
-    path = paths.pipeline_report(paths.demo_dir())
-    if not path.exists():
-        return [f"demo: no {path} yet (run make demo)"]
+    from pipeline.demo import last_report
+
+    path = last_report()
+    if path is None:
+        return ["demo: no report yet (run make demo)"]
     rep = json.loads(path.read_text())
     lines = [f"last make demo ({rep.get('finished', '?')}): total {rep['total_s']:.0f} s"]
     lines += [f"  {step:<28} {sec:7.1f} s" for step, sec in rep["steps"].items()]
     for row in rep.get("oof", []):
         lines.append(f"  OOF {row['member']:<30} {row['oof']:.4f} "
                      f"(GIoU {row['giou_term']:.4f}, F1 {row['f1_term']:.4f})")
-    for row in rep.get("test_members", []):
+    for row in rep.get("test", []):
         lines.append(f"  test {row['member']:<29} {row['test']:.4f} "
                      f"(GIoU {row['giou_term']:.4f}, F1 {row['f1_term']:.4f})")
     if "score" in rep:

@@ -45,17 +45,6 @@ def demo_dir() -> Path:
     return nested_work_dir("demo")
 
 
-def pipeline_report(work: Path | None = None) -> Path:
-    """``report.json`` of a whole-pipeline run (``make demo``) in the work folder ``work`` (default: this
-    one)."""
-    return Path(work or work_dir()) / "report.json"
-
-
-def ensemble_config() -> Path:
-    """The resolved ensemble config a pipeline run (``make demo``) used."""
-    return work_dir() / "ensemble.yaml"
-
-
 def submissions_dir() -> Path:
     """Where submissions are written: ``<root>/submissions``, or ``$CYTOKIT_WORK/submissions`` so that
     two work folders never write into one submissions folder."""
@@ -70,11 +59,6 @@ def tuned_config(name: str = "ensemble") -> Path:
 def reports_dir(name: str) -> Path:
     """The folder of one report (``cls_<detector>``, ``cls_bccd``, ...)."""
     return work_dir() / "reports" / name
-
-
-def logs_dir() -> Path:
-    """Log files of long runs."""
-    return work_dir() / "logs"
 
 
 def cache_dir() -> Path:
@@ -173,3 +157,13 @@ def weights_dir() -> Path:
     """Downloaded pretrained weights (``make weights``): ``$CYTOKIT_WEIGHTS`` or ``<root>/weights``."""
     env = os.environ.get("CYTOKIT_WEIGHTS")
     return Path(env).resolve() if env else ROOT / "weights"
+
+
+def logs_dir(dataset_id: str) -> Path:
+    """Logs of the training jobs of ``make all`` / ``make train JOBS=`` and the run report, per dataset."""
+    return work_dir() / "logs" / dataset_id
+
+
+def run_report(dataset_id: str) -> Path:
+    """``report.json`` of the last ``make all`` / ``make demo`` on a dataset: every step's time and score."""
+    return logs_dir(dataset_id) / "report.json"

@@ -2,12 +2,13 @@
 
     python -m train --model yolov8 --fold 0 --data data/raw --k 5 --seed 42 [--resume] [--force] [k=v ...]
     python -m train --model fasterrcnn --fold all epochs=12 device=cpu
+    python -m train --model yolov8 --fold all --jobs 2     (folds as parallel processes, train.parallel)
     python -m train --list
 
-(``make train MODEL= FOLD= EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS= RESUME=1 FORCE=1 ARGS="k=v"``.)
+(``make train MODEL= FOLD= JOBS= EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS= RESUME=1 FORCE=1 ARGS="k=v"``.)
 The fold comes from ``make folds`` (``cytokit.dataset.load_fold``). Config =
 defaults (``configs/<family>.yaml``, see --list) <- ``key=value``; unknown keys are
-an error naming the valid ones. Per fold, into ``work/runs/<model>/fold<k>/``:
+an error naming the valid ones. Per fold, into ``work/runs/<dataset id>/<model>/fold<k>/``:
 the resolved config, training (best epoch by the challenge score on the fold's
 validation images), then the out-of-fold predictions of the best weights in
 ``work/preds/<model>/fold<k>/oof.parquet`` and the fold's challenge score and
@@ -34,6 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help="fold seed of the prepared dataset (default: as prepared)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last.pt")
     p.add_argument("--force", action="store_true", help="clear a finished or unfinished run and train again")
+    p.add_argument("--jobs", type=int, help="run the folds as this many parallel processes, the CPU threads "
+                   "(or the GPUs) split between them; logs in work/logs/<dataset id>/")
     p.add_argument("--list", action="store_true", help="list the registered models and exit")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -44,11 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     env.apply()
     io.setup_logging(args.verbose)
-    from train import job
+    from train import job, parallel
 
+    parallel.apply_threads()  # a job of train.parallel: its share of the CPU threads
     if args.list:
         print(job.list_models())
         return 0
+    if args.jobs is not None:
+        return parallel.train_folds(args.model, args.fold, args.data, args.k, args.seed, args.overrides,
+                                    args.jobs, args.resume, args.force)
     job.train(args.model, str(args.fold), args.data, args.k, args.seed, args.overrides, args.resume,
               args.force)
     return 0

@@ -78,11 +78,13 @@ def single_device(spec: str | int | None, what: str) -> str:
 
 
 def set_cpu_threads(threads: int = 0) -> int:
-    """Set torch's CPU threads: ``threads``, or as ultralytics does, one less than the cores (1 to 8).
+    """Set torch's CPU threads: ``threads``, else the job's share (``CYTOKIT_THREADS``, set by
+    ``train.parallel``), else as ultralytics does, one less than the cores (1 to 8).
 
     Leaving a core free matters: on a busy machine, all-core OpenMP runs several times slower.
     """
-    n = threads if threads > 0 else min(8, max(1, (os.cpu_count() or 1) - 1))
+    share = int(os.environ.get("CYTOKIT_THREADS") or 0)
+    n = threads if threads > 0 else share if share > 0 else min(8, max(1, (os.cpu_count() or 1) - 1))
     torch.set_num_threads(n)
     return n
 

@@ -1,0 +1,281 @@
+"""The orchestrator of ``make all`` and ``make demo``: the whole recipe, step by step, timed.
+
+    python -m pipeline --recipe configs/recipe.yaml --data DATA [--jobs N] [key=value ...]
+
+Steps: synthetic data (only with a ``synth`` section and no DATA/train.csv),
+folds (``prepare.folds``), training of every member x fold as subprocesses
+(``train.parallel``: finished runs skipped, unfinished ones resumed, a failing
+one reported with its log and the others going on; a classifier after the
+detector it validates on), inference with TTA on the test and out-of-fold
+images (``infer.ensemble``), tuning out-of-fold (``infer.tune``), the
+submission with the tuned config and its validation, the test-label scores of
+each member vs the ensemble when DATA has test_labels.csv, and the report page
+(``make report``). Everything it writes besides runs, predictions and the
+submission is in ``work/logs/<dataset id>/``: one log per training job, the
+resolved recipe, the ensemble and tuned configs, and ``report.json`` (steps,
+times, scores, failures). Any failed member makes the exit status 1, but the
+submission is still made from the members that trained.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cytokit import config as kit_config
+from cytokit import io, paths
+from pipeline.recipe import RecipeConfig, TrainMember, ensemble_values, val_detector
+
+log = logging.getLogger("pipeline")
+OOF_FILE = "oof.parquet"  # train.oof.oof_path: a run is finished when it has done.json and this table
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its finished children."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class Steps:
+    """Runs named steps, printing and recording the wall and CPU time of each (a CPU time near
+    cores x wall means the step used the machine; far below, it waited for others on a shared one)."""
+
+    def __init__(self, echo: Callable[[str], None] = print) -> None:
+        self.times: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.start = time.perf_counter()
+        self.echo = echo
+
+    def __call__(self, name: str, fn: Callable[[], Any]) -> Any:
+        self.echo(f"\n== {name} ==")
+        start, cpu = time.perf_counter(), cpu_seconds()
+        try:
+            return fn()
+        finally:
+            self.times[name] = round(time.perf_counter() - start, 2)
+            self.cpu[name] = round(cpu_seconds() - cpu, 2)
+            self.echo(f"== {name}: {self.times[name]:.1f} s (CPU {self.cpu[name]:.1f} s)")
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def finished(ds: Any, model: str, fold: int) -> bool:
+    """True when ``model`` fold ``fold`` is trained and has its out-of-fold predictions."""
+    from train import runs
+
+    return runs.is_done(ds.run_dir(model, fold)) and (ds.preds_dir(model, fold) / OOF_FILE).exists()
+
+
+def plan(recipe: RecipeConfig, ds: Any) -> tuple[list, list[str]]:
+    """The training jobs still to run (``train.parallel.Job``) and the names of the finished ones."""
+    from train import parallel
+
+    jobs, skipped = [], []
+
+    def add(m: TrainMember, fold: int, after: tuple[str, ...] = ()) -> None:
+        name = f"{m.model} fold {fold}"
+        if finished(ds, m.model, fold):
+            skipped.append(name)
+            return
+        run_dir = ds.run_dir(m.model, fold)  # an unfinished run continues; a new one starts without a warning
+        resume = run_dir.exists() and any(run_dir.iterdir())
+        argv = parallel.train_argv(m.model, fold, ds.data, ds.k, ds.seed, m.overrides, resume=resume)
+        jobs.append(parallel.Job(name, argv, parallel.log_path(ds, m.model, fold), after))
+
+    for m in recipe.detector_list():
+        for f in m.folds:
+            add(m, f)
+    detectors = [m.model for m in recipe.detector_list()]
+    for c in recipe.classifier_list():
+        det = val_detector(c)
+        if det not in detectors:
+            log.warning("%s validates on %s, which the recipe does not train; its val_detector decides "
+                        "(ground-truth crops when that detector has no out-of-fold boxes)", c.model,
+                        det or "nothing")
+        for f in c.folds:  # validation crops come from the detector's OOF boxes of the same fold
+            add(c, f, tuple(j.name for j in jobs if j.name == f"{det} fold {f}"))
+    return jobs, skipped
+
+
+def train_step(recipe: RecipeConfig, ds: Any, echo: Callable[[str], None] = print) -> list[dict]:
+    """Run the training jobs; one record per member x fold: name, model, fold, status, times, log."""
+    from train import parallel
+
+    jobs, skipped = plan(recipe, ds)
+    for name in skipped:
+        model, _, fold = name.rpartition(" fold ")
+        echo(f"  skip {name}: finished (done.json); `make train MODEL={model} FOLD={fold} FORCE=1` redoes it")
+    outcomes = {}
+    if jobs:
+        outcomes = {o.name: o for o in parallel.run_jobs(jobs, recipe.jobs, recipe.threads, echo=echo)}
+    records = []
+    for m in recipe.detector_list() + recipe.classifier_list():
+        for f in m.folds:
+            name = f"{m.model} fold {f}"
+            o = outcomes.get(name)
+            rec = {"name": name, "model": m.model, "fold": f, "status": o.status if o else "skipped",
+                   "log": str(o.log if o else parallel.log_path(ds, m.model, f))}
+            if o:
+                rec.update(returncode=o.returncode, seconds=round(o.seconds, 1),
+                           cpu_seconds=round(o.cpu_seconds, 1), last_line=o.last_line)
+            if rec["status"] == "ok" and not finished(ds, m.model, f):
+                rec.update(status="failed", last_line="the job ended without done.json and its OOF table")
+            records.append(rec)
+    return records
+
+
+def trained_folds(members: list[TrainMember], records: list[dict]) -> dict[str, list[int]]:
+    """Each member's folds that are trained (skipped as finished, or trained now)."""
+    good = {(r["model"], r["fold"]) for r in records if r["status"] in ("ok", "skipped")}
+    return {m.model: [f for f in m.folds if (m.model, f) in good] for m in members}
+
+
+def report_page(ds: Any, config: Path, submission: Path) -> str:
+    """The report page of ``make report`` for this run: its tuned ensemble, its submission."""
+    from pipeline import report
+
+    return str(report.build_report(ds.data, ds.k, ds.seed, config=config, submission=submission))
+
+
+def run(recipe: RecipeConfig, data: Path, out_dir: Path | None = None,
+        echo: Callable[[str], None] = print) -> dict:
+    """The whole recipe on ``data``; returns the report (also written to work/logs/<id>/report.json)."""
+    from cytokit import dataset
+
+    data = Path(data).resolve()
+    steps = Steps(echo)
+    report: dict[str, Any] = {"data": str(data), "status": "running", "steps": steps.times,
+                              "steps_cpu": steps.cpu, "failures": []}
+    report_path = None
+    try:
+        synth = recipe.synth_settings()
+        if synth and not (data / "train.csv").exists():
+            steps("synthetic data", lambda: _synth(synth, recipe.seed, data))
+        steps("folds", lambda: _folds(recipe, data))
+        ds = dataset.resolve(data, recipe.k, recipe.seed)
+        logs = paths.logs_dir(ds.id)
+        report_path = paths.run_report(ds.id)
+        report.update(dataset=ds.id, recipe=str(kit_config.save(recipe, logs / "recipe.yaml")))
+        records = steps("train", lambda: train_step(recipe, ds, echo))
+        report["train"] = records
+        report["failures"] = [r for r in records if r["status"] == "failed"]
+        _after_training(recipe, data, ds, records, steps, report, out_dir, echo)
+        report["status"] = "failed" if report["failures"] else "ok"
+    except BaseException as exc:
+        report.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "error",
+                      error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        report.update(total_s=round(steps.total, 1), total_cpu_s=round(cpu_seconds(), 1),
+                      finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+        if report_path is not None:
+            io.atomic_write_text(report_path, json.dumps(report, indent=1, default=str) + "\n")
+            report["report"] = str(report_path)
+    _summary(report, echo)
+    return report
+
+
+def _after_training(recipe: RecipeConfig, data: Path, ds: Any, records: list[dict], steps: Steps,
+                    report: dict, out_dir: Path | None, echo: Callable[[str], None]) -> None:
+    """Inference, tuning, submission, validation, test-label scores and the report page."""
+    from infer import ensemble, tune
+    from infer.config import EnsembleConfig
+    from pipeline import scores
+    from submit.validate import validate_submission
+
+    detectors = trained_folds(recipe.detector_list(), records)
+    classifiers = trained_folds(recipe.classifier_list(), records)
+    trained = {**detectors, **classifiers}
+    left_out = {m.model: [f for f in m.folds if f not in trained[m.model]]
+                for m in recipe.detector_list() + recipe.classifier_list()}
+    report["left_out"] = {m: folds for m, folds in left_out.items() if folds}
+    if not any(detectors.values()):
+        raise io.DataError("no detector finished training; nothing to predict with (see the failures above)")
+    logs = paths.logs_dir(ds.id)
+    ens = kit_config.from_dict(EnsembleConfig, ensemble_values(recipe, ds, detectors, classifiers),
+                               "recipe ensemble")
+    report["ensemble"] = str(kit_config.save(ens, logs / "ensemble.yaml"))
+    steps("infer (members x TTA views, test + out-of-fold)", lambda: ensemble.run(ens, data))
+    if recipe.tune:
+        tuned, table = steps("tune out-of-fold", lambda: tune.run(ens, data, logs / "tuned.yaml"))
+        ens = kit_config.load(EnsembleConfig, tuned)
+        report.update(tuned=str(tuned), oof=table.to_dict(orient="records"),
+                      oof_check=scores.oof_check(table))
+    result = steps("submission", lambda: ensemble.run(ens, data, submission=True, out_dir=out_dir))
+    report.update(submission=str(result.submission), fusion=result.fusion)
+    files = paths.data_files(data)
+    problems = steps("validate",
+                     lambda: validate_submission(result.submission, files["test"], files["images"]))
+    errors = [p for p in problems if p.level == "error"]
+    echo(f"validator: {len(errors)} error(s), {len(problems) - len(errors)} warning(s)")
+    if errors:
+        raise io.DataError(errors)
+    if result.score is not None:
+        r = result.score
+        report.update(score=r.total, giou_term=r.giou_term, f1_term=r.f1_term)
+        report["test"] = steps("test labels: each member vs the ensemble",
+                               lambda: scores.test_table(ens, data, result.fusion, r))
+    config = Path(report.get("tuned") or report["ensemble"])
+    report["report_page"] = steps("report page", lambda: report_page(ds, config, result.submission))
+
+
+def _synth(settings: Any, seed: int, data: Path) -> None:
+    from prepare.synth import make
+
+    code = make.main(["--out", str(data), "--images", str(settings.images), "--seed", str(seed),
+                      "--test-fraction", str(settings.test_fraction), "--workers", str(settings.workers)])
+    if code:
+        raise RuntimeError(f"prepare.synth failed with exit status {code}")
+
+
+def _folds(recipe: RecipeConfig, data: Path) -> None:
+    from prepare import folds
+
+    code = folds.main(["--data", str(data), "--k", str(recipe.k), "--seed", str(recipe.seed), *recipe.folds])
+    if code:
+        raise RuntimeError(f"prepare.folds failed with exit status {code}")
+
+
+def _summary(report: dict, echo: Callable[[str], None]) -> None:
+    """The end of the run: times, the out-of-fold and test tables, the failures, where things are."""
+    import pandas as pd
+
+    from cytokit.io import format_table
+
+    echo(f"\n  {'== times ==':<48} {'wall':>9} {'CPU':>9}")
+    for name, sec in report["steps"].items():
+        echo(f"  {name:<48} {sec:7.1f} s {report['steps_cpu'].get(name, 0):7.1f} s")
+    echo(f"  {'total':<48} {report['total_s']:7.1f} s {report['total_cpu_s']:7.1f} s")
+    if report.get("oof"):
+        echo("\nout-of-fold challenge score of each member (with and without TTA) and of the ensemble:")
+        echo(format_table(pd.DataFrame(report["oof"])))
+        c = report["oof_check"]
+        if c:
+            echo(f"ensemble {c['ensemble']:.4f} vs best single member {c['best_member']} {c['best']:.4f} "
+                 f"out-of-fold: {c['ensemble'] - c['best']:+.4f}"
+                 + ("" if c["ensemble"] >= c["best"] else "  <- the ensemble is BELOW its best member"))
+    if report.get("test"):
+        echo("\ntest labels: each member alone (detector classes), with the classifier, and the ensemble:")
+        echo(format_table(pd.DataFrame(report["test"])))
+    if report["failures"]:
+        echo(f"\n{len(report['failures'])} training job(s) FAILED:")
+        for r in report["failures"]:
+            echo(f"  {r['name']}: exit {r.get('returncode')}: {r.get('last_line', '')}\n    log: {r['log']}")
+    if report.get("left_out"):
+        echo("left out of the ensemble: " + ", ".join(f"{m} fold(s) {', '.join(map(str, f))}"
+                                                      for m, f in report["left_out"].items()))
+    if report.get("submission"):
+        echo(f"\nsubmission: {report['submission']}")
+    if "score" in report:
+        echo(f"test score: {report['score']:.4f} (GIoU term {report['giou_term']:.4f}, "
+             f"F1 term {report['f1_term']:.4f}) in {report['total_s'] / 60:.1f} min")
+    if report.get("report"):
+        echo(f"run report: {report['report']}" + (f"; report page: {report['report_page']}"
+                                                 if report.get("report_page") else ""))

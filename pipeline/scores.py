@@ -1,0 +1,76 @@
+"""Score tables of a ``make all`` run: each member against the ensemble.
+
+``test_table`` scores, on DATA/test_labels.csv, each detector x fold alone, each
+detector over its folds, the same with the classifier blended in (the exact
+hook of the submission, ``infer.ensemble.classify``), the ensemble without the
+classifier, and the submitted ensemble: the fusion settings are the tuned ones
+throughout, so each difference is what that part adds. ``oof_check`` reads the
+out-of-fold table of ``infer.tune``: is the ensemble at least its best member?
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+def oof_check(table: pd.DataFrame) -> dict | None:
+    """The ensemble's out-of-fold score vs the best single member's, from ``infer.tune.run``'s table
+    (rows ``member, oof, ...``; ensemble rows named ``ensemble...``, the last one the tuned ensemble)."""
+    if table is None or not len(table):
+        return None
+    is_ens = table["member"].astype(str).str.startswith("ensemble")
+    if not is_ens.any() or is_ens.all():
+        return None
+    members = table[~is_ens]
+    best = members.loc[members["oof"].idxmax()]
+    return {"ensemble": float(table[is_ens]["oof"].iloc[-1]), "best_member": str(best["member"]),
+            "best": float(best["oof"])}
+
+
+def _row(label: str, result: Any) -> dict:
+    return {"member": label, "test": result.total, "giou_term": result.giou_term, "f1_term": result.f1_term}
+
+
+def test_table(ens: Any, data: Path, fusion: str, submitted: Any) -> list[dict]:
+    """Each member vs the ensemble on the test labels (see the module doc); ``submitted`` is the
+    submission's ``ScoreResult`` (the last row)."""
+    from cytokit import paths, predictions, tables
+    from cytokit.metric import score
+    from cytokit.submission import image_sizes, make_submission
+    from infer import fuse
+    from infer.config import bind
+    from infer.ensemble import classify
+
+    ens, ds = bind(ens, data)
+    files = paths.data_files(data)
+    test, truth = tables.read(files["test"], "test"), tables.read(files["test_labels"], "submission")
+    sizes = image_sizes(test["NAME"], files["images"])
+    n_cells = test.groupby("NAME").size().to_dict()
+    params = ens.fuse_params(fusion)
+    alone = dataclasses.replace(params, weights={})
+    has_cls = ens.classifier_section() is not None
+
+    def scored(table: pd.DataFrame, p: Any, with_cls: bool = False) -> Any:
+        fused = fuse.fuse(table[table["view"].isin(ens.tta)], p, progress=False)
+        if with_cls:
+            fused = classify(ens, fused, files["images"], n_cells, ds)
+        return score(truth, make_submission(fused, test, sizes))
+
+    rows, every = [], []
+    for m in ens.member_list():
+        frames = [predictions.read(ds.preds_dir(m.model, f) / "test.parquet") for f in m.folds]
+        every.extend(frames)
+        if len(frames) > 1:
+            rows += [_row(f"{m.model} fold{f}", scored(t, alone)) for f, t in zip(m.folds, frames)]
+        both = pd.concat(frames, ignore_index=True)
+        rows.append(_row(f"{m.model} (folds {','.join(map(str, m.folds))})", scored(both, alone)))
+        if has_cls:
+            rows.append(_row(f"{m.model} + classifier", scored(both, alone, with_cls=True)))
+    if has_cls or len(ens.member_list()) > 1:
+        rows.append(_row("ensemble, no classifier" if has_cls else "ensemble",
+                         scored(pd.concat(every, ignore_index=True), params)))
+    rows.append(_row("ensemble (submission)", submitted))
+    return rows

@@ -1,0 +1,292 @@
+"""Training jobs as parallel subprocesses: threads split on CPU, one GPU per job on GPU machines.
+
+    python -m train --model yolov8 --fold all --jobs 2 [--resume] [k=v ...]   (make train FOLD=all JOBS=2)
+
+``run_jobs(jobs, n)`` runs ``Job``s (one ``python -m train`` call each) ``n`` at
+a time, each with its own log file; a job starts once the jobs it names in
+``after`` have ended (whatever their outcome: a classifier whose detector failed
+validates on ground-truth crops instead). A failing job is reported with its
+log path and its last line, the others go on. ``make all`` (``pipeline.run``)
+uses the same runner for every member x fold.
+
+CPU threads: with ``n > 1`` each job gets ``threads`` (default ``cores // n``)
+through ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` and ``CYTOKIT_THREADS``, which
+``apply_threads`` turns into ``torch.set_num_threads`` in the job. Ultralytics
+would otherwise reset torch to its own count (cores - 1, so ONE thread on a
+2-core machine) when it selects the device, and the torchvision loop to the same
+(``train.dist.set_cpu_threads``). One job at a time (``n == 1``, ``threads``
+0) keeps that count: on a 2-core machine one YOLOv8n job with 2 threads was
+slower than with 1 (``python -m bench jobs``); the second core pays off as a
+second job. A job with several threads waits passively between parallel
+regions (``OMP_WAIT_POLICY=PASSIVE`` unless set): OpenMP's default spinning turns
+any other load on the machine into lost time (one YOLOv8n fold with 2 threads on
+a 2-core machine at load 13: 250 s wall and 82 s CPU spinning, 30 s and 10 s
+passive, 29 s and 10 s with 1 thread).
+
+GPUs: with ``n > 1`` and visible GPUs, job slot ``s`` sees only GPU
+``gpus[s % len(gpus)]`` (``CUDA_VISIBLE_DEVICES``), so ``JOBS=4`` on a 4-GPU box
+trains four folds at once, one per GPU, and ``JOBS=8`` puts two jobs on each.
+With ``n == 1`` the job sees every GPU (``device=0,1`` multi-GPU training works).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("train")
+
+THREADS_ENV = "CYTOKIT_THREADS"  # CPU threads of one job, set by run_jobs, read by apply_threads
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", THREADS_ENV)
+POLL_S = 0.2  # how often the runner checks its jobs
+HEARTBEAT_S = 120.0  # how often it prints the last log line of each running job
+
+
+@dataclasses.dataclass
+class Job:
+    """One subprocess: a name, its command line and its log file."""
+
+    name: str  # e.g. "yolov8 fold 0" (unique among the jobs of one run)
+    argv: list[str]  # the full command line
+    log: Path  # stdout and stderr of the job (appended: a resumed job keeps its history)
+    after: tuple[str, ...] = ()  # names of jobs that must end before this one starts
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What became of one job."""
+
+    name: str
+    status: str  # ok | failed
+    returncode: int | None
+    seconds: float  # wall time of the job
+    cpu_seconds: float  # user + system CPU time of the job (its children included)
+    log: Path
+    last_line: str = ""  # the log's last line (the one-line error of a failed job)
+
+
+def cores() -> int:
+    """CPU cores this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_job(n_jobs: int, threads: int = 0, n_cores: int | None = None) -> int:
+    """``threads`` when set; else with several jobs the cores split evenly over them (at least 1);
+    else 0: one job at a time keeps the trainer's own choice (ultralytics: cores - 1, at most 8)."""
+    if threads > 0:
+        return threads
+    return max(1, (n_cores or cores()) // n_jobs) if n_jobs > 1 else 0
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids a job may be given: ``CUDA_VISIBLE_DEVICES`` when set, else every CUDA device."""
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        return [g.strip() for g in given.split(",") if g.strip() and g.strip() != "-1"]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def passive_wait() -> None:
+    """Make OpenMP threads of this process wait passively (unless the user set a policy); call it before
+    torch is imported. The orchestrator predicts in its own process with every core: spinning threads
+    there made a YOLOv8n forward pass 15-20x slower at load 5 on 2 cores (27 s vs 1.8 s passive)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def job_env(threads: int, gpu: str | None = None) -> dict[str, str]:
+    """The environment of a job: this one, with its thread count (0: left as it is) and (when
+    given) its one GPU."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if threads > 0:
+        env.update({var: str(threads) for var in THREAD_VARS})
+    if threads > 1:  # unless the user chose a policy: see the module doc
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    return env
+
+
+def apply_threads() -> int | None:
+    """In a job: torch's CPU threads (and ultralytics' count) from ``CYTOKIT_THREADS``; None when unset."""
+    n = int(os.environ.get(THREADS_ENV) or 0)
+    if n <= 0:
+        return None
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        import ultralytics.utils
+        import ultralytics.utils.torch_utils
+    except ImportError:
+        log.info("CPU threads of this job: %d (%s)", n, THREADS_ENV)
+        return n
+    # select_device() calls torch.set_num_threads(NUM_THREADS) when training starts on CPU.
+    ultralytics.utils.NUM_THREADS = ultralytics.utils.torch_utils.NUM_THREADS = n
+    log.info("CPU threads of this job: %d (%s)", n, THREADS_ENV)
+    return n
+
+
+def last_line(path: Path, size: int = 4096) -> str:
+    """The last non-empty line of a text file (progress bars' carriage returns split lines too)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - size))
+            tail = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [x.strip() for x in tail.replace("\r", "\n").split("\n") if x.strip()]
+    return lines[-1] if lines else ""
+
+
+class _Running:
+    def __init__(self, job: Job, slot: int, env: dict[str, str]):
+        import subprocess
+
+        self.job, self.slot, self.start = job, slot, time.perf_counter()
+        job.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(job.log, "a") as fh:  # the child writes through its own copy of the descriptor
+            fh.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(job.argv)}\n")
+            fh.flush()
+            self.proc = subprocess.Popen(job.argv, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                         stdin=subprocess.DEVNULL)
+
+    def poll(self) -> Outcome | None:
+        pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+        if pid == 0:
+            return None
+        code = os.waitstatus_to_exitcode(status)
+        self.proc.returncode = code  # reaped here (with its CPU time); Popen must not wait again
+        return Outcome(self.job.name, "ok" if code == 0 else "failed", code, time.perf_counter() - self.start,
+                       usage.ru_utime + usage.ru_stime, self.job.log, last_line(self.job.log))
+
+    def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait()
+
+
+def run_jobs(jobs: list[Job], n: int = 1, threads: int = 0, gpus: list[str] | None = None,
+             echo=print, heartbeat: float = HEARTBEAT_S) -> list[Outcome]:
+    """Run ``jobs``, ``n`` at a time (dependencies first); one ``Outcome`` per job, in the jobs' order.
+
+    ``threads``: CPU threads per job (0: cores // n; for ``n == 1`` the trainer's own). ``gpus``: GPU ids
+    for the slots when ``n > 1`` (None: the visible ones; [] : none). ``echo`` prints
+    one line when a job starts and when it ends, and every ``heartbeat`` seconds
+    the last log line of each running job.
+    """
+    names = [j.name for j in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"job names must be unique: {names}")
+    unknown = sorted({a for j in jobs for a in j.after} - set(names))
+    if unknown:
+        raise ValueError(f"jobs wait for unknown job(s): {', '.join(unknown)}")
+    n = max(1, n)
+    per_job = threads_per_job(n, threads)
+    gpus = (visible_gpus() if gpus is None else list(gpus)) if n > 1 else []
+    where = f"GPU(s) {','.join(gpus)}" if gpus else \
+        f"{per_job} CPU thread(s) each" if per_job else "CPU threads as the trainer picks them"
+    echo(f"{len(jobs)} training job(s), {n} at a time, {where}; logs in {jobs[0].log.parent}" if jobs
+         else "no training job to run")
+    pending, running, ended = list(jobs), {}, {}
+    previous = _stop_on_sigterm()
+    beat = time.perf_counter()
+    try:
+        while pending or running:
+            free = [s for s in range(n) if s not in running]
+            for job in [j for j in pending if all(a in ended for a in j.after)]:
+                if not free:
+                    break
+                slot = free.pop(0)
+                gpu = gpus[slot % len(gpus)] if gpus else None
+                running[slot] = _Running(job, slot, job_env(per_job, gpu))
+                pending.remove(job)
+                echo(f"  start {job.name}" + (f" on GPU {gpu}" if gpu else "") + f" (log {job.log})")
+            if not running:
+                raise RuntimeError(f"jobs wait for each other: {', '.join(j.name for j in pending)}")
+            time.sleep(POLL_S)
+            if time.perf_counter() - beat >= heartbeat:
+                beat = time.perf_counter()
+                for r in running.values():
+                    echo(f"  running {r.job.name} ({(beat - r.start) / 60:.0f} min): {last_line(r.job.log)}")
+            for slot, r in list(running.items()):
+                out = r.poll()
+                if out is not None:
+                    del running[slot]
+                    ended[out.name] = out
+                    echo(f"  {'done' if out.status == 'ok' else 'FAILED'} {out.name} in {out.seconds:.0f} s"
+                         + ("" if out.status == "ok" else f" (exit {out.returncode}): {out.last_line} "
+                                                          f"-- see {out.log}"))
+    finally:
+        for r in running.values():
+            r.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return [ended[name] for name in names]
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM (a scheduler's preemption, ``kill``) end the runner through its ``finally``, which
+    stops the running jobs (they resume next time); the previous handler (None off the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, stop)
+
+
+def train_argv(model: str, fold: int, data: Path, k: int, seed: int, overrides: list[str] | tuple = (),
+               resume: bool = True, force: bool = False) -> list[str]:
+    """The ``python -m train`` command line of one model and fold."""
+    flags = (["--resume"] if resume else []) + (["--force"] if force else [])
+    return [sys.executable, "-m", "train", "--model", model, "--fold", str(fold), "--data", str(data),
+            "--k", str(k), "--seed", str(seed), *flags, *[str(o) for o in overrides]]
+
+
+def log_path(ds, model: str, fold: int) -> Path:
+    """The log file of ``model`` fold ``fold`` of the prepared dataset ``ds``."""
+    from cytokit import paths
+
+    return paths.logs_dir(ds.id) / f"{model}_fold{fold}.log"
+
+
+def format_outcomes(outcomes: list[Outcome]) -> str:
+    """A plain table of the outcomes (the failures with their log path)."""
+    lines = [f"  {'job':<24} {'status':<8} {'wall s':>8} {'CPU s':>8}  log"]
+    for o in outcomes:
+        lines.append(f"  {o.name:<24} {o.status:<8} {o.seconds:8.0f} {o.cpu_seconds:8.0f}  {o.log}")
+    return "\n".join(lines)
+
+
+def train_folds(model: str, fold: str, data: Path, k: int | None, seed: int | None, overrides: list[str],
+                n: int, resume: bool = False, force: bool = False) -> int:
+    """``python -m train --jobs N``: the folds of ``model`` as parallel jobs; 1 when one failed."""
+    from cytokit import dataset
+    from train import registry
+    from train.job import folds_of
+
+    registry.check_name(model)
+    ds = dataset.resolve(data, k, seed)
+    jobs = [Job(f"{model} fold {f}", train_argv(model, f, ds.data, ds.k, ds.seed, overrides, resume, force),
+                log_path(ds, model, f)) for f in folds_of(str(fold), ds.k)]
+    start = time.perf_counter()
+    outcomes = run_jobs(jobs, n)
+    print(format_outcomes(outcomes))
+    print(f"{len(jobs)} job(s) in {time.perf_counter() - start:.0f} s wall, "
+          f"{sum(o.cpu_seconds for o in outcomes):.0f} s CPU")
+    failed = [o for o in outcomes if o.status != "ok"]
+    for o in failed:
+        print(f"FAILED {o.name}: {o.last_line} -- see {o.log}", file=sys.stderr)
+    return 1 if failed else 0
