@@ -5,7 +5,8 @@
 The recipe ``configs/demo.yaml`` (its ``synth`` section makes the data when
 DATA has no train.csv) runs through ``pipeline.run``: folds, every member x fold
 as parallel jobs, inference with TTA, tuning, the submission, then the score on
-DATA/test_labels.csv with each member alone vs the ensemble. Every output goes
+DATA/test_labels.csv with each member alone vs the ensemble, and beside it the
+yardstick of the data's difficulty (``prepare.synth.baseline``). Every output goes
 to ``work/demo/`` (its own work folder: the demo's runs never mix with the runs
 of real data); the run report is ``work/demo/logs/<dataset id>/report.json``.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,7 +64,21 @@ def main(argv: list[str] | None = None) -> int:
     with demo_work_dir(paths.demo_dir()):
         env.apply()
         report = run.run(cfg, args.data.resolve(), paths.submissions_dir())
+        if "score" in report:
+            yardstick(report)
     return 1 if report["failures"] else 0
+
+
+def yardstick(report: dict) -> None:
+    """Print the colour-histogram + box-size baseline of the demo data beside the demo's score, and keep
+    it in report.json: the score must come from learning, not from easier data (issue #10)."""
+    from prepare.synth.baseline import baseline, describe
+
+    base = baseline(Path(report["data"]))
+    print(f"\nyardstick: {describe(base)}; the demo's macro-F1 term: {report['f1_term']:.3f}")
+    report["baseline"] = base
+    if report.get("report"):
+        io.atomic_write_text(Path(report["report"]), json.dumps(report, indent=1, default=str) + "\n")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ def test_full_demo_learns(tmp_path, monkeypatch):
     assert members[-1] == "ensemble (submission)" and any("+ classifier" in m for m in members)
     check = report["oof_check"]
     assert check["ensemble"] >= check["best"] - 1e-9, f"ensemble below its best member out-of-fold: {check}"
+    assert report["f1_term"] > report["baseline"]["macro_f1"], report["baseline"]  # learned, not easy data
     assert report["score"] >= DEMO_SCORE_FLOOR and report["f1_term"] >= DEMO_F1_TERM_FLOOR, (
         f"make demo scored {report['score']:.4f} (F1 term {report['f1_term']:.4f}); floor {DEMO_SCORE_FLOOR} "
         f"(F1 term {DEMO_F1_TERM_FLOOR})")

@@ -182,32 +182,22 @@ def test_contact_sheet_shows_every_class(ds):
     assert (tiles.reshape(23, -1).std(axis=1) > 10).all()  # no blank row
 
 
-def _features(rgb: np.ndarray, box) -> np.ndarray:
-    x1, y1, x2, y2 = (int(v) for v in box)
-    crop = rgb[max(y1, 0):y2, max(x1, 0):x2]
-    small = cv2.resize(crop, (32, 32), interpolation=cv2.INTER_AREA)
-    hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
-    hist = cv2.calcHist([hsv], [0, 1, 2], None, [6, 4, 4], [0, 180, 0, 256, 0, 256]).ravel() / 1024
-    centre = small[8:24, 8:24].reshape(-1, 3).astype(np.float32)
-    size = [(x2 - x1) / 200, (y2 - y1) / 200]
-    return np.concatenate([hist, centre.mean(0) / 255, centre.std(0) / 255, size])
+def test_baseline_learns_the_classes_from_simple_features(ds):
+    """The yardstick printed beside the demo's score: far above chance, and fewer images train it less."""
+    from prepare.synth.baseline import baseline
+
+    full, few = baseline(ds), baseline(ds, train_images=60)
+    assert few["train_images"] == 60 and full["train_images"] > 100
+    assert full["test_boxes"] == len(pd.read_csv(ds / "test_labels.csv"))
+    assert full["accuracy"] > 0.3, full  # chance is about 1 / 23 = 0.04
+    assert few["accuracy"] < full["accuracy"]
 
 
 @pytest.mark.slow
 def test_classes_are_learnable_from_simple_features(tmp_path):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from prepare.synth.baseline import baseline
 
     out = tmp_path / "sep"
     synth.build(out, 400, 11)
-    sets = {}
-    for name, file in (("train", "train.csv"), ("test", "test_labels.csv")):
-        df = pd.read_csv(out / file)
-        feats = [_features(cv2.imread(str(out / "images" / r.NAME))[..., ::-1], (r.x1, r.y1, r.x2, r.y2))
-                 for r in df.itertuples()]
-        sets[name] = (np.array(feats), df["class"].to_numpy())
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=0.5))
-    model.fit(*sets["train"])
-    accuracy = (model.predict(sets["test"][0]) == sets["test"][1]).mean()
+    accuracy = baseline(out)["accuracy"]
     assert accuracy > 0.4, accuracy  # chance is about 1 / 23 = 0.04
