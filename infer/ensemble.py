@@ -2,7 +2,7 @@
 
 ``run(cfg, data)`` is ``make infer``; ``run(cfg, data, submission=True)`` is
 ``make submission`` (see ``python -m infer``). For each member (model x fold of
-the config; weights ``work/runs/<model>/fold<k>/best.pt`` unless set) it writes,
+the config; weights ``work/runs/<dataset id>/<model>/fold<k>/best.pt`` unless set) it writes,
 in the prediction contract with every TTA view in the ``view`` column:
 
 - ``work/preds/<model>/fold<k>/test.parquet``    -- the test images of DATA/test.csv

@@ -8,7 +8,7 @@ of the prediction contract with the view's name in the ``view`` column. That
 conversion is ``cytokit.rows``, shared with out-of-fold prediction.
 
 ``load_member`` builds the predictor of one (model, fold) through the
-registry: weights default to ``work/runs/<model>/fold<k>/best.pt`` and the
+registry: weights default to ``work/runs/<dataset id>/<model>/fold<k>/best.pt`` and the
 model config to the run's resolved ``config.yaml`` (else ``configs/<model>.yaml``).
 Reusing a written table while its inputs are unchanged is ``infer.cache``.
 """
