@@ -35,7 +35,7 @@ class Member:
     model: str  # registry name (python -m train --list)
     folds: list[int] = dataclasses.field(default_factory=list)  # folds to use; empty = all k folds
     weight: float = 1.0  # the model's share in the fusion (split over its folds and views)
-    weights: str | None = None  # path template ({fold}, {model}); None = work/runs/<dataset id>/<model>/fold<k>/best.pt
+    weights: str | None = None  # path template ({fold}, {model}); None = the runs of this dataset
     overrides: list[str] = dataclasses.field(default_factory=list)  # model config key=value at load time
 
     def __post_init__(self) -> None:
