@@ -26,7 +26,7 @@ from cytokit import paths
 IMAGES = 120  # synthetic images (k=2: about 45 to train on per fold once test.csv has its share)
 K = 2  # folds, i.e. jobs
 ROUNDS = 2  # interleaved repetitions of every variant
-OVERRIDES = ["epochs=4", "imgsz=160", "batch=16", "workers=0", "plots=false", "optimizer=AdamW", "lr0=0.002",
+OVERRIDES = ["epochs=4", "imgsz=160", "batch=16", "workers=0", "plots=false", "optimizer=AdamW", "lr=0.002",
              "warmup_epochs=1", "val_every=4"]
 
 

@@ -88,3 +88,12 @@ def test_every_collected_test_has_a_tier(request):
     untiered = [item.nodeid for item in request.session.items
                 if not tiers & {m.name for m in item.iter_markers()}]
     assert not untiered, f"tests without a tier marker (unit, smoke or slow): {untiered[:10]}"
+
+
+def test_benchmark_training_settings_are_valid_config_keys():
+    """A renamed key (lr0 -> lr) must not leave `make bench` training with a refused setting."""
+    from bench import bench_jobs
+    from train import registry
+
+    cfg = registry.load_config("yolov8", bench_jobs.OVERRIDES)
+    assert cfg.lr == 0.002 and cfg.epochs == 4
