@@ -225,10 +225,11 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
         total, seen = 0.0, 0
         for x, size, y in tqdm(train_loader, desc=f"cls epoch {epoch + 1}/{cfg.epochs}", leave=False,
                                disable=None):
-            x = x.to(device, non_blocking=True)
+            x, size = x.to(device, non_blocking=True), size.to(device, non_blocking=True)
             target = torch.nn.functional.one_hot(y, classes.NUM_CLASSES).float().to(device)
-            if rng.random() < cfg.mix_prob:
-                x, target = cls_data.mix_batch(x, target, cfg.mixup, cfg.cutmix, rng)
+            if rng.random() < cfg.mix_prob:  # box sizes mixed as the labels are (the same share)
+                x, mixed = cls_data.mix_batch(x, torch.cat([target, size], 1), cfg.mixup, cfg.cutmix, rng)
+                target, size = mixed[:, :classes.NUM_CLASSES], mixed[:, classes.NUM_CLASSES:]
             with torch.autocast("cuda", enabled=amp):
                 logits = cls_model.forward(model, x, size)
             loss = cls_model.soft_loss(logits, target, cfg.loss, cfg.focal_gamma, cfg.label_smoothing)
