@@ -63,7 +63,8 @@ def cls_weights(folder: Path, fold: int) -> Path:
     cfg = registry.load_config("cls")
     torch.manual_seed(100 + fold)
     path = folder / f"cls_fold{fold}" / "best.pt"
-    checkpoint.save(path, cls_model.build_model(cfg.backbone), config.to_dict(cfg), 0, metric=0.0)
+    model = cls_model.build_model(cfg.backbone, box_size=cfg.box_size)
+    checkpoint.save(path, model, config.to_dict(cfg), 0, metric=0.0)
     return path
 
 

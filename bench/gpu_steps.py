@@ -119,8 +119,10 @@ def amp_cls(device: str, steps: int, imgsz: int, batch: int) -> str:
     torch.manual_seed(0)
     x = torch.rand(batch, 3, imgsz, imgsz, device=device)
     target = torch.nn.functional.one_hot(torch.arange(batch, device=device) % 23, 23).float()
-    model = cls_model.build_model(cfg.backbone)
-    return _steps(model, lambda m: cls_model.soft_loss(m(x), target, cfg.loss), device, steps, lr=0.001)
+    size = torch.zeros(batch, 2, device=device)  # box-size features of a box_size head
+    model = cls_model.build_model(cfg.backbone, box_size=cfg.box_size)
+    return _steps(model, lambda m: cls_model.soft_loss(cls_model.forward(m, x, size), target, cfg.loss),
+                  device, steps, lr=0.001)
 
 
 def synthetic_data(work: Path, images: int = 24) -> Path:

@@ -10,7 +10,9 @@
 
 A runner (``onnx_runner``, ``openvino_runner``) is a callable: float32 ``(B, 3, S, S)`` in, the
 network's output as a torch tensor out; ``train.yolo.predict.UltraPredictor`` and the classifier take
-it in place of the torch forward pass, so letterbox, NMS and crops stay the kit's own.
+it in place of the torch forward pass, so letterbox, NMS and crops stay the kit's own. A ``box_size``
+classifier's export has a second input, ``size`` ``(B, 2)`` (``train.cls.data.box_size_features``):
+its runner says so with ``takes_size`` and is called ``run(x, size)``.
 
 ``choose(weights, backend, device)`` resolves the ensemble's ``backend:``: ``torch`` / ``onnx`` /
 ``openvino`` as asked (an export that is missing or older than the weights is an error naming
@@ -97,13 +99,14 @@ class OnnxRunner:
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.takes_size = len(self.inputs) == 2
 
-    def __call__(self, x: Any) -> Any:
+    def __call__(self, x: Any, size: Any = None) -> Any:
         import torch
 
-        arr = np.ascontiguousarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float32)
-        return torch.from_numpy(self.session.run(None, {self.input: arr})[0])
+        feed = dict(zip(self.inputs, _arrays(self.takes_size, x, size)))
+        return torch.from_numpy(self.session.run(None, feed)[0])
 
 
 class OpenVinoRunner:
@@ -117,13 +120,25 @@ class OpenVinoRunner:
                   "INFERENCE_PRECISION_HINT": "f32"}  # bf16 on some CPUs would move scores
         self.model = core.compile_model(str(path), "CPU", config)
         self.request = self.model.create_infer_request()
+        self.takes_size = len(self.model.inputs) == 2
 
-    def __call__(self, x: Any) -> Any:
+    def __call__(self, x: Any, size: Any = None) -> Any:
         import torch
 
-        arr = np.ascontiguousarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float32)
-        out = self.request.infer({0: arr})
+        out = self.request.infer(dict(enumerate(_arrays(self.takes_size, x, size))))
         return torch.from_numpy(np.array(out[self.model.output(0)]))
+
+
+def _arrays(takes_size: bool, x: Any, size: Any) -> list[np.ndarray]:
+    """The contiguous float32 inputs of a runner call: ``[x]``, or ``[x, size]`` for a size-aware export."""
+    def arr(t: Any) -> np.ndarray:
+        return np.ascontiguousarray(t.detach().cpu().numpy() if hasattr(t, "detach") else t, dtype=np.float32)
+
+    if not takes_size:
+        return [arr(x)]
+    if size is None:
+        raise ValueError("this exported classifier takes the box sizes of its crops (box_size: true)")
+    return [arr(x), arr(size)]
 
 
 def runner(backend: str, weights: Path, threads: int) -> Any:
@@ -140,6 +155,7 @@ class RunnerModule:
 
     def __init__(self, run: Any):
         self.run = run
+        self.takes_size = bool(getattr(run, "takes_size", False))  # read by train.cls.model.forward
 
     def eval(self) -> RunnerModule:
         return self
@@ -147,5 +163,5 @@ class RunnerModule:
     def to(self, *args: Any, **kwargs: Any) -> RunnerModule:
         return self
 
-    def __call__(self, x: Any) -> Any:
-        return self.run(x)
+    def __call__(self, x: Any, size: Any = None) -> Any:
+        return self.run(x, size) if self.takes_size else self.run(x)

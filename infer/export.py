@@ -57,16 +57,18 @@ class _Head(torch.nn.Module):
         return out[0] if isinstance(out, (list, tuple)) else out
 
 
-def write_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
-    """``module`` traced on ``example`` into an ONNX file (dynamic batch), atomically."""
+def write_onnx(module: torch.nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...], path: Path,
+               inputs: tuple[str, ...] = ("input",)) -> Path:
+    """``module`` traced on ``example`` (one tensor, or one per name of ``inputs``) into an ONNX file
+    (dynamic batch), atomically."""
     with atomic_write(path, suffix=".tmp.onnx") as tmp, warnings.catch_warnings():
         # the TorchScript-based exporter (dynamo=False) needs no onnxscript; torch flags it as legacy
         warnings.simplefilter("ignore", DeprecationWarning)
         # ultralytics' head compares shapes in Python: constant for the fixed input size exported here
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(module, example, str(tmp), dynamo=False, opset_version=17, input_names=["input"],
+        torch.onnx.export(module, example, str(tmp), dynamo=False, opset_version=17, input_names=list(inputs),
                           output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+                          dynamic_axes={**{name: {0: "batch"} for name in inputs}, "output": {0: "batch"}})
     return path
 
 
@@ -149,30 +151,38 @@ def export_yolo(model_name: str, fold: int, weights: Path, overrides: list[str],
 
 
 def export_classifier(weights: Path, images: list[np.ndarray]) -> dict:
-    """Export one crop classifier, check its probabilities against torch, time each backend."""
+    """Export one crop classifier, check its probabilities against torch, time each backend.
+
+    A ``box_size`` classifier is exported with its second input ``size`` (``(B, 2)``
+    box-size features) and checked on crops given different sizes."""
     from train.cls.adapter import ClassifierAdapter
-    from train.cls.data import to_tensor
+    from train.cls.data import box_size_features, to_tensor
 
     pred = ClassifierAdapter().load(weights, None, "cpu")
     s, threads = pred.cfg.imgsz, torch.get_num_threads()
     crops = np.stack([pred.crops(im, np.array([[40.0, 40.0, 200.0, 200.0]]))[0] for im in images] * 2)
     x = to_tensor(crops)
+    sides = np.linspace(60.0, 240.0, len(crops))  # the sizes a size-aware head is checked on
+    sizes = box_size_features(np.stack([np.zeros_like(sides), np.zeros_like(sides), sides, sides[::-1]], 1))
+    size = torch.from_numpy(sizes) if pred.takes_size else None
+    args = (x, size) if pred.takes_size else (x,)
     model = pred.model.eval()
-    files = [write_onnx(model, x[:2], backends.onnx_path(weights))]
+    files = [write_onnx(model, tuple(a[:2] for a in args) if pred.takes_size else x[:2],
+                        backends.onnx_path(weights), ("input", "size") if pred.takes_size else ("input",))]
     files.append(write_openvino(files[0], backends.openvino_path(weights)))
     with torch.inference_mode():
-        ref = torch.softmax(model(x).float(), 1)
+        ref = torch.softmax(model(*args).float(), 1)
     record: dict[str, Any] = {"kind": "classifier", "backbone": pred.cfg.backbone, "imgsz": s,
-                              "threads": threads, "weights": backends.weights_stamp(weights), "box_diff": 0.0,
-                              "score_diff": 0.0,
-                              "ms": {"torch": _timed(lambda: pred.classify(crops[:1], tta=True))}}
+                              "box_size": pred.takes_size, "threads": threads,
+                              "weights": backends.weights_stamp(weights), "box_diff": 0.0, "score_diff": 0.0,
+                              "ms": {"torch": _timed(lambda: pred.classify(crops[:1], True, sizes[:1]))}}
     for name in ("onnx", "openvino"):
         run = backends.runner(name, weights, threads)
-        _, score = _differences(ref, torch.softmax(run(x).float(), 1), 0)
+        _, score = _differences(ref, torch.softmax(run(*args).float(), 1), 0)
         record["score_diff"] = max(record["score_diff"], score)
         record[f"{name}_diff"] = {"box": 0.0, "score": score}
         other = type(pred)(backends.RunnerModule(run), pred.cfg, "cpu")
-        record["ms"][name] = _timed(lambda p=other: p.classify(crops[:1], tta=True))
+        record["ms"][name] = _timed(lambda p=other: p.classify(crops[:1], True, sizes[:1]))
     return _finish(weights, record, files)
 
 

@@ -44,31 +44,11 @@ def crop_windows(xyxy: np.ndarray, width: np.ndarray, height: np.ndarray, margin
     return np.stack([x1, y1, x2, y2], axis=1).astype(np.int64)
 
 
-def view_probs(predictor: Any, crops: np.ndarray) -> np.ndarray:
-    """``(3, B, 23)`` float32 softmax of uint8 crops under each flip view (identity first)."""
-    import torch
-    import torch.nn.functional as F
-
-    from train.cls.data import to_tensor
-    from train.cls.model import tta_views
-
-    model, device, out = predictor.model.eval(), predictor.device, []
-    with torch.no_grad():
-        for start in range(0, len(crops), predictor.cfg.batch):
-            x = to_tensor(crops[start:start + predictor.cfg.batch]).to(device)
-            with torch.autocast("cuda", enabled=device.startswith("cuda")):
-                out.append(np.stack([F.softmax(model(v).float(), dim=1).cpu().numpy()
-                                     for v in tta_views(x, True)]))
-    if not out:
-        return np.zeros((3, 0, classes.NUM_CLASSES), dtype=np.float32)
-    return np.concatenate(out, axis=1)
-
-
 def combine(views: np.ndarray, tta: bool) -> np.ndarray:
     """float64 probabilities from ``(3, N, 23)`` views, as ``train.cls.model.predict_probs`` sums them."""
-    if not tta:
-        return views[0].astype(np.float64)
-    return ((views[0] + views[1] + views[2]) / np.float32(3)).astype(np.float64)
+    from train.cls.model import combine as model_combine
+
+    return model_combine(views, tta)
 
 
 class OOFClassifier:
@@ -114,12 +94,16 @@ class OOFClassifier:
     def _views(self, model: str, fold: int, names: np.ndarray, boxes: np.ndarray | None,
                sizes: np.ndarray) -> np.ndarray:
         """``(3, N, 23)`` views of the crops of ``boxes`` (None: whole images) of images ``names``."""
+        from train.cls.data import box_size_features
+
         pred = self.predictor(model, fold)
         cache = self._cache.setdefault((model, fold), {})
         if boxes is None:
             keys = [(n,) for n in names]
         else:
             win = crop_windows(boxes, sizes[:, 0], sizes[:, 1], pred.cfg.margin)
+            if pred.takes_size:  # its box size input (whole pixels, see box_size_features) joins the key
+                win = np.concatenate([win, np.maximum(np.round(boxes[:, 2:] - boxes[:, :2]), 1)], axis=1)
             keys = [(n, *w) for n, w in zip(names, win.tolist())]
         todo: dict[tuple, int] = {}
         for i, key in enumerate(keys):
@@ -129,18 +113,18 @@ class OOFClassifier:
         by_image: dict[str, list[tuple[tuple, int]]] = {}
         for key, i in todo.items():
             by_image.setdefault(names[i], []).append((key, i))
-        crops, done = [], []
+        crops, box_sizes, done = [], [], []
         for name, items in by_image.items():
             image = self.image(name)
             if boxes is None:
-                from train.cls.data import extract_crop
-
-                crops.append(extract_crop(image, None, 0, pred.cfg.imgsz)[None])
+                crops.append(pred.image_crops([image]))
+                box_sizes.append(box_size_features(np.array([0.0, 0.0, image.shape[1], image.shape[0]])))
             else:
                 crops.append(pred.crops(image, boxes[[i for _, i in items]]))
+                box_sizes.append(box_size_features(boxes[[i for _, i in items]]))
             done.extend(key for key, _ in items)
         if done:
-            probs = view_probs(pred, np.concatenate(crops))
+            probs = pred.view_probs(np.concatenate(crops), np.concatenate(box_sizes))
             self.computed += len(done)
             for j, key in enumerate(done):
                 cache[key] = probs[:, j]

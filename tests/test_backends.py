@@ -116,23 +116,38 @@ def test_export_past_the_tolerance_is_removed(yolo, tmp_path, monkeypatch):
     assert not backends.record_path(copy).exists()
 
 
-def test_classifier_export_and_backend(tmp_path):
+@pytest.mark.parametrize("box_size", [False, True])
+def test_classifier_export_and_backend(tmp_path, box_size):
     from infer import blend
     from train import checkpoint
     from train.cls import model as cls_model
     from train.cls.adapter import ClassifierConfig
 
-    cfg = config.from_dict(ClassifierConfig, {"backbone": "resnet10t", "imgsz": 32})
+    cfg = config.from_dict(ClassifierConfig, {"backbone": "resnet10t", "imgsz": 32, "box_size": box_size})
     weights = tmp_path / "cls.pt"
-    checkpoint.save(weights, cls_model.build_model("resnet10t"), config.to_dict(cfg), 0, metric=0.0)
+    checkpoint.save(weights, cls_model.build_model("resnet10t", box_size=box_size), config.to_dict(cfg), 0,
+                    metric=0.0)
     images = export.check_images(None, 2)
     record = export.export_classifier(weights, images)
     assert record["score_diff"] <= export.SCORE_TOL and set(record["ms"]) == {"torch", "onnx", "openvino"}
-    ref, onnx = (blend.load_members([(weights, None)], "cpu", b)[0] for b in ("torch", "onnx"))
-    assert isinstance(onnx.model, backends.RunnerModule)
-    boxes = [np.array([[10.0, 10.0, 120.0, 90.0]])] * 2
-    np.testing.assert_allclose(onnx.classify_boxes(images, boxes)[0], ref.classify_boxes(images, boxes)[0],
-                               atol=1e-4)
+    assert record["box_size"] == box_size
+    for backend in ("onnx", "openvino"):
+        ref, other = (blend.load_members([(weights, None)], "cpu", b)[0] for b in ("torch", backend))
+        assert isinstance(other.model, backends.RunnerModule) and other.takes_size == box_size
+        # two boxes with the same pixels around them but sizes 110 x 80 and 55 x 40: a size-aware
+        # export must see the difference as torch does
+        boxes = [np.array([[10.0, 10.0, 120.0, 90.0], [10.0, 10.0, 65.0, 50.0]])] * 2
+        got, want = other.classify_boxes(images, boxes), ref.classify_boxes(images, boxes)
+        np.testing.assert_allclose(got[0], want[0], atol=1e-4)
+        crops = ref.crops(images[0], boxes[0][:1])
+        sizes = np.array([[0.0, 0.0], [1.0, 1.0]], np.float32)
+        np.testing.assert_allclose(other.classify(np.repeat(crops, 2, 0), False, sizes),
+                                   ref.classify(np.repeat(crops, 2, 0), False, sizes), atol=1e-4)
+        if box_size:
+            p = other.classify(np.repeat(crops, 2, 0), False, sizes)
+            assert not np.allclose(p[0], p[1])
+            with pytest.raises(ValueError, match="box sizes"):
+                other.classify(crops, False)
 
 
 def test_ensemble_config_backend_key():

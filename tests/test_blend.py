@@ -4,11 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from cytokit import classes, config, predictions
 from infer import blend
 from train import checkpoint
+from train.cls import data as cls_data
 from train.cls import model as cls_model
 from train.cls.adapter import ClassifierAdapter, ClassifierConfig
 
@@ -44,10 +46,13 @@ def test_blend_probs_rejects_bad_input(args, match):
         blend.blend_probs(*args)
 
 
-def _checkpoint(tmp_path, mode="crop"):
-    cfg = config.from_dict(ClassifierConfig, {"backbone": "resnet10t", "imgsz": 32, "mode": mode})
-    path = tmp_path / f"{mode}.pt"
-    checkpoint.save(path, cls_model.build_model("resnet10t"), config.to_dict(cfg), 0, metric=0.0)
+def _checkpoint(tmp_path, mode="crop", box_size=False):
+    cfg = config.from_dict(ClassifierConfig, {"backbone": "resnet10t", "imgsz": 32, "mode": mode,
+                                              "box_size": box_size})
+    path = tmp_path / f"{mode}{'_size' if box_size else ''}.pt"
+    torch.manual_seed(0)
+    model = cls_model.build_model("resnet10t", box_size=box_size)
+    checkpoint.save(path, model, config.to_dict(cfg), 0, metric=0.0)
     return path
 
 
@@ -64,15 +69,22 @@ def fused(tmp_path):
 
 
 @pytest.mark.smoke
-def test_apply_classifier_blends_crop_probabilities(tmp_path, fused):
-    weights = _checkpoint(tmp_path)
+@pytest.mark.parametrize("box_size", [False, True])
+def test_apply_classifier_blends_crop_probabilities(tmp_path, fused, box_size):
+    weights = _checkpoint(tmp_path, box_size=box_size)
     out = blend.apply_classifier(fused, tmp_path, [(weights, None)], weight=0.3)
     predictions.validate(out)
     pd.testing.assert_frame_equal(out[fused.columns.drop("class")], fused[fused.columns.drop("class")])
     model = ClassifierAdapter().load(weights)
+    assert model.takes_size == box_size
     ims = [np.asarray(Image.open(tmp_path / n).convert("RGB")) for n in ("a.jpg", "b.jpg")]
     xyxy = fused[["x1", "y1", "x2", "y2"]].to_numpy()
     cls = np.concatenate(model.classify_boxes(ims, [xyxy[:3], xyxy[3:]]))
+    crops = np.concatenate([model.crops(ims[0], xyxy[:3]), model.crops(ims[1], xyxy[3:])])
+    sizes = cls_data.box_size_features(xyxy)
+    np.testing.assert_array_equal(cls, model.classify(crops, sizes=sizes))
+    # the blend gave each crop its own box's size: other sizes give other probabilities (size-aware only)
+    assert np.allclose(cls, model.classify(crops, sizes=sizes + 1.0)) != box_size
     expected = 0.3 * cls + 0.7 * np.eye(23)[[0, 1, 2, 3]]
     np.testing.assert_allclose(out[P].to_numpy(), expected, atol=1e-6)
     assert out["class"].tolist() == [classes.CLASSES[i] for i in expected.argmax(1)]
@@ -135,11 +147,12 @@ class _Dataset:
         return pd.DataFrame({"NAME": list(self.folds), "fold": list(self.folds.values())})
 
 
-def test_oof_classifier_uses_the_other_fold_and_caches_crops(tmp_path, fused):
+@pytest.mark.parametrize("box_size", [False, True])
+def test_oof_classifier_uses_the_other_fold_and_caches_crops(tmp_path, fused, box_size):
     from infer.oof_cls import OOFClassifier
 
-    ck = {f: _checkpoint(tmp_path / f"f{f}") for f in (0, 1)}
-    full = _checkpoint(tmp_path / "full", "full")
+    ck = {f: _checkpoint(tmp_path / f"f{f}", box_size=box_size) for f in (0, 1)}
+    full = _checkpoint(tmp_path / "full", "full", box_size)
     ds = _Dataset(tmp_path, {"a.jpg": 0, "b.jpg": 1})
     found = [("cls", 0, ck[0]), ("cls", 1, ck[1]), ("cls_full", 1, full)]
     oof = OOFClassifier(ds, found)
@@ -157,9 +170,16 @@ def test_oof_classifier_uses_the_other_fold_and_caches_crops(tmp_path, fused):
         np.testing.assert_allclose(got.full[3], want_b.full[0], atol=1e-6)
         assert np.isnan(got.full[:3]).all() and got.single.tolist() == [False, False, False, True]
     assert oof.computed == 3 + 1  # two top crops of a, one of b, one whole image; each once for both TTAs
-    moved = fused.assign(x1=fused["x1"] + 0.3)  # the same integer crop windows
+    moved = fused.assign(x1=fused["x1"] + 0.3)  # the same integer crop windows and box sizes
     oof.probs(moved, True, n_cells)
     assert oof.computed == 4 and oof.reused >= 6
+    # the same windows, boxes 1 px narrower: new crops for a size-aware model only
+    narrower = fused.assign(x1=fused["x1"] + 0.8, x2=fused["x2"] - 0.1)
+    got = oof.probs(narrower, True, n_cells)
+    assert oof.computed == 4 + (3 if box_size else 0)
+    want_a = blend.classifier_probs(narrower.iloc[:3], tmp_path, blend.load_members([(ck[0], None)]), True,
+                                    n_cells)
+    np.testing.assert_allclose(got.crop[:3], want_a.crop, atol=1e-6)
 
 
 def test_det_probs_prefers_p_columns():

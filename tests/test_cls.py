@@ -132,3 +132,121 @@ def test_resolve_device():
     else:
         with pytest.raises(ConfigError, match="CUDA is not available"):
             cls_model.resolve_device("1")
+
+
+def test_box_size_features_are_log_whole_pixel_sides_over_the_reference():
+    feats = cls_data.box_size_features(np.array([[10, 20, 138, 276], [0, 0, 64.4, 31.6]]))
+    # 128 x 256 -> log(128 / 128), log(256 / 128); 64.4 x 31.6 -> whole pixels 64 x 32 -> log(1/2), log(1/4)
+    np.testing.assert_allclose(feats, [[0.0, math.log(2)], [math.log(0.5), math.log(0.25)]], rtol=1e-6)
+    assert feats.dtype == np.float32 and feats.shape == (2, 2)
+    assert cls_data.box_size_features(np.array([5, 5, 5, 9]))[0, 0] == pytest.approx(math.log(1 / 128))
+    whole = cls_data.image_size_features([np.zeros((60, 50, 3), np.uint8)])
+    np.testing.assert_allclose(whole, np.log([[50 / 128, 60 / 128]]), rtol=1e-6)
+
+
+def test_size_aware_model_sees_the_box_size(tmp_path):
+    torch.manual_seed(0)
+    model = cls_model.build_model("resnet10t", box_size=True).eval()
+    assert isinstance(model, cls_model.SizeAwareClassifier) and cls_model.takes_size(model)
+    assert model.head.in_features == model.backbone.num_features + 2
+    assert cls_model.size_aware_state(model.state_dict())
+    x = torch.zeros(2, 3, 32, 32)
+    small, large = torch.tensor([[-1.0, -1.0]] * 2), torch.tensor([[1.0, 1.0]] * 2)
+    with torch.no_grad():  # same pixels, only the size differs
+        assert not torch.allclose(cls_model.forward(model, x, small), cls_model.forward(model, x, large))
+    with pytest.raises(ValueError, match="box sizes"):
+        cls_model.forward(model, x)
+    plain = cls_model.build_model("resnet10t").eval()
+    assert not cls_model.size_aware_state(plain.state_dict()) and not cls_model.takes_size(plain)
+    with torch.no_grad():  # a plain model ignores sizes
+        torch.testing.assert_close(cls_model.forward(plain, x, small), cls_model.forward(plain, x, large))
+    # local weights go to the backbone; the head is new
+    src = cls_model.build_model("resnet10t", num_classes=10)
+    torch.save(src.state_dict(), tmp_path / "r10.pth")
+    loaded = cls_model.build_model("resnet10t", weights=tmp_path / "r10.pth", box_size=True)
+    key = next(iter(src.state_dict()))
+    torch.testing.assert_close(loaded.backbone.state_dict()[key], src.state_dict()[key])
+    crops = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    sizes = np.array([[-1, -1], [0, 0], [1, 1]], np.float32)
+    probs = cls_model.predict_probs(model, crops, "cpu", tta=True, batch=2, sizes=sizes)
+    assert probs.shape == (3, classes.NUM_CLASSES)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    views = cls_model.view_probs(model, crops, "cpu", 2, sizes)
+    np.testing.assert_array_equal(cls_model.combine(views, True), probs)
+
+
+def _two_images(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(rng.integers(0, 255, (60, 50, 3), dtype=np.uint8)).save(tmp_path / "b.png")
+    return pd.DataFrame({"NAME": ["a.png", "a.png", "b.png"], "x1": [10, -8, 30], "y1": [20, 5, 40],
+                         "x2": [50, 30, 58], "y2": [70, 33, 75], "class": ["PNN", "EO", "LY"]})
+
+
+def test_cached_crops_equal_decoded_crops(tmp_path):
+    table, rng = _two_images(tmp_path), np.random.default_rng(1)
+    args = (table, tmp_path, 24, 6, "none", 0.1)
+    plain, cached = cls_data.CropDataset(*args), cls_data.CropDataset(*args, cache_bytes=2**30)
+    assert plain.cached_bytes == 0 and all(p is None for p in plain.patches)
+    assert 0 < cached.cached_bytes < 90 * 120 * 3 + 60 * 50 * 3  # the reachable pixels, not whole images
+    for i in range(len(table)):
+        for _ in range(50):  # any jittered box reaches only cached pixels
+            box = cls_data.jitter_box(plain.xyxy[i], 0.1, rng)
+            a, b = plain._pixels(i, box), cached._pixels(i, box)
+            np.testing.assert_array_equal(a[0], b[0])
+            assert a[1:] == b[1:]
+    x, size, y = cached[2]
+    assert x.shape == (3, 24, 24) and y == classes.CLASS_TO_ID["LY"] and size.shape == (2,)
+    full = cls_data.CropDataset(table, tmp_path, 24, 6, full=True, cache_bytes=2**30)
+    assert full.cached_bytes == 90 * 120 * 3 + 60 * 50 * 3  # image a counted once for its two rows
+    # full mode: the size is the image's (b.png: 50 x 60)
+    np.testing.assert_allclose(full[2][1].numpy(), np.log([50 / 128, 60 / 128]), rtol=1e-6)
+
+
+def test_crop_cache_stops_at_its_budget(tmp_path):
+    table = _two_images(tmp_path)
+    first = cls_data.CropDataset(table.iloc[:1], tmp_path, 24, 6, cache_bytes=2**30).cached_bytes
+    partial = cls_data.CropDataset(table, tmp_path, 24, 6, cache_bytes=first)
+    assert partial.cached_bytes == first and partial.patches[0] is not None
+    assert partial.patches[1] is None and partial.patches[2] is None  # decoded per crop instead
+    plain = cls_data.CropDataset(table, tmp_path, 24, 6)
+    for i in range(3):
+        torch.testing.assert_close(partial[i][0], plain[i][0])
+    assert 0 < cls_data.cache_budget()
+
+
+def test_checkpoint_from_before_box_size_loads_and_predicts(tmp_path, caplog):
+    from cytokit import config
+    from train import checkpoint
+    from train.cls.adapter import ClassifierAdapter
+
+    cfg = config.to_dict(config.from_dict(ClassifierConfig, {"backbone": "resnet10t", "imgsz": 32}))
+    old = {k: v for k, v in cfg.items() if k not in ("box_size", "cache")}  # written before these keys
+    checkpoint.save(tmp_path / "old.pt", cls_model.build_model("resnet10t"), old, 0, metric=0.0)
+    pred = ClassifierAdapter().load(tmp_path / "old.pt")
+    assert not pred.cfg.box_size and not pred.takes_size
+    image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    probs = pred.classify_boxes([image], [np.array([[5, 5, 40, 40], [20, 10, 70, 55]])])[0]
+    assert probs.shape == (2, classes.NUM_CLASSES) and np.allclose(probs.sum(1), 1.0)
+    assert "box_size" not in caplog.text  # nothing to complain about
+
+    checkpoint.save(tmp_path / "sized.pt", cls_model.build_model("resnet10t", box_size=True), cfg, 0,
+                    metric=0.0)
+    sized = ClassifierAdapter().load(tmp_path / "sized.pt", {"tta": False})
+    assert sized.cfg.box_size and sized.takes_size and not sized.cfg.tta
+    crops = sized.crops(image, np.array([[5, 5, 40, 40]]))
+    small = cls_data.box_size_features(np.array([[5, 5, 40, 40]]))
+    # the same pixels scored as a 35-px and as a 350-px box: only the size input differs
+    large = small + math.log(10)
+    assert not np.allclose(sized.classify(crops, sizes=small), sized.classify(crops, sizes=large))
+    np.testing.assert_array_equal(sized.classify_boxes([image], [np.array([[5, 5, 40, 40]])])[0],
+                                  sized.classify(crops, sizes=small))
+    assert sized.classify_images([image]).shape == (1, classes.NUM_CLASSES)
+    with pytest.raises(ValueError, match="box sizes"):
+        sized.classify(crops)
+    # a config that disagrees with the weights: the weights decide, with a warning
+    checkpoint.save(tmp_path / "liar.pt", cls_model.build_model("resnet10t"), cfg, 0, metric=0.0)
+    assert not ClassifierAdapter().load(tmp_path / "liar.pt").takes_size
+    assert "config says box_size True but the weights are plain" in caplog.text

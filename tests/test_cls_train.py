@@ -1,6 +1,7 @@
 """Smoke runs of MODEL=cls on a tiny fixture in the cytokit/dataset.py layout (CPU, seconds)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from PIL import Image
 
 from cytokit import config, predictions
 from cytokit.dataset import FoldData
+from train.cls import data as cls_data
 from train.cls.adapter import ClassifierAdapter, ClassifierConfig, training_tables
 
 pytestmark = pytest.mark.smoke
@@ -68,6 +70,7 @@ def test_smoke_train_resume_and_predict(tmp_path):
 
     predictor = ClassifierAdapter().load(best, {"tta": False}, "cpu")
     assert (predictor.cfg.imgsz, predictor.cfg.tta) == (32, False)
+    assert predictor.takes_size and predictor.cfg.box_size  # the defaults: box_size, cache
     ims = [np.full((40, 48, 3), 200, np.uint8), np.full((30, 20, 3), 90, np.uint8)]
     dets = predictor.predict(ims)
     assert [d.xyxy.tolist() for d in dets] == [[[0, 0, 47, 39]], [[0, 0, 19, 29]]]
@@ -76,6 +79,25 @@ def test_smoke_train_resume_and_predict(tmp_path):
         assert d.scores[0] == pytest.approx(d.probs.max()) and d.labels[0] == d.probs.argmax()
     per_image = predictor.classify_boxes(ims, [np.array([[1, 1, 20, 20], [5, 5, 40, 30]]), np.zeros((0, 4))])
     assert [p.shape for p in per_image] == [(2, 23), (0, 23)]
+
+
+def test_plain_head_without_cache(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="train.cls.adapter")
+    fold = tiny_fold(tmp_path / "data")
+    ClassifierAdapter().train(tiny_cfg(), fold, tmp_path / "cached")
+    assert "crop cache:" in caplog.text  # the default
+    caplog.clear()
+    cfg = tiny_cfg(box_size=False, cache=False, mixup=0.0, cutmix=0.0)
+    best = ClassifierAdapter().train(cfg, fold, tmp_path / "run")
+    assert "crop cache" not in caplog.text
+    predictor = ClassifierAdapter().load(best)
+    assert not predictor.takes_size and not predictor.cfg.box_size
+    im = np.full((40, 48, 3), 200, np.uint8)
+    small, large = np.array([[10, 10, 26, 26]]), np.array([[10, 10, 26, 26]]) * 1.5
+    crops = predictor.crops(im, small)
+    # without box_size, the box size changes nothing once the pixels are the same
+    np.testing.assert_array_equal(predictor.classify(crops, sizes=cls_data.box_size_features(small)),
+                                  predictor.classify(crops, sizes=cls_data.box_size_features(large)))
 
 
 def test_full_mode_trains_on_single_cell_images(tmp_path):

@@ -110,7 +110,7 @@ def _crop_dataset(tmp_path, n: int = 16):
 def test_dataloader_workers_and_epochs_draw_different_augmentations(tmp_path):
     ds = _crop_dataset(tmp_path)
     loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, shuffle=False)
-    epochs = [[x[0] for x, _ in loader] for _ in range(2)]
+    epochs = [[x[0] for x, *_ in loader] for _ in range(2)]
     # items 0, 2, 4... come from worker 0 and 1, 3, 5... from worker 1: same crop, so only seeds differ
     same_pairs = sum(torch.equal(epochs[0][i], epochs[0][i + 1]) for i in range(0, 16, 2))
     assert same_pairs < 8, "both workers drew the same augmentations"

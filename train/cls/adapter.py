@@ -26,9 +26,10 @@ import torch
 
 from cytokit import classes, config, predictions
 from train import checkpoint
-from train.base import Adapter, Detections, Predictor
+from train.base import Adapter
 from train.cls import data as cls_data
 from train.cls import model as cls_model
+from train.cls.predictor import ClassifierPredictor
 from train.weights import normalise, resolve
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class ClassifierConfig:
     backbone: str
     pretrained: str | None  # auto | none | a local file (see the YAML)
     drop_rate: float
+    box_size: bool
     imgsz: int
     margin: int
     jitter: float
@@ -72,6 +74,7 @@ class ClassifierConfig:
     device: str
     amp: bool
     workers: int
+    cache: bool
     seed: int
 
     def __post_init__(self) -> None:
@@ -148,9 +151,9 @@ def evaluate(model: torch.nn.Module, loader, device: str) -> dict[str, float]:
     model.eval()
     losses, preds, labels = [], [], []
     with torch.no_grad():
-        for x, y in loader:
+        for x, size, y in loader:
             with torch.autocast("cuda", enabled=device.startswith("cuda")):
-                logits = model(x.to(device)).float()
+                logits = cls_model.forward(model, x.to(device), size).float()
             losses.append(torch.nn.functional.cross_entropy(logits, y.to(device), reduction="sum").item())
             preds.append(logits.argmax(1).cpu().numpy())
             labels.append(y.numpy())
@@ -184,10 +187,15 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
     torch.backends.cudnn.benchmark = device.startswith("cuda")  # fixed imgsz: let cuDNN pick its kernels
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    full = cfg.mode == "full"
+    full, t0 = cfg.mode == "full", time.perf_counter()
+    budget = cls_data.cache_budget() if cfg.cache else 0
     ds_train = cls_data.CropDataset(train_table, images_dir, cfg.imgsz, cfg.margin, cfg.augment,
-                                    cfg.jitter, full, cfg.seed)
-    ds_val = cls_data.CropDataset(val_table, images_dir, cfg.imgsz, cfg.margin, "none", 0.0, full, cfg.seed)
+                                    cfg.jitter, full, cfg.seed, budget)
+    ds_val = cls_data.CropDataset(val_table, images_dir, cfg.imgsz, cfg.margin, "none", 0.0, full, cfg.seed,
+                                  max(budget - ds_train.cached_bytes, 0) if cfg.cache else 0)
+    if cfg.cache:
+        log.info("crop cache: %.2f GiB of pixels of %d crops in %.1f s", (ds_train.cached_bytes
+                 + ds_val.cached_bytes) / 2**30, len(ds_train) + len(ds_val), time.perf_counter() - t0)
     if len(ds_train) == 0:
         raise ValueError(f"no training crops ({cfg.mode} mode) in this fold")
     sampler = cls_data.make_sampler(ds_train.labels, cfg.sampler, cfg.balance_power, cfg.seed)
@@ -199,7 +207,7 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
 
     init = None if resume and (run_dir / "last.pt").exists() else resolve(
         cfg.pretrained, f"cls:{cfg.backbone}", f"{cfg.mode} classifier {cfg.backbone}", record=run_dir)
-    model = cls_model.build_model(cfg.backbone, drop_rate=cfg.drop_rate, weights=init)
+    model = cls_model.build_model(cfg.backbone, drop_rate=cfg.drop_rate, weights=init, box_size=cfg.box_size)
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, len(train_loader)))
@@ -215,13 +223,15 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
         t0 = time.perf_counter()
         model.train()
         total, seen = 0.0, 0
-        for x, y in tqdm(train_loader, desc=f"cls epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None):
-            x = x.to(device, non_blocking=True)
+        for x, size, y in tqdm(train_loader, desc=f"cls epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                               disable=None):
+            x, size = x.to(device, non_blocking=True), size.to(device, non_blocking=True)
             target = torch.nn.functional.one_hot(y, classes.NUM_CLASSES).float().to(device)
-            if rng.random() < cfg.mix_prob:
-                x, target = cls_data.mix_batch(x, target, cfg.mixup, cfg.cutmix, rng)
+            if rng.random() < cfg.mix_prob:  # box sizes mixed as the labels are (the same share)
+                x, mixed = cls_data.mix_batch(x, torch.cat([target, size], 1), cfg.mixup, cfg.cutmix, rng)
+                target, size = mixed[:, :classes.NUM_CLASSES], mixed[:, classes.NUM_CLASSES:]
             with torch.autocast("cuda", enabled=amp):
-                logits = model(x)
+                logits = cls_model.forward(model, x, size)
             loss = cls_model.soft_loss(logits, target, cfg.loss, cfg.focal_gamma, cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -250,50 +260,6 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
     return best_path
 
 
-class ClassifierPredictor(Predictor):
-    """A trained classifier. ``classify_boxes`` classifies crops of given boxes (what
-    ``infer.blend`` uses); ``predict`` (the registry contract) treats each WHOLE image
-    as one crop and returns one full-image box ``(0, 0, W-1, H-1)`` per image with
-    score = top probability, label = argmax and the 23 probabilities."""
-
-    def __init__(self, model: torch.nn.Module, cfg: ClassifierConfig, device: str = "cpu"):
-        self.model = model.to(device).eval()
-        self.cfg, self.device = cfg, device
-
-    def classify(self, crops: np.ndarray, tta: bool | None = None) -> np.ndarray:
-        """Probabilities ``(B, 23)`` of uint8 crops already at ``imgsz``."""
-        tta = self.cfg.tta if tta is None else tta
-        return cls_model.predict_probs(self.model, crops, self.device, tta, self.cfg.batch)
-
-    def crops(self, image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
-        """The margin crops ``(N, imgsz, imgsz, 3)`` of boxes ``(N, 4)`` of one RGB image."""
-        s = self.cfg.imgsz
-        out = [cls_data.extract_crop(image, b, self.cfg.margin, s) for b in np.asarray(xyxy).reshape(-1, 4)]
-        return np.stack(out) if out else np.zeros((0, s, s, 3), dtype=np.uint8)
-
-    def classify_boxes(self, images: list[np.ndarray], xyxy: list[np.ndarray],
-                       tta: bool | None = None) -> list[np.ndarray]:
-        """Per image, the ``(N_i, 23)`` probabilities of its boxes' crops."""
-        crops = [self.crops(im, b) for im, b in zip(images, xyxy)]
-        probs = self.classify(np.concatenate(crops), tta) if crops else np.zeros((0, classes.NUM_CLASSES))
-        return np.split(probs, np.cumsum([len(c) for c in crops])[:-1])
-
-    def classify_images(self, images: list[np.ndarray], tta: bool | None = None) -> np.ndarray:
-        """``(B, 23)`` probabilities of whole images (the full-image classifier)."""
-        s = self.cfg.imgsz
-        crops = [cls_data.extract_crop(im, None, 0, s) for im in images]
-        return self.classify(np.stack(crops) if crops else np.zeros((0, s, s, 3), np.uint8), tta)
-
-    def predict(self, images: list[np.ndarray], conf: float = 0.001) -> list[Detections]:
-        probs = self.classify_images(images)
-        out = []
-        for im, p in zip(images, probs):
-            h, w = im.shape[:2]
-            out.append(Detections(np.array([[0.0, 0.0, w - 1.0, h - 1.0]]), np.array([p.max()]),
-                                  np.array([int(p.argmax())]), p[None]))
-        return out
-
-
 class ClassifierAdapter(Adapter):
     """Registry adapter ``cls``: trains ``ClassifierConfig`` models per fold; loads predictors."""
 
@@ -320,7 +286,14 @@ class ClassifierAdapter(Adapter):
                 config.from_dict(ClassifierConfig, cfg) if isinstance(cfg, dict)
                 else config.load(ClassifierConfig, Path(cfg)))
             saved = dataclasses.replace(saved, tta=given.tta, batch=given.batch)
-        model = cls_model.build_model(saved.backbone, drop_rate=saved.drop_rate)
+        # the weights say whether the head takes box sizes: a checkpoint from before box_size has
+        # no such key in its config (read as the YAML's default) and a plain head
+        sized = cls_model.size_aware_state(ckpt["model"])
+        if "box_size" in ckpt["config"] and bool(ckpt["config"]["box_size"]) != sized:
+            log.warning("%s: config says box_size %s but the weights are %s", weights,
+                        ckpt["config"]["box_size"], "size-aware" if sized else "plain")
+        saved = dataclasses.replace(saved, box_size=sized)
+        model = cls_model.build_model(saved.backbone, drop_rate=saved.drop_rate, box_size=sized)
         model.load_state_dict(ckpt["model"])
         return ClassifierPredictor(model, saved, cls_model.resolve_device(device))
 

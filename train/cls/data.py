@@ -7,11 +7,19 @@ single-cell images). Training crops come from GT boxes, optionally jittered to
 look like detector boxes; validation crops come from a detector's out-of-fold
 boxes matched to their GT box by best GIoU, as the metric matches them
 (``match_truth``), or from the GT boxes themselves.
+
+A crop resized to ``imgsz`` has lost its cell's size, which tells many of the
+23 classes apart (median boxes from 80 px, Thromb, to 190 px, MoB): each crop
+carries ``box_size_features`` of its box for a ``box_size`` classifier head.
+With ``cache`` the dataset decodes each image once instead of once per crop and
+epoch (the bulk of a CPU epoch's time on small crops).
 """
 from __future__ import annotations
 
 import logging
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -28,6 +36,8 @@ MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)  # ImageNet, timm's def
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 AUGMENTS = ("none", "light", "default")
 SAMPLERS = ("random", "balanced")
+SIZE_REF = 128.0  # px: box-size features are log(side / SIZE_REF) (real median box sides run 80-190 px)
+CACHE_SHARE = 0.25  # cache: true keeps crops' pixels up to this share of the machine's RAM (rest decoded)
 
 
 def crop_window(box: np.ndarray, width: int, height: int, margin: int) -> tuple[int, int, int, int]:
@@ -45,16 +55,43 @@ def crop_window(box: np.ndarray, width: int, height: int, margin: int) -> tuple[
     return x1, y1, x2, y2
 
 
-def extract_crop(image: np.ndarray, box: np.ndarray | None, margin: int, imgsz: int) -> np.ndarray:
-    """The ``(imgsz, imgsz, 3)`` uint8 crop of ``box`` (xyxy pixels) with ``margin``; None = whole image."""
-    h, w = image.shape[:2]
-    if box is None:
-        patch = image
-    else:
-        x1, y1, x2, y2 = crop_window(box, w, h, margin)
-        patch = image[y1:y2, x1:x2]
+def resize_crop(patch: np.ndarray, imgsz: int) -> np.ndarray:
+    """``patch`` resized to ``(imgsz, imgsz)``: area averaging when shrinking, bilinear when growing."""
     shrink = patch.shape[0] > imgsz or patch.shape[1] > imgsz
     return cv2.resize(patch, (imgsz, imgsz), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def extract_crop(image: np.ndarray, box: np.ndarray | None, margin: int, imgsz: int) -> np.ndarray:
+    """The ``(imgsz, imgsz, 3)`` uint8 crop of ``box`` (xyxy pixels) with ``margin``; None = whole image."""
+    if box is None:
+        return resize_crop(image, imgsz)
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = crop_window(box, w, h, margin)
+    return resize_crop(image[y1:y2, x1:x2], imgsz)
+
+
+def box_size_features(xyxy: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` float32 ``log(width / SIZE_REF), log(height / SIZE_REF)`` of xyxy pixel boxes ``(N, 4)``.
+
+    Sides are rounded to whole pixels (at least 1): a sub-pixel change carries no
+    size information, and whole pixels let ``infer.oof_cls`` cache per crop window.
+    """
+    xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
+    sides = np.maximum(np.round(xyxy[:, 2:] - xyxy[:, :2]), 1.0)
+    return np.log(sides / SIZE_REF).astype(np.float32)
+
+
+def image_size_features(images: list[np.ndarray]) -> np.ndarray:
+    """``box_size_features`` of whole images (what a ``full``-mode classifier gets as its size)."""
+    return box_size_features(np.array([[0.0, 0.0, im.shape[1], im.shape[0]] for im in images]).reshape(-1, 4))
+
+
+def cache_budget() -> int:
+    """Bytes ``cache: true`` may keep: ``CACHE_SHARE`` of the machine's physical RAM."""
+    try:
+        return int(CACHE_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # no sysconf (not POSIX)
+        return 4 * 2**30
 
 
 def jitter_box(box: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
@@ -143,13 +180,20 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, mixup: float, cutmix: float,
 
 
 class CropDataset(torch.utils.data.Dataset):
-    """Crops of a box table (NAME, x1, y1, x2, y2, class) as ``(tensor, class id)`` pairs.
+    """Crops of a box table (NAME, x1, y1, x2, y2, class) as ``(tensor, size, class id)`` triples.
 
-    ``full=True`` ignores the boxes and uses each row's whole image.
+    ``size`` is ``box_size_features`` of the (jittered) box; ``full=True`` ignores
+    the boxes, uses each row's whole image and its size. ``cache_bytes`` > 0
+    decodes every image once, up front (``torch.get_num_threads()`` threads),
+    and keeps the pixels each row's crops can reach (the box grown by the margin
+    and the largest jitter; the whole image in full mode) until ``cache_bytes``
+    are held; the rows past it are decoded per crop as without a cache. The
+    crops are the same either way.
     """
 
     def __init__(self, table: pd.DataFrame, images_dir: Path, imgsz: int, margin: int,
-                 augment: str = "none", jitter: float = 0.0, full: bool = False, seed: int = 0):
+                 augment: str = "none", jitter: float = 0.0, full: bool = False, seed: int = 0,
+                 cache_bytes: int = 0):
         self.table = table.reset_index(drop=True)
         self.names = self.table["NAME"].to_numpy()
         self.xyxy = self.table[COORDS].to_numpy(dtype=np.float64)
@@ -159,22 +203,72 @@ class CropDataset(torch.utils.data.Dataset):
         self.transform = build_augment(augment)
         self._seeded: int | None = None  # worker seed of the transform (train.dist.reseed_augment)
         self.seed = seed
+        # per row: (pixels, their x0, y0 in the image, image width, height), or None (decode per crop)
+        self.patches: list[tuple[np.ndarray, int, int, int, int] | None] = [None] * len(self.table)
+        self.cached_bytes = self._fill_cache(cache_bytes) if cache_bytes > 0 else 0
+
+    def _reach(self, i: int) -> int:
+        """Pixels around row ``i``'s box that a jittered crop can reach: the margin, plus the largest
+        move of a side (shift ``jitter`` x size, plus half the scale change ``jitter`` x size)."""
+        side = float(np.max(self.xyxy[i, 2:] - self.xyxy[i, :2]))
+        return self.margin + math.ceil(1.5 * self.jitter * max(side, 0.0)) + 1
+
+    def _fill_cache(self, budget: int) -> int:
+        """Decode the images once and keep their rows' reachable pixels, up to ``budget`` bytes."""
+        groups = list(self.table.groupby("NAME", sort=False).indices.items())
+        threads, held = max(1, torch.get_num_threads()), 0
+        with ThreadPoolExecutor(threads) as pool:
+            for start in range(0, len(groups), 8 * threads):  # a few images decoded ahead, not all
+                chunk = groups[start:start + 8 * threads]
+                for (_, rows), image in zip(chunk, pool.map(lambda g: images.load_rgb(self.images_dir / g[0]),
+                                                            chunk)):
+                    h, w = image.shape[:2]
+                    for k, i in enumerate(rows):
+                        if self.full:  # the rows of one image share it
+                            patch, x1, y1, size = image, 0, 0, image.nbytes if k == 0 else 0
+                        else:
+                            x1, y1, x2, y2 = crop_window(self.xyxy[i], w, h, self._reach(i))
+                            patch = image[y1:y2, x1:x2].copy()
+                            size = patch.nbytes
+                        if held + size > budget:
+                            log.warning("crop cache full (%.1f GiB): %d of %d crops decoded at every epoch",
+                                        budget / 2**30, sum(p is None for p in self.patches), len(self))
+                            return held
+                        self.patches[i] = (patch, x1, y1, w, h)
+                        held += size
+        return held
 
     def __len__(self) -> int:
         return len(self.table)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def _pixels(self, i: int, box: np.ndarray | None) -> tuple[np.ndarray, int, int]:
+        """The pixels of row ``i``'s crop of ``box`` (None: the whole image) before resizing, and the
+        image's width and height."""
+        cached = self.patches[i]
+        if cached is None:
+            image = images.load_rgb(self.images_dir / self.names[i])
+            cached = (image, 0, 0, image.shape[1], image.shape[0])
+        patch, x0, y0, w, h = cached
+        if box is None:
+            return patch, w, h
+        x1, y1, x2, y2 = crop_window(box, w, h, self.margin)
+        ph, pw = patch.shape[:2]
+        x1, y1 = min(max(x1 - x0, 0), pw - 1), min(max(y1 - y0, 0), ph - 1)
+        return patch[y1:max(min(y2 - y0, ph), y1 + 1), x1:max(min(x2 - x0, pw), x1 + 1)], w, h
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         from train.dist import reseed_augment
 
         # each worker (new ones every epoch) reseeds the pipeline: albumentations seeds it at construction
         self._seeded = reseed_augment(self.transform, self._seeded)
-        image = images.load_rgb(self.images_dir / self.names[i])
         rng = np.random.default_rng(None if self.transform or self.jitter else self.seed + i)
         box = None if self.full else jitter_box(self.xyxy[i], self.jitter, rng)
-        crop = extract_crop(image, box, 0 if self.full else self.margin, self.imgsz)
+        patch, w, h = self._pixels(i, box)
+        crop = resize_crop(patch, self.imgsz)
         if self.transform is not None:
             crop = self.transform(image=crop)["image"]
-        return to_tensor(crop)[0], int(self.labels[i])
+        size = box_size_features(np.array([0.0, 0.0, w, h]) if box is None else box)[0]
+        return to_tensor(crop)[0], torch.from_numpy(size), int(self.labels[i])
 
 
 def single_cell_table(box_table: pd.DataFrame) -> pd.DataFrame:

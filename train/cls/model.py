@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,18 +35,65 @@ def resolve_device(device: str) -> str:
     return single_device(device, "the classifier")
 
 
+class SizeAwareClassifier(torch.nn.Module):
+    """A timm backbone whose pooled features meet the box size before the head.
+
+    A crop resized to ``imgsz`` loses the cell's absolute size, a strong cue
+    (median boxes run from 80 px for Thromb to 190 px for MoB); the head sees
+    ``concat(features, train.cls.data.box_size_features(box))`` and gets it back.
+    """
+
+    takes_size = True  # forward(x, size): what ``forward`` and the exports look for
+
+    def __init__(self, backbone: torch.nn.Module, num_classes: int, drop_rate: float = 0.0):
+        super().__init__()
+        self.backbone = backbone  # its classifier removed: returns pooled features
+        self.drop = torch.nn.Dropout(drop_rate)
+        self.head = torch.nn.Linear(backbone.num_features + 2, num_classes)
+
+    def forward(self, x: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(x)
+        return self.head(self.drop(torch.cat([features, size.to(features.dtype)], dim=1)))
+
+
 def build_model(backbone: str, num_classes: int = classes.NUM_CLASSES, drop_rate: float = 0.0,
-                weights: str | Path | None = None) -> torch.nn.Module:
-    """A timm ``backbone`` with a ``num_classes`` head, randomly initialised or from local ``weights``."""
+                weights: str | Path | None = None, box_size: bool = False) -> torch.nn.Module:
+    """A timm ``backbone`` with a ``num_classes`` head, randomly initialised or from local ``weights``;
+    with ``box_size`` a ``SizeAwareClassifier`` around it (the weights go to the backbone)."""
     import timm
 
     try:
-        model = timm.create_model(backbone, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
+        model = timm.create_model(backbone, pretrained=False, num_classes=num_classes,
+                                  drop_rate=0.0 if box_size else drop_rate)
     except RuntimeError as exc:  # timm: "Unknown model (...)"
         raise ValueError(f"backbone {backbone!r}: {exc}") from None
     if weights:
         load_pretrained(model, Path(weights))
+    if box_size:
+        model.reset_classifier(0)
+        return SizeAwareClassifier(model, num_classes, drop_rate)
     return model
+
+
+def takes_size(model: Any) -> bool:
+    """Whether ``model`` (a module or an export runner) needs the crops' box sizes."""
+    return bool(getattr(model, "takes_size", False))
+
+
+def size_aware_state(state: dict[str, Any]) -> bool:
+    """Whether a state dict is a ``SizeAwareClassifier``'s (its keys: backbone.*, drop, head.*)."""
+    return bool(state) and "head.weight" in state and all(
+        k.startswith(("backbone.", "head.")) for k in state)
+
+
+def forward(model: Any, x: torch.Tensor, size: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits of a batch; ``size`` (``(B, 2)`` box-size features) is given to a size-aware model
+    only, which refuses to run without it."""
+    if takes_size(model):
+        if size is None:
+            raise ValueError("this classifier takes the box sizes of its crops (box_size: true)")
+        return model(x, torch.as_tensor(size, dtype=torch.float32).to(x.device))
+    return model(x)
 
 
 def load_pretrained(model: torch.nn.Module, path: Path) -> None:
@@ -100,16 +148,35 @@ def tta_views(x: torch.Tensor, tta: bool) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def predict_probs(model: torch.nn.Module, crops: np.ndarray, device: str, tta: bool = True,
-                  batch: int = 64) -> np.ndarray:
-    """Softmax class probabilities ``(B, 23)`` of uint8 crops ``(B, H, W, 3)``, mean over flip views."""
+                  batch: int = 64, sizes: np.ndarray | None = None) -> np.ndarray:
+    """Softmax class probabilities ``(B, 23)`` of uint8 crops ``(B, H, W, 3)``, mean over flip views;
+    ``sizes``: the crops' ``(B, 2)`` box-size features (``train.cls.data.box_size_features``), which
+    a size-aware model needs and any other ignores."""
+    views = view_probs(model, crops, device, batch, sizes, tta)
+    return combine(views, tta)
+
+
+def combine(views: np.ndarray, tta: bool) -> np.ndarray:
+    """float64 probabilities from ``(V, N, 23)`` float32 views: their mean with ``tta``, else the first."""
+    if not tta:
+        return views[0].astype(np.float64)
+    return ((views[0] + views[1] + views[2]) / np.float32(3)).astype(np.float64)
+
+
+@torch.no_grad()
+def view_probs(model: torch.nn.Module, crops: np.ndarray, device: str, batch: int = 64,
+               sizes: np.ndarray | None = None, tta: bool = True) -> np.ndarray:
+    """``(V, B, 23)`` softmax of uint8 crops under each flip view (identity first; V = 3 with ``tta``,
+    else 1), float32 until the caller sums them (see ``predict_probs``)."""
     model.eval()
     out = []
     amp = device.startswith("cuda")
     for start in range(0, len(crops), batch):
         x = to_tensor(crops[start:start + batch]).to(device)
+        size = None if sizes is None else np.asarray(sizes[start:start + batch], np.float32)
         with torch.autocast("cuda", enabled=amp):
-            p = sum(F.softmax(model(v).float(), dim=1) for v in tta_views(x, tta))
-        out.append((p / (len(TTA_VIEWS) if tta else 1)).cpu().numpy())
+            out.append(np.stack([F.softmax(forward(model, v, size).float(), dim=1).cpu().numpy()
+                                 for v in tta_views(x, tta)]))
     if not out:
-        return np.zeros((0, classes.NUM_CLASSES))
-    return np.concatenate(out).astype(np.float64)
+        return np.zeros((len(TTA_VIEWS) if tta else 1, 0, classes.NUM_CLASSES), dtype=np.float32)
+    return np.concatenate(out, axis=1)
