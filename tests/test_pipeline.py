@@ -143,7 +143,7 @@ def fake_ds(tmp_path: Path, k: int = 2) -> SimpleNamespace:
                            preds_dir=lambda m, f: tmp_path / "preds" / m / f"fold{f}")
 
 
-@pytest.mark.parametrize("name", ["recipe.yaml", "demo.yaml"])
+@pytest.mark.parametrize("name", ["recipe.yaml", "demo.yaml", "bccd.yaml"])
 def test_shipped_recipes_give_valid_ensembles_with_the_classifier(name, tmp_path):
     recipe = rc.load(paths.CONFIGS / name)
     ds = fake_ds(tmp_path, recipe.k)
