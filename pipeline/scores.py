@@ -5,7 +5,8 @@ detector over its folds, the same with the classifier blended in (the exact
 hook of the submission, ``infer.ensemble.classify``), the ensemble without the
 classifier, the submitted ensemble, and (with a classifier) the classifier alone
 on the true boxes: the ceiling of the second stage, what a perfect detector would
-score with it. The fusion settings are the tuned ones throughout, so each
+score with it (detected boxes shift the crops a little, so on few cells their F1
+can land slightly above it). The fusion settings are the tuned ones throughout, so each
 difference is what that part adds. Every row carries its per-class F1. ``oof_check`` reads the
 out-of-fold table of ``infer.tune``: is the ensemble at least its best member?
 """
