@@ -3,10 +3,10 @@
 ``test_table`` scores, on DATA/test_labels.csv, each detector x fold alone, each
 detector over its folds, the same with the classifier blended in (the exact
 hook of the submission, ``infer.ensemble.classify``), the ensemble without the
-classifier, the submitted ensemble, and (with a classifier) the classifier alone
-on the true boxes: the ceiling of the second stage, what a perfect detector would
-score with it (detected boxes shift the crops a little, so on few cells their F1
-can land slightly above it). The fusion settings are the tuned ones throughout, so each
+classifier, the classifier alone on the true boxes (the ceiling of the second
+stage: what a perfect detector would score with it; detected boxes shift the
+crops a little, so on few cells their F1 can land slightly above it), and the
+submitted ensemble. The fusion settings are the tuned ones throughout, so each
 difference is what that part adds. Every row carries its per-class F1. ``oof_check`` reads the
 out-of-fold table of ``infer.tune``: is the ensemble at least its best member?
 """
@@ -105,9 +105,9 @@ def test_table(ens: Any, data: Path, fusion: str, submitted: Any) -> list[dict]:
     if has_cls or len(ens.member_list()) > 1:
         rows.append(_row("ensemble, no classifier" if has_cls else "ensemble",
                          scored(pd.concat(every, ignore_index=True), params)))
-    rows.append(_row("ensemble (submission)", submitted))
     if has_cls:
         alone_cls = dataclasses.replace(ens, classifier={**ens.classifier, "weight": 1.0})
         rows.append(_row(CEILING, ceiling(truth, test, sizes, lambda t: classify(
             alone_cls, t, files["images"], n_cells, ds))))
+    rows.append(_row("ensemble (submission)", submitted))
     return rows
