@@ -243,6 +243,15 @@ def _folds(recipe: RecipeConfig, data: Path) -> None:
         raise RuntimeError(f"prepare.folds failed with exit status {code}")
 
 
+def per_class_table(rows: list[dict]):
+    """Rows of the test table x classes: each row's per-class F1 (classes in order of first appearance;
+    blank where a row has no such label)."""
+    import pandas as pd
+
+    f1 = pd.DataFrame([r.get("per_class_f1") or {} for r in rows])
+    return pd.concat([pd.DataFrame({"member": [r["member"] for r in rows]}), f1], axis=1)
+
+
 def _summary(report: dict, echo: Callable[[str], None]) -> None:
     """The end of the run: times, the out-of-fold and test tables, the failures, where things are."""
     import pandas as pd
@@ -263,7 +272,11 @@ def _summary(report: dict, echo: Callable[[str], None]) -> None:
                  + ("" if c["ensemble"] >= c["best"] else "  <- the ensemble is BELOW its best member"))
     if report.get("test"):
         echo("\ntest labels: each member alone (detector classes), with the classifier, and the ensemble:")
-        echo(format_table(pd.DataFrame(report["test"])))
+        table = pd.DataFrame(report["test"])
+        echo(format_table(table.drop(columns="per_class_f1", errors="ignore")))
+        if "per_class_f1" in table:
+            echo("\nper-class F1 on the test labels (the F1 term is their mean):")
+            echo(format_table(per_class_table(report["test"])))
     if report["failures"]:
         echo(f"\n{len(report['failures'])} training job(s) FAILED:")
         for r in report["failures"]:

@@ -3,17 +3,23 @@
 ``test_table`` scores, on DATA/test_labels.csv, each detector x fold alone, each
 detector over its folds, the same with the classifier blended in (the exact
 hook of the submission, ``infer.ensemble.classify``), the ensemble without the
-classifier, and the submitted ensemble: the fusion settings are the tuned ones
-throughout, so each difference is what that part adds. ``oof_check`` reads the
+classifier, the classifier alone on the true boxes (the ceiling of the second
+stage: what a perfect detector would score with it; detected boxes shift the
+crops a little, so on few cells their F1 can land slightly above it), and the
+submitted ensemble. The fusion settings are the tuned ones throughout, so each
+difference is what that part adds. Every row carries its per-class F1. ``oof_check`` reads the
 out-of-fold table of ``infer.tune``: is the ensemble at least its best member?
 """
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from cytokit.tables import COORDS
 
 
 def oof_check(table: pd.DataFrame) -> dict | None:
@@ -30,8 +36,35 @@ def oof_check(table: pd.DataFrame) -> dict | None:
             "best": float(best["oof"])}
 
 
+CEILING = "classifier on the true boxes (ceiling)"  # the row of the second stage's upper bound
+
+
 def _row(label: str, result: Any) -> dict:
-    return {"member": label, "test": result.total, "giou_term": result.giou_term, "f1_term": result.f1_term}
+    f1 = {str(r.label): round(float(r.f1), 4) for r in result.per_class.itertuples()}
+    return {"member": label, "test": result.total, "giou_term": result.giou_term, "f1_term": result.f1_term,
+            "per_class_f1": f1}
+
+
+def truth_as_fused(truth: pd.DataFrame, sizes: pd.DataFrame) -> pd.DataFrame:
+    """The true boxes as a fused prediction table (score 1); their class is the first code, a
+    placeholder the classifier replaces (weight 1), so nothing of the true class leaks in."""
+    from cytokit import classes, predictions
+
+    wh = sizes.drop_duplicates("NAME").set_index("NAME").loc[truth["NAME"]]
+    table = pd.DataFrame({"NAME": truth["NAME"].to_numpy(), **{c: truth[c].to_numpy(float) for c in COORDS},
+                          "score": 1.0, "class": classes.CLASSES[0], "width": wh["width"].to_numpy(),
+                          "height": wh["height"].to_numpy(), "model": "truth", "fold": -1, "view": "fused"})
+    return predictions.validate(table)
+
+
+def ceiling(truth: pd.DataFrame, test: pd.DataFrame, sizes: pd.DataFrame,
+            classify: Callable[[pd.DataFrame], pd.DataFrame]) -> Any:
+    """The challenge score of ``classify`` (the classifier alone) on the true boxes: GIoU term 1, so
+    the F1 term is the best the second stage can do with this classifier."""
+    from cytokit.metric import score
+    from cytokit.submission import make_submission
+
+    return score(truth, make_submission(classify(truth_as_fused(truth, sizes)), test, sizes))
 
 
 def test_table(ens: Any, data: Path, fusion: str, submitted: Any) -> list[dict]:
@@ -72,5 +105,9 @@ def test_table(ens: Any, data: Path, fusion: str, submitted: Any) -> list[dict]:
     if has_cls or len(ens.member_list()) > 1:
         rows.append(_row("ensemble, no classifier" if has_cls else "ensemble",
                          scored(pd.concat(every, ignore_index=True), params)))
+    if has_cls:
+        alone_cls = dataclasses.replace(ens, classifier={**ens.classifier, "weight": 1.0})
+        rows.append(_row(CEILING, ceiling(truth, test, sizes, lambda t: classify(
+            alone_cls, t, files["images"], n_cells, ds))))
     rows.append(_row("ensemble (submission)", submitted))
     return rows

@@ -57,16 +57,3 @@ def test_a_fixed_blend_weight_is_not_chosen_on_the_scored_rows():
     assert comp.best_weight is None and comp.tune.empty
     assert "the fixed default, not chosen on these images" in cls_report.render(comp)
 
-
-def test_bccd_upstream_split(bccd_dir):
-    from bench.bccd import classify as cls_bccd
-
-    train, test, images_dir = cls_bccd.split(bccd_dir)
-    # 341 single-WBC images with a subtype: 277 in train.txt + val.txt, 64 in test.txt
-    assert (len(train), len(test)) == (277, 64)
-    assert not set(train["NAME"]) & set(test["NAME"])
-    assert set(train["width"]) == {640} and set(train["height"]) == {480}
-    assert (images_dir / test["NAME"].iloc[0]).exists()
-    dets = cls_report.gt_as_detections(test, "PNN")
-    xyxy = ["x1", "y1", "x2", "y2"]
-    assert set(dets["class"]) == {"PNN"} and dets[xyxy].equals(test[xyxy])

@@ -143,7 +143,7 @@ def fake_ds(tmp_path: Path, k: int = 2) -> SimpleNamespace:
                            preds_dir=lambda m, f: tmp_path / "preds" / m / f"fold{f}")
 
 
-@pytest.mark.parametrize("name", ["recipe.yaml", "demo.yaml"])
+@pytest.mark.parametrize("name", ["recipe.yaml", "demo.yaml", "bccd.yaml"])
 def test_shipped_recipes_give_valid_ensembles_with_the_classifier(name, tmp_path):
     recipe = rc.load(paths.CONFIGS / name)
     ds = fake_ds(tmp_path, recipe.k)
@@ -292,6 +292,7 @@ def test_make_all_resumes_reports_a_failure_and_skips_what_is_finished(tiny_data
     assert "--resume" in (paths.logs_dir(ds.id) / "yolov8_fold0.log").read_text()
     members = [r["member"] for r in report["test"]]
     assert members[-1] == "ensemble (submission)" and "yolov8 + classifier" in members
+    assert members[-2] == "classifier on the true boxes (ceiling)"
     assert {"train", "tune out-of-fold", "submission", "validate"} <= set(report["steps"])
     tuned = kit_config.load(EnsembleConfig, Path(report["tuned"]))
     assert [m.model for m in tuned.member_list()] == ["yolov8"] and tuned.classifier_section() is not None

@@ -66,7 +66,8 @@ def test_one_config_per_family_and_its_model_sections():
                      "fasterrcnn": "tv.yaml", "fasterrcnn_mobilenet": "tv.yaml", "retinanet": "tv.yaml",
                      "unet": "unet.yaml", "cls": "cls.yaml", "cls_full": "cls.yaml"}
     assert sorted(p.name for p in paths.CONFIGS.glob("*.yaml")) == sorted(
-        {*files.values(), "demo.yaml", "recipe.yaml", "ensemble.yaml", "folds.yaml", "masks.yaml"})
+        {*files.values(), "demo.yaml", "recipe.yaml", "bccd.yaml", "ensemble.yaml", "folds.yaml",
+         "masks.yaml"})
     assert (registry.load_config("cls").mode, registry.load_config("cls_full").mode) == ("crop", "full")
     assert registry.load_config("fasterrcnn_mobilenet").rpn_proposals == 500
     with pytest.raises(ConfigError, match="unknown key.*roi_samples"):
