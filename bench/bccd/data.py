@@ -1,18 +1,16 @@
 """BCCD as a CytologIA data folder, so that ``make all`` runs on real smears with the upstream split.
 
-    python -m bench.bccd.data [--bccd ../shared/data/bccd] [--out DIR]
+    python -m bench.bccd.data [--bccd ../shared/data/bccd] [--out DIR] [--all [--jobs N] [k=v ...]]
 
 Reads the small public BCCD set in place (``cytologia_wbc_subtypes.csv``: one
 white cell per image, classes PNN/EO/LY/MO/BA, 640x480 fields) and writes, under
-``<work>/bccd/data`` unless ``--out`` is given, the challenge layout:
+``<work>/data/bccd`` unless ``--out`` is given, the challenge layout:
 ``images/`` (hard links to the shared JPEGs, copies across file systems; the raw
 files are never modified), ``train.csv`` (the images of the upstream
 ``ImageSets/Main/train.txt`` + ``val.txt``), ``test.csv`` and ``test_labels.csv``
-(those of ``test.txt``, ids from the subtype file). Then, for example::
-
-    CYTOKIT_WORK=/tmp/bccd_work python -m pipeline --recipe configs/bccd.yaml --data <work>/bccd/data
-
-trains, tunes out-of-fold on the train split only and scores the test split.
+(those of ``test.txt``, ids from the subtype file). With ``--all`` (``make bccd``)
+it then runs ``make all`` on that folder with ``configs/bccd.yaml``: it trains,
+tunes out-of-fold on the train split only and scores the test split.
 Writing again is a no-op when nothing changed; every file is written atomically.
 """
 from __future__ import annotations
@@ -25,15 +23,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from cytokit import io, paths, tables
+from cytokit import env, io, paths, tables
 
 log = logging.getLogger("bench.bccd.data")
 SUBTYPES = "cytologia_wbc_subtypes.csv"  # one WBC box + subtype per image (see the BCCD README)
 
 
 def default_out() -> Path:
-    """Where the BCCD data folder goes: ``<work>/bccd/data`` (never in git)."""
-    return paths.work_dir() / "bccd" / "data"
+    """Where the BCCD data folder goes: ``<work>/data/bccd`` (never in git)."""
+    return paths.data_copy("bccd")
 
 
 def upstream_split(bccd: Path) -> dict[str, str]:
@@ -104,15 +102,24 @@ def write(bccd: Path, out: Path) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.bccd.data", description=__doc__.split("\n")[0])
     p.add_argument("--bccd", type=Path, default=paths.bccd_dir(), help="the BCCD folder (read only)")
-    p.add_argument("--out", type=Path, help="the data folder to write (default <work>/bccd/data)")
+    p.add_argument("--out", type=Path, help="the data folder to write (default <work>/data/bccd)")
+    p.add_argument("--all", action="store_true", help="then make all on it (configs/bccd.yaml)")
+    p.add_argument("--jobs", type=int, help="with --all: training jobs at once (the recipe's jobs)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="with --all: recipe overrides")
     args = p.parse_args(argv)
+    env.apply()
     io.setup_logging()
     out = args.out or default_out()
     counts = write(args.bccd, out)
     print(f"BCCD data folder {out}: train.csv {counts['train_boxes']} boxes on {counts['train_images']} "
           f"images (upstream train+val), test.csv {counts['test_boxes']} boxes on {counts['test_images']} "
           f"images (upstream test, truth in test_labels.csv)")
-    return 0
+    if not args.all:
+        return 0
+    from pipeline.__main__ import main as make_all
+
+    return make_all(["--recipe", str(paths.CONFIGS / "bccd.yaml"), "--data", str(out), *args.overrides,
+                     *(["--jobs", str(args.jobs)] if args.jobs is not None else [])])
 
 
 if __name__ == "__main__":
