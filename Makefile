@@ -16,7 +16,7 @@ MODEL ?= yolov8#           registry name (see `python -m train --list`)
 FOLD ?= 0#                 fold index, or `all`
 JOBS ?=#                    training jobs at once for make all / make train FOLD=all / make demo
 RECIPE ?= configs/recipe.yaml#  the recipe of make all
-IMAGES ?= 400#             synthetic images for demo-data
+IMAGES ?= 1200#            synthetic images for demo-data (as configs/demo.yaml synth.images)
 ENSEMBLE ?= configs/ensemble.yaml
 DETECTOR ?= yolov8#       detector whose OOF boxes the classifier report uses (or gt)
 SET ?= default#            pretrained files for make weights: default, all, or file names (see --list)

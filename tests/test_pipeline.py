@@ -205,6 +205,8 @@ def test_make_targets_reach_the_orchestrator_and_the_runner():
     assert "-m pipeline --recipe configs/recipe.yaml --data d --jobs 3" in out and "k=4" in out
     assert "--jobs 2" in dry("train", "FOLD=all", "JOBS=2") and "--jobs" not in dry("train", "FOLD=all")
     assert "-m pipeline.demo --data data/demo --jobs 1" in dry("demo", "JOBS=1")
+    synth = rc.load(paths.CONFIGS / "demo.yaml").synth_settings()  # make demo-data makes the demo's data
+    assert f"--images {synth.images} --seed 42" in dry("demo-data")
 
 
 # ---- the orchestrator on a tiny synthetic set, real training jobs ----
