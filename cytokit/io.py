@@ -31,6 +31,8 @@ def atomic_write(path: Path, suffix: str | None = None) -> Iterator[Path]:
 
     On an exception the temporary file is removed and ``path`` is untouched; an
     ``OSError`` of the temporary file (disk full, read-only folder) names ``path``.
+    The file gets the permissions a plain ``open`` would give it (0666 less the
+    umask), not mkstemp's private 0600: teammates on a cluster read submissions.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,6 +47,8 @@ def atomic_write(path: Path, suffix: str | None = None) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():  # a writer may have replaced the file: set the mode on what is there
+            tmp_path.chmod(0o666 & ~_umask())
         os.replace(tmp_path, path)
     except OSError as exc:
         if exc.errno and exc.filename in (None, str(tmp_path)):
@@ -53,6 +57,20 @@ def atomic_write(path: Path, suffix: str | None = None) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    """The process umask (read once, at import: setting it to read it is not thread-safe later)."""
+    return _UMASK
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def _naming(exc: OSError, path: Path) -> OSError:

@@ -99,6 +99,13 @@ def test_prediction_contract_violations(mutate, message):
         predictions.validate(mutate(_table()))
 
 
+def test_atomic_writes_are_readable_like_plain_files(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    written = io.atomic_write_text(tmp_path / "sub.csv", "x")
+    assert written.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # not mkstemp's 0600
+
+
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.csv"
     target.write_text("old")
