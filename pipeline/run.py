@@ -73,20 +73,44 @@ def finished(ds: Any, model: str, fold: int) -> bool:
     return runs.is_done(ds.run_dir(model, fold)) and (ds.preds_dir(model, fold) / OOF_FILE).exists()
 
 
-def plan(recipe: RecipeConfig, ds: Any) -> tuple[list, list[str]]:
-    """The training jobs still to run (``train.parallel.Job``) and the names of the finished ones."""
+RUNTIME_KEYS = {"device", "workers", "plots", "batch_infer"}  # settings that do not change what a run learns
+
+
+def changed_settings(ds: Any, m: TrainMember, fold: int) -> list[str]:
+    """``key old -> new`` for each setting of a finished run that differs from what the recipe asks now
+    (defaults of configs/<family>.yaml <- the member's overrides); [] when they agree."""
+    from train import registry
+
+    saved = ds.run_dir(m.model, fold) / "config.yaml"
+    if not saved.is_file():
+        return []
+    old = kit_config.read_yaml(saved)
+    new = kit_config.to_dict(registry.load_config(m.model, m.overrides))
+    return [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items()
+            if k not in RUNTIME_KEYS and k in old and old[k] != v]
+
+
+def plan(recipe: RecipeConfig, ds: Any, echo: Callable[[str], None] = print) -> tuple[list, list[str]]:
+    """The training jobs still to run (``train.parallel.Job``) and the names of the finished ones. A
+    finished run whose settings differ from the recipe's is trained again (the line says what changed)."""
     from train import parallel
 
     jobs, skipped = [], []
 
     def add(m: TrainMember, fold: int, after: tuple[str, ...] = ()) -> None:
         name = f"{m.model} fold {fold}"
+        force = False
         if finished(ds, m.model, fold):
-            skipped.append(name)
-            return
+            changed = changed_settings(ds, m, fold)
+            if not changed:
+                skipped.append(name)
+                return
+            echo(f"  retrain {name}: its settings differ from the recipe's ({'; '.join(changed)})")
+            force = True
         run_dir = ds.run_dir(m.model, fold)  # an unfinished run continues; a new one starts without a warning
-        resume = run_dir.exists() and any(run_dir.iterdir())
-        argv = parallel.train_argv(m.model, fold, ds.data, ds.k, ds.seed, m.overrides, resume=resume)
+        resume = not force and run_dir.exists() and any(run_dir.iterdir())
+        argv = parallel.train_argv(m.model, fold, ds.data, ds.k, ds.seed, m.overrides, resume=resume,
+                                   force=force)
         jobs.append(parallel.Job(name, argv, parallel.log_path(ds, m.model, fold), after))
 
     for m in recipe.detector_list():
@@ -108,7 +132,7 @@ def train_step(recipe: RecipeConfig, ds: Any, echo: Callable[[str], None] = prin
     """Run the training jobs; one record per member x fold: name, model, fold, status, times, log."""
     from train import parallel
 
-    jobs, skipped = plan(recipe, ds)
+    jobs, skipped = plan(recipe, ds, echo)
     for name in skipped:
         model, _, fold = name.rpartition(" fold ")
         echo(f"  skip {name}: finished (done.json); `make train MODEL={model} FOLD={fold} FORCE=1` redoes it")

@@ -196,6 +196,25 @@ def test_plan_skips_finished_runs_and_orders_classifiers_after_their_detector(tm
     assert by_name["yolov8 fold 1"].log.name == "yolov8_fold1.log"
 
 
+def test_a_finished_run_with_other_settings_is_trained_again(tmp_path):
+    from train import registry
+
+    recipe = rc.RecipeConfig(k=2, detectors=[{"model": "yolov8", "folds": [0], "overrides": ["epochs=20"]}])
+    ds = fake_ds(tmp_path)
+    run = ds.run_dir("yolov8", 0)
+    for path in (run / "done.json", ds.preds_dir("yolov8", 0) / "oof.parquet"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    kit_config.save(registry.load_config("yolov8", ["epochs=14", "device=cpu"]), run / "config.yaml")
+    lines = []
+    jobs, skipped = orch.plan(recipe, ds, lines.append)
+    assert skipped == [] and lines == ["  retrain yolov8 fold 0: its settings differ from the recipe's "
+                                       "(epochs 14 -> 20)"]  # device is not a setting of what it learns
+    assert "--force" in jobs[0].argv and "--resume" not in jobs[0].argv
+    kit_config.save(registry.load_config("yolov8", ["epochs=20", "device=cpu"]), run / "config.yaml")
+    assert orch.plan(recipe, ds, lines.append) == ([], ["yolov8 fold 0"])
+
+
 def test_make_targets_reach_the_orchestrator_and_the_runner():
     def dry(*args: str) -> str:
         return subprocess.run(["make", "-n", "-C", str(paths.ROOT), *args], capture_output=True, text=True,
