@@ -147,6 +147,7 @@ class _Dataset:
         return pd.DataFrame({"NAME": list(self.folds), "fold": list(self.folds.values())})
 
 
+@pytest.mark.smoke  # a subprocess or a real search: seconds, not the unit tier
 @pytest.mark.parametrize("box_size", [False, True])
 def test_oof_classifier_uses_the_other_fold_and_caches_crops(tmp_path, fused, box_size):
     from infer.oof_cls import OOFClassifier

@@ -133,6 +133,7 @@ def real(real_train_csv):
             "planted": [names[p] for p in planted]}
 
 
+@pytest.mark.smoke  # the real 52,748-row train.csv
 def test_real_every_image_in_one_fold(real):
     table = real["folds"]
     assert table["NAME"].is_unique
@@ -172,6 +173,7 @@ def test_real_cleaning_keeps_every_annotation(real):
     assert sum(s["boxes_removed"] for s in real["report"].steps) == 0
 
 
+@pytest.mark.smoke  # the real 52,748-row train.csv
 def test_real_split_is_deterministic(real):
     again = folds.make_folds(real["cleaned"], real["groups"], k=5, seed=42)
     pd.testing.assert_frame_equal(again, real["folds"])

@@ -145,6 +145,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.smoke  # a subprocess or a real search: seconds, not the unit tier
 def test_kit_trainer_configures_logging_in_a_fresh_ddp_worker():
     out = _python("from cytokit import env; env.apply()\n"
                   "import logging\n"
@@ -155,6 +156,7 @@ def test_kit_trainer_configures_logging_in_a_fresh_ddp_worker():
     assert "epoch 3: challenge 0.5" in out.stderr, out.stderr[-2000:]
 
 
+@pytest.mark.smoke  # a subprocess or a real search: seconds, not the unit tier
 def test_ultralytics_ddp_state_round_trips_with_cloudpickle(tmp_path):
     """What ultralytics' generate_ddp_file saves (trainer class, args, model, callbacks with the kit's
     EpochEnd) loads in a fresh interpreter, as its DDP workers do."""

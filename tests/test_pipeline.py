@@ -49,6 +49,7 @@ def test_threads_are_split_between_jobs():
     assert parallel.threads_per_job(2, threads=3, n_cores=2) == 3  # explicit wins
 
 
+@pytest.mark.smoke  # a subprocess or a real search: seconds, not the unit tier
 def test_two_jobs_run_at_once_with_their_share_of_threads(tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     jobs = [fake_job(tmp_path, "a", sleep=1.5), fake_job(tmp_path, "b", sleep=1.5)]
@@ -63,6 +64,7 @@ def test_two_jobs_run_at_once_with_their_share_of_threads(tmp_path, monkeypatch)
     assert all(o.seconds >= 1.5 and o.cpu_seconds >= 0 for o in out)
 
 
+@pytest.mark.smoke  # a subprocess or a real search: seconds, not the unit tier
 def test_one_job_at_a_time_keeps_the_trainers_threads_and_gpus_are_dealt_per_slot(tmp_path):
     out = parallel.run_jobs([fake_job(tmp_path, "a", 0.5), fake_job(tmp_path, "b", 0.5)], n=1, gpus=[],
                             echo=lambda s: None)
@@ -76,6 +78,7 @@ def test_one_job_at_a_time_keeps_the_trainers_threads_and_gpus_are_dealt_per_slo
     assert ran(tmp_path, "c")["wait"] == os.environ.get("OMP_WAIT_POLICY")  # one thread: left alone
 
 
+@pytest.mark.smoke  # a subprocess or a real search: seconds, not the unit tier
 def test_a_failing_job_is_reported_with_its_log_and_the_others_go_on(tmp_path):
     jobs = [fake_job(tmp_path, "det", 0.2, code=3, message="ConfigError: bogus key"),
             fake_job(tmp_path, "other", 0.2),

@@ -182,6 +182,7 @@ def test_contact_sheet_shows_every_class(ds):
     assert (tiles.reshape(23, -1).std(axis=1) > 10).all()  # no blank row
 
 
+@pytest.mark.smoke  # a subprocess or a real search: seconds, not the unit tier
 def test_baseline_learns_the_classes_from_simple_features(ds):
     """The yardstick printed beside the demo's score: far above chance, and fewer images train it less."""
     from prepare.synth.baseline import baseline

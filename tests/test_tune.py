@@ -120,6 +120,7 @@ def submission_score(oof: OOF, s: Settings, classifier=None) -> float:
     return metric.score(truth, submission.make_submission(table, test, oof.images)).total
 
 
+@pytest.mark.smoke  # a subprocess or a real search: seconds, not the unit tier
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_trial_scores_the_submission_it_implies(seed):
     oof = fake_oof(seed)
@@ -137,6 +138,7 @@ def test_a_trial_scores_the_submission_it_implies(seed):
         assert ev.result(s).total == pytest.approx(submission_score(oof, s, clf), abs=1e-12)
 
 
+@pytest.mark.smoke  # a subprocess or a real search: seconds, not the unit tier
 @pytest.mark.parametrize("seed", range(5))
 def test_tuning_never_ends_below_its_start_nor_below_a_table_row(seed):
     oof = fake_oof(seed, noise={"a": 2.0, "b": 8.0} if seed % 2 else {"a": 6.0, "b": 3.0})
@@ -170,6 +172,7 @@ def test_a_useless_member_is_dropped_rather_than_dragging_the_ensemble_down():
     assert ev.result(best).total >= a_alone and best.fuse.weights["b"] == 0.0
 
 
+@pytest.mark.smoke  # a subprocess or a real search: seconds, not the unit tier
 def test_tuning_finds_a_good_classifier_and_writes_a_config_that_scores_the_same():
     oof = fake_oof(4)
     ev = Evaluator(oof, FakeClassifier(oof.truth_boxes, 0.95), 0.001, 20)

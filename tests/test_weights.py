@@ -154,6 +154,7 @@ def test_yolo_auto_passes_the_coco_checkpoint_to_ultralytics(weights_dir, tmp_pa
     assert Yolov8Adapter().train_args(scratch, fold, tmp_path)["pretrained"] is False
 
 
+@pytest.mark.smoke  # builds every model kind
 def test_torchvision_coco_heads_are_left_to_their_fresh_23_class_init(weights_dir):
     from torchvision.models import detection
 
@@ -230,6 +231,7 @@ KIND_ARGS = {"yolov8": ["imgsz=64", "plots=false"], "fasterrcnn_mobilenet": ["im
              "cls": ["backbone=resnet10t", "imgsz=32"], "unet": ["imgsz=64"]}
 
 
+@pytest.mark.smoke  # builds every model kind
 @pytest.mark.parametrize("content", [b"", b"epoch 3 weights\n"], ids=["zero-bytes", "text"])
 def test_every_model_kind_refuses_a_bad_file_in_one_line(tiny_data, tmp_path, capsys, content):
     from train.__main__ import main as train_main
