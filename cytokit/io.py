@@ -48,7 +48,7 @@ def atomic_write(path: Path, suffix: str | None = None) -> Iterator[Path]:
     try:
         yield tmp_path
         if tmp_path.exists():  # a writer may have replaced the file: set the mode on what is there
-            tmp_path.chmod(0o666 & ~_umask())
+            tmp_path.chmod(0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     except OSError as exc:
         if exc.errno and exc.filename in (None, str(tmp_path)):
@@ -59,12 +59,8 @@ def atomic_write(path: Path, suffix: str | None = None) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def _umask() -> int:
-    """The process umask (read once, at import: setting it to read it is not thread-safe later)."""
-    return _UMASK
-
-
 def _read_umask() -> int:
+    """The process umask, read once at import (reading it means setting it: not thread-safe later)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

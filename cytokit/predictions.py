@@ -49,6 +49,11 @@ COLUMNS: dict[str, str] = {
     "view": "str",
 }
 PROB_COLUMNS = classes.PROB_COLUMNS
+# The prediction tables of a model's fold, in its preds folder (Dataset.preds_dir):
+OOF_FILE = "oof.parquet"  # training's out-of-fold table (train.oof): a finished run has it
+OOF_TTA_FILE = "oof_tta.parquet"  # make infer's out-of-fold table, every TTA view
+TEST_FILE = "test.parquet"  # make infer's test table, every TTA view
+OOF_FILES = (OOF_TTA_FILE, OOF_FILE)  # the out-of-fold tables, preferred first
 
 
 def empty(with_probs: bool = False) -> pd.DataFrame:

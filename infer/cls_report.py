@@ -134,7 +134,7 @@ def oof_inputs(data: Path, k: int | None, seed: int | None, detector: str, class
     ds = dataset.resolve(data, k, seed)
     preds, truth, sizes, probs, used = [], [], [], [], []
     for fold in range(ds.k):
-        oof = ds.preds_dir(detector, fold) / "oof.parquet"
+        oof = ds.preds_dir(detector, fold) / predictions.OOF_FILE
         weights = [ds.run_dir(c, fold) / "best.pt" for c in classifiers]
         if not (detector == GT or oof.exists()) or not all(w.exists() for w in weights):
             continue

@@ -68,7 +68,7 @@ def predict_members(cfg: EnsembleConfig, data: Path, force: bool = False, progre
             out = ds.preds_dir(m.model, fold)
             start = time.perf_counter()
             meta = cache.member_meta(weights, cfg.tta, cfg.conf, cfg.max_det, names, files["images"])
-            frames.append(cache.cached_table(out / "test.parquet", meta,
+            frames.append(cache.cached_table(out / predictions.TEST_FILE, meta,
                                                lambda: run(names, files["images"], "test"), force))
             if "p" in loaded:
                 spent += time.perf_counter() - start
@@ -76,7 +76,7 @@ def predict_members(cfg: EnsembleConfig, data: Path, force: bool = False, progre
                 fd = ds.fold(fold)
                 val = fd.val_images["NAME"].tolist()
                 meta = cache.member_meta(weights, cfg.tta, cfg.conf, cfg.max_det, val, fd.images_dir)
-                cache.cached_table(out / "oof_tta.parquet", meta,
+                cache.cached_table(out / predictions.OOF_TTA_FILE, meta,
                                      lambda: run(val, fd.images_dir, "oof"), force)
     preds = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) \
         else predictions.empty()
@@ -144,7 +144,7 @@ def write_submission(cfg: EnsembleConfig, data: Path, result: Result, out_dir: P
     result.fusion = resolve_fusion(cfg, data)
     fused = fuse.fuse(result.test_preds, cfg.fuse_params(result.fusion), progress=progress)
     fused = classify(cfg, fused, files["images"], n_cells, ds)
-    predictions.write(fused, ds.preds_dir("ensemble", "all") / "test.parquet")
+    predictions.write(fused, ds.preds_dir("ensemble", "all") / predictions.TEST_FILE)
     result.fused = fused
     sizes = submission.image_sizes(test["NAME"], files["images"], fused)
     sub = submission.make_submission(fused, test, sizes)

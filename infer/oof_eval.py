@@ -32,7 +32,6 @@ from infer.config import EnsembleConfig, bind, classifier_weights
 from infer.fuse import FuseParams, fuse_grouped, group
 
 log = logging.getLogger(__name__)
-OOF_FILES = ("oof_tta.parquet", "oof.parquet")  # preferred first
 
 
 @dataclasses.dataclass
@@ -54,9 +53,9 @@ def load_oof(cfg: EnsembleConfig, data: Path, max_images: int = 0, seed: int = 0
         for fold in m.folds:
             fd = ds.fold(fold)
             folder = ds.preds_dir(m.model, fold)
-            path = next((folder / f for f in OOF_FILES if (folder / f).exists()), None)
+            path = next((folder / f for f in predictions.OOF_FILES if (folder / f).exists()), None)
             if path is None:
-                raise FileNotFoundError(f"{folder}: no {' or '.join(OOF_FILES)}; "
+                raise FileNotFoundError(f"{folder}: no {' or '.join(predictions.OOF_FILES)}; "
                                         f"train {m.model} fold {fold} and run make infer first")
             tables.append(predictions.read(path))
             sources.append(path)

@@ -30,7 +30,6 @@ from cytokit import io, paths
 from pipeline.recipe import RecipeConfig, TrainMember, ensemble_values, val_detector
 
 log = logging.getLogger("pipeline")
-OOF_FILE = "oof.parquet"  # train.oof.oof_path: a run is finished when it has done.json and this table
 
 
 def cpu_seconds() -> float:
@@ -68,9 +67,11 @@ class Steps:
 
 def finished(ds: Any, model: str, fold: int) -> bool:
     """True when ``model`` fold ``fold`` is trained and has its out-of-fold predictions."""
+    from cytokit import predictions
     from train import runs
 
-    return runs.is_done(ds.run_dir(model, fold)) and (ds.preds_dir(model, fold) / OOF_FILE).exists()
+    return runs.is_done(ds.run_dir(model, fold)) and (ds.preds_dir(model, fold)
+                                                      / predictions.OOF_FILE).exists()
 
 
 RUNTIME_KEYS = {"device", "workers", "plots", "batch_infer"}  # settings that do not change what a run learns

@@ -3,7 +3,7 @@
 ``test_table`` scores, on DATA/test_labels.csv, each detector x fold alone, each
 detector over its folds, the same with the classifier blended in (the exact
 hook of the submission, ``infer.ensemble.classify``), the ensemble without the
-classifier, the classifier alone on the true boxes (the ceiling of the second
+classifier (with several members), the classifier alone on the true boxes (the ceiling of the second
 stage: what a perfect detector would score with it; detected boxes shift the
 crops a little, so on few cells their F1 can land slightly above it), and the
 submitted ensemble. The fusion settings are the tuned ones throughout, so each
@@ -94,7 +94,7 @@ def test_table(ens: Any, data: Path, fusion: str, submitted: Any) -> list[dict]:
 
     rows, every = [], []
     for m in ens.member_list():
-        frames = [predictions.read(ds.preds_dir(m.model, f) / "test.parquet") for f in m.folds]
+        frames = [predictions.read(ds.preds_dir(m.model, f) / predictions.TEST_FILE) for f in m.folds]
         every.extend(frames)
         if len(frames) > 1:
             rows += [_row(f"{m.model} fold{f}", scored(t, alone)) for f, t in zip(m.folds, frames)]
@@ -102,7 +102,7 @@ def test_table(ens: Any, data: Path, fusion: str, submitted: Any) -> list[dict]:
         rows.append(_row(f"{m.model} (folds {','.join(map(str, m.folds))})", scored(both, alone)))
         if has_cls:
             rows.append(_row(f"{m.model} + classifier", scored(both, alone, with_cls=True)))
-    if has_cls or len(ens.member_list()) > 1:
+    if len(ens.member_list()) > 1:  # one member: its own row above is the ensemble without classifier
         rows.append(_row("ensemble, no classifier" if has_cls else "ensemble",
                          scored(pd.concat(every, ignore_index=True), params)))
     if has_cls:

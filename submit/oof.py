@@ -56,7 +56,7 @@ def _score_models(ds, models: list[str]) -> tuple[pd.DataFrame, dict]:
         row: dict = {"model": model}
         preds_all, boxes_all, images_all = [], [], []
         for fold in range(k):
-            path = ds.preds_dir(model, fold) / "oof.parquet"
+            path = ds.preds_dir(model, fold) / predictions.OOF_FILE
             if not path.exists():
                 row[f"fold{fold}"] = np.nan
                 continue

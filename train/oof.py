@@ -29,7 +29,7 @@ CHUNK = 32  # images decoded and handed to the predictor at a time
 
 def oof_path(fold_data: Any, model: str) -> Path:
     """``<preds dir of model on the fold>/oof.parquet``."""
-    return fold_data.preds_dir(model) / "oof.parquet"
+    return fold_data.preds_dir(model) / predictions.OOF_FILE
 
 
 def predict_images(

@@ -102,7 +102,7 @@ def load_members(src: Source) -> tuple[dict[str, pd.DataFrame], list[str]]:
             notes.append(f"{model}: out-of-fold predictions for {len(found)} of {src.k} folds; left out of "
                          "the table (train the other folds: make train FOLD=all)")
             continue
-        if not all(f.name == "oof_tta.parquet" for f in found):
+        if not all(f.name == predictions.OOF_TTA_FILE for f in found):
             notes.append(f"{model}: no TTA views predicted out of fold (run make infer); scored without TTA")
         tables[model] = pd.concat([predictions.read(f) for f in found], ignore_index=True)
         if tables[model].empty:

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cytokit import dataset, paths
-
-OOF_TTA, OOF = "oof_tta.parquet", "oof.parquet"  # make infer's out-of-fold tables (all views); training's
+from cytokit import dataset, paths, predictions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +73,7 @@ class Source:
     def oof_file(self, model: str, fold: int) -> Path | None:
         """The fold's out-of-fold table: make infer's (TTA views) when there, else training's."""
         folder = self.preds_dir(model, fold)
-        return next((folder / f for f in (OOF_TTA, OOF) if (folder / f).is_file()), None)
+        return next((folder / f for f in predictions.OOF_FILES if (folder / f).is_file()), None)
 
     def trained(self, models: list[str]) -> dict[str, list[int]]:
         """For each model, the folds whose run folder holds a metrics.csv or done.json."""

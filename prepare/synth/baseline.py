@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from cytokit import io, paths, tables
+from cytokit import images, io, paths, tables
+from cytokit.tables import COORDS
 
 
 def features(rgb: np.ndarray, box) -> np.ndarray:
@@ -35,15 +36,13 @@ def features(rgb: np.ndarray, box) -> np.ndarray:
 
 
 def _table(df: pd.DataFrame, images_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    feats = []
+    """Features and classes of every box of ``df``, each image decoded once."""
+    feats, labels = [], []
     for name, rows in df.groupby("NAME", sort=False):
-        rgb = cv2.imread(str(images_dir / name))
-        if rgb is None:
-            raise io.DataError(f"{images_dir / name}: not a readable image")
-        rgb = rgb[..., ::-1]
-        feats += [(i, features(rgb, (r.x1, r.y1, r.x2, r.y2))) for i, r in zip(rows.index, rows.itertuples())]
-    feats.sort(key=lambda t: t[0])
-    return np.array([f for _, f in feats]), df.loc[[i for i, _ in feats], "class"].astype(str).to_numpy()
+        rgb = images.load_rgb(images_dir / name)
+        feats += [features(rgb, box) for box in rows[COORDS].to_numpy()]
+        labels += rows["class"].astype(str).tolist()
+    return np.array(feats), np.array(labels)
 
 
 def baseline(data: Path, train_images: int | None = None) -> dict:
@@ -58,8 +57,8 @@ def baseline(data: Path, train_images: int | None = None) -> dict:
     if train_images:
         train = train[train["NAME"].isin(train["NAME"].drop_duplicates().iloc[:train_images])]
     test = tables.read(files["test_labels"], "submission")
-    x_train, y_train = _table(train.reset_index(drop=True), files["images"])
-    x_test, y_test = _table(test.reset_index(drop=True), files["images"])
+    x_train, y_train = _table(train, files["images"])
+    x_test, y_test = _table(test, files["images"])
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=0.5))
     model.fit(x_train, y_train)
     pred = model.predict(x_test)

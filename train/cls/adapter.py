@@ -118,7 +118,7 @@ def training_tables(cfg: ClassifierConfig, fold_data: Any) -> tuple[pd.DataFrame
     if cfg.mode == "full":
         return cls_data.single_cell_table(train), cls_data.single_cell_table(val)
     if cfg.val_detector:
-        oof = fold_data.preds_dir(cfg.val_detector) / "oof.parquet"
+        oof = fold_data.preds_dir(cfg.val_detector) / predictions.OOF_FILE
         if oof.exists():
             from cytokit.submission import one_view
 

@@ -32,7 +32,7 @@ def detector_table(cfg: Any, fold_data: Any) -> pd.DataFrame | None:
 
     if not cfg.val_detector:
         return None
-    path = fold_data.preds_dir(cfg.val_detector) / "oof.parquet"
+    path = fold_data.preds_dir(cfg.val_detector) / predictions.OOF_FILE
     if not path.exists():
         log.warning("%s not found: no %s boxes to classify out of fold", path, cfg.val_detector)
         return None
