@@ -28,15 +28,11 @@ from typing import Any, TypeVar
 import yaml
 
 from cytokit import paths
-from cytokit.io import atomic_write_text
+from cytokit.io import ConfigError, atomic_write_text
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SECTIONS = "models"  # the key of a defaults file that holds the per-model sections
-
-
-class ConfigError(ValueError):
-    """A config file or override the kit cannot use; the message says which key and why."""
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:

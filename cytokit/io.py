@@ -124,6 +124,11 @@ class DataError(Exception):
         super().__init__("\n".join(lines))
 
 
+class ConfigError(ValueError):
+    """A config file or override the kit cannot use; the message says which key and why
+    (``cytokit.config`` re-exports it: the error types live here so that ``cli`` needs no config)."""
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -166,8 +171,6 @@ def _hint(where: str | bytes) -> str:
 def cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run ``main(argv)``; user errors (DataError, ConfigError, FileNotFoundError, FileExistsError)
     and the OS errors of files (``os_error_line``) print one line and return 1 instead of a traceback."""
-    from cytokit.config import ConfigError
-
     try:
         return int(main(argv) or 0)
     except (DataError, ConfigError, FileExistsError) as exc:
