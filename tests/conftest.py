@@ -25,6 +25,7 @@ def pytest_configure(config):
 
         os.environ["CYTOKIT_WEIGHTS"] = tempfile.mkdtemp(prefix="cytokit-test-weights-")
     env.apply()
+    import matplotlib.font_manager  # noqa: F401  builds the font cache (it runs fc-list) before any test
 
 
 def pytest_collection_modifyitems(config, items):
@@ -64,3 +65,21 @@ def bccd_dir() -> Path:
     if not (BCCD / "BCCD" / "JPEGImages").exists():
         pytest.skip("../shared/data/bccd is not available")
     return BCCD
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_starts_no_process(request, monkeypatch):
+    """The unit tier is pure: a unit test that starts a process (subprocess, multiprocessing, os.fork)
+    fails here, so it has to be marked smoke. The tiering itself checks it, not a reviewer."""
+    marks = {m.name for m in request.node.iter_markers()}
+    if "unit" not in marks or marks & {"smoke", "slow"}:
+        return
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{request.node.nodeid}: a unit test started a process; mark it smoke")
+
+    import subprocess
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    monkeypatch.setattr(os, "fork", refuse)
+    monkeypatch.setattr(os, "posix_spawn", refuse, raising=False)

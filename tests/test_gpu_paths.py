@@ -107,6 +107,7 @@ def _crop_dataset(tmp_path, n: int = 16):
     return CropDataset(table, tmp_path, imgsz=16, margin=0, augment="light")
 
 
+@pytest.mark.smoke  # starts a process
 def test_dataloader_workers_and_epochs_draw_different_augmentations(tmp_path):
     ds = _crop_dataset(tmp_path)
     loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, shuffle=False)

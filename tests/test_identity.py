@@ -186,6 +186,7 @@ def test_make_folds_k3_seed7_then_every_step_without_k_or_seed(
     assert f"dataset {ds.id}" in out and "k=3 seed=7" in out and "fake" in out
 
 
+@pytest.mark.smoke  # starts a process
 def test_makefile_passes_k_and_seed_only_when_given():
     def dry(*args):
         return subprocess.run(["make", "-n", "-C", str(paths.ROOT), *args], capture_output=True, text=True,

@@ -57,6 +57,7 @@ def test_every_phony_target_has_help_text():
     assert set(phony) <= _targets()
 
 
+@pytest.mark.smoke  # starts a process
 def test_make_help_is_the_default_and_lists_targets():
     out = subprocess.run(["make", "-s", "-C", str(paths.ROOT)], capture_output=True, text=True,
                          check=True).stdout
@@ -70,6 +71,7 @@ def test_ci_lints_then_runs_make_test():
     assert steps == ["make lint", "make test"]
 
 
+@pytest.mark.smoke  # starts a process
 def test_lint_and_unit_targets_run_the_pinned_tools():
     out = subprocess.run(["make", "-n", "-C", str(paths.ROOT), "lint", "test-unit"], capture_output=True,
                          text=True, check=True).stdout

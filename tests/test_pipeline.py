@@ -94,6 +94,7 @@ def test_a_failing_job_is_reported_with_its_log_and_the_others_go_on(tmp_path):
     assert len(failed) == 1 and "exit 3" in failed[0] and str(out["det"].log) in failed[0]
 
 
+@pytest.mark.smoke  # starts a process
 def test_sigterm_to_the_runner_stops_its_jobs(tmp_path):
     """A preempted `make all` leaves no training job behind (they resume on the next run)."""
     import signal
@@ -218,6 +219,7 @@ def test_a_finished_run_with_other_settings_is_trained_again(tmp_path):
     assert orch.plan(recipe, ds, lines.append) == ([], ["yolov8 fold 0"])
 
 
+@pytest.mark.smoke  # starts a process
 def test_make_targets_reach_the_orchestrator_and_the_runner():
     def dry(*args: str) -> str:
         return subprocess.run(["make", "-n", "-C", str(paths.ROOT), *args], capture_output=True, text=True,

@@ -26,6 +26,7 @@ def test_registry_names_and_targets():
     assert registry.MODELS["cls_full"] == "train.cls.adapter:FullImageAdapter"
 
 
+@pytest.mark.smoke  # starts a process
 def test_import_registry_stays_light():
     code = "import sys, train.registry; print([m for m in ('torch', 'ultralytics') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], cwd=paths.ROOT, capture_output=True, text=True,

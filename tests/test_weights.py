@@ -121,6 +121,7 @@ def test_the_old_weights_key_is_an_error_as_an_override_and_read_in_old_run_conf
     assert load(UltraConfig, old).pretrained == "/x/coco.pt"
 
 
+@pytest.mark.smoke  # starts a process
 def test_make_weights_and_the_weights_variable_reach_their_commands():
     def dry(*args: str) -> str:
         return subprocess.run(["make", "-n", "-C", str(paths.ROOT), *args], capture_output=True, text=True,
