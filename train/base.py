@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from cytokit.classes import NUM_CLASSES
+
 
 @dataclasses.dataclass
 class Detections:
@@ -29,7 +31,7 @@ class Detections:
     def empty(cls, with_probs: bool = False) -> Detections:
         return cls(
             np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=np.int64),
-            np.zeros((0, 23)) if with_probs else None,
+            np.zeros((0, NUM_CLASSES)) if with_probs else None,
         )
 
 
