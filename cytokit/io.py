@@ -190,12 +190,16 @@ def cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
         return 130
 
 
-def format_table(scores, float_cols: list[str] | None = None) -> str:
-    """A plain-text table of a small DataFrame (floats with 6 decimals)."""
+WIDTH = 120  # the widest line the kit prints in a terminal table
+
+
+def format_table(scores, float_cols: list[str] | None = None, decimals: int = 4, width: int = WIDTH) -> str:
+    """A plain-text table of a small DataFrame: floats with ``decimals`` decimals (4: the precision a
+    score is quoted at everywhere in the kit), wrapped into blocks of columns at most ``width`` wide."""
     import pandas as pd
 
     float_cols = float_cols or [c for c in scores.columns if pd.api.types.is_float_dtype(scores[c])]
     shown = scores.copy()
     for col in float_cols:
-        shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{v:.6f}")
-    return shown.to_string(index=False)
+        shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{v:.{decimals}f}")
+    return shown.to_string(index=False, line_width=width)

@@ -203,7 +203,8 @@ def run(data: Path, cfg: FoldsConfig, *, repair: bool = False, force: bool = Fal
     fold_file = paths.fold_file(ds_id)
     folds = reuse_folds(fold_file, digest, force, paths.dataset_runs(ds_id))
     print(report.table())
-    print(f"duplicate groups: {summary}")
+    print(f"duplicate groups: {summary['duplicate_groups']} group(s) of 2+ images holding "
+          f"{summary['images_in_duplicate_groups']} images, the largest {summary['largest_group']}")
     if folds is None:
         try:
             folds = make_folds(cleaned, groups, cfg.k, cfg.seed)
