@@ -30,6 +30,7 @@ import pandas as pd
 
 from cytokit import config as kit_config
 from cytokit.io import atomic_write, atomic_write_df, atomic_write_text
+from train import tracking
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ def append_metrics(run_dir: Path, row: dict[str, Any]) -> pd.DataFrame:
         old = old[old["epoch"] != row["epoch"]]
     table = pd.concat([old, pd.DataFrame([row])], ignore_index=True) if len(old) else pd.DataFrame([row])
     atomic_write_df(table, Path(run_dir) / METRICS)
+    tracking.epoch(run_dir, row)
     try:
         plot_curves(table, Path(run_dir) / CURVES)
     except Exception as exc:  # a plot must never stop a training run

@@ -1,0 +1,99 @@
+"""Experiment tracking (train.tracking): off by default, csv / tensorboard / mlflow record the config,
+every epoch's row and the out-of-fold table, offline and under the work folder."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from cytokit import paths
+from cytokit.config import ConfigError
+from train import runs, tracking
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("CYTOKIT_WORK", str(tmp_path / "work"))
+    folder = tmp_path / "work" / "runs" / "demo-1234abcd_k2_s42" / "yolov8" / "fold0"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("epochs: 3\nimgsz: 160\n")
+    yield folder
+    tracking.close_all()
+
+
+def rows():
+    return [{"epoch": e, "train_box_loss": 1.0 / e, "challenge": 0.1 * e, "note": "x"} for e in (1, 2, 3)]
+
+
+def test_none_is_the_default_and_unknown_names_are_refused(monkeypatch, run_dir):
+    monkeypatch.delenv(tracking.ENV, raising=False)
+    assert tracking.selected() == "none"
+    runs.append_metrics(run_dir, rows()[0])
+    assert not (paths.work_dir() / "tracking").exists()
+    with pytest.raises(ConfigError, match="wandb.*none, csv, tensorboard, mlflow"):
+        tracking.selected("wandb")
+
+
+def test_run_names_come_from_the_run_folder(run_dir):
+    assert tracking.run_names(run_dir) == ("demo-1234abcd_k2_s42", "yolov8_fold0")
+
+
+def test_csv_tracker_records_config_epochs_and_tables(monkeypatch, run_dir):
+    monkeypatch.setenv(tracking.ENV, "csv")
+    for row in rows():
+        tracking.epoch(run_dir, row)
+    tracking.epoch(run_dir, {**rows()[2], "challenge": 0.5})  # a rescored epoch replaces its row
+    tracking.table("demo-1234abcd_k2_s42", "make_all", "oof", pd.DataFrame({"member": ["a"], "score": [0.9]}))
+    folder = paths.work_dir() / "tracking" / "demo-1234abcd_k2_s42"
+    assert json.loads((folder / "yolov8_fold0" / "params.json").read_text()) == {"epochs": 3, "imgsz": 160}
+    metrics = pd.read_csv(folder / "yolov8_fold0" / "metrics.csv")
+    assert metrics["step"].tolist() == [1, 2, 3]
+    assert metrics["challenge"].tolist() == pytest.approx([0.1, 0.2, 0.5])
+    assert "note" not in metrics  # numbers only
+    assert pd.read_csv(folder / "make_all" / "oof.csv")["score"].tolist() == [0.9]
+
+
+def test_a_failing_tracker_warns_once_and_training_goes_on(monkeypatch, run_dir, caplog):
+    monkeypatch.setenv(tracking.ENV, "csv")
+
+    def broken(self, row, step):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tracking.CsvTracker, "metrics", broken)
+    for row in rows():
+        tracking.epoch(run_dir, row)
+    assert sum("tracker off" in r.message for r in caplog.records) == 1
+
+
+@pytest.mark.smoke
+def test_tensorboard_tracker_writes_event_files(monkeypatch, run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv(tracking.ENV, "tensorboard")
+    for row in rows():
+        runs.append_metrics(run_dir, row)
+    tracking.close_all()
+    folder = paths.work_dir() / "tracking" / "tensorboard" / "demo-1234abcd_k2_s42" / "yolov8_fold0"
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    assert [e.value for e in events.Scalars("challenge")] == pytest.approx([0.1, 0.2, 0.3])
+
+
+@pytest.mark.smoke
+def test_mlflow_tracker_uses_a_local_file_store(monkeypatch, run_dir):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv(tracking.ENV, "mlflow")
+    for row in rows():
+        runs.append_metrics(run_dir, row)
+    tracking.close_all()
+    store = paths.work_dir() / "tracking" / "mlruns"
+    client = MlflowClient(tracking_uri=store.resolve().as_uri())
+    exp = client.get_experiment_by_name("demo-1234abcd_k2_s42")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.run_name == "yolov8_fold0" and run.data.params["imgsz"] == "160"
+    history = client.get_metric_history(run.info.run_id, "challenge")
+    assert [m.step for m in history] == [1, 2, 3]
