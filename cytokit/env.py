@@ -40,6 +40,7 @@ def offline_variables(config_dir: Path) -> dict[str, str]:
         "XDG_CACHE_HOME": str(config_dir / "cache"),
         "XDG_CONFIG_HOME": str(config_dir / "xdg"),
         "WANDB_MODE": "disabled",
+        "MLFLOW_DISABLE_TELEMETRY": "true",  # tracker: mlflow keeps to its local file store
         "NO_ALBUMENTATIONS_UPDATE": "1",  # albumentations asks PyPI for a newer version at import
     }
 
