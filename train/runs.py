@@ -119,7 +119,9 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
 
 
 def append_metrics(run_dir: Path, row: dict[str, Any]) -> pd.DataFrame:
-    """Add one epoch's row to ``metrics.csv`` (replacing a row of the same epoch) and redraw the curves."""
+    """Add one epoch's row to ``metrics.csv`` (replacing a row of the same epoch) and redraw the curves.
+    The row is stamped with the wall clock (``time``): ``train.progress`` reads s/epoch and ETAs from it."""
+    row = {**row, "time": row.get("time", round(time.time(), 1))}
     old = read_metrics(run_dir)
     if len(old) and "epoch" in old:
         old = old[old["epoch"] != row["epoch"]]

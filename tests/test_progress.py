@@ -1,0 +1,54 @@
+"""Progress of training jobs and of make all (train.progress), read from each run's metrics.csv."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from train import progress, runs
+
+pytestmark = pytest.mark.unit
+
+
+def write(run_dir, times):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"epoch": range(1, len(times) + 1), "loss": 1.0, "time": times}).to_csv(
+        run_dir / "metrics.csv", index=False)
+
+
+def test_job_state_measures_seconds_per_epoch_and_eta(tmp_path):
+    write(tmp_path / "a", [100.0, 140.0, 180.0, 230.0])  # 40, 40, 50 s per epoch: median 40
+    state = progress.job_state("yolov8 fold 0", "yolov8", tmp_path / "a", epochs=10)
+    assert (state.done, state.epoch_s, state.eta_s) == (4, 40.0, 6 * 40.0)
+    assert progress.job_text(state) == "yolov8 fold 0: epoch 4/10, 40 s/epoch, ETA 4 min"
+
+
+def test_a_job_without_rows_or_with_one_row_has_no_eta(tmp_path):
+    assert progress.job_state("x", "cls", tmp_path / "none", 5).eta_s is None
+    write(tmp_path / "one", [100.0])
+    state = progress.job_state("x", "cls", tmp_path / "one", 5)
+    assert (state.done, state.eta_s) == (1, None)
+    assert progress.job_text(state) == "x: epoch 1/5"
+
+
+def test_overall_eta_counts_queued_jobs_at_their_models_rate_over_the_slots():
+    running = [progress.JobState("yolov8 fold 0", "yolov8", epochs=10, done=5, epoch_s=60.0),
+               progress.JobState("cls fold 0", "cls", epochs=4, done=2, epoch_s=30.0)]
+    queued = [progress.JobState("yolov8 fold 1", "yolov8", epochs=10),
+              progress.JobState("unet fold 0", "unet", epochs=2)]  # unmeasured model: the median rate
+    left = 5 * 60 + 2 * 30 + 10 * 60 + 2 * 45
+    assert progress.overall(running, queued, slots=2) == pytest.approx(left / 2)
+    line = progress.line(running, queued, finished=1, total=5, slots=2, elapsed_s=3700)
+    assert line.startswith("[1/5 jobs done, 1 h 01 min elapsed, overall ETA 8 min]")
+    assert "yolov8 fold 0: epoch 5/10, 60 s/epoch, ETA 5 min" in line
+
+
+def test_nothing_measured_gives_an_unknown_eta():
+    running = [progress.JobState("a", "yolov8", epochs=3)]
+    assert progress.overall(running, [], 1) is None
+    assert "overall ETA ?" in progress.line(running, [], 0, 1, 1, 5)
+
+
+def test_append_metrics_stamps_the_wall_clock(tmp_path):
+    runs.append_metrics(tmp_path, {"epoch": 1, "loss": 0.5})
+    table = runs.read_metrics(tmp_path)
+    assert table["time"].iloc[0] > 1.7e9
