@@ -16,7 +16,7 @@ import pandas as pd
 from cytokit import classes, paths, predictions
 from cytokit.tables import COORDS
 
-ORACLE_IMAGES = 1500  # images in the subset timed with the oracle (the SPEC's 1,621-box subset)
+ORACLE_IMAGES = 1500  # images in the subset timed with the oracle (the docs/CHALLENGE.md 1,621-box subset)
 
 
 def _best_of(fn, repeat: int = 3) -> tuple[float, object]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 
-# (code, full name), in the order of SPEC section 2 (descending train box count).
+# (code, full name), in the order of docs/CHALLENGE.md section 2 (descending train box count).
 _TABLE: tuple[tuple[str, str], ...] = (
     ("PNN", "neutrophil (segmented)"),
     ("Lysee", "lysed cell"),

@@ -2,7 +2,7 @@
 
     score = 0.2 x mean over GT boxes of (GIoU + 1) / 2  +  0.8 x macro-F1
 
-with the organisers' semantics (SPEC section 4): per image (NAME) of the truth,
+with the organisers' semantics (docs/CHALLENGE.md section 4): per image (NAME) of the truth,
 the submission rows with that NAME and one of the image's trustii_ids; rows with
 a repeated trustii_id dropped (first kept), then rows repeating an exact
 (x1, y1, x2, y2, class); each GT box takes the prediction of highest GIoU (first
@@ -136,7 +136,8 @@ def usable_rows(truth: pd.DataFrame, submission: pd.DataFrame, codes=None) -> np
 
 
 def match(truth: pd.DataFrame, submission: pd.DataFrame) -> pd.DataFrame:
-    """Per GT box (truth order): its best prediction's GIoU and label (SPEC section 4, steps 1-3)."""
+    """Per GT box (truth order): its best prediction's GIoU and label
+    (docs/CHALLENGE.md section 4, steps 1-3)."""
     _require(truth, "truth")
     _require(submission, "submission")
     codes = _image_codes(truth, submission)

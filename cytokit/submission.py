@@ -3,7 +3,7 @@
 ``make_submission(preds, test, sizes)`` gives each test image as many rows as
 test.csv has for it: its N most confident detections go to its trustii_ids in
 test.csv order; when it has fewer, the other rows get a full-image box
-``(0, 0, W-1, H-1)`` with the image's most likely class (SPEC section 3). Rows
+``(0, 0, W-1, H-1)`` with the image's most likely class (docs/CHALLENGE.md section 3). Rows
 that would repeat an exact (box, class) inside an image are nudged by a
 sub-pixel offset, since the metric drops repeats.
 

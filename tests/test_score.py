@@ -1,4 +1,5 @@
-"""The challenge scorer: one hand-computed case per rule of SPEC section 4, the SPEC's figures, the CLI."""
+"""The challenge scorer: one hand-computed case per rule of docs/CHALLENGE.md section 4, its
+figures, the CLI."""
 from __future__ import annotations
 
 import json
@@ -169,7 +170,7 @@ def test_bad_inputs_raise():
         score(truth.assign(trustii_id=[1.5]), truth)
 
 
-# ---- the SPEC's figures on 1,621 real boxes -------------------------------------------------------
+# ---- the figures of docs/CHALLENGE.md section 4 on 1,621 real boxes ----------------------------------
 
 def spec_subset(train_csv) -> pd.DataFrame:
     """The boxes of 1,500 train images drawn with random_state=0: 1,621 boxes, all 23 classes."""

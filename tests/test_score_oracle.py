@@ -1,4 +1,4 @@
-"""The fast scorer equals a slow, literal reading of SPEC section 4 (the oracle below) to 1e-9.
+"""The fast scorer equals a slow, literal reading of docs/CHALLENGE.md section 4 (the oracle below) to 1e-9.
 
 The oracle loops over images with pandas filters, computes each image's GIoU
 matrix with its own numpy arithmetic (independent of ``cytokit.boxes``: the
@@ -44,7 +44,7 @@ def oracle_giou(g: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 def oracle_score(truth: pd.DataFrame, sub: pd.DataFrame) -> float:
-    """SPEC section 4, one image at a time."""
+    """docs/CHALLENGE.md section 4, one image at a time."""
     y_true, y_pred, rescaled = [], [], []
     sub_of = dict(tuple(sub.groupby("NAME", sort=False)))  # the rows of each NAME
     for name, gt in truth.groupby("NAME", sort=False):
@@ -69,7 +69,8 @@ def oracle_score(truth: pd.DataFrame, sub: pd.DataFrame) -> float:
 
 
 def real_rows(train_csv, n_images: int) -> pd.DataFrame:
-    """The boxes of ``n_images`` train images drawn with random_state=0 (1,500 -> the SPEC's 1,621)."""
+    """The boxes of ``n_images`` train images drawn with random_state=0
+    (1,500 -> the 1,621 of docs/CHALLENGE.md section 4)."""
     train = pd.read_csv(train_csv)
     names = pd.Series(pd.unique(train["NAME"])).sample(n=n_images, random_state=0)
     rows = train[train["NAME"].isin(set(names))].reset_index(drop=True)

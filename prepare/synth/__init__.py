@@ -1,1 +1,2 @@
-"""Synthetic smear generator: images of the 23 classes drawn from MORPHOLOGY.md (python -m prepare.synth)."""
+"""Synthetic smear generator: images of the 23 classes drawn after docs/CHALLENGE.md section 2
+(python -m prepare.synth)."""

@@ -1,6 +1,6 @@
 """What each of the 23 classes looks like to the synthetic smear generator.
 
-One ``Recipe`` per class code, written from ``../shared/cytologia/MORPHOLOGY.md``:
+One ``Recipe`` per class code, written from ``docs/CHALLENGE.md`` section 2:
 the real median box size, the nucleus shape and its share of the cell, the
 chromatin texture, nucleoli, cytoplasm colour, granules, Auer rods, vacuoles
 and outline. ``prepare.synth.cells`` turns a recipe into pixels. Colours are
@@ -104,7 +104,7 @@ RECIPES: dict[str, Recipe] = {
     "SS": Recipe((119, 128), 0.021, nucleus="cerebriform", nc=0.84, chromatin="dense", cyto_rgb=PALE_BLUE),
 }
 
-# Real train box counts (SPEC section 2): the class frequencies of generated images.
+# Real train box counts (docs/CHALLENGE.md section 2): the class frequencies of generated images.
 BOX_COUNTS: dict[str, int] = {
     "PNN": 6827, "Lysee": 3408, "LAM3": 3338, "LLC": 3158, "LyB": 3029, "MO": 2743, "MBL": 2668,
     "LGL": 2439, "EO": 2432, "Thromb": 2319, "Er": 2308, "B": 2263, "LF": 2131, "LY": 2092,

@@ -6,7 +6,7 @@ centred), whether that cell crosses the border, and its split. Everything is
 drawn from one numpy Generator seeded by ``seed``, so a seed gives the same plan
 on every machine and with any number of workers.
 
-Class frequencies follow the real train box counts (SPEC section 2) with a
+Class frequencies follow the real train box counts (docs/CHALLENGE.md section 2) with a
 floor of up to 4 images per class, so that even 100 images cover all 23
 classes; the train/test split is stratified on the centred cell's class and
 keeps most of a rare class in train.
@@ -55,7 +55,7 @@ def class_weights() -> np.ndarray:
 def multi_probability(code: str) -> float:
     """Chance that an image centred on ``code`` holds several cells.
 
-    MORPHOLOGY.md gives the share s of a class's boxes that sit in multi-cell
+    docs/CHALLENGE.md section 2 gives the share s of a class's boxes that sit in multi-cell
     images; with m boxes per such image, the image-level chance p solves
     s = m p / (m p + 1 - p).
     """
