@@ -39,7 +39,7 @@ help: ## list the targets
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
 	$(PY) -m pip install --no-cache-dir -q --upgrade pip
-	$(PY) -m pip install --no-cache-dir -r requirements.txt
+	$(PY) -m pip install --no-cache-dir -q -r requirements.txt
 	touch $@
 
 setup: $(STAMP) ## create .venv and install the pinned requirements
