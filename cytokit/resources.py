@@ -90,7 +90,8 @@ class Limits:
                 quota, _, period = v2.partition(" ")
                 if quota != "max" and period:
                     return int(quota) / int(period)
-            quota, period = self._read(f"{folder}/cpu.cfs_quota_us"), self._read(f"{folder}/cpu.cfs_period_us")
+            quota = self._read(f"{folder}/cpu.cfs_quota_us")
+            period = self._read(f"{folder}/cpu.cfs_period_us")
             if quota and period and int(quota) > 0:
                 return int(quota) / int(period)
         return None
