@@ -285,3 +285,21 @@ def fit_run(cfg: Any, ds: Any, out: Path, config: str = "") -> Calibration:
     log.info("calibration: %d out-of-fold boxes on %d images; threshold %.3f; written to %s",
              cal.n_boxes, cal.n_images, cal.threshold, out)
     return cal
+
+
+def current(out: Path, config: Path) -> Calibration | None:
+    """The calibration in ``out`` when it was fitted for ``config`` after its last change, else None."""
+    out, config = Path(out), Path(config)
+    if not out.exists() or out.stat().st_mtime < config.stat().st_mtime:
+        return None
+    try:
+        cal = load(out)
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: %s; fitting it again", out, exc)
+        return None
+    return cal if cal.config and Path(cal.config).resolve() == config.resolve() else None
+
+
+def ensure(cfg: Any, ds: Any, config: Path, out: Path) -> Calibration:
+    """``current(out, config)``, else fitted on ``ds``'s out-of-fold tables (``fit_run``) and written."""
+    return current(out, config) or fit_run(cfg, ds, out, str(Path(config).resolve()))

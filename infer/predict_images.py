@@ -191,21 +191,13 @@ class Ensemble:
         return mode
 
     def _calibration(self):
-        """The run's calibration.json when it is newer than its config, else fitted now and written."""
+        """The run's calibration.json when it is current, else fitted out of fold now and written."""
         from infer import calibrate
 
-        path = self.run.calibration_file
-        if path.exists() and path.stat().st_mtime >= self.run.config.stat().st_mtime:
-            try:
-                cal = calibrate.load(path)
-                if cal.config == str(self.run.config):
-                    return cal
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("%s: %s; fitting it again", path, exc)
         cfg = dataclasses.replace(self.cfg, fusion=self.fusion)
         try:
             with in_work(self.run):
-                return calibrate.fit_run(cfg, self.ds, path, str(self.run.config))
+                return calibrate.ensure(cfg, self.ds, self.run.config, self.run.calibration_file)
         except (FileNotFoundError, ValueError) as exc:
             log.warning("no out-of-fold calibration for run %s (%s): the confidence is the fused score "
                         "and the threshold 0.5", self.run.id, exc)
@@ -408,7 +400,8 @@ def write_outputs(preds: pd.DataFrame, out: Path, run: Run | None = None, drawn:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infer.predict_images",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--images", required=True, nargs="+", help="image folder(s), glob(s) or files")
+    parser.add_argument("paths", nargs="*", metavar="IMAGES", help="image folder(s), glob(s) or files")
+    parser.add_argument("--images", nargs="+", help="the same as IMAGES")
     parser.add_argument("--run", help="dataset id of a trained run (default: the newest make all / demo run)")
     parser.add_argument("--out", type=Path, help="output folder (default work/predict/<stamp>/)")
     parser.add_argument("--device", help="cpu, cuda, cuda:0 (default: the run's)")
@@ -418,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="CPU backend of exported members (default: the run's)")
     parser.add_argument("--no-draw", action="store_true", help="write no annotated images")
     args = parser.parse_args(argv)
+    images = [*(args.images or []), *args.paths]
+    if not images:
+        parser.error("give the images: a folder, a glob or files (IMAGES= with make predict)")
     from cytokit import env
 
     env.apply()
@@ -429,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     ens = Ensemble(run, device=args.device, conf=args.conf, backend=args.backend)
     ens.members(), ens.classifiers()
     loaded = time.perf_counter() - began
-    preds = ens.predict(args.images)
+    preds = ens.predict(images)
     written = write_outputs(preds, out, run, drawn=not args.no_draw)
     n, sec = preds.attrs["images"], preds.attrs["seconds"]
     cal = ens.calibration

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from cytokit import io
-from pipeline.report import errors, sections
+from pipeline.report import calibration, errors, sections
 from pipeline.report import page as p
 from pipeline.report.sources import Source
 
@@ -61,6 +61,7 @@ def build_report(data: Path, k: int | None = None, seed: int | None = None, conf
          _guarded("confused", lambda: errors.confused_section(oof, images_dir))),
         ("worst", "Worst out-of-fold images",
          _guarded("worst", lambda: errors.worst_section(oof, images_dir))),
+        ("calibration", "Confidence calibration", _guarded("cal", lambda: calibration.section(src, config))),
         ("submission", "Last submission", _guarded("submission",
                                                     lambda: sections.submission_section(src, submission))),
     ]
