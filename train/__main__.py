@@ -45,14 +45,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.list:  # a listing writes nothing (no work/config from env.apply)
+        from train import job
+
+        print(job.list_models())
+        return 0
     env.apply()
     io.setup_logging(args.verbose)
     from train import job, parallel
 
     parallel.apply_threads()  # a job of train.parallel: its share of the CPU threads
-    if args.list:
-        print(job.list_models())
-        return 0
     if args.jobs is not None:
         return parallel.train_folds(args.model, args.fold, args.data, args.k, args.seed, args.overrides,
                                     args.jobs, args.resume, args.force)
