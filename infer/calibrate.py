@@ -41,6 +41,7 @@ import pandas as pd
 
 from cytokit import boxes as bx
 from cytokit import classes, io
+from cytokit.config import ConfigError
 from cytokit.metric import F1_WEIGHT, GIOU_WEIGHT
 from cytokit.tables import COORDS
 
@@ -95,7 +96,7 @@ def load(path: Path) -> Calibration:
     """A ``calibration.json`` written by ``Calibration.save``."""
     raw = json.loads(Path(path).read_text())
     if raw.get("version") != VERSION:
-        raise io.DataError(f"{path}: calibration version {raw.get('version')}, expected {VERSION}; "
+        raise ConfigError(f"{path}: calibration version {raw.get('version')}, expected {VERSION}; "
                            "delete it to fit it again")
     fields = {f.name for f in dataclasses.fields(Calibration)}
     return Calibration(**{k: v for k, v in raw.items() if k in fields})

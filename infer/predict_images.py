@@ -290,14 +290,15 @@ class Ensemble:
         for c in COORDS:
             out[c] = fused[c].to_numpy(np.float64).round(2)
         out["class"] = fused["class"].to_numpy(dtype=object)
-        out["confidence"] = self.calibration.apply(fused["score"].to_numpy(np.float64)).round(4)
-        out["score"] = fused["score"].to_numpy(np.float64).round(4)
+        conf = self.calibration.apply(fused["score"].to_numpy(np.float64))
+        out["confidence"] = conf.round(4)
+        out["score"] = fused["score"].to_numpy(np.float64)
         out["width"] = fused["width"].to_numpy(np.int64)
         out["height"] = fused["height"].to_numpy(np.int64)
         out["path"] = [str(root / n) for n in out["image"]]
         for j, c in enumerate(classes.PROB_COLUMNS):
             out[c] = probs[:, j].round(4)
-        out = out[out["confidence"] >= threshold]
+        out = out[conf >= threshold]  # before rounding: a box at the threshold is kept
         return out.sort_values(["image", "confidence"], ascending=[True, False], kind="stable") \
             .reset_index(drop=True)
 

@@ -1,8 +1,9 @@
 """A tiny trained run for the predict / API tests: synthetic data, folds, a fake detector that sees the truth.
 
-``build(tmp)`` makes ``tmp/data`` (24 synthetic images, K=2) and a run in the nested work folder
+``build(tmp)`` makes ``tmp/data/demo`` (24 synthetic images, K=2) and a run in the nested work folder
 ``tmp/work/demo`` as ``make demo`` would leave it: out-of-fold and test tables of one detector
-(``fakedet``, folds 0 and 1, TTA identity + hflip), ``logs/<dataset id>/tuned.yaml``. The detector
+(``fakedet``, folds 0 and 1, TTA identity + hflip), ``logs/<dataset id>/tuned.yaml`` and the
+submission ``submissions/submission.csv`` -- ``tmp`` is laid out like the repository root. The detector
 is ``TruthPredictor``: it knows each image's truth boxes (by the image's pixels, in both views) and
 returns each with a score s and the right class with probability s, plus two low-scored false boxes,
 so a calibrated confidence is meaningful. ``patched()`` makes ``infer.predict.load_member`` return it.
@@ -91,10 +92,11 @@ def build(tmp: Path) -> tuple[Path, Path, str]:
     from prepare import folds
     from prepare.synth import make as synth
 
-    data, work = tmp / "data", tmp / "work"
+    data, work = tmp / "data" / "demo", tmp / "work"
     with demo_work_dir(work / "demo"):
         env.apply()
-        assert synth.main(["--out", str(data), "--images", "24", "--seed", "5", "--test-fraction", "0.25"]) == 0
+        made = synth.main(["--out", str(data), "--images", "24", "--seed", "5", "--test-fraction", "0.25"])
+        assert made == 0
         assert folds.main(["--data", str(data), "--k", "2", "--seed", "1"]) == 0
         ds = dataset.resolve(data)
         for fold in (0, 1):
@@ -112,5 +114,6 @@ def build(tmp: Path) -> tuple[Path, Path, str]:
         with patched(data):
             ensemble.run(cfg, data, progress=False)
             tune.run(cfg, data, logs / "tuned.yaml")
-        config.load(type(cfg), logs / "tuned.yaml")
+            ensemble.run(config.load(type(cfg), logs / "tuned.yaml"), data, submission=True,
+                         out_dir=paths.submissions_dir(), progress=False)
     return data, work, ds.id
