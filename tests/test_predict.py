@@ -257,3 +257,22 @@ def test_conf_replaces_the_threshold_and_the_calibration_is_reused(tiny, tmp_pat
     assert set(map(tuple, kept[["image", "x1", "y1"]].to_numpy())) <= set(
         map(tuple, every[["image", "x1", "y1"]].to_numpy()))
     assert every.attrs["images"] == kept.attrs["images"] == len(list((data / "images").iterdir()))
+
+
+@pytest.mark.smoke
+def test_reliability_is_in_the_report_and_the_api(tiny):
+    from types import SimpleNamespace
+
+    import cytokit
+    from pipeline.report import calibration
+
+    root, data, work, dataset_id = tiny
+    run = pi.find_run()
+    table = cytokit.reliability_table()
+    cal = calibrate.load(run.calibration_file)
+    assert list(table.columns) == list(calibrate.RELIABILITY_COLUMNS)
+    assert table["n"].sum() == cal.n_boxes and table["observed"].between(0, 1).all()
+    with pi.in_work(run):  # the report runs inside the run's work folder
+        html = calibration.section(SimpleNamespace(ds=pi.Ensemble(run).ds), run.config)
+    assert "Reliability" in html and f"{cal.threshold:.3f}" in html
+    assert html.count("<tr>") == len(table) + 1 + len(cal.thresholds) + 1

@@ -44,10 +44,13 @@ def section(src, config: Path) -> str:
     """The HTML of the section for the report's dataset and ensemble config."""
     from infer import calibrate
 
-    cal = for_config(src.ds, Path(config))
+    try:
+        cal = for_config(src.ds, Path(config))
+    except FileNotFoundError as exc:
+        return p.note(f"no out-of-fold predictions to calibrate on (make infer, or make all): {exc}")
     rel = cal.reliability_table()
     if rel.empty:
-        return p.note("no out-of-fold boxes to calibrate on; run make infer (or make all) first")
+        return p.note("no out-of-fold boxes to calibrate on (make infer, or make all)")
     shown = rel.assign(bin=[f"{lo:.1f}-{hi:.1f}" for lo, hi in zip(rel["lo"], rel["hi"])])
     shown = shown[["bin", "n", "mean_predicted", "observed"]]
     ece = calibrate.expected_calibration_error(rel)
