@@ -14,6 +14,7 @@ ever read. Layout under the work folder::
     work/tuned/<name>.yaml         tuned ensemble configs
     work/reports/<name>/           reports (classifier vs detector, ...)
     work/submissions/              submissions, when CYTOKIT_WORK is set (else <root>/submissions)
+    work/predict/<stamp>/          make predict on new images: predictions.csv/.json, annotated/
     work/config/                   ultralytics / matplotlib config dirs (offline set-up)
     work/<name>/                   a nested work folder of a self-contained run (make demo, BCCD)
 """
@@ -49,6 +50,11 @@ def submissions_dir() -> Path:
     """Where submissions are written: ``<root>/submissions``, or ``$CYTOKIT_WORK/submissions`` so that
     two work folders never write into one submissions folder."""
     return work_dir() / "submissions" if os.environ.get("CYTOKIT_WORK") else ROOT / "submissions"
+
+
+def predict_dir(stamp: str) -> Path:
+    """The output folder of one ``make predict`` (``infer.predict_images``) without OUT=."""
+    return work_dir() / "predict" / stamp
 
 
 def tuned_config(name: str = "ensemble") -> Path:

@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     env.apply()
     io.setup_logging()
     run = find_run(args.run)
-    out = args.out or paths.work_dir() / "predict" / time.strftime("%Y%m%d-%H%M%S")
+    out = args.out or paths.predict_dir(time.strftime("%Y%m%d-%H%M%S"))
     print(f"run {run.id} ({run.config})")
     began = time.perf_counter()
     ens = Ensemble(run, device=args.device, conf=args.conf, backend=args.backend)
