@@ -110,7 +110,7 @@ bccd: $(STAMP) ## make all on the real BCCD smears (../shared/data/bccd, upstrea
 demo: $(STAMP) ## make all on synthetic data (configs/demo.yaml), from nothing, on a CPU, + the test score
 	$(PY) -m pipeline.demo --data $(DEMO) $(call opt,JOBS,--jobs) $(ARGS)
 
-predict: $(STAMP) ## a trained run's ensemble on IMAGES=<folder or glob> (RUN= OUT= DEVICE= CONF=): CSV, JSON, annotated images
+predict: $(STAMP) ## the run's ensemble on IMAGES=<folder or glob> (RUN= OUT= DEVICE= CONF=): CSV, JSON, drawings
 	$(if $(filter default file,$(origin IMAGES)),$(error give the images: make predict IMAGES=<folder or 'glob'>))
 	$(PY) -m infer.predict_images --images '$(IMAGES)' $(call opt,RUN,--run) $(call opt,OUT,--out) \
 		$(call opt,DEVICE,--device) $(call opt,CONF,--conf)
