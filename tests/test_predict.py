@@ -276,3 +276,28 @@ def test_reliability_is_in_the_report_and_the_api(tiny):
         html = calibration.section(SimpleNamespace(ds=pi.Ensemble(run).ds), run.config)
     assert "Reliability" in html and f"{cal.threshold:.3f}" in html
     assert html.count("<tr>") == len(table) + 1 + len(cal.thresholds) + 1
+
+
+@pytest.mark.smoke
+def test_the_crop_classifier_is_blended_into_every_box(tmp_path_factory, tmp_path):
+    """With classifier folds in the run, every kept box's probabilities are the 0.5 blend of the detector's
+    and the classifier's (which differ from the detector's one-hot-ish rows), and calibration still fits."""
+    tmp = tmp_path_factory.mktemp("predict_cls")
+    data, work, dataset_id = tiny_run.build(tmp, classifier=True)
+    with pytest.MonkeyPatch.context() as mp, tiny_run.patched(data):
+        mp.setenv("CYTOKIT_WORK", str(work))
+        ens = pi.Ensemble(pi.find_run())
+        assert len(ens.classifiers()) == 2
+        with_cls = ens.predict(data / "images", conf=0.0)
+        ens._classifiers = []  # the same run without its classifier
+        without = ens.predict(data / "images", conf=0.0)
+    assert len(with_cls) == len(without)
+    det = without[list(classes.PROB_COLUMNS)].to_numpy()
+    blended = with_cls[list(classes.PROB_COLUMNS)].to_numpy()
+    cls = 2 * blended - det  # p = 0.5 * classifier + 0.5 * detector
+    assert np.abs(blended - det).max() > 0.01
+    assert cls.sum(axis=1) == pytest.approx(1.0, abs=2e-3) and (cls > -2e-3).all()
+    assert with_cls["score"].tolist() == without["score"].tolist()
+    assert with_cls["class"].tolist() == list(np.asarray(classes.CLASSES)[blended.argmax(1)])
+    cal = calibrate.load(ens.run.calibration_file)
+    assert cal.n_boxes > 0 and cal.reliability

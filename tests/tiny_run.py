@@ -83,8 +83,22 @@ def patched(data: Path):
         yield
 
 
-def build(tmp: Path) -> tuple[Path, Path, str]:
-    """``(data, work, dataset id)``: the data folder and the (outer) work folder of a tiny run."""
+def save_classifiers(ds) -> None:
+    """Untrained resnet10t crop classifiers (32 px) saved as cls folds 0 and 1 of the dataset ``ds``."""
+    from cytokit import config
+    from train import checkpoint
+    from train.cls import model as cls_model
+    from train.cls.adapter import ClassifierConfig
+
+    cfg = config.to_dict(config.from_dict(ClassifierConfig, {"backbone": "resnet10t", "imgsz": 32}))
+    for fold in (0, 1):
+        checkpoint.save(ds.run_dir("cls", fold) / "best.pt", cls_model.build_model("resnet10t"), cfg, 0,
+                        metric=0.0)
+
+
+def build(tmp: Path, classifier: bool = False) -> tuple[Path, Path, str]:
+    """``(data, work, dataset id)``: the data folder and the (outer) work folder of a tiny run; with
+    ``classifier``, untrained crop classifier folds blended in at weight 0.5."""
     from cytokit import config, dataset, env, paths
     from infer import ensemble, tune
     from infer.config import load_config
@@ -107,9 +121,12 @@ def build(tmp: Path) -> tuple[Path, Path, str]:
         logs.mkdir(parents=True, exist_ok=True)
         (logs / "ensemble.yaml").write_text(yaml.safe_dump({
             "members": [{"model": MODEL, "folds": [0, 1]}], "k": 2, "seed": 1, "tta": ["identity", "hflip"],
-            "fusion": "wbf", "classifier": {}, "viz_images": 0, "backend": "torch",
+            "fusion": "wbf", "viz_images": 0, "backend": "torch",
+            "classifier": {"members": [{"model": "cls"}], "weight": 0.5, "tta": False} if classifier else {},
             "tune": {"weights": [1.0], "iou_thr": [0.55], "skip_box_thr": [0.001], "conf_type": ["avg"],
-                     "fusion": ["wbf"], "rounds": 1}}))
+                     "fusion": ["wbf"], "rounds": 1, "cls_weight": [0.5], "cls_tta": [False]}}))
+        if classifier:
+            save_classifiers(ds)
         cfg = load_config(logs / "ensemble.yaml")
         with patched(data):
             ensemble.run(cfg, data, progress=False)
