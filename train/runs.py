@@ -144,7 +144,8 @@ def best_so_far(run_dir: Path, column: str = "challenge") -> float:
 
 
 def plot_curves(table: pd.DataFrame, path: Path) -> Path:
-    """Loss columns (``*loss*``) in one panel, the other metrics in another, against epoch."""
+    """One panel per series against epoch (losses first, then the validation metrics), each on its
+    own axis: losses of 0.01-5 and scores of 0-1 do not share a scale."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,14 +153,21 @@ def plot_curves(table: pd.DataFrame, path: Path) -> Path:
 
     losses = [c for c in table.columns if "loss" in c]
     metrics = [c for c in table.columns if c not in losses and c not in ("epoch", "lr", "time")]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, cols, title in ((axes[0], losses, "losses"), (axes[1], metrics, "validation")):
-        for col in cols:
-            ax.plot(table["epoch"], table[col], marker="o", label=col)
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        if cols:
-            ax.legend(fontsize=7)
+    series = [c for c in losses + metrics
+              if pd.api.types.is_numeric_dtype(table[c]) and table[c].notna().any()] or ["(no series)"]
+    cols = min(4, len(series))
+    rows = -(-len(series) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.ravel()[len(series):]:
+        ax.axis("off")
+    for ax, col in zip(axes.ravel(), series):
+        if col in table:
+            ax.plot(table["epoch"], table[col], marker="o", ms=3,
+                    color="#d73027" if col in losses else "#4575b4")
+        ax.set_title(col, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, suffix=".tmp.png") as tmp:
