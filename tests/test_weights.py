@@ -16,7 +16,8 @@ from cytokit.config import ConfigError
 from cytokit.io import cli
 from train import registry
 from train.weights import WeightsError, catalog, normalise, resolve
-from train.weights.load import check_file, load_matching, read_tensors
+from train.weights.check import check_file
+from train.weights.load import load_matching, read_tensors
 
 pytestmark = pytest.mark.unit
 
