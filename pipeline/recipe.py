@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cytokit import config as kit_config
-from cytokit import paths
+from cytokit import dataset, paths
 from cytokit.config import ConfigError
 
 CLASSIFIER_KEYS = ("weight", "tta", "full_weight")  # what the recipe may set of the ensemble's classifier
@@ -44,8 +44,8 @@ class SynthSettings:
 class RecipeConfig:
     """configs/recipe.yaml: the whole recipe of one ``make all`` run."""
 
-    k: int = 5  # folds made by prepare.folds
-    seed: int = 42  # fold seed (and seed of the synthetic data)
+    k: int = dataset.DEFAULT_K  # folds made by prepare.folds
+    seed: int = dataset.DEFAULT_SEED  # fold seed (and seed of the synthetic data)
     folds: list[str] = dataclasses.field(default_factory=list)  # prepare.folds key=value (configs/folds.yaml)
     jobs: int = 1  # training jobs at once: CPU threads split between them; on GPUs one GPU per job
     threads: int = 0  # CPU threads per training job; 0 = cores // jobs (jobs 1: the trainer's own)

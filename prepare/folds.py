@@ -42,8 +42,8 @@ NOT_IN_FINGERPRINT = ("resize", "jpeg_quality", "workers")
 class FoldsConfig:
     """Settings of ``make folds`` (documented key by key in configs/folds.yaml)."""
 
-    k: int = 5
-    seed: int = 42
+    k: int = dataset.DEFAULT_K
+    seed: int = dataset.DEFAULT_SEED
     balance: int = 0
     resize: int = 0
     min_side: float = 2.0
