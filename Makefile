@@ -105,7 +105,7 @@ score: $(STAMP) ## score SUB= against TRUTH=, or the out-of-fold predictions whe
 	$(if $(SUB),$(PY) -m submit.score --truth $(TRUTH) --submission $(SUB),$(PY) -m submit.oof --data $(DATA) $(DS_OPTS))
 
 bccd: $(STAMP) ## make all on the real BCCD smears (../shared/data/bccd, upstream split) from scratch on a CPU
-	$(PY) -m bench.bccd.data --all $(call opt,JOBS,--jobs) $(ARGS)
+	$(PY) -m pipeline.bccd $(call opt,JOBS,--jobs) $(ARGS)
 
 demo: $(STAMP) ## make all on synthetic data (configs/demo.yaml), from nothing, on a CPU, + the test score
 	$(PY) -m pipeline.demo --data $(DEMO) $(call opt,JOBS,--jobs) $(ARGS)
