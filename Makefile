@@ -22,6 +22,11 @@ DETECTOR ?= yolov8#       detector whose OOF boxes the classifier report uses (o
 SET ?= default#            pretrained files for make weights: default, all, or file names (see --list)
 PYTEST_ARGS ?=
 
+# TRACKER=none|csv|tensorboard|mlflow: experiment tracking of the training jobs and the OOF table
+ifdef TRACKER
+export CYTOKIT_TRACKER := $(TRACKER)
+endif
+
 # Optional settings, passed on only when set.
 opt = $(if $($(1)),$(2) $($(1)))
 DS_OPTS = $(call opt,K,--k) $(call opt,SEED,--seed)

@@ -55,6 +55,7 @@ class RecipeConfig:
     ensemble_base: str = "configs/ensemble.yaml"  # the ensemble config the section above overrides
     tune: bool = True  # tune weights, views, WBF and the classifier blend out-of-fold before the submission
     synth: dict = dataclasses.field(default_factory=dict)  # SynthSettings if DATA has no train.csv; {}: never
+    tracker: str = "none"  # none | csv | tensorboard | mlflow (train.tracking); TRACKER= on make wins
 
     def __post_init__(self) -> None:
         if self.k < 2 or self.jobs < 1 or self.threads < 0:
@@ -72,6 +73,9 @@ class RecipeConfig:
             raise ConfigError(f"recipe: ensemble.classifier: unknown key(s) {', '.join(extra)}; valid: "
                               f"{', '.join(CLASSIFIER_KEYS)} (its members are the recipe's classifiers)")
         self.synth_settings()
+        from train import tracking
+
+        tracking.selected(self.tracker)  # an unknown tracker is refused with the recipe, not after training
 
     def _members(self, entries: list[dict], what: str) -> list[TrainMember]:
         from train import registry

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -175,6 +176,7 @@ def run(recipe: RecipeConfig, data: Path, out_dir: Path | None = None,
     from cytokit import dataset
 
     data = Path(data).resolve()
+    _use_tracker(recipe)
     steps = Steps(echo)
     report: dict[str, Any] = {"data": str(data), "status": "running", "steps": steps.times,
                               "steps_cpu": steps.cpu, "failures": []}
@@ -233,6 +235,7 @@ def _after_training(recipe: RecipeConfig, data: Path, ds: Any, records: list[dic
         ens = kit_config.load(EnsembleConfig, tuned)
         report.update(tuned=str(tuned), oof=table.to_dict(orient="records"),
                       oof_check=scores.oof_check(table))
+        _track_oof(ds, table, tuned)
     result = steps("submission", lambda: ensemble.run(ens, data, submission=True, out_dir=out_dir))
     report.update(submission=str(result.submission), fusion=result.fusion)
     files = paths.data_files(data)
@@ -249,6 +252,22 @@ def _after_training(recipe: RecipeConfig, data: Path, ds: Any, records: list[dic
                                lambda: scores.test_table(ens, data, result.fusion, r))
     config = Path(report.get("tuned") or report["ensemble"])
     report["report_page"] = steps("report page", lambda: report_page(ds, config, result.submission))
+
+
+def _use_tracker(recipe: RecipeConfig) -> None:
+    """The recipe's tracker for this process and every training job it starts (``CYTOKIT_TRACKER``);
+    one already in the environment (``make all TRACKER=...``) wins."""
+    from train import tracking
+
+    os.environ.setdefault(tracking.ENV, tracking.selected(recipe.tracker))
+
+
+def _track_oof(ds: Any, table: Any, tuned: Path) -> None:
+    """The out-of-fold table and the tuned settings as the run ``make_all`` of the dataset's experiment."""
+    from train import tracking
+
+    tracking.table(ds.id, "make_all", "oof", table, kit_config.read_yaml(tuned))
+    tracking.close_all()
 
 
 def _synth(settings: Any, seed: int, data: Path) -> None:
