@@ -73,6 +73,7 @@ class RecipeConfig:
             raise ConfigError(f"recipe: ensemble.classifier: unknown key(s) {', '.join(extra)}; valid: "
                               f"{', '.join(CLASSIFIER_KEYS)} (its members are the recipe's classifiers)")
         self.synth_settings()
+        self.folds_config()  # a bad folds key is refused with the recipe, not after the synthetic data
         from train import tracking
 
         tracking.selected(self.tracker)  # an unknown tracker is refused with the recipe, not after training
@@ -102,6 +103,13 @@ class RecipeConfig:
     def classifier_list(self) -> list[TrainMember]:
         """The crop classifiers, typed; folds filled in (all k) when left empty."""
         return self._members(self.classifiers, "classifiers")
+
+    def folds_config(self):
+        """``prepare.folds.FoldsConfig``: configs/folds.yaml <- the recipe's ``folds`` key=value, k, seed."""
+        from prepare.folds import DEFAULT_CONFIG, FoldsConfig
+
+        overrides = {**kit_config.parse_overrides(self.folds), "k": self.k, "seed": self.seed}
+        return kit_config.load(FoldsConfig, DEFAULT_CONFIG, overrides)
 
     def synth_settings(self) -> SynthSettings | None:
         return kit_config.from_dict(SynthSettings, self.synth, "recipe: synth") if self.synth else None

@@ -282,9 +282,7 @@ def _synth(settings: Any, seed: int, data: Path) -> None:
 def _folds(recipe: RecipeConfig, data: Path) -> None:
     from prepare import folds
 
-    code = folds.main(["--data", str(data), "--k", str(recipe.k), "--seed", str(recipe.seed), *recipe.folds])
-    if code:
-        raise RuntimeError(f"prepare.folds failed with exit status {code}")
+    folds.run(data, recipe.folds_config())
 
 
 def per_class_table(rows: list[dict]):
