@@ -223,7 +223,7 @@ def run(data: Path, cfg: FoldsConfig, *, repair: bool = False, force: bool = Fal
 
     root = paths.dataset_root(ds_id)
     table = images[["NAME", "width", "height", "path", "sha1"]].merge(folds, on="NAME")
-    export_key = hashlib.sha256(json.dumps([digest, cfg.resize, cfg.jpeg_quality]).encode()
+    export_key = hashlib.sha256(json.dumps([digest, cfg.resize, cfg.jpeg_quality, export.LAYOUT]).encode()
                                 + table.astype(str).to_csv(index=False).encode()).hexdigest()
     recorded = images[["NAME", "bytes", "mtime_ns", "sha1"]]
     record = {"train_csv_sha256": train_sha, "fingerprint": source, "images": len(images)}
