@@ -86,7 +86,8 @@ def recipe_entries(recipe: Path) -> list[catalog.Entry]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.weights", description=__doc__.split("\n")[0])
     parser.add_argument("--set", default="",
-                        help=f"{', '.join(catalog.SETS)} or file names, comma-separated (default: the recipe's)")
+                        help=f"{', '.join(catalog.SETS)} or file names, comma-separated (default: the "
+                        "files of --recipe)")
     parser.add_argument("--recipe", type=Path, default=paths.CONFIGS / "recipe.yaml",
                         help="without --set: fetch the files this recipe's members start from")
     parser.add_argument("--mirror", default=os.environ.get("CYTOKIT_WEIGHTS_MIRROR", ""),
