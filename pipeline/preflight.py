@@ -14,8 +14,8 @@ hours later, checked in seconds before any fold, run folder or training job.
 - **/dev/shm**: DataLoader workers x batches in flight against its free space (Docker's 64 MiB);
 - **memory**: the jobs run at once, each with its caches, against what this process may use
   (``cytokit.resources.Limits``: cgroup and SLURM limits, not the node's RAM);
-- **data**: train.csv and test.csv read with the kit's validators (``cytokit.tables``: a duplicate
-  trustii_id, a bad row), test images present.
+- **data**: test.csv read with the kit's validator (``cytokit.tables``: a repeated trustii_id, a bad
+  row), its images present (train.csv is validated by the folds step that comes next).
 
 Every problem is one line; ``check`` raises ``PreflightError`` (a ``ConfigError``: ``cytokit.io.cli``
 prints the lines and exits 1, no traceback) when there is any. ``CYTOKIT_PREFLIGHT=off`` skips it;
@@ -275,12 +275,18 @@ def disk_problems(members: list[Member], work: Path | None = None) -> list[str]:
             "CYTOKIT_WORK to a bigger disk"]
 
 
-def _pixel_bytes(m: Member) -> int:
-    """Bytes of one image of one batch as its DataLoader passes it (ultralytics: uint8; others: float32)."""
+def _family(model: str) -> str:
+    """The model's family (``yolo``, ``cls``...), "" for a model outside ``train/<family>/``."""
     from train import registry
 
+    module = registry.MODELS.get(model, "").partition(":")[0].split(".")
+    return module[1] if len(module) > 2 and module[0] == "train" else ""
+
+
+def _pixel_bytes(m: Member) -> int:
+    """Bytes of one image of one batch as its DataLoader passes it (ultralytics: uint8; others: float32)."""
     imgsz = int(getattr(m.cfg, "imgsz", 640) or 640)
-    per_value = 1 if registry.family(m.model) == "yolo" else 4
+    per_value = 1 if _family(m.model) == "yolo" else 4
     return 3 * imgsz * imgsz * per_value
 
 
@@ -311,10 +317,8 @@ def shm_problems(members: list[Member], jobs: int, limits: Limits) -> list[str]:
 
 def cache_bytes(m: Member, facts: DataFacts) -> int:
     """RAM the member's training cache may take (0 without a cache or without data facts)."""
-    from train import registry
-
     cache = getattr(m.cfg, "cache", False)
-    family = registry.family(m.model)
+    family = _family(m.model)
     if family == "yolo" and str(cache).lower() in ("true", "ram"):
         imgsz = int(m.cfg.imgsz)
         return facts.images * 3 * imgsz * imgsz
@@ -352,34 +356,42 @@ def memory_problems(members: list[Member], jobs: int, facts: DataFacts, limits: 
 
 # ---- the data ----
 
+def data_facts(train_csv: Path) -> DataFacts:
+    """Images and boxes of train.csv, read fast (its full validation is the folds step's, seconds later)."""
+    import pandas as pd
+
+    try:
+        names = pd.read_csv(train_csv, usecols=["NAME"])["NAME"]
+    except (OSError, ValueError):
+        return DataFacts()
+    return DataFacts(images=int(names.nunique()), boxes=len(names))
+
+
 def data_problems(data: Path, recipe: Any) -> tuple[DataFacts, list[str]]:
-    """train.csv and test.csv through ``cytokit.tables`` (errors only), and test.csv's images present.
-    Nothing to check when DATA has no train.csv and the recipe makes synthetic data."""
+    """test.csv through the kit's validator (``cytokit.tables``: a repeated trustii_id, a bad row; errors
+    only), its images present, train.csv there. Nothing to check when DATA has no train.csv and the
+    recipe makes synthetic data."""
     from cytokit import tables
 
     files = paths.data_files(data)
-    if not files["train"].exists() and recipe.synth_settings() is not None:
-        return DataFacts(), []
-    problems, facts = [], DataFacts()
-    for kind in ("train", "test"):
-        table, found = tables.inspect(files[kind], kind)
-        errors = [p for p in found if p.level == "error"]
-        problems += [str(p) for p in errors[:20]]
-        if len(errors) > 20:
-            problems.append(f"{files[kind]}: ... {len(errors) - 20} more error(s)")
-        if table is None or errors:
-            continue
-        if kind == "train":
-            facts = DataFacts(images=int(table["NAME"].nunique()), boxes=len(table))
-        elif files["images"].is_dir():
-            present = set(os.listdir(files["images"]))
-            missing = sorted(set(table["NAME"]) - present)
+    if not files["train"].exists():
+        if recipe.synth_settings() is not None:
+            return DataFacts(), []
+        return DataFacts(), [f"{files['train']}: file not found (DATA= is the challenge data folder)"]
+    table, found = tables.inspect(files["test"], "test")
+    errors = [p for p in found if p.level == "error"]
+    problems = [str(p) for p in errors[:20]]
+    if len(errors) > 20:
+        problems.append(f"{files['test']}: ... {len(errors) - 20} more error(s)")
+    if table is not None and not errors:
+        if not files["images"].is_dir():
+            problems.append(f"{files['images']}: images folder not found")
+        else:
+            missing = sorted(set(table["NAME"]) - set(os.listdir(files["images"])))
             if missing:
                 problems.append(f"{files['test']}: {len(missing)} of {table['NAME'].nunique()} image(s) not "
                                 f"in {files['images']} (first: {missing[0]})")
-        else:
-            problems.append(f"{files['images']}: images folder not found")
-    return facts, problems
+    return data_facts(files["train"]), problems
 
 
 # ---- the checks together ----

@@ -350,13 +350,3 @@ def test_make_all_on_a_cpu_without_weights_stops_in_the_first_minute(tmp_path):
     assert "Traceback" not in text and "make weights RECIPE=configs/recipe.yaml" in text
     assert not (tmp_path / "work" / "runs").exists() and not (tmp_path / "work" / "folds").exists()
 
-
-@pytest.mark.smoke  # starts make -n
-def test_make_weights_passes_the_recipe_unless_a_set_is_given():
-    def dry(*args: str) -> str:
-        return subprocess.run(["make", "-n", "-C", str(paths.ROOT), "weights", *args], capture_output=True,
-                              text=True, check=True).stdout
-
-    assert "-m train.weights --recipe configs/recipe.yaml" in dry()
-    assert "-m train.weights --recipe my.yaml" in dry("RECIPE=my.yaml")
-    assert "-m train.weights --set all" in dry("SET=all")
