@@ -13,7 +13,6 @@ import contextlib
 import fcntl
 import os
 import shlex
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ def holder_line() -> str:
     """What this process writes into the lock: PID, command line, start time and host."""
     command = " ".join(shlex.join(getattr(sys, "orig_argv", None) or sys.argv).split())
     return (f"PID {os.getpid()} ({command}) since {time.strftime('%Y-%m-%d %H:%M:%S')} "
-            f"on {socket.gethostname()}")
+            f"on {os.uname().nodename}")
 
 
 def _holder(fd: int) -> str:
