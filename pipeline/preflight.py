@@ -41,6 +41,7 @@ from cytokit.resources import GIB, Limits, fmt_bytes
 
 ENV = "CYTOKIT_PREFLIGHT"  # off: skip the pre-flight; done: set for the jobs of a run that passed it
 README_GPU = "README, 'GPU machines'"
+ENSEMBLE = "ensemble (inference)"  # the device target of the recipe's ensemble section
 # Minimum Linux driver of each CUDA major version (NVIDIA's CUDA release notes, "minor version
 # compatibility"): a torch built for CUDA 13 needs driver >= 580.65.06.
 MIN_DRIVER = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
@@ -219,8 +220,9 @@ def device_problems(targets: list[tuple[str, object]], root: Path = Path("/")) -
         problems = []
         if cuda:
             verb = "asks" if len(cuda) == 1 else "ask"
+            where = "device: cpu in the recipe's ensemble section" if ENSEMBLE in cuda else "device=cpu"
             problems.append(f"device: {', '.join(cuda)} {verb} for CUDA, which is not available: "
-                            f"{_why_no_cuda(torch, root)} (or device=cpu)")
+                            f"{_why_no_cuda(torch, root)} (or {where})")
         if auto and (nvidia_visible(root) or nvidia_driver(root)):
             problems.append(f"device: {', '.join(auto)} (device auto) would train on the CPU although this "
                             f"machine has an NVIDIA GPU: {_why_no_cuda(torch, root)}; or device=cpu to use "
@@ -410,7 +412,7 @@ def recipe_problems(recipe: Any, data: Path, recipe_path: Path | None = None, li
     problems += weights_problems(members, recipe_path)
     targets = [(m.model, getattr(m.cfg, "device", "")) for m in members]
     if ensemble is not None:
-        targets.append(("ensemble (inference)", ensemble.device))
+        targets.append((ENSEMBLE, ensemble.device))
     problems += device_problems(targets, root)
     facts, found = data_problems(Path(data), recipe)
     problems += found
