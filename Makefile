@@ -19,7 +19,7 @@ RECIPE ?= configs/recipe.yaml#  the recipe of make all
 IMAGES ?= 1200#            synthetic images for demo-data (as configs/demo.yaml synth.images)
 ENSEMBLE ?= configs/ensemble.yaml
 DETECTOR ?= yolov8#       detector whose OOF boxes the classifier report uses (or gt)
-SET ?= default#            pretrained files for make weights: default, all, or file names (see --list)
+SET ?=#                     pretrained files for make weights: empty = RECIPE's, default, all, or names (--list)
 PYTEST_ARGS ?=
 
 # TRACKER=none|csv|tensorboard|mlflow: experiment tracking of the training jobs and the OOF table
@@ -73,8 +73,8 @@ gpu-check: $(STAMP) ## on a CUDA machine: AMP steps, DDP, latency, throughput, T
 demo-data: $(STAMP) ## generate the synthetic smear data set in DEMO (data/demo)
 	$(PY) -m prepare.synth --out $(DEMO) --images $(IMAGES) --seed $(or $(SEED),42)
 
-weights: $(STAMP) ## download pretrained weights into weights/ (SET=default|all|names; the only target that uses the network)
-	$(PY) -m train.weights --set $(SET) $(call opt,MIRROR,--mirror)
+weights: $(STAMP) ## download the pretrained files RECIPE starts from into weights/ (or SET=default|all|names; the only target that uses the network)
+	$(PY) -m train.weights $(if $(SET),--set $(SET),--recipe $(RECIPE)) $(call opt,MIRROR,--mirror)
 
 folds: $(STAMP) ## clean, group duplicates, make K stratified folds and the YOLO/COCO exports of DATA
 	$(PY) -m prepare.folds --data $(DATA) $(DS_OPTS) $(FOLD_OPTS)

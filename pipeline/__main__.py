@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline import recipe, run
 
     overrides = [*args.overrides, *([f"jobs={args.jobs}"] if args.jobs is not None else [])]
-    report = run.run(recipe.load(args.recipe, overrides), args.data, args.out)
+    report = run.run(recipe.load(args.recipe, overrides), args.data, args.out, recipe_path=args.recipe)
     return 1 if report["failures"] else 0
 
 

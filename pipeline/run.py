@@ -171,11 +171,20 @@ def report_page(ds: Any, config: Path, submission: Path) -> str:
 
 
 def run(recipe: RecipeConfig, data: Path, out_dir: Path | None = None,
-        echo: Callable[[str], None] = print) -> dict:
-    """The whole recipe on ``data``; returns the report (also written to work/logs/<id>/report.json)."""
-    from cytokit import dataset
+        echo: Callable[[str], None] = print, recipe_path: Path | None = None) -> dict:
+    """The whole recipe on ``data``; returns the report (also written to work/logs/<id>/report.json).
+    First the lock of ``data`` in this work folder (``pipeline.lock``) and the pre-flight
+    (``pipeline.preflight``): a problem stops the run before any fold or run folder."""
+    from pipeline import lock, preflight
 
     data = Path(data).resolve()
+    with lock.held(data), preflight.checked(recipe, data, recipe_path, echo):
+        return _run(recipe, data, out_dir, echo)
+
+
+def _run(recipe: RecipeConfig, data: Path, out_dir: Path | None, echo: Callable[[str], None]) -> dict:
+    from cytokit import dataset
+
     _use_tracker(recipe)
     steps = Steps(echo)
     report: dict[str, Any] = {"data": str(data), "status": "running", "steps": steps.times,

@@ -290,6 +290,8 @@ def test_make_all_resumes_reports_a_failure_and_skips_what_is_finished(tiny_data
                                                                          capsys):
     from pipeline.__main__ import main
 
+    # the broken member must reach its job (the pre-flight would refuse its override: test_preflight.py)
+    monkeypatch.setenv("CYTOKIT_PREFLIGHT", "off")
     data, recipe_path = tiny_data, tiny_recipe(tmp_path / "tiny.yaml")
     interrupt_after_first_epoch(data, monkeypatch)
     ds = dataset.resolve(data)
@@ -336,9 +338,10 @@ def test_make_all_resumes_reports_a_failure_and_skips_what_is_finished(tiny_data
 
 
 @pytest.mark.smoke
-def test_train_jobs_flag_runs_the_folds_as_jobs(tiny_data, capsys):
+def test_train_jobs_flag_runs_the_folds_as_jobs(tiny_data, capsys, monkeypatch):
     from train.__main__ import main
 
+    monkeypatch.setenv("CYTOKIT_PREFLIGHT", "off")  # the bad key must reach the jobs (pre-flight: refused)
     data = tiny_data
     assert main(["--model", "yolo11", "--fold", "all", "--data", str(data), "--jobs", "2", "bogus=1"]) == 1
     captured = capsys.readouterr()

@@ -53,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print(job.list_models())
         return 0
+    if args.model:  # config, device, disk, /dev/shm and memory before any run folder (pipeline.preflight)
+        from pipeline import preflight
+
+        folds = max(1, args.jobs or 1) if str(args.fold) == "all" else 1
+        preflight.check_training(args.model, args.overrides, folds, args.jobs or 1)
     if args.jobs is not None:
         return parallel.train_folds(args.model, args.fold, args.data, args.k, args.seed, args.overrides,
                                     args.jobs, args.resume, args.force)

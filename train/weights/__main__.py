@@ -1,6 +1,11 @@
-"""``make weights``: download the pretrained files the recipe can start from into weights/.
+"""``make weights``: download the pretrained files the recipe starts from into weights/.
 
-    python -m train.weights [--set default|all|NAME,...] [--mirror URL] [--timeout S] [--list]
+    python -m train.weights [--recipe configs/recipe.yaml | --set default|all|NAME,...] [--mirror URL]
+                            [--timeout S] [--list]
+
+Without ``--set`` it fetches exactly the files the recipe's members start from (``train.weights.needs``:
+each member's resolved ``pretrained``; ``make weights RECIPE=my.yaml`` for another recipe); ``--set``
+names catalogue sets or files instead.
 
 The only command of the kit that touches the network. Files already present are checked and kept;
 an interrupted download continues where it stopped. Without a network it exits with status 1 and
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from cytokit import env, io, paths
 from train.weights import catalog
@@ -61,10 +67,29 @@ def run(entries: list[catalog.Entry], mirror: str = "", timeout: float = 30.0, p
     return 0
 
 
+def recipe_entries(recipe: Path) -> list[catalog.Entry]:
+    """The catalogue files ``recipe``'s members start from; a line for each member that starts from
+    a local file (``pretrained: <path>``) or from nothing."""
+    from train.weights import needs
+
+    found = needs.recipe_needs(recipe)
+    for need in found:
+        if need.entry is None:
+            state = "present" if need.file.is_file() else "MISSING (a local file: copy it there)"
+            print(f"{recipe}: {need.member} starts from {need.file}: {state}")
+    chosen = needs.entries(found)
+    print(f"{recipe}: its members start from {', '.join(e.name for e in chosen)}" if chosen else
+          f"{recipe}: nothing to fetch (every member trains from scratch or starts from a local file)")
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.weights", description=__doc__.split("\n")[0])
-    parser.add_argument("--set", default="default",
-                        help=f"{', '.join(catalog.SETS)} or file names, comma-separated (default: default)")
+    parser.add_argument("--set", default="",
+                        help=f"{', '.join(catalog.SETS)} or file names, comma-separated (default: the "
+                        "files of --recipe)")
+    parser.add_argument("--recipe", type=Path, default=paths.CONFIGS / "recipe.yaml",
+                        help="without --set: fetch the files this recipe's members start from")
     parser.add_argument("--mirror", default=os.environ.get("CYTOKIT_WEIGHTS_MIRROR", ""),
                         help="base URL serving the files by name, instead of their public URLs")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a server")
@@ -73,11 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env.apply()
     io.setup_logging()
-    entries = catalog.select(args.set)
+    entries = catalog.select(args.set) if args.set else recipe_entries(args.recipe)
     if args.list:
         print(listing(entries))
         return 0
-    return run(entries, args.mirror, args.timeout, not args.no_progress)
+    return run(entries, args.mirror, args.timeout, not args.no_progress) if entries else 0
 
 
 if __name__ == "__main__":
