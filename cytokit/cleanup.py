@@ -27,7 +27,7 @@ from cytokit import paths
 WORK_MARKERS = ("runs", "cache", "datasets", "config", "preds", "logs")  # what makes a folder a work folder
 CACHE_DIRS = ("cache", "config")  # per work folder: regenerated on demand
 REPO_CACHES = ("__pycache__", ".pytest_cache", ".ruff_cache")
-SKIP = {".venv", "data", "work", "weights", ".git", "submissions"}  # repo folders not searched for __pycache__
+SKIP = {".venv", "data", "work", "weights", ".git", "submissions"}  # not searched for __pycache__
 
 
 def work_folders(work: Path) -> list[Path]:

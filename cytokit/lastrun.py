@@ -84,7 +84,8 @@ def ensemble(data: Path, k: int | None = None, seed: int | None = None, tuned: b
     own = paths.tuned_config()
     if own.is_file():
         return Choice(own, "written by make tune-ensemble; no make all on this data")
-    return Choice(paths.CONFIGS / "ensemble.yaml", "the default; no make all or make tune-ensemble on this data")
+    return Choice(paths.CONFIGS / "ensemble.yaml",
+                  "the default; no make all or make tune-ensemble on this data")
 
 
 def recipe(data: Path, k: int | None = None, seed: int | None = None,
@@ -106,3 +107,23 @@ def ds_keys(overrides: list[str] | tuple[str, ...]) -> tuple[int | None, int | N
     given = parse_overrides([o for o in overrides if o.split("=", 1)[0].strip() in ("k", "seed")])
     k, seed = given.get("k"), given.get("seed")
     return (int(k) if k is not None else None, int(seed) if seed is not None else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cytokit.lastrun DATA [k=K] [seed=SEED]``: print the ensemble config commands use on DATA
+    (its path on stdout, why on stderr), for targets whose command has no default of its own."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        print("usage: python -m cytokit.lastrun DATA [k=K] [seed=SEED]", file=sys.stderr)
+        return 2
+    k, seed = ds_keys(args[1:])
+    choice = ensemble(Path(args[0]), k, seed)
+    print(choice.line(), file=sys.stderr)
+    print(choice.path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -31,7 +31,7 @@ TARGET_VARS: dict[str, tuple[str, ...]] = {
     "masks": (*DS, "MEDSAM_CKPT", "FORCE", *RUNTIME),
     "all": (*DS, "RECIPE", "JOBS", "EPOCHS", "IMGSZ", "BATCH", "WEIGHTS", "LAUNCHER", *RUNTIME),
     "train": (*DS, "MODEL", "FOLD", "JOBS", "EPOCHS", "IMGSZ", "BATCH", "WEIGHTS", "RESUME", "FORCE",
-              "RECIPE", *RUNTIME),
+              *RUNTIME),
     "infer": (*DS, "ENSEMBLE", "FORCE", *RUNTIME),
     "submission": (*DS, "ENSEMBLE", "FORCE", *RUNTIME),
     "tune-ensemble": (*DS, "ENSEMBLE", *RUNTIME),
@@ -66,6 +66,13 @@ def under_make() -> bool:
 def spell(flag: str) -> str:
     """How the user sets ``flag``: its make variable under make (``FORCE=1``), else the flag itself."""
     return FLAGS.get(flag, flag) if under_make() else flag
+
+
+def setting(flag: str, value: str) -> str:
+    """``flag`` set to ``value`` as the user types it: ``TRUTH=truth.csv`` under make, else
+    ``--truth truth.csv``."""
+    spelled = spell(flag)
+    return f"{spelled}{value}" if spelled.endswith("=") else f"{spelled} {value}"
 
 
 def setting_keys() -> set[str]:
@@ -131,6 +138,19 @@ def check(names: Iterable[str], values: Mapping[str, str], goals: list[str],
             problems.append(f"{where}: {name}= is not used by {where}"
                             + (f" (only by {', '.join('make ' + t for t in users)})" if users else ""))
     return problems
+
+
+def scoring_overrides(overrides: list[str] | tuple[str, ...], prog: str) -> None:
+    """The ``key=value`` settings of a scoring command (make score): ``device`` is accepted with a note
+    (scoring runs on the CPU), any other key is an error naming what the command takes."""
+    from cytokit.config import ConfigError, parse_overrides
+
+    given = parse_overrides(list(overrides))
+    if "device" in given:
+        print(f"{prog}: device={given.pop('device')} not needed: scoring runs on the CPU")
+    if given:
+        raise ConfigError(f"{prog}: unknown setting(s) {', '.join(sorted(given))}; it takes none besides "
+                          "device (the scores come from the predictions and settings already made)")
 
 
 def main(argv: list[str] | None = None) -> int:
