@@ -24,7 +24,8 @@ PYTEST_ARGS ?=
 
 # Optional settings, passed on only when set; q quotes a value for the shell (spaces, non-ASCII, quotes).
 q = '$(subst ','\'',$(1))'
-opt = $(if $($(1)),$(2) $(call q,$($(1))))
+opt = $(if $($(1)),$(2) $($(1)))
+qopt = $(if $($(1)),$(2) $(call q,$($(1))))#  a path: quoted
 DS_OPTS = $(call opt,K,--k) $(call opt,SEED,--seed)
 DS_KEYS = $(if $(K),k=$(K)) $(if $(SEED),seed=$(SEED))
 DATA_Q = $(call q,$(DATA))
@@ -32,10 +33,10 @@ RUN_ARGS = $(if $(DEVICE),device=$(call q,$(DEVICE))) $(ARGS)#  key=value settin
 FOLD_OPTS = $(call opt,BALANCE,--balance) $(if $(REPAIR),--repair) $(if $(FORCE),--force) $(call opt,RESIZE,--resize)
 TRAIN_FLAGS = $(if $(RESUME),--resume) $(if $(FORCE),--force)
 TRAIN_ARGS = $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(IMGSZ),imgsz=$(IMGSZ)) $(if $(BATCH),batch=$(BATCH)) \
-	$(if $(WEIGHTS),pretrained=$(call q,$(WEIGHTS))) $(RUN_ARGS)
+	$(if $(WEIGHTS),pretrained=$(WEIGHTS)) $(RUN_ARGS)
 MEMBER_ARGS = $(foreach kv,$(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(BATCH),batch=$(BATCH)) $(if $(DEVICE),device=$(DEVICE)),--member $(kv)) \
-	$(if $(WEIGHTS),--member pretrained=$(call q,$(WEIGHTS))) $(if $(IMGSZ),--detector imgsz=$(IMGSZ))
-ENS_OPT = $(call opt,ENSEMBLE,--config)
+	$(if $(WEIGHTS),--member pretrained=$(WEIGHTS)) $(if $(IMGSZ),--detector imgsz=$(IMGSZ))
+ENS_OPT = $(call qopt,ENSEMBLE,--config)
 # The names of the variables given on the command line: cytokit.makevars refuses those the goals would drop
 # (lower case, `make train imgsz=640`: "use IMGSZ=640") and Python messages name make variables (FORCE=1).
 export CYTOKIT_MAKEVARS := $(strip $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(v))))
@@ -93,7 +94,7 @@ folds: $(STAMP) ## clean, group duplicates, make K stratified folds and the YOLO
 
 masks: $(STAMP) ## masks from boxes for the UNet (MedSAM when MEDSAM_CKPT=path|auto, else a classical fallback)
 	$(CHECK)
-	$(PY) -m train.unet.masks --data $(DATA_Q) $(DS_OPTS) $(call opt,MEDSAM_CKPT,--medsam-ckpt) $(if $(FORCE),--force) $(RUN_ARGS)
+	$(PY) -m train.unet.masks --data $(DATA_Q) $(DS_OPTS) $(call qopt,MEDSAM_CKPT,--medsam-ckpt) $(if $(FORCE),--force) $(RUN_ARGS)
 
 all: $(STAMP) ## the whole RECIPE on DATA: folds, every member x fold (JOBS= at once), infer, tune, submission, report (EPOCHS= BATCH= DEVICE= WEIGHTS= every member, IMGSZ= detectors)
 	$(CHECK)
@@ -129,7 +130,7 @@ validate: $(STAMP) ## validate SUB= against DATA's test.csv
 
 score: $(STAMP) ## score SUB= against TRUTH=, or the out-of-fold predictions when neither is given
 	$(CHECK)
-	$(if $(SUB),$(PY) -m submit.score $(call opt,TRUTH,--truth) --submission $(call q,$(SUB)) $(RUN_ARGS),$(PY) -m submit.oof --data $(DATA_Q) $(DS_OPTS) $(RUN_ARGS))
+	$(if $(SUB),$(PY) -m submit.score $(call qopt,TRUTH,--truth) --submission $(call q,$(SUB)) $(RUN_ARGS),$(PY) -m submit.oof --data $(DATA_Q) $(DS_OPTS) $(RUN_ARGS))
 
 bccd: $(STAMP) ## make all on the real BCCD smears (../shared/data/bccd, upstream split) from scratch on a CPU
 	$(CHECK)
