@@ -43,6 +43,18 @@ export CYTOKIT_MAKEVARS := $(strip $(foreach v,$(.VARIABLES),$(if $(filter comma
 CHECK = @$(PY) -m cytokit.makevars $(or $(MAKECMDGOALS),$@)
 CLEAN_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON_BASE))#  make clean works without .venv
 
+# After `make demo` on a clone without data/raw: the later commands use the demo's run (its data and work folder).
+LATER := submission infer tune-ensemble report score cls-report validate export
+ifeq ($(origin DATA)$(origin CYTOKIT_WORK)$(wildcard data/raw/train.csv),fileundefined)
+ifneq ($(filter $(LATER),$(MAKECMDGOALS)),)
+ifneq ($(wildcard work/demo/logs/*/report.json),)
+DATA := $(DEMO)
+export CYTOKIT_WORK := $(CURDIR)/work/demo
+$(info data/raw has no train.csv: using make demo's run (DATA=$(DEMO) CYTOKIT_WORK=work/demo); DATA= chooses another)
+endif
+endif
+endif
+
 .PHONY: help setup lint test-unit test test-all bench export gpu-check demo-data demo all bccd weights folds masks train infer submission score tune-ensemble cls-report report validate clean clean-runs
 
 help: ## list the targets

@@ -4,6 +4,7 @@ keeps trained runs."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -36,8 +37,8 @@ def prepared(work: Path, tmp_path: Path, dataset_id: str = "data-0123abcd_k2_s0"
     data.mkdir(exist_ok=True)
     root = paths.dataset_root(dataset_id)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "meta.json").write_text(json.dumps({"data": str(data.resolve()), "images_dir": str(data / "images"),
-                                                "k": 2, "seed": 0}))
+    meta = {"data": str(data.resolve()), "images_dir": str(data / "images"), "k": 2, "seed": 0}
+    (root / "meta.json").write_text(json.dumps(meta))
     folds_table(root, [0, 1, 0, 1])
     return SimpleNamespace(data=data, id=dataset_id, root=root, logs=paths.logs_dir(dataset_id))
 
@@ -140,7 +141,8 @@ def test_cls_report_takes_its_settings_from_the_runs_ensemble(work, tmp_path, ca
     d = prepared(work, tmp_path)
     write_ensemble(d.logs / "tuned.yaml")
     args = SimpleNamespace(config=None, data=d.data, k=None, seed=None, detector=None, classifier=None,
-                           weight=None, full_weight=None, device=None, no_tta=False, overrides=["device=cuda"])
+                           weight=None, full_weight=None, device=None, no_tta=False,
+                           overrides=["device=cuda"])
     assert cls_report.settings(args) == ("yolov8", ["cls"], 0.3, 0.25, "cuda", False)
     assert "tuned.yaml" in capsys.readouterr().out
     args.detector, args.weight, args.device = "gt", 0.8, "cpu"
@@ -254,7 +256,8 @@ def test_make_clean_removes_caches_only_and_clean_runs_asks_first(work, tmp_path
             work / "demo" / "cache" / "f.csv", work / "reports" / "pages" / "d_cache" / "c.npy",
             work / "preds" / "d" / ".oof.parquet.tmp"]
     repo = tmp_path / "repo"
-    for p in [*keep, *gone, repo / "pkg" / "__pycache__" / "m.pyc", repo / ".venv" / "x" / "__pycache__" / "y"]:
+    pyc = [repo / "pkg" / "__pycache__" / "m.pyc", repo / ".venv" / "x" / "__pycache__" / "y"]
+    for p in [*keep, *gone, *pyc]:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text("x")
     found = set(cleanup.cache_paths(work, repo))
@@ -317,7 +320,26 @@ def test_every_later_command_gets_device_and_args_and_no_default_ensemble():
 
 @pytest.mark.smoke
 def test_a_lower_case_make_variable_is_refused_before_anything_runs():
-    proc = subprocess.run(["make", "-s", "-C", str(paths.ROOT), "-o", ".venv/.installed", "train", "imgsz=640",
-                           "epochs=3"], capture_output=True, text=True)
+    proc = subprocess.run(["make", "-s", "-C", str(paths.ROOT), "-o", ".venv/.installed", "train",
+                           "imgsz=640", "epochs=3"], capture_output=True, text=True)
     assert proc.returncode != 0
     assert "use IMGSZ=640" in proc.stderr and "use EPOCHS=3" in proc.stderr
+
+
+@pytest.mark.smoke
+def test_after_make_demo_the_later_commands_use_the_demos_run(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "CYTOKIT_WORK"}  # a user's shell: no work folder set
+
+    def dry_in(folder: Path, *args: str) -> str:
+        return subprocess.run(["make", "-n", "-s", "-C", str(folder), "-f", str(paths.ROOT / "Makefile"),
+                               "-o", ".venv/.installed", *args], capture_output=True, text=True, check=True,
+                              env=env).stdout
+
+    assert "--data 'data/raw'" in dry_in(tmp_path, "report")  # no demo run: the default data
+    report = tmp_path / "work" / "demo" / "logs" / "demo-1_k3_s42" / "report.json"
+    report.parent.mkdir(parents=True)
+    report.write_text("{}")
+    out = dry_in(tmp_path, "report")
+    assert "using make demo's run" in out and "--data 'data/demo'" in out
+    assert "--data 'mine'" in dry_in(tmp_path, "report", "DATA=mine")  # DATA= wins
+    assert "--data 'data/raw'" in dry_in(tmp_path, "train")  # training never switches
