@@ -37,6 +37,7 @@ TRAIN_ARGS = $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(IMGSZ),imgsz=$(IMGSZ)) $(if
 MEMBER_ARGS = $(foreach kv,$(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(BATCH),batch=$(BATCH)) $(if $(DEVICE),device=$(DEVICE)),--member $(kv)) \
 	$(if $(WEIGHTS),--member pretrained=$(WEIGHTS)) $(if $(IMGSZ),--detector imgsz=$(IMGSZ))
 ENS_OPT = $(call qopt,ENSEMBLE,--config)
+RECIPE_OPT = $(if $(filter command line,$(origin RECIPE)),--recipe $(call q,$(RECIPE)))#  make train: default the run's
 # The names of the variables given on the command line: cytokit.makevars refuses those the goals would drop
 # (lower case, `make train imgsz=640`: "use IMGSZ=640") and Python messages name make variables (FORCE=1).
 export CYTOKIT_MAKEVARS := $(strip $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(v))))
@@ -112,9 +113,9 @@ all: $(STAMP) ## the whole RECIPE on DATA: folds, every member x fold (JOBS= at 
 	$(CHECK)
 	$(PY) -m pipeline --recipe $(call q,$(RECIPE)) --data $(DATA_Q) $(call opt,JOBS,--jobs) $(MEMBER_ARGS) $(DS_KEYS) $(ARGS)
 
-train: $(STAMP) ## train MODEL on FOLD (JOBS= EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS=auto|none|path RESUME=1 FORCE=1 ARGS="k=v")
+train: $(STAMP) ## train MODEL on FOLD with the last make all's settings of MODEL (RECIPE=) (JOBS= EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS=auto|none|path RESUME=1 FORCE=1 ARGS="k=v")
 	$(CHECK)
-	$(PY) -m train --model $(MODEL) --fold $(FOLD) --data $(DATA_Q) $(DS_OPTS) $(call opt,JOBS,--jobs) $(TRAIN_FLAGS) $(TRAIN_ARGS)
+	$(PY) -m train --model $(MODEL) --fold $(FOLD) --data $(DATA_Q) $(DS_OPTS) $(call opt,JOBS,--jobs) $(RECIPE_OPT) $(TRAIN_FLAGS) $(TRAIN_ARGS)
 
 infer: $(STAMP) ## predict test and out-of-fold images with every member of ENSEMBLE (with TTA)
 	$(CHECK)

@@ -100,6 +100,18 @@ def recipe(data: Path, k: int | None = None, seed: int | None = None,
     return Choice(files["recipe"], f"resolved by the last make all on {ds.id}", ds.id)
 
 
+def member_overrides(recipe_path: Path, model: str) -> list[str] | None:
+    """The ``overrides`` of ``model`` among a recipe's detectors and classifiers (read as plain YAML: the
+    recipe's owner, ``pipeline.recipe``, is a floor above); None when the recipe does not list it."""
+    from cytokit.config import read_yaml
+
+    values = read_yaml(Path(recipe_path))
+    for entry in [*(values.get("detectors") or []), *(values.get("classifiers") or [])]:
+        if isinstance(entry, dict) and entry.get("model") == model:
+            return [str(o) for o in entry.get("overrides") or []]
+    return None
+
+
 def ds_keys(overrides: list[str] | tuple[str, ...]) -> tuple[int | None, int | None]:
     """``k`` and ``seed`` among ``key=value`` overrides (the Makefile passes K= / SEED= that way)."""
     from cytokit.config import parse_overrides

@@ -31,7 +31,7 @@ TARGET_VARS: dict[str, tuple[str, ...]] = {
     "masks": (*DS, "MEDSAM_CKPT", "FORCE", *RUNTIME),
     "all": (*DS, "RECIPE", "JOBS", "EPOCHS", "IMGSZ", "BATCH", "WEIGHTS", "LAUNCHER", *RUNTIME),
     "train": (*DS, "MODEL", "FOLD", "JOBS", "EPOCHS", "IMGSZ", "BATCH", "WEIGHTS", "RESUME", "FORCE",
-              *RUNTIME),
+              "RECIPE", *RUNTIME),
     "infer": (*DS, "ENSEMBLE", "FORCE", *RUNTIME),
     "submission": (*DS, "ENSEMBLE", "FORCE", *RUNTIME),
     "tune-ensemble": (*DS, "ENSEMBLE", *RUNTIME),
@@ -76,10 +76,8 @@ def setting(flag: str, value: str) -> str:
 
 
 def setting_keys() -> set[str]:
-    """Every key a ``key=value`` override can set: the configs/*.yaml keys (model families, folds,
-    masks, ensemble, recipe, with the per-model sections) and the ensemble and recipe fields."""
-    import dataclasses
-
+    """Every key a ``key=value`` override can set: the keys of configs/*.yaml (model families with their
+    per-model sections, folds, masks, ensemble, recipes)."""
     import yaml
 
     from cytokit import paths
@@ -94,13 +92,6 @@ def setting_keys() -> set[str]:
             keys |= {str(k) for k in data}
             for section in (data.get("models") or {}).values():
                 keys |= {str(k) for k in (section or {})} if isinstance(section, dict) else set()
-    try:
-        from infer.config import EnsembleConfig
-        from pipeline.recipe import RecipeConfig
-
-        keys |= {f.name for cls in (EnsembleConfig, RecipeConfig) for f in dataclasses.fields(cls)}
-    except ImportError:  # pragma: no cover - the kit's own packages are always importable
-        pass
     return keys - {"models"}
 
 

@@ -343,3 +343,25 @@ def test_after_make_demo_the_later_commands_use_the_demos_run(tmp_path):
     assert "using make demo's run" in out and "--data 'data/demo'" in out
     assert "--data 'mine'" in dry_in(tmp_path, "report", "DATA=mine")  # DATA= wins
     assert "--data 'data/raw'" in dry_in(tmp_path, "train")  # training never switches
+
+
+def test_make_train_after_make_all_starts_from_the_runs_member_settings(work, tmp_path, capsys):
+    from train.__main__ import parse_args, recipe_overrides
+
+    d = prepared(work, tmp_path)
+    d.logs.mkdir(parents=True)
+    (d.logs / "recipe.yaml").write_text(yaml.safe_dump({
+        "k": 2, "detectors": [{"model": "yolov8", "overrides": ["size=s", "imgsz=512"]}],
+        "classifiers": [{"model": "cls", "overrides": ["imgsz=224"]}]}))
+    def given(*argv: str) -> list[str]:
+        return recipe_overrides(parse_args(["--data", str(d.data), *argv]))
+
+    assert given("--model", "yolov8", "epochs=3") == ["size=s", "imgsz=512"]  # then the command line's
+    assert capsys.readouterr().out.startswith(f"yolov8 settings: {d.logs / 'recipe.yaml'} (resolved by the "
+                                              "last make all")
+    assert given("--model", "cls") == ["imgsz=224"]
+    assert given("--model", "yolo11") == []  # not a member
+    assert given("--model", "yolov8", "--recipe", "none") == []
+    other = tmp_path / "r.yaml"
+    other.write_text(yaml.safe_dump({"detectors": [{"model": "yolov8", "overrides": ["size=m"]}]}))
+    assert given("--model", "yolov8", "--recipe", str(other)) == ["size=m"]
