@@ -154,7 +154,9 @@ demo: $(STAMP) ## make all on synthetic data (configs/demo.yaml), from nothing, 
 	$(PY) -m pipeline.demo --data $(call q,$(DEMO)) $(call opt,JOBS,--jobs) $(ARGS)
 
 clean: ## remove caches and temporary files only; trained runs, predictions and submissions are kept
+	@$(CLEAN_PY) -m cytokit.makevars $(or $(MAKECMDGOALS),$@)
 	@$(CLEAN_PY) -m cytokit.cleanup caches
 
 clean-runs: ## list every generated output (runs, predictions, submissions, logs); deletes them with CONFIRM=1
+	@$(CLEAN_PY) -m cytokit.makevars $(or $(MAKECMDGOALS),$@)
 	@$(CLEAN_PY) -m cytokit.cleanup runs $(if $(CONFIRM),--confirm)

@@ -78,9 +78,12 @@ def setting(flag: str, value: str) -> str:
 def setting_keys() -> set[str]:
     """Every key a ``key=value`` override can set: the keys of configs/*.yaml (model families with their
     per-model sections, folds, masks, ensemble, recipes)."""
-    import yaml
-
     from cytokit import paths
+
+    try:
+        import yaml
+    except ImportError:  # make clean runs without .venv
+        return set()
 
     keys: set[str] = set()
     for path in paths.CONFIGS.glob("*.yaml"):
