@@ -94,7 +94,9 @@ def changed_settings(ds: Any, m: TrainMember, fold: int) -> list[str]:
 
 def plan(recipe: RecipeConfig, ds: Any, echo: Callable[[str], None] = print) -> tuple[list, list[str]]:
     """The training jobs still to run (``train.parallel.Job``) and the names of the finished ones. A
-    finished run whose settings differ from the recipe's is trained again (the line says what changed)."""
+    finished run whose settings differ from the recipe's, or trained on other folds than the dataset's
+    (``make folds FORCE=1`` made new ones: its out-of-fold score would leak), is trained again; one
+    line says why."""
     from train import parallel
 
     jobs, skipped = [], []
@@ -103,11 +105,15 @@ def plan(recipe: RecipeConfig, ds: Any, echo: Callable[[str], None] = print) -> 
         name = f"{m.model} fold {fold}"
         force = False
         if finished(ds, m.model, fold):
+            from train import runs
+
+            stale = runs.other_folds(ds.run_dir(m.model, fold), ds.root)
             changed = changed_settings(ds, m, fold)
-            if not changed:
+            if not changed and not stale:
                 skipped.append(name)
                 return
-            echo(f"  retrain {name}: its settings differ from the recipe's ({'; '.join(changed)})")
+            echo(f"  retrain {name}: {stale}" if stale else
+                 f"  retrain {name}: its settings differ from the recipe's ({'; '.join(changed)})")
             force = True
         run_dir = ds.run_dir(m.model, fold)  # an unfinished run continues; a new one starts without a warning
         resume = not force and run_dir.exists() and any(run_dir.iterdir())

@@ -206,4 +206,6 @@ def test_cli_names_the_page_and_refuses_an_unprepared_dataset(prepared, tmp_path
     out = tmp_path / "r.html"
     assert cli(main, ["--data", str(prepared), "--k", "2", "--seed", "0", "--out", str(out),
                       "--no-classifier", "--bootstrap", "50"]) == 0
-    assert capsys.readouterr().out.strip() == f"report: {out}" and out.stat().st_size > 10_000
+    first, last = capsys.readouterr().out.strip().splitlines()  # the ensemble settings used, the page
+    assert first.startswith("ensemble settings: ") and last == f"report: {out}"
+    assert out.stat().st_size > 10_000
