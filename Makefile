@@ -20,6 +20,8 @@ IMAGES ?= 1200#            synthetic images for demo-data (as configs/demo.yaml 
 ENSEMBLE ?= configs/ensemble.yaml
 DETECTOR ?= yolov8#       detector whose OOF boxes the classifier report uses (or gt)
 SET ?= default#            pretrained files for make weights: default, all, or file names (see --list)
+LAUNCHER ?=#               make all's training jobs: local (default, JOBS= at once), slurm (submitit), submitit-local
+#   with LAUNCHER=slurm, each job's PARTITION=, TIME= (minutes or H:MM:SS), MEM= (GB), GPUS= (1), CPUS= (8), ACCOUNT=
 PYTEST_ARGS ?=
 
 # Optional settings, passed on only when set.
@@ -27,6 +29,7 @@ opt = $(if $($(1)),$(2) $($(1)))
 DS_OPTS = $(call opt,K,--k) $(call opt,SEED,--seed)
 DS_KEYS = $(if $(K),k=$(K)) $(if $(SEED),seed=$(SEED))
 FOLD_OPTS = $(call opt,BALANCE,--balance) $(if $(REPAIR),--repair) $(if $(FORCE),--force) $(call opt,RESIZE,--resize)
+CLUSTER_ENV = $(if $(LAUNCHER),CYTOKIT_LAUNCHER=$(LAUNCHER) $(foreach v,PARTITION TIME MEM GPUS CPUS ACCOUNT,$(if $($(v)),CYTOKIT_CLUSTER_$(v)=$($(v)))))
 TRAIN_ARGS = $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(IMGSZ),imgsz=$(IMGSZ)) $(if $(BATCH),batch=$(BATCH)) \
 	$(if $(DEVICE),device=$(DEVICE)) $(if $(WEIGHTS),pretrained=$(WEIGHTS)) $(if $(RESUME),--resume) $(if $(FORCE),--force) $(ARGS)
 
@@ -77,8 +80,8 @@ folds: $(STAMP) ## clean, group duplicates, make K stratified folds and the YOLO
 masks: $(STAMP) ## masks from boxes for the UNet (MedSAM when MEDSAM_CKPT=path|auto, else a classical fallback)
 	$(PY) -m train.unet.masks --data $(DATA) $(DS_OPTS) $(call opt,MEDSAM_CKPT,--medsam-ckpt)
 
-all: $(STAMP) ## the whole RECIPE on DATA: folds, every member x fold (JOBS= at once), infer, tune, submission, report
-	$(PY) -m pipeline --recipe $(RECIPE) --data $(DATA) $(call opt,JOBS,--jobs) $(DS_KEYS) $(ARGS)
+all: $(STAMP) ## the whole RECIPE on DATA: folds, every member x fold (JOBS= at once, or LAUNCHER=slurm), infer, tune, submission, report
+	$(CLUSTER_ENV) $(PY) -m pipeline --recipe $(RECIPE) --data $(DATA) $(call opt,JOBS,--jobs) $(DS_KEYS) $(ARGS)
 
 train: $(STAMP) ## train MODEL on FOLD (JOBS= EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS=auto|none|path RESUME=1 FORCE=1 ARGS="k=v")
 	$(PY) -m train --model $(MODEL) --fold $(FOLD) --data $(DATA) $(DS_OPTS) $(call opt,JOBS,--jobs) $(TRAIN_ARGS)
