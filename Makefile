@@ -65,8 +65,8 @@ bench: $(STAMP) ## speed benchmarks on the real annotation files, printed side b
 export: $(STAMP) ## ONNX + OpenVINO copies of ENSEMBLE's YOLO members and classifiers, checked against torch, timed
 	$(PY) -m infer.export --config $(ENSEMBLE) --data $(DATA) --images $(DATA)/images $(DS_KEYS)
 
-gpu-check: $(STAMP) ## on a CUDA machine: AMP steps, DDP, latency, throughput, TensorRT, MedSAM (<= 8 min; reduced on CPU)
-	$(PY) -m bench.gpu_check
+gpu-check: $(STAMP) ## on a CUDA machine: /dev/shm, AMP, RECIPE's trainers, DDP, its ensemble's latency, TensorRT, MedSAM (<= 8 min; tiny on CPU)
+	$(PY) -m bench.gpu_check --recipe $(RECIPE) $(call opt,DEVICE,--device)
 
 demo-data: $(STAMP) ## generate the synthetic smear data set in DEMO (data/demo)
 	$(PY) -m prepare.synth --out $(DEMO) --images $(IMAGES) --seed $(or $(SEED),42)
