@@ -14,7 +14,8 @@ through ``--dependency=afterany:<job id>`` (as locally: whatever the detector's
 outcome). The job appends its output to the same log file as a local run, so
 ``work/logs/<dataset id>/<model>_fold<k>.log`` holds every attempt, local or
 not; submitit's own files (pickles, the sbatch script, its stdout) are in
-``work/logs/<dataset id>/submitit/``.
+``work/logs/<dataset id>/submitit/``, with ``jobs.json``: the SLURM id of each job, so
+that a ``make all`` run again while they train waits for them instead of submitting them twice.
 
 ``run_jobs`` then waits for every job (one line as each ends) and returns the
 same ``train.parallel.Outcome`` list as the local runner, so ``make all`` goes on
@@ -33,6 +34,7 @@ a dependent job submitted when its dependencies have ended): the tests use it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shlex
@@ -43,13 +45,17 @@ from pathlib import Path
 from typing import Any
 
 from cytokit import config as kit_config
-from cytokit import paths
+from cytokit import io, paths
 from cytokit.config import ConfigError
 
 LAUNCHER_ENV = "CYTOKIT_LAUNCHER"
 LAUNCHERS = ("local", "slurm", "submitit-local")  # local: train.parallel on this machine (JOBS= at once)
 ENV_PREFIX = "CYTOKIT_CLUSTER_"  # CYTOKIT_CLUSTER_PARTITION=gpu ... (make all PARTITION=gpu)
+HEARTBEAT_S = 600.0  # how often it prints the last log line of each job still running
 POLL_S = 30.0  # how often the waiting orchestrator asks SLURM about its jobs
+RECORD = "jobs.json"  # in submitit's folder: the SLURM id of each job submitted (to re-attach, never twice)
+ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
+          "REQUEUE_HOLD", "REQUEUE_FED")  # SLURM states of a job that will still train
 
 
 @dataclasses.dataclass
@@ -239,9 +245,14 @@ def submission_order(jobs: list[Any]) -> list[Any]:
 
 
 def run_jobs(jobs: list[Any], s: ClusterSettings, folder: Path, echo: Callable[[str], None] = print,
-             poll_s: float = POLL_S) -> list[Any]:
+             poll_s: float = POLL_S, heartbeat: float = HEARTBEAT_S) -> list[Any]:
     """Submit ``jobs`` (``train.parallel.Job``) with submitit and wait for them; one
-    ``train.parallel.Outcome`` per job, in the jobs' order (``train.parallel.run_jobs``' contract)."""
+    ``train.parallel.Outcome`` per job, in the jobs' order (``train.parallel.run_jobs``' contract).
+    A job an earlier ``make all`` submitted with the same command line that SLURM still runs or holds
+    (``jobs.json``) is waited for, not submitted again. Every ``heartbeat`` seconds one line per job
+    still running: the last line of its log."""
+    from train import parallel
+
     if not jobs:
         echo("no training job to run")
         return []
@@ -250,8 +261,18 @@ def run_jobs(jobs: list[Any], s: ClusterSettings, folder: Path, echo: Callable[[
     echo(f"{len(jobs)} training job(s) through submitit ({s.launcher}); logs in {jobs[0].log.parent}, "
          f"submitit's files in {folder}")
     waiting = _Waiting(echo)
+    record = Path(folder) / RECORD
+    before = _read_record(record) if s.launcher == "slurm" else {}
     try:
         for job in order:
+            old = before.get(job.name)  # same name: same run folder, which two jobs must never share
+            alive = active_job(folder, old["id"]) if old and old.get("id") else None
+            if alive is not None:  # a make all before this one submitted it and it still trains
+                waiting.add(job, alive, again=True)
+                if _flagless(old.get("argv") or []) != _flagless(job.argv[1:]):
+                    echo(f"    its command line differs from the recipe's now: {shlex.join(old['argv'])}; "
+                         "the next make all retrains it if its settings differ")
+                continue
             if s.launcher == "slurm":
                 ex.update_parameters(**slurm_parameters(s, job, [waiting.ids[a] for a in job.after]))
             else:  # the local executor has no dependencies: a dependent job is submitted after its own
@@ -259,17 +280,27 @@ def run_jobs(jobs: list[Any], s: ClusterSettings, folder: Path, echo: Callable[[
                     waiting.collect(a)
                 ex.update_parameters(**local_parameters(s, job))
             waiting.add(job, ex.submit(TrainCommand(), [str(a) for a in job.argv], str(job.log)))
+            if s.launcher == "slurm":
+                before[job.name] = {"id": waiting.ids[job.name], "argv": [str(a) for a in job.argv[1:]]}
+                io.atomic_write_text(record, json.dumps(before, indent=1) + "\n")
+        beat = time.perf_counter()
         while waiting.running():
             for name in waiting.running():
                 if waiting.jobs[name][1].done():
                     waiting.collect(name)
             if waiting.running():
                 time.sleep(poll_s)
+            if time.perf_counter() - beat >= heartbeat:
+                beat = time.perf_counter()
+                for name in waiting.running():
+                    job, sj, _ = waiting.jobs[name]
+                    last = parallel.last_line(job.log) or "no output yet"
+                    echo(f"  waiting for {name} (job {sj.job_id}): {last}")
     except BaseException:
         ids = [waiting.ids[n] for n in waiting.running()]
         if ids and s.launcher == "slurm":
             echo(f"stopped waiting; {len(ids)} submitted job(s) go on: {' '.join(ids)} "
-                 f"(scancel {' '.join(ids)} stops them; the next make all skips what they finish)")
+                 f"(scancel {' '.join(ids)} stops them; make all again waits for them)")
         raise
     return [waiting.outcomes[j.name] for j in jobs]
 
@@ -283,9 +314,13 @@ class _Waiting:
         self.ids: dict[str, str] = {}
         self.outcomes: dict[str, Any] = {}
 
-    def add(self, job: Any, sj: Any) -> None:
+    def add(self, job: Any, sj: Any, again: bool = False) -> None:
         self.jobs[job.name] = (job, sj, time.perf_counter())
         self.ids[job.name] = str(sj.job_id)
+        if again:
+            self.echo(f"  {job.name}: job {sj.job_id} (submitted by an earlier make all) still runs; waiting "
+                      f"for it, not submitting it again (log {job.log})")
+            return
         wait = f" after {', '.join(job.after)}" if job.after else ""
         self.echo(f"  submitted {job.name} as job {sj.job_id}{wait} (log {job.log})")
 
@@ -310,6 +345,30 @@ class _Waiting:
             out = parallel.Outcome(name, "failed", None, time.perf_counter() - submitted, 0.0, job.log, line)
             self.echo(f"  FAILED {name} (job {sj.job_id}): {line} -- see {job.log}")
         self.outcomes[name] = out
+
+
+def _flagless(argv: list[str]) -> list[str]:
+    return [str(a) for a in argv if a not in ("--resume", "--force")]
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def active_job(folder: Path, job_id: str) -> Any | None:
+    """The submitit handle of SLURM job ``job_id`` when SLURM still runs or holds it, else None."""
+    import submitit
+
+    sj = submitit.SlurmJob(folder=folder, job_id=str(job_id))
+    try:
+        state = str(sj.get_info(mode="force").get("State") or "").split()[0] if sj else ""
+    except Exception:  # sacct missing or failing: treat it as gone (it is submitted again)
+        return None
+    return sj if state in ACTIVE else None
 
 
 def launcher(recipe: Any = None, env: Mapping[str, str] | None = None) -> ClusterSettings:

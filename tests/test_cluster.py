@@ -167,6 +167,31 @@ def test_the_waiting_runner_against_a_fake_slurm(tmp_path, monkeypatch):
     assert any("FAILED yolo11 fold 1" in line for line in lines)
 
 
+def test_make_all_run_again_waits_for_the_jobs_still_running(tmp_path, monkeypatch):
+    rec, ds, jobs, _ = _recipe_plan(tmp_path)
+    folder = tmp_path / "submitit"
+    first = FakeSlurm()
+    monkeypatch.setattr(cluster, "executor", lambda s, f: first)
+    s = cluster.ClusterSettings(launcher="slurm")
+    with pytest.raises(KeyboardInterrupt):  # the orchestrator stops while it waits
+        monkeypatch.setattr(FakeSlurmJob, "done", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+        cluster.run_jobs(jobs, s, folder, lambda _: None, poll_s=0)
+    monkeypatch.undo()
+    recorded = {j.name: str(500 + i) for i, j in enumerate(cluster.submission_order(jobs))}
+    still = {recorded["yolov8 fold 2"]: FakeSlurmJob(recorded["yolov8 fold 2"], None, ([], ""))}
+    monkeypatch.setattr(cluster, "active_job", lambda folder, job_id: still.get(job_id))
+    second = FakeSlurm()
+    monkeypatch.setattr(cluster, "executor", lambda s, f: second)
+    lines = []
+    outcomes = cluster.run_jobs(jobs, s, folder, lines.append, poll_s=0)
+    names = [p["job_name"] for p in second.params]
+    assert len(names) == 14 and "cytokit-yolov8-f2" not in names  # not submitted twice
+    cls2 = next(p for p in second.params if p["job_name"] == "cytokit-cls-f2")
+    assert cls2["additional_parameters"]["dependency"] == f"afterany:{recorded['yolov8 fold 2']}"
+    assert any("yolov8 fold 2: job" in line and "still runs" in line for line in lines)
+    assert {o.status for o in outcomes if o.name != "yolo11 fold 1"} == {"ok"}
+
+
 def test_train_step_hands_the_jobs_to_the_cluster_runner(tmp_path, monkeypatch):
     rec, ds, jobs, _ = _recipe_plan(tmp_path)
     seen = {}
