@@ -20,6 +20,8 @@ IMAGES ?= 1200#            synthetic images for demo-data (as configs/demo.yaml 
 ENSEMBLE ?=#               ensemble config; default: the last make all's tuned one on DATA (cytokit.lastrun)
 DETECTOR ?=#               detector whose OOF boxes the classifier report uses (or gt); default: the ensemble's first
 SET ?=#                     pretrained files for make weights: empty = RECIPE's, default, all, or names (--list)
+LAUNCHER ?=#               make all's training jobs: local (default, JOBS= at once), slurm (submitit), submitit-local
+#   with LAUNCHER=slurm, each job's PARTITION=, TIME= (minutes or H:MM:SS), MEM= (GB), GPUS= (1), CPUS= (8), ACCOUNT=
 PYTEST_ARGS ?=
 
 # TRACKER=none|csv|tensorboard|mlflow: experiment tracking of the training jobs and the OOF table
@@ -38,6 +40,7 @@ DATA_Q = $(call q,$(DATA))
 RUN_ARGS = $(if $(DEVICE),device=$(call q,$(DEVICE))) $(ARGS)#  key=value settings of every command (ARGS: split at spaces)
 FOLD_OPTS = $(call opt,BALANCE,--balance) $(if $(REPAIR),--repair) $(if $(FORCE),--force) $(call opt,RESIZE,--resize)
 TRAIN_FLAGS = $(if $(RESUME),--resume) $(if $(FORCE),--force)
+CLUSTER_ENV = $(if $(LAUNCHER),CYTOKIT_LAUNCHER=$(LAUNCHER) $(foreach v,PARTITION TIME MEM GPUS CPUS ACCOUNT,$(if $($(v)),CYTOKIT_CLUSTER_$(v)=$($(v)))))
 TRAIN_ARGS = $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(IMGSZ),imgsz=$(IMGSZ)) $(if $(BATCH),batch=$(BATCH)) \
 	$(if $(WEIGHTS),pretrained=$(WEIGHTS)) $(RUN_ARGS)
 MEMBER_ARGS = $(foreach kv,$(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(BATCH),batch=$(BATCH)) $(if $(DEVICE),device=$(DEVICE)),--member $(kv)) \
@@ -96,8 +99,9 @@ export: $(STAMP) ## ONNX + OpenVINO copies of ENSEMBLE's YOLO members and classi
 	$(CHECK)
 	$(PY) -m infer.export --config $(call q,$(or $(ENSEMBLE),$(shell $(PY) -m cytokit.lastrun $(DATA_Q) $(DS_KEYS)))) --data $(DATA_Q) --images $(call q,$(DATA)/images) $(DS_KEYS) $(RUN_ARGS)
 
-gpu-check: $(STAMP) ## on a CUDA machine: AMP steps, DDP, latency, throughput, TensorRT, MedSAM (<= 8 min; reduced on CPU)
-	$(PY) -m bench.gpu_check
+gpu-check: $(STAMP) ## on a CUDA machine: /dev/shm, AMP, RECIPE's trainers, DDP, its ensemble's latency, TensorRT, MedSAM (<= 8 min; tiny on CPU)
+	$(CHECK)
+	$(PY) -m bench.gpu_check --recipe $(call q,$(RECIPE)) $(call opt,DEVICE,--device)
 
 demo-data: $(STAMP) ## generate the synthetic smear data set in DEMO (data/demo)
 	$(CHECK)
@@ -115,9 +119,9 @@ masks: $(STAMP) ## masks from boxes for the UNet (MedSAM when MEDSAM_CKPT=path|a
 	$(CHECK)
 	$(PY) -m train.unet.masks --data $(DATA_Q) $(DS_OPTS) $(call qopt,MEDSAM_CKPT,--medsam-ckpt) $(if $(FORCE),--force) $(RUN_ARGS)
 
-all: $(STAMP) ## the whole RECIPE on DATA: folds, every member x fold (JOBS= at once), infer, tune, submission, report (EPOCHS= BATCH= DEVICE= WEIGHTS= every member, IMGSZ= detectors)
+all: $(STAMP) ## the whole RECIPE on DATA: folds, every member x fold (JOBS= at once, or LAUNCHER=slurm), infer, tune, submission, report (EPOCHS= BATCH= DEVICE= WEIGHTS= every member, IMGSZ= detectors)
 	$(CHECK)
-	$(PY) -m pipeline --recipe $(call q,$(RECIPE)) --data $(DATA_Q) $(call opt,JOBS,--jobs) $(MEMBER_ARGS) $(DS_KEYS) $(ARGS)
+	$(CLUSTER_ENV) $(PY) -m pipeline --recipe $(call q,$(RECIPE)) --data $(DATA_Q) $(call opt,JOBS,--jobs) $(MEMBER_ARGS) $(DS_KEYS) $(ARGS)
 
 train: $(STAMP) ## train MODEL on FOLD with the last make all's settings of MODEL (RECIPE=) (JOBS= EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS=auto|none|path RESUME=1 FORCE=1 ARGS="k=v")
 	$(CHECK)

@@ -23,13 +23,16 @@ ENV = "CYTOKIT_MAKEVARS"  # exported by the Makefile: the names of the command-l
 # The Makefile's settings and the targets that use each (the kit's commands; `make help`).
 DS = ("DATA", "K", "SEED")
 RUNTIME = ("DEVICE", "ARGS")
+CLUSTER = ("PARTITION", "TIME", "MEM", "GPUS", "CPUS", "ACCOUNT")  # LAUNCHER=slurm: each job's resources
 TARGET_VARS: dict[str, tuple[str, ...]] = {
     "export": (*DS, "ENSEMBLE", *RUNTIME),
     "demo-data": ("DEMO", "IMAGES", "SEED"),
     "weights": ("SET", "MIRROR", "RECIPE"),
     "folds": (*DS, "BALANCE", "REPAIR", "FORCE", "RESIZE", "ARGS"),
     "masks": (*DS, "MEDSAM_CKPT", "FORCE", *RUNTIME),
-    "all": (*DS, "RECIPE", "JOBS", "EPOCHS", "IMGSZ", "BATCH", "WEIGHTS", "LAUNCHER", "TRACKER", *RUNTIME),
+    "all": (*DS, "RECIPE", "JOBS", "EPOCHS", "IMGSZ", "BATCH", "WEIGHTS", "LAUNCHER", "TRACKER", *CLUSTER,
+            *RUNTIME),
+    "gpu-check": ("RECIPE", "DEVICE"),
     "train": (*DS, "MODEL", "FOLD", "JOBS", "EPOCHS", "IMGSZ", "BATCH", "WEIGHTS", "RESUME", "FORCE",
               "RECIPE", "TRACKER", *RUNTIME),
     "infer": (*DS, "ENSEMBLE", "FORCE", *RUNTIME),

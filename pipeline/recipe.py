@@ -55,6 +55,7 @@ class RecipeConfig:
     ensemble_base: str = "configs/ensemble.yaml"  # the ensemble config the section above overrides
     tune: bool = True  # tune weights, views, WBF and the classifier blend out-of-fold before the submission
     synth: dict = dataclasses.field(default_factory=dict)  # SynthSettings if DATA has no train.csv; {}: never
+    cluster: dict = dataclasses.field(default_factory=dict)  # LAUNCHER=slurm settings (pipeline.cluster)
     tracker: str = "none"  # none | csv | tensorboard | mlflow (train.tracking); TRACKER= on make wins
 
     def __post_init__(self) -> None:

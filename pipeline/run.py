@@ -137,16 +137,21 @@ def plan(recipe: RecipeConfig, ds: Any, echo: Callable[[str], None] = print) -> 
 
 
 def train_step(recipe: RecipeConfig, ds: Any, echo: Callable[[str], None] = print) -> list[dict]:
-    """Run the training jobs; one record per member x fold: name, model, fold, status, times, log."""
+    """Run the training jobs; one record per member x fold: name, model, fold, status, times, log. They
+    run here (``train.parallel``) or, with ``LAUNCHER=slurm``, through submitit (``pipeline.cluster``)."""
+    from pipeline import cluster
     from train import parallel
 
+    where = cluster.launcher(recipe)
     jobs, skipped = plan(recipe, ds, echo)
     for name in skipped:
         model, _, fold = name.rpartition(" fold ")
         echo(f"  skip {name}: finished (done.json); `make train MODEL={model} FOLD={fold} FORCE=1` redoes it")
     outcomes = {}
     if jobs:
-        outcomes = {o.name: o for o in parallel.run_jobs(jobs, recipe.jobs, recipe.threads, echo=echo)}
+        ran = parallel.run_jobs(jobs, recipe.jobs, recipe.threads, echo=echo) if where.launcher == "local" \
+            else cluster.run_jobs(jobs, where, cluster.folder_of(ds), echo)
+        outcomes = {o.name: o for o in ran}
     records = []
     for m in recipe.detector_list() + recipe.classifier_list():
         for f in m.folds:
