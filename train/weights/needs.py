@@ -1,5 +1,5 @@
 """The pretrained files a recipe's members start from: what ``make weights`` fetches for a recipe and
-what the pre-flight of ``make all`` (``pipeline.preflight``) requires before any training.
+what the pre-flights of ``make all`` and ``make train`` (``train.preflight``) require before any training.
 
 Each member's config is resolved as training will resolve it (``train.registry.load_config``: the
 defaults of ``configs/<family>.yaml`` <- the member's overrides). ``pretrained: auto`` needs the
