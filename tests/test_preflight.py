@@ -18,6 +18,8 @@ from cytokit.config import ConfigError
 from cytokit.resources import GIB, MIB, Limits
 from pipeline import lock, preflight
 from pipeline import recipe as rc
+from pipeline import weights as recipe_weights
+from pipeline.weights import recipe_needs
 from train import preflight as training
 from train.weights import catalog, needs
 
@@ -88,26 +90,37 @@ def write_data(folder: Path, test_rows: str = "1,a.jpg\n2,b.jpg\n") -> Path:
 # ---- make weights: the recipe's files ----
 
 def test_the_recipe_needs_exactly_the_files_its_members_start_from(weights):
-    found = needs.recipe_needs(RECIPE)
+    found = recipe_needs(RECIPE)
     assert [(n.member, n.entry.name) for n in found] == [
         ("yolov8", "yolov8s"), ("yolo11", "yolo11s"), ("cls", "efficientnet_b0.ra_in1k")]
     assert found[0].file == weights / "yolov8s.pt"
-    assert needs.recipe_needs(DEMO) == [] and needs.recipe_needs(BCCD) == []  # scratch on purpose / no file
-    assert [n.entry.name for n in needs.recipe_needs(RECIPE, ["detectors=[{model: yolov8}]",
-                                                              "classifiers=[]"])] == ["yolov8n"]
+    assert recipe_needs(DEMO) == [] and recipe_needs(BCCD) == []  # scratch on purpose / no file
+    assert [n.entry.name for n in recipe_needs(RECIPE, ["detectors=[{model: yolov8}]",
+                                                        "classifiers=[]"])] == ["yolov8n"]
     local = needs.member_need("yolov8", ["pretrained=/somewhere/mine.pt"])
     assert local == needs.Need("yolov8", Path("/somewhere/mine.pt"), None)
 
 
 def test_make_weights_without_set_fetches_the_recipe_files_and_set_still_works(weights, monkeypatch, capsys):
-    from train.weights import __main__ as cli
+    from train.weights import __main__ as by_set
+    from train.weights import cli
 
     fetched = []
     monkeypatch.setattr(cli, "run", lambda entries, *a, **k: fetched.append([e.name for e in entries]) or 0)
-    assert cli.main(["--no-progress"]) == 0  # make weights: configs/recipe.yaml's
-    assert cli.main(["--recipe", str(DEMO)]) == 0  # nothing to fetch: run is not called
+    assert recipe_weights.main(["--no-progress"]) == 0  # make weights: configs/recipe.yaml's
+    assert recipe_weights.main(["--recipe", str(DEMO)]) == 0  # nothing to fetch: run is not called
     assert "nothing to fetch" in capsys.readouterr().out
-    assert cli.main(["--set", "default"]) == 0 and cli.main(["--set", "yolov8s,yolo11m"]) == 0
+    assert by_set.main(["--set", "default"]) == 0 and by_set.main(["--set", "yolov8s,yolo11m"]) == 0
+    assert fetched == [["yolov8s", "yolo11s", "efficientnet_b0.ra_in1k"],
+                       [e.name for e in catalog.select("default")], ["yolov8s", "yolo11m"]]
+    assert recipe_weights.main(["--list"]) == 0  # the recipe's files, offline
+    out = capsys.readouterr().out
+    assert "its members start from yolov8s, yolo11s" in out and "missing  yolov8s" in out
+    assert "missing  yolov8n " not in out
+    assert by_set.main(["--list"]) == 0 and "missing  yolov8n " in capsys.readouterr().out  # every file
+    with pytest.raises(SystemExit):  # train.weights alone knows no recipe: --set (or --list) it needs
+        by_set.main([])
+    assert "python -m pipeline.weights --recipe" in capsys.readouterr().err
     assert fetched == [["yolov8s", "yolo11s", "efficientnet_b0.ra_in1k"],
                        [e.name for e in catalog.select("default")], ["yolov8s", "yolo11m"]]
 
