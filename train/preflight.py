@@ -81,7 +81,6 @@ def enabled() -> bool:
     return os.environ.get(ENV, "").strip().lower() not in ("off", "done", "0", "false")
 
 
-
 # ---- pretrained weights ----
 
 def weights_problems(members: list[Member], recipe_path: Path | None = None, auto: bool = True) -> list[str]:
