@@ -109,7 +109,7 @@ demo-data: $(STAMP) ## generate the synthetic smear data set in DEMO (data/demo)
 
 weights: $(STAMP) ## download the pretrained files RECIPE starts from into weights/ (or SET=default|all|names; the only target that uses the network)
 	$(CHECK)
-	$(PY) -m train.weights $(if $(SET),--set $(SET),--recipe $(call q,$(RECIPE))) $(call opt,MIRROR,--mirror)
+	$(PY) -m $(if $(SET),train.weights --set $(SET),pipeline.weights --recipe $(call q,$(RECIPE))) $(call opt,MIRROR,--mirror)
 
 folds: $(STAMP) ## clean, group duplicates, make K stratified folds and the YOLO/COCO exports of DATA
 	$(CHECK)

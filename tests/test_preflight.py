@@ -1,5 +1,6 @@
-"""The pre-flight of make all / make train, the lock per data and work folder, and make weights per recipe
-(issue #18): every check simulated on the CPU (torch.cuda monkeypatched, a fake /proc root, fake Limits)."""
+"""The pre-flight of make all (pipeline.preflight) / make train (train.preflight), the lock per data
+and work folder, and make weights per recipe (issue #18): every check simulated on the CPU (torch.cuda
+monkeypatched, a fake /proc root, fake Limits)."""
 from __future__ import annotations
 
 import fcntl
@@ -17,6 +18,9 @@ from cytokit.config import ConfigError
 from cytokit.resources import GIB, MIB, Limits
 from pipeline import lock, preflight
 from pipeline import recipe as rc
+from pipeline import weights as recipe_weights
+from pipeline.weights import recipe_needs
+from train import preflight as training
 from train.weights import catalog, needs
 
 pytestmark = pytest.mark.unit
@@ -61,13 +65,13 @@ def no_gpu(monkeypatch, tmp_path) -> Path:
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(preflight.shutil, "which", lambda name: None)
+    monkeypatch.setattr(training.shutil, "which", lambda name: None)
     root = tmp_path / "root"
     root.mkdir()
     return root
 
 
-def members_of(path: Path, overrides: list[str] = ()) -> list[preflight.Member]:
+def members_of(path: Path, overrides: list[str] = ()) -> list[training.Member]:
     found, problems = preflight.resolve_members(rc.load(path, overrides))
     assert problems == []
     return found
@@ -86,26 +90,37 @@ def write_data(folder: Path, test_rows: str = "1,a.jpg\n2,b.jpg\n") -> Path:
 # ---- make weights: the recipe's files ----
 
 def test_the_recipe_needs_exactly_the_files_its_members_start_from(weights):
-    found = needs.recipe_needs(RECIPE)
+    found = recipe_needs(RECIPE)
     assert [(n.member, n.entry.name) for n in found] == [
         ("yolov8", "yolov8s"), ("yolo11", "yolo11s"), ("cls", "efficientnet_b0.ra_in1k")]
     assert found[0].file == weights / "yolov8s.pt"
-    assert needs.recipe_needs(DEMO) == [] and needs.recipe_needs(BCCD) == []  # scratch on purpose / no file
-    assert [n.entry.name for n in needs.recipe_needs(RECIPE, ["detectors=[{model: yolov8}]",
-                                                              "classifiers=[]"])] == ["yolov8n"]
+    assert recipe_needs(DEMO) == [] and recipe_needs(BCCD) == []  # scratch on purpose / no file
+    assert [n.entry.name for n in recipe_needs(RECIPE, ["detectors=[{model: yolov8}]",
+                                                        "classifiers=[]"])] == ["yolov8n"]
     local = needs.member_need("yolov8", ["pretrained=/somewhere/mine.pt"])
     assert local == needs.Need("yolov8", Path("/somewhere/mine.pt"), None)
 
 
 def test_make_weights_without_set_fetches_the_recipe_files_and_set_still_works(weights, monkeypatch, capsys):
-    from train.weights import __main__ as cli
+    from train.weights import __main__ as by_set
+    from train.weights import cli
 
     fetched = []
     monkeypatch.setattr(cli, "run", lambda entries, *a, **k: fetched.append([e.name for e in entries]) or 0)
-    assert cli.main(["--no-progress"]) == 0  # make weights: configs/recipe.yaml's
-    assert cli.main(["--recipe", str(DEMO)]) == 0  # nothing to fetch: run is not called
+    assert recipe_weights.main(["--no-progress"]) == 0  # make weights: configs/recipe.yaml's
+    assert recipe_weights.main(["--recipe", str(DEMO)]) == 0  # nothing to fetch: run is not called
     assert "nothing to fetch" in capsys.readouterr().out
-    assert cli.main(["--set", "default"]) == 0 and cli.main(["--set", "yolov8s,yolo11m"]) == 0
+    assert by_set.main(["--set", "default"]) == 0 and by_set.main(["--set", "yolov8s,yolo11m"]) == 0
+    assert fetched == [["yolov8s", "yolo11s", "efficientnet_b0.ra_in1k"],
+                       [e.name for e in catalog.select("default")], ["yolov8s", "yolo11m"]]
+    assert recipe_weights.main(["--list"]) == 0  # the recipe's files, offline
+    out = capsys.readouterr().out
+    assert "its members start from yolov8s, yolo11s" in out and "missing  yolov8s" in out
+    assert "missing  yolov8n " not in out
+    assert by_set.main(["--list"]) == 0 and "missing  yolov8n " in capsys.readouterr().out  # every file
+    with pytest.raises(SystemExit):  # train.weights alone knows no recipe: --set (or --list) it needs
+        by_set.main([])
+    assert "python -m pipeline.weights --recipe" in capsys.readouterr().err
     assert fetched == [["yolov8s", "yolo11s", "efficientnet_b0.ra_in1k"],
                        [e.name for e in catalog.select("default")], ["yolov8s", "yolo11m"]]
 
@@ -114,20 +129,20 @@ def test_make_weights_without_set_fetches_the_recipe_files_and_set_still_works(w
 
 def test_missing_weights_name_the_make_weights_command_and_the_way_to_scratch(weights):
     members = members_of(RECIPE)
-    problems = preflight.weights_problems(members, RECIPE)
+    problems = training.weights_problems(members, RECIPE)
     assert len(problems) == 3 and all(f"`make weights RECIPE={RECIPE}`" in p and "pretrained=none" in p
                                       for p in problems)
     assert problems[0].startswith("yolov8: starts from yolov8s")
     assert str(weights / "yolov8s.pt") in problems[0]
     for name in ("yolov8s.pt", "yolo11s.pt", "efficientnet_b0.ra_in1k.safetensors"):
         (weights / name).write_bytes(b"x")
-    assert preflight.weights_problems(members, RECIPE) == []
+    assert training.weights_problems(members, RECIPE) == []
     scratch = members_of(RECIPE, ["detectors=[{model: yolov8, overrides: [pretrained=none]}]",
                                   "classifiers=[]"])
-    assert preflight.weights_problems(scratch) == []
+    assert training.weights_problems(scratch) == []
     given = members_of(RECIPE, ["detectors=[{model: yolov8, overrides: [pretrained=/no/such.pt]}]",
                                 "classifiers=[]"])
-    (line,) = preflight.weights_problems(given, auto=False)
+    (line,) = training.weights_problems(given, auto=False)
     assert line.startswith("yolov8: pretrained=/no/such.pt: file not found")
 
 
@@ -139,23 +154,23 @@ def test_device_auto_next_to_an_nvidia_gpu_torch_cannot_use_is_an_error_not_sile
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     (no_gpu / "proc" / "driver" / "nvidia").mkdir(parents=True)
     (no_gpu / "proc" / "driver" / "nvidia" / "version").write_text(DRIVER_535)
-    (line,) = preflight.device_problems([("yolov8", ""), ("cls", "cpu")], no_gpu)
+    (line,) = training.device_problems([("yolov8", ""), ("cls", "cpu")], no_gpu)
     assert line.startswith("device: yolov8 (device auto) would train on the CPU")
     assert "driver 535.104.05 is older" in line and ">= 580.65.06" in line
     assert "README, 'GPU machines'" in line
     assert "--index-url https://download.pytorch.org/whl/cu126" in line and "device=cpu" in line
-    (line,) = preflight.device_problems([("ensemble (inference)", "cuda")], no_gpu)
+    (line,) = training.device_problems([("ensemble (inference)", "cuda")], no_gpu)
     assert "asks for CUDA, which is not available" in line and "535.104.05" in line
 
 
 def test_device_without_any_nvidia_gpu(no_gpu, monkeypatch):
     import torch
 
-    assert preflight.device_problems([("yolov8", ""), ("cls", "auto")], no_gpu) == []  # CPU on purpose
-    (line,) = preflight.device_problems([("yolov8", "0")], no_gpu)
+    assert training.device_problems([("yolov8", ""), ("cls", "auto")], no_gpu) == []  # CPU on purpose
+    (line,) = training.device_problems([("yolov8", "0")], no_gpu)
     assert "no NVIDIA GPU or driver is visible" in line
     monkeypatch.setattr(torch.version, "cuda", None)
-    (line,) = preflight.device_problems([("yolov8", "cuda:0")], no_gpu)
+    (line,) = training.device_problems([("yolov8", "cuda:0")], no_gpu)
     assert "is a CPU build" in line and "requirements.txt" in line
 
 
@@ -167,12 +182,12 @@ def test_a_gpu_architecture_without_kernels_in_this_build_is_refused(monkeypatch
     monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_75", "sm_80", "sm_86", "sm_90"])
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (6, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Tesla P100-PCIE-16GB")
-    problems = preflight.device_problems([("yolov8", ""), ("cls", "1")], tmp_path)
+    problems = training.device_problems([("yolov8", ""), ("cls", "1")], tmp_path)
     assert len(problems) == 2
     assert "GPU 0 (Tesla P100-PCIE-16GB, sm_60) is not supported" in problems[0] and "cu126" in problems[0]
     assert problems[1].startswith("cls: device=1: GPU 1 asked for but 1 visible")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (8, 6))
-    assert preflight.device_problems([("yolov8", ""), ("cls", "0")], tmp_path) == []
+    assert training.device_problems([("yolov8", ""), ("cls", "0")], tmp_path) == []
 
 
 def test_nvidia_driver_version_is_read_from_proc(tmp_path):
@@ -180,21 +195,21 @@ def test_nvidia_driver_version_is_read_from_proc(tmp_path):
     folder.mkdir(parents=True)
     (folder / "version").write_text("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  560.35.03  "
                                     "Release Build  (dvs-builder@U16-I3-B03-4-3)\n")
-    assert preflight.nvidia_driver(tmp_path) == "560.35.03" and preflight.nvidia_visible(tmp_path)
-    assert preflight.nvidia_driver(tmp_path / "none") is None
+    assert training.nvidia_driver(tmp_path) == "560.35.03" and training.nvidia_visible(tmp_path)
+    assert training.nvidia_driver(tmp_path / "none") is None
 
 
 # ---- /dev/shm, memory, disk ----
 
 def test_dev_shm_too_small_for_the_workers_batches(weights):
     members = members_of(RECIPE)
-    (line,) = preflight.shm_problems(members, 1, FakeLimits(shm=64 * MIB))
+    (line,) = training.shm_problems(members, 1, FakeLimits(shm=64 * MIB))
     assert line.startswith("/dev/shm: 64 MiB free, but 1 job(s) of cls (workers=8, batch=64, imgsz=224)")
     assert "Bus error" in line and "--shm-size" in line
-    assert preflight.shm_problems(members, 1, FakeLimits(shm=8 * GIB)) == []
-    assert preflight.shm_problems(members, 1, FakeLimits(shm=None)) == []  # no /dev/shm (macOS)
+    assert training.shm_problems(members, 1, FakeLimits(shm=8 * GIB)) == []
+    assert training.shm_problems(members, 1, FakeLimits(shm=None)) == []  # no /dev/shm (macOS)
     tiny = members_of(RECIPE, ["detectors=[{model: yolov8, overrides: [workers=0]}]", "classifiers=[]"])
-    assert preflight.shm_problems(tiny, 4, FakeLimits(shm=MIB)) == []  # no workers: nothing in /dev/shm
+    assert training.shm_problems(tiny, 4, FakeLimits(shm=MIB)) == []  # no workers: nothing in /dev/shm
 
 
 def test_memory_counts_the_caches_of_the_jobs_run_at_once_against_the_cgroup_limit(weights, monkeypatch):
@@ -202,20 +217,20 @@ def test_memory_counts_the_caches_of_the_jobs_run_at_once_against_the_cgroup_lim
 
     monkeypatch.setattr(cls_data, "cache_budget", lambda: 32 * GIB)
     members = members_of(RECIPE)
-    real = preflight.DataFacts(images=48_000, boxes=52_748)  # the challenge's scale
-    (line,) = preflight.memory_problems(members, 4, real, FakeLimits(memory=24 * GIB))
+    real = training.DataFacts(images=48_000, boxes=52_748)  # the challenge's scale
+    (line,) = training.memory_problems(members, 4, real, FakeLimits(memory=24 * GIB))
     assert line.startswith("memory: 4 training job(s) at once need about") and "(cgroup)" in line
     assert "cls cache" in line and "lower JOBS, or cache=false" in line
-    assert preflight.memory_problems(members, 4, real, FakeLimits(memory=128 * GIB)) == []
-    assert preflight.memory_problems(members, 1, real, FakeLimits(memory=24 * GIB)) == []
+    assert training.memory_problems(members, 4, real, FakeLimits(memory=128 * GIB)) == []
+    assert training.memory_problems(members, 1, real, FakeLimits(memory=24 * GIB)) == []
     no_cache = members_of(RECIPE, ["classifiers=[{model: cls, overrides: [cache=false]}]"])
-    assert preflight.memory_problems(no_cache, 4, real, FakeLimits(memory=24 * GIB)) == []
+    assert training.memory_problems(no_cache, 4, real, FakeLimits(memory=24 * GIB)) == []
 
 
 def test_disk_too_small_for_the_run(weights, monkeypatch, tmp_path):
     members = members_of(RECIPE)
-    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda folder: SimpleNamespace(free=2 * GIB))
-    (line,) = preflight.disk_problems(members, tmp_path / "work")
+    monkeypatch.setattr(training.shutil, "disk_usage", lambda folder: SimpleNamespace(free=2 * GIB))
+    (line,) = training.disk_problems(members, tmp_path / "work")
     assert line.startswith(f"disk: {tmp_path / 'work'} has 2.0 GiB free; this run needs about 8.5 GiB")
     assert "CYTOKIT_WORK" in line
 
@@ -241,7 +256,7 @@ def test_a_duplicate_trustii_id_and_missing_test_images_are_refused(tmp_path):
     facts, (line,) = preflight.data_problems(data, rc.load(RECIPE))
     assert "1 of 2 image(s) not in" in line and "gone.jpg" in line
     assert (facts.images, facts.boxes) == (1, 1)
-    assert preflight.data_problems(tmp_path / "empty", rc.load(DEMO)) == (preflight.DataFacts(), [])  # synth
+    assert preflight.data_problems(tmp_path / "empty", rc.load(DEMO)) == (training.DataFacts(), [])  # synth
 
 
 def test_the_demo_and_bccd_recipes_pass(no_gpu, weights, tmp_path):
@@ -286,10 +301,10 @@ def test_off_skips_and_a_passed_run_tells_its_jobs(monkeypatch, weights, tmp_pat
     lines = []
     with preflight.checked(demo, tmp_path / "demo", DEMO, lines.append):
         assert os.environ[preflight.ENV] == "done"
-        preflight.check_training("yolov8", ["epochs=-3"], 1, 1)  # a job of a checked run: not again
+        training.check_training("yolov8", ["epochs=-3"], 1, 1)  # a job of a checked run: not again
     assert os.environ.get(preflight.ENV) is None and lines[0].startswith("pre-flight: recipe, weights")
     with pytest.raises(ConfigError, match="epochs=-3: must be >= 1"):
-        preflight.check_training("yolov8", ["epochs=-3"], 1, 1)
+        training.check_training("yolov8", ["epochs=-3"], 1, 1)
 
 
 def test_make_train_checks_the_device_before_training(no_gpu, monkeypatch, tmp_path):
@@ -298,8 +313,8 @@ def test_make_train_checks_the_device_before_training(no_gpu, monkeypatch, tmp_p
     from train.__main__ import main
 
     monkeypatch.setattr(torch.version, "cuda", "13.0")
-    monkeypatch.setattr(preflight, "nvidia_driver", lambda root=None: "535.104.05")
-    with pytest.raises(preflight.PreflightError, match="yolov8 \\(device auto\\) would train on the CPU"):
+    monkeypatch.setattr(training, "nvidia_driver", lambda root=None: "535.104.05")
+    with pytest.raises(training.PreflightError, match="yolov8 \\(device auto\\) would train on the CPU"):
         main(["--model", "yolov8", "--fold", "0", "--data", str(tmp_path / "nowhere")])
 
 

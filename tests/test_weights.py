@@ -128,8 +128,8 @@ def test_make_weights_and_the_weights_variable_reach_their_commands():
         return subprocess.run(["make", "-n", "-C", str(paths.ROOT), *args], capture_output=True, text=True,
                               check=True).stdout
 
-    assert "-m train.weights --recipe configs/recipe.yaml" in dry("weights")  # the recipe's files
-    assert "-m train.weights --recipe my.yaml" in dry("weights", "RECIPE=my.yaml")
+    assert "-m pipeline.weights --recipe 'configs/recipe.yaml'" in dry("weights")  # the recipe's files
+    assert "-m pipeline.weights --recipe 'my r.yaml'" in dry("weights", "RECIPE=my r.yaml")
     assert "-m train.weights --set all" in dry("weights", "SET=all")
     assert "pretrained=none" in dry("train", "WEIGHTS=none")
     assert re.search(r"\bweights=", dry("train", "WEIGHTS=x.pt")) is None

@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         print(job.list_models())
         return 0
     overrides = [*recipe_overrides(args), *args.overrides]
-    if args.model:  # config, device, disk, /dev/shm and memory before any run folder (pipeline.preflight)
-        from pipeline import preflight
+    if args.model:  # config, device, disk, /dev/shm and memory before any run folder (train.preflight)
+        from train import preflight
 
         folds = max(1, args.jobs or 1) if str(args.fold) == "all" else 1
         preflight.check_training(args.model, overrides, folds, args.jobs or 1)

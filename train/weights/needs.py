@@ -1,5 +1,6 @@
-"""The pretrained files a recipe's members start from: what ``make weights`` fetches for a recipe and
-what the pre-flight of ``make all`` (``pipeline.preflight``) requires before any training.
+"""The pretrained files a recipe's members start from: what ``make weights`` fetches for a recipe
+(``pipeline.weights``) and what the pre-flights of ``make all`` and ``make train`` (``train.preflight``)
+require before any training.
 
 Each member's config is resolved as training will resolve it (``train.registry.load_config``: the
 defaults of ``configs/<family>.yaml`` <- the member's overrides). ``pretrained: auto`` needs the
@@ -50,14 +51,6 @@ def needs(members: Iterable[Any]) -> list[Need]:
         if need is not None:
             out.append(need)
     return out
-
-
-def recipe_needs(path: Path, overrides: list[str] | dict = ()) -> list[Need]:
-    """``needs`` of the detectors and classifiers of the recipe YAML at ``path``."""
-    from pipeline import recipe as recipe_module
-
-    recipe = recipe_module.load(Path(path), overrides)
-    return needs(recipe.detector_list() + recipe.classifier_list())
 
 
 def entries(found: Iterable[Need]) -> list[catalog.Entry]:
