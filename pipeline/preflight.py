@@ -133,15 +133,19 @@ def recipe_problems(recipe: Any, data: Path, recipe_path: Path | None = None, li
     ensemble, found = ensemble_problems(recipe)
     problems += found
     problems += weights_problems(members, recipe_path)
-    targets = [(m.model, getattr(m.cfg, "device", "")) for m in members]
+    from pipeline import cluster
+
+    remote = cluster.launcher(recipe).launcher != "local"  # the members train on the cluster's nodes
+    targets = [] if remote else [(m.model, getattr(m.cfg, "device", "")) for m in members]
     if ensemble is not None:
         targets.append((ENSEMBLE, ensemble.device))
     problems += device_problems(targets, root)
     facts, found = data_problems(Path(data), recipe)
     problems += found
     problems += disk_problems(members)
-    problems += shm_problems(members, recipe.jobs, limits)
-    problems += memory_problems(members, recipe.jobs, facts, limits)
+    if not remote:  # this machine's /dev/shm and memory are not the nodes'
+        problems += shm_problems(members, recipe.jobs, limits)
+        problems += memory_problems(members, recipe.jobs, facts, limits)
     return problems
 
 

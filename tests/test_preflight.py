@@ -365,3 +365,19 @@ def test_make_all_on_a_cpu_without_weights_stops_in_the_first_minute(tmp_path):
     assert "Traceback" not in text and "make weights RECIPE=configs/recipe.yaml" in text
     assert not (tmp_path / "work" / "runs").exists() and not (tmp_path / "work" / "folds").exists()
 
+
+
+def test_launcher_slurm_leaves_the_members_device_shm_and_memory_to_the_nodes(no_gpu, weights, tmp_path,
+                                                                             monkeypatch):
+    """On a login node without a GPU, make all LAUNCHER=slurm is not refused for the members' CUDA,
+    /dev/shm or memory (the jobs run on the cluster's nodes); the ensemble's device still counts."""
+    data = write_data(tmp_path / "data")
+    tiny = FakeLimits(cores=2, memory=GIB, shm=64 * 2**20)
+    gpu_members = ["detectors=[{model: yolov8, overrides: [device=0, pretrained=none]}]", "classifiers=[]",
+                   "ensemble={device: cpu}"]
+    local = preflight.recipe_problems(rc.load(RECIPE, gpu_members), data, RECIPE, tiny, no_gpu)
+    assert any(p.startswith("device: yolov8") for p in local)
+    monkeypatch.setenv("CYTOKIT_LAUNCHER", "slurm")
+    remote = preflight.recipe_problems(rc.load(RECIPE, gpu_members), data, RECIPE, tiny, no_gpu)
+    assert not any(p.startswith(("device: yolov8", "/dev/shm", "memory")) for p in remote)
+    assert len(remote) < len(local)
