@@ -67,10 +67,18 @@ endif
 
 .PHONY: help setup lint test-unit test test-all bench export gpu-check demo-data demo all bccd weights folds masks train infer submission score tune-ensemble cls-report report validate clean clean-runs
 
+# make help lists the targets in the order of the work: start, the real data, using a run, checks, housekeeping
+HELP_ORDER := demo setup demo-data weights folds all train masks tune-ensemble infer submission validate score \
+	report cls-report predict export rehearsal gpu-check bccd test test-unit test-all lint bench clean clean-runs
+
 help: ## list the targets
-	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  Variables: DATA=$(DATA) K=$(or $(K),5) SEED=$(or $(SEED),42) (make folds; later steps: as prepared) MODEL=$(MODEL) FOLD=$(FOLD) JOBS=$(or $(JOBS),<recipe>) RECIPE=$(RECIPE) (see README)"
-	@echo "  ENSEMBLE=$(or $(ENSEMBLE),<the last make all's tuned one>) DEVICE= ARGS=\"key=value ...\" on every command; upper case only (make train IMGSZ=640)"
+	@awk -v order="$(HELP_ORDER)" 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{text[$$1]=$$2; seen[++n]=$$1} \
+	END{k=split(order, o, " "); for (i=1; i<=k; i++) if (o[i] in text) {printf "  make %-15s %s\n", o[i], text[o[i]]; done[o[i]]=1} \
+	for (i=1; i<=n; i++) if (!(seen[i] in done) && seen[i] != "help") printf "  make %-15s %s\n", seen[i], text[seen[i]]}' $(MAKEFILE_LIST)
+	@echo "  Variables: DATA=$(DATA) K=$(or $(K),5) SEED=$(or $(SEED),42) (make folds; later steps: as prepared)"
+	@echo "  MODEL=$(MODEL) FOLD=$(FOLD) JOBS=$(or $(JOBS),<recipe>) RECIPE=$(RECIPE) ENSEMBLE=$(or $(ENSEMBLE),<the last run's tuned one>)"
+	@echo "  DEVICE= ARGS=\"key=value ...\" on every command; make all EPOCHS= BATCH= DEVICE= WEIGHTS= set every member,"
+	@echo "  IMGSZ= every detector; upper case only (make train IMGSZ=640); see README"
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
@@ -99,7 +107,7 @@ export: $(STAMP) ## ONNX + OpenVINO copies of ENSEMBLE's YOLO members and classi
 	$(CHECK)
 	$(PY) -m infer.export --config $(call q,$(or $(ENSEMBLE),$(shell $(PY) -m cytokit.lastrun $(DATA_Q) $(DS_KEYS)))) --data $(DATA_Q) --images $(call q,$(DATA)/images) $(DS_KEYS) $(RUN_ARGS)
 
-gpu-check: $(STAMP) ## on a CUDA machine: /dev/shm, AMP, RECIPE's trainers, DDP, its ensemble's latency, TensorRT, MedSAM (<= 8 min; tiny on CPU)
+gpu-check: $(STAMP) ## on a GPU box first: /dev/shm, AMP, RECIPE's trainers, DDP, latency, TensorRT (<= 8 min)
 	$(CHECK)
 	$(PY) -m bench.gpu_check --recipe $(call q,$(RECIPE)) $(call opt,DEVICE,--device)
 
@@ -107,7 +115,7 @@ demo-data: $(STAMP) ## generate the synthetic smear data set in DEMO (data/demo)
 	$(CHECK)
 	$(PY) -m prepare.synth --out $(call q,$(DEMO)) --images $(IMAGES) --seed $(or $(SEED),42)
 
-weights: $(STAMP) ## download the pretrained files RECIPE starts from into weights/ (or SET=default|all|names; the only target that uses the network)
+weights: $(STAMP) ## fetch the pretrained files RECIPE starts from (SET=all|names; the one networked target)
 	$(CHECK)
 	$(PY) -m $(if $(SET),train.weights --set $(SET),pipeline.weights --recipe $(call q,$(RECIPE))) $(call opt,MIRROR,--mirror)
 
@@ -119,11 +127,11 @@ masks: $(STAMP) ## masks from boxes for the UNet (MedSAM when MEDSAM_CKPT=path|a
 	$(CHECK)
 	$(PY) -m train.unet.masks --data $(DATA_Q) $(DS_OPTS) $(call qopt,MEDSAM_CKPT,--medsam-ckpt) $(if $(FORCE),--force) $(RUN_ARGS)
 
-all: $(STAMP) ## the whole RECIPE on DATA: folds, every member x fold (JOBS= at once, or LAUNCHER=slurm), infer, tune, submission, report (EPOCHS= BATCH= DEVICE= WEIGHTS= every member, IMGSZ= detectors)
+all: $(STAMP) ## the whole RECIPE on DATA: folds, training (JOBS= or LAUNCHER=slurm), tuning, submission, report
 	$(CHECK)
 	$(CLUSTER_ENV) $(PY) -m pipeline --recipe $(call q,$(RECIPE)) --data $(DATA_Q) $(call opt,JOBS,--jobs) $(MEMBER_ARGS) $(DS_KEYS) $(ARGS)
 
-train: $(STAMP) ## train MODEL on FOLD with the last make all's settings of MODEL (RECIPE=) (JOBS= EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS=auto|none|path RESUME=1 FORCE=1 ARGS="k=v")
+train: $(STAMP) ## train MODEL on FOLD (or all) with the last run's settings; EPOCHS= IMGSZ= RESUME=1 FORCE=1
 	$(CHECK)
 	$(PY) -m train --model $(MODEL) --fold $(FOLD) --data $(DATA_Q) $(DS_OPTS) $(call opt,JOBS,--jobs) $(RECIPE_OPT) $(TRAIN_FLAGS) $(TRAIN_ARGS)
 
