@@ -17,24 +17,68 @@ FOLD ?= 0#                 fold index, or `all`
 JOBS ?=#                    training jobs at once for make all / make train FOLD=all / make demo
 RECIPE ?= configs/recipe.yaml#  the recipe of make all
 IMAGES ?= 1200#            synthetic images for demo-data (as configs/demo.yaml synth.images)
-ENSEMBLE ?= configs/ensemble.yaml
-DETECTOR ?= yolov8#       detector whose OOF boxes the classifier report uses (or gt)
-SET ?= default#            pretrained files for make weights: default, all, or file names (see --list)
+ENSEMBLE ?=#               ensemble config; default: the last make all's tuned one on DATA (cytokit.lastrun)
+DETECTOR ?=#               detector whose OOF boxes the classifier report uses (or gt); default: the ensemble's first
+SET ?=#                     pretrained files for make weights: empty = RECIPE's, default, all, or names (--list)
+LAUNCHER ?=#               make all's training jobs: local (default, JOBS= at once), slurm (submitit), submitit-local
+#   with LAUNCHER=slurm, each job's PARTITION=, TIME= (minutes or H:MM:SS), MEM= (GB), GPUS= (1), CPUS= (8), ACCOUNT=
 PYTEST_ARGS ?=
 
-# Optional settings, passed on only when set.
+# TRACKER=none|csv|tensorboard|mlflow: experiment tracking of the training jobs and the OOF table
+ifdef TRACKER
+export CYTOKIT_TRACKER := $(TRACKER)
+endif
+
+# Optional settings, passed on only when set; q quotes a value for the shell (spaces, non-ASCII, quotes).
+q = '$(subst ','\'',$(1))'
+
 opt = $(if $($(1)),$(2) $($(1)))
+qopt = $(if $($(1)),$(2) $(call q,$($(1))))#  a path: quoted
 DS_OPTS = $(call opt,K,--k) $(call opt,SEED,--seed)
 DS_KEYS = $(if $(K),k=$(K)) $(if $(SEED),seed=$(SEED))
+DATA_Q = $(call q,$(DATA))
+RUN_ARGS = $(if $(DEVICE),device=$(call q,$(DEVICE))) $(ARGS)#  key=value settings of every command (ARGS: split at spaces)
 FOLD_OPTS = $(call opt,BALANCE,--balance) $(if $(REPAIR),--repair) $(if $(FORCE),--force) $(call opt,RESIZE,--resize)
+TRAIN_FLAGS = $(if $(RESUME),--resume) $(if $(FORCE),--force)
+CLUSTER_ENV = $(if $(LAUNCHER),CYTOKIT_LAUNCHER=$(LAUNCHER) $(foreach v,PARTITION TIME MEM GPUS CPUS ACCOUNT,$(if $($(v)),CYTOKIT_CLUSTER_$(v)=$($(v)))))
 TRAIN_ARGS = $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(IMGSZ),imgsz=$(IMGSZ)) $(if $(BATCH),batch=$(BATCH)) \
-	$(if $(DEVICE),device=$(DEVICE)) $(if $(WEIGHTS),pretrained=$(WEIGHTS)) $(if $(RESUME),--resume) $(if $(FORCE),--force) $(ARGS)
+	$(if $(WEIGHTS),pretrained=$(WEIGHTS)) $(RUN_ARGS)
+MEMBER_ARGS = $(foreach kv,$(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(BATCH),batch=$(BATCH)) $(if $(DEVICE),device=$(DEVICE)),--member $(kv)) \
+	$(if $(WEIGHTS),--member pretrained=$(WEIGHTS)) $(if $(IMGSZ),--detector imgsz=$(IMGSZ))
+ENS_OPT = $(call qopt,ENSEMBLE,--config)
+RECIPE_OPT = $(if $(filter command line,$(origin RECIPE)),--recipe $(call q,$(RECIPE)))#  make train: default the run's
+# The names of the variables given on the command line: cytokit.makevars refuses those the goals would drop
+# (lower case, `make train imgsz=640`: "use IMGSZ=640") and Python messages name make variables (FORCE=1).
+export CYTOKIT_MAKEVARS := $(strip $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(v))))
+CHECK = @$(PY) -m cytokit.makevars $(or $(MAKECMDGOALS),$@)
+CLEAN_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON_BASE))#  make clean works without .venv
 
-.PHONY: help setup lint test-unit test test-all bench export gpu-check demo-data demo all bccd weights folds masks train infer submission score tune-ensemble cls-report report validate predict clean
+# After `make demo` on a clone without data/raw: the later commands use the demo's run (its data and work folder).
+LATER := submission infer tune-ensemble report score cls-report validate export
+ifeq ($(origin DATA)$(origin CYTOKIT_WORK)$(wildcard data/raw/train.csv),fileundefined)
+ifneq ($(filter $(LATER),$(MAKECMDGOALS)),)
+ifneq ($(wildcard work/demo/logs/*/report.json),)
+DATA := $(DEMO)
+export CYTOKIT_WORK := $(CURDIR)/work/demo
+$(info data/raw has no train.csv: using make demo's run (DATA=$(DEMO) CYTOKIT_WORK=work/demo); DATA= chooses another)
+endif
+endif
+endif
+
+.PHONY: help setup lint test-unit test test-all bench export gpu-check demo-data demo all bccd weights folds masks train infer submission score tune-ensemble cls-report report validate predict clean clean-runs
+
+# make help lists the targets in the order of the work: start, the real data, using a run, checks, housekeeping
+HELP_ORDER := demo setup demo-data weights folds all train masks tune-ensemble infer submission validate score \
+	report cls-report predict export rehearsal gpu-check bccd test test-unit test-all lint bench clean clean-runs
 
 help: ## list the targets
-	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  Variables: DATA=$(DATA) K=$(or $(K),5) SEED=$(or $(SEED),42) (make folds; later steps: as prepared) MODEL=$(MODEL) FOLD=$(FOLD) JOBS=$(or $(JOBS),<recipe>) RECIPE=$(RECIPE) (see README)"
+	@awk -v order="$(HELP_ORDER)" 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{text[$$1]=$$2; seen[++n]=$$1} \
+	END{k=split(order, o, " "); for (i=1; i<=k; i++) if (o[i] in text) {printf "  make %-15s %s\n", o[i], text[o[i]]; done[o[i]]=1} \
+	for (i=1; i<=n; i++) if (!(seen[i] in done) && seen[i] != "help") printf "  make %-15s %s\n", seen[i], text[seen[i]]}' $(MAKEFILE_LIST)
+	@echo "  Variables: DATA=$(DATA) K=$(or $(K),5) SEED=$(or $(SEED),42) (make folds; later steps: as prepared)"
+	@echo "  MODEL=$(MODEL) FOLD=$(FOLD) JOBS=$(or $(JOBS),<recipe>) RECIPE=$(RECIPE) ENSEMBLE=$(or $(ENSEMBLE),<the last run's tuned one>)"
+	@echo "  DEVICE= ARGS=\"key=value ...\" on every command; make all EPOCHS= BATCH= DEVICE= WEIGHTS= set every member,"
+	@echo "  IMGSZ= every detector; upper case only (make train IMGSZ=640); see README"
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
@@ -60,60 +104,83 @@ bench: $(STAMP) ## speed benchmarks on the real annotation files, printed side b
 	$(PY) -m bench
 
 export: $(STAMP) ## ONNX + OpenVINO copies of ENSEMBLE's YOLO members and classifiers, checked against torch, timed
-	$(PY) -m infer.export --config $(ENSEMBLE) --data $(DATA) --images $(DATA)/images $(DS_KEYS)
+	$(CHECK)
+	$(PY) -m infer.export --config $(call q,$(or $(ENSEMBLE),$(shell $(PY) -m cytokit.lastrun $(DATA_Q) $(DS_KEYS)))) --data $(DATA_Q) --images $(call q,$(DATA)/images) $(DS_KEYS) $(RUN_ARGS)
 
-gpu-check: $(STAMP) ## on a CUDA machine: AMP steps, DDP, latency, throughput, TensorRT, MedSAM (<= 8 min; reduced on CPU)
-	$(PY) -m bench.gpu_check
+gpu-check: $(STAMP) ## on a GPU box first: /dev/shm, AMP, RECIPE's trainers, DDP, latency, TensorRT (<= 8 min)
+	$(CHECK)
+	$(PY) -m bench.gpu_check --recipe $(call q,$(RECIPE)) $(call opt,DEVICE,--device)
 
 demo-data: $(STAMP) ## generate the synthetic smear data set in DEMO (data/demo)
-	$(PY) -m prepare.synth --out $(DEMO) --images $(IMAGES) --seed $(or $(SEED),42)
+	$(CHECK)
+	$(PY) -m prepare.synth --out $(call q,$(DEMO)) --images $(IMAGES) --seed $(or $(SEED),42)
 
-weights: $(STAMP) ## download pretrained weights into weights/ (SET=default|all|names; the only target that uses the network)
-	$(PY) -m train.weights --set $(SET) $(call opt,MIRROR,--mirror)
+weights: $(STAMP) ## fetch the pretrained files RECIPE starts from (SET=all|names; the one networked target)
+	$(CHECK)
+	$(PY) -m $(if $(SET),train.weights --set $(SET),pipeline.weights --recipe $(call q,$(RECIPE))) $(call opt,MIRROR,--mirror)
 
 folds: $(STAMP) ## clean, group duplicates, make K stratified folds and the YOLO/COCO exports of DATA
-	$(PY) -m prepare.folds --data $(DATA) $(DS_OPTS) $(FOLD_OPTS)
+	$(CHECK)
+	$(PY) -m prepare.folds --data $(DATA_Q) $(DS_OPTS) $(FOLD_OPTS) $(ARGS)
 
 masks: $(STAMP) ## masks from boxes for the UNet (MedSAM when MEDSAM_CKPT=path|auto, else a classical fallback)
-	$(PY) -m train.unet.masks --data $(DATA) $(DS_OPTS) $(call opt,MEDSAM_CKPT,--medsam-ckpt)
+	$(CHECK)
+	$(PY) -m train.unet.masks --data $(DATA_Q) $(DS_OPTS) $(call qopt,MEDSAM_CKPT,--medsam-ckpt) $(if $(FORCE),--force) $(RUN_ARGS)
 
-all: $(STAMP) ## the whole RECIPE on DATA: folds, every member x fold (JOBS= at once), infer, tune, submission, report
-	$(PY) -m pipeline --recipe $(RECIPE) --data $(DATA) $(call opt,JOBS,--jobs) $(DS_KEYS) $(ARGS)
+all: $(STAMP) ## the whole RECIPE on DATA: folds, training (JOBS= or LAUNCHER=slurm), tuning, submission, report
+	$(CHECK)
+	$(CLUSTER_ENV) $(PY) -m pipeline --recipe $(call q,$(RECIPE)) --data $(DATA_Q) $(call opt,JOBS,--jobs) $(MEMBER_ARGS) $(DS_KEYS) $(ARGS)
 
-train: $(STAMP) ## train MODEL on FOLD (JOBS= EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS=auto|none|path RESUME=1 FORCE=1 ARGS="k=v")
-	$(PY) -m train --model $(MODEL) --fold $(FOLD) --data $(DATA) $(DS_OPTS) $(call opt,JOBS,--jobs) $(TRAIN_ARGS)
+train: $(STAMP) ## train MODEL on FOLD (or all) with the last run's settings; EPOCHS= IMGSZ= RESUME=1 FORCE=1
+	$(CHECK)
+	$(PY) -m train --model $(MODEL) --fold $(FOLD) --data $(DATA_Q) $(DS_OPTS) $(call opt,JOBS,--jobs) $(RECIPE_OPT) $(TRAIN_FLAGS) $(TRAIN_ARGS)
 
 infer: $(STAMP) ## predict test and out-of-fold images with every member of ENSEMBLE (with TTA)
-	$(PY) -m infer --config $(ENSEMBLE) --data $(DATA) $(DS_KEYS)
+	$(CHECK)
+	$(PY) -m infer $(ENS_OPT) --data $(DATA_Q) $(if $(FORCE),--force) $(DS_KEYS) $(RUN_ARGS)
 
 tune-ensemble: $(STAMP) ## search member weights and WBF settings on out-of-fold predictions
-	$(PY) -m infer.tune --config $(ENSEMBLE) --data $(DATA) $(DS_KEYS)
+	$(CHECK)
+	$(PY) -m infer.tune $(ENS_OPT) --data $(DATA_Q) $(DS_KEYS) $(RUN_ARGS)
 
 submission: $(STAMP) ## infer + fuse + write + validate the submission CSV in submissions/
-	$(PY) -m infer --config $(ENSEMBLE) --data $(DATA) --submission $(DS_KEYS)
+	$(CHECK)
+	$(PY) -m infer $(ENS_OPT) --data $(DATA_Q) --submission $(if $(FORCE),--force) $(DS_KEYS) $(RUN_ARGS)
 
 cls-report: $(STAMP) ## crop classifier vs detector classes on out-of-fold boxes (DETECTOR=yolov8|gt)
-	$(PY) -m infer.cls_report --data $(DATA) $(DS_OPTS) --detector $(DETECTOR)
+	$(CHECK)
+	$(PY) -m infer.cls_report $(ENS_OPT) --data $(DATA_Q) $(DS_OPTS) $(call opt,DETECTOR,--detector) $(RUN_ARGS)
 
 report: $(STAMP) ## one self-contained HTML page: data, folds, curves, OOF table with bootstrap intervals, errors
-	$(PY) -m pipeline.report --data $(DATA) $(DS_OPTS)
+	$(CHECK)
+	$(PY) -m pipeline.report $(ENS_OPT) --data $(DATA_Q) $(DS_OPTS) $(RUN_ARGS)
 
 validate: $(STAMP) ## validate SUB= against DATA's test.csv
-	$(PY) -m submit.validate --submission $(SUB) --test $(DATA)/test.csv --images $(DATA)/images
+	$(CHECK)
+	$(PY) -m submit.validate --submission $(call q,$(SUB)) --test $(call q,$(DATA)/test.csv) --images $(call q,$(DATA)/images)
 
 score: $(STAMP) ## score SUB= against TRUTH=, or the out-of-fold predictions when neither is given
-	$(if $(SUB),$(PY) -m submit.score --truth $(TRUTH) --submission $(SUB),$(PY) -m submit.oof --data $(DATA) $(DS_OPTS))
+	$(CHECK)
+	$(if $(SUB),$(PY) -m submit.score $(call qopt,TRUTH,--truth) --submission $(call q,$(SUB)) $(RUN_ARGS),$(PY) -m submit.oof --data $(DATA_Q) $(DS_OPTS) $(RUN_ARGS))
 
 bccd: $(STAMP) ## make all on the real BCCD smears (../shared/data/bccd, upstream split) from scratch on a CPU
-	$(PY) -m bench.bccd.data --all $(call opt,JOBS,--jobs) $(ARGS)
+	$(CHECK)
+	$(PY) -m pipeline.bccd $(call opt,JOBS,--jobs) $(ARGS)
 
 demo: $(STAMP) ## make all on synthetic data (configs/demo.yaml), from nothing, on a CPU, + the test score
-	$(PY) -m pipeline.demo --data $(DEMO) $(call opt,JOBS,--jobs) $(ARGS)
+	$(CHECK)
+	$(PY) -m pipeline.demo --data $(call q,$(DEMO)) $(call opt,JOBS,--jobs) $(ARGS)
 
 predict: $(STAMP) ## the run's ensemble on IMAGES=<folder or glob> (RUN= OUT= DEVICE= CONF=): CSV, JSON, drawings
 	$(if $(filter default file,$(origin IMAGES)),$(error give the images: make predict IMAGES=<folder or 'glob'>))
-	$(PY) -m infer.predict_images --images '$(IMAGES)' $(call opt,RUN,--run) $(call opt,OUT,--out) \
+	$(CHECK)
+	$(PY) -m infer.predict_images --images $(call q,$(IMAGES)) $(call opt,RUN,--run) $(call qopt,OUT,--out) \
 		$(call opt,DEVICE,--device) $(call opt,CONF,--conf)
 
-clean: ## remove generated outputs (work/, submissions/); keeps .venv and data/
-	rm -rf work submissions
+clean: ## remove caches and temporary files only; trained runs, predictions and submissions are kept
+	@$(CLEAN_PY) -m cytokit.makevars $(or $(MAKECMDGOALS),$@)
+	@$(CLEAN_PY) -m cytokit.cleanup caches
+
+clean-runs: ## list every generated output (runs, predictions, submissions, logs); deletes them with CONFIRM=1
+	@$(CLEAN_PY) -m cytokit.makevars $(or $(MAKECMDGOALS),$@)
+	@$(CLEAN_PY) -m cytokit.cleanup runs $(if $(CONFIRM),--confirm)

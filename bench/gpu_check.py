@@ -1,28 +1,37 @@
 """``make gpu-check``: one prepared run of every CUDA code path of the kit, in at most 8 minutes.
 
-    python -m bench.gpu_check [--budget 480] [--json FILE]
+    python -m bench.gpu_check [--budget 480] [--json FILE] [--recipe configs/recipe.yaml] [--device cpu]
 
 On a CUDA machine, in order (each step timed; a step that fails is recorded
 and the run goes on; a step that would pass the deadline is skipped and named):
 
-1. AMP training steps of each model family on synthetic data: YOLOv8 (ultralytics'
+1. /dev/shm against what the recipe's training jobs hold in DataLoader batches
+   (its jobs at once x workers x batch; Docker's default 64 MB fails here, not
+   an hour into ``make all``).
+2. AMP training steps of each model family on synthetic data: YOLOv8 (ultralytics'
    model and loss), Faster R-CNN and RetinaNet (the kit's torchvision loop), the
    UNet and the crop classifier: loss finite, weights changed.
-2. The real trainers, one epoch on a generated smear set (``make demo-data`` +
-   ``make folds``): yolov8 and fasterrcnn_mobilenet on GPU 0 (AMP check,
-   checkpoints, out-of-fold score).
-3. DDP: ``torchrun`` over the visible GPUs (fasterrcnn_mobilenet, NCCL) and
+3. The real trainers, one epoch on a generated smear set (``make demo-data`` +
+   ``make folds``, enough images that every DataLoader worker starts): the
+   recipe's first detector and its classifier with the recipe's image size,
+   batch and workers (random initial weights), and fasterrcnn_mobilenet, on GPU
+   0 (AMP check, checkpoints, out-of-fold score).
+4. DDP: ``torchrun`` over the visible GPUs (fasterrcnn_mobilenet, NCCL) and
    ultralytics' own DDP (``device=0,1``); needs 2 GPUs.
-4. Prediction of the trained yolov8 on the GPU against the CPU.
-5. The default ensemble (yolov8 x 5 folds, identity + hflip, WBF) with a crop
-   classifier per fold, per-image latency against the challenge's 500 ms rule.
-6. Batch-32 throughput of each member kind.
-7. A TensorRT fp16 engine of YOLOv8n, where the ``tensorrt`` package is installed.
-8. MedSAM ViT-B embedding time.
+5. Prediction of that detector (its run folder found through ``cytokit.dataset``,
+   as every step of the kit finds it) on the GPU against the CPU.
+6. The recipe's ensemble (``pipeline.recipe.ensemble_values``: every member x
+   fold with its TTA views, the fusion, every classifier fold with its flips) on
+   random weights, per-image latency against the challenge's 500 ms rule.
+7. Batch-32 throughput of each member kind.
+8. A TensorRT fp16 engine of YOLOv8n, where the ``tensorrt`` package is installed.
+9. MedSAM ViT-B embedding time.
 
-Then one table. Without CUDA it runs a reduced version on the CPU (AMP off,
-small sizes; the slow test tier runs it) and names every step it skipped.
-Exit status 1 when a step failed.
+Then one table. Without CUDA (or with ``--device cpu``) every step but the
+GPU-only ones (fasterrcnn_mobilenet's epoch, DDP, TensorRT) runs on the CPU at
+tiny sizes (AMP off; two folds of the recipe's ensemble; the tests run it), so
+a wrong path or a broken step shows on any machine. Exit status 1 when a step
+failed.
 """
 from __future__ import annotations
 
@@ -37,8 +46,10 @@ from pathlib import Path
 
 import torch
 
-from cytokit import env, io
+from cytokit import config as kit_config
+from cytokit import env, io, paths
 
+RECIPE = paths.CONFIGS / "recipe.yaml"  # the recipe whose sizes and ensemble the check uses
 BUDGET_S = 480  # the whole check, seconds
 RULE_MS = 500.0  # the challenge's per-image rule
 
@@ -93,34 +104,6 @@ class Runner:
         return "\n".join(lines)
 
 
-def ensemble_latency(device: str, folder: Path, n_images: int) -> str:
-    """The default ensemble + classifier per image on ``device`` (bench.bench_backends' pipeline)."""
-    from PIL import Image
-
-    from bench.bench_backends import cls_weights, pipeline, yolo_weights
-    from bench.bench_overhead import smears
-    from cytokit import paths
-    from infer import blend, predict
-    from infer.config import load_config
-
-    cfg = load_config(paths.CONFIGS / "ensemble.yaml")
-    members = [predict.load_member("yolov8", f, yolo_weights(folder, f), device) for f in range(5)]
-    classifiers = blend.load_members([(cls_weights(folder, f), None) for f in range(5)], device)
-    (folder / "images").mkdir()
-    pairs = []
-    for i, im in enumerate(smears(n_images)):
-        Image.fromarray(im).save(folder / "images" / f"{i}.png")
-        pairs.append((f"{i}.png", im))
-    cells = {n: 1 for n, _ in pairs}
-    pipeline(members, classifiers, pairs[:2], folder / "images", cells, cfg, 1)  # warm-up (cuDNN, allocator)
-    t = min((pipeline(members, classifiers, pairs, folder / "images", cells, cfg, 1) for _ in range(2)),
-            key=lambda r: r["total"])
-    ms = {k: 1000 * v / n_images for k, v in t.items() if k != "crops"}
-    return (f"{ms['total']:.1f} ms per image (detect {ms['detect']:.1f}, fuse {ms['fuse']:.1f}, classify "
-            f"{ms['classify']:.1f}), {n_images} images, one per call; {RULE_MS:.0f} ms rule "
-            f"{'met' if ms['total'] <= RULE_MS else 'MISSED'}")
-
-
 def environment() -> str:
     import platform
 
@@ -130,18 +113,30 @@ def environment() -> str:
             f"{torch.get_num_threads()} threads")
 
 
-def run_checks(budget_s: float, work: Path) -> Runner:
-    """Every step of the module docstring, reduced without CUDA."""
+def run_checks(budget_s: float, work: Path, device: str | None = None,
+               recipe_path: Path = RECIPE) -> Runner:
+    """Every step of the module docstring on ``device`` (default: cuda:0 when there is CUDA); on the CPU
+    at tiny sizes, the GPU-only steps skipped."""
     from bench import gpu_steps as s
+    from pipeline import recipe as recipes
 
-    cuda = torch.cuda.is_available()
+    rec = recipes.load(recipe_path)
+    cuda = torch.cuda.is_available() and not (device or "").startswith("cpu")
     gpus = torch.cuda.device_count() if cuda else 0
-    dev = "cuda:0" if cuda else "cpu"
+    dev = device or ("cuda:0" if cuda else "cpu")
+    train_dev = dev.removeprefix("cuda:") if cuda else "cpu"
     no_cuda = None if cuda else "needs CUDA"
     two = None if gpus >= 2 else f"needs 2 GPUs ({gpus} visible)"
-    big = (8, 256, 3) if cuda else (2, 64, 2)  # batch, imgsz, steps
+    tiny = not cuda
+    big = (8, 256, 3) if cuda else (2, 64, 2)  # batch, imgsz, steps of the AMP steps
+    det, cls = rec.detector_list()[0], (rec.classifier_list() or [None])[0]
+    det_args = s.train_overrides(det, "detector", tiny)
+    cls_args = s.train_overrides(cls, "classifier", tiny) if cls else []
+    given = kit_config.parse_overrides(det_args)
+    images = s.synthetic_images(int(given.get("workers", 0)), int(given.get("batch", 1)))
     r = Runner(budget_s)
     r.step("environment", environment)
+    r.step(f"/dev/shm for {recipe_path.name}", lambda: s.shm_check(rec))
     r.step("AMP yolov8", lambda: s.amp_yolo(dev, big[2], big[1], big[0]), min_s=10)
     arch = "fasterrcnn_resnet50_fpn_v2" if cuda else "fasterrcnn_mobilenet_v3_large_fpn"
     r.step(f"AMP {arch}", lambda: s.amp_tv(arch, dev, big[2], max(big[1], 128), big[0] // 2), min_s=15)
@@ -149,29 +144,36 @@ def run_checks(budget_s: float, work: Path) -> Runner:
                                                               max(big[1], 128), big[0] // 2), min_s=15)
     r.step("AMP unet", lambda: s.amp_unet(dev, big[2], big[1], big[0]), min_s=10)
     r.step("AMP classifier", lambda: s.amp_cls(dev, big[2], 224 if cuda else 32, 4 * big[0]), min_s=10)
-    r.step("synthetic data + folds", lambda: str(r.state.setdefault("data", s.synthetic_data(work))),
-           needs=no_cuda, min_s=40)
+    data_step = "synthetic data + folds"
+    r.step(data_step, lambda: str(r.state.setdefault("data", s.synthetic_data(work, 24 if tiny else images))),
+           min_s=40)
     data = r.state.get("data")
-    yolo_args = ["imgsz=256", "batch=8", "workers=2", "plots=false"]
-    r.step("train yolov8, 1 epoch", lambda: s.train_e2e(work, data, "yolov8", "0", r.left() - 5, yolo_args),
-           needs=no_cuda, min_s=60, after="synthetic data + folds")
+    shown = " ".join(a for a in det_args if a.startswith(("imgsz=", "batch=", "workers=")))
+    train_det = f"train {det.model} ({shown}), 1 epoch"
+    r.step(train_det, lambda: s.train_e2e(work, data, det.model, train_dev, r.left() - 5, det_args),
+           min_s=60, after=data_step)
+    if cls:
+        shown = " ".join(a for a in cls_args if a.startswith(("imgsz=", "batch=", "workers=")))
+        r.step(f"train {cls.model} ({shown}), 1 epoch",
+               lambda: s.train_e2e(work, data, cls.model, train_dev, r.left() - 5, cls_args),
+               min_s=45, after=train_det)
     r.step("train fasterrcnn_mobilenet, 1 epoch",
            lambda: s.train_e2e(work, data, "fasterrcnn_mobilenet", "0", r.left() - 5,
                                ["imgsz=256", "batch=4", "workers=2"]),
-           needs=no_cuda, min_s=45, after="synthetic data + folds")
+           needs=no_cuda, min_s=45, after=data_step)
     run = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
     r.step(f"DDP torchrun x{gpus} fasterrcnn_mobilenet",
            lambda: s.train_e2e(work, data, "fasterrcnn_mobilenet", "", r.left() - 5,
                                ["imgsz=256", "batch=4", "workers=2"], launcher=run),
-           needs=no_cuda or two, min_s=60, after="synthetic data + folds")
+           needs=no_cuda or two, min_s=60, after=data_step)
     r.step("DDP ultralytics yolov8 device=0,1",
            lambda: s.train_e2e(work, data, "yolov8", ",".join(map(str, range(gpus))), r.left() - 5,
                                ["imgsz=256", "batch=16", "workers=2", "plots=false"]),
-           needs=no_cuda or two, min_s=90, after="synthetic data + folds")
-    r.step("predict on GPU vs CPU", lambda: s.predict_agreement(work, data, dev), needs=no_cuda, min_s=15,
-           after="train yolov8, 1 epoch")
-    r.step("default ensemble + TTA + classifier latency",
-           lambda: ensemble_latency(dev, work / "latency", 16 if cuda else 2), min_s=30)
+           needs=no_cuda or two, min_s=90, after=data_step)
+    r.step(f"predict {det.model} on {dev} vs CPU", lambda: s.predict_agreement(work, data, dev, det.model),
+           min_s=15, after=train_det)
+    r.step(f"{recipe_path.name} ensemble latency",
+           lambda: s.recipe_latency(rec, dev, work / "latency", 2 if tiny else 16, tiny, RULE_MS), min_s=30)
     r.step(f"batch-{32 if cuda else 2} throughput",
            lambda: s.throughput(dev, 32 if cuda else 2, 64 if cuda else 2, work), min_s=30)
     r.step("TensorRT fp16 YOLOv8n", lambda: s.tensorrt_yolo(work), needs=no_cuda or s.tensorrt_missing(),
@@ -184,13 +186,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n")[0])
     parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for the whole check")
     parser.add_argument("--json", type=Path, help="also write the table as JSON here")
+    parser.add_argument("--recipe", type=Path, default=RECIPE,
+                        help="the recipe whose ensemble, image sizes, workers and batches are checked")
+    parser.add_argument("--device", help="cuda:0 (default with CUDA) or cpu (every step at tiny sizes)")
     args = parser.parse_args(argv)
     env.apply()
     io.setup_logging()
-    if not torch.cuda.is_available():
-        print("no CUDA device: the reduced CPU version (AMP off, small sizes; GPU-only steps skipped)")
+    if not torch.cuda.is_available() or (args.device or "").startswith("cpu"):
+        print("no CUDA device: the reduced CPU version (AMP off, small sizes; GPU-only steps skipped)"
+              if not torch.cuda.is_available() else "--device cpu: every step on the CPU at tiny sizes")
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
-        runner = run_checks(args.budget, Path(tmp))
+        runner = run_checks(args.budget, Path(tmp), args.device, args.recipe)
     print(runner.table())
     if args.json:
         io.atomic_write_text(args.json, json.dumps([dataclasses.asdict(r) for r in runner.rows], indent=2))

@@ -6,12 +6,15 @@ weights random: the checks are about code paths, memory and speed, not accuracy.
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -158,24 +161,236 @@ def train_e2e(work: Path, data: Path, model: str, device: str, timeout: float, e
     return line[-1].split(" -> ")[0]
 
 
-def predict_agreement(work: Path, data: Path, device: str) -> str:
-    """The trained yolov8 of ``train_e2e`` predicting on ``device`` vs the CPU (autocast vs fp32)."""
+@contextlib.contextmanager
+def work_env(work: Path) -> Iterator[Path]:
+    """``CYTOKIT_WORK`` as ``run_cli`` gives it to the steps' subprocesses (``work/work``), in this
+    process too, so that ``cytokit.dataset`` / ``cytokit.paths`` find what they wrote."""
+    before = os.environ.get("CYTOKIT_WORK")
+    os.environ["CYTOKIT_WORK"] = str(work / "work")
+    try:
+        yield work / "work"
+    finally:
+        if before is None:
+            os.environ.pop("CYTOKIT_WORK", None)
+        else:
+            os.environ["CYTOKIT_WORK"] = before
+
+
+def run_dir(work: Path, data: Path, model: str, fold: int = 0) -> Path:
+    """The run folder ``python -m train`` wrote for ``model`` fold ``fold`` of the synthetic data (the
+    prepared dataset's id, as every step of the kit finds it)."""
+    from cytokit import dataset
+
+    with work_env(work):
+        return dataset.resolve(data, 2, 0).run_dir(model, fold)
+
+
+def predict_agreement(work: Path, data: Path, device: str, model: str = "yolov8") -> str:
+    """The detector ``train_e2e`` trained predicting on ``device`` vs the CPU (autocast vs fp32)."""
     from cytokit.images import load_rgb
     from infer import predict, tta
 
-    weights = work / "work" / "runs" / "yolov8" / "fold0" / "best.pt"  # what train_e2e wrote
+    weights = run_dir(work, data, model) / "best.pt"
     names = sorted(p.name for p in (data / "images").iterdir())[:8]
     pairs = [(n, load_rgb(data / "images" / n)) for n in names]
     views = tta.get_views(["identity", "hflip"])
     # one epoch barely moves the prior of the class scores (~1e-4): a threshold that keeps boxes to compare
-    tables = [predict.predict_arrays(predict.load_member("yolov8", 0, weights, d), pairs, views, "yolov8", 0,
+    tables = [predict.predict_arrays(predict.load_member(model, 0, weights, d), pairs, views, model, 0,
                                      conf=1e-5) for d in (device, "cpu")]
     if not (len(tables[0]) and len(tables[1])):
         raise AssertionError(f"no boxes to compare ({len(tables[0])} on {device}, {len(tables[1])} on CPU)")
     gpu, cpu = (t.sort_values("score", ascending=False).head(20) for t in tables)
     n = min(len(gpu), len(cpu))
     diff = float(np.abs(gpu["score"].to_numpy()[:n] - cpu["score"].to_numpy()[:n]).max(initial=0))
-    return f"{len(tables[0])} rows on {device}, {len(tables[1])} on CPU; top-20 score difference {diff:.1e}"
+    return f"{model}: {len(tables[0])} rows on {device}, {len(tables[1])} on CPU; top-20 score difference " \
+           f"{diff:.1e}"
+
+
+def with_values(overrides: list[str], **values: Any) -> list[str]:
+    """``overrides`` with the keys of ``values`` replaced (or added)."""
+    kept = [o for o in overrides if o.partition("=")[0].strip() not in values]
+    return [*kept, *(f"{k}={v}" for k, v in values.items())]
+
+
+TINY = {"detector": {"imgsz": 64, "batch": 2, "workers": 1, "size": "n"},  # the CPU test's sizes
+        "classifier": {"imgsz": 32, "batch": 4, "workers": 1}}
+
+
+def train_overrides(member: Any, kind: str, tiny: bool) -> list[str]:
+    """A recipe member's overrides for a one-epoch check: its own image size, batch and workers (the
+    tiny ones of ``TINY`` on the CPU), random initial weights, no plots."""
+    extra = {"epochs": 1, "pretrained": "none", **({"plots": "false"} if kind == "detector" else {})}
+    return with_values(list(member.overrides), **extra, **(TINY[kind] if tiny else {}))
+
+
+def synthetic_images(workers: int, batch: int, k: int = 2, test_fraction: float = 0.25) -> int:
+    """Synthetic images for the training check: one fold's training part holds ``workers + 1`` batches,
+    so that ultralytics starts every worker the recipe asks for (it starts no more than batches)."""
+    return max(24, math.ceil((workers + 1) * batch / ((1 - test_fraction) * (k - 1) / k)))
+
+
+def random_run(model: str, overrides: list[str], folder: Path, fold: int) -> Path:
+    """A run folder of random weights of ``model`` with its resolved config (``config.yaml``), as a real
+    run has it: ``folder/<model>/fold<fold>/best.pt``. YOLO heads are spread out so that boxes score
+    above the ensemble's threshold (something to fuse and classify)."""
+    from cytokit import classes
+    from cytokit import config as kit_config
+    from train import checkpoint, registry
+
+    cfg = registry.load_config(model, list(overrides))
+    out = folder / model / f"fold{fold}"
+    out.mkdir(parents=True, exist_ok=True)
+    kit_config.save(cfg, out / "config.yaml")
+    path = out / "best.pt"
+    torch.manual_seed(fold)
+    if model in ("yolov5", "yolov8", "yolo11"):
+        from ultralytics.nn.tasks import DetectionModel
+
+        from bench.bench_infer import ULTRA
+
+        net = DetectionModel(ULTRA[model].format(size=cfg.size), nc=classes.NUM_CLASSES, verbose=False)
+        with torch.no_grad():
+            head = net.model[-1]
+            for p in head.parameters():
+                p.add_(torch.randn_like(p) * 0.3)
+            for branch in head.cv3:
+                branch[-1].bias.normal_(-3.0, 1.0)
+        torch.save({"model": net}, path)
+    elif model in ("cls", "cls_full"):
+        from train.cls import model as cls_model
+
+        net = cls_model.build_model(cfg.backbone, box_size=cfg.box_size)
+        checkpoint.save(path, net, kit_config.to_dict(cfg), 0, metric=0.0)
+    else:
+        torch.save(registry.get(model)().build(cfg).state_dict(), path)
+    return path
+
+
+def recipe_ensemble(recipe: Any, folder: Path, device: str, tiny: bool) -> tuple[Any, str]:
+    """The recipe's ensemble (``pipeline.recipe.ensemble_values``: its members, folds, TTA views and
+    classifier) on random weights written under ``folder``; tiny: two folds at ``TINY`` sizes."""
+    import types
+
+    from cytokit import config as kit_config
+    from infer.config import EnsembleConfig
+    from pipeline.recipe import ensemble_values
+
+    dets, clss = recipe.detector_list(), recipe.classifier_list()
+    folds = {m.model: (m.folds[:2] if tiny else m.folds) for m in dets + clss}
+    for kind, members in (("detector", dets), ("classifier", clss)):
+        for m in members:
+            overrides = with_values(list(m.overrides), **(TINY[kind] if tiny else {}))
+            for f in folds[m.model]:
+                random_run(m.model, overrides, folder, f)
+    stub = types.SimpleNamespace(k=recipe.k, seed=recipe.seed)
+    values = ensemble_values(recipe, stub, {m.model: folds[m.model] for m in dets},
+                             {m.model: folds[m.model] for m in clss})
+    template = str(folder / "{model}" / "fold{fold}" / "best.pt")
+    for m in values["members"]:
+        m["weights"] = template
+    for m in (values.get("classifier") or {}).get("members", []):
+        m["weights"] = template
+    cfg = kit_config.from_dict(EnsembleConfig, {**values, "device": device}, "the recipe's ensemble")
+    sizes = ", ".join(f"{m.model} x{len(m.folds)}" for m in cfg.member_list())
+    section = cfg.classifier_section()
+    cls = f" + {', '.join(f'{c.model} x{len(c.folds)}' for c in section.members)}" if section else ""
+    return cfg, f"{sizes}{cls}, views {'+'.join(cfg.tta)}"
+
+
+def recipe_latency(recipe: Any, device: str, folder: Path, n_images: int, tiny: bool,
+                   rule_ms: float = 500.0) -> str:
+    """Per-image latency of the recipe's ensemble (every member fold with every TTA view, fusion, the
+    classifier folds with their flips), one image per call, on ``device``, against ``rule_ms``."""
+    import pandas as pd
+    from PIL import Image
+
+    from bench.bench_overhead import smears
+    from infer import blend, fuse, predict, tta
+
+    cfg, what = recipe_ensemble(recipe, folder / "runs", device, tiny)
+    members = [(m.model, f, predict.load_member(m.model, f, Path(m.weights.format(model=m.model, fold=f)),
+                                                cfg.device, m.overrides, cfg.backend))
+               for m in cfg.member_list() for f in m.folds]
+    section = cfg.classifier_section()
+    classifiers = blend.load_members(
+        [(Path(c.weights.format(model=c.model, fold=f)), None) for c in section.members
+         for f in c.folds], cfg.device, cfg.backend) if section else []
+    images_dir = folder / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for i, im in enumerate(smears(n_images)):
+        Image.fromarray(im).save(images_dir / f"{i}.png")
+        pairs.append((f"{i}.png", im))
+    cells = {n: 1 for n, _ in pairs}
+    views = tta.get_views(cfg.tta)
+    params = cfg.fuse_params("wbf" if cfg.fusion == "auto" else cfg.fusion)
+
+    def one_pass(images: list) -> dict[str, float]:
+        t0 = time.perf_counter()
+        tables = [predict.predict_arrays(p, images, views, model, f, cfg.conf, cfg.max_det, 1)
+                  for model, f, p in members]
+        t1 = time.perf_counter()
+        fused = fuse.fuse(pd.concat(tables, ignore_index=True), params, progress=False)
+        t2 = time.perf_counter()
+        if classifiers:
+            probs = blend.classifier_probs(fused, images_dir, classifiers, section.tta, cells)
+            blend.blend_table(fused, probs, section.weight, section.full_weight)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t3 = time.perf_counter()
+        return {"detect": t1 - t0, "fuse": t2 - t1, "classify": t3 - t2, "total": t3 - t0,
+                "boxes": float(len(fused))}
+
+    one_pass(pairs[:2])  # warm-up (cuDNN, allocator)
+    t = min((one_pass(pairs) for _ in range(2)), key=lambda r: r["total"])
+    ms = {k: 1000 * v / n_images for k, v in t.items() if k != "boxes"}
+    return (f"{ms['total']:.1f} ms per image (detect {ms['detect']:.1f}, fuse {ms['fuse']:.1f}, classify "
+            f"{ms['classify']:.1f}) for {what}, {t['boxes'] / n_images:.0f} fused boxes per image, "
+            f"{n_images} images, one per call{' (tiny sizes)' if tiny else ''}; {rule_ms:.0f} ms rule "
+            f"{'met' if ms['total'] <= rule_ms else 'MISSED'}")
+
+
+def shm_need(recipe: Any, cores: int) -> list[tuple[str, int]]:
+    """Bytes of /dev/shm one training job of each recipe member may hold in DataLoader batches: workers
+    x prefetched batches x batch bytes. YOLO (ultralytics): uint8 images at imgsz, a training loader
+    (workers, 4 batches each) and a validation loader (2 x workers, 2 x batch, 2 batches each), both
+    alive at once, each capped at the ``cores`` it may use; the crop classifier: float32 crops, 2 batches
+    per worker, one loader at a time."""
+    from train import registry
+
+    out = []
+    for m in recipe.detector_list() + recipe.classifier_list():
+        cfg = registry.load_config(m.model, list(m.overrides))
+        workers, batch, imgsz = int(getattr(cfg, "workers", 0)), int(cfg.batch), int(cfg.imgsz)
+        image = 3 * imgsz * imgsz
+        if m.model in ("yolov5", "yolov8", "yolo11"):
+            need = min(workers, cores) * 4 * batch * image + min(2 * workers, cores) * 2 * 2 * batch * image
+        else:
+            need = min(workers, cores) * 2 * batch * image * 4
+        out.append((m.model, need))
+    return out
+
+
+def shm_check(recipe: Any, limits: Any = None) -> str:
+    """Free /dev/shm (``cytokit.resources``) against the recipe's jobs at once x the largest member's
+    need (``shm_need``); raises with the fix when it falls short (Docker's default 64 MB)."""
+    from cytokit import resources
+
+    limits = limits or resources.Limits()
+    free = limits.shm_bytes()
+    share = resources.job_share(recipe.jobs, limits)
+    needs = shm_need(recipe, share.cores)
+    model, worst = max(needs, key=lambda x: x[1])
+    need = worst * recipe.jobs
+    detail = ", ".join(f"{m} {resources.fmt_bytes(n)}" for m, n in needs)
+    if free is None:
+        return f"no /dev/shm here (DataLoader workers use the file system); per job: {detail}"
+    text = (f"/dev/shm {resources.fmt_bytes(free)} free, the recipe needs up to {resources.fmt_bytes(need)} "
+            f"({recipe.jobs} job(s) x {model}; per job: {detail})")
+    if free < need:
+        raise RuntimeError(f"{text}: DataLoader workers will die with 'Bus error'; give the container more "
+                           "(docker run --shm-size=8g, or --ipc=host) or lower the members' workers=")
+    return text
 
 
 def throughput(device: str, batch: int, n: int, folder: Path) -> list[str]:

@@ -14,8 +14,10 @@ so ``x/raw`` and ``y/raw`` never share an id)::
     yolo/images/<NAME>   symlinks to the raw images (or resized copies when resize is set)
     yolo/labels/<stem>.txt   "<class id> cx cy w h", normalised (ids: cytokit.classes order)
     fold<f>/data.yaml    ultralytics data file: train/val lists below, the 23 names in order
-    fold<f>/train.txt    absolute paths under yolo/images of the fold's training images
-    fold<f>/val.txt      same for its validation images
+    fold<f>/train.txt    absolute paths under fold<f>/train/images of the fold's training images
+    fold<f>/val.txt      same for its validation images (under fold<f>/val/images)
+    fold<f>/{train,val}/{images,labels}   links to yolo/images, yolo/labels: each list gets its
+                         own ultralytics labels.cache (fold<f>/<part>/labels.cache)
     fold<f>/coco_train.json, fold<f>/coco_val.json
                          COCO detection json (file_name relative to yolo/images,
                          bbox absolute xywh in the exported image's pixels,

@@ -16,6 +16,7 @@ ever read. Layout under the work folder::
     work/submissions/              submissions, when CYTOKIT_WORK is set (else <root>/submissions)
     work/predict/<stamp>/          make predict on new images: predictions.csv/.json, annotated/
     work/config/                   ultralytics / matplotlib config dirs (offline set-up)
+    work/locks/<data>-<digest>.lock  held by the make all / make demo running on that data folder
     work/<name>/                   a nested work folder of a self-contained run (make demo, BCCD)
 """
 from __future__ import annotations
@@ -173,3 +174,10 @@ def logs_dir(dataset_id: str) -> Path:
 def run_report(dataset_id: str) -> Path:
     """``report.json`` of the last ``make all`` / ``make demo`` on a dataset: every step's time and score."""
     return logs_dir(dataset_id) / "report.json"
+
+
+def lock_file(data: Path) -> Path:
+    """The lock of ``make all`` on the data folder ``data`` in this work folder (``pipeline.lock``):
+    ``work/locks/<data folder name>-<digest of its absolute path>.lock``."""
+    data = Path(data).resolve()
+    return work_dir() / "locks" / f"{data.name or 'root'}-{_digest(str(data))}.lock"

@@ -12,7 +12,12 @@ step that sizes workers, threads or caches asks here instead:
   ``SLURM_MEM_PER_CPU`` (MiB), the smallest;
 - ``shm_bytes()``: the free space of ``/dev/shm`` (Docker's default is 64 MiB,
   where PyTorch DataLoader workers die with "Bus error");
-- ``job_share(jobs)``: the cores and memory of one of ``jobs`` training jobs run at once.
+- ``job_share(jobs)``: the cores and memory of one of ``jobs`` training jobs run at once;
+- ``capped_workers(requested, ...)``: THE cap of every family's DataLoader workers: the job's
+  share of cores (``CYTOKIT_JOBS`` jobs at once, set by ``train.parallel``; torchrun's ranks),
+  then its share of /dev/shm (fewer workers and one warning naming ``--shm-size`` instead of
+  workers killed by "Bus error");
+- ``cache_budget(share)``: bytes a job's in-memory cache may hold (``share`` of its memory).
 
 The files and variables are read through ``Limits(root=..., env=...)`` so tests can
 simulate a cgroup or a SLURM job on any machine.
@@ -20,15 +25,20 @@ simulate a cgroup or a SLURM job on any machine.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 GIB = 1024 ** 3
 MIB = 1024 ** 2
 NO_LIMIT = 1 << 60  # cgroup v1 reports "no limit" as a huge number (9223372036854771712)
+JOBS_ENV = "CYTOKIT_JOBS"  # training jobs run at once, set by train.parallel for each job
+SHM_USE = 0.8  # share of a job's /dev/shm its DataLoader workers may fill (the rest: torch, other users)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,11 +169,32 @@ class Limits:
 
     def shm_bytes(self) -> int | None:
         """Free bytes of /dev/shm (None where there is none, e.g. macOS)."""
-        shm = self.root / "dev" / "shm"
+        usage = self._shm_usage()
+        return None if usage is None else usage.free
+
+    def _shm_usage(self):
         try:
-            return shutil.disk_usage(shm).free
+            return shutil.disk_usage(self.root / "dev" / "shm")
         except OSError:
             return None
+
+    def shm_share(self, jobs: int = 1) -> int | None:
+        """Bytes of /dev/shm for one of ``jobs`` jobs at once: its free space, at most size / ``jobs``
+        (the jobs started one after the other would each see the whole free space)."""
+        usage = self._shm_usage()
+        if usage is None:
+            return None
+        return min(usage.free, usage.total // max(1, jobs))
+
+    def job_count(self) -> int:
+        """Training jobs at once as the orchestrator set it for its children (``CYTOKIT_JOBS``), else 1."""
+        value = str(self._env().get(JOBS_ENV, "1")).strip()
+        return int(value) if value.isdigit() and int(value) > 0 else 1
+
+    def ranks(self) -> int:
+        """Processes of this job on this node: torchrun's ``LOCAL_WORLD_SIZE`` (1 outside torchrun)."""
+        value = str(self._env().get("LOCAL_WORLD_SIZE", "1")).strip()
+        return int(value) if value.isdigit() and int(value) > 0 else 1
 
 
 def default_limits() -> Limits:
@@ -189,17 +220,55 @@ def job_share(jobs: int = 1, limits: Limits | None = None) -> Share:
     return Share(cores=max(1, limits.cpu_cores() // jobs), memory=limits.memory_bytes() // jobs)
 
 
-def job_count() -> int:
+def job_count(limits: Limits | None = None) -> int:
     """Training jobs at once as the orchestrator set it for its children (``CYTOKIT_JOBS``), else 1."""
-    value = os.environ.get("CYTOKIT_JOBS", "1")
-    return int(value) if value.isdigit() and int(value) > 0 else 1
+    return (limits or default_limits()).job_count()
 
 
-def capped_workers(requested: int, limits: Limits | None = None) -> int:
-    """DataLoader workers for one job: ``requested``, at most the job's share of cores less one for the
-    main process (ultralytics doubles workers for validation; each worker is a process)."""
-    share = job_share(job_count(), limits)
-    return max(0, min(int(requested), share.cores - 1 if share.cores > 1 else 0))
+def loader_shm_bytes(batch: int, imgsz: int, prefetch: int = 2, channels: int = 3, itemsize: int = 4) -> int:
+    """/dev/shm one DataLoader worker fills: ``prefetch`` batches of ``batch`` x ``channels`` x
+    ``imgsz``^2 values of ``itemsize`` bytes (torch hands each batch to the main process there)."""
+    return int(prefetch) * int(batch) * int(channels) * int(imgsz) ** 2 * int(itemsize)
+
+
+def cache_budget(share: float, limits: Limits | None = None) -> int:
+    """Bytes an in-memory cache of one job may hold: ``share`` of the job's memory (the cgroup / SLURM
+    limit, not the machine's RAM, divided by the ``CYTOKIT_JOBS`` jobs at once)."""
+    limits = limits or default_limits()
+    return int(share * job_share(limits.job_count(), limits).memory)
+
+
+def capped_workers(requested: int, limits: Limits | None = None, *, multiple: int = 1,
+                   shm_per_worker: int = 0, what: str = "DataLoader") -> int:
+    """THE cap of DataLoader workers for one job (every family calls it).
+
+    ``requested`` workers, at most the job's share of cores (``CYTOKIT_JOBS`` jobs, torchrun's ranks)
+    less one for the main process, divided by ``multiple`` (how many times the trainer starts
+    ``requested`` workers at once: 2 for ultralytics, whose validation loader doubles them) and at
+    least 1 when the share has a core to spare. Then /dev/shm: when ``shm_per_worker`` bytes (what one
+    unit of ``requested`` fills, all loaders together) times the workers exceed ``SHM_USE`` of the job's
+    share of /dev/shm, fewer workers (0: the main process loads, no shared memory) and one warning that
+    names ``--shm-size``. torch's ``file_system`` sharing strategy would not help: it too lives in /dev/shm.
+    """
+    limits = limits or default_limits()
+    requested = max(0, int(requested))
+    jobs, ranks = limits.job_count(), limits.ranks()
+    cores = max(1, job_share(jobs, limits).cores // ranks)
+    spare = cores - 1
+    by_cores = max(1, spare // max(1, multiple)) if spare > 0 else 0
+    workers = min(requested, by_cores)
+    if workers < requested:
+        log.info("%s workers: %d of the %d asked (this job's share: %d core(s), %d job(s) at once%s)", what,
+                 workers, requested, cores, jobs, f", {ranks} ranks" if ranks > 1 else "")
+    shm = limits.shm_share(jobs * ranks) if shm_per_worker > 0 and workers > 0 else None
+    if shm is not None and workers * shm_per_worker > SHM_USE * shm:
+        fit = min(workers, int(SHM_USE * shm // shm_per_worker))
+        need = workers * shm_per_worker * jobs * ranks / SHM_USE
+        log.warning("/dev/shm: %s for this job; %d %s workers need ~%s: using %d (give the container more, "
+                    "e.g. docker run --shm-size=%dg, or set workers=%d)", fmt_bytes(shm), workers, what,
+                    fmt_bytes(workers * shm_per_worker), fit, max(1, math.ceil(need / GIB)), fit)
+        workers = fit
+    return workers
 
 
 def fmt_bytes(n: float) -> str:

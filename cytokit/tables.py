@@ -266,6 +266,3 @@ def read_train(path: Path) -> pd.DataFrame:
 def read_test(path: Path) -> pd.DataFrame:
     return read(path, "test")
 
-
-def read_submission(path: Path) -> pd.DataFrame:
-    return read(path, "submission")

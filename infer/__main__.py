@@ -1,23 +1,24 @@
 """``python -m infer``: every ensemble member with TTA over the test (and out-of-fold) images, then fusion.
 
-    python -m infer --config configs/ensemble.yaml --data DATA [--submission] [--out DIR] [--force]
+    python -m infer [--config ENSEMBLE.yaml] --data DATA [--submission] [--out DIR] [--force]
                     [key=value ...]
 
-(``make infer`` / ``make submission``). What it writes and reuses: ``infer.ensemble``.
+(``make infer`` / ``make submission``). What it writes and reuses: ``infer.ensemble``. Without
+``--config`` (ENSEMBLE=): the last ``make all``'s tuned ensemble of the dataset (``cytokit.lastrun``).
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from cytokit import env, io, paths
+from cytokit import env, io, lastrun, paths
 from infer.config import load_config
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infer", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path, default=paths.CONFIGS / "ensemble.yaml",
-                        help="ensemble config")
+    parser.add_argument("--config", type=Path,
+                        help="ensemble config (default: the last make all's tuned one, cytokit.lastrun)")
     parser.add_argument("--data", type=Path, default=paths.DEFAULT_DATA, help="challenge data folder")
     parser.add_argument("--submission", action="store_true", help="also fuse and write the submission CSV")
     parser.add_argument("--out", type=Path, help="submission folder (default: out_dir, else submissions/)")
@@ -26,7 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env.apply()
     io.setup_logging()
-    cfg = load_config(args.config, args.overrides)
+    k, seed = lastrun.ds_keys(args.overrides)
+    choice = lastrun.ensemble(args.data, k, seed, given=args.config)
+    print(choice.line())
+    cfg = load_config(choice.path, args.overrides)
     from infer import ensemble
 
     ensemble.run(cfg, args.data, args.submission, args.out, args.force)

@@ -1,7 +1,11 @@
 """Does the second-stage classifier pay? Detector-only vs blended classes, on out-of-fold images.
 
-    python -m infer.cls_report --data DATA --k 5 --seed 42 --detector yolov8 [--classifier cls ...]
-                               [--weight 0.5] [--full-weight 0.5] [--device cpu] [--no-tta] [--out DIR]
+    python -m infer.cls_report --data DATA [--k 5 --seed 42] [--config ENSEMBLE.yaml] [--detector yolov8]
+                               [--classifier cls ...] [--weight 0.5] [--full-weight 0.5] [--device cpu]
+                               [--no-tta] [--out DIR] [key=value ...]
+
+Unset flags come from the ensemble config (the last ``make all``'s tuned one, ``cytokit.lastrun``):
+its first member, its classifier members, blend weight, full-image share, flip TTA and device.
 
 For every fold with both the detector's ``work/preds/<detector>/fold<k>/oof.parquet``
 and the classifiers' ``work/runs/<classifier>/fold<k>/best.pt``, the detector's
@@ -165,29 +169,57 @@ def oof_inputs(data: Path, k: int | None, seed: int | None, detector: str, class
             pd.concat(sizes, ignore_index=True), merged, used)
 
 
+def settings(args: argparse.Namespace) -> tuple[str, list[str], float, float, str, bool]:
+    """Detector, classifiers, blend weight, full-image share, device and flip TTA: each flag given, else
+    the ensemble config's (the last make all's tuned one by default, ``cytokit.lastrun``) with its
+    ``key=value`` overrides, else the flag's old default."""
+    from cytokit import lastrun
+    from infer.config import load_config
+
+    k, seed = args.k, args.seed
+    choice = lastrun.ensemble(args.data, k, seed, given=args.config)
+    print(choice.line())
+    cfg = load_config(choice.path, args.overrides)
+    section = cfg.classifier_section()
+    members = [m.model for m in cfg.member_list()]
+    detector = args.detector or (members[0] if members else "yolov8")
+    classifiers = args.classifier or ([c.model for c in section.members] if section else ["cls"])
+    weight = args.weight if args.weight is not None else (section.weight if section else 0.5)
+    full = args.full_weight if args.full_weight is not None else (section.full_weight if section else 0.5)
+    tta = not args.no_tta and (section.tta if section else True)
+    return detector, classifiers, weight, full, args.device or cfg.device, tta
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infer.cls_report", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path,
+                        help="ensemble config whose classifier settings are the defaults below "
+                             "(default: the last make all's tuned one)")
     parser.add_argument("--data", type=Path, default=paths.DEFAULT_DATA, help="challenge data folder")
     parser.add_argument("--k", type=int, help="folds of the prepared dataset (default: as prepared)")
     parser.add_argument("--seed", type=int, help="fold seed of the prepared dataset (default: as prepared)")
-    parser.add_argument("--detector", default="yolov8",
-                        help="model whose OOF boxes are classified; 'gt': GT boxes, majority class")
-    parser.add_argument("--classifier", nargs="+", default=["cls"], help="classifier run names (crop/full)")
-    parser.add_argument("--weight", type=float, default=0.5, help="blend weight of the classifier")
-    parser.add_argument("--full-weight", type=float, default=0.5, help="share of full-image classifiers")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1")
+    parser.add_argument("--detector",
+                        help="model whose OOF boxes are classified (default: the ensemble's first member); "
+                             "'gt': GT boxes, majority class")
+    parser.add_argument("--classifier", nargs="+", help="classifier run names (default: the ensemble's)")
+    parser.add_argument("--weight", type=float, help="classifier blend weight (default: the ensemble's)")
+    parser.add_argument("--full-weight", type=float, help="share of full-image classifiers (the ensemble's)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: the ensemble's device)")
     parser.add_argument("--no-tta", action="store_true", help="no flip test-time augmentation")
     parser.add_argument("--out", type=Path, help="report folder (default work/reports/cls_<detector>)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="ensemble config overrides (device=cuda, ...)")
     args = parser.parse_args(argv)
     env.apply()
     io.setup_logging()
-    preds, truth, sizes, probs, folds = oof_inputs(args.data, args.k, args.seed, args.detector,
-                                                    args.classifier, args.device, not args.no_tta)
-    comp = compare(preds, truth, sizes, probs, args.weight, args.full_weight, f"{args.detector} only")
-    out = args.out or paths.reports_dir(f"cls_{args.detector}")
+    detector, classifiers, weight, full_weight, device, tta = settings(args)
+    preds, truth, sizes, probs, folds = oof_inputs(args.data, args.k, args.seed, detector,
+                                                    classifiers, device, tta)
+    comp = compare(preds, truth, sizes, probs, weight, full_weight, f"{detector} only")
+    out = args.out or paths.reports_dir(f"cls_{detector}")
     save(comp, out)
-    print(f"out-of-fold, folds {folds}: {args.detector} boxes, classes from the detector vs "
-          f"{'+'.join(args.classifier)} ({len(truth)} GT boxes)")
+    print(f"out-of-fold, folds {folds}: {detector} boxes, classes from the detector vs "
+          f"{'+'.join(classifiers)} ({len(truth)} GT boxes)")
     print(render(comp))
     print(f"report: {out}")
     return 0

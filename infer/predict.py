@@ -31,16 +31,6 @@ from infer.tta import View
 log = logging.getLogger(__name__)
 
 
-def detections_to_rows(
-    det: Any, view: View, name: str, width: int, height: int, model: str, fold: int, max_det: int = 0,
-) -> pd.DataFrame:
-    """One image's ``Detections`` (in the view image's pixels) as contract rows in original pixels
-    (``cytokit.rows.Rows``: the one conversion; use it directly for many images)."""
-    r = rows.Rows()
-    r.add(name, det, width, height, view, max_det, model)
-    return r.table(model, fold)
-
-
 def predict_arrays(
     predictor: Any,
     images: Iterable[tuple[str, np.ndarray]],

@@ -1,6 +1,10 @@
 """``python -m infer.tune``: tune the ensemble on out-of-fold predictions with the challenge metric itself.
 
-    python -m infer.tune --config configs/ensemble.yaml --data DATA [--out work/tuned/ensemble.yaml]
+    python -m infer.tune [--config ENSEMBLE.yaml] --data DATA [--out TUNED.yaml] [key=value ...]
+
+Without ``--config`` (ENSEMBLE=) it tunes the last ``make all``'s ensemble of the dataset (before
+tuning, so members tuned to weight 0 can come back) and rewrites that run's ``tuned.yaml``, which
+later commands use (``cytokit.lastrun``).
 
 (``make tune-ensemble``). Every trial is scored exactly as a submission with
 its settings would be scored (``infer.oof_eval``): the members' OOF tables
@@ -33,7 +37,7 @@ import pandas as pd
 import yaml
 
 from cytokit import config as kit_config
-from cytokit import env, io, paths, predictions
+from cytokit import env, io, lastrun, paths, predictions
 from infer.config import EnsembleConfig, bind, load_config
 from infer.oof_eval import (
     OFF,
@@ -279,16 +283,21 @@ def run(cfg: EnsembleConfig, data: Path, out: Path) -> tuple[Path, pd.DataFrame]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infer.tune", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path, default=paths.CONFIGS / "ensemble.yaml",
-                        help="ensemble config")
+    parser.add_argument("--config", type=Path,
+                        help="ensemble config (default: the last make all's ensemble before tuning)")
     parser.add_argument("--data", type=Path, default=paths.DEFAULT_DATA, help="challenge data folder")
-    parser.add_argument("--out", type=Path, help="tuned config to write (default work/tuned/ensemble.yaml)")
+    parser.add_argument("--out", type=Path, help="tuned config to write (default: the last make all's "
+                        "tuned.yaml when tuning its ensemble, else work/tuned/ensemble.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="ensemble config overrides")
     args = parser.parse_args(argv)
     env.apply()
     io.setup_logging()
-    cfg = load_config(args.config, args.overrides)
-    run(cfg, args.data, args.out or paths.tuned_config())
+    k, seed = lastrun.ds_keys(args.overrides)
+    choice = lastrun.ensemble(args.data, k, seed, tuned=False, given=args.config)
+    print(choice.line())
+    cfg = load_config(choice.path, args.overrides)
+    out = args.out or (choice.path.with_name(lastrun.TUNED) if choice.dataset else paths.tuned_config())
+    run(cfg, args.data, out)
     return 0
 
 

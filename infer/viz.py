@@ -21,6 +21,9 @@ from cytokit.tables import COORDS
 COLUMNS = 4  # images per row of the grid
 CELL_INCHES = 3.0  # size of one image in the figure
 DEFAULT_TOP = 3  # boxes drawn per image without n_cells
+SCORE_NOTE = ("class code and score: the fused ensemble score ranks the boxes of an image; the submission "
+              "keeps each image's top N boxes (N from test.csv), so a correct cell can score 0.05: "
+              "scores are ranks, not probabilities")
 
 
 def draw_grid(preds: pd.DataFrame, images_dir: Path, out: Path, n: int = 16,
@@ -46,7 +49,7 @@ def draw_grid(preds: pd.DataFrame, images_dir: Path, out: Path, n: int = 16,
     by_name = preds.groupby("NAME").indices if len(preds) else {}
     for ax, name in zip(axes.flat, sample):
         ax.imshow(load_rgb(Path(images_dir) / name))
-        ax.set_title(name, fontsize=7)
+        ax.set_title(name, fontsize=8)
         ax.axis("off")
         rows_idx = by_name.get(name, np.zeros(0, dtype=int))
         top = (n_cells or {}).get(name, DEFAULT_TOP)
@@ -55,10 +58,11 @@ def draw_grid(preds: pd.DataFrame, images_dir: Path, out: Path, n: int = 16,
         for (x1, y1, x2, y2), code, score in zip(coords, part["class"], part["score"]):
             colour = cmap(classes.CLASS_TO_ID.get(code, 0))
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.5, ec=colour))
-            ax.text(x1, y1, f"{code} {score:.2f}", fontsize=6, color="white", va="bottom",
+            ax.text(x1, y1, f"{code} {score:.2f}", fontsize=8, color="white", va="bottom",
                     bbox={"facecolor": colour, "alpha": 0.8, "pad": 1, "lw": 0})
     for ax in list(axes.flat)[len(sample):]:
         ax.axis("off")
+    fig.suptitle(SCORE_NOTE, fontsize=8, wrap=True)
     fig.tight_layout()
     with io.atomic_write(Path(out)) as tmp:
         fig.savefig(tmp, dpi=90, format="png")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cytokit import config as kit_config
-from cytokit import paths
+from cytokit import dataset, paths
 from cytokit.config import ConfigError
 
 CLASSIFIER_KEYS = ("weight", "tta", "full_weight")  # what the recipe may set of the ensemble's classifier
@@ -44,8 +44,8 @@ class SynthSettings:
 class RecipeConfig:
     """configs/recipe.yaml: the whole recipe of one ``make all`` run."""
 
-    k: int = 5  # folds made by prepare.folds
-    seed: int = 42  # fold seed (and seed of the synthetic data)
+    k: int = dataset.DEFAULT_K  # folds made by prepare.folds
+    seed: int = dataset.DEFAULT_SEED  # fold seed (and seed of the synthetic data)
     folds: list[str] = dataclasses.field(default_factory=list)  # prepare.folds key=value (configs/folds.yaml)
     jobs: int = 1  # training jobs at once: CPU threads split between them; on GPUs one GPU per job
     threads: int = 0  # CPU threads per training job; 0 = cores // jobs (jobs 1: the trainer's own)
@@ -55,6 +55,8 @@ class RecipeConfig:
     ensemble_base: str = "configs/ensemble.yaml"  # the ensemble config the section above overrides
     tune: bool = True  # tune weights, views, WBF and the classifier blend out-of-fold before the submission
     synth: dict = dataclasses.field(default_factory=dict)  # SynthSettings if DATA has no train.csv; {}: never
+    cluster: dict = dataclasses.field(default_factory=dict)  # LAUNCHER=slurm settings (pipeline.cluster)
+    tracker: str = "none"  # none | csv | tensorboard | mlflow (train.tracking); TRACKER= on make wins
 
     def __post_init__(self) -> None:
         if self.k < 2 or self.jobs < 1 or self.threads < 0:
@@ -72,6 +74,10 @@ class RecipeConfig:
             raise ConfigError(f"recipe: ensemble.classifier: unknown key(s) {', '.join(extra)}; valid: "
                               f"{', '.join(CLASSIFIER_KEYS)} (its members are the recipe's classifiers)")
         self.synth_settings()
+        self.folds_config()  # a bad folds key is refused with the recipe, not after the synthetic data
+        from train import tracking
+
+        tracking.selected(self.tracker)  # an unknown tracker is refused with the recipe, not after training
 
     def _members(self, entries: list[dict], what: str) -> list[TrainMember]:
         from train import registry
@@ -98,6 +104,13 @@ class RecipeConfig:
     def classifier_list(self) -> list[TrainMember]:
         """The crop classifiers, typed; folds filled in (all k) when left empty."""
         return self._members(self.classifiers, "classifiers")
+
+    def folds_config(self):
+        """``prepare.folds.FoldsConfig``: configs/folds.yaml <- the recipe's ``folds`` key=value, k, seed."""
+        from prepare.folds import DEFAULT_CONFIG, FoldsConfig
+
+        overrides = {**kit_config.parse_overrides(self.folds), "k": self.k, "seed": self.seed}
+        return kit_config.load(FoldsConfig, DEFAULT_CONFIG, overrides)
 
     def synth_settings(self) -> SynthSettings | None:
         return kit_config.from_dict(SynthSettings, self.synth, "recipe: synth") if self.synth else None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -93,7 +94,9 @@ def changed_settings(ds: Any, m: TrainMember, fold: int) -> list[str]:
 
 def plan(recipe: RecipeConfig, ds: Any, echo: Callable[[str], None] = print) -> tuple[list, list[str]]:
     """The training jobs still to run (``train.parallel.Job``) and the names of the finished ones. A
-    finished run whose settings differ from the recipe's is trained again (the line says what changed)."""
+    finished run whose settings differ from the recipe's, or trained on other folds than the dataset's
+    (``make folds FORCE=1`` made new ones: its out-of-fold score would leak), is trained again; one
+    line says why."""
     from train import parallel
 
     jobs, skipped = [], []
@@ -102,11 +105,15 @@ def plan(recipe: RecipeConfig, ds: Any, echo: Callable[[str], None] = print) -> 
         name = f"{m.model} fold {fold}"
         force = False
         if finished(ds, m.model, fold):
+            from train import runs
+
+            stale = runs.other_folds(ds.run_dir(m.model, fold), ds.root)
             changed = changed_settings(ds, m, fold)
-            if not changed:
+            if not changed and not stale:
                 skipped.append(name)
                 return
-            echo(f"  retrain {name}: its settings differ from the recipe's ({'; '.join(changed)})")
+            echo(f"  retrain {name}: {stale}" if stale else
+                 f"  retrain {name}: its settings differ from the recipe's ({'; '.join(changed)})")
             force = True
         run_dir = ds.run_dir(m.model, fold)  # an unfinished run continues; a new one starts without a warning
         resume = not force and run_dir.exists() and any(run_dir.iterdir())
@@ -130,16 +137,21 @@ def plan(recipe: RecipeConfig, ds: Any, echo: Callable[[str], None] = print) -> 
 
 
 def train_step(recipe: RecipeConfig, ds: Any, echo: Callable[[str], None] = print) -> list[dict]:
-    """Run the training jobs; one record per member x fold: name, model, fold, status, times, log."""
+    """Run the training jobs; one record per member x fold: name, model, fold, status, times, log. They
+    run here (``train.parallel``) or, with ``LAUNCHER=slurm``, through submitit (``pipeline.cluster``)."""
+    from pipeline import cluster
     from train import parallel
 
+    where = cluster.launcher(recipe)
     jobs, skipped = plan(recipe, ds, echo)
     for name in skipped:
         model, _, fold = name.rpartition(" fold ")
         echo(f"  skip {name}: finished (done.json); `make train MODEL={model} FOLD={fold} FORCE=1` redoes it")
     outcomes = {}
     if jobs:
-        outcomes = {o.name: o for o in parallel.run_jobs(jobs, recipe.jobs, recipe.threads, echo=echo)}
+        ran = parallel.run_jobs(jobs, recipe.jobs, recipe.threads, echo=echo) if where.launcher == "local" \
+            else cluster.run_jobs(jobs, where, cluster.folder_of(ds), echo)
+        outcomes = {o.name: o for o in ran}
     records = []
     for m in recipe.detector_list() + recipe.classifier_list():
         for f in m.folds:
@@ -170,11 +182,21 @@ def report_page(ds: Any, config: Path, submission: Path) -> str:
 
 
 def run(recipe: RecipeConfig, data: Path, out_dir: Path | None = None,
-        echo: Callable[[str], None] = print) -> dict:
-    """The whole recipe on ``data``; returns the report (also written to work/logs/<id>/report.json)."""
-    from cytokit import dataset
+        echo: Callable[[str], None] = print, recipe_path: Path | None = None) -> dict:
+    """The whole recipe on ``data``; returns the report (also written to work/logs/<id>/report.json).
+    First the lock of ``data`` in this work folder (``pipeline.lock``) and the pre-flight
+    (``pipeline.preflight``): a problem stops the run before any fold or run folder."""
+    from pipeline import lock, preflight
 
     data = Path(data).resolve()
+    with lock.held(data), preflight.checked(recipe, data, recipe_path, echo):
+        return _run(recipe, data, out_dir, echo)
+
+
+def _run(recipe: RecipeConfig, data: Path, out_dir: Path | None, echo: Callable[[str], None]) -> dict:
+    from cytokit import dataset
+
+    _use_tracker(recipe)
     steps = Steps(echo)
     report: dict[str, Any] = {"data": str(data), "status": "running", "steps": steps.times,
                               "steps_cpu": steps.cpu, "failures": []}
@@ -233,6 +255,7 @@ def _after_training(recipe: RecipeConfig, data: Path, ds: Any, records: list[dic
         ens = kit_config.load(EnsembleConfig, tuned)
         report.update(tuned=str(tuned), oof=table.to_dict(orient="records"),
                       oof_check=scores.oof_check(table))
+        _track_oof(ds, table, tuned)
     result = steps("submission", lambda: ensemble.run(ens, data, submission=True, out_dir=out_dir))
     report.update(submission=str(result.submission), fusion=result.fusion)
     files = paths.data_files(data)
@@ -251,6 +274,22 @@ def _after_training(recipe: RecipeConfig, data: Path, ds: Any, records: list[dic
     report["report_page"] = steps("report page", lambda: report_page(ds, config, result.submission))
 
 
+def _use_tracker(recipe: RecipeConfig) -> None:
+    """The recipe's tracker for this process and every training job it starts (``CYTOKIT_TRACKER``);
+    one already in the environment (``make all TRACKER=...``) wins."""
+    from train import tracking
+
+    os.environ.setdefault(tracking.ENV, tracking.selected(recipe.tracker))
+
+
+def _track_oof(ds: Any, table: Any, tuned: Path) -> None:
+    """The out-of-fold table and the tuned settings as the run ``make_all`` of the dataset's experiment."""
+    from train import tracking
+
+    tracking.table(ds.id, "make_all", "oof", table, kit_config.read_yaml(tuned))
+    tracking.close_all()
+
+
 def _synth(settings: Any, seed: int, data: Path) -> None:
     from prepare.synth import make
 
@@ -263,18 +302,16 @@ def _synth(settings: Any, seed: int, data: Path) -> None:
 def _folds(recipe: RecipeConfig, data: Path) -> None:
     from prepare import folds
 
-    code = folds.main(["--data", str(data), "--k", str(recipe.k), "--seed", str(recipe.seed), *recipe.folds])
-    if code:
-        raise RuntimeError(f"prepare.folds failed with exit status {code}")
+    folds.run(data, recipe.folds_config())
 
 
 def per_class_table(rows: list[dict]):
-    """Rows of the test table x classes: each row's per-class F1 (classes in order of first appearance;
-    blank where a row has no such label)."""
+    """One line per class (in order of first appearance), one column per row of the test table: each
+    row's F1 for that class (blank where a row has no such label). Narrow whatever the 23 classes."""
     import pandas as pd
 
-    f1 = pd.DataFrame([r.get("per_class_f1") or {} for r in rows])
-    return pd.concat([pd.DataFrame({"member": [r["member"] for r in rows]}), f1], axis=1)
+    f1 = pd.DataFrame([r.get("per_class_f1") or {} for r in rows], index=[r["member"] for r in rows]).T
+    return f1.rename_axis("class").reset_index()
 
 
 def _summary(report: dict, echo: Callable[[str], None]) -> None:

@@ -7,6 +7,15 @@ labels ``yolo/labels/<stem>.txt`` in normalised cxcywh; ``fold<f>/train.txt``,
 ``boxes.csv`` (original pixels) and ``meta.json``. Everything is built in a
 temporary folder beside ``root`` that replaces ``root`` only when complete, with
 ``meta.json`` written last. Box conversions go through ``cytokit.boxes``.
+
+One label cache per fold list: ultralytics finds an image's label by replacing the
+last ``/images/`` of its path with ``/labels/`` and keeps its scan in ``<labels
+folder>.cache``. With every list naming ``yolo/images/...``, every fold's train and
+val list shared ``yolo/labels.cache``, which concurrent jobs rewrote (and deleted at
+start). So each list names its images through its own folder ``fold<f>/<part>/``,
+whose ``images`` and ``labels`` are relative links to ``yolo/images`` and
+``yolo/labels``: ultralytics reads the same files and writes
+``fold<f>/<part>/labels.cache``, one per list.
 """
 from __future__ import annotations
 
@@ -27,6 +36,8 @@ from cytokit.images import n_workers
 from cytokit.tables import COORDS
 
 log = logging.getLogger(__name__)
+
+LAYOUT = 2  # version of the exported layout (2: per-list image folders); part of meta.json's export_key
 
 
 def _per_image(names: np.ndarray, lines: list[str]) -> pd.Series:
@@ -147,14 +158,25 @@ def coco_text(img_text: np.ndarray, ann_text: np.ndarray, img_mask: np.ndarray, 
     return f'{{"images":[{imgs}],"annotations":[{anns}],"categories":{cats}}}'
 
 
+def list_folder(fold_dir: Path, part: str) -> Path:
+    """``fold_dir/<part>/`` with ``images`` and ``labels`` linked (relative links, so the folder can be
+    built in a temporary place and moved) to the dataset's ``yolo/images`` and ``yolo/labels``:
+    ultralytics keeps this list's label cache in ``<part>/labels.cache``, shared with no other list."""
+    folder = fold_dir / part
+    folder.mkdir(parents=True)
+    for name in ("images", "labels"):
+        os.symlink(os.path.join("..", "..", "yolo", name), folder / name, target_is_directory=True)
+    return folder
+
+
 def write_folds(tmp: Path, root: Path, images: pd.DataFrame, exported: pd.DataFrame,
                 boxes: pd.DataFrame, k: int) -> None:
-    """Per fold: train.txt/val.txt (absolute paths under ``root``), data.yaml, COCO train/val.
+    """Per fold: train.txt/val.txt (absolute paths under ``root/fold<f>/<part>/images``, see
+    ``list_folder``), data.yaml, COCO train/val.
 
     ``images`` (with ``fold``) and ``exported`` are in the same NAME order.
     """
     img_text, ann_text = coco_items(boxes, exported)
-    final_images = root / "yolo" / "images"
     img_fold = images["fold"].to_numpy()
     box_fold = boxes["NAME"].map(images.set_index("NAME")["fold"]).to_numpy()
     names = images["NAME"].to_numpy()
@@ -163,6 +185,8 @@ def write_folds(tmp: Path, root: Path, images: pd.DataFrame, exported: pd.DataFr
         fold_dir.mkdir(parents=True)
         for part, is_part in (("train", np.not_equal), ("val", np.equal)):
             mask = is_part(img_fold, fold)
+            list_folder(fold_dir, part)
+            final_images = root / f"fold{fold}" / part / "images"
             (fold_dir / f"{part}.txt").write_text("".join(f"{final_images / n}\n" for n in names[mask]))
             coco = coco_text(img_text, ann_text, mask, is_part(box_fold, fold))
             (fold_dir / f"coco_{part}.json").write_text(coco)

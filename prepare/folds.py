@@ -42,8 +42,8 @@ NOT_IN_FINGERPRINT = ("resize", "jpeg_quality", "workers")
 class FoldsConfig:
     """Settings of ``make folds`` (documented key by key in configs/folds.yaml)."""
 
-    k: int = 5
-    seed: int = 42
+    k: int = dataset.DEFAULT_K
+    seed: int = dataset.DEFAULT_SEED
     balance: int = 0
     resize: int = 0
     min_side: float = 2.0
@@ -223,7 +223,7 @@ def run(data: Path, cfg: FoldsConfig, *, repair: bool = False, force: bool = Fal
 
     root = paths.dataset_root(ds_id)
     table = images[["NAME", "width", "height", "path", "sha1"]].merge(folds, on="NAME")
-    export_key = hashlib.sha256(json.dumps([digest, cfg.resize, cfg.jpeg_quality]).encode()
+    export_key = hashlib.sha256(json.dumps([digest, cfg.resize, cfg.jpeg_quality, export.LAYOUT]).encode()
                                 + table.astype(str).to_csv(index=False).encode()).hexdigest()
     recorded = images[["NAME", "bytes", "mtime_ns", "sha1"]]
     record = {"train_csv_sha256": train_sha, "fingerprint": source, "images": len(images)}

@@ -113,15 +113,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="fold seed of the prepared dataset (default: as prepared)")
     parser.add_argument("--model", nargs="*", default=None, help="models to score (default: every one found)")
     parser.add_argument("--json", type=Path, help="also write the table as JSON here")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="device= only (scoring is on the CPU)")
     args = parser.parse_args(argv)
     env.apply()
     io.setup_logging()
-    from cytokit import dataset
+    from cytokit import dataset, lastrun, makevars
     from cytokit.io import format_table
 
     ds = dataset.resolve(args.data, args.k, args.seed)
     where = ds.preds_dir("x", 0).parent.parent
     models = args.model or find_models(ds)
+    variants = ds.preds_dir("ensemble", "oof") / "variants.json"
+    if variants.is_file() and not args.model:  # the first line, before any scoring
+        tuned = lastrun.display(Path(json.loads(variants.read_text())["config"]))
+        print(f"ensemble settings: {tuned} (the last tuning on {ds.id}, "
+              "whose out-of-fold tables are scored below; make tune-ensemble ENSEMBLE= tunes another)")
+    else:
+        print(f"ensemble settings: none tuned on {ds.id} yet (make all or make tune-ensemble); each model "
+              "alone below")
+    makevars.scoring_overrides(args.overrides, "make score" if makevars.under_make() else "submit.oof")
     ensemble = score_ensemble(ds) if not args.model else None
     if not models and ensemble is None:
         raise FileNotFoundError(f"{where}: no out-of-fold predictions "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cytokit import env, io, metric, tables
+from cytokit import env, io, makevars, metric, tables
 from cytokit.metric import COLUMNS
 
 
@@ -36,12 +36,18 @@ def read_submission_lenient(path: Path) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m submit.score", description=__doc__.split("\n")[0])
-    parser.add_argument("--truth", type=Path, required=True,
-                        help="truth CSV: trustii_id,NAME,x1,y1,x2,y2,class")
+    parser.add_argument("--truth", type=Path, help="truth CSV: trustii_id,NAME,x1,y1,x2,y2,class (required)")
     parser.add_argument("--submission", type=Path, required=True, help="submission CSV to score")
     parser.add_argument("--json", type=Path, help="write the result as JSON here")
     parser.add_argument("--confusion", type=Path, help="save the confusion matrix as a PNG here")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="device= only (scoring is on the CPU)")
     args = parser.parse_args(argv)
+    if args.truth is None:
+        raise io.ConfigError(f"scoring {args.submission} needs the truth: "
+                             f"{makevars.setting('--truth', 'truth.csv')} "
+                             "(header trustii_id,NAME,x1,y1,x2,y2,class)")
+    makevars.scoring_overrides(args.overrides, "make score" if makevars.under_make() else "submit.score")
     env.apply()
     result = metric.score(tables.read(args.truth, "submission"), read_submission_lenient(args.submission))
     print(metric.format_result(result))

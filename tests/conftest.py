@@ -16,6 +16,7 @@ BCCD = paths.bccd_dir()
 def pytest_configure(config):
     # One private work folder for the whole run: nothing lands in the repo's work/
     # or in ~/.config / ~/.cache.
+    os.environ.pop("CYTOKIT_MAKEVARS", None)  # `make test`: messages spell Python flags (cytokit.makevars)
     if "CYTOKIT_WORK" not in os.environ:
         import tempfile
 

@@ -1,4 +1,4 @@
-"""bench.bccd.data: BCCD written as a CytologIA data folder (upstream split), on a tiny fake BCCD layout
+"""prepare.bccd: BCCD written as a CytologIA data folder (upstream split), on a tiny fake BCCD layout
 and, when ../shared is there, on the real one."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.bccd import data as bccd_data
 from cytokit import io, tables
+from prepare import bccd as bccd_data
 
 pytestmark = pytest.mark.unit
 

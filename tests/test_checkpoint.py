@@ -101,15 +101,3 @@ def test_what_cannot_be_resumed_says_why_in_one_line(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.pt: not UNet weights: it starts with"):
         checkpoint.read(tmp_path / "junk.pt", "UNet")
-
-
-def test_the_epoch_loops_share_this_module():
-    import inspect
-
-    from train.cls import adapter as cls_adapter
-    from train.tv import engine
-    from train.unet import adapter as unet_adapter
-
-    for module in (engine, unet_adapter, cls_adapter):
-        source = inspect.getsource(module)
-        assert "checkpoint." in source and "torch.save(" not in source, module.__name__

@@ -163,7 +163,11 @@ def test_fold_lists_and_data_yaml(work):
         train = {Path(p).name for p in lists["train"]}
         assert val == set(images.loc[images["fold"] == fold, "NAME"])
         assert train == set(images["NAME"]) - val
-        assert all(Path(p).parent == root / "yolo" / "images" and Path(p).exists() for p in lists["train"])
+        for part in ("train", "val"):  # one folder per list (its own labels.cache), the same files
+            folder = root / f"fold{fold}" / part
+            assert all(Path(p).parent == folder / "images" and Path(p).exists() for p in lists[part])
+            assert (folder / "images").resolve() == (root / "yolo" / "images").resolve()
+            assert (folder / "labels").resolve() == (root / "yolo" / "labels").resolve()
 
 
 def test_coco_loads_and_matches(work):

@@ -46,7 +46,7 @@ def test_every_documented_target_is_in_the_readme():
 
 
 def test_the_two_way_check_can_fail():
-    assert _documented() - _shown(README.replace("make clean", "")) == {"clean"}
+    assert _documented() - _shown(re.sub(r"make clean\b(?!-)", "", README)) == {"clean"}
     assert _shown(README + "\nmake deploy\n") - _targets() == {"deploy"}
 
 

@@ -100,7 +100,7 @@ def test_cli_table_per_model_and_fold(prepared, capsys, tmp_path):
     # half, fold 0: labels EO, LY, MO, PNN; MO missed, EO wrongly predicted: F1 (0 + 1 + 0 + 1) / 4
     assert rows["half"]["fold0"] == pytest.approx(0.2 + 0.8 * 0.5, abs=1e-12)
     assert rows["half"]["fold1"] is None
-    assert "good" in out and "1.000000" in out
+    assert "good" in out and "1.0000" in out
     # "good" is the best model on both folds: the reference of the bootstrap column; "half" is not on the
     # same images, so it has none; "meh" lost B's F1 (1 -> 0) and EO's (1 -> 2/3) out of 5 labels
     assert good["vs_best"] == "" and rows["half"]["vs_best"] == ""

@@ -142,7 +142,7 @@ def test_apply_threads_sets_torch_and_ultralytics(monkeypatch):
 
 
 def fake_ds(tmp_path: Path, k: int = 2) -> SimpleNamespace:
-    return SimpleNamespace(id="d_k2_s1", k=k, seed=1, data=tmp_path / "data",
+    return SimpleNamespace(id="d_k2_s1", k=k, seed=1, data=tmp_path / "data", root=tmp_path / "dataset",
                            run_dir=lambda m, f: tmp_path / "runs" / m / f"fold{f}",
                            preds_dir=lambda m, f: tmp_path / "preds" / m / f"fold{f}")
 
@@ -226,9 +226,9 @@ def test_make_targets_reach_the_orchestrator_and_the_runner():
                               check=True).stdout
 
     out = dry("all", "DATA=d", "JOBS=3", "K=4")
-    assert "-m pipeline --recipe configs/recipe.yaml --data d --jobs 3" in out and "k=4" in out
+    assert "-m pipeline --recipe 'configs/recipe.yaml' --data 'd' --jobs 3" in out and "k=4" in out
     assert "--jobs 2" in dry("train", "FOLD=all", "JOBS=2") and "--jobs" not in dry("train", "FOLD=all")
-    assert "-m pipeline.demo --data data/demo --jobs 1" in dry("demo", "JOBS=1")
+    assert "-m pipeline.demo --data 'data/demo' --jobs 1" in dry("demo", "JOBS=1")
     synth = rc.load(paths.CONFIGS / "demo.yaml").synth_settings()  # make demo-data makes the demo's data
     assert f"--images {synth.images} --seed 42" in dry("demo-data")
 
@@ -290,6 +290,8 @@ def test_make_all_resumes_reports_a_failure_and_skips_what_is_finished(tiny_data
                                                                          capsys):
     from pipeline.__main__ import main
 
+    # the broken member must reach its job (the pre-flight would refuse its override: test_preflight.py)
+    monkeypatch.setenv("CYTOKIT_PREFLIGHT", "off")
     data, recipe_path = tiny_data, tiny_recipe(tmp_path / "tiny.yaml")
     interrupt_after_first_epoch(data, monkeypatch)
     ds = dataset.resolve(data)
@@ -336,9 +338,10 @@ def test_make_all_resumes_reports_a_failure_and_skips_what_is_finished(tiny_data
 
 
 @pytest.mark.smoke
-def test_train_jobs_flag_runs_the_folds_as_jobs(tiny_data, capsys):
+def test_train_jobs_flag_runs_the_folds_as_jobs(tiny_data, capsys, monkeypatch):
     from train.__main__ import main
 
+    monkeypatch.setenv("CYTOKIT_PREFLIGHT", "off")  # the bad key must reach the jobs (pre-flight: refused)
     data = tiny_data
     assert main(["--model", "yolo11", "--fold", "all", "--data", str(data), "--jobs", "2", "bogus=1"]) == 1
     captured = capsys.readouterr()

@@ -52,5 +52,7 @@ def test_per_class_table_lines_up_every_row():
     rows = [{"member": "det", "per_class_f1": {"PNN": 0.5, "EO": 0.0}},
             {"member": scores.CEILING, "per_class_f1": {"PNN": 1.0, "LY": 0.25}}]
     table = orch.per_class_table(rows)
-    assert table.columns.tolist() == ["member", "PNN", "EO", "LY"]
-    assert table["PNN"].tolist() == [0.5, 1.0] and pd.isna(table.loc[0, "LY"])
+    assert table.columns.tolist() == ["class", "det", scores.CEILING]  # one class per line
+    assert table["class"].tolist() == ["PNN", "EO", "LY"]
+    assert table["det"].tolist()[:2] == [0.5, 0.0] and pd.isna(table.loc[2, "det"])
+    assert table[scores.CEILING].tolist()[0] == 1.0

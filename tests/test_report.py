@@ -110,9 +110,11 @@ def test_the_page_is_one_self_contained_file(full, prepared):
     assert path == paths.reports_dir("pages") / f"{dataset.resolve(prepared).id}.html"
     assert text.startswith("<!DOCTYPE html>") and "</html>" in text
     assert not re.search(r"<script|<link|src=\"http|url\(", text)  # nothing fetched when it opens
-    pngs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    assert len(pngs) >= 8  # classes, folds, 2 curves, F1, confusion, crops, worst images
-    assert all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for b in pngs)
+    figures = re.findall(r'src="data:image/(png|jpeg);base64,([A-Za-z0-9+/=]+)"', text)
+    assert len(figures) >= 8  # classes, folds, 2 curves, F1, confusion, crops, worst images
+    magic = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8\xff"}
+    assert all(base64.b64decode(b).startswith(magic[kind]) for kind, b in figures)
+    assert {kind for kind, _ in figures} == {"png", "jpeg"}  # charts PNG, photos JPEG
     assert "could not be drawn" not in text
     for anchor in ("data", "folds", "training", "oof", "best", "confused", "worst", "submission"):
         assert f'<section id="{anchor}">' in text
@@ -204,4 +206,6 @@ def test_cli_names_the_page_and_refuses_an_unprepared_dataset(prepared, tmp_path
     out = tmp_path / "r.html"
     assert cli(main, ["--data", str(prepared), "--k", "2", "--seed", "0", "--out", str(out),
                       "--no-classifier", "--bootstrap", "50"]) == 0
-    assert capsys.readouterr().out.strip() == f"report: {out}" and out.stat().st_size > 10_000
+    first, last = capsys.readouterr().out.strip().splitlines()  # the ensemble settings used, the page
+    assert first.startswith("ensemble settings: ") and last == f"report: {out}"
+    assert out.stat().st_size > 10_000

@@ -97,3 +97,28 @@ def test_mlflow_tracker_uses_a_local_file_store(monkeypatch, run_dir):
     assert run.info.run_name == "yolov8_fold0" and run.data.params["imgsz"] == "160"
     history = client.get_metric_history(run.info.run_id, "challenge")
     assert [m.step for m in history] == [1, 2, 3]
+
+
+def test_the_recipe_chooses_the_tracker_of_make_all_and_make_wins(monkeypatch, run_dir, tmp_path):
+    """recipe ``tracker:`` -> CYTOKIT_TRACKER for the jobs (unless TRACKER= already set it); an unknown
+    tracker is refused with the recipe; the tuned OOF table and settings are logged as run make_all."""
+    from cytokit import config as kit_config
+    from pipeline import run as orch
+    from pipeline.recipe import RecipeConfig
+
+    monkeypatch.delenv(tracking.ENV, raising=False)
+    with pytest.raises(ConfigError, match="tracker 'wandb'"):
+        kit_config.from_dict(RecipeConfig, {"tracker": "wandb"}, "recipe")
+    orch._use_tracker(kit_config.from_dict(RecipeConfig, {"tracker": "csv"}, "recipe"))
+    assert tracking.selected() == "csv"
+    monkeypatch.setenv(tracking.ENV, "tensorboard")  # make all TRACKER=tensorboard
+    orch._use_tracker(kit_config.from_dict(RecipeConfig, {"tracker": "csv"}, "recipe"))
+    assert tracking.selected() == "tensorboard"
+    monkeypatch.setenv(tracking.ENV, "csv")
+    tuned = tmp_path / "tuned.yaml"
+    tuned.write_text("fusion: wbf\n")
+    ds = type("DS", (), {"id": "demo-1234abcd_k2_s42"})()
+    orch._track_oof(ds, pd.DataFrame({"member": ["ensemble"], "score": [0.91]}), tuned)
+    folder = paths.work_dir() / "tracking" / ds.id / "make_all"
+    assert pd.read_csv(folder / "oof.csv")["score"].tolist() == [0.91]
+    assert json.loads((folder / "params.json").read_text()) == {"fusion": "wbf"}

@@ -71,14 +71,24 @@ def test_a_checkpoint_of_another_class_count_is_refused(tmp_path):
         Yolov8Adapter().load(tmp_path / "coco80.pt", ultra(), "cpu")
 
 
-def test_amp_check_is_off_on_cpu_and_never_downloads(monkeypatch):
+def test_amp_check_never_downloads_and_runs_only_with_its_weights_on_disk(monkeypatch, tmp_path):
+    """On CPU: off. On CUDA (a model whose parameters say cuda): without ultralytics' reference weights
+    on disk, AMP on and nothing fetched; with them, ultralytics' own check decides."""
     from train.yolo import trainer as ultra_trainer
 
     def no_download(*args, **kwargs):
         raise AssertionError("the AMP check tried to download")
 
     monkeypatch.setattr("ultralytics.utils.downloads.safe_download", no_download)
+    monkeypatch.setattr("ultralytics.utils.downloads.attempt_download_asset", no_download)
     assert ultra_trainer.offline_check_amp(torch.nn.Linear(2, 2)) is False
+    on_cuda = SimpleNamespace(parameters=lambda: iter([SimpleNamespace(device=torch.device("cuda", 0))]))
+    monkeypatch.setattr(ultra_trainer, "WEIGHTS_DIR", tmp_path)
+    calls = []
+    monkeypatch.setattr(ultra_trainer.checks, "check_amp", lambda model: calls.append(model) or False)
+    assert ultra_trainer.offline_check_amp(on_cuda) is True and calls == []
+    (tmp_path / "yolo26n.pt").write_bytes(b"weights")
+    assert ultra_trainer.offline_check_amp(on_cuda) is False and calls == [on_cuda]
     import ultralytics.engine.trainer as trainer_module
 
     original = trainer_module.check_amp

@@ -16,7 +16,8 @@ from cytokit.config import ConfigError
 from cytokit.io import cli
 from train import registry
 from train.weights import WeightsError, catalog, normalise, resolve
-from train.weights.load import check_file, load_matching, read_tensors
+from train.weights.check import check_file
+from train.weights.load import load_matching, read_tensors
 
 pytestmark = pytest.mark.unit
 
@@ -127,7 +128,8 @@ def test_make_weights_and_the_weights_variable_reach_their_commands():
         return subprocess.run(["make", "-n", "-C", str(paths.ROOT), *args], capture_output=True, text=True,
                               check=True).stdout
 
-    assert "-m train.weights --set default" in dry("weights")
+    assert "-m pipeline.weights --recipe 'configs/recipe.yaml'" in dry("weights")  # the recipe's files
+    assert "-m pipeline.weights --recipe 'my r.yaml'" in dry("weights", "RECIPE=my r.yaml")
     assert "-m train.weights --set all" in dry("weights", "SET=all")
     assert "pretrained=none" in dry("train", "WEIGHTS=none")
     assert re.search(r"\bweights=", dry("train", "WEIGHTS=x.pt")) is None

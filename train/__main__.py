@@ -7,7 +7,9 @@
 
 (``make train MODEL= FOLD= JOBS= EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS= RESUME=1 FORCE=1 ARGS="k=v"``.)
 The fold comes from ``make folds`` (``cytokit.dataset.load_fold``). Config =
-defaults (``configs/<family>.yaml``, see --list) <- ``key=value``; unknown keys are
+defaults (``configs/<family>.yaml``, see --list) <- the model's member settings in the
+recipe of the last ``make all`` on the dataset (``--recipe`` / RECIPE= another, ``none``
+none) <- ``key=value``; unknown keys are
 an error naming the valid ones. Per fold, into ``work/runs/<dataset id>/<model>/fold<k>/``:
 the resolved config, training (best epoch by the challenge score on the fold's
 validation images), then the out-of-fold predictions of the best weights in
@@ -37,6 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--force", action="store_true", help="clear a finished or unfinished run and train again")
     p.add_argument("--jobs", type=int, help="run the folds as this many parallel processes, the CPU threads "
                    "(or the GPUs) split between them; logs in work/logs/<dataset id>/")
+    p.add_argument("--recipe", type=Path, help="recipe whose member settings come first (default: the last "
+                   "make all's on the dataset, cytokit.lastrun; 'none': the model's config alone)")
     p.add_argument("--list", action="store_true", help="list the registered models and exit")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -55,12 +59,36 @@ def main(argv: list[str] | None = None) -> int:
     from train import job, parallel
 
     parallel.apply_threads()  # a job of train.parallel: its share of the CPU threads
+    overrides = [*recipe_overrides(args), *args.overrides]
+    if args.model:  # config, device, disk, /dev/shm and memory before any run folder (train.preflight)
+        from train import preflight
+
+        folds = max(1, args.jobs or 1) if str(args.fold) == "all" else 1
+        preflight.check_training(args.model, overrides, folds, args.jobs or 1)
     if args.jobs is not None:
-        return parallel.train_folds(args.model, args.fold, args.data, args.k, args.seed, args.overrides,
+        return parallel.train_folds(args.model, args.fold, args.data, args.k, args.seed, overrides,
                                     args.jobs, args.resume, args.force)
-    job.train(args.model, str(args.fold), args.data, args.k, args.seed, args.overrides, args.resume,
+    job.train(args.model, str(args.fold), args.data, args.k, args.seed, overrides, args.resume,
               args.force)
     return 0
+
+
+def recipe_overrides(args: argparse.Namespace) -> list[str]:
+    """The model's member settings in the recipe (``--recipe``, else the last make all's on the dataset),
+    which the command line's ``key=value`` then override; [] when none lists the model. One line says
+    which file, so ``make train`` after ``make all`` trains what the run trained."""
+    from cytokit import lastrun
+
+    if not args.model or (args.recipe is not None and str(args.recipe).lower() == "none"):
+        return []
+    choice = lastrun.recipe(args.data, args.k, args.seed, given=args.recipe)
+    if choice is None:
+        return []
+    overrides = lastrun.member_overrides(choice.path, args.model)
+    if overrides is None:
+        return []
+    print(choice.line(f"{args.model} settings", "RECIPE=") + f": {' '.join(overrides) or '(none)'}")
+    return overrides
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cytokit import paths
+from cytokit import makevars, paths
 
 log = logging.getLogger("train")
 
@@ -87,8 +87,13 @@ def run_fold(name: str, adapter: Any, cfg: Any, fold_data: Any, resume: bool, fo
     state = _agree(state)
     if state == "done":
         record = json.loads((run_dir / runs.DONE).read_text())
+        stale = runs.other_folds(run_dir, fold_data.root)
+        if stale:
+            log.warning("%s fold %d: %s; %s to train it on the current folds", name, fold, stale,
+                        makevars.spell("--force"))
         if oof_file.exists():
-            print(f"{name} fold {fold}: already trained ({run_dir / runs.DONE}); --force to train again")
+            print(f"{name} fold {fold}: already trained ({run_dir / runs.DONE}); "
+                  f"{makevars.spell('--force')} to train again")
             return record
     if state in ("fresh", "resume"):
         if dist.is_main():
@@ -106,7 +111,8 @@ def run_fold(name: str, adapter: Any, cfg: Any, fold_data: Any, resume: bool, fo
     path = oof.write_oof(preds, fold_data, name)
     scores = oof.evaluate(preds, fold_data)
     record = {"model": name, "fold": fold, "best": str(best), "oof": str(path), "n_predictions": len(preds),
-              **scores}
+              **runs.folds_record(fold_data.dataset.id if fold_data.dataset else Path(fold_data.root).name,
+                                 fold_data.root), **scores}
     runs.mark_done(run_dir, record)
     print(f"{name} fold {fold}: challenge {scores['challenge']:.4f} (GIoU term {scores['giou_term']:.4f}, "
           f"F1 term {scores['f1_term']:.4f}), mAP50 {scores['map50']:.4f} -> {path}")

@@ -38,6 +38,8 @@ import sys
 import time
 from pathlib import Path
 
+from cytokit.resources import JOBS_ENV
+
 log = logging.getLogger("train")
 
 THREADS_ENV = "CYTOKIT_THREADS"  # CPU threads of one job, set by run_jobs, read by apply_threads
@@ -102,10 +104,11 @@ def passive_wait() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def job_env(threads: int, gpu: str | None = None) -> dict[str, str]:
-    """The environment of a job: this one, with its thread count (0: left as it is) and (when
-    given) its one GPU."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def job_env(threads: int, gpu: str | None = None, jobs: int = 1) -> dict[str, str]:
+    """The environment of a job: this one, with its thread count (0: left as it is), (when
+    given) its one GPU and the number of jobs at once (``CYTOKIT_JOBS``: its share of cores,
+    memory and /dev/shm, ``cytokit.resources``)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", JOBS_ENV: str(max(1, jobs))}
     if threads > 0:
         env.update({var: str(threads) for var in THREAD_VARS})
     if threads > 1:  # unless the user chose a policy: see the module doc
@@ -207,7 +210,7 @@ def run_jobs(jobs: list[Job], n: int = 1, threads: int = 0, gpus: list[str] | No
                     break
                 slot = free.pop(0)
                 gpu = gpus[slot % len(gpus)] if gpus else None
-                running[slot] = _Running(job, slot, job_env(per_job, gpu))
+                running[slot] = _Running(job, slot, job_env(per_job, gpu, min(n, len(jobs))))
                 pending.remove(job)
                 echo(f"  start {job.name}" + (f" on GPU {gpu}" if gpu else "") + f" (log {job.log})")
             if not running:

@@ -8,7 +8,9 @@ Every adapter leaves the same files in its run folder::
     last.pt       the latest checkpoint (what ``--resume`` continues from)
     best.pt       the weights of the epoch with the best challenge score
     trained.json  written when training is finished (the out-of-fold predictions may not be)
-    done.json     written when training and the out-of-fold predictions are finished
+    done.json     written when training and the out-of-fold predictions are finished; it records the
+                  dataset id and ``folds_sha256``, the digest of the fold assignment the run was
+                  trained on (``folds_digest``), so a run on other folds is never reused
 
 ``prepare`` decides what a new ``python -m train`` call does with a folder: a
 finished run is skipped unless ``--force`` (which clears the folder, and the
@@ -18,6 +20,7 @@ a start that failed before its first checkpoint is cleared with a warning.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -29,6 +32,7 @@ from typing import Any
 import pandas as pd
 
 from cytokit import config as kit_config
+from cytokit import makevars
 from cytokit.io import atomic_write, atomic_write_df, atomic_write_text
 from train import tracking
 
@@ -78,7 +82,8 @@ def prepare(run_dir: Path, resume: bool = False, force: bool = False, stale: tup
         log.warning("--resume: %s has no last.pt; starting this run from scratch", run_dir)
     elif has_checkpoint(run_dir):
         raise FileExistsError(
-            f"{run_dir}: holds an unfinished run; add --resume to continue it or --force to start over"
+            f"{run_dir}: holds an unfinished run; add {makevars.spell('--resume')} to continue it or "
+            f"{makevars.spell('--force')} to start over"
         )
     elif run_dir.exists() and any(run_dir.iterdir()):
         # A start that failed before its first checkpoint (bad data, out of memory): nothing to resume.
@@ -99,6 +104,35 @@ def save_config(cfg: Any, run_dir: Path) -> Path:
         if changed:
             log.warning("config changed since the run started: %s", ", ".join(changed))
     return kit_config.save(cfg, path)
+
+
+def folds_digest(dataset_root: Path) -> str | None:
+    """The sha256 of a prepared dataset's fold assignment (``images.csv``'s ``NAME,fold``, by name);
+    None when the dataset has no images.csv. New folds (``make folds FORCE=1``) give another digest."""
+    path = Path(dataset_root) / "images.csv"
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path, usecols=["NAME", "fold"], dtype={"NAME": str}).sort_values("NAME")
+    lines = "".join(f"{n}\t{int(f)}\n" for n, f in zip(table["NAME"], table["fold"]))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def folds_record(dataset_id: str, dataset_root: Path) -> dict[str, Any]:
+    """What done.json records of the folds a run was trained on."""
+    return {"dataset": dataset_id, "folds_sha256": folds_digest(dataset_root)}
+
+
+def other_folds(run_dir: Path, dataset_root: Path) -> str | None:
+    """Why the finished run in ``run_dir`` was trained on other folds than the dataset has now (one
+    line), or None: same folds, or a done.json from before runs recorded their folds."""
+    try:
+        record = json.loads((Path(run_dir) / DONE).read_text())
+    except (OSError, ValueError):
+        return None
+    old, new = record.get("folds_sha256"), folds_digest(dataset_root)
+    if not old or not new or old == new:
+        return None
+    return f"trained on other folds (fold digest {old[:8]}, now {new[:8]}: make folds made new ones)"
 
 
 def mark_done(run_dir: Path, info: dict[str, Any]) -> Path:
@@ -144,7 +178,8 @@ def best_so_far(run_dir: Path, column: str = "challenge") -> float:
 
 
 def plot_curves(table: pd.DataFrame, path: Path) -> Path:
-    """Loss columns (``*loss*``) in one panel, the other metrics in another, against epoch."""
+    """One panel per series against epoch (losses first, then the validation metrics), each on its
+    own axis: losses of 0.01-5 and scores of 0-1 do not share a scale."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,14 +187,21 @@ def plot_curves(table: pd.DataFrame, path: Path) -> Path:
 
     losses = [c for c in table.columns if "loss" in c]
     metrics = [c for c in table.columns if c not in losses and c not in ("epoch", "lr", "time")]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, cols, title in ((axes[0], losses, "losses"), (axes[1], metrics, "validation")):
-        for col in cols:
-            ax.plot(table["epoch"], table[col], marker="o", label=col)
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        if cols:
-            ax.legend(fontsize=7)
+    series = [c for c in losses + metrics
+              if pd.api.types.is_numeric_dtype(table[c]) and table[c].notna().any()] or ["(no series)"]
+    cols = min(4, len(series))
+    rows = -(-len(series) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.ravel()[len(series):]:
+        ax.axis("off")
+    for ax, col in zip(axes.ravel(), series):
+        if col in table:
+            ax.plot(table["epoch"], table[col], marker="o", ms=3,
+                    color="#d73027" if col in losses else "#4575b4")
+        ax.set_title(col, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, suffix=".tmp.png") as tmp:

@@ -5,7 +5,8 @@ import logging
 import time
 from pathlib import Path
 
-from cytokit import io
+from cytokit import config as kit_config
+from cytokit import io, lastrun
 from pipeline.report import calibration, errors, sections
 from pipeline.report import page as p
 from pipeline.report.sources import Source
@@ -24,12 +25,13 @@ def _guarded(name: str, make) -> str:
 
 def build_report(data: Path, k: int | None = None, seed: int | None = None, config: Path | None = None,
                  submission: Path | None = None, out: Path | None = None, classifier: bool = True,
-                 n_boot: int = 1000) -> Path:
+                 n_boot: int = 1000, overrides: list[str] | tuple[str, ...] = ()) -> Path:
     """Write the report of the dataset prepared from ``data`` (``k``/``seed`` choose when it was prepared
     several times); its path.
 
     ``config``: the ensemble config whose fusion and classifier settings score the out-of-fold table
-    (default: make tune-ensemble's, else configs/ensemble.yaml); ``submission``: the submission to
+    (default: the last make all's tuned one, ``cytokit.lastrun``) with ``overrides`` (``key=value``
+    ensemble config keys: device=cuda, ...); ``submission``: the submission to
     validate (default submissions/submission.csv); ``classifier``: score the classifier blend rows
     (classifies every out-of-fold box once; cached); ``n_boot``: bootstrap resamples per comparison.
     """
@@ -40,8 +42,8 @@ def build_report(data: Path, k: int | None = None, seed: int | None = None, conf
     src = Source(Path(data), k, seed)
     meta = src.meta()  # FileNotFoundError naming the folder when make folds has not run
     images, boxes = src.images(), src.boxes()
-    config = Path(config) if config else src.ensemble_config()
-    cfg = load_config(config, {"k": src.k, "seed": src.seed})
+    config = Path(config) if config else lastrun.ensemble(src.data, src.k, src.seed).path
+    cfg = load_config(config, {**kit_config.parse_overrides(list(overrides)), "k": src.k, "seed": src.seed})
     start = time.perf_counter()
     try:
         oof = oof_table.build(src, cfg, classifier, n_boot)
@@ -66,7 +68,7 @@ def build_report(data: Path, k: int | None = None, seed: int | None = None, conf
                                                     lambda: sections.submission_section(src, submission))),
     ]
     title = f"CytologIA kit report: {src.key}"
-    subtitle = [f"data {src.data.resolve()} | k={k} seed={seed} | ensemble settings {config}",
+    subtitle = [f"data {src.data.resolve()} | k={src.k} seed={src.seed} | ensemble settings {config}",
                 f"written {time.strftime('%Y-%m-%d %H:%M')} by make report | {oof_table.describe(oof)}"]
     path = Path(out) if out else src.report_path()
     io.atomic_write_text(path, p.document(title, subtitle, body))

@@ -1,4 +1,8 @@
-"""The report's figures: matplotlib (Agg), each returned as a base64 PNG to embed in the page."""
+"""The report's figures: matplotlib (Agg), each returned as a ``data:`` URI to embed in the page.
+
+Charts are PNG (sharp lines, small); photos (crops, smear images with boxes) are JPEG, a fifth of
+their PNG size. Text is drawn at ``TEXT`` points or more at ``DPI``: at least 11 px at 100 %.
+"""
 from __future__ import annotations
 
 import base64
@@ -11,6 +15,9 @@ import pandas as pd
 from cytokit import classes
 
 TRUE_COLOUR, PRED_COLOUR = "#1a9850", "#d6046f"  # green truth, magenta prediction
+DPI = 100  # pixels per inch of every figure
+TEXT = 8  # smallest font size in points (11 px at DPI)
+JPEG_QUALITY = 82  # photos: no visible artefact on smear crops, ~5x smaller than PNG
 
 
 def _plt():
@@ -22,12 +29,21 @@ def _plt():
     return plt
 
 
-def png(fig) -> str:
-    """The figure as base64 PNG text (and closed)."""
+def encode(fig, photo: bool = False) -> str:
+    """The figure as a ``data:`` URI (and closed): JPEG for photos, PNG for charts."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    if photo:
+        fig.savefig(buf, format="jpeg", dpi=DPI, bbox_inches="tight", pil_kwargs={"quality": JPEG_QUALITY})
+    else:
+        fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     _plt().close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    mime = "image/jpeg" if photo else "image/png"
+    return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
+
+
+def png(fig) -> str:
+    """A chart as a PNG ``data:`` URI."""
+    return encode(fig)
 
 
 def class_counts(boxes: pd.DataFrame) -> str:
@@ -45,7 +61,7 @@ def class_counts(boxes: pd.DataFrame) -> str:
         ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.set_ylabel("boxes")
     for i, v in enumerate(counts.to_numpy()):
-        ax.text(i, max(v, 1), str(v), ha="center", va="bottom", fontsize=6)
+        ax.text(i, max(v, 1), str(v), ha="center", va="bottom", fontsize=TEXT)
     return png(fig)
 
 
@@ -58,7 +74,7 @@ def fold_balance(images: pd.DataFrame, boxes: pd.DataFrame, k: int) -> str:
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * k, 6.5))
     im = ax.imshow(share.to_numpy(dtype=float), cmap="RdBu_r", vmin=0, vmax=min(1.0, 2.0 / k), aspect="auto")
     for (i, j), v in np.ndenumerate(counts.to_numpy()):
-        ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=TEXT)
     ax.set_xticks(range(k), [f"fold {f}" for f in range(k)], fontsize=8)
     ax.set_yticks(range(len(classes.CLASSES)), classes.CLASSES, fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.05, label=f"share of the class (ideal {1 / k:.2f})")
@@ -90,7 +106,7 @@ def curves(model: str, frames: dict[int, pd.DataFrame]) -> str:
     for ax in (left, right):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=TEXT)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return png(fig)
@@ -120,10 +136,10 @@ def confusion(labels: list[str], matrix: np.ndarray) -> str:
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for (i, j), v in np.ndenumerate(m):
         if v:
-            ax.text(j, i, str(int(v)), ha="center", va="center", fontsize=6,
+            ax.text(j, i, str(int(v)), ha="center", va="center", fontsize=TEXT,
                     color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xticks(range(n), labels, rotation=90, fontsize=7)
-    ax.set_yticks(range(n), labels, fontsize=7)
+    ax.set_xticks(range(n), labels, rotation=90, fontsize=TEXT)
+    ax.set_yticks(range(n), labels, fontsize=TEXT)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     return png(fig)
@@ -148,9 +164,9 @@ def crop_rows(rows: list[tuple[str, list[np.ndarray]]], per_row: int = 6) -> str
             ax.axis("off")
             if c < len(crops) and crops[c].size:
                 ax.imshow(crops[c])
-        axes[r][0].set_title(title, fontsize=8, loc="left")
+        axes[r][0].set_title(title, fontsize=TEXT + 1, loc="left")
     fig.tight_layout()
-    return png(fig)
+    return encode(fig, photo=True)
 
 
 def boxes_grid(items: list[tuple[str, np.ndarray, pd.DataFrame, pd.DataFrame]], per_row: int = 3) -> str:
@@ -167,11 +183,11 @@ def boxes_grid(items: list[tuple[str, np.ndarray, pd.DataFrame, pd.DataFrame]], 
                 ax.add_patch(plt.Rectangle((b.x1, b.y1), b.x2 - b.x1, b.y2 - b.y1, fill=False, lw=1.6,
                                            edgecolor=colour))
                 y = b.y1 if va == "bottom" else b.y2
-                ax.text(b.x1, y, str(b.label), color="white", fontsize=7, va=va,
+                ax.text(b.x1, y, str(b.label), color="white", fontsize=TEXT + 1, va=va,
                         bbox={"facecolor": colour, "alpha": 0.8, "pad": 1, "lw": 0})
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=TEXT + 1)
     fig.tight_layout()
-    return png(fig)
+    return encode(fig, photo=True)
 
 
 def image_of(images_dir: Path, name: str) -> np.ndarray:

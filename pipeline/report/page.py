@@ -60,8 +60,9 @@ def table(frame: pd.DataFrame, row_class=None, cell_class=None, digits: int = 4)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def img(b64: str, alt: str) -> str:
-    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{b64}">'
+def img(uri: str, alt: str) -> str:
+    """An embedded figure: ``uri`` is a ``data:`` URI (``figures.encode``)."""
+    return f'<img alt="{esc(alt)}" src="{uri}">'
 
 
 def note(text: str) -> str:

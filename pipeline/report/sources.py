@@ -89,11 +89,6 @@ class Source:
         """The last submission of ``make submission`` (``submissions/submission.csv``)."""
         return paths.submissions_dir() / "submission.csv"
 
-    def ensemble_config(self) -> Path:
-        """The tuned ensemble (``make tune-ensemble``) when there, else ``configs/ensemble.yaml``."""
-        tuned = paths.tuned_config()
-        return tuned if tuned.is_file() else paths.CONFIGS / "ensemble.yaml"
-
     def report_path(self) -> Path:
         return paths.reports_dir("pages") / f"{self.key}.html"
 

@@ -199,8 +199,8 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
     if len(ds_train) == 0:
         raise ValueError(f"no training crops ({cfg.mode} mode) in this fold")
     sampler = cls_data.make_sampler(ds_train.labels, cfg.sampler, cfg.balance_power, cfg.seed)
-    loader_args = {"batch_size": cfg.batch, "num_workers": cfg.workers,
-                   "pin_memory": device.startswith("cuda")}
+    workers = cls_data.loader_workers(cfg.workers, cfg.batch, cfg.imgsz)
+    loader_args = {"batch_size": cfg.batch, "num_workers": workers, "pin_memory": device.startswith("cuda")}
     train_loader = torch.utils.data.DataLoader(ds_train, sampler=sampler, shuffle=sampler is None,
                                                drop_last=len(ds_train) > cfg.batch, **loader_args)
     val_loader = torch.utils.data.DataLoader(ds_val, shuffle=False, **loader_args)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cytokit import boxes, classes, images
+from cytokit import boxes, classes, images, resources
 from cytokit.tables import COORDS
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,7 @@ STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 AUGMENTS = ("none", "light", "default")
 SAMPLERS = ("random", "balanced")
 SIZE_REF = 128.0  # px: box-size features are log(side / SIZE_REF) (real median box sides run 80-190 px)
-CACHE_SHARE = 0.25  # cache: true keeps crops' pixels up to this share of the machine's RAM (rest decoded)
+CACHE_SHARE = 0.25  # cache: true keeps crops' pixels up to this share of the job's memory (rest decoded)
 
 
 def crop_window(box: np.ndarray, width: int, height: int, margin: int) -> tuple[int, int, int, int]:
@@ -86,12 +85,22 @@ def image_size_features(images: list[np.ndarray]) -> np.ndarray:
     return box_size_features(np.array([[0.0, 0.0, im.shape[1], im.shape[0]] for im in images]).reshape(-1, 4))
 
 
-def cache_budget() -> int:
-    """Bytes ``cache: true`` may keep: ``CACHE_SHARE`` of the machine's physical RAM."""
-    try:
-        return int(CACHE_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):  # no sysconf (not POSIX)
-        return 4 * 2**30
+def cache_budget(limits: resources.Limits | None = None) -> int:
+    """Bytes ``cache: true`` may keep: ``CACHE_SHARE`` of the job's memory (the cgroup / SLURM limit, not
+    the machine's RAM, divided by the ``CYTOKIT_JOBS`` jobs training at once); logged."""
+    limits = limits or resources.Limits()
+    budget = resources.cache_budget(CACHE_SHARE, limits)
+    log.info("crop cache budget: %s (%.0f%% of %s, %s, shared by %d job(s))", resources.fmt_bytes(budget),
+             100 * CACHE_SHARE, resources.fmt_bytes(limits.memory_bytes()), limits.memory_source(),
+             limits.job_count())
+    return budget
+
+
+def loader_workers(requested: int, batch: int, imgsz: int, limits: resources.Limits | None = None) -> int:
+    """DataLoader workers of a classifier: ``requested`` capped by the job's cores and /dev/shm (each worker
+    holds 2 batches of float32 crops there: ~0.6 GB for 8 workers of 64 crops at 224 px)."""
+    per_worker = resources.loader_shm_bytes(batch, imgsz)
+    return resources.capped_workers(requested, limits, shm_per_worker=per_worker, what="classifier")
 
 
 def jitter_box(box: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:

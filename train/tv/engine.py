@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from cytokit import resources
 from cytokit.config import to_dict
 from train import checkpoint, dist, runs
 from train.tv.data import collate
@@ -89,9 +90,11 @@ def fit(model: torch.nn.Module, cfg: Any, dataset, run_dir: Path, device: str, a
     net = dist.wrap(model, device)
     weights = dataset.balanced_weights() if cfg.balanced else None
     sampler = dist.make_sampler(dataset, shuffle=True, weights=weights, seed=cfg.seed)
+    workers = resources.capped_workers(  # images of about imgsz^2 float32 pixels (CytologIA's are ~360 px)
+        cfg.workers, shm_per_worker=resources.loader_shm_bytes(cfg.batch, cfg.imgsz), what="torchvision")
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch, sampler=sampler, num_workers=cfg.workers,
-        collate_fn=collate, pin_memory=device.startswith("cuda"), persistent_workers=cfg.workers > 0,
+        dataset, batch_size=cfg.batch, sampler=sampler, num_workers=workers,
+        collate_fn=collate, pin_memory=device.startswith("cuda"), persistent_workers=workers > 0,
     )
     optimizer = make_optimizer(model, cfg)
     total, warmup = cfg.epochs * len(loader), int(cfg.warmup_epochs * len(loader))

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from cytokit import config
+from cytokit import config, resources
 from train import checkpoint, runs
 from train.base import Adapter
 from train.unet.post import N_LABELS, UnetPredictor, confusion, seg_metrics
@@ -167,8 +167,10 @@ def fit(cfg: UnetConfig, fold_data: Any, masks_dir: Path, run_dir: Path, resume:
                      train=True, seed=cfg.seed)
     if len(ds) == 0:
         raise ValueError("no training images in this fold")
+    workers = resources.capped_workers(  # float32 image + mask: about 4 channels of imgsz^2
+        cfg.workers, shm_per_worker=resources.loader_shm_bytes(cfg.batch, cfg.imgsz, channels=4), what="UNet")
     loader = torch.utils.data.DataLoader(
-        ds, batch_size=cfg.batch, shuffle=True, num_workers=cfg.workers, drop_last=len(ds) > cfg.batch,
+        ds, batch_size=cfg.batch, shuffle=True, num_workers=workers, drop_last=len(ds) > cfg.batch,
         generator=torch.Generator().manual_seed(cfg.seed), pin_memory=device.startswith("cuda"))
     init = None if resume and (run_dir / "last.pt").exists() else resolve(
         cfg.pretrained, f"unet:{cfg.encoder}", f"unet fold {fold_data.fold}", record=run_dir)

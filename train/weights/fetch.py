@@ -47,7 +47,7 @@ def digest(path: Path, algorithm: str) -> str:
 
 def verify(path: Path, entry: Entry) -> str:
     """Check ``path`` against the entry's pinned size and hashes, then load it; a description of it."""
-    from train.weights.load import check_file
+    from train.weights.check import check_file
 
     size = path.stat().st_size
     if entry.size and size != entry.size:

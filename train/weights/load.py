@@ -7,8 +7,9 @@
 - ``load_matching``: copy the tensors whose name and shape fit a model (a COCO or ImageNet head of
   another size is left to its fresh initialisation, and the log says which tensors those were).
 - ``check_fits``: a state dict must fit a reference architecture exactly (keys and shapes).
-- ``check_file``: load a file the way its catalogue entry says (what ``make weights`` runs on every
-  download).
+
+Checking a file against the architecture it is for (``check_file``) builds models, so it lives a
+floor up, in ``train.weights.check``: this module reads files and needs no model code.
 """
 from __future__ import annotations
 
@@ -122,44 +123,3 @@ def check_fits(state: dict, expected: dict, path: Path | str, what: str) -> None
         parts.append(f"shape mismatches {_summary(shaped)}, e.g. {k} {tuple(state[k].shape)} vs "
                      f"{tuple(expected[k])}")
     raise WeightsError(path, f"not {what}: " + "; ".join(p for p in parts if p))
-
-
-def reference_shapes(loader: str) -> dict:
-    """``name -> shape`` of the architecture a catalogue ``loader`` names (built on the meta device)."""
-    import torch
-
-    family, _, arch = loader.partition(":")
-    with torch.device("meta"):
-        if family == "torchvision":
-            import torchvision
-
-            builder = getattr(torchvision.models.detection, arch, None) or getattr(torchvision.models, arch)
-            extra = {"weights_backbone": None} if hasattr(torchvision.models.detection, arch) else {}
-            model = builder(weights=None, **extra)
-        elif family == "timm":
-            import timm
-
-            model = timm.create_model(arch, pretrained=False)
-        elif family == "sam":
-            from train.unet import medsam
-
-            model = medsam.build_sam(medsam.SPECS[arch])
-        else:
-            raise ValueError(f"no reference architecture for loader {loader!r}")
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def check_file(path: Path | str, loader: str, what: str = "") -> str:
-    """Load ``path`` as its catalogue ``loader`` says; a short description, or ``WeightsError``."""
-    path = Path(path)
-    family, _, arch = loader.partition(":")
-    what = what or arch or family
-    if family == "ultralytics":
-        from train.yolo.predict import load_ultra_checkpoint
-
-        model = load_ultra_checkpoint(path)
-        return f"ultralytics model, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters"
-    state = read_tensors(path, what)
-    if family != "tensors":
-        check_fits(state, reference_shapes(loader), path, f"{family} {arch} weights")
-    return f"{len(state)} tensors, {sum(v.numel() for v in state.values()) / 1e6:.1f} M parameters"

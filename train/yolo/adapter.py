@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
-from cytokit import classes
+from cytokit import classes, resources
 from cytokit.config import ConfigError
 from train.base import Adapter, Predictor
 from train.weights import WeightsError, normalise, resolve
@@ -143,7 +143,7 @@ class UltraAdapter(Adapter):
         args.update(
             data=str(fold_data.yolo_yaml), device=ultra_device(cfg.device), project=str(run_dir),
             name="ultralytics", exist_ok=True, val=True, verbose=False,
-            pretrained=str(init_weights(init)) if init else False,
+            pretrained=str(init_weights(init)) if init else False, workers=ultra_workers(cfg),
         )
         clash = sorted(set(cfg.extra) & set(args))
         if clash:
@@ -159,7 +159,7 @@ class UltraAdapter(Adapter):
         ul_last = run_dir / "ultralytics" / "weights" / "last.pt"
         if resume and ul_last.exists():
             model = YOLO(str(ul_last))
-            args = {"resume": True, "device": ultra_device(cfg.device), "workers": cfg.workers}
+            args = {"resume": True, "device": ultra_device(cfg.device), "workers": ultra_workers(cfg)}
         else:
             model = YOLO(self.model_yaml(cfg))
             args = self.train_args(cfg, fold_data, run_dir)
@@ -199,6 +199,22 @@ def ultra_device(spec: str | None) -> str | None:
     if text in ("", "auto"):
         return None
     return text.replace("cuda:", "") if text != "cuda" else "0"
+
+
+def ultra_workers(cfg: UltraConfig, limits: resources.Limits | None = None) -> int:
+    """``cfg.workers`` capped by the job's cores and /dev/shm (``cytokit.resources.capped_workers``).
+
+    Ultralytics starts ``workers`` per GPU rank for training and twice as many for validation, all alive
+    at once (its loaders persist): training workers each hold 4 uint8 batches in /dev/shm, validation
+    workers 2 batches of twice the batch.
+    """
+    device = ultra_device(cfg.device) or ""
+    ranks = len([d for d in device.split(",") if d.strip().isdigit()])
+    batch = cfg.batch if cfg.batch >= 1 else 16  # batch=-1: ultralytics picks; 16 is its usual choice
+    shm = (resources.loader_shm_bytes(batch, cfg.imgsz, prefetch=4, itemsize=1)
+           + 2 * resources.loader_shm_bytes(2 * batch, cfg.imgsz, prefetch=2, itemsize=1))
+    return resources.capped_workers(cfg.workers, limits, multiple=max(2, ranks), shm_per_worker=shm,
+                                    what="ultralytics")
 
 
 def check_weights(path: Path | str) -> Path:

@@ -1,6 +1,6 @@
 """BCCD as a CytologIA data folder, so that ``make all`` runs on real smears with the upstream split.
 
-    python -m bench.bccd.data [--bccd ../shared/data/bccd] [--out DIR] [--all [--jobs N] [k=v ...]]
+    python -m prepare.bccd [--bccd ../shared/data/bccd] [--out DIR]
 
 Reads the small public BCCD set in place (``cytologia_wbc_subtypes.csv``: one
 white cell per image, classes PNN/EO/LY/MO/BA, 640x480 fields) and writes, under
@@ -8,9 +8,10 @@ white cell per image, classes PNN/EO/LY/MO/BA, 640x480 fields) and writes, under
 ``images/`` (hard links to the shared JPEGs, copies across file systems; the raw
 files are never modified), ``train.csv`` (the images of the upstream
 ``ImageSets/Main/train.txt`` + ``val.txt``), ``test.csv`` and ``test_labels.csv``
-(those of ``test.txt``, ids from the subtype file). With ``--all`` (``make bccd``)
-it then runs ``make all`` on that folder with ``configs/bccd.yaml``: it trains,
-tunes out-of-fold on the train split only and scores the test split.
+(those of ``test.txt``, ids from the subtype file). ``make bccd``
+(``python -m pipeline.bccd``) writes it and runs ``make all`` on it with
+``configs/bccd.yaml``: it trains, tunes out-of-fold on the train split only and
+scores the test split.
 Writing again is a no-op when nothing changed; every file is written atomically.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pandas as pd
 
 from cytokit import env, io, paths, tables
 
-log = logging.getLogger("bench.bccd.data")
+log = logging.getLogger("prepare.bccd")
 SUBTYPES = "cytologia_wbc_subtypes.csv"  # one WBC box + subtype per image (see the BCCD README)
 
 
@@ -100,12 +101,9 @@ def write(bccd: Path, out: Path) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.bccd.data", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m prepare.bccd", description=__doc__.split("\n")[0])
     p.add_argument("--bccd", type=Path, default=paths.bccd_dir(), help="the BCCD folder (read only)")
     p.add_argument("--out", type=Path, help="the data folder to write (default <work>/data/bccd)")
-    p.add_argument("--all", action="store_true", help="then make all on it (configs/bccd.yaml)")
-    p.add_argument("--jobs", type=int, help="with --all: training jobs at once (the recipe's jobs)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="with --all: recipe overrides")
     args = p.parse_args(argv)
     env.apply()
     io.setup_logging()
@@ -114,12 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"BCCD data folder {out}: train.csv {counts['train_boxes']} boxes on {counts['train_images']} "
           f"images (upstream train+val), test.csv {counts['test_boxes']} boxes on {counts['test_images']} "
           f"images (upstream test, truth in test_labels.csv)")
-    if not args.all:
-        return 0
-    from pipeline.__main__ import main as make_all
-
-    return make_all(["--recipe", str(paths.CONFIGS / "bccd.yaml"), "--data", str(out), *args.overrides,
-                     *(["--jobs", str(args.jobs)] if args.jobs is not None else [])])
+    return 0
 
 
 if __name__ == "__main__":
