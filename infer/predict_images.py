@@ -43,11 +43,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cytokit import classes, io, paths
+from cytokit import classes, io, lastrun, paths
 from cytokit.tables import COORDS
 
 log = logging.getLogger(__name__)
-CONFIGS = ("tuned.yaml", "ensemble.yaml")  # a run's ensemble configs, preferred first
+CONFIGS = (lastrun.TUNED, lastrun.ENSEMBLE)  # a run's ensemble configs (pipeline.run), preferred first
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 CHUNK = 32  # images decoded and predicted together (all members, all views)
 OUTPUT_COLUMNS = ("image", *COORDS, "class", "confidence", "score", "width", "height", "path",
