@@ -21,8 +21,10 @@ ever read. Layout under the work folder::
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,3 +183,18 @@ def lock_file(data: Path) -> Path:
     ``work/locks/<data folder name>-<digest of its absolute path>.lock``."""
     data = Path(data).resolve()
     return work_dir() / "locks" / f"{data.name or 'root'}-{_digest(str(data))}.lock"
+
+
+@contextlib.contextmanager
+def using_work_dir(root: Path) -> Iterator[Path]:
+    """Point ``CYTOKIT_WORK`` at ``root`` (the demo's work folder, a run's nested one; children inherit
+    it), then restore it."""
+    old = os.environ.get("CYTOKIT_WORK")
+    os.environ["CYTOKIT_WORK"] = str(root)
+    try:
+        yield root
+    finally:
+        if old is None:
+            os.environ.pop("CYTOKIT_WORK", None)
+        else:
+            os.environ["CYTOKIT_WORK"] = old

@@ -109,9 +109,8 @@ def find_run(run: str | Path | None = None, work: Path | None = None) -> Run:
 @contextlib.contextmanager
 def in_work(run: Run) -> Iterator[None]:
     """Point ``CYTOKIT_WORK`` at the run's work folder while its runs and predictions are read."""
-    from pipeline.demo import demo_work_dir
 
-    with demo_work_dir(run.work):
+    with paths.using_work_dir(run.work):
         yield
 
 

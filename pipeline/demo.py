@@ -13,29 +13,12 @@ of real data); the run report is ``work/demo/logs/<dataset id>/report.json``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 from cytokit import env, io, paths
 
 DEFAULT_CONFIG = paths.CONFIGS / "demo.yaml"
-
-
-@contextlib.contextmanager
-def demo_work_dir(root: Path) -> Iterator[Path]:
-    """Point ``CYTOKIT_WORK`` at ``root`` for the demo (children inherit it), then restore it."""
-    old = os.environ.get("CYTOKIT_WORK")
-    os.environ["CYTOKIT_WORK"] = str(root)
-    try:
-        yield root
-    finally:
-        if old is None:
-            os.environ.pop("CYTOKIT_WORK", None)
-        else:
-            os.environ["CYTOKIT_WORK"] = old
 
 
 def last_report() -> Path | None:
@@ -61,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = [*args.overrides, *([f"jobs={args.jobs}"] if args.jobs is not None else [])]
     cfg = recipe.load(args.config, overrides)
-    with demo_work_dir(paths.demo_dir()):
+    with paths.using_work_dir(paths.demo_dir()):
         env.apply()
         report = run.run(cfg, args.data.resolve(), paths.submissions_dir())
         if "score" in report:

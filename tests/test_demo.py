@@ -29,7 +29,7 @@ def test_demo_recipe_trains_detectors_then_the_classifier_in_parallel():
 
 def test_demo_work_dir_is_private_and_restored(tmp_path):
     before = os.environ.get("CYTOKIT_WORK")
-    with demo.demo_work_dir(tmp_path / "demo"):
+    with paths.using_work_dir(tmp_path / "demo"):
         assert paths.work_dir() == (tmp_path / "demo").resolve()
         assert paths.logs_dir("d_k2_s1") == (tmp_path / "demo").resolve() / "logs" / "d_k2_s1"
     assert os.environ.get("CYTOKIT_WORK") == before
@@ -52,7 +52,7 @@ def test_full_demo_learns(tmp_path, monkeypatch):
     monkeypatch.setenv("CYTOKIT_WORK", str(tmp_path / "work"))
     data = tmp_path / "data"
     assert demo.main(["--data", str(data)]) == 0
-    with demo.demo_work_dir(paths.demo_dir()):
+    with paths.using_work_dir(paths.demo_dir()):
         report = json.loads(paths.run_report(dataset.resolve(data).id).read_text())
     assert report["status"] == "ok" and not report["failures"]
     members = [r["member"] for r in report["test"]]

@@ -102,12 +102,11 @@ def build(tmp: Path, classifier: bool = False) -> tuple[Path, Path, str]:
     from cytokit import config, dataset, env, paths
     from infer import ensemble, tune
     from infer.config import load_config
-    from pipeline.demo import demo_work_dir
     from prepare import folds
     from prepare.synth import make as synth
 
     data, work = tmp / "data" / "demo", tmp / "work"
-    with demo_work_dir(work / "demo"):
+    with paths.using_work_dir(work / "demo"):
         env.apply()
         made = synth.main(["--out", str(data), "--images", "24", "--seed", "5", "--test-fraction", "0.25"])
         assert made == 0
