@@ -1,7 +1,7 @@
 """Does the second-stage classifier pay? Detector-only vs blended classes, on out-of-fold images.
 
     python -m infer.cls_report --data DATA --k 5 --seed 42 --detector yolov8 [--classifier cls ...]
-                               [--weight 0.5] [--full-weight 0.5] [--device cpu] [--no-tta] [--out DIR]
+                               [--weight 0.5] [--full-weight 0.5] [--device DEV] [--no-tta] [--out DIR]
 
 For every fold with both the detector's ``work/preds/<detector>/fold<k>/oof.parquet``
 and the classifiers' ``work/runs/<classifier>/fold<k>/best.pt``, the detector's
@@ -126,13 +126,15 @@ def finished(run_dir: Path) -> bool:
 
 def oof_inputs(data: Path, k: int | None, seed: int | None, detector: str, classifiers: list[str],
                device: str, tta: bool):
-    """The detector's OOF table, truth boxes, image sizes and classifier probabilities, all folds found."""
+    """The detector's OOF table, truth boxes, image sizes and classifier probabilities, all folds found
+    (each image classified by the folds that did not see it: ``infer.oof_cls.OOFClassifier``, whose
+    per-crop cache tuning and the report share)."""
     from cytokit import dataset, predictions
     from cytokit.submission import one_view
-    from infer import blend
+    from infer.oof_cls import OOFClassifier
 
     ds = dataset.resolve(data, k, seed)
-    preds, truth, sizes, probs, used = [], [], [], [], []
+    preds, truth, sizes, found, used = [], [], [], [], []
     for fold in range(ds.k):
         oof = ds.preds_dir(detector, fold) / predictions.OOF_FILE
         weights = [ds.run_dir(c, fold) / "best.pt" for c in classifiers]
@@ -148,21 +150,15 @@ def oof_inputs(data: Path, k: int | None, seed: int | None, detector: str, class
         else:
             p = one_view(predictions.read(oof))
             p = p[p["NAME"].isin(fd.val_images["NAME"])].reset_index(drop=True)
-        n_cells = fd.val_boxes.groupby("NAME").size().to_dict()
-        members = blend.load_members([(w, None) for w in weights], device)
-        probs.append(blend.classifier_probs(p, fd.images_dir, members, tta, n_cells))
+        found += [(c, fold, w) for c, w in zip(classifiers, weights)]
         preds.append(p), truth.append(fd.val_boxes), sizes.append(fd.val_images), used.append(fold)
     if not used:
         raise FileNotFoundError(f"no fold has both {ds.preds_dir(detector, 0).parent}/fold<k>/oof.parquet "
                                 f"and {ds.run_dir(classifiers[0], 0).parent}/fold<k>/best.pt")
-    full = [p.full for p in probs]
-    merged = blend.ClassifierProbs(
-        np.concatenate([p.crop for p in probs]),
-        None if all(f is None for f in full) else np.concatenate(
-            [f if f is not None else np.full_like(p.crop, np.nan) for f, p in zip(full, probs)]),
-        np.concatenate([p.single for p in probs]))
-    return (pd.concat(preds, ignore_index=True), pd.concat(truth, ignore_index=True),
-            pd.concat(sizes, ignore_index=True), merged, used)
+    preds, truth = pd.concat(preds, ignore_index=True), pd.concat(truth, ignore_index=True)
+    n_cells = truth.groupby("NAME").size().to_dict()
+    probs = OOFClassifier(ds, found, device).probs(preds, tta, n_cells)
+    return preds, truth, pd.concat(sizes, ignore_index=True), probs, used
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,14 +171,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classifier", nargs="+", default=["cls"], help="classifier run names (crop/full)")
     parser.add_argument("--weight", type=float, default=0.5, help="blend weight of the classifier")
     parser.add_argument("--full-weight", type=float, default=0.5, help="share of full-image classifiers")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: $DEVICE, else the ensemble config's)")
+    parser.add_argument("--config", type=Path, help="ensemble config whose device is used (default: the "
+                        "tuned one, else configs/ensemble.yaml)")
     parser.add_argument("--no-tta", action="store_true", help="no flip test-time augmentation")
     parser.add_argument("--out", type=Path, help="report folder (default work/reports/cls_<detector>)")
     args = parser.parse_args(argv)
     env.apply()
     io.setup_logging()
+    from infer.config import default_config, device, load_config
+
+    dev = device(load_config(args.config or default_config()).device, args.device)
     preds, truth, sizes, probs, folds = oof_inputs(args.data, args.k, args.seed, args.detector,
-                                                    args.classifier, args.device, not args.no_tta)
+                                                    args.classifier, dev, not args.no_tta)
     comp = compare(preds, truth, sizes, probs, args.weight, args.full_weight, f"{args.detector} only")
     out = args.out or paths.reports_dir(f"cls_{args.detector}")
     save(comp, out)
