@@ -21,13 +21,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="HTML file to write (default work/reports/<dataset>.html)")
     parser.add_argument("--no-classifier", action="store_true", help="skip the classifier blend rows")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples per comparison")
+    parser.add_argument("--device", help="device of the classifier when no tuned table exists (default: "
+                        "$DEVICE, else the ensemble config's)")
     args = parser.parse_args(argv)
     env.apply()
     io.setup_logging()
     from pipeline.report import build_report
 
     path = build_report(args.data, args.k, args.seed, args.config, args.submission, args.out,
-                        not args.no_classifier, args.bootstrap)
+                        not args.no_classifier, args.bootstrap, args.device)
     print(f"report: {path}")
     return 0
 
