@@ -37,7 +37,7 @@ from infer import cache, fuse, predict, tta
 from infer.config import EnsembleConfig, bind
 
 log = logging.getLogger("infer")
-FUSE_CHUNK = 2000  # test images fused at a time (every member-fold's rows of them in memory together)
+FUSE_CHUNK = 500  # test images fused at a time (every member-fold's rows of them in memory together)
 
 
 @dataclasses.dataclass
@@ -148,7 +148,7 @@ def predict_members(cfg: EnsembleConfig, data: Path, force: bool = False, progre
 
 
 def fuse_files(files: list[Path], views: list[str], params: fuse.FuseParams, chunk: int = FUSE_CHUNK,
-               progress: bool = True, batch_rows: int = 1 << 20) -> pd.DataFrame:
+               progress: bool = True, batch_rows: int = 1 << 18) -> pd.DataFrame:
     """Fuse member test tables image-chunk by image-chunk, never holding them all: each file is read in
     row batches and split by chunks of ``chunk`` images into a temporary folder (one member-fold at a
     time), then each chunk is fused with every member's rows of its images. Per-image fusion with the
