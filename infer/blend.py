@@ -108,5 +108,7 @@ def apply_classifier(preds: pd.DataFrame, images_dir: Path, members: list[tuple[
     found = [(str(w), 0, Path(w) if c is None else load_members([(w, c)], device, backend)[0])
              for w, c in members]
     loader = None if backend == "torch" else (lambda w: load_members([(w, None)], device, backend)[0])
-    probs = CropClassifier(images_dir, found, None, device, loader).probs(preds, tta, n_cells)
+    # the disk cache holds the torch network's probabilities: an exported backend's are not mixed in
+    classifier = CropClassifier(images_dir, found, None, device, loader, disk=loader is None)
+    probs = classifier.probs(preds, tta, n_cells)
     return blend_table(preds, probs, weight, full_weight)

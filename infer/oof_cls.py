@@ -49,4 +49,4 @@ class OOFClassifier(CropClassifier):
         self.ds = ds
         loader = None if backend == "torch" else (lambda w: load_members([(w, None)], device, backend)[0])
         super().__init__(Path(ds.images_dir), found, ds.images().set_index("NAME")["fold"], device, loader,
-                         disk)
+                         disk and loader is None)  # the disk cache holds the torch network's probabilities
