@@ -17,6 +17,8 @@ from cytokit import classes, predictions
 from infer import oof_table
 from train.base import Detections
 
+pytestmark = pytest.mark.unit
+
 
 class FakeClassifier:
     """What ``CropClassifier`` asks of a classifier predictor; counts the crops it classifies."""
