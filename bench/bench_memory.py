@@ -1,4 +1,5 @@
-"""Peak memory of the submission's fusion: every member-fold's test table at once vs streamed.
+"""Peak memory of the submission's fusion: every member-fold's test table at once vs streamed; and the
+image decodes of inference: one pass per member-fold vs one shared pass.
 
 A synthetic dense case shaped like the real one -- ``IMAGES`` test images x 20 boxes x 3 TTA views x
 ``MEMBERS`` member-folds, with the 23 p_ columns a YOLO member writes -- is written as one
@@ -99,10 +100,57 @@ def measure(fn, files: list[Path], out: Path) -> tuple[float, float]:
     return result
 
 
+class _Detector:
+    """A member that finds one box per image (the decode count is what is measured)."""
+
+    def predict(self, images, conf=0.001):
+        from train.base import Detections
+
+        box = np.array([[2.0, 3.0, 20.0, 25.0]])
+        return [Detections(box, np.array([0.8]), np.array([3])) for _ in images]
+
+
+def decodes(folder: Path, images: int = 24, members: int = 4) -> tuple[int, int]:
+    """Image decodes to predict ``images`` test images with ``members`` member-folds: one pass per member
+    (``infer.predict.predict_files``, as before) vs one shared pass (``infer.ensemble.predict_shared``)."""
+    from PIL import Image
+
+    from cytokit import images as kit_images
+    from infer import ensemble, predict, tta
+    from infer.config import load_config
+
+    rng = np.random.default_rng(0)
+    names = [f"t{i:03d}.png" for i in range(images)]
+    for n in names:
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / n)
+    count = [0]
+    real = kit_images.load_rgb
+
+    def counting(path):
+        count[0] += 1
+        return real(path)
+
+    views = tta.get_views(["identity", "hflip", "vflip"])
+    predict.load_rgb, ensemble.load_rgb = counting, counting
+    try:
+        for m in range(members):
+            predict.predict_files(_Detector(), folder, names, views, f"m{m}", 0, progress=False)
+        before, count[0] = count[0], 0
+        cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "ensemble.yaml")
+        jobs = [ensemble.Job(f"m{m}", 0, folder / f"m{m}.parquet", {}, _Detector) for m in range(members)]
+        ensemble.predict_shared(jobs, names, folder, views, cfg, progress=False)
+    finally:
+        predict.load_rgb, ensemble.load_rgb = real, real
+    return before, count[0]
+
+
 def run(shared: Path | None) -> list[str]:
     lines = []
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         tmp = Path(tmp)
+        before, after = decodes(tmp)
+        lines.append(f"image decodes for 24 test images x 4 member-folds x 3 views: {before} one pass per "
+                     f"member-fold (before), {after} shared pass (after): {before / after:.0f}x fewer")
         files = write_tables(tmp)
         size = sum(f.stat().st_size for f in files) / 2**20
         rows = IMAGES * BOXES * len(VIEWS) * MEMBERS
