@@ -35,8 +35,8 @@ CEILING = "classifier on the true boxes (ceiling)"  # the row of the second stag
 
 def _row(label: str, result: Any) -> dict:
     f1 = {str(r.label): round(float(r.f1), 4) for r in result.per_class.itertuples()}
-    return {"member": label, "test": result.total, "giou_term": result.giou_term, "f1_term": result.f1_term,
-            "per_class_f1": f1}
+    return {"member": label, "score": result.total, "giou": result.giou_term, "f1": result.f1_term,
+            "per_class_f1": f1}  # the out-of-fold table's words (infer.oof_table.COLUMNS)
 
 
 def truth_as_fused(truth: pd.DataFrame, sizes: pd.DataFrame) -> pd.DataFrame:
