@@ -158,12 +158,14 @@ def demo_report() -> list[str]:
     rep = json.loads(path.read_text())
     lines = [f"last make demo ({rep.get('finished', '?')}): total {rep['total_s']:.0f} s"]
     lines += [f"  {step:<28} {sec:7.1f} s" for step, sec in rep["steps"].items()]
-    for row in rep.get("oof", []):
-        lines.append(f"  OOF {row['member']:<30} {row['oof']:.4f} "
-                     f"(GIoU {row['giou_term']:.4f}, F1 {row['f1_term']:.4f})")
+    from infer.oof_table import label
+
+    for row in rep.get("oof", []):  # infer.oof_table's words
+        name = label(row["member"], row["tta"], row["classifier"])
+        lines.append(f"  OOF {name:<30} {row['score']:.4f} (GIoU {row['giou']:.4f}, F1 {row['f1']:.4f})")
     for row in rep.get("test", []):
-        lines.append(f"  test {row['member']:<29} {row['test']:.4f} "
-                     f"(GIoU {row['giou_term']:.4f}, F1 {row['f1_term']:.4f})")
+        lines.append(f"  test {row['member']:<29} {row['score']:.4f} "
+                     f"(GIoU {row['giou']:.4f}, F1 {row['f1']:.4f})")
     if "score" in rep:
         lines.append(f"  test score {rep['score']:.4f} "
                      f"(GIoU term {rep['giou_term']:.4f}, F1 term {rep['f1_term']:.4f})")

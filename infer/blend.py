@@ -14,13 +14,12 @@ first: ``classifier = (1 - full_weight) * crop + full_weight * full``. Scores
 and boxes are unchanged, so the submission's top-N choice is too; weight 0
 leaves the table as it is (the detectors' classes).
 
-Pure pieces: ``blend_probs`` and ``blend_table``. Out-of-fold probabilities
-(each image classified by the fold that did not see it, cached per crop for
-tuning) are ``infer.oof_cls``.
+Pure pieces: ``blend_probs`` and ``blend_table``. The classification itself
+(test images by every fold, out-of-fold images by the fold that did not see
+them, cached per crop in memory and under work/cache/cls) is ``infer.oof_cls``.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,8 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cytokit import classes, images, predictions
-from cytokit.tables import COORDS
+from cytokit import classes, predictions
+from infer.oof_cls import ClassifierProbs, CropClassifier, load_members, top_rows  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 WEIGHT_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))  # 0, 0.05, ..., 1
@@ -68,76 +67,12 @@ def blend_probs(det: np.ndarray, cls: np.ndarray, weight: float, full: np.ndarra
     return weight * c + (1 - weight) * det
 
 
-@dataclasses.dataclass
-class ClassifierProbs:
-    """Per-row classifier output for a prediction table (row order kept)."""
-
-    crop: np.ndarray  # (N, 23); NaN rows: not classified (no crop member, or beyond the top-n)
-    full: np.ndarray | None  # (N, 23) full-image probabilities on single-cell rows, NaN elsewhere
-    single: np.ndarray  # (N,) bool: the row's image holds one cell
-
-
-def load_members(members: Sequence[tuple[Path, Any]], device: str = "cpu", backend: str = "torch") -> list:
-    """``ClassifierPredictor`` of each (weights, config) member (config: None, a dict or a YAML path);
-    ``backend`` (``infer.backends``) may run an exported member's network on the CPU."""
-    from train.cls.adapter import ClassifierAdapter
-
-    out = []
-    for w, c in members:
-        p = ClassifierAdapter().load(Path(w), c, device)
-        if backend != "torch":
-            import torch
-
-            from infer import backends
-
-            chosen = backends.choose(Path(w), backend, device, int(p.cfg.imgsz))
-            if chosen != "torch":
-                p.model = backends.RunnerModule(backends.runner(chosen, Path(w), torch.get_num_threads()))
-        out.append(p)
-    return out
-
-
-def top_rows(preds: pd.DataFrame, n_cells: Mapping[str, int] | None) -> np.ndarray:
-    """Rows to classify: each image's top-n by score (all rows without ``n_cells``)."""
-    if n_cells is None:
-        return np.ones(len(preds), bool)
-    order = preds.reset_index(drop=True).sort_values("score", ascending=False, kind="stable")
-    rank = order.groupby("NAME").cumcount().sort_index().to_numpy()
-    return rank < preds["NAME"].map(n_cells).fillna(0).to_numpy()
-
-
 def classifier_probs(preds: pd.DataFrame, images_dir: Path, predictors: Sequence, tta: bool = True,
-                     n_cells: Mapping[str, int] | None = None, chunk: int = 64) -> ClassifierProbs:
-    """Classify the rows' crops (crop members) and single-cell images (full members)."""
-    from tqdm import tqdm
-
-    n = len(preds)
-    crop_members = [p for p in predictors if p.cfg.mode == "crop"]
-    full_members = [p for p in predictors if p.cfg.mode == "full"]
-    if full_members and n_cells is None:
-        log.warning("full-image classifiers ignored: n_cells (test.csv rows per image) not given")
-        full_members = []
-    single = preds["NAME"].map(n_cells).eq(1).to_numpy() if n_cells is not None else np.zeros(n, bool)
-    todo = top_rows(preds, n_cells)
-    crop = np.full((n, classes.NUM_CLASSES), np.nan)
-    full = np.full((n, classes.NUM_CLASSES), np.nan) if full_members else None
-    xyxy = preds[COORDS].to_numpy(dtype=np.float64)
-    groups = preds.groupby("NAME", sort=False).indices if n else {}
-    names = [nm for nm, rows in groups.items() if todo[rows].any() and (crop_members or single[rows[0]])]
-    for start in tqdm(range(0, len(names), chunk), desc="classify crops", leave=False, disable=None):
-        batch = names[start:start + chunk]
-        imgs = [images.load_rgb(Path(images_dir) / nm) for nm in batch]
-        rows = [groups[nm][todo[groups[nm]]] for nm in batch]
-        if crop_members:
-            p = [m.classify_boxes(imgs, [xyxy[r] for r in rows], tta) for m in crop_members]
-            for i, r in enumerate(rows):
-                crop[r] = np.mean([pm[i] for pm in p], axis=0)
-        sel = [i for i, r in enumerate(rows) if single[r[0]]] if full_members else []
-        if sel:
-            p = np.mean([m.classify_images([imgs[i] for i in sel], tta) for m in full_members], axis=0)
-            for j, i in enumerate(sel):
-                full[rows[i]] = p[j]
-    return ClassifierProbs(crop, full, single)
+                     n_cells: Mapping[str, int] | None = None) -> ClassifierProbs:
+    """Classify the rows' crops (crop members) and single-cell images (full members) with loaded
+    predictors: ``infer.oof_cls.CropClassifier``, every predictor on every image, memory cache only."""
+    found = [(f"member{i}", 0, p) for i, p in enumerate(predictors)]
+    return CropClassifier(images_dir, found, disk=False).probs(preds, tta, n_cells)
 
 
 def blend_table(preds: pd.DataFrame, probs: ClassifierProbs, weight: float,
@@ -170,5 +105,10 @@ def apply_classifier(preds: pd.DataFrame, images_dir: Path, members: list[tuple[
     """
     if not members or len(preds) == 0 or weight == 0:
         return preds.copy()
-    probs = classifier_probs(preds, images_dir, load_members(members, device, backend), tta, n_cells)
+    found = [(str(w), 0, Path(w) if c is None else load_members([(w, c)], device, backend)[0])
+             for w, c in members]
+    loader = None if backend == "torch" else (lambda w: load_members([(w, None)], device, backend)[0])
+    # the disk cache holds the torch network's probabilities: an exported backend's are not mixed in
+    classifier = CropClassifier(images_dir, found, None, device, loader, disk=loader is None)
+    probs = classifier.probs(preds, tta, n_cells)
     return blend_table(preds, probs, weight, full_weight)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,6 +21,21 @@ from cytokit import images, predictions
 from cytokit.io import atomic_write_text
 
 log = logging.getLogger(__name__)
+
+
+def is_fresh(path: Path, meta: dict) -> bool:
+    """Whether the table at ``path`` may be reused for ``meta``: its sidecar ``.json`` records the same
+    inputs (views: the same or more than asked)."""
+    path = Path(path)
+    side = path.with_suffix(".json")
+    if not (path.exists() and side.exists()):
+        return False
+    try:
+        old = json.loads(side.read_text())
+    except json.JSONDecodeError:
+        return False
+    same = ({k: v for k, v in old.items() if k != "views"} == {k: v for k, v in meta.items() if k != "views"})
+    return same and set(meta.get("views", [])) <= set(old.get("views", []))
 
 
 def cached_table(path: Path, meta: dict, make: Callable[[], pd.DataFrame],
@@ -32,23 +48,55 @@ def cached_table(path: Path, meta: dict, make: Callable[[], pd.DataFrame],
     after tuning dropped some) is reused, cut to the views asked.
     """
     path = Path(path)
-    side = path.with_suffix(".json")
-    if not force and path.exists() and side.exists():
-        try:
-            old = json.loads(side.read_text())
-        except json.JSONDecodeError:
-            old = {}
+    if not force and is_fresh(path, meta):
+        log.info("%s is up to date; reusing it", path)
         views = list(meta.get("views", []))
-        same = ({k: v for k, v in old.items() if k != "views"}
-                == {k: v for k, v in meta.items() if k != "views"})
-        if same and set(views) <= set(old.get("views", [])):
-            log.info("%s is up to date; reusing it", path)
-            table = predictions.read(path)
-            return table[table["view"].isin(views)].reset_index(drop=True) if views else table
+        table = predictions.read(path)
+        return table[table["view"].isin(views)].reset_index(drop=True) if views else table
     df = make()
     predictions.write(df, path)
-    atomic_write_text(side, json.dumps(meta, indent=1) + "\n")
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=1) + "\n")
     return df
+
+
+class StreamedTable:
+    """A prediction table written chunk by chunk (``add``), made visible at ``close`` with its sidecar
+    (as ``cached_table`` writes them): nothing of it stays in memory between chunks."""
+
+    def __init__(self, path: Path, meta: dict):
+        self.path, self.meta = Path(path), meta
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.part")
+        self.writer = None
+        self.rows = 0
+
+    def add(self, df: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not len(df):
+            return
+        df = predictions.validate(df, str(self.path))
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            self.writer = pq.ParquetWriter(self.tmp, table.schema)
+        else:
+            table = pa.Table.from_pandas(df, schema=self.writer.schema, preserve_index=False)
+        self.writer.write_table(table)
+        self.rows += len(df)
+
+    def close(self) -> None:
+        if self.writer is None:
+            predictions.write(predictions.empty(), self.path)
+        else:
+            self.writer.close()
+            os.replace(self.tmp, self.path)
+        atomic_write_text(self.path.with_suffix(".json"), json.dumps(self.meta, indent=1) + "\n")
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def member_meta(weights: Path, views: Sequence[str], conf: float, max_det: int, names: Sequence[str],

@@ -130,13 +130,15 @@ def finished(run_dir: Path) -> bool:
 
 def oof_inputs(data: Path, k: int | None, seed: int | None, detector: str, classifiers: list[str],
                device: str, tta: bool):
-    """The detector's OOF table, truth boxes, image sizes and classifier probabilities, all folds found."""
+    """The detector's OOF table, truth boxes, image sizes and classifier probabilities, all folds found
+    (each image classified by the folds that did not see it: ``infer.oof_cls.OOFClassifier``, whose
+    per-crop cache tuning and the report share)."""
     from cytokit import dataset, predictions
     from cytokit.submission import one_view
-    from infer import blend
+    from infer.oof_cls import OOFClassifier
 
     ds = dataset.resolve(data, k, seed)
-    preds, truth, sizes, probs, used = [], [], [], [], []
+    preds, truth, sizes, found, used = [], [], [], [], []
     for fold in range(ds.k):
         oof = ds.preds_dir(detector, fold) / predictions.OOF_FILE
         weights = [ds.run_dir(c, fold) / "best.pt" for c in classifiers]
@@ -152,21 +154,15 @@ def oof_inputs(data: Path, k: int | None, seed: int | None, detector: str, class
         else:
             p = one_view(predictions.read(oof))
             p = p[p["NAME"].isin(fd.val_images["NAME"])].reset_index(drop=True)
-        n_cells = fd.val_boxes.groupby("NAME").size().to_dict()
-        members = blend.load_members([(w, None) for w in weights], device)
-        probs.append(blend.classifier_probs(p, fd.images_dir, members, tta, n_cells))
+        found += [(c, fold, w) for c, w in zip(classifiers, weights)]
         preds.append(p), truth.append(fd.val_boxes), sizes.append(fd.val_images), used.append(fold)
     if not used:
         raise FileNotFoundError(f"no fold has both {ds.preds_dir(detector, 0).parent}/fold<k>/oof.parquet "
                                 f"and {ds.run_dir(classifiers[0], 0).parent}/fold<k>/best.pt")
-    full = [p.full for p in probs]
-    merged = blend.ClassifierProbs(
-        np.concatenate([p.crop for p in probs]),
-        None if all(f is None for f in full) else np.concatenate(
-            [f if f is not None else np.full_like(p.crop, np.nan) for f, p in zip(full, probs)]),
-        np.concatenate([p.single for p in probs]))
-    return (pd.concat(preds, ignore_index=True), pd.concat(truth, ignore_index=True),
-            pd.concat(sizes, ignore_index=True), merged, used)
+    preds, truth = pd.concat(preds, ignore_index=True), pd.concat(truth, ignore_index=True)
+    n_cells = truth.groupby("NAME").size().to_dict()
+    probs = OOFClassifier(ds, found, device).probs(preds, tta, n_cells)
+    return preds, truth, pd.concat(sizes, ignore_index=True), probs, used
 
 
 def settings(args: argparse.Namespace) -> tuple[str, list[str], float, float, str, bool]:
@@ -174,7 +170,7 @@ def settings(args: argparse.Namespace) -> tuple[str, list[str], float, float, st
     the ensemble config's (the last make all's tuned one by default, ``cytokit.lastrun``) with its
     ``key=value`` overrides, else the flag's old default."""
     from cytokit import lastrun
-    from infer.config import load_config
+    from infer.config import device, load_config
 
     k, seed = args.k, args.seed
     choice = lastrun.ensemble(args.data, k, seed, given=args.config)
@@ -187,7 +183,7 @@ def settings(args: argparse.Namespace) -> tuple[str, list[str], float, float, st
     weight = args.weight if args.weight is not None else (section.weight if section else 0.5)
     full = args.full_weight if args.full_weight is not None else (section.full_weight if section else 0.5)
     tta = not args.no_tta and (section.tta if section else True)
-    return detector, classifiers, weight, full, args.device or cfg.device, tta
+    return detector, classifiers, weight, full, device(cfg.device, args.device), tta
 
 
 def main(argv: list[str] | None = None) -> int:

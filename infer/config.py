@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, ClassVar
 
 from cytokit import config as kit_config
+from cytokit import paths
 from cytokit.config import ConfigError
 from infer import tta, wbf
 from infer.fuse import MODES, FuseParams
@@ -218,3 +220,10 @@ def classifier_weights(section: ClassifierSection, ds: Any) -> tuple[list[tuple[
 def load_config(path: Path, overrides: list[str] | dict = ()) -> EnsembleConfig:
     """The ensemble config from YAML plus ``key=value`` overrides."""
     return kit_config.load(EnsembleConfig, Path(path), overrides)
+
+
+def device(cfg_device: str, override: str | None = None) -> str:
+    """The device a step runs its networks on: ``override`` (a ``--device`` flag), else ``$DEVICE`` (make
+    passes a command-line ``DEVICE=`` to every recipe's environment), else the ensemble config's (the
+    recipe's) ``device``. Tuning, the report, ``make cls-report`` and ``make score`` all ask here."""
+    return override or os.environ.get("DEVICE") or cfg_device

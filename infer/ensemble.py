@@ -8,9 +8,13 @@ in the prediction contract with every TTA view in the ``view`` column:
 - ``work/preds/<model>/fold<k>/test.parquet``    -- the test images of DATA/test.csv
 - ``work/preds/<model>/fold<k>/oof_tta.parquet`` -- the fold's validation images (``predict_oof``)
 
-A table is reused while its inputs are unchanged (``infer.cache``). With
-``submission`` it then resolves ``fusion: auto`` on the out-of-fold tables,
-fuses the test tables over views, folds and models (``infer.fuse``), blends in
+A table is reused while its inputs are unchanged (``infer.cache``). The
+member-folds to predict share one pass over the images: each image is decoded
+once for all of them, and each one's rows are written to its table as they come
+(``predict_shared``). With ``submission`` it then resolves ``fusion: auto`` on
+the out-of-fold tables, fuses the test tables over views, folds and models
+chunk of images by chunk of images, one member-fold's table read at a time
+(``fuse_files``: the main process never holds every table at once), blends in
 the classifier (every trained fold of its members; one line and the detectors'
 classes when none is trained), writes ``work/preds/ensemble/test.parquet``,
 writes and validates the submission (``submit.writer``), draws a PNG of boxes
@@ -21,67 +25,171 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from cytokit import io, paths, predictions, tables
+from cytokit.images import load_rgb
 from infer import cache, fuse, predict, tta
 from infer.config import EnsembleConfig, bind
 
 log = logging.getLogger("infer")
+FUSE_CHUNK = 500  # test images fused at a time (every member-fold's rows of them in memory together)
 
 
 @dataclasses.dataclass
 class Result:
     """What one ``python -m infer`` run produced."""
 
-    test_preds: pd.DataFrame
+    test_files: list[Path]  # each member-fold's test table (work/preds/<dataset>/<model>/fold<k>/...)
+    views: list[str]  # the TTA views the run asked for (a reused table may hold more)
     fusion: str | None = None
     fused: pd.DataFrame | None = None
     submission: Path | None = None
     score: object | None = None  # cytokit.metric.ScoreResult when test_labels.csv exists
     seconds_per_image: float = float("nan")  # member prediction time per test image (all members, views)
 
+    @property
+    def test_preds(self) -> pd.DataFrame:
+        """Every member-fold's test table in one frame (loads them all: the submission streams instead)."""
+        frames = [t for t in (predictions.read(f) for f in self.test_files) if len(t)]
+        frames = [t[t["view"].isin(self.views)] for t in frames]
+        return pd.concat(frames, ignore_index=True) if frames else predictions.empty()
+
+
+@dataclasses.dataclass
+class Job:
+    """One member-fold's table to make: where, what it depends on, how to load its predictor."""
+
+    model: str
+    fold: int
+    path: Path
+    meta: dict
+    load: Callable[[], Any]
+    predictor: Any = None
+
+
+def predict_shared(jobs: list[Job], names: list[str], images_dir: Path, views: list, cfg: EnsembleConfig,
+                   progress: bool = True, what: str = "test") -> None:
+    """Predict the images ``names`` with every job's member at once: each image is decoded ONCE for all
+    of them (``cfg.batch`` images at a time, each member's views of that chunk in one predictor call), and
+    each member's rows go straight to its table file (``infer.cache.StreamedTable``), so no member's
+    table is held in memory while the others predict."""
+    from tqdm.auto import tqdm
+
+    from cytokit.rows import chunked, predict_table
+
+    if not jobs:
+        return
+    for job in jobs:
+        if job.predictor is None:
+            job.predictor = job.load()
+    outs = [cache.StreamedTable(job.path, job.meta) for job in jobs]
+    bar = tqdm(names, desc=f"{len(jobs)} member-fold(s) {what}", unit="img", disable=not progress,
+               mininterval=2)
+    try:
+        for chunk in chunked(bar, max(1, cfg.batch)):
+            decoded = [(n, load_rgb(Path(images_dir) / n)) for n in chunk]
+            for job, out in zip(jobs, outs):
+                out.add(predict_table(job.predictor, decoded, views, job.model, job.fold, cfg.conf,
+                                      cfg.max_det, cfg.batch))
+    except BaseException:
+        for out in outs:
+            out.abort()
+        raise
+    for out in outs:
+        out.close()
+
 
 def predict_members(cfg: EnsembleConfig, data: Path, force: bool = False, progress: bool = True) -> Result:
-    """Predict (or reuse) every member's test and out-of-fold tables; returns the test tables together."""
+    """Predict (or reuse) every member's test and out-of-fold tables (see ``predict_shared``); returns
+    where the test tables are (``Result.test_files``), not the tables."""
     cfg, ds = bind(cfg, data)
     files = paths.data_files(data)
     test = tables.read(files["test"], "test")
     names = pd.unique(test["NAME"]).tolist()
     views = tta.get_views(cfg.tta)
-    frames, spent = [], 0.0
+    test_jobs, oof_jobs, out_files = [], {}, []
     for m in cfg.member_list():
         for fold in m.folds:
             weights = predict.member_weights(ds, m.model, fold, m.weights)
-            loaded: dict = {}
+            holder: dict = {}
 
-            def run(image_names: list[str], images_dir: Path, what: str, model=m, fold=fold, weights=weights):
-                if "p" not in loaded:
-                    loaded["p"] = predict.load_member(model.model, fold, weights, cfg.device, model.overrides,
+            def load(model=m, fold=fold, weights=weights, holder=holder):
+                if "p" not in holder:  # one predictor for the member-fold's test and out-of-fold images
+                    holder["p"] = predict.load_member(model.model, fold, weights, cfg.device, model.overrides,
                                                       cfg.backend)
-                return predict.predict_files(loaded["p"], images_dir, image_names, views, model.model, fold,
-                                             cfg.conf, cfg.max_det, cfg.batch, progress,
-                                             desc=f"{model.model} fold{fold} {what}")
+                return holder["p"]
 
             out = ds.preds_dir(m.model, fold)
-            start = time.perf_counter()
             meta = cache.member_meta(weights, cfg.tta, cfg.conf, cfg.max_det, names, files["images"])
-            frames.append(cache.cached_table(out / predictions.TEST_FILE, meta,
-                                               lambda: run(names, files["images"], "test"), force))
-            if "p" in loaded:
-                spent += time.perf_counter() - start
+            out_files.append(out / predictions.TEST_FILE)
+            if force or not cache.is_fresh(out / predictions.TEST_FILE, meta):
+                test_jobs.append(Job(m.model, fold, out / predictions.TEST_FILE, meta, load))
+            else:
+                log.info("%s is up to date; reusing it", out / predictions.TEST_FILE)
             if cfg.predict_oof:
                 fd = ds.fold(fold)
                 val = fd.val_images["NAME"].tolist()
                 meta = cache.member_meta(weights, cfg.tta, cfg.conf, cfg.max_det, val, fd.images_dir)
-                cache.cached_table(out / predictions.OOF_TTA_FILE, meta,
-                                     lambda: run(val, fd.images_dir, "oof"), force)
-    preds = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) \
-        else predictions.empty()
+                if force or not cache.is_fresh(out / predictions.OOF_TTA_FILE, meta):
+                    oof_jobs.setdefault(fold, (val, fd.images_dir, []))[2].append(
+                        Job(m.model, fold, out / predictions.OOF_TTA_FILE, meta, load))
+    start = time.perf_counter()
+    predict_shared(test_jobs, names, files["images"], views, cfg, progress, "test")
+    spent = time.perf_counter() - start if test_jobs else 0.0
+    for fold, (val, images_dir, jobs) in oof_jobs.items():
+        predict_shared(jobs, val, images_dir, views, cfg, progress, f"fold{fold} oof")
     per_image = spent / len(names) if spent and names else float("nan")
-    return Result(test_preds=preds, seconds_per_image=per_image)
+    return Result(test_files=out_files, views=list(cfg.tta), seconds_per_image=per_image)
+
+
+def fuse_files(files: list[Path], views: list[str], params: fuse.FuseParams, chunk: int = FUSE_CHUNK,
+               progress: bool = True, batch_rows: int = 1 << 18) -> pd.DataFrame:
+    """Fuse member test tables image-chunk by image-chunk, never holding them all: each file is read in
+    row batches and split by chunks of ``chunk`` images into a temporary folder (one member-fold at a
+    time), then each chunk is fused with every member's rows of its images. Per-image fusion with the
+    slot weights of the whole (``fuse.group``'s ``slots``): the same table as ``fuse.fuse`` of them all."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
+    view_set = set(views)
+    index: dict[str, int] = {}
+    slots: set[str] = set()
+    parts: dict[int, list[Path]] = {}
+    paths.cache_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fuse-", dir=paths.cache_dir()) as tmp:
+        for i, f in enumerate(files):
+            for k, batch in enumerate(pq.ParquetFile(f).iter_batches(batch_size=batch_rows)):
+                df = batch.to_pandas()
+                if view_set:
+                    df = df[df["view"].isin(view_set)]
+                if not len(df):
+                    continue
+                for n in pd.unique(df["NAME"]):
+                    if n not in index:
+                        index[n] = len(index)
+                slots |= set(df["model"].astype(str) + "|" + df["fold"].astype(str) + "|"
+                             + df["view"].astype(str))
+                bucket = df["NAME"].map(index).to_numpy() // chunk
+                for b, part in df.groupby(bucket, sort=False):
+                    path = Path(tmp) / f"b{b:06d}_m{i:04d}_{k:05d}.parquet"
+                    part.to_parquet(path, index=False)
+                    parts.setdefault(int(b), []).append(path)
+                del df
+        fused = []
+        order = sorted(slots)
+        for b in tqdm(sorted(parts), desc=f"fuse ({params.mode})", disable=not progress, mininterval=2):
+            df = pd.concat([pd.read_parquet(p) for p in parts[b]], ignore_index=True)
+            fused.append(fuse.fuse(df, params, progress=False, slots=order))
+            del df
+    fused = [t for t in fused if len(t)]
+    return pd.concat(fused, ignore_index=True) if fused else predictions.empty(with_probs=True)
 
 
 def resolve_fusion(cfg: EnsembleConfig, data: Path) -> str:
@@ -142,7 +250,7 @@ def write_submission(cfg: EnsembleConfig, data: Path, result: Result, out_dir: P
     test = tables.read(files["test"], "test")
     n_cells = test.groupby("NAME").size().to_dict()
     result.fusion = resolve_fusion(cfg, data)
-    fused = fuse.fuse(result.test_preds, cfg.fuse_params(result.fusion), progress=progress)
+    fused = fuse_files(result.test_files, result.views, cfg.fuse_params(result.fusion), progress=progress)
     fused = classify(cfg, fused, files["images"], n_cells, ds)
     predictions.write(fused, ds.preds_dir("ensemble", "all") / predictions.TEST_FILE)
     result.fused = fused

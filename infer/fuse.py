@@ -125,11 +125,15 @@ def member_probs(df: pd.DataFrame) -> np.ndarray:
     return p
 
 
-def group(df: pd.DataFrame, skip_box_thr: float = 0.0, max_det: int = 0, oof: bool = False) -> Grouped:
+def group(df: pd.DataFrame, skip_box_thr: float = 0.0, max_det: int = 0, oof: bool = False,
+          slots: list[str] | None = None) -> Grouped:
     """Check and arrange a prediction table for per-image fusion (all vectorised).
 
     Rows scored below ``skip_box_thr`` are dropped and at most ``max_det`` rows
-    (0: all) kept per image and slot, the best first.
+    (0: all) kept per image and slot, the best first. ``slots``: every
+    ``model|fold|view`` of the whole table when ``df`` holds only some of its
+    images (the slot weights are those of the whole, so each image fuses as it
+    would in one table).
     """
     df = df.reset_index(drop=True)
     for col in predictions.COLUMNS:
@@ -142,7 +146,13 @@ def group(df: pd.DataFrame, skip_box_thr: float = 0.0, max_det: int = 0, oof: bo
             raise ValueError(f"out-of-fold predictions: image {name} has rows from several folds of {model}")
     fold_key = "*" if oof else df["fold"].astype(str)
     slot_key = df["model"].astype(str) + "|" + fold_key + "|" + df["view"].astype(str)
-    slot, slot_names = pd.factorize(slot_key, sort=True)
+    if slots is None:
+        slot, slot_names = pd.factorize(slot_key, sort=True)
+    else:
+        slot_names = pd.Index(sorted(slots))
+        slot = pd.Categorical(slot_key, categories=slot_names).codes.astype(np.int64)
+        if (slot < 0).any():
+            raise ValueError(f"predictions: slot {slot_key[slot < 0].iloc[0]!r} not among the slots given")
     bad = ~df["class"].isin(classes.CLASSES)
     if bad.any():
         first = df[bad].iloc[0]
@@ -248,8 +258,10 @@ def _table(g: Grouped, parts: list[tuple]) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
-def fuse(df: pd.DataFrame, params: FuseParams, oof: bool = False, progress: bool = True) -> pd.DataFrame:
-    """Fuse a prediction table over its models, folds and views (see the module docstring)."""
+def fuse(df: pd.DataFrame, params: FuseParams, oof: bool = False, progress: bool = True,
+         slots: list[str] | None = None) -> pd.DataFrame:
+    """Fuse a prediction table over its models, folds and views (see the module docstring); ``slots``:
+    see ``group``."""
     params.check()
-    g = group(df, params.skip_box_thr, params.max_det, oof=oof)
+    g = group(df, params.skip_box_thr, params.max_det, oof=oof, slots=slots)
     return fuse_grouped(g, params, progress=progress)

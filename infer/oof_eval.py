@@ -105,6 +105,7 @@ class Settings:
 def classifier_for(cfg: EnsembleConfig, ds: Any, quiet: bool = False):
     """The ``infer.oof_cls.OOFClassifier`` of the config's classifier section on ``ds`` (None when the
     section is off or no fold is trained; then one line says so, unless ``quiet``)."""
+    from infer.config import device
     from infer.oof_cls import OOFClassifier
 
     section = cfg.classifier_section()
@@ -118,7 +119,7 @@ def classifier_for(cfg: EnsembleConfig, ds: Any, quiet: bool = False):
     if missing and not quiet:
         log.warning("classifier: %d fold(s) not trained (first: %s); their images keep the detectors' "
                     "classes out of fold", len(missing), missing[0])
-    return OOFClassifier(ds, found, cfg.device)
+    return OOFClassifier(ds, found, device(cfg.device))
 
 
 def missing_message(section: Any, ds: Any, missing: list[Path]) -> str:

@@ -19,10 +19,12 @@ moves up. Then every row of the score table (each member with and without TTA,
 with and without the classifier) is a candidate too, so the tuned ensemble is
 never below any of them.
 
-Prints the score table with the paired bootstrap interval of each row's
-difference to the tuned ensemble, writes the tuned config, and writes the
-table's OOF prediction tables (``work/preds/<dataset>/ensemble/foldoof/``) that
-``make score`` scores again.
+Prints the score table (``infer.oof_table``: computed here, once per run) with
+the paired bootstrap interval of each row's difference to the tuned ensemble,
+writes the tuned config, the table beside it (``oof_table.json``: what the
+terminal summary, ``make score`` and the report read) and the table's OOF
+prediction tables (``work/preds/<dataset>/ensemble/foldoof/``: the report draws
+the best row's errors from them).
 """
 from __future__ import annotations
 
@@ -38,20 +40,17 @@ import yaml
 
 from cytokit import config as kit_config
 from cytokit import env, io, lastrun, paths, predictions
+from infer import oof_table
 from infer.config import EnsembleConfig, bind, load_config
 from infer.oof_eval import (
-    OFF,
-    Blend,
     Evaluator,
     Settings,
     classifier_for,
     config_settings,
-    intervals,
     load_oof,
 )
 
 log = logging.getLogger(__name__)
-ENSEMBLE_ROW = "ensemble (tuned)"
 VARIANTS = "variants.parquet"  # the score table's OOF prediction tables, beside variants.json
 
 
@@ -116,35 +115,6 @@ def _apply(best: Settings, move: tuple, views: list[str]) -> Settings | None:
     return dataclasses.replace(best, fuse=dataclasses.replace(p, **{field: v}))
 
 
-def table_rows(best: Settings, models: list[str], views: list[str], cls: Blend | None) -> list[tuple]:
-    """``(label, settings)`` of the score table: each member alone with the ensemble's views and
-    without TTA (identity only), each without and (``cls``: its blend) with the classifier, then the
-    ensemble without the classifier and as tuned."""
-    rows = []
-    for m in models:
-        alone = dataclasses.replace(best.fuse, weights={x: float(x == m) for x in models})
-        variants = [("", alone)]
-        if len(views) > 1 and "identity" in views:
-            variants.append((" (no TTA)", dataclasses.replace(alone, views=("identity",))))
-        for suffix, p in variants:
-            rows.append((m + suffix, Settings(p, OFF)))
-            if cls is not None and cls.weight > 0:
-                rows.append((f"{m}{suffix} + cls", Settings(p, cls)))
-    if best.blend.weight > 0:
-        rows.append(("ensemble (no cls)", Settings(best.fuse, OFF)))
-    rows.append((ENSEMBLE_ROW, best))
-    return rows
-
-
-def score_table(ev: Evaluator, rows: list[tuple]) -> tuple[pd.DataFrame, dict]:
-    """The table (member, oof, giou_term, f1_term, vs_ensemble) and each row's ScoreResult."""
-    results = {label: ev.result(s) for label, s in rows}
-    ci = intervals(results, ENSEMBLE_ROW)
-    table = pd.DataFrame([{"member": label, "oof": r.total, "giou_term": r.giou_term, "f1_term": r.f1_term,
-                           "vs_ensemble": ci[label]} for label, r in results.items()])
-    return table, results
-
-
 def tuned_config(cfg: EnsembleConfig, best: Settings, classifier: bool) -> dict:
     """The config as a dict with the tuned settings written in (members tuned to 0 left out)."""
     out = kit_config.to_dict(cfg)
@@ -164,19 +134,19 @@ def tuned_config(cfg: EnsembleConfig, best: Settings, classifier: bool) -> dict:
     return out
 
 
-def write_variants(ev: Evaluator, rows: list[tuple], folder: Path, config: Path) -> Path:
+def write_variants(ev: Evaluator, rows: list, folder: Path, config: Path, table: Path | None = None) -> Path:
     """Each row's OOF prediction table (``model`` = the row's label) and the images scored, for make score.
     Only each image's top-n rows are kept (n = its GT boxes): the writer uses no other, so the score
     is unchanged and the file small."""
     from infer.blend import top_rows
 
     frames = []
-    for label, s in rows:
-        table = ev.table(s)
-        frames.append(table[top_rows(table, ev.n_cells)].assign(model=label))
+    for r in rows:
+        t = ev.table(r.settings)
+        frames.append(t[top_rows(t, ev.n_cells)].assign(model=r.label))
     path = predictions.write(pd.concat(frames, ignore_index=True), folder / VARIANTS)
-    meta = {"config": str(config), "rows": [label for label, _ in rows], "reference": ENSEMBLE_ROW,
-            "images": ev.oof.images["NAME"].tolist()}
+    meta = {"config": str(config), "rows": [r.label for r in rows], "reference": rows[-1].label,
+            "images": ev.oof.images["NAME"].tolist(), "table": None if table is None else str(table)}
     io.atomic_write_text(folder / "variants.json", json.dumps(meta, indent=1) + "\n")
     return path
 
@@ -189,7 +159,7 @@ class Tuned:
     ds: object  # cytokit.dataset.Dataset
     start: Settings  # the config's own settings (the better mode for fusion: auto)
     best: Settings
-    rows: list[tuple]  # (label, settings) of the score table
+    rows: list  # infer.oof_table.Row of the score table
     trials: list[dict]
 
 
@@ -217,8 +187,8 @@ def optimise(ev: Evaluator, starts: list[Settings], grid, models: list[str], vie
     if c is not None:  # the "+ cls" rows: the tuned blend, or the config's when tuning turned it off
         cls = best.blend if best.blend.weight > 0 else starts[0].blend
     while True:  # each pass strictly raises the score over a finite set of settings
-        rows = table_rows(best, models, views, cls)
-        top = max(rows, key=lambda r: ev.result(r[1]).total)[1]
+        rows = oof_table.rows(best, models, views, cls)
+        top = max(rows, key=lambda r: ev.result(r.settings).total).settings
         if ev.result(top).total <= ev.result(best).total:
             return best, rows, trials
         best, more = search(ev, [top], *args)
@@ -241,19 +211,20 @@ def tune(cfg: EnsembleConfig, data: Path) -> Tuned:
 
 def run(cfg: EnsembleConfig, data: Path, out: Path) -> tuple[Path, pd.DataFrame]:
     """Tune, print the score table, write the tuned config to ``out``; return it and the table."""
-    from cytokit.io import format_table
-
     began = time.perf_counter()
     t = tune(cfg, data)
     ev, start, best = t.ev, t.start, t.best
-    table, _ = score_table(ev, t.rows)
+    table, _ = oof_table.compute(ev, t.rows)
     classifier = ev.classifier is not None
+    if classifier and hasattr(ev.classifier, "flush"):
+        ev.classifier.flush()  # the crops, for the report, make score and make cls-report
     first, tuned = ev.result(start).total, ev.result(best).total
     body = yaml.safe_dump(tuned_config(cfg, best, classifier), sort_keys=False)
     io.atomic_write_text(out, f"# tuned by python -m infer.tune on {len(ev.oof.images)} out-of-fold images "
                               f"(score {tuned:.6f}, from {first:.6f}; {len(ev.results)} settings scored)\n"
                               f"{body}")
-    write_variants(ev, t.rows, t.ds.preds_dir("ensemble", "oof"), out)
+    saved = oof_table.save(table, oof_table.path_for(out), oof_table.meta_of(ev, t.ds, out, best))
+    write_variants(ev, t.rows, t.ds.preds_dir("ensemble", "oof"), out, saved)
     sec = ev.seconds
     crops = (
         ""
@@ -274,10 +245,10 @@ def run(cfg: EnsembleConfig, data: Path, out: Path) -> tuple[Path, pd.DataFrame]
     print(f"tuned: fusion={p.mode} iou_thr={p.iou_thr} skip_box_thr={p.skip_box_thr} conf_type={p.conf_type} "
           f"weights={p.weights} views={list(p.views)}"
           + (f" classifier weight={b.weight} tta={b.tta} full_weight={b.full_weight}" if classifier else ""))
-    print("out-of-fold challenge score of each member and the ensemble (vs_ensemble: difference, "
-          "paired bootstrap 95 % interval over images)")
-    print(format_table(table))
-    print(f"wrote {out}")
+    print("out-of-fold challenge score of each member and the ensemble (diff [lo, hi]: minus the tuned "
+          "ensemble's, paired bootstrap 95 % interval over images)")
+    print(oof_table.text(table))
+    print(f"wrote {out} and {saved}")
     return out, table
 
 

@@ -232,7 +232,7 @@ def _run(recipe: RecipeConfig, data: Path, out_dir: Path | None, echo: Callable[
 def _after_training(recipe: RecipeConfig, data: Path, ds: Any, records: list[dict], steps: Steps,
                     report: dict, out_dir: Path | None, echo: Callable[[str], None]) -> None:
     """Inference, tuning, submission, validation, test-label scores and the report page."""
-    from infer import ensemble, tune
+    from infer import ensemble, oof_table, tune
     from infer.config import EnsembleConfig
     from pipeline import scores
     from submit.validate import validate_submission
@@ -251,11 +251,15 @@ def _after_training(recipe: RecipeConfig, data: Path, ds: Any, records: list[dic
     report["ensemble"] = str(kit_config.save(ens, logs / "ensemble.yaml"))
     steps("infer (members x TTA views, test + out-of-fold)", lambda: ensemble.run(ens, data))
     if recipe.tune:
-        tuned, table = steps("tune out-of-fold", lambda: tune.run(ens, data, logs / "tuned.yaml"))
+        tuned, _ = steps("tune out-of-fold", lambda: tune.run(ens, data, logs / "tuned.yaml"))
         ens = kit_config.load(EnsembleConfig, tuned)
-        report.update(tuned=str(tuned), oof=table.to_dict(orient="records"),
-                      oof_check=scores.oof_check(table))
-        _track_oof(ds, table, tuned)
+        saved = oof_table.load(oof_table.path_for(tuned))  # the table tuning computed and saved
+        table = saved[0] if saved else None
+        report.update(tuned=str(tuned), oof_table=saved[1]["path"] if saved else None,
+                      oof=[] if table is None else table.astype(object).where(table.notna(), None)
+                      .to_dict(orient="records"), oof_check=scores.oof_check(table))
+        if table is not None:
+            _track_oof(ds, table, tuned)
     result = steps("submission", lambda: ensemble.run(ens, data, submission=True, out_dir=out_dir))
     report.update(submission=str(result.submission), fusion=result.fusion)
     files = paths.data_files(data)
@@ -325,8 +329,11 @@ def _summary(report: dict, echo: Callable[[str], None]) -> None:
         echo(f"  {name:<48} {sec:7.1f} s {report['steps_cpu'].get(name, 0):7.1f} s")
     echo(f"  {'total':<48} {report['total_s']:7.1f} s {report['total_cpu_s']:7.1f} s")
     if report.get("oof"):
-        echo("\nout-of-fold challenge score of each member (with and without TTA) and of the ensemble:")
-        echo(format_table(pd.DataFrame(report["oof"])))
+        from infer import oof_table
+
+        echo("\nout-of-fold challenge score of each member (with and without TTA and the classifier) and of "
+             "the ensemble (diff [lo, hi]: minus the tuned ensemble's, 95 % interval):")
+        echo(oof_table.text(pd.DataFrame(report["oof"], columns=list(oof_table.COLUMNS))))
         c = report["oof_check"]
         if c:
             echo(f"ensemble {c['ensemble']:.4f} vs best single member {c['best_member']} {c['best']:.4f} "

@@ -8,7 +8,7 @@ stage: what a perfect detector would score with it; detected boxes shift the
 crops a little, so on few cells their F1 can land slightly above it), and the
 submitted ensemble. The fusion settings are the tuned ones throughout, so each
 difference is what that part adds. Every row carries its per-class F1. ``oof_check`` reads the
-out-of-fold table of ``infer.tune``: is the ensemble at least its best member?
+out-of-fold table of ``infer.tune`` (``infer.oof_table``): is the ensemble at least its best member?
 """
 from __future__ import annotations
 
@@ -23,17 +23,11 @@ from cytokit.tables import COORDS
 
 
 def oof_check(table: pd.DataFrame) -> dict | None:
-    """The ensemble's out-of-fold score vs the best single member's, from ``infer.tune.run``'s table
-    (rows ``member, oof, ...``; ensemble rows named ``ensemble...``, the last one the tuned ensemble)."""
-    if table is None or not len(table):
-        return None
-    is_ens = table["member"].astype(str).str.startswith("ensemble")
-    if not is_ens.any() or is_ens.all():
-        return None
-    members = table[~is_ens]
-    best = members.loc[members["oof"].idxmax()]
-    return {"ensemble": float(table[is_ens]["oof"].iloc[-1]), "best_member": str(best["member"]),
-            "best": float(best["oof"])}
+    """The ensemble's out-of-fold score vs the best single member's, from the tuned out-of-fold table
+    (``infer.oof_table``: its one owner)."""
+    from infer import oof_table
+
+    return oof_table.check(table)
 
 
 CEILING = "classifier on the true boxes (ceiling)"  # the row of the second stage's upper bound
@@ -41,8 +35,8 @@ CEILING = "classifier on the true boxes (ceiling)"  # the row of the second stag
 
 def _row(label: str, result: Any) -> dict:
     f1 = {str(r.label): round(float(r.f1), 4) for r in result.per_class.itertuples()}
-    return {"member": label, "test": result.total, "giou_term": result.giou_term, "f1_term": result.f1_term,
-            "per_class_f1": f1}
+    return {"member": label, "score": result.total, "giou": result.giou_term, "f1": result.f1_term,
+            "per_class_f1": f1}  # the out-of-fold table's words (infer.oof_table.COLUMNS)
 
 
 def truth_as_fused(truth: pd.DataFrame, sizes: pd.DataFrame) -> pd.DataFrame:

@@ -13,11 +13,11 @@ reads ``work/preds/<dataset>/<model>/fold<k>/oof.parquet`` for every model found
 score (all folds concatenated); the classifier ``cls`` is its detector's boxes
 with its classes (``train.cls.oof``), so its line compares with theirs. Then,
 when ``make tune-ensemble`` has run, the tuned ensemble's table: each member
-with and without TTA and the classifier, and the ensemble, scored again from
-the OOF prediction tables the tuner wrote (``infer.tune``). Beside each row:
-the paired bootstrap 95 % interval over images of its difference to the
-ensemble (to the best model in the first table, among models scored on the
-same images). ``make score`` runs it.
+with and without TTA and the classifier, and the ensemble, as the tuner
+computed and saved it (``infer.oof_table``; read, not scored again). Beside
+each row: its difference to the tuned ensemble with the paired bootstrap 95 %
+interval over images (in the first table: ``vs_best``, to the best model among
+models scored on the same images). ``make score`` runs it.
 """
 from __future__ import annotations
 
@@ -85,25 +85,16 @@ def _score_models(ds, models: list[str]) -> tuple[pd.DataFrame, dict]:
 
 
 def score_ensemble(ds) -> tuple[pd.DataFrame, dict] | None:
-    """The tuned ensemble's table (``infer.tune``'s rows scored again from its OOF prediction tables),
-    with each row's ``vs_ensemble`` interval; and the tuner's notes. None when tuning has not run."""
-    from infer.tune import VARIANTS
+    """The tuned ensemble's out-of-fold table as ``infer.tune`` computed it (``infer.oof_table``: read, not
+    scored again, so the same cells as the terminal and the report) and its meta. None when tuning has
+    not run."""
+    from infer import oof_table
 
-    folder = ds.preds_dir("ensemble", "oof")
-    if not (folder / VARIANTS).exists() or not (folder / "variants.json").exists():
+    found = oof_table.find(ds)
+    if found is None:
         return None
-    meta = json.loads((folder / "variants.json").read_text())
-    tables = predictions.read(folder / VARIANTS)
-    names = set(meta["images"])
-    fds = [ds.fold(f) for f in range(ds.k)]
-    truth = pd.concat([fd.val_boxes for fd in fds], ignore_index=True)
-    images = pd.concat([fd.val_images for fd in fds], ignore_index=True)
-    truth, images = truth[truth["NAME"].isin(names)], images[images["NAME"].isin(names)]
-    results = {label: oof_score(tables[tables["model"] == label], truth, images) for label in meta["rows"]}
-    ci = intervals(results, meta["reference"])
-    table = pd.DataFrame([{"member": label, "oof": r.total, "giou_term": r.giou_term, "f1_term": r.f1_term,
-                           "vs_ensemble": ci[label]} for label, r in results.items()])
-    return table, meta
+    table, meta = found
+    return table.drop(columns="reference"), meta
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if ensemble is not None:
         etable, meta = ensemble
         print(f"\ntuned ensemble ({meta['config']}) on {len(meta['images'])} out-of-fold images; "
-              "vs_ensemble: difference to it, paired bootstrap 95 % interval over images")
+              "diff [lo, hi]: minus the ensemble's, paired bootstrap 95 % interval over images")
         print(format_table(etable))
     if args.json:
         out = {"models": _records(table), "ensemble": _records(ensemble[0]) if ensemble else None}

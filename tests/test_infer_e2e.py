@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from cytokit import classes, config, dataset, metric, paths, predictions, submission, tables
-from infer import blend, fuse, predict, tune
+from infer import blend, fuse, oof_table, predict, tune
 from infer import ensemble as infer_main
 from infer.config import load_config
 from train import checkpoint
@@ -134,30 +134,27 @@ def test_infer_submission_tune_and_score(tiny, fake_members, tmp_path, caplog, c
     capsys.readouterr()
     out, table = tune.run(cfg, tiny, tmp_path / "tuned.yaml")
     printed = capsys.readouterr().out
-    assert "config " in printed and "vs_ensemble" in printed
-    assert table["member"].tolist() == [
-        "fakea",
-        "fakea (no TTA)",
-        "fakeb",
-        "fakeb (no TTA)",
-        tune.ENSEMBLE_ROW,
-    ]
-    assert {"member", "oof", "giou_term", "f1_term", "vs_ensemble"} <= set(table.columns)
-    ens = table.set_index("member")["oof"]
-    assert (ens <= ens[tune.ENSEMBLE_ROW]).all()
+    assert "config " in printed and "p_better" in printed
+    labels = oof_table.labels(table)
+    assert labels[:4] == ["fakea + TTA", "fakea", "fakeb + TTA", "fakeb"] and len(labels) == 5
+    assert tuple(table.columns) == oof_table.COLUMNS and table["reference"].tolist() == [False] * 4 + [True]
+    ref = labels[-1]  # the tuned ensemble: "ensemble" or "ensemble + TTA", as tuning chose its views
+    ens = table.set_index(pd.Index(labels))["score"]
+    assert ref.startswith("ensemble") and (ens <= ens[ref]).all()
     # the tuned config, tuned again, starts where the first tuning ended and never goes below it
     again = tune.tune(load_config(out), tiny)
-    assert again.ev.result(again.start).total == pytest.approx(ens[tune.ENSEMBLE_ROW], abs=1e-12)
-    assert again.ev.result(again.best).total >= ens[tune.ENSEMBLE_ROW]
+    assert again.ev.result(again.start).total == pytest.approx(ens[ref], abs=1e-12)
+    assert again.ev.result(again.best).total >= ens[ref]
 
-    # make score scores the table's OOF predictions again: the same numbers
+    # make score reads the table tuning saved: the same cells
     from submit import oof
 
     assert oof.main(["--data", str(tiny), "--json", str(tmp_path / "score.json")]) == 0
     scored = pd.DataFrame(json.loads((tmp_path / "score.json").read_text())["ensemble"])
     assert scored["member"].tolist() == table["member"].tolist()
-    np.testing.assert_allclose(scored["oof"], table["oof"], atol=1e-12)
-    assert scored["vs_ensemble"].iloc[-1] == "" and scored["vs_ensemble"].iloc[0].startswith(("+", "-"))
+    np.testing.assert_array_equal(scored["score"], table["score"])
+    diff = scored["diff"].astype(float)
+    assert np.isnan(diff.iloc[-1]) and not np.isnan(diff.iloc[0])
 
 
 def test_trained_classifier_folds_are_blended_into_the_submission(tiny, fake_members, cls_folds, tmp_path,
@@ -240,9 +237,10 @@ def test_tune_sets_the_classifier_blend_weight(tiny, fake_members, tmp_path, mon
     # the detectors say PNN 0.7 / LY 0.3 on every cell: a true class c other than those wins the blend
     # w * onehot(c) + (1 - w) * det once w > 0.7 * (1 - w), i.e. w > 0.41: 0.3 keeps the detectors' classes
     assert weight in (0.45, 1.0)
-    scores = table.set_index("member")["oof"]
-    assert scores[tune.ENSEMBLE_ROW] > scores["ensemble (no cls)"]
-    assert scores["fakea + cls"] > scores["fakea"] and "fakeb (no TTA) + cls" in scores.index
+    labels = oof_table.labels(table)
+    scores = table.set_index(pd.Index(labels))["score"]
+    assert labels[-1].endswith("+ classifier") and scores.iloc[-1] > scores.iloc[-2]
+    assert scores["fakea + TTA + classifier"] > scores["fakea + TTA"] and "fakeb + classifier" in scores.index
 
 
 def test_default_config_has_the_classifier_on():

@@ -38,7 +38,7 @@ def test_ceiling_scores_the_classifier_alone_on_the_true_boxes():
     assert result.f1_term == pytest.approx(0.5 / 3)
     row = scores._row(scores.CEILING, result)
     assert row["per_class_f1"] == {"EO": 0.0, "LY": 0.0, "PNN": 0.5}
-    assert row["test"] == pytest.approx(0.2 + 0.8 * 0.5 / 3)
+    assert row["score"] == pytest.approx(0.2 + 0.8 * 0.5 / 3) and row["f1"] == pytest.approx(0.5 / 3)
 
 
 def test_a_perfect_classifier_reaches_one():

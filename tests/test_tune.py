@@ -149,10 +149,11 @@ def test_tuning_never_ends_below_its_start_nor_below_a_table_row(seed):
     top = ev.result(best).total
     assert top >= ev.result(start).total
     assert len(trials) > 10  # it did search
-    labels = [label for label, _ in rows]
-    assert labels[-1] == tune.ENSEMBLE_ROW and {"a", "a (no TTA)", "b", "b (no TTA)"} <= set(labels)
-    for _, s in rows:
-        assert ev.result(s).total <= top
+    labels = [r.label for r in rows]
+    assert labels[-1].startswith("ensemble") and rows[-1].settings == best
+    assert {"a + TTA", "a", "b + TTA", "b"} <= set(labels)
+    for r in rows:
+        assert ev.result(r.settings).total <= top
     assert ev.result(best).total == pytest.approx(submission_score(oof, best, ev.classifier), abs=1e-12)
 
 
@@ -167,7 +168,7 @@ def test_a_useless_member_is_dropped_rather_than_dragging_the_ensemble_down():
     ev = Evaluator(oof, None, 0.001, 0)
     grid = dataclasses.replace(GRID, weights=[1.0, 2.0], rounds=1)  # a weight of 0 is not on the grid
     best, rows, _ = tune.optimise(ev, [start_settings()], grid, ["a", "b"], ["identity", "hflip"])
-    a_alone = ev.result(dict(rows)["a"]).total
+    a_alone = ev.result({r.label: r.settings for r in rows}["a + TTA"]).total
     assert a_alone > ev.result(start_settings()).total
     assert ev.result(best).total >= a_alone and best.fuse.weights["b"] == 0.0
 
@@ -184,8 +185,10 @@ def test_tuning_finds_a_good_classifier_and_writes_a_config_that_scores_the_same
     best, rows, _ = tune.optimise(ev, starts, GRID, ["a", "b"], ["identity", "hflip"])
     assert best.blend.weight > 0
     assert ev.result(best).total > max(ev.result(s).total for s in starts)
-    labels = [label for label, _ in rows]
-    assert "a + cls" in labels and "ensemble (no cls)" in labels
+    labels = [r.label for r in rows]
+    assert "a + TTA + classifier" in labels
+    assert [x.removesuffix(" + TTA") for x in labels[-2:]] in (["ensemble", "ensemble + classifier"],
+                                                               ["ensemble", "ensemble + TTA + classifier"])
     tuned = config.from_dict(EnsembleConfig, tune.tuned_config(cfg, best, classifier=True))
     kept = [m.model for m in tuned.member_list()]
     again = config_settings(tuned, ["hflip", "identity"], classifier=True)

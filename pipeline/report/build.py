@@ -25,7 +25,8 @@ def _guarded(name: str, make) -> str:
 
 def build_report(data: Path, k: int | None = None, seed: int | None = None, config: Path | None = None,
                  submission: Path | None = None, out: Path | None = None, classifier: bool = True,
-                 n_boot: int = 1000, overrides: list[str] | tuple[str, ...] = ()) -> Path:
+                 n_boot: int = 1000, overrides: list[str] | tuple[str, ...] = (),
+                 device: str | None = None) -> Path:
     """Write the report of the dataset prepared from ``data`` (``k``/``seed`` choose when it was prepared
     several times); its path.
 
@@ -33,7 +34,8 @@ def build_report(data: Path, k: int | None = None, seed: int | None = None, conf
     (default: the last make all's tuned one, ``cytokit.lastrun``) with ``overrides`` (``key=value``
     ensemble config keys: device=cuda, ...); ``submission``: the submission to
     validate (default submissions/submission.csv); ``classifier``: score the classifier blend rows
-    (classifies every out-of-fold box once; cached); ``n_boot``: bootstrap resamples per comparison.
+    when no tuned table exists (crops classified once, cached); ``n_boot``: bootstrap resamples per
+    comparison; ``device``: where the classifier runs then (default ``$DEVICE``, else the config's).
     """
     from infer.config import load_config
     from pipeline.report import oof as oof_table
@@ -46,11 +48,12 @@ def build_report(data: Path, k: int | None = None, seed: int | None = None, conf
     cfg = load_config(config, {**kit_config.parse_overrides(list(overrides)), "k": src.k, "seed": src.seed})
     start = time.perf_counter()
     try:
-        oof = oof_table.build(src, cfg, classifier, n_boot)
+        oof = oof_table.build(src, cfg, classifier, n_boot, config, device)
     except (FileNotFoundError, ValueError, KeyError) as exc:  # e.g. a prediction table of another dataset
         log.warning("out-of-fold table: %s", exc)
-        oof = oof_table.OOFTable([], None, [], [f"no out-of-fold table: {type(exc).__name__}: {exc}"])
-    log.info("out-of-fold table: %d settings in %.1f s", len(oof.settings), time.perf_counter() - start)
+        oof = oof_table.OOFTable(None, None, [], [f"no out-of-fold table: {type(exc).__name__}: {exc}"])
+    log.info("out-of-fold table: %d rows in %.1f s", 0 if oof.empty else len(oof.table),
+             time.perf_counter() - start)
     images_dir = Path(meta["images_dir"])
     body = [
         ("data", "Data and cleaning", _guarded("data", lambda: sections.data_section(src, images, boxes))),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pandas as pd
 
-from cytokit.compare import Difference
 from pipeline.report import figures
 from pipeline.report import page as p
 from pipeline.report.oof import OOFTable
@@ -14,25 +13,24 @@ PAIRS, CROPS, WORST = 8, 6, 9  # confused pairs shown, crops per pair, worst ima
 
 def oof_section(oof: OOFTable, n_boot: int) -> str:
     out = [p.note(n) for n in oof.notes]
-    if not oof.settings:
+    if oof.empty:
         return "".join(out)
     frame = oof.frame()
     best = frame["score"].idxmax()
-    diffs: list[Difference | None] = [s.diff for s in oof.settings]
+    lo, hi = frame["lo"].to_numpy(dtype=float), frame["hi"].to_numpy(dtype=float)
 
     def cell(i: int, col: str) -> str:
-        d = diffs[i]
-        if col != "difference [95% CI]" or d is None:
+        if col != "diff" or lo[i] != lo[i]:
             return ""
-        return "gain" if d.lo > 0 else "loss" if d.hi < 0 else ""
+        return "gain" if lo[i] > 0 else "loss" if hi[i] < 0 else ""
 
     out.insert(0, p.table(frame, row_class=lambda i: "best" if i == best else "", cell_class=cell))
     out.insert(1, p.help_text(
         f"{len(oof.images)} out-of-fold images, {len(oof.truth)} boxes, every row scored on the same truth "
-        f"with the challenge metric (fusion: {oof.fusion}). difference: score minus the score of the 'vs' "
-        f"row, with the 95 % interval of a paired bootstrap over images ({n_boot} resamples, the whole "
-        "metric recomputed on each); green: the interval is above 0 (a gain beyond noise), red: below 0; "
-        "P(better): share of resamples where the row beat its baseline. Bold: the best setting."))
+        f"with the challenge metric (fusion: {oof.fusion}). diff: score minus the tuned ensemble's "
+        "(the last row), [lo, hi] its 95 % interval of a paired bootstrap over images (the whole metric "
+        "recomputed on each resample); green: the interval is above 0 (a gain beyond noise), red: below 0; "
+        "p_better: share of resamples where the row beat the ensemble. Bold: the best row."))
     return "".join(out)
 
 

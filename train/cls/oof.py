@@ -6,21 +6,20 @@ detectors: the same boxes as the detector's ``oof.parquet`` of the fold, each
 image's top-n boxes by score (n = its GT count: the rows a submission keeps)
 with the class probabilities of the classifier -- crops in ``crop`` mode, the
 whole image of single-cell images in ``full`` mode -- and the other rows with
-the detector's. This is ``infer.blend`` at blend weight 1 (full-image share 1).
+the detector's. This is ``infer.blend`` at blend weight 1 (full-image share 1),
+classified by ``infer.oof_cls.CropClassifier`` (the one owner of that step).
 Without a ``val_detector`` (or its table) there are no boxes to classify:
 ``oof_table`` returns None and training falls back to whole images.
 """
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from cytokit import classes, images, predictions
-from cytokit.tables import COORDS
+from cytokit import classes, predictions
 
 log = logging.getLogger(__name__)
 CHUNK = 32  # images classified at a time
@@ -48,33 +47,24 @@ def oof_table(predictor: Any, cfg: Any, fold_data: Any, model: str) -> pd.DataFr
                     "and is not comparable with the detectors' (set val_detector=<detector>)",
                     model, fold_data.fold)
         return None
-    n_cells = fold_data.val_boxes.groupby("NAME").size()
-    need = det["NAME"].map(n_cells).fillna(0).to_numpy()
-    rank = det.sort_values("score", ascending=False, kind="stable").groupby("NAME").cumcount().sort_index()
-    todo = rank.to_numpy() < need
-    if predictor.cfg.mode == "full":
-        todo &= need == 1
+    from train.cls.classify import CropClassifier
+
+    n_cells = fold_data.val_boxes.groupby("NAME").size().to_dict()
+    found = [(model, fold_data.fold, predictor)]  # a loaded predictor: its run is still being written
+    probs = CropClassifier(fold_data.images_dir, found, disk=False).probs(det, bool(predictor.cfg.tta),
+                                                                           n_cells)
     if predictions.has_probs(det):
-        probs = np.array(det[list(classes.PROB_COLUMNS)].to_numpy(dtype=np.float64))  # a writable copy
+        det_p = np.array(det[list(classes.PROB_COLUMNS)].to_numpy(dtype=np.float64))  # a writable copy
     else:
-        probs = np.eye(classes.NUM_CLASSES)[det["class"].map(classes.CLASS_TO_ID).to_numpy(dtype=np.int64)]
-    groups = det[todo].groupby("NAME", sort=False).indices
-    names = list(groups)
-    xyxy = det.loc[todo, COORDS].to_numpy(dtype=np.float64)
-    rows = np.flatnonzero(todo)
-    for start in range(0, len(names), CHUNK):
-        batch = names[start:start + CHUNK]
-        imgs = [images.load_rgb(Path(fold_data.images_dir) / n) for n in batch]
-        if predictor.cfg.mode == "full":  # one row per image: its whole image's probabilities
-            p = predictor.classify_images(imgs)
-        else:
-            p = predictor.classify_boxes(imgs, [xyxy[groups[n]] for n in batch])
-        for i, n in enumerate(batch):
-            probs[rows[groups[n]]] = p[i]
+        det_p = np.eye(classes.NUM_CLASSES)[det["class"].map(classes.CLASS_TO_ID).to_numpy(dtype=np.int64)]
+    p = probs.crop if probs.full is None else np.where(np.isnan(probs.full), probs.crop, probs.full)
+    done = ~np.isnan(p).any(axis=1)
+    det_p[done] = p[done]  # classified rows: the classifier's; the others: the detector's
     out = det.drop(columns=[c for c in classes.PROB_COLUMNS if c in det.columns])
-    out[list(classes.PROB_COLUMNS)] = probs
-    out["class"] = np.asarray(classes.CLASSES, dtype=object)[probs.argmax(axis=1)] if len(out) else []
+    out[list(classes.PROB_COLUMNS)] = det_p
+    out["class"] = np.asarray(classes.CLASSES, dtype=object)[det_p.argmax(axis=1)] if len(out) else []
+    rows = int(done.sum())
     out["model"] = model
-    log.info("%s fold %s: %d %s boxes on %d images classified (out-of-fold table)", model, fold_data.fold,
-             len(rows), cfg.val_detector, len(names))
+    log.info("%s fold %s: %d %s boxes classified (out-of-fold table)", model, fold_data.fold, rows,
+             cfg.val_detector)
     return predictions.validate(out)
