@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from cytokit import config as kit_config
-from cytokit import paths
 from cytokit.config import ConfigError
 from infer import tta, wbf
 from infer.fuse import MODES, FuseParams
