@@ -145,7 +145,7 @@ tune-ensemble: $(STAMP) ## search member weights and WBF settings on out-of-fold
 
 submission: $(STAMP) ## infer + fuse + write + validate the submission CSV in submissions/
 	$(CHECK)
-	$(PY) -m infer $(ENS_OPT) --data $(DATA_Q) --submission $(if $(FORCE),--force) $(DS_KEYS) $(RUN_ARGS)
+	$(PY) -m submit $(ENS_OPT) --data $(DATA_Q) $(if $(FORCE),--force) $(DS_KEYS) $(RUN_ARGS)
 
 cls-report: $(STAMP) ## crop classifier vs detector classes on out-of-fold boxes (DETECTOR=yolov8|gt)
 	$(CHECK)

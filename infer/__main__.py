@@ -1,9 +1,9 @@
 """``python -m infer``: every ensemble member with TTA over the test (and out-of-fold) images, then fusion.
 
-    python -m infer [--config ENSEMBLE.yaml] --data DATA [--submission] [--out DIR] [--force]
-                    [key=value ...]
+    python -m infer [--config ENSEMBLE.yaml] --data DATA [--force] [key=value ...]
 
-(``make infer`` / ``make submission``). What it writes and reuses: ``infer.ensemble``. Without
+(``make infer``; the submission is ``python -m submit``, ``make submission``). What it writes and
+reuses: ``infer.ensemble``. Without
 ``--config`` (ENSEMBLE=): the last ``make all``'s tuned ensemble of the dataset (``cytokit.lastrun``).
 """
 from __future__ import annotations
@@ -20,8 +20,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path,
                         help="ensemble config (default: the last make all's tuned one, cytokit.lastrun)")
     parser.add_argument("--data", type=Path, default=paths.DEFAULT_DATA, help="challenge data folder")
-    parser.add_argument("--submission", action="store_true", help="also fuse and write the submission CSV")
-    parser.add_argument("--out", type=Path, help="submission folder (default: out_dir, else submissions/)")
     parser.add_argument("--force", action="store_true", help="predict again even when the tables are current")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="ensemble config overrides")
     args = parser.parse_args(argv)
@@ -33,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(choice.path, args.overrides)
     from infer import ensemble
 
-    ensemble.run(cfg, args.data, args.submission, args.out, args.force)
+    ensemble.run(cfg, args.data, args.force)
     return 0
 
 

@@ -1,7 +1,7 @@
-"""The ensemble at inference: every member with TTA, fusion, the classifier, the submission.
+"""The ensemble at inference: every member with TTA, fusion, the classifier.
 
-``run(cfg, data)`` is ``make infer``; ``run(cfg, data, submission=True)`` is
-``make submission`` (see ``python -m infer``). For each member (model x fold of
+``run(cfg, data)`` is ``make infer`` (``python -m infer``); ``fuse_test`` fuses its test tables
+for the submission, which ``submit.make`` writes (``make submission``). For each member (model x fold of
 the config; weights ``work/runs/<dataset id>/<model>/fold<k>/best.pt`` unless set) it writes,
 in the prediction contract with every TTA view in the ``view`` column:
 
@@ -11,14 +11,12 @@ in the prediction contract with every TTA view in the ``view`` column:
 A table is reused while its inputs are unchanged (``infer.cache``). The
 member-folds to predict share one pass over the images: each image is decoded
 once for all of them, and each one's rows are written to its table as they come
-(``predict_shared``). With ``submission`` it then resolves ``fusion: auto`` on
+(``predict_shared``). ``fuse_test`` resolves ``fusion: auto`` on
 the out-of-fold tables, fuses the test tables over views, folds and models
 chunk of images by chunk of images, one member-fold's table read at a time
 (``fuse_files``: the main process never holds every table at once), blends in
 the classifier (every trained fold of its members; one line and the detectors'
-classes when none is trained), writes ``work/preds/ensemble/test.parquet``,
-writes and validates the submission (``submit.writer``), draws a PNG of boxes
-beside it, and scores it when DATA has test_labels.csv.
+classes when none is trained) and writes ``work/preds/ensemble/test.parquet``.
 """
 from __future__ import annotations
 
@@ -238,13 +236,10 @@ def classify(cfg: EnsembleConfig, fused: pd.DataFrame, images_dir: Path, n_cells
                                   full_weight=section.full_weight, backend=cfg.backend)
 
 
-def write_submission(cfg: EnsembleConfig, data: Path, result: Result, out_dir: Path,
-                     progress: bool = True) -> Result:
-    """Fuse, classify, write, validate, draw and (with test_labels.csv) score the submission."""
-    from cytokit import submission
-    from infer import viz
-    from submit import writer
-
+def fuse_test(cfg: EnsembleConfig, data: Path, result: Result, progress: bool = True) -> Result:
+    """Fuse the members' test tables (``fusion: auto`` resolved out-of-fold), blend in the classifier and
+    write ``work/preds/ensemble/all/test.parquet``: ``result.fused`` and ``result.fusion`` are set. The
+    submission CSV made from it is ``submit.make``'s (``make submission``)."""
     cfg, ds = bind(cfg, data)
     files = paths.data_files(data)
     test = tables.read(files["test"], "test")
@@ -254,33 +249,15 @@ def write_submission(cfg: EnsembleConfig, data: Path, result: Result, out_dir: P
     fused = classify(cfg, fused, files["images"], n_cells, ds)
     predictions.write(fused, ds.preds_dir("ensemble", "all") / predictions.TEST_FILE)
     result.fused = fused
-    sizes = submission.image_sizes(test["NAME"], files["images"], fused)
-    sub = submission.make_submission(fused, test, sizes)
-    result.submission = writer.write_submission(sub, files["test"], out_dir, images_dir=files["images"])
-    if cfg.viz_images:
-        png_path = result.submission.with_name(result.submission.stem + "_boxes.png")
-        png = viz.draw_grid(fused, files["images"], png_path, cfg.viz_images, n_cells)
-        if png:
-            print(f"boxes drawn on {min(cfg.viz_images, len(n_cells))} test images: {png}")
-    print(f"submission: {result.submission} ({len(sub)} rows, fusion={result.fusion})")
-    if files["test_labels"].exists():
-        from cytokit.metric import format_result, score
-
-        result.score = score(tables.read(files["test_labels"], "submission"), sub)
-        print(f"local score against {files['test_labels']}:")
-        print(format_result(result.score))
     return result
 
 
-def run(cfg: EnsembleConfig, data: Path, submission: bool = False, out_dir: Path | None = None,
-        force: bool = False, progress: bool = True) -> Result:
-    """Predict every member (``make infer``); with ``submission``, fuse and write (``make submission``)."""
+def run(cfg: EnsembleConfig, data: Path, force: bool = False, progress: bool = True) -> Result:
+    """Predict every member's test and out-of-fold tables (``make infer``)."""
     if not cfg.members:
         raise io.DataError("the ensemble config lists no members")
     result = predict_members(cfg, data, force, progress)
     if result.seconds_per_image == result.seconds_per_image:
         print(f"member predictions: {1000 * result.seconds_per_image:.0f} ms per test image "
               f"({len(cfg.tta)} view(s), all members)")
-    if submission:
-        write_submission(cfg, data, result, Path(out_dir or cfg.out_dir or paths.submissions_dir()), progress)
     return result

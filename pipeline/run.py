@@ -235,6 +235,7 @@ def _after_training(recipe: RecipeConfig, data: Path, ds: Any, records: list[dic
     from infer import ensemble, oof_table, tune
     from infer.config import EnsembleConfig
     from pipeline import scores
+    from submit import make
     from submit.validate import validate_submission
 
     detectors = trained_folds(recipe.detector_list(), records)
@@ -260,7 +261,7 @@ def _after_training(recipe: RecipeConfig, data: Path, ds: Any, records: list[dic
                       .to_dict(orient="records"), oof_check=scores.oof_check(table))
         if table is not None:
             _track_oof(ds, table, tuned)
-    result = steps("submission", lambda: ensemble.run(ens, data, submission=True, out_dir=out_dir))
+    result = steps("submission", lambda: make.run(ens, data, out_dir=out_dir))
     report.update(submission=str(result.submission), fusion=result.fusion)
     files = paths.data_files(data)
     problems = steps("validate",

@@ -254,23 +254,23 @@ def infer_setup(work: Path, tmp_path: Path, monkeypatch, capsys) -> tuple[Path, 
 
 
 def test_missing_test_image_at_inference(work, tmp_path, monkeypatch, capsys):
-    from infer import __main__ as infer_main
+    from submit import __main__ as submit_main
 
     data, cfg = infer_setup(work, tmp_path, monkeypatch, capsys)
     (data / "images" / "te1.jpg").unlink()
-    rc, _, err = cli(infer_main.main, ["--config", cfg, "--data", data, "--submission"], capsys)
+    rc, _, err = cli(submit_main.main, ["--config", cfg, "--data", data], capsys)
     assert rc == 1 and err.strip() == f"{data / 'images'}: 1 of 2 image(s) not found: te1.jpg"
     assert not (work / "submissions").exists()
 
 
 def test_truncated_test_image_is_predicted_with_a_warning(work, tmp_path, monkeypatch, capsys, caplog):
-    from infer import __main__ as infer_main
+    from submit import __main__ as submit_main
 
     data, cfg = infer_setup(work, tmp_path, monkeypatch, capsys)
     image = data / "images" / "te1.jpg"
     image.write_bytes(image.read_bytes()[:-300])
     with caplog.at_level(logging.WARNING):
-        rc, _, err = cli(infer_main.main, ["--config", cfg, "--data", data, "--submission"], capsys)
+        rc, _, err = cli(submit_main.main, ["--config", cfg, "--data", data], capsys)
     assert rc == 0, err
     assert f"{image}: image file is truncated; decoded as far as it goes" in caplog.text
     sub = pd.read_csv(work / "submissions" / "submission.csv")

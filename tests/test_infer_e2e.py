@@ -14,6 +14,7 @@ from cytokit import classes, config, dataset, metric, paths, predictions, submis
 from infer import blend, fuse, oof_table, predict, tune
 from infer import ensemble as infer_main
 from infer.config import load_config
+from submit import make as submit_make
 from train import checkpoint
 from train.base import Detections, Predictor
 
@@ -116,7 +117,7 @@ def test_infer_submission_tune_and_score(tiny, fake_members, tmp_path, caplog, c
     cfg_path, calls = fake_members
     cfg = load_config(cfg_path)
     with caplog.at_level(logging.WARNING):
-        result = infer_main.run(cfg, tiny, submission=True, out_dir=tmp_path / "subs", progress=False)
+        result = submit_make.run(cfg, tiny, out_dir=tmp_path / "subs", progress=False)
     assert sorted(calls) == [("fakea", 0), ("fakea", 1), ("fakeb", 0), ("fakeb", 1)]
     # the classifier is on by default: no cls fold is trained, so one line says how, and classes stay
     lines = [r.getMessage() for r in caplog.records if "classifier" in r.getMessage()]
@@ -128,7 +129,7 @@ def test_infer_submission_tune_and_score(tiny, fake_members, tmp_path, caplog, c
     pd.testing.assert_frame_equal(sub, want, check_dtype=False)
     truth = tables.read(tiny / "test_labels.csv", "submission")
     assert result.score.total == pytest.approx(metric.score(truth, want).total, abs=1e-12)
-    infer_main.run(cfg, tiny, submission=False, progress=False)
+    infer_main.run(cfg, tiny, progress=False)
     assert len(calls) == 4  # a second run reuses every member table
 
     capsys.readouterr()
@@ -163,14 +164,14 @@ def test_trained_classifier_folds_are_blended_into_the_submission(tiny, fake_mem
     cfg = load_config(cfg_path, {"fusion": "wbf", "viz_images": 0,
                                  "classifier": {"members": [{"model": "cls"}], "weight": 1.0, "tta": False}})
     with caplog.at_level(logging.WARNING):
-        result = infer_main.run(cfg, tiny, submission=True, out_dir=tmp_path / "subs", progress=False)
+        result = submit_make.run(cfg, tiny, out_dir=tmp_path / "subs", progress=False)
     assert not [r for r in caplog.records if "classifier" in r.getMessage()]
     sub = pd.read_csv(result.submission)
     pd.testing.assert_frame_equal(sub, expected_submission(cfg, tiny, "wbf", cls_folds), check_dtype=False)
     detectors_only = expected_submission(cfg, tiny, "wbf")
     assert (sub["class"] != detectors_only["class"]).any()  # the classifier did change classes
-    off = infer_main.run(load_config(cfg_path, {"fusion": "wbf", "viz_images": 0, "classifier": {}}), tiny,
-                         submission=True, out_dir=tmp_path / "off", progress=False)
+    off = submit_make.run(load_config(cfg_path, {"fusion": "wbf", "viz_images": 0, "classifier": {}}), tiny,
+                          out_dir=tmp_path / "off", progress=False)
     pd.testing.assert_frame_equal(pd.read_csv(off.submission), detectors_only, check_dtype=False)
 
 

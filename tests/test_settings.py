@@ -76,12 +76,15 @@ def test_make_submission_and_infer_use_the_runs_tuned_ensemble_with_device_and_a
                                                                                      monkeypatch, capsys):
     from infer import __main__ as infer_main
     from infer import ensemble
+    from submit import __main__ as submit_main
+    from submit import make
 
     d = prepared(work, tmp_path)
     write_ensemble(d.logs / "tuned.yaml", iou_thr=0.42)
     seen = {}
-    monkeypatch.setattr(ensemble, "run", lambda cfg, data, sub, out, force: seen.update(cfg=cfg, sub=sub))
-    assert infer_main.main(["--data", str(d.data), "--submission", "device=cuda", "batch=3"]) == 0
+    monkeypatch.setattr(ensemble, "run", lambda cfg, data, force: seen.update(cfg=cfg, sub=False))
+    monkeypatch.setattr(make, "run", lambda cfg, data, out, force: seen.update(cfg=cfg, sub=True))
+    assert submit_main.main(["--data", str(d.data), "device=cuda", "batch=3"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("ensemble settings:") and str(d.logs / "tuned.yaml") in first
     cfg = seen["cfg"]
@@ -304,7 +307,7 @@ def test_make_train_puts_flags_before_settings_and_quotes_paths():
 
 @pytest.mark.smoke
 def test_every_later_command_gets_device_and_args_and_no_default_ensemble():
-    for target, module in (("infer", "infer"), ("submission", "infer"), ("tune-ensemble", "infer.tune"),
+    for target, module in (("infer", "infer"), ("submission", "submit"), ("tune-ensemble", "infer.tune"),
                            ("report", "pipeline.report"), ("cls-report", "infer.cls_report")):
         argv = command(dry(target, "DEVICE=cuda", "ARGS=batch=4"), module)
         assert "--config" not in argv and argv[-2:] == ["device=cuda", "batch=4"], target

@@ -104,6 +104,7 @@ def build(tmp: Path, classifier: bool = False) -> tuple[Path, Path, str]:
     from infer.config import load_config
     from prepare import folds
     from prepare.synth import make as synth
+    from submit import make
 
     data, work = tmp / "data" / "demo", tmp / "work"
     with paths.using_work_dir(work / "demo"):
@@ -130,6 +131,6 @@ def build(tmp: Path, classifier: bool = False) -> tuple[Path, Path, str]:
         with patched(data):
             ensemble.run(cfg, data, progress=False)
             tune.run(cfg, data, logs / "tuned.yaml")
-            ensemble.run(config.load(type(cfg), logs / "tuned.yaml"), data, submission=True,
-                         out_dir=paths.submissions_dir(), progress=False)
+            make.run(config.load(type(cfg), logs / "tuned.yaml"), data, out_dir=paths.submissions_dir(),
+                     progress=False)
     return data, work, ds.id
