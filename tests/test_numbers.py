@@ -69,12 +69,12 @@ def test_device_is_the_configs_unless_overridden(monkeypatch):
 
 
 def test_checkpoints_load_on_the_device_asked(tmp_path, images, monkeypatch):
-    from train.cls import adapter
+    from train.cls import predictor
     from train.cls.classify import CropClassifier
 
     seen = []
-    monkeypatch.setattr(adapter.ClassifierAdapter, "load",
-                        lambda self, w, c=None, device="cpu": seen.append(device) or FakeClassifier())
+    monkeypatch.setattr(predictor, "load_predictor",
+                        lambda w, c=None, device="cpu": seen.append(device) or FakeClassifier())
     ck = tmp_path / "best.pt"
     ck.write_bytes(b"x")
     CropClassifier(images, [("cls", 0, ck)], device="cuda:2").probs(_table(), True, None)
@@ -178,8 +178,7 @@ def test_submission_and_oof_classification_share_one_owner(tmp_path, images, mon
     ck = tmp_path / "best.pt"
     ck.write_bytes(b"w")
     monkeypatch.setattr(blend, "load_members", lambda members, device="cpu", backend="torch": [fake])
-    monkeypatch.setattr("train.cls.adapter.ClassifierAdapter.load",
-                        lambda self, w, c=None, device="cpu": fake)
+    monkeypatch.setattr("train.cls.predictor.load_predictor", lambda w, c=None, device="cpu": fake)
     out = blend.apply_classifier(_table(), images, [(ck, None)], 0.5)
     assert calls == ["CropClassifier", "CropClassifier"] and len(out) == 6
 

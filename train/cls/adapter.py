@@ -12,7 +12,6 @@ from last.pt). At inference ``infer.blend`` classifies the fused boxes' crops.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -29,89 +28,11 @@ from train import checkpoint
 from train.base import Adapter
 from train.cls import data as cls_data
 from train.cls import model as cls_model
-from train.cls.predictor import ClassifierPredictor
-from train.weights import normalise, resolve
+from train.cls.config import MODES, SELECT, ClassifierConfig  # noqa: F401 (the adapter's config, re-exported)
+from train.cls.predictor import ClassifierPredictor, load_predictor
+from train.weights import resolve
 
 log = logging.getLogger(__name__)
-MODES = ("crop", "full")
-SELECT = ("best", "last")
-
-
-@dataclasses.dataclass
-class ClassifierConfig:
-    """Settings of the crop / full-image classifier: defaults and meanings in configs/cls.yaml."""
-
-    DEFAULTS: ClassVar[str] = "cls.yaml"
-    # the kit's name of each idea (old name -> new name)
-    RENAMED: ClassVar[dict[str, str]] = {"weights": "pretrained"}
-
-    mode: str
-    backbone: str
-    pretrained: str | None  # auto | none | a local file (see the YAML)
-    drop_rate: float
-    box_size: bool
-    imgsz: int
-    margin: int
-    jitter: float
-    epochs: int
-    batch: int
-    lr: float
-    weight_decay: float
-    warmup_epochs: float
-    loss: str
-    focal_gamma: float
-    label_smoothing: float
-    sampler: str
-    balance_power: float
-    augment: str
-    mixup: float
-    cutmix: float
-    mix_prob: float
-    val_detector: str
-    select: str
-    tta: bool
-    conf: float
-    device: str
-    amp: bool
-    workers: int
-    cache: bool
-    seed: int
-
-    def __post_init__(self) -> None:
-        self.pretrained = normalise(self.pretrained)
-        for key, valid in (("mode", MODES), ("select", SELECT), ("loss", cls_model.LOSSES),
-                           ("sampler", cls_data.SAMPLERS), ("augment", cls_data.AUGMENTS)):
-            if getattr(self, key) not in valid:
-                raise config.ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(valid)}")
-        # Ranges, checked before a run folder exists (a bad value must not leave one behind).
-        for ok, rule in (
-            (self.epochs >= 1, f"epochs={self.epochs}: must be >= 1"),
-            (
-                self.lr > 0 and self.weight_decay >= 0 and self.warmup_epochs >= 0,
-                (
-                    f"lr={self.lr}, weight_decay={self.weight_decay}, warmup_epochs={self.warmup_epochs}: "
-                    "lr > 0, the others >= 0"
-                ),
-            ),
-            (
-                0 <= self.label_smoothing < 1
-                and 0 <= self.mix_prob <= 1
-                and self.mixup >= 0
-                and self.cutmix >= 0,
-                "0 <= label_smoothing < 1, 0 <= mix_prob <= 1, mixup and cutmix >= 0 are required",
-            ),
-            (
-                0 <= self.conf <= 1 and 0 <= self.drop_rate < 1,
-                "conf in [0, 1] and drop_rate in [0, 1) are required",
-            ),
-            (self.workers >= 0, f"workers={self.workers}: must be >= 0"),
-        ):
-            if not ok:
-                raise config.ConfigError(rule)
-        if self.imgsz < 8 or self.epochs < 0 or self.batch < 1 or self.margin < 0:
-            raise config.ConfigError("imgsz >= 8, epochs >= 0, batch >= 1 and margin >= 0 are required")
-
-
 def training_tables(cfg: ClassifierConfig, fold_data: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, validation) box tables: NAME, x1..y2, class (+ width, height) per crop."""
     train, val = fold_data.train_boxes, fold_data.val_boxes
@@ -279,23 +200,7 @@ class ClassifierAdapter(Adapter):
         """A predictor from ``best.pt``. The architecture (backbone, mode, imgsz, margin) always
         comes from the checkpoint; ``cfg`` (a config, a dict of keys or a YAML path) may
         override only ``tta`` and ``batch``."""
-        ckpt = checkpoint.read(Path(weights), "classifier")
-        saved = config.from_dict(ClassifierConfig, ckpt["config"], str(weights))
-        if cfg is not None:
-            given = cfg if isinstance(cfg, ClassifierConfig) else (
-                config.from_dict(ClassifierConfig, cfg) if isinstance(cfg, dict)
-                else config.load(ClassifierConfig, Path(cfg)))
-            saved = dataclasses.replace(saved, tta=given.tta, batch=given.batch)
-        # the weights say whether the head takes box sizes: a checkpoint from before box_size has
-        # no such key in its config (read as the YAML's default) and a plain head
-        sized = cls_model.size_aware_state(ckpt["model"])
-        if "box_size" in ckpt["config"] and bool(ckpt["config"]["box_size"]) != sized:
-            log.warning("%s: config says box_size %s but the weights are %s", weights,
-                        ckpt["config"]["box_size"], "size-aware" if sized else "plain")
-        saved = dataclasses.replace(saved, box_size=sized)
-        model = cls_model.build_model(saved.backbone, drop_rate=saved.drop_rate, box_size=sized)
-        model.load_state_dict(ckpt["model"])
-        return ClassifierPredictor(model, saved, cls_model.resolve_device(device))
+        return load_predictor(weights, cfg, device)
 
     def oof_predictions(self, predictor: ClassifierPredictor, cfg: ClassifierConfig, fold_data: Any):
         """``val_detector``'s out-of-fold boxes with this classifier's classes (``train.cls.oof``)."""

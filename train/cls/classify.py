@@ -159,9 +159,9 @@ class CropClassifier:
             elif self.loader is not None:
                 self._predictors[key] = self.loader(Path(w))
             else:
-                from train.cls.adapter import ClassifierAdapter
+                from train.cls.predictor import load_predictor
 
-                self._predictors[key] = ClassifierAdapter().load(Path(w), None, self.device)
+                self._predictors[key] = load_predictor(Path(w), None, self.device)
         return self._predictors[key]
 
     def store(self, model: str, fold: int) -> CropStore:

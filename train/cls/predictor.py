@@ -9,6 +9,7 @@ as in training; every method here passes it along, so callers never need to.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,3 +81,33 @@ class ClassifierPredictor(Predictor):
             out.append(Detections(np.array([[0.0, 0.0, w - 1.0, h - 1.0]]), np.array([p.max()]),
                                   np.array([int(p.argmax())]), p[None]))
         return out
+
+def load_predictor(weights: Path, cfg: Any = None, device: str = "cpu") -> ClassifierPredictor:
+    """A predictor from a classifier's ``best.pt``. The architecture (backbone, mode, imgsz, margin)
+    always comes from the checkpoint; ``cfg`` (a config, a dict of keys or a YAML path) may override
+    only ``tta`` and ``batch``."""
+    import dataclasses
+    import logging
+
+    from cytokit import config
+    from train import checkpoint
+    from train.cls.config import ClassifierConfig
+
+    log = logging.getLogger("train.cls.adapter")
+    ckpt = checkpoint.read(Path(weights), "classifier")
+    saved = config.from_dict(ClassifierConfig, ckpt["config"], str(weights))
+    if cfg is not None:
+        given = cfg if isinstance(cfg, ClassifierConfig) else (
+            config.from_dict(ClassifierConfig, cfg) if isinstance(cfg, dict)
+            else config.load(ClassifierConfig, Path(cfg)))
+        saved = dataclasses.replace(saved, tta=given.tta, batch=given.batch)
+    # the weights say whether the head takes box sizes: a checkpoint from before box_size has
+    # no such key in its config (read as the YAML's default) and a plain head
+    sized = cls_model.size_aware_state(ckpt["model"])
+    if "box_size" in ckpt["config"] and bool(ckpt["config"]["box_size"]) != sized:
+        log.warning("%s: config says box_size %s but the weights are %s", weights,
+                    ckpt["config"]["box_size"], "size-aware" if sized else "plain")
+    saved = dataclasses.replace(saved, box_size=sized)
+    model = cls_model.build_model(saved.backbone, drop_rate=saved.drop_rate, box_size=sized)
+    model.load_state_dict(ckpt["model"])
+    return ClassifierPredictor(model, saved, cls_model.resolve_device(device))
