@@ -48,7 +48,7 @@ def test_stopping_the_runner_ends_each_job_and_its_grandchildren(tmp_path, monke
     script = tmp_path / "fake_job.py"
     script.write_text(FAKE_JOB)
     pid_file = tmp_path / "grandchild.pid"
-    monkeypatch.setattr(parallel, "STOP_GRACE_S", 5.0)
+    monkeypatch.setattr(parallel, "STOP_GRACE_S", 5.0, raising=False)
     seen: dict[str, int] = {}
 
     def echo(line: str) -> None:
