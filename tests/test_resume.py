@@ -77,3 +77,64 @@ def test_a_job_runs_in_its_own_process_group_and_stop_signals_the_group(tmp_path
     running.stop(grace=5.0)
     assert running.proc.returncode == -signal.SIGTERM
     assert _wait(lambda: _dead(grandchild))
+
+
+# -- amp: false in validation --------------------------------------------------------------------------
+
+class _Recorder:
+    """Stands in for ``torch.autocast``: records ``enabled`` of each use (on a CPU-only machine)."""
+
+    def __init__(self):
+        self.enabled: list[bool] = []
+
+    def __call__(self, device_type, dtype=None, enabled=True, cache_enabled=None):
+        import contextlib
+
+        self.enabled.append(bool(enabled))
+        return contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("amp", [True, False])
+def test_the_kit_s_yolo_validation_runs_fp32_when_amp_is_off(monkeypatch, amp):
+    """The per-epoch rescoring (``EpochEnd`` -> ``UltraPredictor``) on a CUDA device autocasts only with
+    ``amp: true`` (ultralytics' own validation follows ``trainer.amp`` already)."""
+    import torch
+
+    from cytokit.config import from_dict
+    from train.yolo.adapter import UltraConfig
+    from train.yolo.predict import UltraPredictor
+
+    recorder = _Recorder()
+    monkeypatch.setattr(torch, "autocast", recorder)
+    predictor = UltraPredictor(None, from_dict(UltraConfig, {"amp": amp}), "cpu")
+    predictor.device, predictor.model = torch.device("cuda"), (lambda t: t)  # a GPU simulated
+    predictor.forward(torch.zeros(1, 27, 4))
+    assert recorder.enabled == ([True] if amp else [])
+
+
+@pytest.mark.parametrize("amp", [True, False])
+def test_classifier_validation_and_prediction_honour_amp(monkeypatch, amp):
+    import numpy as np
+    import torch
+
+    from cytokit import classes
+    from train.cls import adapter as cls_adapter
+    from train.cls import model as cls_model
+    from train.cls.predictor import ClassifierPredictor
+
+    recorder = _Recorder()
+    monkeypatch.setattr(torch, "autocast", recorder)
+    cls_model.autocast("cuda:0", amp)
+    assert recorder.enabled == [amp]
+    cls_model.autocast("cpu", True)
+    assert recorder.enabled[-1] is False  # never on a CPU
+
+    seen: list[tuple[str, bool]] = []
+    real = cls_model.autocast
+    monkeypatch.setattr(cls_model, "autocast", lambda device, on: (seen.append((device, on)), real(device, on))[1])
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, classes.NUM_CLASSES))
+    loader = [(torch.zeros(2, 3, 8, 8), torch.zeros(2, 2), torch.tensor([0, 1]))]
+    cls_adapter.evaluate(net, loader, "cpu", amp)
+    cfg = type("Cfg", (), {"amp": amp, "batch": 4, "tta": False, "imgsz": 8})()
+    ClassifierPredictor(net, cfg, "cpu").classify(np.zeros((2, 8, 8, 3), np.uint8))
+    assert seen == [("cpu", amp), ("cpu", amp)]

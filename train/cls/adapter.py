@@ -144,15 +144,16 @@ def _schedule(cfg: ClassifierConfig, steps_per_epoch: int):
     return factor
 
 
-def evaluate(model: torch.nn.Module, loader, device: str) -> dict[str, float]:
-    """Validation loss, accuracy, balanced accuracy and macro-F1 over a crop loader."""
+def evaluate(model: torch.nn.Module, loader, device: str, amp: bool = True) -> dict[str, float]:
+    """Validation loss, accuracy, balanced accuracy and macro-F1 over a crop loader (``amp``: fp16
+    autocast on CUDA, as in training)."""
     from sklearn.metrics import balanced_accuracy_score, f1_score
 
     model.eval()
     losses, preds, labels = [], [], []
     with torch.no_grad():
         for x, size, y in loader:
-            with torch.autocast("cuda", enabled=device.startswith("cuda")):
+            with cls_model.autocast(device, amp):
                 logits = cls_model.forward(model, x.to(device), size).float()
             losses.append(torch.nn.functional.cross_entropy(logits, y.to(device), reduction="sum").item())
             preds.append(logits.argmax(1).cpu().numpy())
@@ -230,7 +231,7 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
             if rng.random() < cfg.mix_prob:  # box sizes mixed as the labels are (the same share)
                 x, mixed = cls_data.mix_batch(x, torch.cat([target, size], 1), cfg.mixup, cfg.cutmix, rng)
                 target, size = mixed[:, :classes.NUM_CLASSES], mixed[:, classes.NUM_CLASSES:]
-            with torch.autocast("cuda", enabled=amp):
+            with cls_model.autocast(device, amp):
                 logits = cls_model.forward(model, x, size)
             loss = cls_model.soft_loss(logits, target, cfg.loss, cfg.focal_gamma, cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
@@ -242,7 +243,7 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
             scheduler.step()
             total += loss.item() * len(x)
             seen += len(x)
-        val = evaluate(model, val_loader, device)
+        val = evaluate(model, val_loader, device, amp)
         row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), **val,
                "lr": optimizer.param_groups[0]["lr"], "time": time.perf_counter() - t0}
         runs.append_metrics(run_dir, row)
