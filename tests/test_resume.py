@@ -131,7 +131,8 @@ def test_classifier_validation_and_prediction_honour_amp(monkeypatch, amp):
 
     seen: list[tuple[str, bool]] = []
     real = cls_model.autocast
-    monkeypatch.setattr(cls_model, "autocast", lambda device, on: (seen.append((device, on)), real(device, on))[1])
+    monkeypatch.setattr(cls_model, "autocast",
+                        lambda device, on: (seen.append((device, on)), real(device, on))[1])
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, classes.NUM_CLASSES))
     loader = [(torch.zeros(2, 3, 8, 8), torch.zeros(2, 2), torch.tensor([0, 1]))]
     cls_adapter.evaluate(net, loader, "cpu", amp)
