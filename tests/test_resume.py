@@ -139,3 +139,70 @@ def test_classifier_validation_and_prediction_honour_amp(monkeypatch, amp):
     cfg = type("Cfg", (), {"amp": amp, "batch": 4, "tta": False, "imgsz": 8})()
     ClassifierPredictor(net, cfg, "cpu").classify(np.zeros((2, 8, 8, 3), np.uint8))
     assert seen == [("cpu", amp), ("cpu", amp)]
+
+
+# -- changed settings on an interrupted run ------------------------------------------------------------
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_resumed_run_goes_on_with_its_recorded_settings_and_says_so(tmp_path, caplog):
+    """``python -m train --resume epochs=20`` on a run started with epochs=14: it resumes with 14 (what
+    its checkpoint continues), one line names the difference, config.yaml still says 14; runtime keys
+    (device, workers) come from the new call."""
+    import logging
+    from types import SimpleNamespace
+
+    from cytokit import config as kit_config
+    from train import job, registry
+
+    run = tmp_path / "runs" / "yolov8" / "fold0"
+    run.mkdir(parents=True)
+    started = registry.load_config("yolov8", ["epochs=14", "imgsz=320", "device=cpu"])
+    kit_config.save(started, run / "config.yaml")
+    (run / "last.pt").write_bytes(b"ckpt")
+    fold_data = SimpleNamespace(fold=0, run_dir=lambda m: run, preds_dir=lambda m: tmp_path / "preds" / m)
+    used = []
+
+    class Adapter:
+        def train(self, cfg, fold_data, run_dir, resume=False):
+            used.append((cfg, resume, (run_dir / "config.yaml").read_text()))
+            raise _Stop
+
+    cfg = registry.load_config("yolov8", ["epochs=20", "imgsz=320", "device=0", "workers=2"])
+    caplog.set_level(logging.WARNING, logger="train")
+    with pytest.raises(_Stop):
+        job.run_fold("yolov8", Adapter(), cfg, fold_data, resume=True, force=False)
+    (given, resume, saved), = used
+    assert resume and (given.epochs, given.imgsz, given.device, given.workers) == (14, 320, "0", 2)
+    assert "epochs: 14" in saved and "epochs: 20" not in saved
+    lines = [r.getMessage() for r in caplog.records if "settings it started with" in r.getMessage()]
+    assert lines == ["yolov8 fold 0: resumes with the settings it started with, not this call's "
+                     "(epochs 14 -> 20); --force trains it again with them"]
+
+
+def test_make_all_retrains_an_interrupted_run_whose_settings_changed(tmp_path):
+    from types import SimpleNamespace
+
+    from cytokit import config as kit_config
+    from pipeline import recipe as rc
+    from pipeline import run as orch
+    from train import registry
+
+    ds = SimpleNamespace(id="d_k2_s1", k=2, seed=1, data=tmp_path / "data",
+                         run_dir=lambda m, f: tmp_path / "runs" / m / f"fold{f}",
+                         preds_dir=lambda m, f: tmp_path / "preds" / m / f"fold{f}")
+    run = ds.run_dir("yolov8", 0)
+    run.mkdir(parents=True)
+    (run / "last.pt").write_bytes(b"ckpt")  # interrupted: no done.json
+    kit_config.save(registry.load_config("yolov8", ["epochs=14", "workers=8"]), run / "config.yaml")
+    lines: list[str] = []
+    recipe = rc.RecipeConfig(k=2, detectors=[{"model": "yolov8", "folds": [0], "overrides": ["epochs=20"]}])
+    (only,), skipped = orch.plan(recipe, ds, lines.append)
+    assert "--force" in only.argv and "--resume" not in only.argv and skipped == []
+    assert lines == ["  retrain yolov8 fold 0: its settings differ from the recipe's (epochs 14 -> 20); "
+                     "it was interrupted, and resuming would keep its old settings"]
+    same = rc.RecipeConfig(k=2, detectors=[{"model": "yolov8", "folds": [0], "overrides": ["epochs=14"]}])
+    (only,), _ = orch.plan(same, ds, lines.append)  # workers differ: a runtime key, the run resumes
+    assert "--resume" in only.argv and "--force" not in only.argv and len(lines) == 1
