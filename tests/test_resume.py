@@ -206,3 +206,98 @@ def test_make_all_retrains_an_interrupted_run_whose_settings_changed(tmp_path):
     same = rc.RecipeConfig(k=2, detectors=[{"model": "yolov8", "folds": [0], "overrides": ["epochs=14"]}])
     (only,), _ = orch.plan(same, ds, lines.append)  # workers differ: a runtime key, the run resumes
     assert "--resume" in only.argv and "--force" not in only.argv and len(lines) == 1
+
+
+# -- a YOLO job killed after its last epoch --------------------------------------------------------------
+
+def test_training_over_reads_the_state_ultralytics_refuses_to_resume():
+    from train.yolo.adapter import training_over
+
+    args = {"epochs": 10, "patience": 3}
+    assert training_over({"epoch": -1, "train_args": args})  # stripped: the final validation had begun
+    assert training_over({"epoch": 9, "train_args": args})  # the last epoch saved, its scoring cut short
+    assert not training_over({"epoch": 8, "train_args": args, "stopper": {"best_epoch": 8}})
+    assert training_over({"epoch": 4, "train_args": args, "stopper": {"best_epoch": 2}})  # early stop at 5
+    no_patience = {**args, "patience": 0}
+    assert not training_over({"epoch": 4, "train_args": no_patience, "stopper": {"best_epoch": 2}})
+
+
+TINY_YOLO = ["epochs=2", "imgsz=64", "batch=2", "workers=0", "conf=0.0", "predict_batch=4", "plots=false",
+             "warmup_epochs=0", "mosaic=0.0", "val_every=1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """8 synthetic images, folds k=2 seed 0, in a work folder of this module's own."""
+    from prepare import folds
+    from prepare.synth import make as synth
+
+    root = tmp_path_factory.mktemp("resume")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CYTOKIT_WORK", str(root / "work"))
+        data = root / "tiny"
+        assert synth.main(["--out", str(data), "--images", "8", "--seed", "3"]) == 0
+        assert folds.main(["--data", str(data), "--k", "2", "--seed", "0"]) == 0
+        yield data
+
+
+def _train(data: Path, *extra: str) -> int:
+    from train.__main__ import main
+
+    return main(["--model", "yolov8", "--fold", "0", "--data", str(data), "--k", "2", "--seed", "0", *extra])
+
+
+def _kill_in_final_validation(monkeypatch):
+    """Ultralytics' final evaluation stops in its validator, after it stripped last.pt (epoch -1)."""
+    from train.yolo.trainer import KitTrainer
+
+    original = KitTrainer.final_eval
+
+    def killed(self):
+        class Validator:
+            args = self.validator.args
+
+            def __call__(self, **kwargs):
+                raise KeyboardInterrupt("killed during the final validation")
+
+        self.validator = Validator()
+        original(self)
+
+    monkeypatch.setattr(KitTrainer, "final_eval", killed, raising=False)
+
+
+def _kill_in_last_scoring(monkeypatch):
+    """The kit's challenge scoring of the last epoch stops (last.pt holds that epoch, metrics.csv not)."""
+    from train.yolo.trainer import EpochEnd
+
+    original = EpochEnd.record
+
+    def killed(self, row, final, *args):
+        if final:
+            raise KeyboardInterrupt("killed while scoring the last epoch")
+        original(self, row, final, *args)
+
+    monkeypatch.setattr(EpochEnd, "record", killed)
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("kill", [_kill_in_final_validation, _kill_in_last_scoring])
+def test_a_yolo_run_killed_after_its_last_epoch_finishes_on_resume(tiny_data, monkeypatch, kill):
+    import json
+
+    import pandas as pd
+
+    from cytokit import dataset, predictions
+
+    run = dataset.resolve(tiny_data).run_dir("yolov8", 0)
+    with monkeypatch.context() as mp:
+        kill(mp)
+        with pytest.raises(KeyboardInterrupt):
+            _train(tiny_data, "--force", *TINY_YOLO)
+    assert (run / "last.pt").exists() and not (run / "done.json").exists()
+    assert _train(tiny_data, "--resume", *TINY_YOLO) == 0  # no --force (ultralytics: "nothing to resume")
+    done = json.loads((run / "done.json").read_text())
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert metrics["epoch"].tolist() == [1, 2] and metrics["challenge"].between(0, 1).all()
+    oof = predictions.read(dataset.resolve(tiny_data).preds_dir("yolov8", 0) / predictions.OOF_FILE)
+    assert done["n_predictions"] == len(oof) > 0 and 0 <= done["challenge"] <= 1
