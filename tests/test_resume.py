@@ -301,3 +301,89 @@ def test_a_yolo_run_killed_after_its_last_epoch_finishes_on_resume(tiny_data, mo
     assert metrics["epoch"].tolist() == [1, 2] and metrics["challenge"].between(0, 1).all()
     oof = predictions.read(dataset.resolve(tiny_data).preds_dir("yolov8", 0) / predictions.OOF_FILE)
     assert done["n_predictions"] == len(oof) > 0 and 0 <= done["challenge"] <= 1
+
+
+# -- the classifier's random streams ----------------------------------------------------------------------
+
+def _cell_table(root: Path, n: int = 10):
+    """``n`` 40 x 48 px images, one coloured square each (PNN red, EO blue), as a crop table."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        im = np.full((40, 48, 3), 235, np.uint8)
+        code = ("PNN", "EO")[i % 2]
+        x, y = int(rng.integers(0, 30)), int(rng.integers(0, 22))
+        im[y:y + 16, x:x + 16] = (200, 40, 40) if code == "PNN" else (40, 40, 200)
+        Image.fromarray(im).save(root / "images" / f"im{i:02d}.png")
+        rows.append({"NAME": f"im{i:02d}.png", "x1": x, "y1": y, "x2": x + 16, "y2": y + 16, "class": code})
+    return pd.DataFrame(rows), root / "images"
+
+
+def _cls_cfg(**kw):
+    from cytokit import config
+    from train.cls.adapter import ClassifierConfig
+
+    base = {"backbone": "resnet10t", "imgsz": 32, "epochs": 2, "batch": 4, "workers": 0, "device": "cpu",
+            "augment": "default", "jitter": 0.1, "mixup": 0.4, "cutmix": 1.0, "mix_prob": 0.5,
+            "pretrained": "none", "seed": 5}
+    return config.from_dict(ClassifierConfig, {**base, **kw})
+
+
+def test_a_resumed_classifier_draws_what_the_straight_run_draws(tmp_path, monkeypatch):
+    """2 epochs straight vs 1 epoch, killed, then resumed: the same weights, bit for bit (sampling,
+    dropout, jitter, augmentation and mixing of epoch 2 do not replay epoch 1's draws)."""
+    import torch
+
+    from train import checkpoint, runs
+    from train.cls import adapter as cls_adapter
+
+    monkeypatch.setattr(runs, "plot_curves", lambda table, path: path)  # not what this test is about
+    table, images = _cell_table(tmp_path / "data")
+    train, val = table.iloc[:8], table.iloc[8:]
+    straight = cls_adapter.fit(_cls_cfg(), train, val, images, tmp_path / "straight")
+    again = cls_adapter.fit(_cls_cfg(), train, val, images, tmp_path / "again")
+
+    original = checkpoint.save
+
+    def killed_after_epoch_1(path, model, config, epoch, **state):
+        original(path, model, config, epoch, **state)
+        if Path(path).name == checkpoint.LAST and epoch == 0:
+            raise KeyboardInterrupt("killed after epoch 1")
+
+    monkeypatch.setattr(checkpoint, "save", killed_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        cls_adapter.fit(_cls_cfg(), train, val, images, tmp_path / "resumed")
+    monkeypatch.setattr(checkpoint, "save", original)
+    resumed = cls_adapter.fit(_cls_cfg(), train, val, images, tmp_path / "resumed", resume=True)
+
+    def weights(run: Path) -> dict:
+        return torch.load(run / checkpoint.LAST, weights_only=True)["model"]
+
+    for name, value in weights(straight.parent).items():
+        assert torch.equal(value, weights(again.parent)[name]), name  # the same seed: the same run
+        assert torch.equal(value, weights(resumed.parent)[name]), name
+
+
+def test_crop_jitter_is_seeded_per_epoch_and_worker(tmp_path):
+    import numpy as np
+    import torch
+
+    from train.cls import data as cls_data
+
+    table, images = _cell_table(tmp_path / "data", 4)
+
+    def crops(epoch: int, seed: int = 0) -> list:
+        ds = cls_data.CropDataset(table, images, 32, 4, "default", 0.2, seed=seed)
+        ds.set_epoch(epoch)
+        return [ds[i] for i in (0, 1, 0)]  # row 0 drawn twice (a balanced sampler's rare class)
+
+    first, same, later, other = crops(0), crops(0), crops(1), crops(0, seed=1)
+    for a, b in zip(first, same):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])  # the same seed and epoch: the same crops
+    assert not torch.equal(first[0][1], first[2][1])  # a row drawn twice gets two jitters
+    assert not np.allclose(first[0][1], later[0][1]) and not np.allclose(first[0][1], other[0][1])
