@@ -218,7 +218,7 @@ class CropDataset(torch.utils.data.Dataset):
         self.imgsz, self.margin, self.jitter, self.full = imgsz, margin, jitter, full
         self.transform = build_augment(augment)
         self.seed, self.epoch = seed, 0  # the jitter and augmentation streams: see ``generator``
-        self._stream: tuple[int, int] | None = None  # (epoch, worker) that ``_rng`` was seeded for
+        self._stream: tuple[int, int] | None = None  # (epoch, torch seed) that ``_rng`` was seeded for
         self._rng: np.random.Generator | None = None
         # per row: (pixels, their x0, y0 in the image, image width, height), or None (decode per crop)
         self.patches: list[tuple[np.ndarray, int, int, int, int] | None] = [None] * len(self.table)
@@ -264,14 +264,16 @@ class CropDataset(torch.utils.data.Dataset):
         self.epoch = int(epoch)
 
     def generator(self) -> np.random.Generator:
-        """This process's jitter stream, seeded from (seed, epoch, DataLoader worker id): the same crops for
-        the same seed and worker count, straight or resumed. The augmentation pipeline (albumentations keeps
-        its own generator, copied into forked workers) is reseeded from it at the same moments."""
-        info = torch.utils.data.get_worker_info()
-        key = (self.epoch, info.id + 1 if info is not None else 0)
+        """This process's jitter stream, seeded from (seed, epoch, torch's seed of this process): a
+        DataLoader worker's torch seed is the loader's base seed + its id, which the training loop seeds
+        per epoch (``train.cls.adapter.seed_epoch``), as it seeds torch in the main process; so the same
+        seed and worker count give the same crops, straight or resumed, and every worker and epoch its own.
+        The augmentation pipeline (albumentations keeps its own generator, which forked workers would
+        share) is reseeded from it at the same moments."""
+        key = (self.epoch, torch.initial_seed())
         if self._rng is None or key != self._stream:
             self._stream = key
-            self._rng = np.random.default_rng(epoch_seed(self.seed, self.epoch, 100 + key[1]))
+            self._rng = np.random.default_rng([self.seed, self.epoch, 100, key[1]])
             if self.transform is not None:
                 self.transform.set_random_seed(int(self._rng.integers(2**31)))
         return self._rng
