@@ -387,3 +387,34 @@ def test_crop_jitter_is_seeded_per_epoch_and_worker(tmp_path):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])  # the same seed and epoch: the same crops
     assert not torch.equal(first[0][1], first[2][1])  # a row drawn twice gets two jitters
     assert not np.allclose(first[0][1], later[0][1]) and not np.allclose(first[0][1], other[0][1])
+
+
+# -- rescoring cadence -------------------------------------------------------------------------------------
+
+def test_rescoring_every_n_epochs_by_default_and_always_the_last_one(tmp_path, monkeypatch):
+    """configs/yolo.yaml's ``val_every`` (5): epochs 5, 10... and the last are scored with the challenge
+    metric; so is the epoch early stopping ends on (``trainer.stop``), which is the last one too."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from cytokit.config import from_dict
+    from train.yolo import trainer as ultra_trainer
+    from train.yolo.adapter import UltraConfig
+
+    cfg = from_dict(UltraConfig, {})
+    assert cfg.val_every == 5
+    scored = []
+    monkeypatch.setattr(ultra_trainer, "UltraPredictor", lambda *a, **k: None)
+    monkeypatch.setattr(ultra_trainer.oof, "predict_fold", lambda *a, **k: None)
+    monkeypatch.setattr(ultra_trainer.oof, "evaluate", lambda *a: (scored.append(1), {"challenge": 0.5})[1])
+    last = tmp_path / "last.pt"
+    last.write_text("weights")
+    trainer = SimpleNamespace(epochs=12, tloss=None, metrics={}, fitness=0.1, ema=SimpleNamespace(ema=None),
+                              device="cpu", last=last, stop=False, label_loss_items=lambda loss, prefix: {})
+    callback = ultra_trainer.EpochEnd(None, tmp_path, cfg, "yolov8")
+    for epoch in range(7):
+        trainer.epoch, trainer.stop = epoch, epoch == 6  # early stopping ends the run at epoch 7
+        callback(trainer)
+    table = pd.read_csv(tmp_path / "metrics.csv")
+    assert table.dropna(subset=["challenge"])["epoch"].tolist() == [5, 7] and len(scored) == 2
