@@ -16,7 +16,10 @@ Every adapter leaves the same files in its run folder::
 finished run is skipped unless ``--force`` (which clears the folder, and the
 fold's stale predictions, explicitly); an unfinished one with a checkpoint must
 be ``--resume``d or ``--force``d, never silently mixed with a new run; one left by
-a start that failed before its first checkpoint is cleared with a warning.
+a start that failed before its first checkpoint is cleared with a warning. A
+resumed run goes on with the settings its config.yaml records, ``RUNTIME_KEYS``
+aside (``train.job.continued_config``): config.yaml never holds settings the run
+did not train with.
 """
 from __future__ import annotations
 
