@@ -88,8 +88,8 @@ def continued_config(name: str, fold: int, cfg: Any, run_dir: Path, state: str) 
     new, old = kit_config.to_dict(cfg), kit_config.read_yaml(Path(run_dir) / "config.yaml")
     taken = {k: v for k, v in new.items() if k in runs.RUNTIME_KEYS or k not in old}  # + keys new to the kit
     verb = "resumes with" if state == "resume" else "keeps"
-    log.warning("%s fold %s: %s the settings it started with, not this call's (%s); --force trains it "
-                "again with them", name, fold, verb, "; ".join(changed))
+    log.warning("%s fold %s: %s the settings it started with, not this call's (%s); %s trains it "
+                "again with them", name, fold, verb, "; ".join(changed), makevars.spell("--force"))
     return registry.run_config(name, run_dir, taken)
 
 
