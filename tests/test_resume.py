@@ -334,6 +334,7 @@ def _cls_cfg(**kw):
     return config.from_dict(ClassifierConfig, {**base, **kw})
 
 
+@pytest.mark.smoke  # trains three tiny classifiers, as tests/test_cls_train.py does
 def test_a_resumed_classifier_draws_what_the_straight_run_draws(tmp_path, monkeypatch):
     """2 epochs straight vs 1 epoch, killed, then resumed: the same weights, bit for bit (sampling,
     dropout, jitter, augmentation and mixing of epoch 2 do not replay epoch 1's draws)."""
