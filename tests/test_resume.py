@@ -64,6 +64,18 @@ def test_stopping_the_runner_ends_each_job_and_its_grandchildren(tmp_path, monke
 
 
 @pytest.mark.smoke
+def test_a_job_that_ends_leaves_nothing_running(tmp_path):
+    script = tmp_path / "fake_job.py"
+    script.write_text(FAKE_JOB.replace("time.sleep(600)\n", "", 1).rstrip() + "\n")  # exits at once
+    pid_file = tmp_path / "grandchild.pid"
+    job = parallel.Job("fake fold 2", [sys.executable, str(script), str(pid_file)], tmp_path / "fake.log")
+    (outcome,) = parallel.run_jobs([job], 1, echo=lambda line: None)
+    assert outcome.status == "ok"
+    grandchild = int(pid_file.read_text())
+    assert _wait(lambda: _dead(grandchild)), "a grandchild outlived its finished job"
+
+
+@pytest.mark.smoke
 def test_a_job_runs_in_its_own_process_group_and_stop_signals_the_group(tmp_path):
     script = tmp_path / "fake_job.py"
     script.write_text(FAKE_JOB)

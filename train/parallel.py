@@ -175,7 +175,8 @@ class _Running:
             return None
         code = os.waitstatus_to_exitcode(status)
         self.proc.returncode = code  # reaped here (with its CPU time); Popen must not wait again
-        if signal_group(self.proc.pid, signal.SIGTERM):  # what it started and left running ends with it
+        if _group_alive(self.proc.pid):  # what it started and left running ends with it
+            signal_group(self.proc.pid, signal.SIGTERM)
             log.warning("%s: ended and left processes running in its group; sent them SIGTERM", self.job.name)
         return Outcome(self.job.name, "ok" if code == 0 else "failed", code, time.perf_counter() - self.start,
                        usage.ru_utime + usage.ru_stime, self.job.log, last_line(self.job.log))
@@ -210,7 +211,19 @@ def signal_group(pgid: int, signum: int) -> bool:
 
 
 def _group_alive(pgid: int) -> bool:
-    return signal_group(pgid, 0)
+    """True while process group ``pgid`` has a live member (zombies, which only wait for their parent or
+    init to reap them, do not count); without /proc, while the group can be signalled."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        return signal_group(pgid, 0)
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if int(group) == pgid and state != "Z":
+            return True
+    return False
 
 
 def run_jobs(jobs: list[Job], n: int = 1, threads: int = 0, gpus: list[str] | None = None,
@@ -265,6 +278,8 @@ def run_jobs(jobs: list[Job], n: int = 1, threads: int = 0, gpus: list[str] | No
                          + ("" if out.status == "ok" else f" (exit {out.returncode}): {out.last_line} "
                                                           f"-- see {out.log}"))
     finally:
+        for r in running.values():  # every group first, then each in turn gets its grace
+            signal_group(r.proc.pid, signal.SIGTERM)
         for r in running.values():
             r.stop()
         if previous is not None:
