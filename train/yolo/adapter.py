@@ -5,11 +5,12 @@ from ``pretrained`` (``auto``: ``weights/yolov8n.pt``, the COCO checkpoint of ``
 weights``, when present; ``none``; or a local ``.pt``): ultralytics copies every tensor
 whose shape fits, so the 80-class COCO head gives way to a fresh 23-class one. It is
 trained on the fold's generated ``data.yaml``. Ultralytics' own outputs (args.yaml, results.csv,
-plots, weights/) land in ``<run_dir>/ultralytics/``; after each epoch a callback
-scores the EMA model on the fold's validation images with the challenge metric
-and keeps the best epoch as ``<run_dir>/best.pt`` (``select: fitness`` keeps
-ultralytics' mAP choice instead). ``<run_dir>/last.pt`` links to ultralytics'
-``last.pt``, which ``--resume`` continues.
+plots, weights/) land in ``<run_dir>/ultralytics/``; every ``val_every`` epochs and
+at the last a callback scores the EMA model on the fold's validation images with the
+challenge metric and keeps the best scored epoch as ``<run_dir>/best.pt``
+(``select: fitness`` keeps ultralytics' mAP choice instead). ``<run_dir>/last.pt``
+links to ultralytics' ``last.pt``, which ``--resume`` continues; a run killed after
+its last epoch (ultralytics: "nothing to resume") is finished from it (``finish``).
 
 ``yolov5`` is ultralytics' YOLOv5u (anchor-free head, ``yolov5nu.yaml``):
 weights trained with the original yolov5 repository do not load.

@@ -4,7 +4,9 @@ Imported only when a YOLO model trains (it imports ultralytics, which must come
 after ``cytokit.env.apply()``). ``KitTrainer`` is ultralytics' DetectionTrainer
 whose AMP check never downloads its reference weights; ``EpochEnd`` writes the
 epoch's metrics row, scores the EMA model on the fold's validation images with
-the challenge metric and keeps the best epoch as ``<run_dir>/best.pt``. Both
+the challenge metric (every ``val_every`` epochs and the last: off the GPU's
+critical path, the scoring is mostly CPU) and keeps the best epoch as
+``<run_dir>/best.pt``. Both
 are picklable (ultralytics sends the trainer class and its callbacks to its
 multi-GPU DDP workers with cloudpickle), and the trainer configures logging in
 those workers.
