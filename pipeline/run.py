@@ -75,46 +75,40 @@ def finished(ds: Any, model: str, fold: int) -> bool:
                                                       / predictions.OOF_FILE).exists()
 
 
-RUNTIME_KEYS = {"device", "workers", "plots", "batch_infer"}  # settings that do not change what a run learns
-
-
 def changed_settings(ds: Any, m: TrainMember, fold: int) -> list[str]:
-    """``key old -> new`` for each setting of a finished run that differs from what the recipe asks now
-    (defaults of configs/<family>.yaml <- the member's overrides); [] when they agree."""
-    from train import registry
+    """``key old -> new`` for each setting of a run (finished or not) that differs from what the recipe
+    asks now (defaults of configs/<family>.yaml <- the member's overrides), runtime keys
+    (``train.runs.RUNTIME_KEYS``) aside; [] when they agree or the run has no config.yaml."""
+    from train import registry, runs
 
-    saved = ds.run_dir(m.model, fold) / "config.yaml"
-    if not saved.is_file():
-        return []
-    old = kit_config.read_yaml(saved)
-    new = kit_config.to_dict(registry.load_config(m.model, m.overrides))
-    return [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items()
-            if k not in RUNTIME_KEYS and k in old and old[k] != v]
+    return runs.recorded_differences(registry.load_config(m.model, m.overrides), ds.run_dir(m.model, fold))
 
 
 def plan(recipe: RecipeConfig, ds: Any, echo: Callable[[str], None] = print) -> tuple[list, list[str]]:
     """The training jobs still to run (``train.parallel.Job``) and the names of the finished ones. A
-    finished run whose settings differ from the recipe's, or trained on other folds than the dataset's
-    (``make folds FORCE=1`` made new ones: its out-of-fold score would leak), is trained again; one
-    line says why."""
+    run whose settings differ from the recipe's, finished or interrupted (resuming would go on with the
+    old settings: ultralytics reads them from last.pt), or a finished run trained on other folds than the
+    dataset's (``make folds FORCE=1`` made new ones: its out-of-fold score would leak), is trained again;
+    one line says why."""
     from train import parallel
 
     jobs, skipped = [], []
 
     def add(m: TrainMember, fold: int, after: tuple[str, ...] = ()) -> None:
         name = f"{m.model} fold {fold}"
-        force = False
-        if finished(ds, m.model, fold):
-            from train import runs
+        from train import runs
 
-            stale = runs.other_folds(ds.run_dir(m.model, fold), ds.root)
-            changed = changed_settings(ds, m, fold)
-            if not changed and not stale:
-                skipped.append(name)
-                return
-            echo(f"  retrain {name}: {stale}" if stale else
-                 f"  retrain {name}: its settings differ from the recipe's ({'; '.join(changed)})")
-            force = True
+        done, changed = finished(ds, m.model, fold), changed_settings(ds, m, fold)
+        stale = runs.other_folds(ds.run_dir(m.model, fold), ds.root) if done else None
+        if done and not changed and not stale:
+            skipped.append(name)
+            return
+        force = bool(changed or stale)
+        if stale:
+            echo(f"  retrain {name}: {stale}")
+        elif changed:
+            echo(f"  retrain {name}: its settings differ from the recipe's ({'; '.join(changed)})"
+                 + ("" if done else "; it was interrupted, and resuming would keep its old settings"))
         run_dir = ds.run_dir(m.model, fold)  # an unfinished run continues; a new one starts without a warning
         resume = not force and run_dir.exists() and any(run_dir.iterdir())
         argv = parallel.train_argv(m.model, fold, ds.data, ds.k, ds.seed, m.overrides, resume=resume,

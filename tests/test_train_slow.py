@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 # From scratch on ~135 images: AdamW at 0.003 (ultralytics' "auto" picks 0.00037 for short runs, too slow
 # here).
 EPOCHS = ["epochs=25", "imgsz=160", "batch=8", "workers=1", "plots=false", "close_mosaic=5", "patience=100",
-          "optimizer=AdamW", "lr=0.003", "warmup_epochs=1"]
+          "optimizer=AdamW", "lr=0.003", "warmup_epochs=1", "val_every=1"]
 
 
 def constant_baseline(fold) -> float:

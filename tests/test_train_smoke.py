@@ -22,7 +22,7 @@ from cytokit import classes, dataset, paths, predictions
 
 pytestmark = pytest.mark.smoke
 
-TINY = ["imgsz=64", "batch=2", "workers=0", "conf=0.0", "predict_batch=4"]
+TINY = ["imgsz=64", "batch=2", "workers=0", "conf=0.0", "predict_batch=4", "val_every=1"]
 ULTRA = TINY + ["plots=false", "warmup_epochs=0", "mosaic=0.0"]
 TV = TINY + ["max_size=96", "augment=light"]
 ARGS = {"yolov5": ULTRA, "yolov8": ULTRA, "yolo11": ULTRA,

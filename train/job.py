@@ -74,6 +74,25 @@ def check_torchrun(model: str, adapter: Any) -> None:
                       f"torchvision models; use {hint}")
 
 
+def continued_config(name: str, fold: int, cfg: Any, run_dir: Path, state: str) -> Any:
+    """The config a run that already started goes on with: the settings it recorded in config.yaml, with
+    this call's ``train.runs.RUNTIME_KEYS`` (device, workers...). A checkpoint continues what it started
+    (ultralytics' resume reads its own arguments from last.pt), so settings this call changes are not
+    applied, and not recorded: one line says which (``--force`` trains again with them)."""
+    from cytokit import config as kit_config
+    from train import registry, runs
+
+    changed = runs.recorded_differences(cfg, run_dir)
+    if not changed:
+        return cfg
+    new, old = kit_config.to_dict(cfg), kit_config.read_yaml(Path(run_dir) / "config.yaml")
+    taken = {k: v for k, v in new.items() if k in runs.RUNTIME_KEYS or k not in old}  # + keys new to the kit
+    verb = "resumes with" if state == "resume" else "keeps"
+    log.warning("%s fold %s: %s the settings it started with, not this call's (%s); %s trains it "
+                "again with them", name, fold, verb, "; ".join(changed), makevars.spell("--force"))
+    return registry.run_config(name, run_dir, taken)
+
+
 def run_fold(name: str, adapter: Any, cfg: Any, fold_data: Any, resume: bool, force: bool) -> dict | None:
     """Train (unless finished), predict the fold's validation images, score; the done.json record.
 
@@ -95,9 +114,11 @@ def run_fold(name: str, adapter: Any, cfg: Any, fold_data: Any, resume: bool, fo
             print(f"{name} fold {fold}: already trained ({run_dir / runs.DONE}); "
                   f"{makevars.spell('--force')} to train again")
             return record
+    if state != "fresh":
+        cfg = continued_config(name, fold, cfg, run_dir, state)
     if state in ("fresh", "resume"):
         if dist.is_main():
-            runs.save_config(cfg, run_dir)
+            runs.save_config(cfg, run_dir)  # on resume: the recorded settings (with this call's runtime keys)
         adapter.train(cfg, fold_data, run_dir, resume=state == "resume")
         if dist.is_main():
             runs.mark_trained(run_dir)

@@ -27,6 +27,11 @@ GPUs: with ``n > 1`` and visible GPUs, job slot ``s`` sees only GPU
 ``gpus[s % len(gpus)]`` (``CUDA_VISIBLE_DEVICES``), so ``JOBS=4`` on a 4-GPU box
 trains four folds at once, one per GPU, and ``JOBS=8`` puts two jobs on each.
 With ``n == 1`` the job sees every GPU (``device=0,1`` multi-GPU training works).
+
+Stopping: each job starts in its own session (its own process group), so Ctrl-C or SIGTERM to the runner
+(a scheduler's preemption) reaches the runner alone, and the runner then stops every running job's whole
+group (the job, ultralytics' DDP workers, dataloader workers): SIGTERM, SIGKILL after ``STOP_GRACE_S``.
+A job that ends leaves nothing running either. The stopped jobs resume on the next run.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ import dataclasses
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,6 +52,7 @@ THREADS_ENV = "CYTOKIT_THREADS"  # CPU threads of one job, set by run_jobs, read
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", THREADS_ENV)
 POLL_S = 0.2  # how often the runner checks its jobs
 HEARTBEAT_S = 120.0  # how often it prints the last log line of each running job
+STOP_GRACE_S = 30.0  # seconds a stopped job's process group has between SIGTERM and SIGKILL
 
 
 @dataclasses.dataclass
@@ -152,15 +159,15 @@ def last_line(path: Path, size: int = 4096) -> str:
 
 class _Running:
     def __init__(self, job: Job, slot: int, env: dict[str, str]):
-        import subprocess
-
         self.job, self.slot, self.start = job, slot, time.perf_counter()
         job.log.parent.mkdir(parents=True, exist_ok=True)
         with open(job.log, "a") as fh:  # the child writes through its own copy of the descriptor
             fh.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(job.argv)}\n")
             fh.flush()
+            # its own session, so its process group holds everything it starts (ultralytics' DDP workers,
+            # dataloader workers): ``stop`` signals the group, not only the direct child
             self.proc = subprocess.Popen(job.argv, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
 
     def poll(self) -> Outcome | None:
         pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
@@ -168,13 +175,55 @@ class _Running:
             return None
         code = os.waitstatus_to_exitcode(status)
         self.proc.returncode = code  # reaped here (with its CPU time); Popen must not wait again
+        if _group_alive(self.proc.pid):  # what it started and left running ends with it
+            signal_group(self.proc.pid, signal.SIGTERM)
+            log.warning("%s: ended and left processes running in its group; sent them SIGTERM", self.job.name)
         return Outcome(self.job.name, "ok" if code == 0 else "failed", code, time.perf_counter() - self.start,
                        usage.ru_utime + usage.ru_stime, self.job.log, last_line(self.job.log))
 
-    def stop(self) -> None:
+    def stop(self, grace: float = STOP_GRACE_S) -> None:
+        """SIGTERM to the job's whole process group (its children and theirs: DDP workers, dataloader
+        workers), then SIGKILL to what is left of the group after ``grace`` seconds."""
         if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait()
+            signal_group(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                signal_group(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        # grandchildren that outlived the job (or ignored SIGTERM): the group ends with it
+        if _group_alive(self.proc.pid):
+            signal_group(self.proc.pid, signal.SIGTERM)
+            deadline = time.perf_counter() + grace
+            while _group_alive(self.proc.pid) and time.perf_counter() < deadline:
+                time.sleep(0.05)
+            signal_group(self.proc.pid, signal.SIGKILL)
+
+
+def signal_group(pgid: int, signum: int) -> bool:
+    """Send ``signum`` to process group ``pgid`` (a job started in its own session: its pid); False when
+    the group has no process left."""
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while process group ``pgid`` has a live member (zombies, which only wait for their parent or
+    init to reap them, do not count); without /proc, while the group can be signalled."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        return signal_group(pgid, 0)
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if int(group) == pgid and state != "Z":
+            return True
+    return False
 
 
 def run_jobs(jobs: list[Job], n: int = 1, threads: int = 0, gpus: list[str] | None = None,
@@ -229,6 +278,8 @@ def run_jobs(jobs: list[Job], n: int = 1, threads: int = 0, gpus: list[str] | No
                          + ("" if out.status == "ok" else f" (exit {out.returncode}): {out.last_line} "
                                                           f"-- see {out.log}"))
     finally:
+        for r in running.values():  # every group first, then each in turn gets its grace
+            signal_group(r.proc.pid, signal.SIGTERM)
         for r in running.values():
             r.stop()
         if previous is not None:

@@ -16,7 +16,10 @@ Every adapter leaves the same files in its run folder::
 finished run is skipped unless ``--force`` (which clears the folder, and the
 fold's stale predictions, explicitly); an unfinished one with a checkpoint must
 be ``--resume``d or ``--force``d, never silently mixed with a new run; one left by
-a start that failed before its first checkpoint is cleared with a warning.
+a start that failed before its first checkpoint is cleared with a warning. A
+resumed run goes on with the settings its config.yaml records, ``RUNTIME_KEYS``
+aside (``train.job.continued_config``): config.yaml never holds settings the run
+did not train with.
 """
 from __future__ import annotations
 
@@ -37,6 +40,11 @@ from cytokit.io import atomic_write, atomic_write_df, atomic_write_text
 from train import tracking
 
 log = logging.getLogger(__name__)
+
+# Settings that do not change what a run learns: a resumed run takes them from the new call, and a
+# finished run is not trained again for them (val_every moves only which epochs are candidates for best.pt;
+# predict_batch only batches the out-of-fold predictions).
+RUNTIME_KEYS = frozenset({"device", "workers", "plots", "batch_infer", "predict_batch", "val_every"})
 
 DONE = "done.json"
 TRAINED = "trained.json"
@@ -92,6 +100,21 @@ def prepare(run_dir: Path, resume: bool = False, force: bool = False, stale: tup
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return "fresh"
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key old -> new`` for each setting outside ``RUNTIME_KEYS`` that ``old`` (a run's config.yaml)
+    holds and ``new`` changes; keys ``old`` lacks (added to the kit since) are not differences."""
+    return [f"{k} {old[k]!r} -> {v!r}" for k, v in new.items()
+            if k not in RUNTIME_KEYS and k in old and old[k] != v]
+
+
+def recorded_differences(cfg: Any, run_dir: Path) -> list[str]:
+    """``differences`` between ``run_dir``'s config.yaml and ``cfg``; [] when the folder has none."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return []
+    return differences(kit_config.read_yaml(path), kit_config.to_dict(cfg))
 
 
 def save_config(cfg: Any, run_dir: Path) -> Path:

@@ -65,15 +65,16 @@ def _schedule(cfg: ClassifierConfig, steps_per_epoch: int):
     return factor
 
 
-def evaluate(model: torch.nn.Module, loader, device: str) -> dict[str, float]:
-    """Validation loss, accuracy, balanced accuracy and macro-F1 over a crop loader."""
+def evaluate(model: torch.nn.Module, loader, device: str, amp: bool = True) -> dict[str, float]:
+    """Validation loss, accuracy, balanced accuracy and macro-F1 over a crop loader (``amp``: fp16
+    autocast on CUDA, as in training)."""
     from sklearn.metrics import balanced_accuracy_score, f1_score
 
     model.eval()
     losses, preds, labels = [], [], []
     with torch.no_grad():
         for x, size, y in loader:
-            with torch.autocast("cuda", enabled=device.startswith("cuda")):
+            with cls_model.autocast(device, amp):
                 logits = cls_model.forward(model, x.to(device), size).float()
             losses.append(torch.nn.functional.cross_entropy(logits, y.to(device), reduction="sum").item())
             preds.append(logits.argmax(1).cpu().numpy())
@@ -94,6 +95,20 @@ def evaluate(model: torch.nn.Module, loader, device: str) -> dict[str, float]:
     }
 
 
+def seed_epoch(seed: int, epoch: int, dataset: cls_data.CropDataset, sampler: Any,
+               loader_rng: torch.Generator) -> np.random.Generator:
+    """Seed every random stream of epoch ``epoch`` from (``seed``, ``epoch``): torch's (dropout), the
+    sampler's draws, the loader's shuffling and worker seeds, the crops' jitter and augmentation
+    (``CropDataset.generator``); returns the batch-mixing generator. A resumed run draws exactly what the
+    straight run drew in the same epoch (``cls_data.epoch_seed``), with nothing to save in last.pt."""
+    torch.manual_seed(cls_data.epoch_seed(seed, epoch, 0))
+    loader_rng.manual_seed(cls_data.epoch_seed(seed, epoch, 1))
+    if sampler is not None:
+        sampler.generator.manual_seed(cls_data.epoch_seed(seed, epoch, 2))
+    dataset.set_epoch(epoch)
+    return np.random.default_rng(cls_data.epoch_seed(seed, epoch, 3))
+
+
 def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFrame, images_dir: Path,
         run_dir: Path, resume: bool = False) -> Path:
     """Train a classifier on crops of ``train_table``; select on ``val_table``; return best.pt."""
@@ -107,7 +122,6 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
     device = cls_model.resolve_device(cfg.device)
     torch.backends.cudnn.benchmark = device.startswith("cuda")  # fixed imgsz: let cuDNN pick its kernels
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     full, t0 = cfg.mode == "full", time.perf_counter()
     budget = cls_data.cache_budget() if cfg.cache else 0
     ds_train = cls_data.CropDataset(train_table, images_dir, cfg.imgsz, cfg.margin, cfg.augment,
@@ -122,8 +136,10 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
     sampler = cls_data.make_sampler(ds_train.labels, cfg.sampler, cfg.balance_power, cfg.seed)
     workers = cls_data.loader_workers(cfg.workers, cfg.batch, cfg.imgsz)
     loader_args = {"batch_size": cfg.batch, "num_workers": workers, "pin_memory": device.startswith("cuda")}
+    loader_rng = torch.Generator()  # shuffling (random sampler) and the workers' torch seeds
     train_loader = torch.utils.data.DataLoader(ds_train, sampler=sampler, shuffle=sampler is None,
-                                               drop_last=len(ds_train) > cfg.batch, **loader_args)
+                                               drop_last=len(ds_train) > cfg.batch, generator=loader_rng,
+                                               **loader_args)
     val_loader = torch.utils.data.DataLoader(ds_val, shuffle=False, **loader_args)
 
     init = None if resume and (run_dir / "last.pt").exists() else resolve(
@@ -142,6 +158,7 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
     cfg_dict = config.to_dict(cfg)
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
+        rng = seed_epoch(cfg.seed, epoch, ds_train, sampler, loader_rng)
         model.train()
         total, seen = 0.0, 0
         for x, size, y in tqdm(train_loader, desc=f"cls epoch {epoch + 1}/{cfg.epochs}", leave=False,
@@ -151,7 +168,7 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
             if rng.random() < cfg.mix_prob:  # box sizes mixed as the labels are (the same share)
                 x, mixed = cls_data.mix_batch(x, torch.cat([target, size], 1), cfg.mixup, cfg.cutmix, rng)
                 target, size = mixed[:, :classes.NUM_CLASSES], mixed[:, classes.NUM_CLASSES:]
-            with torch.autocast("cuda", enabled=amp):
+            with cls_model.autocast(device, amp):
                 logits = cls_model.forward(model, x, size)
             loss = cls_model.soft_loss(logits, target, cfg.loss, cfg.focal_gamma, cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
@@ -163,7 +180,7 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
             scheduler.step()
             total += loss.item() * len(x)
             seen += len(x)
-        val = evaluate(model, val_loader, device)
+        val = evaluate(model, val_loader, device, amp)
         row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), **val,
                "lr": optimizer.param_groups[0]["lr"], "time": time.perf_counter() - t0}
         runs.append_metrics(run_dir, row)

@@ -148,6 +148,13 @@ def labels_of(table: pd.DataFrame) -> np.ndarray:
     return table["class"].map(classes.CLASS_TO_ID).to_numpy(dtype=np.int64)
 
 
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """A 63-bit seed of stream ``stream`` of epoch ``epoch`` of a run seeded ``seed``. Every random draw of
+    a classifier epoch (sampling, dropout, jitter, augmentation, mixing) is seeded from it, so an epoch
+    draws the same whether the run went straight through or was resumed before it."""
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
 def make_sampler(labels: np.ndarray, kind: str, power: float, seed: int):
     """A ``WeightedRandomSampler`` drawing class c with weight ``count_c ** -power`` per sample
     (``balanced``; power 1 = every class equally often), or None for plain shuffling."""
@@ -210,8 +217,9 @@ class CropDataset(torch.utils.data.Dataset):
         self.images_dir = Path(images_dir)
         self.imgsz, self.margin, self.jitter, self.full = imgsz, margin, jitter, full
         self.transform = build_augment(augment)
-        self._seeded: int | None = None  # worker seed of the transform (train.dist.reseed_augment)
-        self.seed = seed
+        self.seed, self.epoch = seed, 0  # the jitter and augmentation streams: see ``generator``
+        self._stream: tuple[int, int] | None = None  # (epoch, torch seed) that ``_rng`` was seeded for
+        self._rng: np.random.Generator | None = None
         # per row: (pixels, their x0, y0 in the image, image width, height), or None (decode per crop)
         self.patches: list[tuple[np.ndarray, int, int, int, int] | None] = [None] * len(self.table)
         self.cached_bytes = self._fill_cache(cache_bytes) if cache_bytes > 0 else 0
@@ -250,6 +258,26 @@ class CropDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.table)
 
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose jitter and augmentation streams the next crops draw from (set before the loader
+        starts the epoch's workers)."""
+        self.epoch = int(epoch)
+
+    def generator(self) -> np.random.Generator:
+        """This process's jitter stream, seeded from (seed, epoch, torch's seed of this process): a
+        DataLoader worker's torch seed is the loader's base seed + its id, which the training loop seeds
+        per epoch (``train.cls.adapter.seed_epoch``), as it seeds torch in the main process; so the same
+        seed and worker count give the same crops, straight or resumed, and every worker and epoch its own.
+        The augmentation pipeline (albumentations keeps its own generator, which forked workers would
+        share) is reseeded from it at the same moments."""
+        key = (self.epoch, torch.initial_seed())
+        if self._rng is None or key != self._stream:
+            self._stream = key
+            self._rng = np.random.default_rng([self.seed, self.epoch, 100, key[1]])
+            if self.transform is not None:
+                self.transform.set_random_seed(int(self._rng.integers(2**31)))
+        return self._rng
+
     def _pixels(self, i: int, box: np.ndarray | None) -> tuple[np.ndarray, int, int]:
         """The pixels of row ``i``'s crop of ``box`` (None: the whole image) before resizing, and the
         image's width and height."""
@@ -266,11 +294,7 @@ class CropDataset(torch.utils.data.Dataset):
         return patch[y1:max(min(y2 - y0, ph), y1 + 1), x1:max(min(x2 - x0, pw), x1 + 1)], w, h
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        from train.dist import reseed_augment
-
-        # each worker (new ones every epoch) reseeds the pipeline: albumentations seeds it at construction
-        self._seeded = reseed_augment(self.transform, self._seeded)
-        rng = np.random.default_rng(None if self.transform or self.jitter else self.seed + i)
+        rng = self.generator()
         box = None if self.full else jitter_box(self.xyxy[i], self.jitter, rng)
         patch, w, h = self._pixels(i, box)
         crop = resize_crop(patch, self.imgsz)

@@ -148,11 +148,11 @@ def tta_views(x: torch.Tensor, tta: bool) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def predict_probs(model: torch.nn.Module, crops: np.ndarray, device: str, tta: bool = True,
-                  batch: int = 64, sizes: np.ndarray | None = None) -> np.ndarray:
+                  batch: int = 64, sizes: np.ndarray | None = None, amp: bool = True) -> np.ndarray:
     """Softmax class probabilities ``(B, 23)`` of uint8 crops ``(B, H, W, 3)``, mean over flip views;
     ``sizes``: the crops' ``(B, 2)`` box-size features (``train.cls.data.box_size_features``), which
     a size-aware model needs and any other ignores."""
-    views = view_probs(model, crops, device, batch, sizes, tta)
+    views = view_probs(model, crops, device, batch, sizes, tta, amp)
     return combine(views, tta)
 
 
@@ -163,18 +163,23 @@ def combine(views: np.ndarray, tta: bool) -> np.ndarray:
     return ((views[0] + views[1] + views[2]) / np.float32(3)).astype(np.float64)
 
 
+def autocast(device: str, amp: bool):
+    """fp16 autocast on CUDA when ``amp``: a config's ``amp: false`` keeps training, validation and
+    prediction in fp32 alike."""
+    return torch.autocast("cuda", enabled=bool(amp) and str(device).startswith("cuda"))
+
+
 @torch.no_grad()
 def view_probs(model: torch.nn.Module, crops: np.ndarray, device: str, batch: int = 64,
-               sizes: np.ndarray | None = None, tta: bool = True) -> np.ndarray:
+               sizes: np.ndarray | None = None, tta: bool = True, amp: bool = True) -> np.ndarray:
     """``(V, B, 23)`` softmax of uint8 crops under each flip view (identity first; V = 3 with ``tta``,
-    else 1), float32 until the caller sums them (see ``predict_probs``)."""
+    else 1), float32 until the caller sums them (see ``predict_probs``); ``amp``: see ``autocast``."""
     model.eval()
     out = []
-    amp = device.startswith("cuda")
     for start in range(0, len(crops), batch):
         x = to_tensor(crops[start:start + batch]).to(device)
         size = None if sizes is None else np.asarray(sizes[start:start + batch], np.float32)
-        with torch.autocast("cuda", enabled=amp):
+        with autocast(device, amp):
             out.append(np.stack([F.softmax(forward(model, v, size).float(), dim=1).cpu().numpy()
                                  for v in tta_views(x, tta)]))
     if not out:

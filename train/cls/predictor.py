@@ -40,11 +40,13 @@ class ClassifierPredictor(Predictor):
         """Probabilities ``(B, 23)`` of uint8 crops already at ``imgsz``; ``sizes``: their ``(B, 2)``
         ``box_size_features`` (required by a ``box_size`` model, ignored by others)."""
         tta = self.cfg.tta if tta is None else tta
-        return cls_model.predict_probs(self.model, crops, self.device, tta, self.cfg.batch, sizes)
+        return cls_model.predict_probs(self.model, crops, self.device, tta, self.cfg.batch, sizes,
+                                       getattr(self.cfg, "amp", True))
 
     def view_probs(self, crops: np.ndarray, sizes: np.ndarray | None = None) -> np.ndarray:
         """``(3, B, 23)`` float32 softmax of each flip view (identity first); ``classify`` = their mean."""
-        return cls_model.view_probs(self.model, crops, self.device, self.cfg.batch, sizes, True)
+        return cls_model.view_probs(self.model, crops, self.device, self.cfg.batch, sizes, True,
+                                    getattr(self.cfg, "amp", True))
 
     def crops(self, image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
         """The margin crops ``(N, imgsz, imgsz, 3)`` of boxes ``(N, 4)`` of one RGB image."""

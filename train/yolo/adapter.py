@@ -5,11 +5,12 @@ from ``pretrained`` (``auto``: ``weights/yolov8n.pt``, the COCO checkpoint of ``
 weights``, when present; ``none``; or a local ``.pt``): ultralytics copies every tensor
 whose shape fits, so the 80-class COCO head gives way to a fresh 23-class one. It is
 trained on the fold's generated ``data.yaml``. Ultralytics' own outputs (args.yaml, results.csv,
-plots, weights/) land in ``<run_dir>/ultralytics/``; after each epoch a callback
-scores the EMA model on the fold's validation images with the challenge metric
-and keeps the best epoch as ``<run_dir>/best.pt`` (``select: fitness`` keeps
-ultralytics' mAP choice instead). ``<run_dir>/last.pt`` links to ultralytics'
-``last.pt``, which ``--resume`` continues.
+plots, weights/) land in ``<run_dir>/ultralytics/``; every ``val_every`` epochs and
+at the last a callback scores the EMA model on the fold's validation images with the
+challenge metric and keeps the best scored epoch as ``<run_dir>/best.pt``
+(``select: fitness`` keeps ultralytics' mAP choice instead). ``<run_dir>/last.pt``
+links to ultralytics' ``last.pt``, which ``--resume`` continues; a run killed after
+its last epoch (ultralytics: "nothing to resume") is finished from it (``finish``).
 
 ``yolov5`` is ultralytics' YOLOv5u (anchor-free head, ``yolov5nu.yaml``):
 weights trained with the original yolov5 repository do not load.
@@ -158,6 +159,9 @@ class UltraAdapter(Adapter):
         run_dir = Path(run_dir)
         ul_last = run_dir / "ultralytics" / "weights" / "last.pt"
         if resume and ul_last.exists():
+            ckpt = read_checkpoint(ul_last)
+            if training_over(ckpt):  # killed after its last epoch: ultralytics has "nothing to resume"
+                return self.finish(cfg, fold_data, run_dir, ul_last, ckpt)
             model = YOLO(str(ul_last))
             args = {"resume": True, "device": ultra_device(cfg.device), "workers": ultra_workers(cfg)}
         else:
@@ -171,14 +175,19 @@ class UltraAdapter(Adapter):
 
         model.add_callback("on_model_save", EpochEnd(fold_data, run_dir, cfg, self.name))
         model.train(trainer=KitTrainer, **args)
-        best = run_dir / "best.pt"
-        if not best.exists():  # no epoch was scored (e.g. NaN scores): fall back on ultralytics' choice
-            ul_best = ul_last.with_name("best.pt")
-            shutil.copyfile(ul_best if ul_best.exists() else ul_last, best)
-        from ultralytics.utils.torch_utils import strip_optimizer
+        return final_best(run_dir, ul_last)
 
-        strip_optimizer(best)
-        return best
+    def finish(self, cfg: UltraConfig, fold_data: Any, run_dir: Path, ul_last: Path, ckpt: dict) -> Path:
+        """Finish a run killed after its last epoch (in the kit's scoring of that epoch or in ultralytics'
+        final validation, which only logs best.pt's mAP): score the last epoch when its row is missing,
+        then best.pt as after training; ``train.job`` writes the OOF table and done.json."""
+        from train.dist import resolve_device
+        from train.yolo.trainer import EpochEnd
+
+        log.info("%s: its training ended (%s); finishing it from the checkpoints instead of resuming",
+                 run_dir, "last epoch saved" if int(ckpt.get("epoch", -1)) >= 0 else "final validation begun")
+        EpochEnd(fold_data, run_dir, cfg, self.name).finish_from(ul_last, ckpt, resolve_device(cfg.device))
+        return final_best(run_dir, ul_last)
 
     def load(self, weights: Path, cfg: UltraConfig, device: str = "cpu") -> Predictor:
         from train.dist import resolve_device
@@ -190,6 +199,41 @@ class UltraAdapter(Adapter):
             raise WeightsError(weights, f"a model of {nc} classes; the kit's models have "
                                         f"{classes.NUM_CLASSES}")
         return UltraPredictor(model.fuse() if hasattr(model, "fuse") else model, cfg, resolve_device(device))
+
+
+def read_checkpoint(path: Path) -> dict:
+    """An ultralytics training checkpoint (``last.pt``) as its dict, loaded safely."""
+    from ultralytics.nn.tasks import torch_safe_load
+
+    ckpt, _ = torch_safe_load(str(path), safe_only=True)
+    return ckpt if isinstance(ckpt, dict) else {}
+
+
+def training_over(ckpt: dict) -> bool:
+    """True when an ultralytics ``last.pt`` has no epoch left to train: stripped (``epoch`` -1: its final
+    validation had begun), at its last epoch, or at the epoch early stopping (``patience``) ends on. Its
+    ``resume`` then refuses ("nothing to resume")."""
+    epoch = ckpt.get("epoch", -1)
+    if epoch is None or int(epoch) < 0:
+        return True
+    done, args = int(epoch) + 1, ckpt.get("train_args") or {}
+    if done >= int(args.get("epochs") or 0):
+        return True
+    patience, best_epoch = args.get("patience") or 0, (ckpt.get("stopper") or {}).get("best_epoch")
+    return bool(patience) and best_epoch is not None and done - int(best_epoch) >= int(patience)
+
+
+def final_best(run_dir: Path, ul_last: Path) -> Path:
+    """``<run_dir>/best.pt`` without its optimizer state; when no epoch was scored (e.g. NaN scores), from
+    ultralytics' choice (its best.pt, else last.pt)."""
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    best = Path(run_dir) / "best.pt"
+    if not best.exists():
+        ul_best = ul_last.with_name("best.pt")
+        shutil.copyfile(ul_best if ul_best.exists() else ul_last, best)
+    strip_optimizer(best)
+    return best
 
 
 def ultra_device(spec: str | None) -> str | None:

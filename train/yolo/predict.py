@@ -111,12 +111,13 @@ class UltraPredictor(Predictor):
         self.imgsz = int(cfg.imgsz)
         self.batch = max(1, int(cfg.predict_batch))
         self.iou, self.max_det, self.agnostic = float(cfg.nms_iou), int(cfg.max_det), bool(cfg.agnostic_nms)
+        self.amp = bool(getattr(cfg, "amp", True))  # fp16 autocast on CUDA; ``amp: false`` keeps fp32
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """The raw head output ``(B, 4 + nc, anchors)`` of a normalised batch."""
         if self.runner is not None:
             return torch.as_tensor(self.runner(t))
-        with torch.autocast("cuda") if self.device.type == "cuda" else contextlib.nullcontext():
+        with torch.autocast("cuda") if self.device.type == "cuda" and self.amp else contextlib.nullcontext():
             raw = self.model(t)
         return (raw[0] if isinstance(raw, (list, tuple)) else raw).float()
 

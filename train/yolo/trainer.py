@@ -4,7 +4,9 @@ Imported only when a YOLO model trains (it imports ultralytics, which must come
 after ``cytokit.env.apply()``). ``KitTrainer`` is ultralytics' DetectionTrainer
 whose AMP check never downloads its reference weights; ``EpochEnd`` writes the
 epoch's metrics row, scores the EMA model on the fold's validation images with
-the challenge metric and keeps the best epoch as ``<run_dir>/best.pt``. Both
+the challenge metric (every ``val_every`` epochs and the last: off the GPU's
+critical path, the scoring is mostly CPU) and keeps the best epoch as
+``<run_dir>/best.pt``. Both
 are picklable (ultralytics sends the trainer class and its callbacks to its
 multi-GPU DDP workers with cloudpickle), and the trainer configures logging in
 those workers.
@@ -87,15 +89,20 @@ class EpochEnd:
         row: dict[str, Any] = {"epoch": trainer.epoch + 1}
         losses = trainer.label_loss_items(trainer.tloss, prefix="train")
         row.update({k.replace("/", "_"): round(float(v), 5) for k, v in losses.items()})
-        for key, value in (trainer.metrics or {}).items():
-            short = key.replace("metrics/", "ul_").replace("(B)", "").replace("/", "_").replace("-", "_")
-            row[short] = round(float(value), 5)
-        row["ul_fitness"] = round(float(trainer.fitness or 0.0), 5)
-        scored = row["epoch"] % max(1, self.cfg.val_every) == 0 or row["epoch"] >= trainer.epochs
+        row.update(ultra_metrics(trainer.metrics, trainer.fitness))
+        # the last epoch is always scored: the final one, or the one early stopping (patience) ends on
+        final = row["epoch"] >= trainer.epochs or bool(getattr(trainer, "stop", False))
+        self.record(row, final, lambda: trainer.ema.ema, str(trainer.device), Path(trainer.last))
+
+    def record(self, row: dict[str, Any], final: bool, model: Any, device: str, weights: Path) -> None:
+        """Score epoch ``row["epoch"]`` when due (every ``val_every`` epochs and the ``final`` one) with the
+        model ``model()`` on ``device``; ``weights`` (that epoch's checkpoint) becomes best.pt when it
+        beats the best so far; the row goes to metrics.csv."""
+        scored = row["epoch"] % max(1, self.cfg.val_every) == 0 or final
         if self.cfg.select == "fitness":
             score = row["ul_fitness"]
         elif scored:
-            predictor = UltraPredictor(trainer.ema.ema, self.cfg, str(trainer.device), frozen=False)
+            predictor = UltraPredictor(model(), self.cfg, device, frozen=False)
             preds = oof.predict_fold(predictor, self.fold_data, self.model_name, self.cfg.conf,
                                      progress=False)
             row.update(oof.evaluate(preds, self.fold_data))
@@ -105,7 +112,32 @@ class EpochEnd:
         if score > self.best or not (self.run_dir / "best.pt").exists():
             self.best = max(self.best, score)
             tmp = self.run_dir / ".best.pt.tmp"
-            shutil.copyfile(trainer.last, tmp)
+            shutil.copyfile(weights, tmp)
             os.replace(tmp, self.run_dir / "best.pt")
         log.info("epoch %d: %s %s (best %s)", row["epoch"], self.cfg.select, _shown(score), _shown(self.best))
         runs.append_metrics(self.run_dir, row)
+
+    def finish_from(self, weights: Path, ckpt: dict, device: str) -> bool:
+        """Record the final epoch of an ultralytics checkpoint (``last.pt`` as ``save_model`` wrote it) whose
+        row the job did not write, killed before the end of ``__call__``; False when there is nothing to do
+        (a stripped checkpoint, or its epoch already in metrics.csv)."""
+        epoch = int(ckpt.get("epoch", -1))
+        table = runs.read_metrics(self.run_dir)
+        if epoch < 0 or ("epoch" in table and (table["epoch"] == epoch + 1).any()):
+            return False
+        metrics = dict(ckpt.get("train_metrics") or {})
+        row = {"epoch": epoch + 1, **ultra_metrics(metrics, metrics.pop("fitness", None))}
+        model = ckpt.get("ema") or ckpt.get("model")
+        log.info("epoch %d: its scoring was cut short; scoring it from %s", epoch + 1, weights)
+        self.record(row, True, lambda: model.float(), device, weights)
+        return True
+
+
+def ultra_metrics(metrics: dict | None, fitness: float | None) -> dict[str, float]:
+    """Ultralytics' validation metrics of an epoch as metrics.csv columns (``ul_mAP50``...)."""
+    row = {}
+    for key, value in (metrics or {}).items():
+        short = key.replace("metrics/", "ul_").replace("(B)", "").replace("/", "_").replace("-", "_")
+        row[short] = round(float(value), 5)
+    row["ul_fitness"] = round(float(fitness or 0.0), 5)
+    return row
