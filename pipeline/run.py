@@ -81,7 +81,14 @@ def changed_settings(ds: Any, m: TrainMember, fold: int) -> list[str]:
     (``train.runs.RUNTIME_KEYS``) aside; [] when they agree or the run has no config.yaml."""
     from train import registry, runs
 
-    return runs.recorded_differences(registry.load_config(m.model, m.overrides), ds.run_dir(m.model, fold))
+    run_dir = ds.run_dir(m.model, fold)
+    if not (run_dir / "config.yaml").is_file():
+        return []
+    try:
+        wanted = registry.load_config(m.model, m.overrides)
+    except kit_config.ConfigError:  # a bad override is the job's to report, with its log (pre-flight off)
+        return []
+    return runs.recorded_differences(wanted, run_dir)
 
 
 def plan(recipe: RecipeConfig, ds: Any, echo: Callable[[str], None] = print) -> tuple[list, list[str]]:
