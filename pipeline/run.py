@@ -91,6 +91,16 @@ def changed_settings(ds: Any, m: TrainMember, fold: int) -> list[str]:
     return runs.recorded_differences(wanted, run_dir)
 
 
+def _epochs(m: TrainMember) -> int:
+    """The epochs a member trains (0 when its overrides do not load: its job reports why)."""
+    from train import registry
+
+    try:
+        return int(getattr(registry.load_config(m.model, m.overrides), "epochs", 0) or 0)
+    except kit_config.ConfigError:
+        return 0
+
+
 def plan(recipe: RecipeConfig, ds: Any, echo: Callable[[str], None] = print) -> tuple[list, list[str]]:
     """The training jobs still to run (``train.parallel.Job``) and the names of the finished ones. A
     run whose settings differ from the recipe's, finished or interrupted (resuming would go on with the
@@ -120,7 +130,8 @@ def plan(recipe: RecipeConfig, ds: Any, echo: Callable[[str], None] = print) -> 
         resume = not force and run_dir.exists() and any(run_dir.iterdir())
         argv = parallel.train_argv(m.model, fold, ds.data, ds.k, ds.seed, m.overrides, resume=resume,
                                    force=force)
-        jobs.append(parallel.Job(name, argv, parallel.log_path(ds, m.model, fold), after))
+        jobs.append(parallel.Job(name, argv, parallel.log_path(ds, m.model, fold), after, run_dir,
+                                 _epochs(m)))
 
     for m in recipe.detector_list():
         for f in m.folds:

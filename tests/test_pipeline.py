@@ -55,7 +55,8 @@ def test_two_jobs_run_at_once_with_their_share_of_threads(tmp_path, monkeypatch)
     jobs = [fake_job(tmp_path, "a", sleep=1.5), fake_job(tmp_path, "b", sleep=1.5)]
     lines: list[str] = []
     out = parallel.run_jobs(jobs, n=2, threads=3, gpus=[], echo=lines.append, heartbeat=0.5)
-    assert any(line.startswith("  running a (0 min): working") for line in lines)  # progress while they run
+    assert any(line.startswith("  [0/2 jobs done") for line in lines)  # progress while they run
+    assert any(line == "    a: working" for line in lines)  # no epoch yet: the log's last line
     assert [o.status for o in out] == ["ok", "ok"]
     a, b = ran(tmp_path, "a"), ran(tmp_path, "b")
     assert a["start"] < b["end"] and b["start"] < a["end"]  # they overlapped

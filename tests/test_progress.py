@@ -52,3 +52,26 @@ def test_append_metrics_stamps_the_wall_clock(tmp_path):
     runs.append_metrics(tmp_path, {"epoch": 1, "loss": 0.5})
     table = runs.read_metrics(tmp_path)
     assert table["time"].iloc[0] > 1.7e9
+
+
+def test_the_heartbeat_of_make_all_reads_each_running_jobs_epochs(tmp_path):
+    """One header (jobs done/total, elapsed, overall ETA) and one line per running job: epoch i/N with
+    s/epoch and ETA from its metrics.csv, or the last line of its log before its first epoch."""
+    from types import SimpleNamespace
+
+    from train import parallel
+
+    run = tmp_path / "runs" / "yolov8" / "fold0"
+    run.mkdir(parents=True)
+    pd.DataFrame({"epoch": [1, 2, 3], "time": [100.0, 140.0, 180.0]}).to_csv(run / "metrics.csv", index=False)
+    (tmp_path / "cls.log").write_text("loading crops\n")
+    det = parallel.Job("yolov8 fold 0", ["x"], tmp_path / "det.log", run_dir=run, epochs=10)
+    cls = parallel.Job("cls fold 0", ["x"], tmp_path / "cls.log", run_dir=tmp_path / "none", epochs=5)
+    queued = parallel.Job("yolov8 fold 1", ["x"], tmp_path / "q.log", run_dir=tmp_path / "q", epochs=10)
+    lines = parallel.heartbeat_lines([SimpleNamespace(job=det), SimpleNamespace(job=cls)], [queued],
+                                     finished=1, total=4, slots=2, elapsed_s=600)
+    # left: (7 + 5 running + 10 queued epochs) x 40 s (the only rate measured), over 2 slots = 440 s
+    assert lines[0] == "  [1/4 jobs done, 10 min elapsed, overall ETA 7 min]"
+    assert lines[1] == "    yolov8 fold 0: epoch 3/10, 40 s/epoch, ETA 4 min"
+    assert lines[2] == "    cls fold 0: loading crops"
+    assert all(len(line) <= 120 for line in lines)

@@ -51,7 +51,7 @@ log = logging.getLogger("train")
 THREADS_ENV = "CYTOKIT_THREADS"  # CPU threads of one job, set by run_jobs, read by apply_threads
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", THREADS_ENV)
 POLL_S = 0.2  # how often the runner checks its jobs
-HEARTBEAT_S = 120.0  # how often it prints the last log line of each running job
+HEARTBEAT_S = 60.0  # how often it prints jobs done/total, the overall ETA and each running job's epoch
 STOP_GRACE_S = 30.0  # seconds a stopped job's process group has between SIGTERM and SIGKILL
 
 
@@ -63,6 +63,8 @@ class Job:
     argv: list[str]  # the full command line
     log: Path  # stdout and stderr of the job (appended: a resumed job keeps its history)
     after: tuple[str, ...] = ()  # names of jobs that must end before this one starts
+    run_dir: Path | None = None  # its run folder: the heartbeat reads epoch i/N and s/epoch there
+    epochs: int = 0  # epochs it trains in all (0: unknown; the heartbeat shows its last log line)
 
 
 @dataclasses.dataclass
@@ -250,7 +252,7 @@ def run_jobs(jobs: list[Job], n: int = 1, threads: int = 0, gpus: list[str] | No
          else "no training job to run")
     pending, running, ended = list(jobs), {}, {}
     previous = _stop_on_sigterm()
-    beat = time.perf_counter()
+    beat = started = time.perf_counter()
     try:
         while pending or running:
             free = [s for s in range(n) if s not in running]
@@ -267,8 +269,9 @@ def run_jobs(jobs: list[Job], n: int = 1, threads: int = 0, gpus: list[str] | No
             time.sleep(POLL_S)
             if time.perf_counter() - beat >= heartbeat:
                 beat = time.perf_counter()
-                for r in running.values():
-                    echo(f"  running {r.job.name} ({(beat - r.start) / 60:.0f} min): {last_line(r.job.log)}")
+                for text in heartbeat_lines(list(running.values()), pending, len(ended), len(jobs), n,
+                                            beat - started):
+                    echo(text)
             for slot, r in list(running.items()):
                 out = r.poll()
                 if out is not None:
@@ -285,6 +288,31 @@ def run_jobs(jobs: list[Job], n: int = 1, threads: int = 0, gpus: list[str] | No
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return [ended[name] for name in names]
+
+
+def _state(job: Job):
+    from train import progress
+
+    model = job.name.rpartition(" fold ")[0] or job.name
+    if job.run_dir is None or job.epochs <= 0:
+        return progress.JobState(job.name, model, max(1, job.epochs))
+    return progress.job_state(job.name, model, job.run_dir, job.epochs)
+
+
+def heartbeat_lines(running: list, pending: list[Job], finished: int, total: int, slots: int,
+                    elapsed_s: float) -> list[str]:
+    """``[3/10 jobs done, 42 min elapsed, overall ETA 2 h 10 min]`` then one line per running job: its
+    epoch i/N, s/epoch and ETA from its metrics.csv, else (no epoch yet) the last line of its log."""
+    from train import progress
+
+    states = [_state(r.job) for r in running]
+    head = (f"  [{finished}/{total} jobs done, {progress.duration(elapsed_s)} elapsed, overall ETA "
+            f"{progress.duration(progress.overall(states, [_state(j) for j in pending], slots))}]")
+    out = [head]
+    for r, state in zip(running, states):
+        text = progress.job_text(state) if state.done else f"{r.job.name}: {last_line(r.job.log)}"
+        out.append(f"    {text}"[:120])
+    return out
 
 
 def _stop_on_sigterm():
