@@ -114,8 +114,26 @@ class EpochEnd:
             tmp = self.run_dir / ".best.pt.tmp"
             shutil.copyfile(weights, tmp)
             os.replace(tmp, self.run_dir / "best.pt")
-        log.info("epoch %d: %s %s (best %s)", row["epoch"], self.cfg.select, _shown(score), _shown(self.best))
         runs.append_metrics(self.run_dir, row)
+        log.info("%s", self.epoch_line(row, score, scored))
+
+    def epoch_line(self, row: dict[str, Any], score: float, scored: bool) -> str:
+        """``epoch 5/60: loss 3.214 (box 1.10 cls 1.52 dfl 0.59), challenge 0.4312 (best 0.4500), 41 s/epoch,
+        ETA 38 min``; an epoch between two scorings says so instead of a score."""
+        from train import progress
+
+        parts = {k.removeprefix("train_").removesuffix("_loss"): v for k, v in row.items()
+                 if k.startswith("train_") and k.endswith("loss") and v == v}
+        loss = (f"loss {sum(parts.values()):.3f} ("
+                + " ".join(f"{k} {v:.2f}" for k, v in parts.items()) + "), ") if parts else ""
+        if scored or self.cfg.select == "fitness":
+            metric = f"{self.cfg.select} {_shown(score)} (best {_shown(self.best)})"
+        else:
+            metric = (f"{self.cfg.select} not scored this epoch (every {self.cfg.val_every}; "
+                      f"best {_shown(self.best)})")
+        state = progress.job_state(self.model_name, self.model_name, self.run_dir, self.cfg.epochs)
+        rate = f", {state.epoch_s:.0f} s/epoch, ETA {progress.duration(state.eta_s)}" if state.epoch_s else ""
+        return f"epoch {row['epoch']}/{self.cfg.epochs}: {loss}{metric}{rate}"
 
     def finish_from(self, weights: Path, ckpt: dict, device: str) -> bool:
         """Record the final epoch of an ultralytics checkpoint (``last.pt`` as ``save_model`` wrote it) whose
