@@ -28,6 +28,10 @@ PYTEST_ARGS ?=
 ifdef TRACKER
 export CYTOKIT_TRACKER := $(TRACKER)
 endif
+# VERBOSE=1: ultralytics' own per-batch bars and validation tables in each training job's log
+ifdef VERBOSE
+export CYTOKIT_VERBOSE := $(VERBOSE)
+endif
 
 # Optional settings, passed on only when set; q quotes a value for the shell (spaces, non-ASCII, quotes).
 q = '$(subst ','\'',$(1))'

@@ -25,12 +25,18 @@ def _font_source() -> Path | None:
     return font if font.exists() else None
 
 
+def verbose() -> bool:
+    """``make ... VERBOSE=1`` (``CYTOKIT_VERBOSE``): ultralytics' own per-batch bars and validation tables
+    in each job's log, beside the kit's epoch lines."""
+    return os.environ.get("CYTOKIT_VERBOSE", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def offline_variables(config_dir: Path) -> dict[str, str]:
     """The environment variables that keep every library offline and project-local."""
     return {
         "YOLO_OFFLINE": "1",
         "YOLO_AUTOINSTALL": "false",
-        "YOLO_VERBOSE": "false",
+        "YOLO_VERBOSE": "true" if verbose() else "false",  # ultralytics' own bars and tables: VERBOSE=1
         "YOLO_CONFIG_DIR": str(config_dir / "ultralytics"),
         "HF_HUB_OFFLINE": "1",
         "HF_HOME": str(config_dir / "huggingface"),

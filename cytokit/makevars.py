@@ -52,7 +52,7 @@ TARGET_VARS: dict[str, tuple[str, ...]] = {
     "test-unit": ("PYTEST_ARGS",),
     "test-all": ("PYTEST_ARGS",),
 }
-ALWAYS = ("PYTHON_BASE",)  # read by every target (the set-up)
+ALWAYS = ("PYTHON_BASE", "VERBOSE")  # read by every target (the set-up)
 KNOWN = sorted({v for used in TARGET_VARS.values() for v in used} | set(ALWAYS))
 
 # Python flags and the make variable that sets each (for messages printed under make).

@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
-from cytokit import classes, resources
+from cytokit import classes, env, resources
 from cytokit.config import ConfigError
 from train.base import Adapter, Predictor
 from train.weights import WeightsError, normalise, resolve
@@ -143,7 +143,7 @@ class UltraAdapter(Adapter):
         init = resolve(cfg.pretrained, self.pretrained_key(cfg), what, record=run_dir)
         args.update(
             data=str(fold_data.yolo_yaml), device=ultra_device(cfg.device), project=str(run_dir),
-            name="ultralytics", exist_ok=True, val=True, verbose=False,
+            name="ultralytics", exist_ok=True, val=True, verbose=env.verbose(),
             pretrained=str(init_weights(init)) if init else False, workers=ultra_workers(cfg),
         )
         clash = sorted(set(cfg.extra) & set(args))
