@@ -52,6 +52,7 @@ from infer.oof_eval import (
 
 log = logging.getLogger(__name__)
 VARIANTS = "variants.parquet"  # the score table's OOF prediction tables, beside variants.json
+PROGRESS_S = 30.0  # seconds between two progress lines of a search (no silence over a minute)
 
 
 def search(ev: Evaluator, starts: list[Settings], grid, models: list[str], views: list[str],
@@ -72,15 +73,23 @@ def search(ev: Evaluator, starts: list[Settings], grid, models: list[str], views
 
     scored = [(value(s), -i, s) for i, s in enumerate(starts)]
     best_score, _, best = max(scored, key=lambda t: t[:2])
-    for _ in range(grid.rounds):
+    shown = time.perf_counter()
+    for r in range(grid.rounds):
         before = best_score
-        for move in _moves(grid, models, views, tune_classifier, full):
+        moves = _moves(grid, models, views, tune_classifier, full)
+        for i, move in enumerate(moves, 1):
             cand = _apply(best, move, views)
             if cand is None:
                 continue
             s = value(cand)
             if s > best_score:
                 best, best_score = cand, s
+            if time.perf_counter() - shown >= PROGRESS_S:
+                shown = time.perf_counter()
+                log.info("tuning: round %d/%d, setting %d/%d, %d scored, best %.4f", r + 1, grid.rounds,
+                         i, len(moves), len(trials), best_score)
+        log.info("tuning: round %d/%d done, %d settings scored, best %.4f", r + 1, grid.rounds, len(trials),
+                 best_score)
         if best_score <= before:
             break
     return best, trials
