@@ -30,7 +30,7 @@ FOLD_OPTS = $(call opt,BALANCE,--balance) $(if $(REPAIR),--repair) $(if $(FORCE)
 TRAIN_ARGS = $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(IMGSZ),imgsz=$(IMGSZ)) $(if $(BATCH),batch=$(BATCH)) \
 	$(if $(DEVICE),device=$(DEVICE)) $(if $(WEIGHTS),pretrained=$(WEIGHTS)) $(if $(RESUME),--resume) $(if $(FORCE),--force) $(ARGS)
 
-.PHONY: help setup lint test-unit test test-all bench export gpu-check demo-data demo all bccd weights folds masks train infer submission score tune-ensemble cls-report report validate clean
+.PHONY: help setup lint test-unit test test-all bench export gpu-check demo-data demo all bccd weights folds masks train infer submission score tune-ensemble cls-report report rehearsal validate clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -109,6 +109,9 @@ bccd: $(STAMP) ## make all on the real BCCD smears (../shared/data/bccd, upstrea
 
 demo: $(STAMP) ## make all on synthetic data (configs/demo.yaml), from nothing, on a CPU, + the test score
 	$(PY) -m pipeline.demo --data $(DEMO) $(call opt,JOBS,--jobs) $(ARGS)
+
+rehearsal: $(STAMP) ## make all at real scale on placeholder images of the real names: time + peak RSS per step (IMAGES=N: a subset)
+	$(PY) -m prepare.rehearsal $(if $(filter command line environment,$(origin IMAGES)),--images $(IMAGES)) $(call opt,JOBS,--jobs) $(ARGS)
 
 clean: ## remove generated outputs (work/, submissions/); keeps .venv and data/
 	rm -rf work submissions
