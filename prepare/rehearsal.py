@@ -228,58 +228,68 @@ def scale_of(report: dict, facts: dict) -> Scale:
     return Scale(facts["images"], facts["boxes"], dict(report["steps"]), rss, page_mb)
 
 
-def extrapolate(points: list[Scale], full_images: int) -> dict[str, dict[str, float]]:
-    """Each step's wall time and peak memory at ``full_images``: the line through the two most distant
-    measured scales (floored at the larger measured value), or proportional to the image count from a
-    single one. Returns ``{step: {"wall_s", "rss_gib"}}`` (plus ``page_mb`` under ``"report page"``)."""
-    points = sorted(points, key=lambda p: p.images)
-    lo, hi = points[0], points[-1]
+def extrapolate(points: list[Scale], full_images: int) -> dict[str, dict[str, float | None]]:
+    """Each step's wall time, peak memory (and the report page's size) at ``full_images``: the line
+    ``a + b x images`` through the two largest measured scales, floored at the larger measured value.
+    From a single scale, wall time proportional to the image count (an upper bound: it scales fixed costs
+    too) and no memory or page size (their fixed part is unknown: None). Returns
+    ``{step: {"wall_s", "rss_gib"}}`` (plus ``page_mb`` under ``"report page"``)."""
+    by_size = {p.images: p for p in points}
+    hi = by_size[max(by_size)]
+    lo = by_size[sorted(by_size)[-2]] if len(by_size) > 1 else None
 
-    def line(a: float | None, b: float | None) -> float | None:
+    def line(a: float | None, b: float | None, proportional: bool) -> float | None:
         if b is None:
             return None
-        if a is None or hi.images == lo.images:
-            return b * full_images / hi.images
+        if lo is None or a is None:
+            return b * full_images / hi.images if proportional else None
         slope = (b - a) / (hi.images - lo.images)
         return max(b, b + slope * (full_images - hi.images))
 
-    out = {}
+    out: dict[str, dict[str, float | None]] = {}
     for step in hi.wall:
-        out[step] = {"wall_s": line(lo.wall.get(step), hi.wall[step]),
-                     "rss_gib": line(lo.rss_gib.get(step), hi.rss_gib.get(step, 0.0))}
-    if hi.page_mb is not None and "report page" in out:
-        out["report page"]["page_mb"] = line(lo.page_mb, hi.page_mb)
+        out[step] = {"wall_s": line(lo and lo.wall.get(step), hi.wall[step], True),
+                     "rss_gib": line(lo and lo.rss_gib.get(step), hi.rss_gib.get(step), False)}
+    if hi.page_mb is not None:
+        out.setdefault("report page", {})["page_mb"] = line(lo and lo.page_mb, hi.page_mb, False)
     return out
 
 
 def table(hi: Scale, points: list[Scale], full_images: int) -> list[str]:
     """The lines of the closing table: each step of ``hi`` with its wall time and peak RSS and (below full
     scale) the extrapolation from ``points`` (``hi`` among them), the targets checked (``MISS``)."""
-    points = [p for p in points if p.images != hi.images] + [hi]
+    points = [p for p in points if p.images != hi.images and p.images < hi.images] + [hi]
     full = extrapolate(points, full_images) if hi.images < full_images else None
-    basis = (f"line through {min(p.images for p in points):,} and {hi.images:,} images"
-             if len({p.images for p in points}) > 1 else f"x {full_images / hi.images:.1f} (images)")
+    sizes = sorted({p.images for p in points})[-2:]
+    basis = (f"a + b x images through {sizes[0]:,} and {sizes[1]:,}" if len(sizes) > 1
+             else f"wall x {full_images / hi.images:.1f} (images); memory needs a 2nd IMAGES=")
+
+    def fmt(v: float | None, unit: str, scale: float = 1.0, width: int = 7) -> str:
+        return f"{v / scale:{width}.{1 if unit != 'GiB' else 2}f} {unit}" if v is not None \
+            else f"{'-':>{width}} {unit}"
+
     head = f"  {'step':<48} {'wall':>8} {'peak RSS':>9}"
     if full:
-        head += f"   {'full: wall':>10} {'peak RSS':>9}  ({basis})"
+        head += f"   {'full: wall':>11} {'peak RSS':>9}  ({basis})"
     lines = [head]
     for step, wall in hi.wall.items():
-        rss = hi.rss_gib.get(step, 0.0)
-        line = f"  {step:<48} {wall:6.1f} s {rss:5.2f} GiB"
+        rss = hi.rss_gib.get(step)
+        line = f"  {step:<48} {wall:6.1f} s {fmt(rss, 'GiB', width=5)}"
         est = full[step] if full else {"wall_s": wall, "rss_gib": rss}
         if full:
-            line += f"   {est['wall_s'] / 60:7.1f} min {est['rss_gib']:5.2f} GiB"
-        miss = [what for what, bad in (("time", step != "train" and est["wall_s"] > TARGETS["wall_s"]),
-                                       ("memory", est["rss_gib"] > TARGETS["rss_gib"])) if bad]
+            line += f"   {fmt(est['wall_s'], 'min', 60)} {fmt(est['rss_gib'], 'GiB', width=5)}"
+        miss = [what for what, bad in (
+            ("time", step != "train" and (est["wall_s"] or 0) > TARGETS["wall_s"]),
+            ("memory", (est["rss_gib"] or 0) > TARGETS["rss_gib"])) if bad]
         lines.append(line + (f"  MISS ({', '.join(miss)})" if miss else ""))
     if hi.page_mb is not None:
-        page = full["report page"].get("page_mb", hi.page_mb) if full and "report page" in full \
-            else hi.page_mb
-        lines.append(f"  report page: {hi.page_mb:.2f} MB" + (f", full: {page:.1f} MB" if full else "")
-                     + ("  MISS (size)" if page > TARGETS["page_mb"] else ""))
+        page = full.get("report page", {}).get("page_mb") if full else hi.page_mb
+        lines.append(f"  report page: {hi.page_mb:.2f} MB"
+                     + (f", full: {fmt(page, 'MB', width=1)}" if full else "")
+                     + ("  MISS (size)" if (page or 0) > TARGETS["page_mb"] else ""))
     lines.append(f"  targets at full scale: every step but train <= {TARGETS['wall_s'] / 60:.0f} min, "
                  f"every process <= {TARGETS['rss_gib']:.0f} GiB, report page <= {TARGETS['page_mb']:.0f} MB"
-                 + ("; extrapolated linearly in the image count (boxes scale with it)" if full else ""))
+                 + ("; a subset keeps the real train/test and box/image proportions" if full else ""))
     return lines
 
 
@@ -309,10 +319,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="processes drawing images (0: one per core)")
     parser.add_argument("--jobs", type=int, help="training jobs at once (the recipe's jobs)")
     parser.add_argument("--build-only", action="store_true", help="build the data folder, run nothing")
+    parser.add_argument("--table", action="store_true",
+                        help="print the table of the rehearsals measured so far (the largest), run nothing")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
     args = parser.parse_args(argv)
     env.apply()
     io.setup_logging()
+    work = paths.nested_work_dir("rehearsal")
+    if args.table:
+        points = measured(work)
+        if not points:
+            raise SystemExit(f"no rehearsal measured in {work} yet: run make rehearsal IMAGES=N")
+        hi = max(points, key=lambda p: p.images)
+        print(f"== rehearsal: {hi.images:,} of {full_count(args.source):,} images, {hi.boxes:,} boxes ==")
+        print("\n".join(table(hi, points, full_count(args.source))))
+        return 0
     start = time.perf_counter()
     data = build(args.images, args.source, args.workers)
     print(f"built in {time.perf_counter() - start:.0f} s")
@@ -327,7 +348,6 @@ def main(argv: list[str] | None = None) -> int:
     facts = json.loads((data / "rehearsal.json").read_text())
     overrides = [*args.overrides, *([f"jobs={args.jobs}"] if args.jobs is not None else [])]
     cfg = recipe.load(args.config, overrides)
-    work = paths.nested_work_dir("rehearsal")
     with demo_work_dir(work):
         env.apply()
         report = run.run(cfg, data, paths.submissions_dir())
