@@ -36,7 +36,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -217,6 +217,7 @@ class Scale:
     wall: dict[str, float]
     rss_gib: dict[str, float]   # the step's largest process (main or child), GiB
     page_mb: float | None = None
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds (this process + finished children)
 
 
 def scale_of(report: dict, facts: dict) -> Scale:
@@ -225,7 +226,8 @@ def scale_of(report: dict, facts: dict) -> Scale:
            for name, r in report.get("steps_rss", {}).items()}
     page = report.get("report_page")
     page_mb = Path(page).stat().st_size / 1e6 if page and Path(page).is_file() else None
-    return Scale(facts["images"], facts["boxes"], dict(report["steps"]), rss, page_mb)
+    return Scale(facts["images"], facts["boxes"], dict(report["steps"]), rss, page_mb,
+                 dict(report.get("steps_cpu", {})))
 
 
 def extrapolate(points: list[Scale], full_images: int) -> dict[str, dict[str, float | None]]:
@@ -249,7 +251,8 @@ def extrapolate(points: list[Scale], full_images: int) -> dict[str, dict[str, fl
     out: dict[str, dict[str, float | None]] = {}
     for step in hi.wall:
         out[step] = {"wall_s": line(lo and lo.wall.get(step), hi.wall[step], True),
-                     "rss_gib": line(lo and lo.rss_gib.get(step), hi.rss_gib.get(step), False)}
+                     "rss_gib": line(lo and lo.rss_gib.get(step), hi.rss_gib.get(step), False),
+                     "cpu_s": line(lo and lo.cpu.get(step), hi.cpu.get(step), True)}
     if hi.page_mb is not None:
         out.setdefault("report page", {})["page_mb"] = line(lo and lo.page_mb, hi.page_mb, False)
     return out
@@ -268,16 +271,17 @@ def table(hi: Scale, points: list[Scale], full_images: int) -> list[str]:
         return f"{v / scale:{width}.{1 if unit != 'GiB' else 2}f} {unit}" if v is not None \
             else f"{'-':>{width}} {unit}"
 
-    head = f"  {'step':<48} {'wall':>8} {'peak RSS':>9}"
+    head = f"  {'step':<48} {'wall':>8} {'CPU':>8} {'peak RSS':>9}"
     if full:
-        head += f"   {'full: wall':>11} {'peak RSS':>9}  ({basis})"
+        head += f"   {'full: wall':>11} {'CPU':>11} {'peak RSS':>9}  ({basis})"
     lines = [head]
     for step, wall in hi.wall.items():
         rss = hi.rss_gib.get(step)
-        line = f"  {step:<48} {wall:6.1f} s {fmt(rss, 'GiB', width=5)}"
+        line = f"  {step:<48} {wall:6.1f} s {fmt(hi.cpu.get(step), 's', width=6)} {fmt(rss, 'GiB', width=5)}"
         est = full[step] if full else {"wall_s": wall, "rss_gib": rss}
         if full:
-            line += f"   {fmt(est['wall_s'], 'min', 60)} {fmt(est['rss_gib'], 'GiB', width=5)}"
+            line += (f"   {fmt(est['wall_s'], 'min', 60)} {fmt(est.get('cpu_s'), 'min', 60)}"
+                     f" {fmt(est['rss_gib'], 'GiB', width=5)}")
         miss = [what for what, bad in (
             ("time", step != "train" and (est["wall_s"] or 0) > TARGETS["wall_s"]),
             ("memory", (est["rss_gib"] or 0) > TARGETS["rss_gib"])) if bad]
@@ -290,6 +294,8 @@ def table(hi: Scale, points: list[Scale], full_images: int) -> list[str]:
     lines.append(f"  targets at full scale: every step but train <= {TARGETS['wall_s'] / 60:.0f} min, "
                  f"every process <= {TARGETS['rss_gib']:.0f} GiB, report page <= {TARGETS['page_mb']:.0f} MB"
                  + ("; a subset keeps the real train/test and box/image proportions" if full else ""))
+    lines.append("  (wall on a shared machine includes waiting for others: CPU / 2 is the wall of an idle"
+                 " 2-core one for steps that use both cores)")
     return lines
 
 
