@@ -69,7 +69,7 @@ endif
 endif
 endif
 
-.PHONY: help setup lint test-unit test test-all bench export gpu-check demo-data demo all bccd weights folds masks train infer submission score tune-ensemble cls-report report validate predict clean clean-runs
+.PHONY: help setup lint test-unit test test-all bench export gpu-check demo-data demo all bccd weights folds masks train infer submission score tune-ensemble cls-report report rehearsal validate predict clean clean-runs
 
 # make help lists the targets in the order of the work: start, the real data, using a run, checks, housekeeping
 HELP_ORDER := demo setup demo-data weights folds all train masks tune-ensemble infer submission validate score \
@@ -174,6 +174,10 @@ bccd: $(STAMP) ## make all on the real BCCD smears (../shared/data/bccd, upstrea
 demo: $(STAMP) ## make all on synthetic data (configs/demo.yaml), from nothing, on a CPU, + the test score
 	$(CHECK)
 	$(PY) -m pipeline.demo --data $(call q,$(DEMO)) $(call opt,JOBS,--jobs) $(ARGS)
+
+rehearsal: $(STAMP) ## make all at real scale on placeholder images of the real names: time + peak RSS per step (IMAGES=N)
+	$(CHECK)
+	$(PY) -m prepare.rehearsal $(if $(filter command line environment,$(origin IMAGES)),--images $(IMAGES)) $(call opt,JOBS,--jobs) $(ARGS)
 
 predict: $(STAMP) ## the run's ensemble on IMAGES=<folder or glob> (RUN= OUT= DEVICE= CONF=): CSV, JSON, drawings
 	$(if $(filter default file,$(origin IMAGES)),$(error give the images: make predict IMAGES=<folder or 'glob'>))

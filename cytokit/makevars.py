@@ -45,6 +45,7 @@ TARGET_VARS: dict[str, tuple[str, ...]] = {
     "predict": ("IMAGES", "RUN", "OUT", "CONF", "DEVICE"),
     "bccd": ("JOBS", "TRACKER", "ARGS"),
     "demo": ("DEMO", "JOBS", "TRACKER", "ARGS"),
+    "rehearsal": ("IMAGES", "JOBS", "TRACKER", "ARGS"),
     "clean": (),
     "clean-runs": ("CONFIRM",),
     "lint": (),

@@ -41,25 +41,110 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def _rss(pid: int) -> int:
+    """Resident memory of ``pid`` in bytes (0 when it ended or cannot be read)."""
+    import os
+
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (each of its threads' ``children`` list in /proc)."""
+    kids = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            kids += [int(k) for k in (task / "children").read_text().split()]
+    except (OSError, ValueError):
+        pass  # ended meanwhile, or a kernel without CONFIG_PROC_CHILDREN: none seen
+    return kids
+
+
+def tree_rss(pid: int | None = None) -> tuple[int, int, int]:
+    """Resident memory (bytes) of process ``pid`` (this one), of its largest descendant and of all its
+    descendants together (forked workers share pages: the sum overstates). Linux /proc; 0s without."""
+    import os
+
+    pid = pid or os.getpid()
+    todo, desc = _children(pid), []
+    while todo:
+        p = todo.pop()
+        desc.append(_rss(p))
+        todo.extend(_children(p))
+    return _rss(pid), max(desc, default=0), sum(desc)
+
+
+class RssSampler:
+    """Peak resident memory of this process and of its descendants while running: a daemon thread reads
+    /proc every ``interval`` s; ``getrusage``'s lifetime peaks count too where they rose meanwhile (a
+    spike between two samples, a child that ended). ``stop()`` returns MiB: ``main_mb``, ``child_mb``
+    (the largest descendant) and ``tree_mb`` (this process + its descendants at once)."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        import threading
+
+        self.interval, self.peak = interval, [0, 0, 0]
+        self._done = threading.Event()
+        self._rusage = self._maxrss()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="rss-sampler")
+        self._thread.start()
+
+    @staticmethod
+    def _maxrss() -> tuple[int, int]:
+        import resource
+        import sys
+
+        unit = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit,
+                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * unit)
+
+    def sample(self) -> None:
+        own, child, total = tree_rss()
+        self.peak = [max(self.peak[0], own), max(self.peak[1], child), max(self.peak[2], own + total)]
+
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            if self._done.wait(self.interval):
+                return
+
+    def stop(self) -> dict[str, float]:
+        self._done.set()
+        self._thread.join()
+        self.sample()
+        (own0, kids0), (own1, kids1) = self._rusage, self._maxrss()
+        main = max(self.peak[0], own1 if own1 > own0 else 0)
+        child = max(self.peak[1], kids1 if kids1 > kids0 else 0)
+        mib = 1024 * 1024
+        return {"main_mb": round(main / mib, 1), "child_mb": round(child / mib, 1),
+                "tree_mb": round(max(self.peak[2], main) / mib, 1)}
+
+
 class Steps:
     """Runs named steps, printing and recording the wall and CPU time of each (a CPU time near
-    cores x wall means the step used the machine; far below, it waited for others on a shared one)."""
+    cores x wall means the step used the machine; far below, it waited for others on a shared one) and
+    the peak resident memory of this process and of its largest child process (:class:`RssSampler`)."""
 
     def __init__(self, echo: Callable[[str], None] = print) -> None:
         self.times: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
+        self.rss: dict[str, dict[str, float]] = {}
         self.start = time.perf_counter()
         self.echo = echo
 
     def __call__(self, name: str, fn: Callable[[], Any]) -> Any:
         self.echo(f"\n== {name} ==")
-        start, cpu = time.perf_counter(), cpu_seconds()
+        start, cpu, sampler = time.perf_counter(), cpu_seconds(), RssSampler()
         try:
             return fn()
         finally:
             self.times[name] = round(time.perf_counter() - start, 2)
             self.cpu[name] = round(cpu_seconds() - cpu, 2)
-            self.echo(f"== {name}: {self.times[name]:.1f} s (CPU {self.cpu[name]:.1f} s)")
+            self.rss[name] = rss = sampler.stop()
+            self.echo(f"== {name}: {self.times[name]:.1f} s (CPU {self.cpu[name]:.1f} s; peak RSS "
+                      f"{rss['main_mb'] / 1024:.2f} GiB, largest child {rss['child_mb'] / 1024:.2f} GiB)")
 
     @property
     def total(self) -> float:
@@ -211,7 +296,7 @@ def _run(recipe: RecipeConfig, data: Path, out_dir: Path | None, echo: Callable[
     _use_tracker(recipe)
     steps = Steps(echo)
     report: dict[str, Any] = {"data": str(data), "status": "running", "steps": steps.times,
-                              "steps_cpu": steps.cpu, "failures": []}
+                              "steps_cpu": steps.cpu, "steps_rss": steps.rss, "failures": []}
     report_path = None
     try:
         synth = recipe.synth_settings()
@@ -337,9 +422,11 @@ def _summary(report: dict, echo: Callable[[str], None]) -> None:
 
     from cytokit.io import format_table
 
-    echo(f"\n  {'== times ==':<48} {'wall':>9} {'CPU':>9}")
+    echo(f"\n  {'== times ==':<48} {'wall':>9} {'CPU':>9} {'peak RSS':>9} {'child':>9}")
     for name, sec in report["steps"].items():
-        echo(f"  {name:<48} {sec:7.1f} s {report['steps_cpu'].get(name, 0):7.1f} s")
+        rss = report.get("steps_rss", {}).get(name, {})
+        mem = f" {rss['main_mb'] / 1024:5.2f} GiB {rss['child_mb'] / 1024:5.2f} GiB" if rss else ""
+        echo(f"  {name:<48} {sec:7.1f} s {report['steps_cpu'].get(name, 0):7.1f} s{mem}")
     echo(f"  {'total':<48} {report['total_s']:7.1f} s {report['total_cpu_s']:7.1f} s")
     if report.get("oof"):
         from infer import oof_table
