@@ -175,7 +175,7 @@ demo: $(STAMP) ## make all on synthetic data (configs/demo.yaml), from nothing, 
 	$(CHECK)
 	$(PY) -m pipeline.demo --data $(call q,$(DEMO)) $(call opt,JOBS,--jobs) $(ARGS)
 
-rehearsal: $(STAMP) ## make all at real scale on placeholder images of the real names: time + peak RSS per step (IMAGES=N)
+rehearsal: $(STAMP) ## make all at full scale on placeholder images: each step's time and peak RSS (IMAGES=N)
 	$(CHECK)
 	$(PY) -m prepare.rehearsal $(if $(filter command line environment,$(origin IMAGES)),--images $(IMAGES)) $(call opt,JOBS,--jobs) $(ARGS)
 
