@@ -166,17 +166,11 @@ def test_make_folds_k3_seed7_then_every_step_without_k_or_seed(
         tune.main, ["--config", cfg, "--data", synth_data, "--out", tmp_path / "tuned.yaml"], capsys
     )
     assert rc == 0, err
+    from submit import __main__ as submit_main
+
     rc, out, err = cli(
-        infer_main.main,
-        [
-            "--config",
-            tmp_path / "tuned.yaml",
-            "--data",
-            synth_data,
-            "--submission",
-            "--out",
-            tmp_path / "subs",
-        ],
+        submit_main.main,
+        ["--config", tmp_path / "tuned.yaml", "--data", synth_data, "--out", tmp_path / "subs"],
         capsys,
     )
     assert rc == 0, err

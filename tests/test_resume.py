@@ -52,7 +52,7 @@ def test_stopping_the_runner_ends_each_job_and_its_grandchildren(tmp_path, monke
     seen: dict[str, int] = {}
 
     def echo(line: str) -> None:
-        if line.strip().startswith("running") and pid_file.exists() and pid_file.read_text():
+        if "jobs done" in line and pid_file.exists() and pid_file.read_text():
             seen["grandchild"] = int(pid_file.read_text())
             raise KeyboardInterrupt  # the user's Ctrl-C, delivered to the runner only
 
