@@ -177,7 +177,7 @@ demo: $(STAMP) ## make all on synthetic data (configs/demo.yaml), from nothing, 
 
 rehearsal: $(STAMP) ## make all at full scale on placeholder images: each step's time and peak RSS (IMAGES=N)
 	$(CHECK)
-	$(PY) -m prepare.rehearsal $(if $(filter command line environment,$(origin IMAGES)),--images $(IMAGES)) $(call opt,JOBS,--jobs) $(ARGS)
+	$(PY) -m pipeline.rehearsal $(if $(filter command line environment,$(origin IMAGES)),--images $(IMAGES)) $(call opt,JOBS,--jobs) $(ARGS)
 
 predict: $(STAMP) ## the run's ensemble on IMAGES=<folder or glob> (RUN= OUT= DEVICE= CONF=): CSV, JSON, drawings
 	$(if $(filter default file,$(origin IMAGES)),$(error give the images: make predict IMAGES=<folder or 'glob'>))

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from cytokit import paths
+from pipeline import rehearsal as run_rehearsal
 from pipeline import run
 from prepare import dedup, rehearsal
 
@@ -83,17 +84,18 @@ def test_build_writes_the_data_folder_once(tmp_path, monkeypatch):
 
 
 def _scale(images, wall, rss, page=None):
-    return rehearsal.Scale(images, images, {"folds": wall, "train": wall * 10}, {"folds": rss, "train": rss},
-                           page)
+    return run_rehearsal.Scale(images, images, {"folds": wall, "train": wall * 10},
+                               {"folds": rss, "train": rss}, page)
 
 
 def test_extrapolation_is_the_line_through_two_scales_or_proportional_from_one():
-    two = rehearsal.extrapolate([_scale(1000, 30.0, 1.0), _scale(2000, 50.0, 1.5)], 10_000)
+    two = run_rehearsal.extrapolate([_scale(1000, 30.0, 1.0), _scale(2000, 50.0, 1.5)], 10_000)
     assert two["folds"]["wall_s"] == pytest.approx(50.0 + 20.0 / 1000 * 8000)  # 10 s + 0.02 s per image
     assert two["folds"]["rss_gib"] == pytest.approx(1.5 + 0.5 / 1000 * 8000)
-    one = rehearsal.extrapolate([_scale(2000, 50.0, 1.5)], 10_000)
+    one = run_rehearsal.extrapolate([_scale(2000, 50.0, 1.5)], 10_000)
     assert one["folds"]["wall_s"] == pytest.approx(250.0) and one["folds"]["rss_gib"] is None
-    lines = rehearsal.table(_scale(2000, 50.0, 2.0, page=1.0), [_scale(1000, 30.0, 1.0, page=0.5)], 10_000)
+    lines = run_rehearsal.table(_scale(2000, 50.0, 2.0, page=1.0), [_scale(1000, 30.0, 1.0, page=0.5)],
+                                10_000)
     folds = next(line for line in lines if line.strip().startswith("folds"))
     assert "3.5 min" in folds and "10.00 GiB" in folds and folds.endswith("MISS (memory)")
     train = next(line for line in lines if line.strip().startswith("train"))
@@ -136,10 +138,10 @@ def test_makefile_lists_rehearsal_with_an_images_subset():
 @pytest.mark.smoke
 def test_make_help_shows_rehearsal_and_images_only_when_given():
     listed = subprocess.run(["make", "help"], cwd=paths.ROOT, capture_output=True, text=True, check=True)
-    assert re.search(r"make rehearsal +make all at real scale", listed.stdout)
+    assert re.search(r"make rehearsal +make all at full scale", listed.stdout)
     dry = subprocess.run(["make", "-n", "rehearsal", "IMAGES=2000"], cwd=paths.ROOT, capture_output=True,
                          text=True, check=True).stdout
-    assert "-m prepare.rehearsal --images 2000" in dry
+    assert "-m pipeline.rehearsal --images 2000" in dry
     plain = subprocess.run(["make", "-n", "rehearsal"], cwd=paths.ROOT, capture_output=True, text=True,
                            check=True).stdout
-    assert "-m prepare.rehearsal" in plain and "--images" not in plain  # not the demo-data's IMAGES=1200
+    assert "-m pipeline.rehearsal" in plain and "--images" not in plain  # not the demo-data's IMAGES=1200
