@@ -198,3 +198,12 @@ def using_work_dir(root: Path) -> Iterator[Path]:
             os.environ.pop("CYTOKIT_WORK", None)
         else:
             os.environ["CYTOKIT_WORK"] = old
+
+
+def shown(path: Path | str) -> str:
+    """``path`` as a message shows it: relative to the current folder when inside it (short log lines)."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cytokit import images, predictions
+from cytokit import images, paths, predictions
 from cytokit.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def cached_table(path: Path, meta: dict, make: Callable[[], pd.DataFrame],
     """
     path = Path(path)
     if not force and is_fresh(path, meta):
-        log.info("%s is up to date; reusing it", path)
+        log.info("%s is up to date; reusing it", paths.shown(path))
         views = list(meta.get("views", []))
         table = predictions.read(path)
         return table[table["view"].isin(views)].reset_index(drop=True) if views else table

@@ -283,8 +283,9 @@ def fit_run(cfg: Any, ds: Any, out: Path, config: str = "") -> Calibration:
     folds = ds.images().set_index("NAME")["fold"]
     cal = calibrate(table, truth, folds, config)
     cal.save(out)
-    log.info("calibration: %d out-of-fold boxes on %d images; threshold %.3f; written to %s",
-             cal.n_boxes, cal.n_images, cal.threshold, out)
+    log.info("calibration: %d out-of-fold boxes on %d images; threshold %.3f", cal.n_boxes, cal.n_images,
+             cal.threshold)
+    log.info("calibration written to %s", out)
     return cal
 
 

@@ -128,7 +128,7 @@ def predict_members(cfg: EnsembleConfig, data: Path, force: bool = False, progre
             if force or not cache.is_fresh(out / predictions.TEST_FILE, meta):
                 test_jobs.append(Job(m.model, fold, out / predictions.TEST_FILE, meta, load))
             else:
-                log.info("%s is up to date; reusing it", out / predictions.TEST_FILE)
+                log.info("%s is up to date; reusing it", paths.shown(out / predictions.TEST_FILE))
             if cfg.predict_oof:
                 fd = ds.fold(fold)
                 val = fd.val_images["NAME"].tolist()

@@ -243,21 +243,18 @@ def run(cfg: EnsembleConfig, data: Path, out: Path) -> tuple[Path, pd.DataFrame]
             f"classified, {ev.classifier.reused} reused)"
         )
     )
-    print(
-        f"out-of-fold images scored: {len(ev.oof.images)} ({len(ev.oof.truth_boxes)} boxes); "
-        f"{len(ev.results)} settings scored in {time.perf_counter() - began:.1f} s "
-        f"(fusion {sec['fuse']:.1f} s"
-        f"{crops}, scoring {sec['score']:.1f} s)"
-    )
+    print(f"out-of-fold images scored: {len(ev.oof.images)} ({len(ev.oof.truth_boxes)} boxes); "
+          f"{len(ev.results)} settings scored in {time.perf_counter() - began:.1f} s")
+    print(f"  time: fusion {sec['fuse']:.1f} s{crops}, scoring {sec['score']:.1f} s")
     p, b = best.fuse, best.blend
     print(f"out-of-fold score: config {first:.6f} -> tuned {tuned:.6f}")
-    print(f"tuned: fusion={p.mode} iou_thr={p.iou_thr} skip_box_thr={p.skip_box_thr} conf_type={p.conf_type} "
-          f"weights={p.weights} views={list(p.views)}"
+    print(f"tuned: fusion={p.mode} iou_thr={p.iou_thr} skip_box_thr={p.skip_box_thr} conf_type={p.conf_type}")
+    print(f"  weights={p.weights} views={list(p.views)}"
           + (f" classifier weight={b.weight} tta={b.tta} full_weight={b.full_weight}" if classifier else ""))
-    print("out-of-fold challenge score of each member and the ensemble (diff [lo, hi]: minus the tuned "
-          "ensemble's, paired bootstrap 95 % interval over images)")
+    print("out-of-fold challenge score of each member and the ensemble")
+    print("  (diff [lo, hi]: minus the tuned ensemble's, paired bootstrap 95 % interval over images)")
     print(oof_table.text(table))
-    print(f"wrote {out} and {saved}")
+    print(f"wrote {out}\n  and {saved}")
     return out, table
 
 

@@ -58,7 +58,8 @@ def yardstick(report: dict) -> None:
     from prepare.synth.baseline import baseline, describe
 
     base = baseline(Path(report["data"]))
-    print(f"\nyardstick: {describe(base)}; the demo's macro-F1 term: {report['f1_term']:.3f}")
+    print(f"\nyardstick: {describe(base)}")
+    print(f"  the demo's macro-F1 term: {report['f1_term']:.3f}")
     report["baseline"] = base
     if report.get("report"):
         io.atomic_write_text(Path(report["report"]), json.dumps(report, indent=1, default=str) + "\n")

@@ -432,7 +432,8 @@ def _summary(report: dict, echo: Callable[[str], None]) -> None:
         from infer import oof_table
 
         echo("\nout-of-fold challenge score of each member (with and without TTA and the classifier) and of "
-             "the ensemble (diff [lo, hi]: minus the tuned ensemble's, 95 % interval):")
+             "the ensemble")
+        echo("  (diff [lo, hi]: minus the tuned ensemble's, paired bootstrap 95 % interval over images):")
         echo(oof_table.text(pd.DataFrame(report["oof"], columns=list(oof_table.COLUMNS))))
         c = report["oof_check"]
         if c:
@@ -444,8 +445,13 @@ def _summary(report: dict, echo: Callable[[str], None]) -> None:
         table = pd.DataFrame(report["test"])
         echo(format_table(table.drop(columns="per_class_f1", errors="ignore")))
         if "per_class_f1" in table:
-            echo("\nper-class F1 on the test labels (the F1 term is their mean):")
-            echo(format_table(per_class_table(report["test"])))
+            echo("\nper-class F1 on the test labels (the F1 term is their mean), one column per row above:")
+            per_class = per_class_table(report["test"])
+            names = list(per_class.columns[1:])
+            for i, name in enumerate(names, 1):
+                echo(f"  [{i}] {name}")
+            echo(format_table(per_class.set_axis(["class", *(f"[{i}]" for i in range(1, len(names) + 1))],
+                                                 axis=1)))
     if report["failures"]:
         echo(f"\n{len(report['failures'])} training job(s) FAILED:")
         for r in report["failures"]:
@@ -459,5 +465,6 @@ def _summary(report: dict, echo: Callable[[str], None]) -> None:
         echo(f"test score: {report['score']:.4f} (GIoU term {report['giou_term']:.4f}, "
              f"F1 term {report['f1_term']:.4f}) in {report['total_s'] / 60:.1f} min")
     if report.get("report"):
-        echo(f"run report: {report['report']}" + (f"; report page: {report['report_page']}"
-                                                 if report.get("report_page") else ""))
+        echo(f"run report: {report['report']}")
+        if report.get("report_page"):
+            echo(f"report page: {report['report_page']}")

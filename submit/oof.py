@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(table))
     if ensemble is not None:
         etable, meta = ensemble
-        print(f"\ntuned ensemble ({meta['config']}) on {len(meta['images'])} out-of-fold images; "
-              "diff [lo, hi]: minus the ensemble's, paired bootstrap 95 % interval over images")
+        print(f"\ntuned ensemble ({meta['config']}) on {len(meta['images'])} out-of-fold images")
+        print("  (diff [lo, hi]: minus the ensemble's, paired bootstrap 95 % interval over images)")
         print(format_table(etable))
     if args.json:
         out = {"models": _records(table), "ensemble": _records(ensemble[0]) if ensemble else None}

@@ -51,7 +51,7 @@ log = logging.getLogger("train")
 THREADS_ENV = "CYTOKIT_THREADS"  # CPU threads of one job, set by run_jobs, read by apply_threads
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", THREADS_ENV)
 POLL_S = 0.2  # how often the runner checks its jobs
-HEARTBEAT_S = 60.0  # how often it prints jobs done/total, the overall ETA and each running job's epoch
+HEARTBEAT_S = 45.0  # how often it prints jobs done/total, the overall ETA and each running job's epoch
 STOP_GRACE_S = 30.0  # seconds a stopped job's process group has between SIGTERM and SIGKILL
 
 

@@ -86,7 +86,8 @@ def duration(seconds: float | None) -> str:
 
 def job_text(state: JobState) -> str:
     """``yolov8 fold 3: epoch 12/60, 41 s/epoch, ETA 33 min``."""
-    rate = f", {state.epoch_s:.0f} s/epoch, ETA {duration(state.eta_s)}" if state.epoch_s else ""
+    seconds = f"{state.epoch_s:.1f}" if state.epoch_s and state.epoch_s < 10 else f"{state.epoch_s or 0:.0f}"
+    rate = f", {seconds} s/epoch, ETA {duration(state.eta_s)}" if state.epoch_s else ""
     return f"{state.name}: epoch {state.done}/{state.epochs}{rate}"
 
 

@@ -69,9 +69,9 @@ def baseline(data: Path, train_images: int | None = None) -> dict:
 
 
 def describe(result: dict) -> str:
-    return (f"colour-histogram + box-size baseline on the true boxes ({result['train_images']} train images, "
-            f"{result['test_boxes']} test boxes): accuracy {result['accuracy']:.3f}, "
-            f"macro-F1 {result['macro_f1']:.3f}")
+    return (f"colour-histogram + box-size baseline on the true boxes: accuracy {result['accuracy']:.3f}, "
+            f"macro-F1 {result['macro_f1']:.3f}\n  ({result['train_images']} train images, "
+            f"{result['test_boxes']} test boxes)")
 
 
 def main(argv: list[str] | None = None) -> int:

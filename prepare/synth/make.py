@@ -198,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     rate = summary["images"] / max(summary["seconds"], 1e-9)
     print(f"{args.out}: {summary['train_images']} train images ({summary['train_boxes']} boxes), "
           f"{summary['test_images']} test images ({summary['test_boxes']} cells), "
-          f"{summary['single_cell_share']:.1%} single-cell images, {rate:.0f} images/s "
-          f"with {max(1, args.workers)} worker(s); contact sheet: {args.out / 'contact_sheet.png'}")
+          f"{summary['single_cell_share']:.1%} single-cell images")
+    print(f"  {rate:.0f} images/s with {max(1, args.workers)} worker(s); contact sheet: "
+          f"{args.out / 'contact_sheet.png'}")
     return 0
 
 
