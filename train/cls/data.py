@@ -85,11 +85,17 @@ def image_size_features(images: list[np.ndarray]) -> np.ndarray:
     return box_size_features(np.array([[0.0, 0.0, im.shape[1], im.shape[0]] for im in images]).reshape(-1, 4))
 
 
+_logged_budgets: set[int] = set()  # each budget is logged once per process (the pre-flight asks per member)
+
+
 def cache_budget(limits: resources.Limits | None = None) -> int:
     """Bytes ``cache: true`` may keep: ``CACHE_SHARE`` of the job's memory (the cgroup / SLURM limit, not
-    the machine's RAM, divided by the ``CYTOKIT_JOBS`` jobs training at once); logged."""
+    the machine's RAM, divided by the ``CYTOKIT_JOBS`` jobs training at once); logged once."""
     limits = limits or resources.Limits()
     budget = resources.cache_budget(CACHE_SHARE, limits)
+    if budget in _logged_budgets:
+        return budget
+    _logged_budgets.add(budget)
     log.info("crop cache budget: %s (%.0f%% of %s, %s, shared by %d job(s))", resources.fmt_bytes(budget),
              100 * CACHE_SHARE, resources.fmt_bytes(limits.memory_bytes()), limits.memory_source(),
              limits.job_count())
