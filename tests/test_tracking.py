@@ -122,3 +122,34 @@ def test_the_recipe_chooses_the_tracker_of_make_all_and_make_wins(monkeypatch, r
     folder = paths.work_dir() / "tracking" / ds.id / "make_all"
     assert pd.read_csv(folder / "oof.csv")["score"].tolist() == [0.91]
     assert json.loads((folder / "params.json").read_text()) == {"fusion": "wbf"}
+
+
+def test_yolo_runs_switch_on_ultralytics_own_integration_for_the_tracker(monkeypatch, run_dir):
+    """tracker: mlflow / tensorboard also turn on ultralytics' callbacks (its SETTINGS), MLflow into the
+    kit's local store under the kit's names; none leaves both off."""
+    import os
+
+    settings = {"tensorboard": True, "mlflow": False}
+    updates = []
+
+    class Settings(dict):
+        def update(self, values):
+            updates.append(dict(values))
+            super().update(values)
+
+    fake = Settings(settings)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv(tracking.ENV, "none")
+    assert tracking.use_ultralytics(run_dir, fake) == {"tensorboard": False, "mlflow": False}
+    assert fake == {"tensorboard": False, "mlflow": False} and "MLFLOW_TRACKING_URI" not in os.environ
+    monkeypatch.setenv(tracking.ENV, "mlflow")
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN"):
+        monkeypatch.setenv(key, "")  # restored after the test
+    assert tracking.use_ultralytics(run_dir, fake) == {"tensorboard": False, "mlflow": True}
+    assert os.environ["MLFLOW_TRACKING_URI"].startswith("file://")
+    assert os.environ["MLFLOW_TRACKING_URI"].endswith("/tracking/mlruns")
+    assert (os.environ["MLFLOW_EXPERIMENT_NAME"], os.environ["MLFLOW_RUN"]) == (
+        "demo-1234abcd_k2_s42", "yolov8_fold0_ultralytics")
+    assert len(updates) == 2
+    tracking.use_ultralytics(run_dir, fake)
+    assert len(updates) == 2  # already set: the settings file is not written again

@@ -239,3 +239,21 @@ def ultralytics_settings(name: str | None = None) -> dict[str, bool]:
     """Ultralytics' own integrations to switch on for the selected tracker (its SETTINGS keys)."""
     kind = selected(name)
     return {"tensorboard": kind == "tensorboard", "mlflow": kind == "mlflow"}
+
+
+def use_ultralytics(run_dir: Path, settings: Any = None) -> dict[str, bool]:
+    """Switch ultralytics' own TensorBoard / MLflow callbacks to the selected tracker for the YOLO run in
+    ``run_dir`` (its ``SETTINGS``, kept in the project-local YOLO_CONFIG_DIR): TensorBoard writes beside
+    ultralytics' run files, MLflow into the kit's local store (``MLFLOW_TRACKING_URI``), experiment and
+    run named as the kit's rows. Returns what was switched."""
+    if settings is None:
+        from ultralytics.utils import SETTINGS as settings
+    wanted = ultralytics_settings()
+    if any(settings.get(k) != v for k, v in wanted.items()):
+        settings.update(wanted)
+    if wanted["mlflow"]:
+        experiment, run = run_names(run_dir)
+        os.environ["MLFLOW_TRACKING_URI"] = (tracking_dir() / "mlruns").resolve().as_uri()
+        os.environ["MLFLOW_EXPERIMENT_NAME"] = experiment
+        os.environ["MLFLOW_RUN"] = f"{run}_ultralytics"
+    return wanted

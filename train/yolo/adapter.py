@@ -171,8 +171,10 @@ class UltraAdapter(Adapter):
         if not link.exists():
             link.unlink(missing_ok=True)
             link.symlink_to(Path("ultralytics") / "weights" / "last.pt")
+        from train import tracking
         from train.yolo.trainer import EpochEnd, KitTrainer
 
+        tracking.use_ultralytics(run_dir)  # its own TensorBoard / MLflow logging under tracker: ...
         model.add_callback("on_model_save", EpochEnd(fold_data, run_dir, cfg, self.name))
         model.train(trainer=KitTrainer, **args)
         return final_best(run_dir, ul_last)
