@@ -100,10 +100,11 @@ class StreamedTable:
 
 
 def member_meta(weights: Path, views: Sequence[str], conf: float, max_det: int, names: Sequence[str],
-                images_dir: Path) -> dict:
+                images_dir: Path, backend: dict | None = None) -> dict:
     """What a member's prediction table of the images ``names`` in ``images_dir`` depends on
-    (compared by ``cached_table``). Raises ``FileNotFoundError`` (one line) for missing weights
-    or images."""
+    (compared by ``cached_table``): its weights, views, threshold, the images' contents and the
+    backend its network runs with (``infer.predict.member_backend``: an export's file included).
+    Raises ``FileNotFoundError`` (one line) for missing weights or images."""
     weights = Path(weights).resolve()
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: member weights not found; train the member first (make "
@@ -111,4 +112,4 @@ def member_meta(weights: Path, views: Sequence[str], conf: float, max_det: int, 
     st = weights.stat()
     return {"weights": str(weights), "weights_bytes": st.st_size, "weights_mtime_ns": st.st_mtime_ns,
             "views": list(views), "conf": conf, "max_det": max_det, "images": len(names),
-            "images_sha256": images.content_digest(images_dir, names)}
+            "images_sha256": images.content_digest(images_dir, names), **(backend or {"backend": "torch"})}

@@ -123,7 +123,9 @@ def predict_members(cfg: EnsembleConfig, data: Path, force: bool = False, progre
                 return holder["p"]
 
             out = ds.preds_dir(m.model, fold)
-            meta = cache.member_meta(weights, cfg.tta, cfg.conf, cfg.max_det, names, files["images"])
+            backend = predict.member_backend(m.model, weights, cfg.device, m.overrides, cfg.backend) \
+                if weights.exists() else None
+            meta = cache.member_meta(weights, cfg.tta, cfg.conf, cfg.max_det, names, files["images"], backend)
             out_files.append(out / predictions.TEST_FILE)
             if force or not cache.is_fresh(out / predictions.TEST_FILE, meta):
                 test_jobs.append(Job(m.model, fold, out / predictions.TEST_FILE, meta, load))
@@ -132,7 +134,7 @@ def predict_members(cfg: EnsembleConfig, data: Path, force: bool = False, progre
             if cfg.predict_oof:
                 fd = ds.fold(fold)
                 val = fd.val_images["NAME"].tolist()
-                meta = cache.member_meta(weights, cfg.tta, cfg.conf, cfg.max_det, val, fd.images_dir)
+                meta = cache.member_meta(weights, cfg.tta, cfg.conf, cfg.max_det, val, fd.images_dir, backend)
                 if force or not cache.is_fresh(out / predictions.OOF_TTA_FILE, meta):
                     oof_jobs.setdefault(fold, (val, fd.images_dir, []))[2].append(
                         Job(m.model, fold, out / predictions.OOF_TTA_FILE, meta, load))

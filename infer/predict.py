@@ -25,6 +25,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cytokit import rows
+from cytokit.config import ConfigError
 from cytokit.images import load_rgb
 from infer.tta import View
 
@@ -92,15 +93,41 @@ def load_member(model: str, fold: int, weights: Path, device: str = "cpu",
         raise FileNotFoundError(f"{weights}: weights of {model} fold {fold} not found; train it first "
                                 f"(make train MODEL={model} FOLD={fold}) or set the member's weights path")
     cfg = registry.run_config(model, weights.parent, list(overrides))
-    if backend != "torch" and model in ("yolov5", "yolov8", "yolo11"):
+    chosen = member_backend(model, weights, device, overrides, backend)["backend"]
+    if chosen != "torch":
         import torch
 
         from infer import backends
         from train.yolo.predict import UltraPredictor
 
-        chosen = backends.choose(weights, backend, device, int(cfg.imgsz))
-        if chosen != "torch":
-            log.info("%s fold%d: %s backend", model, fold, chosen)
+        log.info("%s fold%d: %s backend", model, fold, chosen)
+        try:
             run = backends.runner(chosen, weights, torch.get_num_threads())
+        except Exception as exc:  # a corrupt or deleted export whose record still matches the weights
+            why = f"{weights}: its {chosen} export does not load ({type(exc).__name__}: {str(exc)[:120]})"
+            if backend != "auto":
+                raise ConfigError(f"{why}; run make export again, or backend: torch") from None
+            log.warning("%s; predicting with torch (make export makes it again)", why)
+        else:
             return UltraPredictor(None, cfg, "cpu", runner=run)
     return registry.get(model)().load(weights, cfg, device)
+
+
+def member_backend(model: str, weights: Path, device: str = "cpu", overrides: Sequence[str] = (),
+                   backend: str = "torch") -> dict:
+    """The backend a member's network runs with (torch, onnx or openvino: ``infer.backends.choose``)
+    and, for an export, its file's size and modification time: what a cached prediction table of the
+    member depends on besides its weights (``infer.cache.member_meta``)."""
+    from infer import backends
+    from train import registry
+
+    if backend == "torch" or model not in ("yolov5", "yolov8", "yolo11"):
+        return {"backend": "torch"}
+    cfg = registry.run_config(model, Path(weights).parent, list(overrides))
+    chosen = backends.choose(Path(weights), backend, device, int(cfg.imgsz))
+    if chosen == "torch":
+        return {"backend": "torch"}
+    export = backends.onnx_path(weights) if chosen == "onnx" else backends.openvino_path(weights)
+    st = export.stat() if export.exists() else None
+    return {"backend": chosen, "export_bytes": st.st_size if st else None,
+            "export_mtime_ns": st.st_mtime_ns if st else None}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cytokit import config
+from cytokit import config, predictions
 from cytokit.config import ConfigError
 from infer import backends, export, predict, tta
 
@@ -190,3 +190,42 @@ def test_unreadable_image_after_ultralytics_is_imported(tmp_path):
         images.read_size(bad)
     with pytest.raises(ValueError, match="cannot decode image"):
         images.load_rgb(bad)
+
+
+def test_a_broken_export_falls_back_to_torch_under_auto_and_keys_the_cache(yolo, tmp_path, caplog):
+    """A corrupt export whose record still matches the weights: backend auto predicts with torch after
+    one warning; backend onnx / openvino is a one-line error naming make export. The cached tables'
+    key records the backend and its export file, so switching backend predicts again."""
+    import logging
+    import shutil
+
+    from infer import cache, predict
+
+    weights, _, _ = yolo
+    folder = tmp_path / "run"
+    folder.mkdir()
+    copy = folder / "best.pt"
+    shutil.copy2(weights, copy)
+    shutil.copy2(weights.parent / "config.yaml", folder / "config.yaml")
+    rec = json.loads(backends.record_path(weights).read_text())
+    rec["weights"], rec["ms"] = backends.weights_stamp(copy), {"onnx": 1.0}
+    backends.record_path(copy).write_text(json.dumps(rec))
+    backends.onnx_path(copy).write_bytes(b"not an onnx model")
+    with caplog.at_level(logging.WARNING):
+        predictor = predict.load_member("yolov8", 0, copy, "cpu", [], "auto")
+    assert predictor.runner is None  # torch's forward pass, not the broken export
+    assert "its onnx export does not load" in caplog.text and "predicting with torch" in caplog.text
+    with pytest.raises(ConfigError, match="its onnx export does not load.*run make export again"):
+        predict.load_member("yolov8", 0, copy, "cpu", [], "onnx")
+    on_onnx = predict.member_backend("yolov8", copy, "cpu", [], "auto")
+    assert on_onnx["backend"] == "onnx" and on_onnx["export_bytes"] == len(b"not an onnx model")
+    assert predict.member_backend("yolov8", copy, "cpu", [], "torch") == {"backend": "torch"}
+    from PIL import Image
+
+    Image.fromarray(export.check_images(None, 1)[0]).save(tmp_path / "a.jpg")
+    onnx_meta = cache.member_meta(copy, ["identity"], 0.001, 0, ["a.jpg"], tmp_path, on_onnx)
+    torch_meta = cache.member_meta(copy, ["identity"], 0.001, 0, ["a.jpg"], tmp_path, {"backend": "torch"})
+    assert onnx_meta["backend"] == "onnx" and torch_meta["backend"] == "torch"
+    table = tmp_path / "test.parquet"
+    cache.cached_table(table, torch_meta, lambda: predictions.empty())
+    assert cache.is_fresh(table, torch_meta) and not cache.is_fresh(table, onnx_meta)
