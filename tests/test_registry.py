@@ -68,7 +68,7 @@ def test_one_config_per_family_and_its_model_sections():
                      "unet": "unet.yaml", "cls": "cls.yaml", "cls_full": "cls.yaml"}
     assert sorted(p.name for p in paths.CONFIGS.glob("*.yaml")) == sorted(
         {*files.values(), "demo.yaml", "recipe.yaml", "bccd.yaml", "ensemble.yaml", "folds.yaml",
-         "masks.yaml"})
+         "masks.yaml", "rehearsal.yaml"})
     assert (registry.load_config("cls").mode, registry.load_config("cls_full").mode) == ("crop", "full")
     assert registry.load_config("fasterrcnn_mobilenet").rpn_proposals == 500
     with pytest.raises(ConfigError, match="unknown key.*roi_samples"):

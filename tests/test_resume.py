@@ -12,6 +12,8 @@ import pytest
 
 from train import parallel
 
+pytestmark = pytest.mark.unit  # the tests that start processes are marked smoke as well
+
 FAKE_JOB = """
 import subprocess, sys, time
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
