@@ -53,7 +53,7 @@ def _score_models(ds, models: list[str]) -> tuple[pd.DataFrame, dict]:
     folds: dict[int, object] = {}
     rows, results = [], {}
     for model in models:
-        row: dict = {"model": model}
+        row: dict = {"member": model}
         preds_all, boxes_all, images_all = [], [], []
         for fold in range(k):
             path = ds.preds_dir(model, fold) / predictions.OOF_FILE
@@ -72,15 +72,14 @@ def _score_models(ds, models: list[str]) -> tuple[pd.DataFrame, dict]:
             result = oof_score(pd.concat(preds_all, ignore_index=True),
                                pd.concat(boxes_all, ignore_index=True),
                                pd.concat(images_all, ignore_index=True))
-            row.update(oof=result.total, giou_term=result.giou_term, f1_term=result.f1_term,
-                       folds=len(preds_all))
+            row.update(score=result.total, giou=result.giou_term, f1=result.f1_term, folds=len(preds_all))
             if len(preds_all) == k:
                 results[model] = result
         rows.append(row)
     table = pd.DataFrame(rows)
     if results:
         ci = intervals(results, max(results, key=lambda m: results[m].total))
-        table["vs_best"] = table["model"].map(ci).fillna("")
+        table["vs_best"] = table["member"].map(ci).fillna("")
     return table, results
 
 
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         raise FileNotFoundError(f"{where}: no out-of-fold predictions "
                                 "(<model>/fold<k>/oof.parquet); train and predict first")
     table = score_models(ds, models) if models else pd.DataFrame()
-    if models and ("oof" not in table.columns or table["oof"].isna().all()):
+    if models and ("score" not in table.columns or table["score"].isna().all()):
         raise FileNotFoundError(f"no oof.parquet for model(s) {', '.join(models)} under {where}")
     print(f"out-of-fold scores (challenge metric), dataset {ds.id} "
           f"(data={args.data} k={ds.k} seed={ds.seed})")

@@ -94,9 +94,9 @@ def test_cli_table_per_model_and_fold(prepared, capsys, tmp_path):
     out = capsys.readouterr().out
     written = json.loads((tmp_path / "t.json").read_text())
     assert written["ensemble"] is None  # no make tune-ensemble yet
-    rows = {r["model"]: r for r in written["models"]}
+    rows = {r["member"]: r for r in written["models"]}
     good = rows["good"]
-    assert good["fold0"] == good["fold1"] == good["oof"] == 1.0 and good["folds"] == 2
+    assert good["fold0"] == good["fold1"] == good["score"] == 1.0 and good["folds"] == 2
     # half, fold 0: labels EO, LY, MO, PNN; MO missed, EO wrongly predicted: F1 (0 + 1 + 0 + 1) / 4
     assert rows["half"]["fold0"] == pytest.approx(0.2 + 0.8 * 0.5, abs=1e-12)
     assert rows["half"]["fold1"] is None
@@ -104,8 +104,8 @@ def test_cli_table_per_model_and_fold(prepared, capsys, tmp_path):
     # "good" is the best model on both folds: the reference of the bootstrap column; "half" is not on the
     # same images, so it has none; "meh" lost B's F1 (1 -> 0) and EO's (1 -> 2/3) out of 5 labels
     assert good["vs_best"] == "" and rows["half"]["vs_best"] == ""
-    assert rows["meh"]["oof"] == pytest.approx(0.2 + 0.8 * (1 + 1 + 1 + 2 / 3 + 0) / 5, abs=1e-12)
-    assert rows["meh"]["vs_best"].startswith(f"{rows['meh']['oof'] - 1:+.4f} [")
+    assert rows["meh"]["score"] == pytest.approx(0.2 + 0.8 * (1 + 1 + 1 + 2 / 3 + 0) / 5, abs=1e-12)
+    assert rows["meh"]["vs_best"].startswith(f"{rows['meh']['score'] - 1:+.4f} [")
 
 
 def test_cli_without_predictions_is_an_error(prepared, capsys):
