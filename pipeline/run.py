@@ -358,7 +358,13 @@ def _after_training(recipe: RecipeConfig, data: Path, ds: Any, records: list[dic
                       .to_dict(orient="records"), oof_check=scores.oof_check(table))
         if table is not None:
             _track_oof(ds, table, tuned)
-    result = steps("submission", lambda: make.run(ens, data, out_dir=out_dir))
+    cal = None
+    if report.get("tuned"):  # the confidence of make predict and of the submission's picture (fitted once)
+        from infer import calibrate
+
+        cal = steps("calibration (out-of-fold)", lambda: calibrate.ensure(
+            ens, ds, Path(report["tuned"]), logs / calibrate.FILE))
+    result = steps("submission", lambda: make.run(ens, data, out_dir=out_dir, calibration=cal))
     report.update(submission=str(result.submission), fusion=result.fusion)
     files = paths.data_files(data)
     problems = steps("validate",

@@ -26,10 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     k, seed = lastrun.ds_keys(args.overrides)
     choice = lastrun.ensemble(args.data, k, seed, given=args.config)
     print(choice.line())
+    from cytokit import dataset
+    from infer import calibrate
     from infer.config import load_config
     from submit import make
 
-    make.run(load_config(choice.path, args.overrides), args.data, args.out, args.force)
+    cfg = load_config(choice.path, args.overrides)
+    ds = dataset.resolve(args.data, k, seed)
+    cal = calibrate.current(paths.logs_dir(ds.id) / calibrate.FILE, choice.path)  # fitted: make all / report
+    make.run(cfg, args.data, args.out, args.force, calibration=cal)
     return 0
 
 

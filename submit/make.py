@@ -19,8 +19,10 @@ from infer.config import EnsembleConfig
 
 
 def run(cfg: EnsembleConfig, data: Path, out_dir: Path | None = None, force: bool = False,
-        progress: bool = True) -> ensemble.Result:
-    """Predict, fuse, classify, write, validate, draw and (with test_labels.csv) score the submission."""
+        progress: bool = True, calibration: object | None = None) -> ensemble.Result:
+    """Predict, fuse, classify, write, validate, draw and (with test_labels.csv) score the submission.
+    ``calibration`` (``infer.calibrate.Calibration`` of this ensemble, when fitted): the picture shows
+    calibrated confidences instead of raw fused scores (the CSV has no scores either way)."""
     from cytokit import submission
     from infer import viz
     from submit import writer
@@ -35,7 +37,11 @@ def run(cfg: EnsembleConfig, data: Path, out_dir: Path | None = None, force: boo
     result.submission = writer.write_submission(sub, files["test"], out_dir, images_dir=files["images"])
     if cfg.viz_images:
         png_path = result.submission.with_name(result.submission.stem + "_boxes.png")
-        png = viz.draw_grid(result.fused, files["images"], png_path, cfg.viz_images, n_cells)
+        shown, note = result.fused, viz.SCORE_NOTE
+        if calibration is not None and len(shown):
+            calibrated = calibration.apply(shown["score"].to_numpy())
+            shown, note = shown.assign(score=calibrated), viz.CONFIDENCE_NOTE
+        png = viz.draw_grid(shown, files["images"], png_path, cfg.viz_images, n_cells, note=note)
         if png:
             print(f"boxes drawn on {min(cfg.viz_images, len(n_cells))} test images: {png}")
     print(f"submission: {result.submission} ({len(sub)} rows, fusion={result.fusion})")

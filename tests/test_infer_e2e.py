@@ -285,3 +285,24 @@ def test_missing_weights_is_a_clear_error(tiny, tmp_path):
     cfg_path.write_text(yaml.safe_dump({"members": [{"model": "nothere", "folds": [0]}], "k": 2, "seed": 1}))
     with pytest.raises(FileNotFoundError, match="nothere.*fold0.*best.pt|best.pt"):
         infer_main.run(load_config(cfg_path), tiny, progress=False)
+
+
+def test_the_submission_picture_shows_calibrated_confidences_when_there_is_a_calibration(
+        tiny, fake_members, tmp_path, monkeypatch):
+    """With the run's calibration the picture draws each box's calibrated confidence and says what it is;
+    without one, the raw fused score and the note that scores are ranks. The CSV is the same."""
+    from types import SimpleNamespace
+
+    from infer import viz
+
+    cfg_path, _ = fake_members
+    cfg = load_config(cfg_path)
+    drawn = []
+    monkeypatch.setattr(viz, "draw_grid", lambda preds, *a, note="", **k: drawn.append((preds, note)))
+    raw = submit_make.run(cfg, tiny, out_dir=tmp_path / "raw", progress=False)
+    half = SimpleNamespace(apply=lambda scores: scores * 0 + 0.5)
+    cal = submit_make.run(cfg, tiny, out_dir=tmp_path / "cal", progress=False, calibration=half)
+    (raw_preds, raw_note), (cal_preds, cal_note) = drawn
+    assert raw_note == viz.SCORE_NOTE and cal_note == viz.CONFIDENCE_NOTE
+    assert (cal_preds["score"] == 0.5).all() and not (raw_preds["score"] == 0.5).all()
+    pd.testing.assert_frame_equal(pd.read_csv(raw.submission), pd.read_csv(cal.submission))

@@ -83,7 +83,8 @@ def test_make_submission_and_infer_use_the_runs_tuned_ensemble_with_device_and_a
     write_ensemble(d.logs / "tuned.yaml", iou_thr=0.42)
     seen = {}
     monkeypatch.setattr(ensemble, "run", lambda cfg, data, force: seen.update(cfg=cfg, sub=False))
-    monkeypatch.setattr(make, "run", lambda cfg, data, out, force: seen.update(cfg=cfg, sub=True))
+    monkeypatch.setattr(make, "run",
+                        lambda cfg, data, out, force, calibration=None: seen.update(cfg=cfg, sub=True))
     assert submit_main.main(["--data", str(d.data), "device=cuda", "batch=3"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("ensemble settings:") and str(d.logs / "tuned.yaml") in first
