@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -222,7 +221,8 @@ def load_config(path: Path, overrides: list[str] | dict = ()) -> EnsembleConfig:
 
 
 def device(cfg_device: str, override: str | None = None) -> str:
-    """The device a step runs its networks on: ``override`` (a ``--device`` flag), else ``$DEVICE`` (make
-    passes a command-line ``DEVICE=`` to every recipe's environment), else the ensemble config's (the
-    recipe's) ``device``. Tuning, the report, ``make cls-report`` and ``make score`` all ask here."""
-    return override or os.environ.get("DEVICE") or cfg_device
+    """The device a step runs its networks on: ``override`` (a ``--device`` flag), else the ensemble
+    config's (the recipe's) ``device``, into which ``make ... DEVICE=`` already went as ``device=``
+    (one way in: a ``DEVICE`` left in a user's shell environment changes nothing). Tuning, the report
+    and ``make cls-report`` all ask here."""
+    return override or cfg_device

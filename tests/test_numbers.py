@@ -61,10 +61,8 @@ def _table() -> pd.DataFrame:
 def test_device_is_the_configs_unless_overridden(monkeypatch):
     from infer.config import device
 
-    monkeypatch.delenv("DEVICE", raising=False)
+    monkeypatch.setenv("DEVICE", "cuda:1")  # a shell's DEVICE: make DEVICE= arrives as device= instead
     assert device("cuda:0") == "cuda:0"
-    monkeypatch.setenv("DEVICE", "cuda:1")  # make passes a command-line DEVICE= to the recipe's environment
-    assert device("cuda:0") == "cuda:1"
     assert device("cuda:0", "cpu") == "cpu"
 
 
@@ -90,7 +88,7 @@ def test_tuning_classifies_on_the_configs_device(monkeypatch, tmp_path):
     ds = SimpleNamespace(images_dir=tmp_path, images=lambda: pd.DataFrame({"NAME": ["a"], "fold": [0]}))
     monkeypatch.setattr(oof_eval, "classifier_weights", lambda section, d: ([("cls", 0, tmp_path / "w")], []))
     assert oof_eval.classifier_for(cfg, ds).device == "cuda:3"
-    monkeypatch.setenv("DEVICE", "cuda:5")
+    cfg = load_config(Path("configs/ensemble.yaml"), {"device": "cuda:5"})  # make tune-ensemble DEVICE=cuda:5
     assert isinstance(oof_eval.classifier_for(cfg, ds), oof_cls.OOFClassifier)
     assert oof_eval.classifier_for(cfg, ds).device == "cuda:5"
 

@@ -35,7 +35,7 @@ def build_report(data: Path, k: int | None = None, seed: int | None = None, conf
     ensemble config keys: device=cuda, ...); ``submission``: the submission to
     validate (default submissions/submission.csv); ``classifier``: score the classifier blend rows
     when no tuned table exists (crops classified once, cached); ``n_boot``: bootstrap resamples per
-    comparison; ``device``: where the classifier runs then (default ``$DEVICE``, else the config's).
+    comparison; ``device``: where the classifier runs then (default: the config's, ``device=`` included).
     """
     from infer.config import load_config
     from pipeline.report import oof as oof_table

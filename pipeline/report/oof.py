@@ -6,7 +6,7 @@ over images: the cells are those ``make tune-ensemble`` / ``make all`` saved bes
 printed, and that ``make score`` prints. The best row's predictions (for the per-class, confusion and
 worst-image sections) are the out-of-fold tables tuning wrote (``variants.parquet``). Where no tuning ran,
 ``infer.oof_table.fallback`` computes the same table on the ensemble config's own settings, through the
-same evaluator, on the config's device (``$DEVICE`` / ``device`` override honoured), the classifier's
+same evaluator, on the config's device (a ``device=`` override honoured), the classifier's
 crops from the per-crop cache every step shares.
 """
 from __future__ import annotations
