@@ -33,22 +33,30 @@ TARGET_MS = 250.0  # issue #13: the default ensemble with TTA and the classifier
 RULE_MS = 500.0  # the challenge's per-image rule
 
 
-def yolo_weights(folder: Path, fold: int) -> Path:
-    """Random YOLOv8n weights (23 classes) whose head is spread out so that boxes score above 0.001."""
+def noisy_yolo(model_yaml: str, seed: int):
+    """A random ultralytics model of the kit's 23 classes whose head is spread out so that boxes score
+    above 0.001 (benchmarks and gpu-check time a network that finds something)."""
     import torch
     from ultralytics.nn.tasks import DetectionModel
 
-    torch.manual_seed(fold)
-    net = DetectionModel("yolov8n.yaml", nc=23, verbose=False)
+    torch.manual_seed(seed)
+    net = DetectionModel(model_yaml, nc=23, verbose=False)
     with torch.no_grad():
         head = net.model[-1]
         for p in head.parameters():
             p.add_(torch.randn_like(p) * 0.3)
         for branch in head.cv3:
             branch[-1].bias.normal_(-3.0, 1.0)
+    return net
+
+
+def yolo_weights(folder: Path, fold: int) -> Path:
+    """Random YOLOv8n weights (``noisy_yolo``) as ``<folder>/yolov8_fold<k>/best.pt``."""
+    import torch
+
     path = folder / f"yolov8_fold{fold}" / "best.pt"
     path.parent.mkdir(parents=True)
-    torch.save({"model": net}, path)
+    torch.save({"model": noisy_yolo("yolov8n.yaml", fold)}, path)
     return path
 
 

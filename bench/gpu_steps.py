@@ -233,7 +233,6 @@ def random_run(model: str, overrides: list[str], folder: Path, fold: int) -> Pat
     """A run folder of random weights of ``model`` with its resolved config (``config.yaml``), as a real
     run has it: ``folder/<model>/fold<fold>/best.pt``. YOLO heads are spread out so that boxes score
     above the ensemble's threshold (something to fuse and classify)."""
-    from cytokit import classes
     from cytokit import config as kit_config
     from train import checkpoint, registry
 
@@ -244,18 +243,10 @@ def random_run(model: str, overrides: list[str], folder: Path, fold: int) -> Pat
     path = out / "best.pt"
     torch.manual_seed(fold)
     if model in ("yolov5", "yolov8", "yolo11"):
-        from ultralytics.nn.tasks import DetectionModel
-
+        from bench.bench_backends import noisy_yolo
         from bench.bench_infer import ULTRA
 
-        net = DetectionModel(ULTRA[model].format(size=cfg.size), nc=classes.NUM_CLASSES, verbose=False)
-        with torch.no_grad():
-            head = net.model[-1]
-            for p in head.parameters():
-                p.add_(torch.randn_like(p) * 0.3)
-            for branch in head.cv3:
-                branch[-1].bias.normal_(-3.0, 1.0)
-        torch.save({"model": net}, path)
+        torch.save({"model": noisy_yolo(ULTRA[model].format(size=cfg.size), fold)}, path)
     elif model in ("cls", "cls_full"):
         from train.cls import model as cls_model
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cytokit import env, io, lastrun, paths
-from infer.config import load_config
+from cytokit import env, io, paths
+from infer.config import chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,10 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env.apply()
     io.setup_logging()
-    k, seed = lastrun.ds_keys(args.overrides)
-    choice = lastrun.ensemble(args.data, k, seed, given=args.config)
-    print(choice.line())
-    cfg = load_config(choice.path, args.overrides)
+    cfg, _ = chosen(args.data, args.config, args.overrides)
     from infer import ensemble
 
     ensemble.run(cfg, args.data, args.force)

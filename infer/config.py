@@ -226,3 +226,15 @@ def device(cfg_device: str, override: str | None = None) -> str:
     (one way in: a ``DEVICE`` left in a user's shell environment changes nothing). Tuning, the report
     and ``make cls-report`` all ask here."""
     return override or cfg_device
+
+
+def chosen(data: Path, given: Path | None, overrides: list[str]) -> tuple[EnsembleConfig, Path]:
+    """The ensemble config of a command on ``data`` (``python -m infer``, ``python -m submit``): ``given``,
+    else the last ``make all``'s tuned one of the dataset (``cytokit.lastrun``, its line printed first),
+    with the ``key=value`` overrides; and its path."""
+    from cytokit import lastrun
+
+    k, seed = lastrun.ds_keys(overrides)
+    choice = lastrun.ensemble(data, k, seed, given=given)
+    print(choice.line())
+    return load_config(choice.path, overrides), choice.path

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cytokit import env, io, lastrun, paths
+from cytokit import env, io, paths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,17 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env.apply()
     io.setup_logging()
-    k, seed = lastrun.ds_keys(args.overrides)
-    choice = lastrun.ensemble(args.data, k, seed, given=args.config)
-    print(choice.line())
     from cytokit import dataset
     from infer import calibrate
-    from infer.config import load_config
+    from infer.config import chosen
     from submit import make
 
-    cfg = load_config(choice.path, args.overrides)
-    ds = dataset.resolve(args.data, k, seed)
-    cal = calibrate.current(paths.logs_dir(ds.id) / calibrate.FILE, choice.path)  # fitted: make all / report
+    cfg, path = chosen(args.data, args.config, args.overrides)
+    ds = dataset.resolve(args.data, cfg.k, cfg.seed)
+    cal = calibrate.current(paths.logs_dir(ds.id) / calibrate.FILE, path)  # fitted by make all / report
     make.run(cfg, args.data, args.out, args.force, calibration=cal)
     return 0
 
