@@ -163,6 +163,39 @@ def test_crops_are_classified_once_per_checkpoint_across_steps(tmp_path, images)
     assert fake.classified == 10
 
 
+def test_crops_are_cached_by_image_content_not_name_or_folder(tmp_path, images):
+    import shutil
+
+    from train.cls.classify import CropClassifier
+
+    ck = tmp_path / "best.pt"
+    ck.write_bytes(b"weights")
+    fake = FakeClassifier()
+    table = _table()
+
+    def step(folder):
+        c = CropClassifier(folder, [("cls", 0, ck)], loader=lambda w: fake)
+        c.probs(table, True, None)
+        c.flush()
+        return c
+
+    step(images)
+    assert fake.classified == 6
+    copy = tmp_path / "copy"  # the same images in another folder: nothing classified again
+    shutil.copytree(images, copy)
+    assert step(copy).computed == 0 and fake.classified == 6
+    # one image replaced by another of the same size, its modification time restored: its 2 crops again
+    st = (images / "b.png").stat()
+    other = np.random.default_rng(9).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(other).save(images / "b.png")
+    os.utime(images / "b.png", ns=(st.st_atime_ns, st.st_mtime_ns))
+    again = step(images)
+    assert again.computed == 2 and again.reused == 4 and fake.classified == 8
+    (images / "c.png").unlink()
+    with pytest.raises(ValueError, match=r"c\.png: image not found"):
+        step(images)
+
+
 def test_submission_and_oof_classification_share_one_owner(tmp_path, images, monkeypatch):
     from infer import blend
     from train.cls import classify

@@ -16,12 +16,14 @@ a prepared dataset.
 
 A crop is fully determined by its integer pixel window (``train.cls.data.crop_window``:
 the box grown by the margin, floored, ceiled and clipped), so the probabilities are
-cached per (checkpoint, image, window), each flip view apart, so that TTA on and off
-come from one pass of the network. The cache is also kept on disk
+cached per (checkpoint, image content, window), each flip view apart, so that TTA on and off
+come from one pass of the network. An image is known by the sha1 of its file's bytes (read once
+per process), not by its name or folder: an image replaced under the same name is classified
+again, the same image in another folder is not. The cache is also kept on disk
 (``work/cache/cls/<key>.npz``), keyed by the checkpoint (resolved path, size,
-modification time), its imgsz / margin / box-size input and the images folder, so
-every step of a run -- tuning, ``make score``, the report, ``make cls-report`` --
-classifies each crop once; a retrained checkpoint gets a new key.
+modification time) and its imgsz / margin / box-size input, so every step of a run -- tuning,
+``make score``, the report, ``make cls-report`` -- classifies each crop once; a retrained
+checkpoint gets a new key.
 """
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ from cytokit.tables import COORDS
 log = logging.getLogger(__name__)
 IMAGE_CACHE_BYTES = 512 * 2**20  # decoded images kept between trials (least recently used dropped first)
 FLUSH_S = 60.0  # the disk cache is rewritten at most this often during a run (and at its end)
-KEY_INTS = 6  # a crop's key: image name + window (4 ints) + box size (2 ints, size-aware models), -1 padded
+CACHE_VERSION = 2  # disk-cache layout: 2 = crops keyed by image content (1 was by image name)
+KEY_INTS = 6  # a crop key: image sha1 + window (4 ints) + box size (2 ints, size-aware models), -1 padded
 
 
 @dataclasses.dataclass
@@ -84,12 +87,13 @@ def combine(views: np.ndarray, tta: bool) -> np.ndarray:
     return model_combine(views, tta)
 
 
-def checkpoint_key(path: Path, cfg: Any, takes_size: bool, images_dir: Path) -> str:
-    """The disk-cache key of one checkpoint's crops: what changes its probabilities of a crop window."""
+def checkpoint_key(path: Path, cfg: Any, takes_size: bool) -> str:
+    """The disk-cache key of one checkpoint's crops: what changes its probabilities of a crop window
+    (the image itself is in each crop's key: its content's sha1)."""
     path = Path(path).resolve()
     st = path.stat()
-    facts = [str(path), st.st_size, st.st_mtime_ns, int(cfg.imgsz), int(cfg.margin), str(cfg.mode),
-             bool(takes_size), str(Path(images_dir).resolve())]
+    facts = [CACHE_VERSION, str(path), st.st_size, st.st_mtime_ns, int(cfg.imgsz), int(cfg.margin),
+             str(cfg.mode), bool(takes_size)]
     return hashlib.sha1(json.dumps(facts).encode()).hexdigest()[:20]
 
 
@@ -147,6 +151,7 @@ class CropClassifier:
         self._cache: dict[tuple[str, int], CropStore] = {}
         self._images: OrderedDict[str, np.ndarray] = OrderedDict()
         self._image_bytes = 0
+        self._content: dict[str, str] = {}  # image name -> sha1 of its file (the crops' cache key)
         self.computed = 0  # crops (and whole images) run through a network
         self.reused = 0  # crops served from the cache (this process's or the disk's)
 
@@ -170,7 +175,7 @@ class CropClassifier:
             w, path = self.paths[key], None
             if self.disk and isinstance(w, (str, Path)):
                 p = self.predictor(model, fold)
-                name = checkpoint_key(Path(w), p.cfg, p.takes_size, self.images_dir)
+                name = checkpoint_key(Path(w), p.cfg, p.takes_size)
                 path = paths.cache_dir() / "cls" / f"{name}.npz"
             self._cache[key] = CropStore(path)
         return self._cache[key]
@@ -179,6 +184,19 @@ class CropClassifier:
         """Write every checkpoint's new crops to the disk cache (without ``force``: throttled)."""
         for store in self._cache.values():
             store.flush(force)
+
+    def content(self, name: str) -> str:
+        """The sha1 of image ``name``'s file: what its crops are cached under (read once per process)."""
+        if name not in self._content:
+            path = self.images_dir / name
+            try:
+                with open(path, "rb") as fh:
+                    self._content[name] = hashlib.file_digest(fh, "sha1").hexdigest()
+            except FileNotFoundError:
+                raise images.ImageError(path, "image not found") from None
+            except OSError as exc:
+                raise images.ImageError(path, f"cannot read the image ({exc.strerror or exc})") from None
+        return self._content[name]
 
     def image(self, name: str) -> np.ndarray:
         """The decoded image ``name`` (kept in a bounded LRU: trials ask for the same images again)."""
@@ -207,13 +225,14 @@ class CropClassifier:
         pred = self.predictor(model, fold)
         store = self.store(model, fold)
         cache = store.data
+        ids = [self.content(n) for n in names]
         if boxes is None:
-            keys = [(n,) for n in names]
+            keys = [(c,) for c in ids]
         else:
             win = crop_windows(boxes, sizes[:, 0], sizes[:, 1], pred.cfg.margin)
             if pred.takes_size:  # its box size input (whole pixels, see box_size_features) joins the key
                 win = np.concatenate([win, np.maximum(np.round(boxes[:, 2:] - boxes[:, :2]), 1)], axis=1)
-            keys = [(n, *w) for n, w in zip(names, win.astype(np.int64).tolist())]
+            keys = [(c, *w) for c, w in zip(ids, win.astype(np.int64).tolist())]
         todo: dict[tuple, int] = {}
         for i, key in enumerate(keys):
             if key not in cache and key not in todo:
