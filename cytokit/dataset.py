@@ -123,8 +123,11 @@ class Dataset:
         """What changed in the data folder since ``make folds`` (None: nothing).
 
         Compares train.csv's sha256 (``train_sha256`` when already computed) and each
-        train image's size and mtime with those recorded. A dataset without a record
-        (made by hand, e.g. by a benchmark) is not checked.
+        train image's size and mtime with those recorded, then its content sha1: read again
+        only for files whose size, mtime or ctime differ from the image-facts cache
+        (``cytokit.images.file_facts``), so an image replaced by one of the same size with its
+        mtime restored (its ctime moves) is found without reading every image at every step.
+        A dataset without a record (made by hand, e.g. by a benchmark) is not checked.
         """
         meta = self.meta
         source = meta.get("source")
@@ -136,7 +139,7 @@ class Dataset:
             return f"{train} is gone"
         if sha != source["train_csv_sha256"]:
             return f"{train} changed"
-        from cytokit.images import file_stats
+        from cytokit.images import file_facts, file_stats
 
         if not (self.root / SOURCE_FILE).exists():
             return f"{self.root / SOURCE_FILE} went missing"
@@ -145,6 +148,9 @@ class Dataset:
         gone = ~now["exists"].to_numpy()
         moved = (now["bytes"].to_numpy() != recorded["bytes"].to_numpy()) | (
             now["mtime_ns"].to_numpy() != recorded["mtime_ns"].to_numpy())
+        if not (moved | gone).any() and "sha1" in recorded:
+            facts = file_facts(self.images_dir, recorded["NAME"].tolist(), stats=now)
+            moved = facts["sha1"].to_numpy() != recorded["sha1"].astype(str).to_numpy()
         for mask, what in ((gone, "are gone"), (moved & ~gone, "changed")):
             if mask.any():
                 return (

@@ -279,6 +279,23 @@ def test_touched_images_need_make_folds_but_keep_the_id(work, tmp_path, capsys):
     assert dataset.resolve(data).id == ds.id
 
 
+def test_an_image_replaced_with_its_size_and_mtime_kept_is_found(work, tmp_path, capsys):
+    data = small_data(tmp_path / "raw")
+    assert folds(data, capsys, "--k", "2")[0] == 0
+    ds = dataset.resolve(data)
+    image = data / "images" / "img00001-0.jpg"
+    st = image.stat()
+    raw = bytearray(image.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # other pixels, the same number of bytes
+    image.write_bytes(bytes(raw))
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert image.stat().st_size == st.st_size and image.stat().st_mtime_ns == st.st_mtime_ns
+    with pytest.raises(dataset.DatasetError, match=r"1 of its 6 train image\(s\) in .* changed"):
+        dataset.resolve(data)
+    rc, out, _ = folds(data, capsys, "--k", "2")
+    assert rc == 0 and "a new dataset id" in out and dataset.resolve(data).id != ds.id
+
+
 def test_moved_folder_keeps_its_id_and_runs(work, tmp_path, capsys):
     old = small_data(tmp_path / "old" / "raw")
     assert folds(old, capsys, "--k", "2")[0] == 0
