@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cytokit import classes
+
 N_IMAGES = 16
 ROUNDS = 3
 THREADS = 2
@@ -40,7 +42,7 @@ def noisy_yolo(model_yaml: str, seed: int):
     from ultralytics.nn.tasks import DetectionModel
 
     torch.manual_seed(seed)
-    net = DetectionModel(model_yaml, nc=23, verbose=False)
+    net = DetectionModel(model_yaml, nc=classes.NUM_CLASSES, verbose=False)
     with torch.no_grad():
         head = net.model[-1]
         for p in head.parameters():

@@ -24,7 +24,7 @@ def _report_lines(title: str, report) -> list[str]:
 
 
 def run(shared: Path | None) -> list[str]:
-    from cytokit import tables
+    from cytokit import dataset, tables
     from prepare import clean, dedup, export, folds
 
     train = shared / "cytologia" / "train.csv" if shared else None
@@ -49,7 +49,8 @@ def run(shared: Path | None) -> list[str]:
     values[pick[150:]] = values[pick[:150]] ^ np.uint64(1)  # 150 near copies, 1 bit apart
     hashes = pd.Series([f"{int(v):016x}" for v in values], index=names)
     groups = timed("duplicate groups (distance 2)", dedup.group_duplicates, hashes, 2)
-    table = timed("folds (k=5)", folds.make_folds, cleaned, groups, 5, 42)
+    table = timed(f"folds (k={dataset.DEFAULT_K})", folds.make_folds, cleaned, groups, dataset.DEFAULT_K,
+                  dataset.DEFAULT_SEED)
 
     with tempfile.TemporaryDirectory(prefix="bench-folds-") as tmp:
         root = Path(tmp)

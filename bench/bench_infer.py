@@ -51,7 +51,8 @@ def synthetic_predictions(n_images: int, n_members: int, per_member: int, seed: 
         x_s = rng.uniform(40, 150, (len(x_img), 1))
         boxes = np.r_[np.c_[centre - size / 2, centre + size / 2] + rng.normal(0, 5, (len(img), 4)),
                       np.c_[x_c - x_s / 2, x_c + x_s / 2]]
-        labels = np.r_[np.where(rng.random(len(img)) < 0.8, truth, rng.integers(0, 23, len(img))),
+        wrong = rng.integers(0, classes.NUM_CLASSES, len(img))
+        labels = np.r_[np.where(rng.random(len(img)) < 0.8, truth, wrong),
                        rng.integers(0, classes.NUM_CLASSES, len(x_img))]
         rows = np.r_[img, x_img]
         frames.append(pd.DataFrame({

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from cytokit import paths
+from cytokit.classes import NUM_CLASSES as NC
 
 
 def _steps(model: torch.nn.Module, loss_of: Callable[[torch.nn.Module], torch.Tensor], device: str,
@@ -60,14 +61,14 @@ def amp_yolo(device: str, steps: int, imgsz: int, batch: int) -> str:
     from ultralytics.nn.tasks import DetectionModel
 
     torch.manual_seed(0)
-    model = DetectionModel("yolov8n.yaml", nc=23, verbose=False)
+    model = DetectionModel("yolov8n.yaml", nc=NC, verbose=False)
     model.args = get_cfg()
     rng = np.random.default_rng(0)
     boxes = _boxes(rng, 2 * batch, imgsz) / imgsz
     xywh = np.c_[(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]]
     data = {"img": torch.rand(batch, 3, imgsz, imgsz, device=device),
             "batch_idx": torch.arange(batch, device=device).repeat_interleave(2).float(),
-            "cls": torch.as_tensor(rng.integers(0, 23, (2 * batch, 1)), device=device).float(),
+            "cls": torch.as_tensor(rng.integers(0, NC, (2 * batch, 1)), device=device).float(),
             "bboxes": torch.as_tensor(xywh, device=device)}
     return _steps(model, lambda m: m.loss(data)[0].sum(), device, steps)
 
@@ -85,7 +86,7 @@ def amp_tv(arch: str, device: str, steps: int, imgsz: int, batch: int) -> str:
     offset = 1 if arch.startswith("fasterrcnn") else 0
     loader = [(tuple(torch.rand(3, imgsz, imgsz) for _ in range(batch)),
                tuple({"boxes": torch.as_tensor(_boxes(rng, 2, imgsz)),
-                      "labels": torch.as_tensor(rng.integers(0, 23, 2) + offset)} for _ in range(batch)))
+                      "labels": torch.as_tensor(rng.integers(0, NC, 2) + offset)} for _ in range(batch)))
               for _ in range(steps)]
     before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.005, momentum=0.9)
@@ -121,7 +122,7 @@ def amp_cls(device: str, steps: int, imgsz: int, batch: int) -> str:
     cfg = registry.load_config("cls")
     torch.manual_seed(0)
     x = torch.rand(batch, 3, imgsz, imgsz, device=device)
-    target = torch.nn.functional.one_hot(torch.arange(batch, device=device) % 23, 23).float()
+    target = torch.nn.functional.one_hot(torch.arange(batch, device=device) % NC, NC).float()
     size = torch.zeros(batch, 2, device=device)  # box-size features of a box_size head
     model = cls_model.build_model(cfg.backbone, box_size=cfg.box_size)
     return _steps(model, lambda m: cls_model.soft_loss(cls_model.forward(m, x, size), target, cfg.loss),
