@@ -141,3 +141,22 @@ def test_epoch_end_scores_every_n_epochs_and_keeps_the_best(tmp_path, monkeypatc
     assert table["challenge"].fillna(-1).tolist() == [-1, 0.30, -1, 0.20, 0.25]
     assert table["ul_mAP50"].tolist() == [0.5] * 5 and table["train_box_loss"].tolist() == [1.0] * 5
     assert (tmp_path / "best.pt").read_text() == "weights of epoch 2"
+
+
+def test_batch_progress_logs_the_epochs_batches_at_most_every_30_s(monkeypatch, caplog):
+    from train.yolo import trainer as ul_trainer
+
+    clock = iter([0.0, 10.0, 20.0, 31.0, 40.0, 62.0, 100.0, 101.0])
+    monkeypatch.setattr(ul_trainer.time, "monotonic", lambda: next(clock))
+    fake = SimpleNamespace(epoch=2, epochs=60, train_loader=range(100))
+    callback = ul_trainer.BatchProgress()
+    with caplog.at_level("INFO", logger="train.yolo.trainer"):
+        for _ in range(6):  # batches 1..6 of epoch 3 at t = 0, 10, 20, 31, 40, 62
+            callback(fake)
+        fake.epoch = 3  # a new epoch starts its own count and clock
+        callback(fake)
+        callback(fake)
+    lines = [r.getMessage() for r in caplog.records]
+    # t=31: 4 batches in 31 s -> 7.75 s/batch, 96 left -> 744 s; t=62: 6 in 62 s -> 10.33, 94 left -> 971 s
+    assert lines == ["epoch 3/60: batch 4/100 (4 %), 7.75 s/batch, epoch ETA 12 min",
+                     "epoch 3/60: batch 6/100 (6 %), 10.33 s/batch, epoch ETA 16 min"]

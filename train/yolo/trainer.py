@@ -6,7 +6,9 @@ whose AMP check never downloads its reference weights; ``EpochEnd`` writes the
 epoch's metrics row, scores the EMA model on the fold's validation images with
 the challenge metric (every ``val_every`` epochs and the last: off the GPU's
 critical path, the scoring is mostly CPU) and keeps the best epoch as
-``<run_dir>/best.pt``. Both
+``<run_dir>/best.pt``; ``BatchProgress`` logs the epoch's batches every 30 s (an epoch of the
+real data is minutes on a GPU, hours on a CPU: the job's log, and ``make all``'s heartbeat that
+shows its last line, keep moving). All three
 are picklable (ultralytics sends the trainer class and its callbacks to its
 multi-GPU DDP workers with cloudpickle), and the trainer configures logging in
 those workers.
@@ -18,6 +20,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +76,32 @@ class KitTrainer(DetectionTrainer):
             return super()._setup_train(*args, **kwargs)
 
 
+class BatchProgress:
+    """``on_train_batch_end`` callback: at most every ``every_s`` seconds one log line
+    ``epoch 3/60: batch 400/1210 (33 %), 0.41 s/batch, epoch ETA 5 min`` (first rank only)."""
+
+    def __init__(self, every_s: float = 30.0):
+        self.every_s, self.epoch, self.batches, self.start, self.shown = every_s, -1, 0, 0.0, 0.0
+
+    def __call__(self, trainer: Any) -> None:
+        from ultralytics.utils import RANK
+
+        from train import progress
+
+        now = time.monotonic()
+        if trainer.epoch != self.epoch:  # a new epoch (or the first after a resume)
+            self.epoch, self.batches, self.start, self.shown = trainer.epoch, 0, now, now
+        self.batches += 1
+        if now - self.shown < self.every_s or RANK not in (-1, 0):
+            return
+        self.shown = now
+        total = max(self.batches, len(trainer.train_loader))
+        per = (now - self.start) / self.batches
+        log.info("epoch %d/%d: batch %d/%d (%d %%), %.2f s/batch, epoch ETA %s", trainer.epoch + 1,
+                 trainer.epochs, self.batches, total, 100 * self.batches // total, per,
+                 progress.duration(per * (total - self.batches)))
+
+
 def _shown(value: float) -> str:
     """A score for the log: ``-`` for an epoch that was not scored (never ``-inf``)."""
     return f"{value:.4f}" if math.isfinite(value) else "-"
@@ -103,8 +132,7 @@ class EpochEnd:
             score = row["ul_fitness"]
         elif scored:
             predictor = UltraPredictor(model(), self.cfg, device, frozen=False)
-            preds = oof.predict_fold(predictor, self.fold_data, self.model_name, self.cfg.conf,
-                                     progress=False)
+            preds = oof.predict_fold(predictor, self.fold_data, self.model_name, self.cfg.conf)
             row.update(oof.evaluate(preds, self.fold_data))
             score = row["challenge"] if row["challenge"] == row["challenge"] else -1.0
         else:
