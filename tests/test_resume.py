@@ -295,8 +295,9 @@ def _kill_in_last_scoring(monkeypatch):
 
 
 @pytest.mark.smoke
-@pytest.mark.parametrize("kill", [_kill_in_final_validation, _kill_in_last_scoring])
-def test_a_yolo_run_killed_after_its_last_epoch_finishes_on_resume(tiny_data, monkeypatch, kill):
+@pytest.mark.parametrize("kill, select", [(_kill_in_final_validation, "fitness"),  # only fitness runs it
+                                          (_kill_in_last_scoring, "challenge")])
+def test_a_yolo_run_killed_after_its_last_epoch_finishes_on_resume(tiny_data, monkeypatch, kill, select):
     import json
 
     import pandas as pd
@@ -307,12 +308,15 @@ def test_a_yolo_run_killed_after_its_last_epoch_finishes_on_resume(tiny_data, mo
     with monkeypatch.context() as mp:
         kill(mp)
         with pytest.raises(KeyboardInterrupt):
-            _train(tiny_data, "--force", *TINY_YOLO)
+            _train(tiny_data, "--force", *TINY_YOLO, f"select={select}")
     assert (run / "last.pt").exists() and not (run / "done.json").exists()
-    assert _train(tiny_data, "--resume", *TINY_YOLO) == 0  # no --force (ultralytics: "nothing to resume")
+    # no --force (ultralytics: "nothing to resume")
+    assert _train(tiny_data, "--resume", *TINY_YOLO, f"select={select}") == 0
     done = json.loads((run / "done.json").read_text())
     metrics = pd.read_csv(run / "metrics.csv")
-    assert metrics["epoch"].tolist() == [1, 2] and metrics["challenge"].between(0, 1).all()
+    assert metrics["epoch"].tolist() == [1, 2]
+    column = "challenge" if select == "challenge" else "ul_fitness"
+    assert metrics[column].between(0, 1).all()
     oof = predictions.read(dataset.resolve(tiny_data).preds_dir("yolov8", 0) / predictions.OOF_FILE)
     assert done["n_predictions"] == len(oof) > 0 and 0 <= done["challenge"] <= 1
 

@@ -120,12 +120,13 @@ def test_epoch_end_scores_every_n_epochs_and_keeps_the_best(tmp_path, monkeypatc
     last = tmp_path / "ultralytics" / "last.pt"
     last.parent.mkdir()
     trainer = SimpleNamespace(epochs=5, tloss=None, metrics={"metrics/mAP50(B)": 0.5}, fitness=0.1,
-                              ema=SimpleNamespace(ema=None), device="cpu", last=last,
+                              ema=SimpleNamespace(ema=None), device="cpu", last=last, args=SimpleNamespace(),
                               label_loss_items=lambda loss, prefix: {f"{prefix}/box_loss": 1.0})
     callback = ultra_trainer.EpochEnd(None, tmp_path, ultra(val_every=2, epochs=5), "yolov8")
     caplog.set_level(logging.INFO, logger=ultra_trainer.__name__)
     for epoch in range(5):
         trainer.epoch = epoch
+        ultra_trainer.UltraVal(2, "challenge")(trainer)  # ultralytics validates on epochs 2 and 4 (and 5)
         last.write_text(f"weights of epoch {epoch + 1}")
         callback(trainer)
     lines = [r.getMessage().split(", ")[:2] for r in caplog.records if r.name == ultra_trainer.__name__]
@@ -139,7 +140,8 @@ def test_epoch_end_scores_every_n_epochs_and_keeps_the_best(tmp_path, monkeypatc
     table = pd.read_csv(tmp_path / "metrics.csv")
     assert table["epoch"].tolist() == [1, 2, 3, 4, 5]
     assert table["challenge"].fillna(-1).tolist() == [-1, 0.30, -1, 0.20, 0.25]
-    assert table["ul_mAP50"].tolist() == [0.5] * 5 and table["train_box_loss"].tolist() == [1.0] * 5
+    assert table["ul_mAP50"].fillna(-1).tolist() == [-1, 0.5, -1, 0.5, 0.5]  # only what it validated
+    assert table["train_box_loss"].tolist() == [1.0] * 5
     assert (tmp_path / "best.pt").read_text() == "weights of epoch 2"
 
 
@@ -160,3 +162,40 @@ def test_batch_progress_logs_the_epochs_batches_at_most_every_30_s(monkeypatch, 
     # t=31: 4 batches in 31 s -> 7.75 s/batch, 96 left -> 744 s; t=62: 6 in 62 s -> 10.33, 94 left -> 971 s
     assert lines == ["epoch 3/60: batch 4/100 (4 %), 7.75 s/batch, epoch ETA 12 min",
                      "epoch 3/60: batch 6/100 (6 %), 10.33 s/batch, epoch ETA 16 min"]
+
+
+def test_ultralytics_validates_only_on_the_kits_scoring_epochs_under_select_challenge():
+    from train.yolo.trainer import UltraVal
+
+    fake = SimpleNamespace(epoch=0, args=SimpleNamespace(val=True), kit_final_val=True)
+    validated = []
+    for epoch in range(12):  # 0-based epochs, as ultralytics counts
+        fake.epoch = epoch
+        UltraVal(5, "challenge")(fake)
+        validated.append(fake.args.val)
+    assert [e + 1 for e, v in enumerate(validated) if v] == [5, 10] and fake.kit_final_val is False
+    fitness = SimpleNamespace(epoch=3, args=SimpleNamespace(val=True), kit_final_val=True)
+    UltraVal(5, "fitness")(fitness)  # its mAP chooses best.pt: every epoch, and the final validation
+    assert fitness.args.val is True and fitness.kit_final_val is True
+
+
+def test_final_eval_only_strips_the_checkpoints_when_the_kit_scores_best_pt(tmp_path, monkeypatch, caplog):
+    from ultralytics.utils import torch_utils
+
+    from train.yolo.trainer import KitTrainer
+
+    stripped = []
+    monkeypatch.setattr(torch_utils, "strip_optimizer", lambda f, **kw: stripped.append(Path(f).name) or {})
+
+    class Validator:
+        def __call__(self, **kwargs):
+            raise AssertionError("ultralytics' final validation ran")
+
+    (tmp_path / "last.pt").write_bytes(b"x")
+    (tmp_path / "best.pt").write_bytes(b"x")
+    trainer = KitTrainer.__new__(KitTrainer)  # no set-up: only final_eval is exercised
+    trainer.last, trainer.best, trainer.validator = tmp_path / "last.pt", tmp_path / "best.pt", Validator()
+    trainer.kit_final_val = False
+    with caplog.at_level("INFO", logger="train.yolo.trainer"):
+        trainer.final_eval()
+    assert stripped == ["last.pt", "best.pt"] and "final validation skipped" in caplog.text

@@ -172,11 +172,13 @@ class UltraAdapter(Adapter):
             link.unlink(missing_ok=True)
             link.symlink_to(Path("ultralytics") / "weights" / "last.pt")
         from train import tracking
-        from train.yolo.trainer import BatchProgress, EpochEnd, KitTrainer
+        from train.yolo.trainer import BatchProgress, EpochEnd, KitTrainer, UltraVal
 
         tracking.use_ultralytics(run_dir)  # its own TensorBoard / MLflow logging under tracker: ...
         model.add_callback("on_model_save", EpochEnd(fold_data, run_dir, cfg, self.name))
         model.add_callback("on_train_batch_end", BatchProgress())
+        for event in ("on_train_start", "on_train_epoch_end"):
+            model.add_callback(event, UltraVal(cfg.val_every, cfg.select))
         model.train(trainer=KitTrainer, **args)
         return final_best(run_dir, ul_last)
 

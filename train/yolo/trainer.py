@@ -65,7 +65,10 @@ def ensure_logging() -> None:
 
 
 class KitTrainer(DetectionTrainer):
-    """DetectionTrainer whose set-up runs the offline AMP check and, in DDP workers, configures logging."""
+    """DetectionTrainer whose set-up runs the offline AMP check and, in DDP workers, configures logging;
+    with ``UltraVal`` its own validation follows the kit's scoring cadence."""
+
+    kit_final_val = True  # ultralytics' final validation of its best.pt (UltraVal turns it off)
 
     def __init__(self, *args, **kwargs):
         ensure_logging()
@@ -74,6 +77,39 @@ class KitTrainer(DetectionTrainer):
     def _setup_train(self, *args, **kwargs):
         with no_amp_download():
             return super()._setup_train(*args, **kwargs)
+
+    def final_eval(self):
+        """Ultralytics' final evaluation, or (``kit_final_val`` off) only its checkpoint stripping: the kit
+        scores its own best.pt and writes the out-of-fold table after training (a whole pass over the
+        fold's validation images less)."""
+        if self.kit_final_val:
+            return super().final_eval()
+        from ultralytics.utils import LOCAL_RANK, RANK
+        from ultralytics.utils.torch_utils import strip_optimizer, torch_distributed_zero_first
+
+        with torch_distributed_zero_first(LOCAL_RANK):
+            if RANK in {-1, 0}:
+                ckpt = strip_optimizer(self.last) if self.last.exists() else {}
+                if self.best.exists():
+                    strip_optimizer(self.best, updates={"train_results": ckpt.get("train_results")})
+        log.info("ultralytics' final validation skipped: the kit scores best.pt itself (select: challenge)")
+
+
+class UltraVal:
+    """``on_train_start`` / ``on_train_epoch_end`` callback: with ``select: challenge`` ultralytics
+    validates (mAP, its early-stopping fitness) only on the epochs the kit scores (every ``val_every``
+    and the last; ultralytics adds the epoch before a possible early stop) and skips its final
+    validation; with ``select: fitness`` (its mAP chooses best.pt) it validates every epoch as usual."""
+
+    def __init__(self, val_every: int, select: str):
+        self.val_every, self.select = max(1, int(val_every)), select
+
+    def __call__(self, trainer: Any) -> None:
+        if self.select != "challenge":
+            return
+        trainer.kit_final_val = False
+        if hasattr(trainer, "epoch"):  # on_train_start comes before the first epoch is counted
+            trainer.args.val = (trainer.epoch + 1) % self.val_every == 0
 
 
 class BatchProgress:
@@ -118,9 +154,10 @@ class EpochEnd:
         row: dict[str, Any] = {"epoch": trainer.epoch + 1}
         losses = trainer.label_loss_items(trainer.tloss, prefix="train")
         row.update({k.replace("/", "_"): round(float(v), 5) for k, v in losses.items()})
-        row.update(ultra_metrics(trainer.metrics, trainer.fitness))
         # the last epoch is always scored: the final one, or the one early stopping (patience) ends on
         final = row["epoch"] >= trainer.epochs or bool(getattr(trainer, "stop", False))
+        if trainer.args.val or final or self.cfg.select != "challenge":  # else ultralytics did not validate
+            row.update(ultra_metrics(trainer.metrics, trainer.fitness))
         self.record(row, final, lambda: trainer.ema.ema, str(trainer.device), Path(trainer.last))
 
     def record(self, row: dict[str, Any], final: bool, model: Any, device: str, weights: Path) -> None:
