@@ -144,14 +144,16 @@ def test_make_all_trains_two_named_variants_into_their_own_folders_and_fuses_bot
     from pipeline.__main__ import main
 
     monkeypatch.setenv("CYTOKIT_PREFLIGHT", "off")  # no pretrained file in a test's work folder
-    tiny = [o for o in TINY_YOLO if not o.startswith(("epochs", "imgsz"))] + ["epochs=1", "pretrained=none"]
+    # 1 epoch from scratch scores its boxes ~1e-5: a lower threshold keeps some in every table
+    tiny = [o for o in TINY_YOLO if not o.startswith(("epochs", "imgsz"))] + ["epochs=1", "pretrained=none",
+                                                                                "conf=0.000001"]
     names = ["yolov8_a", "yolov8_b"]
     recipe = tmp_path / "variants.yaml"
     recipe.write_text(yaml.safe_dump({
         "k": 2, "seed": 0, "jobs": 2,
         "detectors": [{"name": n, "model": "yolov8", "folds": [0], "overrides": tiny + [f"imgsz={size}"]}
                       for n, size in zip(names, (64, 32))],
-        "ensemble": {"tta": ["identity"], "viz_images": 0,
+        "ensemble": {"tta": ["identity"], "viz_images": 0, "conf": 0.000001,
                      "tune": {"weights": [1.0], "iou_thr": [0.55], "skip_box_thr": [0.001],
                               "conf_type": ["avg"], "fusion": ["wbf"], "rounds": 1, "views": False}}}))
     assert main(["--recipe", str(recipe), "--data", str(tiny_data), "--out", str(tmp_path / "subs")]) == 0
@@ -164,11 +166,15 @@ def test_make_all_trains_two_named_variants_into_their_own_folders_and_fuses_bot
         run = ds.run_dir(name, 0)
         assert (run / "done.json").is_file() and (paths.logs_dir(ds.id) / f"{name}_fold0.log").is_file()
         assert yaml.safe_load((run / "config.yaml").read_text())["imgsz"] == imgsz  # each its own settings
-        for table in (predictions.OOF_FILE, predictions.TEST_FILE):
+        done = json.loads((run / "done.json").read_text())
+        assert (done["name"], done["model"], done["oof"]) == (name, "yolov8", str(ds.preds_dir(name, 0)
+                                                                                  / predictions.OOF_FILE))
+        for table in (predictions.OOF_FILE, predictions.OOF_TTA_FILE, predictions.TEST_FILE):
             assert set(predictions.read(ds.preds_dir(name, 0) / table)["model"]) == {name}
-    tuned = load_config(Path(report["tuned"]))
-    assert [(m.name, m.model) for m in tuned.member_list()] == [(n, "yolov8") for n in names]
-    fused = predictions.read(ds.preds_dir("ensemble", "all") / predictions.TEST_FILE)
-    assert len(fused) and Path(report["submission"]).is_file()
+    for config in (report["ensemble"], report["tuned"]):  # fused, then tuned: both members, by name
+        members = load_config(Path(config)).member_list()
+        assert [(m.name, m.model) for m in members] == [(n, "yolov8") for n in names]
+    assert (ds.preds_dir("ensemble", "all") / predictions.TEST_FILE).is_file()
+    assert Path(report["submission"]).is_file()
     assert set(names) <= {r["member"] for r in report["oof"]}  # the comparison table's rows
     assert {f"{n} (folds 0)" for n in names} <= {r["member"] for r in report["test"]}  # make score's table
