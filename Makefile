@@ -13,6 +13,7 @@ DEMO ?= data/demo#         synthetic demo data folder
 K ?=#                       folds for make folds (default 5); later steps read it from the prepared dataset
 SEED ?=#                    fold seed for make folds (default 42); later steps read it from the prepared dataset
 MODEL ?= yolov8#           registry name (see `python -m train --list`)
+NAME ?=#                    make train: the member's name, its run folder (a recipe's name:); default MODEL
 FOLD ?= 0#                 fold index, or `all`
 JOBS ?=#                    training jobs at once for make all / make train FOLD=all / make demo
 RECIPE ?= configs/recipe.yaml#  the recipe of make all
@@ -80,7 +81,7 @@ help: ## list the targets
 	END{k=split(order, o, " "); for (i=1; i<=k; i++) if (o[i] in text) {printf "  make %-15s %s\n", o[i], text[o[i]]; done[o[i]]=1} \
 	for (i=1; i<=n; i++) if (!(seen[i] in done) && seen[i] != "help") printf "  make %-15s %s\n", seen[i], text[seen[i]]}' $(MAKEFILE_LIST)
 	@echo "  Variables: DATA=$(DATA) K=$(or $(K),5) SEED=$(or $(SEED),42) (make folds; later steps: as prepared)"
-	@echo "  MODEL=$(MODEL) FOLD=$(FOLD) JOBS=$(or $(JOBS),<recipe>) RECIPE=$(RECIPE) ENSEMBLE=$(or $(ENSEMBLE),<the last run's tuned one>)"
+	@echo "  MODEL=$(MODEL) NAME=$(or $(NAME),<MODEL>) FOLD=$(FOLD) JOBS=$(or $(JOBS),<recipe>) RECIPE=$(RECIPE) ENSEMBLE=$(or $(ENSEMBLE),<the last run's tuned one>)"
 	@echo "  DEVICE= ARGS=\"key=value ...\" on every command; make all EPOCHS= BATCH= DEVICE= WEIGHTS= set every member,"
 	@echo "  IMGSZ= every detector; upper case only (make train IMGSZ=640); see README"
 
@@ -135,9 +136,9 @@ all: $(STAMP) ## the whole RECIPE on DATA: folds, training (JOBS= or LAUNCHER=sl
 	$(CHECK)
 	$(CLUSTER_ENV) $(PY) -m pipeline --recipe $(call q,$(RECIPE)) --data $(DATA_Q) $(call opt,JOBS,--jobs) $(MEMBER_ARGS) $(DS_KEYS) $(ARGS)
 
-train: $(STAMP) ## train MODEL on FOLD (or all) with the last run's settings; EPOCHS= IMGSZ= RESUME=1 FORCE=1
+train: $(STAMP) ## train MODEL (as member NAME=) on FOLD (or all) with the last run's settings; EPOCHS= IMGSZ= RESUME=1 FORCE=1
 	$(CHECK)
-	$(PY) -m train --model $(MODEL) --fold $(FOLD) --data $(DATA_Q) $(DS_OPTS) $(call opt,JOBS,--jobs) $(RECIPE_OPT) $(TRAIN_FLAGS) $(TRAIN_ARGS)
+	$(PY) -m train --model $(MODEL) $(call opt,NAME,--name) --fold $(FOLD) --data $(DATA_Q) $(DS_OPTS) $(call opt,JOBS,--jobs) $(RECIPE_OPT) $(TRAIN_FLAGS) $(TRAIN_ARGS)
 
 infer: $(STAMP) ## predict test and out-of-fold images with every member of ENSEMBLE (with TTA)
 	$(CHECK)

@@ -230,15 +230,16 @@ def synthetic_images(workers: int, batch: int, k: int = 2, test_fraction: float 
     return max(24, math.ceil((workers + 1) * batch / ((1 - test_fraction) * (k - 1) / k)))
 
 
-def random_run(model: str, overrides: list[str], folder: Path, fold: int) -> Path:
+def random_run(model: str, overrides: list[str], folder: Path, fold: int, name: str = "") -> Path:
     """A run folder of random weights of ``model`` with its resolved config (``config.yaml``), as a real
-    run has it: ``folder/<model>/fold<fold>/best.pt``. YOLO heads are spread out so that boxes score
-    above the ensemble's threshold (something to fuse and classify)."""
+    run has it: ``folder/<name>/fold<fold>/best.pt`` (``name``: the member's, default the model). YOLO
+    heads are spread out so that boxes score above the ensemble's threshold (something to fuse and
+    classify)."""
     from cytokit import config as kit_config
     from train import checkpoint, registry
 
     cfg = registry.load_config(model, list(overrides))
-    out = folder / model / f"fold{fold}"
+    out = folder / (name or model) / f"fold{fold}"
     out.mkdir(parents=True, exist_ok=True)
     kit_config.save(cfg, out / "config.yaml")
     path = out / "best.pt"
@@ -268,24 +269,24 @@ def recipe_ensemble(recipe: Any, folder: Path, device: str, tiny: bool) -> tuple
     from pipeline.recipe import ensemble_values
 
     dets, clss = recipe.detector_list(), recipe.classifier_list()
-    folds = {m.model: (m.folds[:2] if tiny else m.folds) for m in dets + clss}
+    folds = {m.name: (m.folds[:2] if tiny else m.folds) for m in dets + clss}
     for kind, members in (("detector", dets), ("classifier", clss)):
         for m in members:
             overrides = with_values(list(m.overrides), **(TINY[kind] if tiny else {}))
-            for f in folds[m.model]:
-                random_run(m.model, overrides, folder, f)
+            for f in folds[m.name]:
+                random_run(m.model, overrides, folder, f, m.name)
     stub = types.SimpleNamespace(k=recipe.k, seed=recipe.seed)
-    values = ensemble_values(recipe, stub, {m.model: folds[m.model] for m in dets},
-                             {m.model: folds[m.model] for m in clss})
-    template = str(folder / "{model}" / "fold{fold}" / "best.pt")
+    values = ensemble_values(recipe, stub, {m.name: folds[m.name] for m in dets},
+                             {m.name: folds[m.name] for m in clss})
+    template = str(folder / "{name}" / "fold{fold}" / "best.pt")
     for m in values["members"]:
         m["weights"] = template
     for m in (values.get("classifier") or {}).get("members", []):
         m["weights"] = template
     cfg = kit_config.from_dict(EnsembleConfig, {**values, "device": device}, "the recipe's ensemble")
-    sizes = ", ".join(f"{m.model} x{len(m.folds)}" for m in cfg.member_list())
+    sizes = ", ".join(f"{m.name} x{len(m.folds)}" for m in cfg.member_list())
     section = cfg.classifier_section()
-    cls = f" + {', '.join(f'{c.model} x{len(c.folds)}' for c in section.members)}" if section else ""
+    cls = f" + {', '.join(f'{c.name} x{len(c.folds)}' for c in section.members)}" if section else ""
     return cfg, f"{sizes}{cls}, views {'+'.join(cfg.tta)}"
 
 
@@ -300,13 +301,13 @@ def recipe_latency(recipe: Any, device: str, folder: Path, n_images: int, tiny: 
     from infer import blend, fuse, predict, tta
 
     cfg, what = recipe_ensemble(recipe, folder / "runs", device, tiny)
-    members = [(m.model, f, predict.load_member(m.model, f, Path(m.weights.format(model=m.model, fold=f)),
-                                                cfg.device, m.overrides, cfg.backend))
+    members = [(m.name, f, predict.load_member(m.model, f, m.weights_path(None, f), cfg.device, m.overrides,
+                                               cfg.backend, m.name))
                for m in cfg.member_list() for f in m.folds]
     section = cfg.classifier_section()
     classifiers = blend.load_members(
-        [(Path(c.weights.format(model=c.model, fold=f)), None) for c in section.members
-         for f in c.folds], cfg.device, cfg.backend) if section else []
+        [(c.weights_path(None, f), None) for c in section.members for f in c.folds], cfg.device,
+        cfg.backend) if section else []
     images_dir = folder / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     pairs = []
@@ -359,7 +360,7 @@ def shm_need(recipe: Any, cores: int) -> list[tuple[str, int]]:
             need = min(workers, cores) * 4 * batch * image + min(2 * workers, cores) * 2 * 2 * batch * image
         else:
             need = min(workers, cores) * 2 * batch * image * 4
-        out.append((m.model, need))
+        out.append((m.name, need))
     return out
 
 

@@ -83,8 +83,9 @@ class Dataset:
     """A dataset prepared by ``make folds``: its id, its folder, K and SEED.
 
     Every later step finds its inputs and outputs through it: ``fold(f)`` (the
-    fold's boxes and images), ``run_dir(model, fold)`` (training runs) and
-    ``preds_dir(model, fold)`` (prediction tables), so two datasets never mix.
+    fold's boxes and images), ``run_dir(name, fold)`` (training runs) and
+    ``preds_dir(name, fold)`` (prediction tables; ``name``: a member's, ``cytokit.members``), so two
+    datasets never mix.
     """
 
     id: str  # folder name under work/datasets/, and the key of runs and predictions
@@ -113,11 +114,11 @@ class Dataset:
     def fold(self, fold: int) -> FoldData:
         return _load_fold(self, fold)
 
-    def run_dir(self, model: str, fold: int | str) -> Path:
-        return paths.run_dir(self.id, model, fold)
+    def run_dir(self, name: str, fold: int | str) -> Path:
+        return paths.run_dir(self.id, name, fold)
 
-    def preds_dir(self, model: str, fold: int | str) -> Path:
-        return paths.preds_dir(self.id, model, fold)
+    def preds_dir(self, name: str, fold: int | str) -> Path:
+        return paths.preds_dir(self.id, name, fold)
 
     def changed(self, train_sha256: str | None = None) -> str | None:
         """What changed in the data folder since ``make folds`` (None: nothing).
@@ -263,13 +264,13 @@ class FoldData:
     resize: int | None
     dataset: Dataset | None = None  # the prepared dataset (None: a hand-made fold, its id = root's name)
 
-    def run_dir(self, model: str) -> Path:
-        """The run folder of ``model`` on this fold."""
-        return self._ds().run_dir(model, self.fold)
+    def run_dir(self, name: str) -> Path:
+        """The run folder of the member ``name`` (default: its model) on this fold."""
+        return self._ds().run_dir(name, self.fold)
 
-    def preds_dir(self, model: str) -> Path:
-        """The prediction folder of ``model`` on this fold."""
-        return self._ds().preds_dir(model, self.fold)
+    def preds_dir(self, name: str) -> Path:
+        """The prediction folder of the member ``name`` on this fold."""
+        return self._ds().preds_dir(name, self.fold)
 
     def _ds(self) -> Dataset:
         return self.dataset or Dataset(Path(self.root).name, Path(self.root), self.k, self.seed)

@@ -100,14 +100,22 @@ def recipe(data: Path, k: int | None = None, seed: int | None = None,
     return Choice(files["recipe"], f"resolved by the last make all on {ds.id}", ds.id)
 
 
-def member_overrides(recipe_path: Path, model: str) -> list[str] | None:
-    """The ``overrides`` of ``model`` among a recipe's detectors and classifiers (read as plain YAML: the
-    recipe's owner, ``pipeline.recipe``, is a floor above); None when the recipe does not list it."""
-    from cytokit.config import read_yaml
+def member_overrides(recipe_path: Path, model: str, name: str = "") -> list[str] | None:
+    """The ``overrides`` of the member ``name`` (default: ``model``; ``cytokit.members``) among a recipe's
+    detectors and classifiers (read as plain YAML: the recipe's owner, ``pipeline.recipe``, is a floor
+    above); None when the recipe does not list it. A member of that name with another model is refused."""
+    from cytokit import members
+    from cytokit.config import ConfigError, read_yaml
 
+    name = members.member_name(name, model, "--name")
     values = read_yaml(Path(recipe_path))
     for entry in [*(values.get("detectors") or []), *(values.get("classifiers") or [])]:
-        if isinstance(entry, dict) and entry.get("model") == model:
+        if not isinstance(entry, dict) or "model" not in entry:
+            continue
+        if members.member_name(entry.get("name"), str(entry["model"]), str(recipe_path)) == name:
+            if entry["model"] != model:
+                raise ConfigError(f"{recipe_path}: member {name} is model {entry['model']}, not {model}; "
+                                  f"use MODEL={entry['model']} or another NAME=")
             return [str(o) for o in entry.get("overrides") or []]
     return None
 

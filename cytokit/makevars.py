@@ -33,7 +33,7 @@ TARGET_VARS: dict[str, tuple[str, ...]] = {
     "all": (*DS, "RECIPE", "JOBS", "EPOCHS", "IMGSZ", "BATCH", "WEIGHTS", "LAUNCHER", "TRACKER", *CLUSTER,
             *RUNTIME),
     "gpu-check": ("RECIPE", "DEVICE"),
-    "train": (*DS, "MODEL", "FOLD", "JOBS", "EPOCHS", "IMGSZ", "BATCH", "WEIGHTS", "RESUME", "FORCE",
+    "train": (*DS, "MODEL", "NAME", "FOLD", "JOBS", "EPOCHS", "IMGSZ", "BATCH", "WEIGHTS", "RESUME", "FORCE",
               "RECIPE", "TRACKER", *RUNTIME),
     "infer": (*DS, "ENSEMBLE", "FORCE", *RUNTIME),
     "submission": (*DS, "ENSEMBLE", "FORCE", *RUNTIME),
@@ -59,8 +59,8 @@ KNOWN = sorted({v for used in TARGET_VARS.values() for v in used} | set(ALWAYS))
 # Python flags and the make variable that sets each (for messages printed under make).
 FLAGS = {"--force": "FORCE=1", "--resume": "RESUME=1", "--truth": "TRUTH=", "--submission": "SUB=",
          "--config": "ENSEMBLE=", "--recipe": "RECIPE=", "--data": "DATA=", "--k": "K=", "--seed": "SEED=",
-         "--model": "MODEL=", "--fold": "FOLD=", "--jobs": "JOBS=", "--detector": "DETECTOR=",
-         "--confirm": "CONFIRM=1"}
+         "--model": "MODEL=", "--name": "NAME=", "--fold": "FOLD=", "--jobs": "JOBS=",
+         "--detector": "DETECTOR=", "--confirm": "CONFIRM=1"}
 
 
 def under_make() -> bool:

@@ -8,8 +8,9 @@ ever read. Layout under the work folder::
                                    perceptual hashes, repaired copies), keyed by file size and times
     work/folds/<dataset id>/       folds.csv, its sidecar, report, count table, plot and config
     work/datasets/<dataset id>/    the prepared dataset (cytokit.dataset: meta.json, exports)
-    work/runs/<dataset id>/<model>/fold<k>/    training runs (config, metrics, weights, plots)
-    work/preds/<dataset id>/<model>/fold<k>/   predictions in the prediction contract
+    work/runs/<dataset id>/<name>/fold<k>/    training runs (config, metrics, weights, plots)
+    work/preds/<dataset id>/<name>/fold<k>/   predictions in the prediction contract
+                                   (<name>: the member's name, default its model; cytokit.members)
     work/masks/<dataset id>/       UNet label maps
     work/tuned/<name>.yaml         tuned ensemble configs
     work/reports/<name>/           reports (classifier vs detector, ...)
@@ -111,14 +112,15 @@ def dataset_runs(dataset_id: str) -> Path:
     return work_dir() / "runs" / dataset_id
 
 
-def run_dir(dataset_id: str, model: str, fold: int | str) -> Path:
-    """Training run of ``model`` on fold ``fold`` of the prepared dataset ``dataset_id``."""
-    return dataset_runs(dataset_id) / model / f"fold{fold}"
+def run_dir(dataset_id: str, name: str, fold: int | str) -> Path:
+    """Training run of the member ``name`` (``cytokit.members``: default its model) on fold ``fold`` of
+    the prepared dataset ``dataset_id``."""
+    return dataset_runs(dataset_id) / name / f"fold{fold}"
 
 
-def preds_dir(dataset_id: str, model: str, fold: int | str) -> Path:
-    """Prediction tables of ``model`` fold ``fold`` (``fold`` may be a name, e.g. ``ensemble``)."""
-    return work_dir() / "preds" / dataset_id / model / f"fold{fold}"
+def preds_dir(dataset_id: str, name: str, fold: int | str) -> Path:
+    """Prediction tables of the member ``name`` fold ``fold`` (``fold`` may be a name, e.g. ``all``)."""
+    return work_dir() / "preds" / dataset_id / name / f"fold{fold}"
 
 
 def masks_dir(dataset_id: str) -> Path:

@@ -177,9 +177,9 @@ def settings(args: argparse.Namespace) -> tuple[str, list[str], float, float, st
     print(choice.line())
     cfg = load_config(choice.path, args.overrides)
     section = cfg.classifier_section()
-    members = [m.model for m in cfg.member_list()]
+    members = [m.name for m in cfg.member_list()]
     detector = args.detector or (members[0] if members else "yolov8")
-    classifiers = args.classifier or ([c.model for c in section.members] if section else ["cls"])
+    classifiers = args.classifier or ([c.name for c in section.members] if section else ["cls"])
     weight = args.weight if args.weight is not None else (section.weight if section else 0.5)
     full = args.full_weight if args.full_weight is not None else (section.full_weight if section else 0.5)
     tta = not args.no_tta and (section.tta if section else True)
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, help="folds of the prepared dataset (default: as prepared)")
     parser.add_argument("--seed", type=int, help="fold seed of the prepared dataset (default: as prepared)")
     parser.add_argument("--detector",
-                        help="model whose OOF boxes are classified (default: the ensemble's first member); "
+                        help="member (name) whose OOF boxes are classified (default: the ensemble's first); "
                              "'gt': GT boxes, majority class")
     parser.add_argument("--classifier", nargs="+", help="classifier run names (default: the ensemble's)")
     parser.add_argument("--weight", type=float, help="classifier blend weight (default: the ensemble's)")

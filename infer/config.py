@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from cytokit import config as kit_config
+from cytokit import members as kit_members
 from cytokit.config import ConfigError
 from infer import tta, wbf
 from infer.fuse import MODES, FuseParams
@@ -32,15 +33,29 @@ def _list(*values: Any) -> Any:
 class Member:
     """One model of the ensemble with the folds whose weights it uses."""
 
-    model: str  # registry name (python -m train --list)
+    model: str  # registry name (python -m train --list): the adapter that loads it
+    name: str = ""  # the member's key (its runs, tables, fusion weight; cytokit.members); "" = model
     folds: list[int] = dataclasses.field(default_factory=list)  # folds to use; empty = all k folds
-    weight: float = 1.0  # the model's share in the fusion (split over its folds and views)
-    weights: str | None = None  # path template ({fold}, {model}); None = the runs of this dataset
+    weight: float = 1.0  # the member's share in the fusion (split over its folds and views)
+    weights: str | None = None  # path template ({fold}, {model}, {name}); None = the runs of this dataset
     overrides: list[str] = dataclasses.field(default_factory=list)  # model config key=value at load time
 
     def __post_init__(self) -> None:
+        self.name = kit_members.member_name(self.name, self.model, f"member {self.model}")
         if self.weight < 0:
-            raise ConfigError(f"member {self.model}: weight must be >= 0, got {self.weight}")
+            raise ConfigError(f"member {self.name}: weight must be >= 0, got {self.weight}")
+
+    def weights_path(self, ds: Any, fold: int) -> Path:
+        return weights_path(self, ds, fold)
+
+
+def weights_path(member: Any, ds: Any, fold: int) -> Path:
+    """The weights of one fold of a member (``Member``, ``ClassifierMember``): its ``weights`` template
+    with ``{fold}``, ``{model}`` and ``{name}`` filled in, else the ``best.pt`` of its run on the prepared
+    dataset ``ds`` (``ds.run_dir(name, fold)``)."""
+    if member.weights:
+        return Path(member.weights.format(fold=fold, model=member.model, name=member.name))
+    return ds.run_dir(member.name, fold) / "best.pt"
 
 
 @dataclasses.dataclass
@@ -48,8 +63,15 @@ class ClassifierMember:
     """One second-stage classifier model with the folds whose weights it uses (like ``Member``)."""
 
     model: str = "cls"  # registry name: cls (crops of boxes) or cls_full (whole single-cell images)
+    name: str = ""  # the member's key (its runs; cytokit.members); "" = model
     folds: list[int] = dataclasses.field(default_factory=list)  # folds to use; empty = all k folds
-    weights: str | None = None  # path template ({fold}, {model}); None = the model's runs on this dataset
+    weights: str | None = None  # path template ({fold}, {model}, {name}); None = its runs on this dataset
+
+    def __post_init__(self) -> None:
+        self.name = kit_members.member_name(self.name, self.model, f"classifier member {self.model}")
+
+    def weights_path(self, ds: Any, fold: int) -> Path:
+        return weights_path(self, ds, fold)
 
 
 @dataclasses.dataclass
@@ -94,7 +116,7 @@ class EnsembleConfig:
 
     DEFAULTS: ClassVar[str] = "ensemble.yaml"  # the default of each field without one here
 
-    members: list[dict] = dataclasses.field(default_factory=list)  # Member entries (model, folds, weight...)
+    members: list[dict] = dataclasses.field(default_factory=list)  # Member entries (model, name, folds...)
     k: int | None = None  # folds of the prepared dataset; None = as prepared by make folds
     seed: int | None = None  # fold seed of the prepared dataset; None = as prepared by make folds
     tta: list[str] = _list("identity", "hflip")  # TTA views
@@ -143,12 +165,12 @@ class EnsembleConfig:
             m.folds = list(m.folds) or list(range(self.k))
             bad = [f for f in m.folds if not 0 <= f < self.k]
             if bad:
-                raise ConfigError(f"members[{i}] ({m.model}): fold(s) {bad} out of range for k={self.k}")
+                raise ConfigError(f"members[{i}] ({m.name}): fold(s) {bad} out of range for k={self.k}")
             out.append(m)
-        models = [m.model for m in out]
-        dup = sorted({m for m in models if models.count(m) > 1})
+        dup = kit_members.duplicates(m.name for m in out)
         if dup:
-            raise ConfigError(f"model(s) listed twice in members: {', '.join(dup)}")
+            raise ConfigError(f"member name(s) listed twice in members: {', '.join(dup)} (a member's name is "
+                              "its model unless it has name:)")
         return out
 
     def tune_grid(self) -> TuneGrid:
@@ -169,11 +191,11 @@ class EnsembleConfig:
             if not isinstance(m, dict):
                 raise ConfigError(f"classifier.members[{i}] must be a mapping like {{model: cls}}, got {m!r}")
             members.append(kit_config.from_dict(ClassifierMember, m, f"classifier.members[{i}]"))
-        models = [m.model for m in members]
-        if len(set(models)) < len(models):
-            raise ConfigError(f"classifier.members: a model is listed twice ({', '.join(models)}); list each "
-                              "model once with its folds, e.g. {model: cls} or {model: cls, weights: "
-                              "path/fold{fold}/best.pt}")
+        dup = kit_members.duplicates(m.name for m in members)
+        if dup:
+            raise ConfigError(f"classifier.members: name(s) listed twice ({', '.join(dup)}); list each "
+                              "member once with its folds, e.g. {model: cls} or {model: cls, weights: "
+                              "path/fold{fold}/best.pt}, or give variants their own name:")
         return kit_config.from_dict(ClassifierSection, {**c, "members": members}, "classifier")
 
     def fuse_params(self, mode: str | None = None) -> FuseParams:
@@ -183,7 +205,7 @@ class EnsembleConfig:
             raise ValueError("fusion 'auto' must be resolved on out-of-fold predictions first")
         return FuseParams(
             mode=mode, iou_thr=self.iou_thr, skip_box_thr=self.skip_box_thr, conf_type=self.conf_type,
-            max_det=self.max_det, weights={m.model: m.weight for m in self.member_list()},
+            max_det=self.max_det, weights={m.name: m.weight for m in self.member_list()},
         )
 
 
@@ -198,18 +220,16 @@ def bind(cfg: EnsembleConfig, data: Path) -> tuple[EnsembleConfig, Any]:
 
 def classifier_weights(section: ClassifierSection, ds: Any) -> tuple[list[tuple[str, int, Path]],
                                                                       list[Path]]:
-    """``(found, missing)``: ``(model, fold, best.pt)`` of every classifier member fold that exists on
-    the prepared dataset ``ds`` (weights template, else ``ds.run_dir(model, fold)/best.pt``), and the
-    paths that do not."""
+    """``(found, missing)``: ``(name, fold, best.pt)`` of every classifier member fold that exists on
+    the prepared dataset ``ds`` (``ClassifierMember.weights_path``), and the paths that do not."""
     found, missing = [], []
     for m in section.members:
         for fold in list(m.folds) or list(range(ds.k)):
             if not 0 <= fold < ds.k:
-                raise ConfigError(f"classifier member {m.model}: fold {fold} out of range for k={ds.k}")
-            path = Path(m.weights.format(fold=fold, model=m.model)) if m.weights else \
-                ds.run_dir(m.model, fold) / "best.pt"
+                raise ConfigError(f"classifier member {m.name}: fold {fold} out of range for k={ds.k}")
+            path = m.weights_path(ds, fold)
             if path.exists():
-                found.append((m.model, fold, path))
+                found.append((m.name, fold, path))
             else:
                 missing.append(path)
     return found, missing

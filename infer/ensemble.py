@@ -113,22 +113,22 @@ def predict_members(cfg: EnsembleConfig, data: Path, force: bool = False, progre
     test_jobs, oof_jobs, out_files = [], {}, []
     for m in cfg.member_list():
         for fold in m.folds:
-            weights = predict.member_weights(ds, m.model, fold, m.weights)
+            weights = m.weights_path(ds, fold)
             holder: dict = {}
 
             def load(model=m, fold=fold, weights=weights, holder=holder):
                 if "p" not in holder:  # one predictor for the member-fold's test and out-of-fold images
                     holder["p"] = predict.load_member(model.model, fold, weights, cfg.device, model.overrides,
-                                                      cfg.backend)
+                                                      cfg.backend, model.name)
                 return holder["p"]
 
-            out = ds.preds_dir(m.model, fold)
+            out = ds.preds_dir(m.name, fold)
             backend = predict.member_backend(m.model, weights, cfg.device, m.overrides, cfg.backend) \
                 if weights.exists() else None
             meta = cache.member_meta(weights, cfg.tta, cfg.conf, cfg.max_det, names, files["images"], backend)
             out_files.append(out / predictions.TEST_FILE)
             if force or not cache.is_fresh(out / predictions.TEST_FILE, meta):
-                test_jobs.append(Job(m.model, fold, out / predictions.TEST_FILE, meta, load))
+                test_jobs.append(Job(m.name, fold, out / predictions.TEST_FILE, meta, load))
             else:
                 log.info("%s is up to date; reusing it", paths.shown(out / predictions.TEST_FILE))
             if cfg.predict_oof:
@@ -137,7 +137,7 @@ def predict_members(cfg: EnsembleConfig, data: Path, force: bool = False, progre
                 meta = cache.member_meta(weights, cfg.tta, cfg.conf, cfg.max_det, val, fd.images_dir, backend)
                 if force or not cache.is_fresh(out / predictions.OOF_TTA_FILE, meta):
                     oof_jobs.setdefault(fold, (val, fd.images_dir, []))[2].append(
-                        Job(m.model, fold, out / predictions.OOF_TTA_FILE, meta, load))
+                        Job(m.name, fold, out / predictions.OOF_TTA_FILE, meta, load))
     start = time.perf_counter()
     predict_shared(test_jobs, names, files["images"], views, cfg, progress, "test")
     spent = time.perf_counter() - start if test_jobs else 0.0

@@ -215,22 +215,21 @@ def line(what: str, rec: dict) -> str:
 def export_ensemble(cfg: Any, data: Path, images: list[np.ndarray]) -> list[str]:
     """Export every YOLO member and classifier member of an ensemble config (its runs on the dataset
     prepared from ``data``); the printed lines."""
-    from infer import predict
     from infer.config import bind, classifier_weights
 
     cfg, ds = bind(cfg, data)
     lines = []
     for m in cfg.member_list():
         for fold in m.folds:
-            weights = predict.member_weights(ds, m.model, fold, m.weights)
+            weights = m.weights_path(ds, fold)
             if m.model not in ULTRA:
-                lines.append(f"{m.model} fold{fold}: stays on torch (exports cover the YOLO members)")
+                lines.append(f"{m.name} fold{fold}: stays on torch (exports cover the YOLO members)")
                 continue
             if not weights.exists():
-                raise FileNotFoundError(f"{weights}: weights of {m.model} fold {fold} not found; "
+                raise FileNotFoundError(f"{weights}: weights of {m.name} fold {fold} not found; "
                                         "train it first")
-            lines.append(line(f"{m.model} fold{fold} {weights}", export_yolo(m.model, fold, weights,
-                                                                             list(m.overrides), images)))
+            lines.append(line(f"{m.name} fold{fold} {weights}", export_yolo(m.model, fold, weights,
+                                                                            list(m.overrides), images)))
     section = cfg.classifier_section()
     found, _ = classifier_weights(section, ds) if section else ([], [])
     for _, _, weights in found:

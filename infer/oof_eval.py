@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cytokit import predictions
+from cytokit import members, predictions
 from infer import blend
 from infer.config import EnsembleConfig, bind, classifier_weights
 from infer.fuse import FuseParams, fuse_grouped, group
@@ -52,12 +52,14 @@ def load_oof(cfg: EnsembleConfig, data: Path, max_images: int = 0, seed: int = 0
         names: set[str] = set()
         for fold in m.folds:
             fd = ds.fold(fold)
-            folder = ds.preds_dir(m.model, fold)
+            folder = ds.preds_dir(m.name, fold)
             path = next((folder / f for f in predictions.OOF_FILES if (folder / f).exists()), None)
             if path is None:
                 raise FileNotFoundError(f"{folder}: no {' or '.join(predictions.OOF_FILES)}; "
-                                        f"train {m.model} fold {fold} and run make infer first")
-            tables.append(predictions.read(path))
+                                        f"train {m.name} fold {fold} and run make infer first")
+            table = predictions.read(path)
+            table["model"] = m.name  # the member's key: its fusion weight and table rows
+            tables.append(table)
             sources.append(path)
             names |= set(fd.val_images["NAME"])
             boxes[fold], images[fold] = fd.val_boxes, fd.val_images
@@ -124,9 +126,10 @@ def classifier_for(cfg: EnsembleConfig, ds: Any, quiet: bool = False):
 
 def missing_message(section: Any, ds: Any, missing: list[Path]) -> str:
     """One line: no classifier fold is trained, how to train them or switch the classifier off."""
-    models = ", ".join(m.model for m in section.members)
+    models = ", ".join(m.name for m in section.members)
     data = ds.meta.get("data", "DATA")
-    train = "; ".join(f"make train MODEL={m.model} FOLD=all DATA={data}" for m in section.members)
+    train = "; ".join(f"make train {members.train_vars(m.name, m.model)} FOLD=all DATA={data}"
+                      for m in section.members)
     return (f"classifier: no trained {models} fold on dataset {ds.id} (looked for {missing[0]}); "
             f"the detectors' classes are used. Train it with `{train}`, or switch it off with "
             "`classifier: {}` in the ensemble config")

@@ -171,7 +171,7 @@ def fallback(cfg: Any, data: Path, n_boot: int = 1000, classifier: bool = True) 
     ev = Evaluator(oof, cls, cfg.skip_box_thr, cfg.max_det)
     starts = config_settings(bound, sorted(set(oof.preds["view"])), cls is not None)
     best = max(starts, key=lambda s: ev.result(s).total)
-    models = [m.model for m in bound.member_list()]
+    models = [m.name for m in bound.member_list()]
     table_rows = rows(best, models, list(best.fuse.views), best.blend if cls is not None else None)
     table, _ = compute(ev, table_rows, n_boot)
     if cls is not None and hasattr(cls, "flush"):

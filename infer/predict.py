@@ -74,24 +74,19 @@ def predict_files(
     return out
 
 
-def member_weights(ds: Any, model: str, fold: int, template: str | None = None) -> Path:
-    """Weights of one member: ``template`` with ``{fold}``/``{model}`` filled in, else the best.pt of
-    its run on the prepared dataset ``ds`` (``cytokit.dataset.Dataset``)."""
-    if template:
-        return Path(template.format(fold=fold, model=model))
-    return ds.run_dir(model, fold) / "best.pt"
-
-
 def load_member(model: str, fold: int, weights: Path, device: str = "cpu",
-                overrides: Sequence[str] = (), backend: str = "torch") -> Any:
-    """The ``Predictor`` of one member through the model registry; ``backend`` (``infer.backends``:
-    torch, onnx, openvino or auto) picks what runs an exported YOLO member's network on the CPU."""
+                overrides: Sequence[str] = (), backend: str = "torch", name: str = "") -> Any:
+    """The ``Predictor`` of one member (registry ``model``, member ``name``, default the model) through
+    the model registry; ``backend`` (``infer.backends``: torch, onnx, openvino or auto) picks what runs
+    an exported YOLO member's network on the CPU."""
+    from cytokit import members
     from train import registry
 
     weights = Path(weights)
     if not weights.exists():
-        raise FileNotFoundError(f"{weights}: weights of {model} fold {fold} not found; train it first "
-                                f"(make train MODEL={model} FOLD={fold}) or set the member's weights path")
+        raise FileNotFoundError(f"{weights}: weights of {name or model} fold {fold} not found; train it "
+                                f"first (make train {members.train_vars(name or model, model)} FOLD={fold}) "
+                                "or set the member's weights path")
     cfg = registry.run_config(model, weights.parent, list(overrides))
     chosen = member_backend(model, weights, device, overrides, backend)["backend"]
     if chosen != "torch":

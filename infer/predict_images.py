@@ -203,7 +203,7 @@ class Ensemble:
             return calibrate.identity()
 
     def members(self) -> list[tuple[str, int, Any]]:
-        """``(model, fold, predictor)`` of every trained member fold (loaded on first use)."""
+        """``(name, fold, predictor)`` of every trained member fold (loaded on first use)."""
         if self._members is None:
             from infer import predict
 
@@ -211,12 +211,12 @@ class Ensemble:
             with in_work(self.run):
                 for m in self.cfg.member_list():
                     for fold in m.folds:
-                        weights = predict.member_weights(self.ds, m.model, fold, m.weights)
+                        weights = m.weights_path(self.ds, fold)
                         if not weights.exists():
-                            log.warning("%s fold %d: no weights at %s; left out", m.model, fold, weights)
+                            log.warning("%s fold %d: no weights at %s; left out", m.name, fold, weights)
                             continue
-                        loaded.append((m.model, fold, predict.load_member(
-                            m.model, fold, weights, self.cfg.device, m.overrides, self.cfg.backend)))
+                        loaded.append((m.name, fold, predict.load_member(
+                            m.model, fold, weights, self.cfg.device, m.overrides, self.cfg.backend, m.name)))
             if not loaded:
                 raise FileNotFoundError(f"run {self.run.id}: no trained member weights; run make all first")
             self._members = loaded

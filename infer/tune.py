@@ -128,9 +128,9 @@ def tuned_config(cfg: EnsembleConfig, best: Settings, classifier: bool) -> dict:
     """The config as a dict with the tuned settings written in (members tuned to 0 left out)."""
     out = kit_config.to_dict(cfg)
     p = best.fuse
-    for m in out["members"]:
-        m["weight"] = float(p.weights.get(m["model"], m.get("weight", 1.0)))
-    dropped = [m["model"] for m in out["members"] if m["weight"] <= 0]
+    out["members"] = [{**raw, "name": m.name, "weight": float(p.weights.get(m.name, m.weight))}
+                      for raw, m in zip(out["members"], cfg.member_list())]
+    dropped = [m["name"] for m in out["members"] if m["weight"] <= 0]
     if dropped:
         log.info("members tuned to weight 0 left out: %s", ", ".join(dropped))
     out["members"] = [m for m in out["members"] if m["weight"] > 0]
@@ -210,7 +210,7 @@ def tune(cfg: EnsembleConfig, data: Path) -> Tuned:
     cfg, ds = bind(cfg, data)
     oof = load_oof(cfg, data, grid.max_images, grid.seed)
     classifier = classifier_for(cfg, ds)
-    models = [m.model for m in cfg.member_list()]
+    models = [m.name for m in cfg.member_list()]
     starts = config_settings(cfg, sorted(set(oof.preds["view"])), classifier is not None)
     ev = Evaluator(oof, classifier, min([cfg.skip_box_thr, *grid.skip_box_thr]), cfg.max_det)
     start = max(starts, key=lambda s: ev.result(s).total)

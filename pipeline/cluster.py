@@ -12,7 +12,7 @@ time-out or a preemption (submitit's ``Checkpointable``: the job comes back as
 ``python -m train --resume``), and a classifier fold waits for its detector fold
 through ``--dependency=afterany:<job id>`` (as locally: whatever the detector's
 outcome). The job appends its output to the same log file as a local run, so
-``work/logs/<dataset id>/<model>_fold<k>.log`` holds every attempt, local or
+``work/logs/<dataset id>/<name>_fold<k>.log`` (the member's name) holds every attempt, local or
 not; submitit's own files (pickles, the sbatch script, its stdout) are in
 ``work/logs/<dataset id>/submitit/``, with ``jobs.json``: the SLURM id of each job, so
 that a ``make all`` run again while they train waits for them instead of submitting them twice.
@@ -179,7 +179,8 @@ def _children_cpu() -> float:
 
 
 def job_name(job: Any) -> str:
-    """A SLURM job name of a ``train.parallel.Job`` ("yolov8 fold 0" -> "cytokit-yolov8-f0")."""
+    """A SLURM job name of a ``train.parallel.Job`` of a member ("yolov8 fold 0" -> "cytokit-yolov8-f0",
+    "yolov8m_640 fold 1" -> "cytokit-yolov8m_640-f1")."""
     model, _, fold = job.name.rpartition(" fold ")
     return f"cytokit-{model or job.name}-f{fold}".replace(" ", "_")
 

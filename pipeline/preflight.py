@@ -59,9 +59,9 @@ def resolve_members(recipe: Any) -> tuple[list[Member], list[str]]:
             try:
                 cfg = registry.load_config(m.model, m.overrides)
             except ConfigError as exc:
-                problems.append(f"recipe {kind}[{i}] ({m.model}): {one_line(exc)}")
+                problems.append(f"recipe {kind}[{i}] ({m.name}): {one_line(exc)}")
                 continue
-            members.append(Member(m.model, cfg, len(m.folds), list(m.overrides)))
+            members.append(Member(m.model, cfg, len(m.folds), list(m.overrides), m.name))
     return members, problems
 
 
@@ -74,8 +74,8 @@ def ensemble_problems(recipe: Any) -> tuple[Any, list[str]]:
     from infer.config import EnsembleConfig
     from pipeline.recipe import ensemble_values
 
-    every = {m.model: list(m.folds) for m in recipe.detector_list()}
-    cls = {m.model: list(m.folds) for m in recipe.classifier_list()}
+    every = {m.name: list(m.folds) for m in recipe.detector_list()}
+    cls = {m.name: list(m.folds) for m in recipe.classifier_list()}
     try:
         values = ensemble_values(recipe, SimpleNamespace(k=recipe.k, seed=recipe.seed), every, cls)
         return kit_config.from_dict(EnsembleConfig, values, "recipe: ensemble"), []
@@ -136,7 +136,7 @@ def recipe_problems(recipe: Any, data: Path, recipe_path: Path | None = None, li
     from pipeline import cluster
 
     remote = cluster.launcher(recipe).launcher != "local"  # the members train on the cluster's nodes
-    targets = [] if remote else [(m.model, getattr(m.cfg, "device", "")) for m in members]
+    targets = [] if remote else [(m.name, getattr(m.cfg, "device", "")) for m in members]
     if ensemble is not None:
         targets.append((ENSEMBLE, ensemble.device))
     problems += device_problems(targets, root)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cytokit import config as kit_config
-from cytokit import dataset, paths
+from cytokit import dataset, members, paths
 from cytokit.config import ConfigError
 
 CLASSIFIER_KEYS = ("weight", "tta", "full_weight")  # what the recipe may set of the ensemble's classifier
@@ -25,7 +25,8 @@ CLASSIFIER_KEYS = ("weight", "tta", "full_weight")  # what the recipe may set of
 class TrainMember:
     """One model trained on folds: a detector (boxes + classes) or a crop classifier."""
 
-    model: str  # registry name (python -m train --list)
+    model: str  # registry name (python -m train --list): the adapter and its config family
+    name: str = ""  # the member's key (run folder, tables, fusion weight; cytokit.members); "" = model
     folds: list[int] = dataclasses.field(default_factory=list)  # folds to train; empty = all k
     overrides: list[str] = dataclasses.field(default_factory=list)  # configs/<model>.yaml key=value
     weight: float = 1.0  # detectors: the model's starting weight in the fusion (tuning moves it)
@@ -62,10 +63,17 @@ class RecipeConfig:
         if self.k < 2 or self.jobs < 1 or self.threads < 0:
             raise ConfigError(f"recipe: k >= 2, jobs >= 1 and threads >= 0 are required "
                               f"(k={self.k}, jobs={self.jobs}, threads={self.threads})")
-        names = [m.model for m in self.detector_list() + self.classifier_list()]
-        dup = sorted({n for n in names if names.count(n) > 1})
+        detectors, classifiers = self.detector_list(), self.classifier_list()
+        dup = members.duplicates(m.name for m in detectors + classifiers)
         if dup:
-            raise ConfigError(f"recipe: model(s) listed twice: {', '.join(dup)}")
+            raise ConfigError(f"recipe: member name(s) listed twice: {', '.join(dup)} (a member's name is "
+                              "its model unless it has name:; give each variant of a model its own name)")
+        known = [m.name for m in detectors]
+        for c in classifiers:
+            det = val_detector(c)
+            if det and det not in known:
+                raise ConfigError(f"recipe: classifier {c.name}: val_detector={det} is not a detector of the "
+                                  f"recipe; valid: {', '.join(known)} (a detector member's name)")
         for key in ("members", "k", "seed"):
             if key in self.ensemble:
                 raise ConfigError(f"recipe: ensemble.{key} comes from the recipe itself; remove it")
@@ -85,13 +93,14 @@ class RecipeConfig:
         out = []
         for i, raw in enumerate(entries):
             if not isinstance(raw, dict) or "model" not in raw:
-                raise ConfigError(f"recipe: {what}[{i}] needs a model (and optional folds, overrides, "
+                raise ConfigError(f"recipe: {what}[{i}] needs a model (and optional name, folds, overrides, "
                                   f"weight); got {raw!r}")
             m = kit_config.from_dict(TrainMember, raw, f"recipe: {what}[{i}]")
             registry.check_name(m.model)
+            m.name = members.member_name(m.name, m.model, f"recipe: {what}[{i}] ({m.model})")
             bad = [f for f in m.folds if not 0 <= f < self.k]
             if bad:
-                raise ConfigError(f"recipe: {what}[{i}] ({m.model}): fold(s) {bad} out of range "
+                raise ConfigError(f"recipe: {what}[{i}] ({m.name}): fold(s) {bad} out of range "
                                   f"for k={self.k}")
             m.folds = list(m.folds) or list(range(self.k))
             out.append(m)
@@ -125,7 +134,8 @@ def load(path: Path, overrides: list[str] | dict = ()) -> RecipeConfig:
 
 
 def val_detector(member: TrainMember) -> str:
-    """The detector a classifier validates on: its ``val_detector`` override, else its config file's."""
+    """The detector member (its name) a classifier validates on: its ``val_detector`` override, else its
+    config file's; "" for none (ground-truth crops)."""
     given = kit_config.parse_overrides(member.overrides)
     if "val_detector" in given:
         return str(given["val_detector"] or "")
@@ -138,14 +148,17 @@ def val_detector(member: TrainMember) -> str:
 def ensemble_values(recipe: RecipeConfig, ds: Any, detectors: dict[str, list[int]],
                     classifiers: dict[str, list[int]]) -> dict[str, Any]:
     """The ensemble config (as a dict) of the trained members: ``detectors`` and ``classifiers`` map
-    each model to its folds that finished training; models without any are left out."""
+    each member's name to its folds that finished training; members without any are left out. Each
+    member entry carries its ``name`` (the files) and ``model`` (the adapter)."""
     base = kit_config.read_yaml(paths.ROOT / recipe.ensemble_base)
     values = {**base, **recipe.ensemble, "k": ds.k, "seed": ds.seed}
-    weights = {m.model: m.weight for m in recipe.detector_list()}
-    values["members"] = [{"model": model, "folds": folds, "weight": weights[model]}
-                         for model, folds in detectors.items() if folds]
+    dets = {m.name: m for m in recipe.detector_list()}
+    values["members"] = [{"name": name, "model": dets[name].model, "folds": folds,
+                          "weight": dets[name].weight} for name, folds in detectors.items() if folds]
     section = {**(base.get("classifier") or {}), **(recipe.ensemble.get("classifier") or {})}
-    members = [{"model": model, "folds": folds} for model, folds in classifiers.items() if folds]
-    values["classifier"] = {**{k: v for k, v in section.items() if k != "members"}, "members": members} \
-        if members else {}
+    clss = {m.name: m for m in recipe.classifier_list()}
+    chosen = [{"name": name, "model": clss[name].model, "folds": folds}
+              for name, folds in classifiers.items() if folds]
+    values["classifier"] = {**{k: v for k, v in section.items() if k != "members"}, "members": chosen} \
+        if chosen else {}
     return values

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cytokit import config as kit_config
-from cytokit import io, paths
+from cytokit import io, members, paths
 from pipeline.recipe import RecipeConfig, TrainMember, ensemble_values, val_detector
 
 log = logging.getLogger("pipeline")
@@ -151,13 +151,18 @@ class Steps:
         return time.perf_counter() - self.start
 
 
-def finished(ds: Any, model: str, fold: int) -> bool:
-    """True when ``model`` fold ``fold`` is trained and has its out-of-fold predictions."""
+def finished(ds: Any, name: str, fold: int) -> bool:
+    """True when the member ``name`` fold ``fold`` is trained and has its out-of-fold predictions."""
     from cytokit import predictions
     from train import runs
 
-    return runs.is_done(ds.run_dir(model, fold)) and (ds.preds_dir(model, fold)
-                                                      / predictions.OOF_FILE).exists()
+    return runs.is_done(ds.run_dir(name, fold)) and (ds.preds_dir(name, fold)
+                                                     / predictions.OOF_FILE).exists()
+
+
+def job_name(m: TrainMember, fold: int) -> str:
+    """The training job of a member's fold: ``<name> fold <k>`` (its logs, the cluster's job name)."""
+    return f"{m.name} fold {fold}"
 
 
 def changed_settings(ds: Any, m: TrainMember, fold: int) -> list[str]:
@@ -166,7 +171,7 @@ def changed_settings(ds: Any, m: TrainMember, fold: int) -> list[str]:
     (``train.runs.RUNTIME_KEYS``) aside; [] when they agree or the run has no config.yaml."""
     from train import registry, runs
 
-    run_dir = ds.run_dir(m.model, fold)
+    run_dir = ds.run_dir(m.name, fold)
     if not (run_dir / "config.yaml").is_file():
         return []
     try:
@@ -197,11 +202,11 @@ def plan(recipe: RecipeConfig, ds: Any, echo: Callable[[str], None] = print) -> 
     jobs, skipped = [], []
 
     def add(m: TrainMember, fold: int, after: tuple[str, ...] = ()) -> None:
-        name = f"{m.model} fold {fold}"
+        name = job_name(m, fold)
         from train import runs
 
-        done, changed = finished(ds, m.model, fold), changed_settings(ds, m, fold)
-        stale = runs.other_folds(ds.run_dir(m.model, fold), ds.root) if done else None
+        done, changed = finished(ds, m.name, fold), changed_settings(ds, m, fold)
+        stale = runs.other_folds(ds.run_dir(m.name, fold), ds.root) if done else None
         if done and not changed and not stale:
             skipped.append(name)
             return
@@ -211,23 +216,20 @@ def plan(recipe: RecipeConfig, ds: Any, echo: Callable[[str], None] = print) -> 
         elif changed:
             echo(f"  retrain {name}: its settings differ from the recipe's ({'; '.join(changed)})"
                  + ("" if done else "; it was interrupted, and resuming would keep its old settings"))
-        run_dir = ds.run_dir(m.model, fold)  # an unfinished run continues; a new one starts without a warning
+        run_dir = ds.run_dir(m.name, fold)  # an unfinished run continues; a new one starts without a warning
         resume = not force and run_dir.exists() and any(run_dir.iterdir())
         argv = parallel.train_argv(m.model, fold, ds.data, ds.k, ds.seed, m.overrides, resume=resume,
-                                   force=force)
-        jobs.append(parallel.Job(name, argv, parallel.log_path(ds, m.model, fold), after, run_dir,
+                                   force=force, name=m.name)
+        jobs.append(parallel.Job(name, argv, parallel.log_path(ds, m.name, fold), after, run_dir,
                                  _epochs(m)))
 
     for m in recipe.detector_list():
         for f in m.folds:
             add(m, f)
-    detectors = [m.model for m in recipe.detector_list()]
     for c in recipe.classifier_list():
-        det = val_detector(c)
-        if det not in detectors:
-            log.warning("%s validates on %s, which the recipe does not train; its val_detector decides "
-                        "(ground-truth crops when that detector has no out-of-fold boxes)", c.model,
-                        det or "nothing")
+        det = val_detector(c)  # a detector member of the recipe (pipeline.recipe refuses another), or none
+        if not det:
+            log.warning("%s validates on no detector (val_detector empty): ground-truth crops", c.name)
         for f in c.folds:  # validation crops come from the detector's OOF boxes of the same fold
             add(c, f, tuple(j.name for j in jobs if j.name == f"{det} fold {f}"))
     return jobs, skipped
@@ -241,9 +243,12 @@ def train_step(recipe: RecipeConfig, ds: Any, echo: Callable[[str], None] = prin
 
     where = cluster.launcher(recipe)
     jobs, skipped = plan(recipe, ds, echo)
+    every = {job_name(m, f): (m, f) for m in [*recipe.detector_list(), *recipe.classifier_list()]
+             for f in m.folds}
     for name in skipped:
-        model, _, fold = name.rpartition(" fold ")
-        echo(f"  skip {name}: finished (done.json); `make train MODEL={model} FOLD={fold} FORCE=1` redoes it")
+        m, fold = every[name]
+        echo(f"  skip {name}: finished (done.json); `make train {members.train_vars(m.name, m.model)} "
+             f"FOLD={fold} FORCE=1` redoes it")
     outcomes = {}
     if jobs:
         ran = parallel.run_jobs(jobs, recipe.jobs, recipe.threads, echo=echo) if where.launcher == "local" \
@@ -252,23 +257,24 @@ def train_step(recipe: RecipeConfig, ds: Any, echo: Callable[[str], None] = prin
     records = []
     for m in recipe.detector_list() + recipe.classifier_list():
         for f in m.folds:
-            name = f"{m.model} fold {f}"
+            name = job_name(m, f)
             o = outcomes.get(name)
-            rec = {"name": name, "model": m.model, "fold": f, "status": o.status if o else "skipped",
-                   "log": str(o.log if o else parallel.log_path(ds, m.model, f))}
+            rec = {"name": name, "member": m.name, "model": m.model, "fold": f,
+                   "status": o.status if o else "skipped",
+                   "log": str(o.log if o else parallel.log_path(ds, m.name, f))}
             if o:
                 rec.update(returncode=o.returncode, seconds=round(o.seconds, 1),
                            cpu_seconds=round(o.cpu_seconds, 1), last_line=o.last_line)
-            if rec["status"] == "ok" and not finished(ds, m.model, f):
+            if rec["status"] == "ok" and not finished(ds, m.name, f):
                 rec.update(status="failed", last_line="the job ended without done.json and its OOF table")
             records.append(rec)
     return records
 
 
 def trained_folds(members: list[TrainMember], records: list[dict]) -> dict[str, list[int]]:
-    """Each member's folds that are trained (skipped as finished, or trained now)."""
-    good = {(r["model"], r["fold"]) for r in records if r["status"] in ("ok", "skipped")}
-    return {m.model: [f for f in m.folds if (m.model, f) in good] for m in members}
+    """Each member's folds that are trained (skipped as finished, or trained now), by member name."""
+    good = {(r["member"], r["fold"]) for r in records if r["status"] in ("ok", "skipped")}
+    return {m.name: [f for f in m.folds if (m.name, f) in good] for m in members}
 
 
 def report_page(ds: Any, config: Path, submission: Path) -> str:
@@ -338,7 +344,7 @@ def _after_training(recipe: RecipeConfig, data: Path, ds: Any, records: list[dic
     detectors = trained_folds(recipe.detector_list(), records)
     classifiers = trained_folds(recipe.classifier_list(), records)
     trained = {**detectors, **classifiers}
-    left_out = {m.model: [f for f in m.folds if f not in trained[m.model]]
+    left_out = {m.name: [f for f in m.folds if f not in trained[m.name]]
                 for m in recipe.detector_list() + recipe.classifier_list()}
     report["left_out"] = {m: folds for m, folds in left_out.items() if folds}
     if not any(detectors.values()):

@@ -88,14 +88,15 @@ def test_table(ens: Any, data: Path, fusion: str, submitted: Any) -> list[dict]:
 
     rows, every = [], []
     for m in ens.member_list():
-        frames = [predictions.read(ds.preds_dir(m.model, f) / predictions.TEST_FILE) for f in m.folds]
+        frames = [predictions.read(ds.preds_dir(m.name, f) / predictions.TEST_FILE).assign(model=m.name)
+                  for f in m.folds]  # the member's key: its fusion weight
         every.extend(frames)
         if len(frames) > 1:
-            rows += [_row(f"{m.model} fold{f}", scored(t, alone)) for f, t in zip(m.folds, frames)]
+            rows += [_row(f"{m.name} fold{f}", scored(t, alone)) for f, t in zip(m.folds, frames)]
         both = pd.concat(frames, ignore_index=True)
-        rows.append(_row(f"{m.model} (folds {','.join(map(str, m.folds))})", scored(both, alone)))
+        rows.append(_row(f"{m.name} (folds {','.join(map(str, m.folds))})", scored(both, alone)))
         if has_cls:
-            rows.append(_row(f"{m.model} + classifier", scored(both, alone, with_cls=True)))
+            rows.append(_row(f"{m.name} + classifier", scored(both, alone, with_cls=True)))
     if len(ens.member_list()) > 1:  # one member: its own row above is the ensemble without classifier
         rows.append(_row("ensemble, no classifier" if has_cls else "ensemble",
                          scored(pd.concat(every, ignore_index=True), params)))

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 
 def find_models(ds) -> list[str]:
-    """Models with at least one ``oof.parquet`` in the prepared dataset ``ds``'s prediction folders."""
+    """Members (their names) with at least one ``oof.parquet`` in the prepared dataset ``ds``'s
+    prediction folders."""
     root = ds.preds_dir("x", 0).parent.parent
     return sorted({p.parent.parent.name for p in root.glob("*/fold*/oof.parquet")}) if root.exists() else []
 

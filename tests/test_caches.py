@@ -117,7 +117,7 @@ def test_prediction_tables_follow_the_test_images(work, tmp_path, monkeypatch, c
 
     calls = []
 
-    def load_member(model, fold, weights, device="cpu", overrides=(), backend="torch"):
+    def load_member(model, fold, weights, device="cpu", overrides=(), backend="torch", name=""):
         calls.append((model, fold))
         return MeanColour()
 

@@ -56,7 +56,7 @@ def tiny(tmp_path_factory):
 def fake_members(monkeypatch, tiny, tmp_path):
     calls = []
 
-    def load_member(model, fold, weights, device="cpu", overrides=(), backend="torch"):
+    def load_member(model, fold, weights, device="cpu", overrides=(), backend="torch", name=""):
         calls.append((model, fold))
         return CentreBoxPredictor(0.0 if model == "fakea" else 0.02)
 

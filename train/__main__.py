@@ -3,17 +3,18 @@
     python -m train --model yolov8 --fold 0 --data data/raw --k 5 --seed 42 [--resume] [--force] [k=v ...]
     python -m train --model fasterrcnn --fold all epochs=12 device=cpu
     python -m train --model yolov8 --fold all --jobs 2     (folds as parallel processes, train.parallel)
+    python -m train --model yolov8 --name yolov8m_640 --fold 0 size=m imgsz=640   (a named variant)
     python -m train --list
 
-(``make train MODEL= FOLD= JOBS= EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS= RESUME=1 FORCE=1 ARGS="k=v"``.)
-The fold comes from ``make folds`` (``cytokit.dataset.load_fold``). Config =
-defaults (``configs/<family>.yaml``, see --list) <- the model's member settings in the
-recipe of the last ``make all`` on the dataset (``--recipe`` / RECIPE= another, ``none``
-none) <- ``key=value``; unknown keys are
-an error naming the valid ones. Per fold, into ``work/runs/<dataset id>/<model>/fold<k>/``:
+(``make train MODEL= NAME= FOLD= JOBS= EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS= RESUME=1 FORCE=1
+ARGS="k=v"``.) The fold comes from ``make folds`` (``cytokit.dataset.load_fold``). Config =
+defaults (``configs/<family>.yaml``, see --list) <- the member's settings (``--name``, default the
+model) in the recipe of the last ``make all`` on the dataset (``--recipe`` / RECIPE= another,
+``none`` none) <- ``key=value``; unknown keys are
+an error naming the valid ones. Per fold, into ``work/runs/<dataset id>/<name>/fold<k>/``:
 the resolved config, training (best epoch by the challenge score on the fold's
 validation images), then the out-of-fold predictions of the best weights in
-``work/preds/<model>/fold<k>/oof.parquet`` and the fold's challenge score and
+``work/preds/<dataset id>/<name>/fold<k>/oof.parquet`` and the fold's challenge score and
 mAP50. A finished fold (``done.json``) is skipped unless ``--force``; an
 interrupted one continues with ``--resume``. Folds are independent jobs: run
 them in parallel on a cluster (one ``--fold`` per job). Several GPUs: ultralytics
@@ -31,6 +32,8 @@ from cytokit import env, io, paths
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train", description="Train a registry model on folds.")
     p.add_argument("--model", help="registry name (see --list)")
+    p.add_argument("--name", default="", help="the member's name: its run folder and tables (default: the "
+                   "model; lowercase letters, digits, _ and -), as a recipe's name:")
     p.add_argument("--fold", default="0", help="fold index, or 'all' (default 0)")
     p.add_argument("--data", type=Path, default=paths.DEFAULT_DATA, help="data folder given to `make folds`")
     p.add_argument("--k", type=int, help="number of folds of the prepared dataset (default: as prepared)")
@@ -67,16 +70,17 @@ def main(argv: list[str] | None = None) -> int:
         preflight.check_training(args.model, overrides, folds, args.jobs or 1)
     if args.jobs is not None:
         return parallel.train_folds(args.model, args.fold, args.data, args.k, args.seed, overrides,
-                                    args.jobs, args.resume, args.force)
+                                    args.jobs, args.resume, args.force, args.name)
     job.train(args.model, str(args.fold), args.data, args.k, args.seed, overrides, args.resume,
-              args.force)
+              args.force, args.name)
     return 0
 
 
 def recipe_overrides(args: argparse.Namespace) -> list[str]:
-    """The model's member settings in the recipe (``--recipe``, else the last make all's on the dataset),
-    which the command line's ``key=value`` then override; [] when none lists the model. One line says
-    which file, so ``make train`` after ``make all`` trains what the run trained."""
+    """The member's settings in the recipe (``--recipe``, else the last make all's on the dataset): the
+    member named ``--name`` (default: the model), which the command line's ``key=value`` then override;
+    [] when none lists it. One line says which file, so ``make train`` after ``make all`` trains what the
+    run trained."""
     from cytokit import lastrun
 
     if not args.model or (args.recipe is not None and str(args.recipe).lower() == "none"):
@@ -84,10 +88,11 @@ def recipe_overrides(args: argparse.Namespace) -> list[str]:
     choice = lastrun.recipe(args.data, args.k, args.seed, given=args.recipe)
     if choice is None:
         return []
-    overrides = lastrun.member_overrides(choice.path, args.model)
+    overrides = lastrun.member_overrides(choice.path, args.model, args.name)
     if overrides is None:
         return []
-    print(choice.line(f"{args.model} settings", "RECIPE=") + f": {' '.join(overrides) or '(none)'}")
+    shown = " ".join(overrides) or "(none)"
+    print(choice.line(f"{args.name or args.model} settings", "RECIPE=") + f": {shown}")
     return overrides
 
 

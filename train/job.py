@@ -1,7 +1,8 @@
 """One training job: a model of the registry on one fold or all folds of a prepared dataset.
 
-``train(model, fold, data, k, seed, overrides, resume, force)`` is what
-``python -m train`` (and ``make all``) runs: per fold, the run folder's state
+``train(model, fold, data, k, seed, overrides, resume, force, name)`` is what
+``python -m train`` (and ``make all``) runs: per fold, in the run folder of the member ``name``
+(default: the model; ``cytokit.members``), the run folder's state
 (fresh, resume, done; ``train.runs``), training through the model's adapter,
 then the out-of-fold predictions of the best weights and the fold's challenge
 score (``run_fold``). Under torchrun only rank 0 predicts and writes.
@@ -74,11 +75,12 @@ def check_torchrun(model: str, adapter: Any) -> None:
                       f"torchvision models; use {hint}")
 
 
-def continued_config(name: str, fold: int, cfg: Any, run_dir: Path, state: str) -> Any:
+def continued_config(name: str, fold: int, cfg: Any, run_dir: Path, state: str, model: str = "") -> Any:
     """The config a run that already started goes on with: the settings it recorded in config.yaml, with
     this call's ``train.runs.RUNTIME_KEYS`` (device, workers...). A checkpoint continues what it started
     (ultralytics' resume reads its own arguments from last.pt), so settings this call changes are not
-    applied, and not recorded: one line says which (``--force`` trains again with them)."""
+    applied, and not recorded: one line says which (``--force`` trains again with them). ``name``: the
+    member, ``model``: its registry model (default: the name)."""
     from cytokit import config as kit_config
     from train import registry, runs
 
@@ -90,11 +92,13 @@ def continued_config(name: str, fold: int, cfg: Any, run_dir: Path, state: str) 
     verb = "resumes with" if state == "resume" else "keeps"
     log.warning("%s fold %s: %s the settings it started with, not this call's (%s); %s trains it "
                 "again with them", name, fold, verb, "; ".join(changed), makevars.spell("--force"))
-    return registry.run_config(name, run_dir, taken)
+    return registry.run_config(model or name, run_dir, taken)
 
 
-def run_fold(name: str, adapter: Any, cfg: Any, fold_data: Any, resume: bool, force: bool) -> dict | None:
+def run_fold(name: str, adapter: Any, cfg: Any, fold_data: Any, resume: bool, force: bool,
+             model: str = "") -> dict | None:
     """Train (unless finished), predict the fold's validation images, score; the done.json record.
+    ``name``: the member (its run folder and tables), ``model``: its registry model (default: the name).
 
     Returns None on the non-zero ranks of a torchrun job (only rank 0 predicts and writes).
     """
@@ -115,7 +119,7 @@ def run_fold(name: str, adapter: Any, cfg: Any, fold_data: Any, resume: bool, fo
                   f"{makevars.spell('--force')} to train again")
             return record
     if state != "fresh":
-        cfg = continued_config(name, fold, cfg, run_dir, state)
+        cfg = continued_config(name, fold, cfg, run_dir, state, model)
     if state in ("fresh", "resume"):
         if dist.is_main():
             runs.save_config(cfg, run_dir)  # on resume: the recorded settings (with this call's runtime keys)
@@ -129,9 +133,11 @@ def run_fold(name: str, adapter: Any, cfg: Any, fold_data: Any, resume: bool, fo
     preds = adapter.oof_predictions(predictor, cfg, fold_data)
     if preds is None:
         preds = oof.predict_fold(predictor, fold_data, name, cfg.conf)
+    preds["model"] = name  # the member's key in every table (an adapter's own table names its model)
     path = oof.write_oof(preds, fold_data, name)
     scores = oof.evaluate(preds, fold_data)
-    record = {"model": name, "fold": fold, "best": str(best), "oof": str(path), "n_predictions": len(preds),
+    record = {"model": model or name, "name": name, "fold": fold, "best": str(best), "oof": str(path),
+              "n_predictions": len(preds),
               **runs.folds_record(fold_data.dataset.id if fold_data.dataset else Path(fold_data.root).name,
                                  fold_data.root), **scores}
     runs.mark_done(run_dir, record)
@@ -141,16 +147,19 @@ def run_fold(name: str, adapter: Any, cfg: Any, fold_data: Any, resume: bool, fo
 
 
 def train(model: str | None, fold: str, data: Path, k: int | None, seed: int | None,
-          overrides: list[str] | tuple = (), resume: bool = False, force: bool = False) -> list[dict | None]:
-    """Train ``model`` on ``fold`` (an index or ``all``) of the dataset prepared from ``data``; the
-    done.json records of the folds (None on non-zero torchrun ranks)."""
-    from cytokit import dataset
+          overrides: list[str] | tuple = (), resume: bool = False, force: bool = False,
+          name: str = "") -> list[dict | None]:
+    """Train ``model`` on ``fold`` (an index or ``all``) of the dataset prepared from ``data``, as the
+    member ``name`` (its run folder; default: the model); the done.json records of the folds (None on
+    non-zero torchrun ranks)."""
+    from cytokit import dataset, members
     from cytokit.config import ConfigError
     from train import dist, registry
 
     if not model:
         raise ConfigError(f"--model is required; valid models: {', '.join(registry.names())}")
     registry.check_name(model)
+    name = members.member_name(name, model, "--name")
     cfg = registry.load_config(model, list(overrides))
     adapter = registry.get(model)()
     torchrun = int(os.environ.get("WORLD_SIZE", 1)) > 1  # one process per GPU
@@ -164,11 +173,11 @@ def train(model: str | None, fold: str, data: Path, k: int | None, seed: int | N
     try:
         for f in folds:
             fold_data = ds.fold(f)
-            records.append(run_fold(model, adapter, cfg, fold_data, resume, force))
+            records.append(run_fold(name, adapter, cfg, fold_data, resume, force, model))
     finally:
         dist.cleanup()
     done = [r for r in records if r and "challenge" in r]
     if len(done) > 1:
         mean = sum(r["challenge"] for r in done) / len(done)
-        print(f"{model}: mean challenge score over {len(done)} folds {mean:.4f}")
+        print(f"{name}: mean challenge score over {len(done)} folds {mean:.4f}")
     return records

@@ -36,6 +36,7 @@ A job that ends leaves nothing running either. The stopped jobs resume on the ne
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -330,18 +331,20 @@ def _stop_on_sigterm():
 
 
 def train_argv(model: str, fold: int, data: Path, k: int, seed: int, overrides: list[str] | tuple = (),
-               resume: bool = True, force: bool = False) -> list[str]:
-    """The ``python -m train`` command line of one model and fold."""
+               resume: bool = True, force: bool = False, name: str = "") -> list[str]:
+    """The ``python -m train`` command line of one member (``model``, named ``name`` when it differs)
+    and fold."""
     flags = (["--resume"] if resume else []) + (["--force"] if force else [])
-    return [sys.executable, "-m", "train", "--model", model, "--fold", str(fold), "--data", str(data),
+    named = ["--name", name] if name and name != model else []
+    return [sys.executable, "-m", "train", "--model", model, *named, "--fold", str(fold), "--data", str(data),
             "--k", str(k), "--seed", str(seed), *flags, *[str(o) for o in overrides]]
 
 
-def log_path(ds, model: str, fold: int) -> Path:
-    """The log file of ``model`` fold ``fold`` of the prepared dataset ``ds``."""
+def log_path(ds, name: str, fold: int) -> Path:
+    """The log file of the member ``name`` fold ``fold`` of the prepared dataset ``ds``."""
     from cytokit import paths
 
-    return paths.logs_dir(ds.id) / f"{model}_fold{fold}.log"
+    return paths.logs_dir(ds.id) / f"{name}_fold{fold}.log"
 
 
 def format_outcomes(outcomes: list[Outcome]) -> str:
@@ -353,16 +356,19 @@ def format_outcomes(outcomes: list[Outcome]) -> str:
 
 
 def train_folds(model: str, fold: str, data: Path, k: int | None, seed: int | None, overrides: list[str],
-                n: int, resume: bool = False, force: bool = False) -> int:
-    """``python -m train --jobs N``: the folds of ``model`` as parallel jobs; 1 when one failed."""
-    from cytokit import dataset
+                n: int, resume: bool = False, force: bool = False, name: str = "") -> int:
+    """``python -m train --jobs N``: the folds of ``model`` (member ``name``, default the model) as
+    parallel jobs; 1 when one failed."""
+    from cytokit import dataset, members
     from train import registry
     from train.job import folds_of
 
     registry.check_name(model)
+    name = members.member_name(name, model, "--name")
     ds = dataset.resolve(data, k, seed)
-    jobs = [Job(f"{model} fold {f}", train_argv(model, f, ds.data, ds.k, ds.seed, overrides, resume, force),
-                log_path(ds, model, f)) for f in folds_of(str(fold), ds.k)]
+    argv = functools.partial(train_argv, model, data=ds.data, k=ds.k, seed=ds.seed, overrides=overrides,
+                             resume=resume, force=force, name=name)
+    jobs = [Job(f"{name} fold {f}", argv(fold=f), log_path(ds, name, f)) for f in folds_of(str(fold), ds.k)]
     start = time.perf_counter()
     outcomes = run_jobs(jobs, n)
     print(format_outcomes(outcomes))

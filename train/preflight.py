@@ -66,6 +66,12 @@ class Member:
     cfg: Any  # its resolved config (configs/<family>.yaml <- overrides)
     folds: int  # its training jobs (folds)
     overrides: list[str] = dataclasses.field(default_factory=list)
+    name: str = ""  # the member's name (cytokit.members); "" = the model
+
+    def __post_init__(self) -> None:
+        from cytokit import members
+
+        self.name = members.member_name(self.name, self.model)
 
 
 @dataclasses.dataclass
@@ -95,10 +101,10 @@ def weights_problems(members: list[Member], recipe_path: Path | None = None, aut
         if need is None or need.file.is_file():
             continue
         if need.entry is None:
-            problems.append(f"{m.model}: pretrained={need.file}: file not found (a local file; "
+            problems.append(f"{m.name}: pretrained={need.file}: file not found (a local file; "
                             "pretrained=auto takes the catalogue's, pretrained=none trains from scratch)")
         elif auto:
-            problems.append(f"{m.model}: starts from {need.entry.name} ({need.entry.about}) but "
+            problems.append(f"{m.name}: starts from {need.entry.name} ({need.entry.about}) but "
                             f"{need.file} is missing: run `make weights{recipe}`, or add pretrained=none to "
                             "its overrides to train from scratch on purpose")
     return problems
@@ -261,13 +267,13 @@ def shm_problems(members: list[Member], jobs: int, limits: Limits) -> list[str]:
         return []
     at_once = max(1, min(jobs, sum(m.folds for m in members)))
     share = resources.job_share(at_once, limits)
-    per_job = {m.model: _workers(m, share) * PREFETCH * int(getattr(m.cfg, "batch", 1) or 1) * _pixel_bytes(m)
+    per_job = {m.name: _workers(m, share) * PREFETCH * int(getattr(m.cfg, "batch", 1) or 1) * _pixel_bytes(m)
                for m in members}
     need = max(per_job.values()) * at_once
     if need <= free:
         return []
     model = max(per_job, key=per_job.get)
-    member = next(m for m in members if m.model == model)
+    member = next(m for m in members if m.name == model)
     return [f"/dev/shm: {fmt_bytes(free)} free, but {at_once} job(s) of {model} "
             f"(workers={_workers(member, share)}, batch={member.cfg.batch}, imgsz={member.cfg.imgsz}) pass "
             f"about {fmt_bytes(need)} through it: DataLoader workers would die with 'Bus error'; give the "
@@ -300,14 +306,14 @@ def memory_problems(members: list[Member], jobs: int, facts: DataFacts, limits: 
         return []
     at_once = max(1, min(jobs, sum(m.folds for m in members)))
     share = resources.job_share(at_once, limits)
-    per_job = sorted(((JOB_BYTES + _workers(m, share) * WORKER_BYTES + cache_bytes(m, facts), m.model)
+    per_job = sorted(((JOB_BYTES + _workers(m, share) * WORKER_BYTES + cache_bytes(m, facts), m.name)
                       for m in members for _ in range(m.folds)), reverse=True)[:at_once]
     need = MAIN_BYTES + sum(b for b, _ in per_job)
     have = limits.memory_bytes()
     if need <= have:
         return []
     caches = [f"{model} cache {fmt_bytes(cache_bytes(m, facts))}" for _, model in per_job[:1]
-              for m in members if m.model == model and cache_bytes(m, facts)]
+              for m in members if m.name == model and cache_bytes(m, facts)]
     return [f"memory: {at_once} training job(s) at once need about {fmt_bytes(need)} "
             f"({'; '.join(caches) or 'no caches'}), but this process may use {fmt_bytes(have)} "
             f"({limits.memory_source()}): lower JOBS, or cache=false in the member's overrides"]

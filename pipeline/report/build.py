@@ -39,13 +39,14 @@ def build_report(data: Path, k: int | None = None, seed: int | None = None, conf
     """
     from infer.config import load_config
     from pipeline.report import oof as oof_table
-    from train import registry
 
     src = Source(Path(data), k, seed)
     meta = src.meta()  # FileNotFoundError naming the folder when make folds has not run
     images, boxes = src.images(), src.boxes()
     config = Path(config) if config else lastrun.ensemble(src.data, src.k, src.seed).path
     cfg = load_config(config, {**kit_config.parse_overrides(list(overrides)), "k": src.k, "seed": src.seed})
+    section = cfg.classifier_section()
+    members = [m.name for m in cfg.member_list()] + ([c.name for c in section.members] if section else [])
     start = time.perf_counter()
     try:
         oof = oof_table.build(src, cfg, classifier, n_boot, config, device)
@@ -59,7 +60,7 @@ def build_report(data: Path, k: int | None = None, seed: int | None = None, conf
         ("data", "Data and cleaning", _guarded("data", lambda: sections.data_section(src, images, boxes))),
         ("folds", "Folds", _guarded("folds", lambda: sections.folds_section(src, images, boxes))),
         ("training", "Training",
-         _guarded("training", lambda: sections.training_section(src, registry.names()))),
+         _guarded("training", lambda: sections.training_section(src, src.run_names(members)))),
         ("oof", "Out-of-fold scores", _guarded("oof", lambda: errors.oof_section(oof, n_boot))),
         ("best", "Best setting: classes", _guarded("best", lambda: errors.best_section(oof))),
         ("confused", "Most confused classes",

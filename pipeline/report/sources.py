@@ -64,6 +64,13 @@ class Source:
         report = fold_file.with_name(fold_file.stem + "_report.json")
         return json.loads(report.read_text()) if report.is_file() else {}
 
+    def run_names(self, first: list[str]) -> list[str]:
+        """The run folders' names (members) of the dataset: ``first`` (the ensemble's members) in their
+        order, then every other folder under ``work/runs/<dataset id>/``, sorted."""
+        root = paths.dataset_runs(self.ds.id)
+        found = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+        return list(dict.fromkeys([*first, *found]))
+
     def run_dir(self, model: str, fold: int) -> Path:
         return self.ds.run_dir(model, fold)
 

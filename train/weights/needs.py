@@ -23,7 +23,7 @@ from train.weights.resolve import AUTO, NONE, normalise
 class Need(NamedTuple):
     """One file a member starts from."""
 
-    member: str  # the registry name of the member (``yolov8``)
+    member: str  # the member's name (``yolov8``, or its recipe name: ``yolov8s_512``)
     file: Path  # the file it starts from (``weights/yolov8s.pt`` or the given path)
     entry: catalog.Entry | None  # its catalogue entry (``pretrained: auto``); None for a given path
 
@@ -43,13 +43,14 @@ def member_need(model: str, overrides: list[str] | dict = ()) -> Need | None:
 
 
 def needs(members: Iterable[Any]) -> list[Need]:
-    """The files the ``members`` (objects with ``.model`` and ``.overrides``, e.g. a recipe's
-    ``TrainMember``) start from, one per member that starts from a file, in member order."""
+    """The files the ``members`` (objects with ``.name``, ``.model`` and ``.overrides``, e.g. a recipe's
+    ``TrainMember``) start from, one per member that starts from a file, in member order; each ``Need``
+    names its member."""
     out = []
     for m in members:
         need = member_need(m.model, m.overrides)
         if need is not None:
-            out.append(need)
+            out.append(need._replace(member=m.name))
     return out
 
 
