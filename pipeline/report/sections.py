@@ -78,7 +78,8 @@ def training_section(src: Source, models: list[str]) -> str:
             done = yaml.safe_load((run / "done.json").read_text()) if (run / "done.json").is_file() else {}
             config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() \
                 else {}
-            rows.append({"model": model, "fold": fold, "epochs": len(metrics),
+            rows.append({"member": model, "model": done.get("model", model), "fold": fold,
+                         "epochs": len(metrics),
                          "pretrained": _started_from(run, config),
                          "out-of-fold score": float(done.get("challenge", float("nan"))),
                          "GIoU term": float(done.get("giou_term", float("nan"))),
