@@ -18,7 +18,7 @@ FOLD ?= 0#                 fold index, or `all`
 JOBS ?=#                    training jobs at once for make all / make train FOLD=all / make demo
 RECIPE ?= configs/recipe.yaml#  the recipe of make all
 IMAGES ?= 1200#            synthetic images for demo-data (as configs/demo.yaml synth.images)
-ENSEMBLE ?=#               ensemble config; default: the last make all's tuned one on DATA (cytokit.lastrun)
+ENSEMBLE ?=#               ensemble config; default: the last make all's tuned one on DATA (cytocore.lastrun)
 DETECTOR ?=#               detector whose OOF boxes the classifier report uses (or gt); default: the ensemble's first
 SET ?=#                     pretrained files for make weights: empty = RECIPE's, default, all, or names (--list)
 LAUNCHER ?=#               make all's training jobs: local (default, JOBS= at once), slurm (submitit), submitit-local
@@ -52,10 +52,10 @@ MEMBER_ARGS = $(foreach kv,$(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(BATCH),batch=
 	$(if $(WEIGHTS),--member pretrained=$(WEIGHTS)) $(if $(IMGSZ),--detector imgsz=$(IMGSZ))
 ENS_OPT = $(call qopt,ENSEMBLE,--config)
 RECIPE_OPT = $(if $(filter command line,$(origin RECIPE)),--recipe $(call q,$(RECIPE)))#  make train: default the run's
-# The names of the variables given on the command line: cytokit.makevars refuses those the goals would drop
+# The names of the variables given on the command line: cytocore.makevars refuses those the goals would drop
 # (lower case, `make train imgsz=640`: "use IMGSZ=640") and Python messages name make variables (FORCE=1).
 export CYTOKIT_MAKEVARS := $(strip $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(v))))
-CHECK = @$(PY) -m cytokit.makevars $(or $(MAKECMDGOALS),$@)
+CHECK = @$(PY) -m cytocore.makevars $(or $(MAKECMDGOALS),$@)
 CLEAN_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON_BASE))#  make clean works without .venv
 
 # After `make demo` on a clone without data/raw: the later commands use the demo's run (its data and work folder).
@@ -110,7 +110,7 @@ bench: $(STAMP) ## speed benchmarks on the real annotation files, printed side b
 
 export: $(STAMP) ## ONNX + OpenVINO copies of ENSEMBLE's YOLO members and classifiers, checked against torch, timed
 	$(CHECK)
-	$(PY) -m infer.export --config $(call q,$(or $(ENSEMBLE),$(shell $(PY) -m cytokit.lastrun $(DATA_Q) $(DS_KEYS)))) --data $(DATA_Q) --images $(call q,$(DATA)/images) $(DS_KEYS) $(RUN_ARGS)
+	$(PY) -m infer.export --config $(call q,$(or $(ENSEMBLE),$(shell $(PY) -m cytocore.lastrun $(DATA_Q) $(DS_KEYS)))) --data $(DATA_Q) --images $(call q,$(DATA)/images) $(DS_KEYS) $(RUN_ARGS)
 
 gpu-check: $(STAMP) ## on a GPU box first: /dev/shm, AMP, RECIPE's trainers, DDP, latency, TensorRT (<= 8 min)
 	$(CHECK)
@@ -187,9 +187,9 @@ predict: $(STAMP) ## the run's ensemble on IMAGES=<folder or glob> (RUN= OUT= DE
 		$(call opt,DEVICE,--device) $(call opt,CONF,--conf)
 
 clean: ## remove caches and temporary files only; trained runs, predictions and submissions are kept
-	@$(CLEAN_PY) -m cytokit.makevars $(or $(MAKECMDGOALS),$@)
-	@$(CLEAN_PY) -m cytokit.cleanup caches
+	@$(CLEAN_PY) -m cytocore.makevars $(or $(MAKECMDGOALS),$@)
+	@$(CLEAN_PY) -m cytocore.cleanup caches
 
 clean-runs: ## list every generated output (runs, predictions, submissions, logs); deletes them with CONFIRM=1
-	@$(CLEAN_PY) -m cytokit.makevars $(or $(MAKECMDGOALS),$@)
-	@$(CLEAN_PY) -m cytokit.cleanup runs $(if $(CONFIRM),--confirm)
+	@$(CLEAN_PY) -m cytocore.makevars $(or $(MAKECMDGOALS),$@)
+	@$(CLEAN_PY) -m cytocore.cleanup runs $(if $(CONFIRM),--confirm)

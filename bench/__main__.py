@@ -15,7 +15,7 @@ import pkgutil
 import sys
 import time
 
-from cytokit import env, paths
+from cytocore import env, paths
 
 
 def main(argv: list[str] | None = None) -> int:

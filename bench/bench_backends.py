@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cytokit import classes
+from cytocore import classes
 
 N_IMAGES = 16
 ROUNDS = 3
@@ -66,7 +66,7 @@ def cls_weights(folder: Path, fold: int) -> Path:
     """A random crop classifier of configs/cls.yaml's architecture, as a kit checkpoint."""
     import torch
 
-    from cytokit import config
+    from cytocore import config
     from train import checkpoint, registry
     from train.cls import model as cls_model
 
@@ -108,7 +108,7 @@ def run(shared: Path | None) -> list[str]:
     from ultralytics import YOLO
 
     from bench.bench_overhead import smears
-    from cytokit import paths
+    from cytocore import paths
     from infer import blend, export, predict
     from infer.config import load_config
 

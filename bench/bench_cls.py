@@ -33,7 +33,7 @@ def _best_of(fn, repeats: int = REPEATS) -> float:
 
 
 def run(shared: Path | None) -> list[str]:
-    from cytokit import classes, config
+    from cytocore import classes, config
     from train.cls import data as cls_data
     from train.cls import model as cls_model
     from train.cls.adapter import ClassifierConfig, ClassifierPredictor

@@ -24,7 +24,7 @@ def _report_lines(title: str, report) -> list[str]:
 
 
 def run(shared: Path | None) -> list[str]:
-    from cytokit import dataset, tables
+    from cytocore import dataset, tables
     from prepare import clean, dedup, export, folds
 
     train = shared / "cytologia" / "train.csv" if shared else None

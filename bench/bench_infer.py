@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cytokit import classes, paths
+from cytocore import classes, paths
 
 N_IMAGES = 20_751  # test images of the challenge
 N_MEMBERS = 10  # e.g. 5 folds x 2 TTA views

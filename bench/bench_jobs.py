@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cytokit import paths
+from cytocore import paths
 
 IMAGES = 120  # synthetic images (k=2: about 45 to train on per fold once test.csv has its share)
 K = 2  # folds, i.e. jobs

@@ -34,7 +34,7 @@ BOXES, VIEWS = 20, ("identity", "hflip", "vflip")
 
 def write_tables(folder: Path, images: int = IMAGES, members: int = MEMBERS, seed: int = 0) -> list[Path]:
     """One dense synthetic test table per member-fold (``images`` x 20 boxes x 3 views)."""
-    from cytokit import classes, predictions
+    from cytocore import classes, predictions
 
     rng = np.random.default_rng(seed)
     names = np.array([f"img{i:06d}.jpg" for i in range(images)], dtype=object)
@@ -67,7 +67,7 @@ def _params():
 
 
 def _before(files: list[Path], out: Path) -> None:
-    from cytokit import predictions
+    from cytocore import predictions
     from infer import fuse
 
     table = pd.concat([predictions.read(f) for f in files], ignore_index=True)
@@ -81,7 +81,7 @@ def _after(files: list[Path], out: Path) -> None:
 
 
 def _child(fn, files, out, queue) -> None:
-    from cytokit import env
+    from cytocore import env
 
     env.apply()
     start = time.perf_counter()
@@ -115,7 +115,7 @@ def decodes(folder: Path, images: int = 24, members: int = 4) -> tuple[int, int]
     (``infer.predict.predict_files``, as before) vs one shared pass (``infer.ensemble.predict_shared``)."""
     from PIL import Image
 
-    from cytokit import images as kit_images
+    from cytocore import images as kit_images
     from infer import ensemble, predict, tta
     from infer.config import load_config
 

@@ -112,7 +112,7 @@ def run(shared: Path | None) -> list[str]:
     import torch
 
     from bench.bench_infer import random_weights
-    from cytokit import paths
+    from cytocore import paths
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cytokit import classes, paths, predictions
-from cytokit.tables import COORDS
+from cytocore import classes, paths, predictions
+from cytocore.tables import COORDS
 
 ORACLE_IMAGES = 1500  # images in the subset timed with the oracle (the docs/CHALLENGE.md 1,621-box subset)
 
@@ -49,7 +49,7 @@ def _perturbed(truth: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
 
 
 def _writer_lines(test_csv: Path) -> list[str]:
-    from cytokit import submission
+    from cytocore import submission
 
     test = pd.read_csv(test_csv)
     names = pd.unique(test["NAME"])
@@ -69,7 +69,7 @@ def _writer_lines(test_csv: Path) -> list[str]:
 
 
 def run(shared: Path | None) -> list[str]:
-    from cytokit.metric import score
+    from cytocore.metric import score
 
     train_csv = shared / "cytologia" / "train.csv" if shared else None
     if train_csv is None or not train_csv.exists():

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cytokit import classes
+from cytocore import classes
 
 BATCH = 2  # images per step
 STEPS = 3  # timed steps, after one warm-up step
@@ -35,7 +35,7 @@ def _ultra_step(name: str, cfg, rng: np.random.Generator):
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import DetectionModel
 
-    from cytokit import boxes as kit_boxes
+    from cytocore import boxes as kit_boxes
     from train import registry
 
     model = DetectionModel(registry.get(name)().model_yaml(cfg), nc=classes.NUM_CLASSES, verbose=False)

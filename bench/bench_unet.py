@@ -82,7 +82,7 @@ def _unet_lines(scenes: list) -> list[str]:
 
     import torch
 
-    from cytokit import config, paths
+    from cytocore import config, paths
     from train.unet.adapter import UnetConfig, build_model
     from train.unet.post import UnetPredictor
 

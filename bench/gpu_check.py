@@ -18,7 +18,7 @@ and the run goes on; a step that would pass the deadline is skipped and named):
    0 (AMP check, checkpoints, out-of-fold score).
 4. DDP: ``torchrun`` over the visible GPUs (fasterrcnn_mobilenet, NCCL) and
    ultralytics' own DDP (``device=0,1``); needs 2 GPUs.
-5. Prediction of that detector (its run folder found through ``cytokit.dataset``,
+5. Prediction of that detector (its run folder found through ``cytocore.dataset``,
    as every step of the kit finds it) on the GPU against the CPU.
 6. The recipe's ensemble (``pipeline.recipe.ensemble_values``: every member x
    fold with its TTA views, the fusion, every classifier fold with its flips) on
@@ -46,8 +46,8 @@ from pathlib import Path
 
 import torch
 
-from cytokit import config as kit_config
-from cytokit import env, io, paths
+from cytocore import config as kit_config
+from cytocore import env, io, paths
 
 RECIPE = paths.CONFIGS / "recipe.yaml"  # the recipe whose sizes and ensemble the check uses
 BUDGET_S = 480  # the whole check, seconds

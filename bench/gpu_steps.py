@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cytokit import paths
-from cytokit.classes import NUM_CLASSES as NC
+from cytocore import paths
+from cytocore.classes import NUM_CLASSES as NC
 
 
 def _steps(model: torch.nn.Module, loss_of: Callable[[torch.nn.Module], torch.Tensor], device: str,
@@ -104,7 +104,7 @@ def amp_tv(arch: str, device: str, steps: int, imgsz: int, batch: int) -> str:
 
 def amp_unet(device: str, steps: int, imgsz: int, batch: int) -> str:
     """The UNet (configs/unet.yaml architecture) with the kit's CE + Dice loss."""
-    from cytokit import config
+    from cytocore import config
     from train.unet.adapter import UnetConfig, build_model, loss_fn
 
     cfg = config.load(UnetConfig, paths.CONFIGS / "unet.yaml", {"device": "cpu"})
@@ -165,7 +165,7 @@ def train_e2e(work: Path, data: Path, model: str, device: str, timeout: float, e
 @contextlib.contextmanager
 def work_env(work: Path) -> Iterator[Path]:
     """``CYTOKIT_WORK`` as ``run_cli`` gives it to the steps' subprocesses (``work/work``), in this
-    process too, so that ``cytokit.dataset`` / ``cytokit.paths`` find what they wrote."""
+    process too, so that ``cytocore.dataset`` / ``cytocore.paths`` find what they wrote."""
     before = os.environ.get("CYTOKIT_WORK")
     os.environ["CYTOKIT_WORK"] = str(work / "work")
     try:
@@ -180,7 +180,7 @@ def work_env(work: Path) -> Iterator[Path]:
 def run_dir(work: Path, data: Path, model: str, fold: int = 0) -> Path:
     """The run folder ``python -m train`` wrote for ``model`` fold ``fold`` of the synthetic data (the
     prepared dataset's id, as every step of the kit finds it)."""
-    from cytokit import dataset
+    from cytocore import dataset
 
     with work_env(work):
         return dataset.resolve(data, 2, 0).run_dir(model, fold)
@@ -188,7 +188,7 @@ def run_dir(work: Path, data: Path, model: str, fold: int = 0) -> Path:
 
 def predict_agreement(work: Path, data: Path, device: str, model: str = "yolov8") -> str:
     """The detector ``train_e2e`` trained predicting on ``device`` vs the CPU (autocast vs fp32)."""
-    from cytokit.images import load_rgb
+    from cytocore.images import load_rgb
     from infer import predict, tta
 
     weights = run_dir(work, data, model) / "best.pt"
@@ -235,7 +235,7 @@ def random_run(model: str, overrides: list[str], folder: Path, fold: int, name: 
     run has it: ``folder/<name>/fold<fold>/best.pt`` (``name``: the member's, default the model). YOLO
     heads are spread out so that boxes score above the ensemble's threshold (something to fuse and
     classify)."""
-    from cytokit import config as kit_config
+    from cytocore import config as kit_config
     from train import checkpoint, registry
 
     cfg = registry.load_config(model, list(overrides))
@@ -264,7 +264,7 @@ def recipe_ensemble(recipe: Any, folder: Path, device: str, tiny: bool) -> tuple
     classifier) on random weights written under ``folder``; tiny: two folds at ``TINY`` sizes."""
     import types
 
-    from cytokit import config as kit_config
+    from cytocore import config as kit_config
     from infer.config import EnsembleConfig
     from pipeline.recipe import ensemble_values
 
@@ -365,9 +365,9 @@ def shm_need(recipe: Any, cores: int) -> list[tuple[str, int]]:
 
 
 def shm_check(recipe: Any, limits: Any = None) -> str:
-    """Free /dev/shm (``cytokit.resources``) against the recipe's jobs at once x the largest member's
+    """Free /dev/shm (``cytocore.resources``) against the recipe's jobs at once x the largest member's
     need (``shm_need``); raises with the fix when it falls short (Docker's default 64 MB)."""
-    from cytokit import resources
+    from cytocore import resources
 
     limits = limits or resources.Limits()
     free = limits.shm_bytes()

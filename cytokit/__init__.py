@@ -1,8 +1,8 @@
-"""Shared contracts of the CytologIA kit: classes, boxes, tables, paths, config -- and its Python API.
+"""The CytologIA kit's public Python API and ``cytokit`` command: the top floor of the kit.
 
-Every step (prepare, train, infer, submit) imports from here; nothing in this
-package runs at import time. The public API (``cytokit.api``) is loaded on
-first use of one of its names::
+It imports the steps (infer, submit, pipeline); none of them imports it (their shared
+contracts are ``cytocore``). The API (``cytokit.api``) is loaded on first use of one
+of its names, so ``import cytokit`` loads nothing heavy::
 
     import cytokit
     ens = cytokit.load_ensemble()              # the newest trained run

@@ -30,7 +30,7 @@ def load_ensemble(run: str | Path | None = None, device: str | None = None, conf
     (``cpu``, ``cuda``...) and ``backend`` (``torch``, ``onnx``, ``openvino``, ``auto``) replace the
     run's; ``conf`` replaces the out-of-fold threshold on the calibrated confidence. Its calibration
     is fitted out of fold on first use and kept in the run's ``calibration.json``."""
-    from cytokit import env
+    from cytocore import env
 
     env.apply()
     return Ensemble(find_run(run), device=device, conf=conf, backend=backend)
@@ -51,10 +51,10 @@ def draw(preds: pd.DataFrame, out_dir: str | Path, images: Sequence[str] | None 
 
 
 def score(submission: pd.DataFrame | str | Path, truth: pd.DataFrame | str | Path):
-    """The challenge score (``cytokit.metric.ScoreResult``: ``total``, ``giou_term``, ``f1_term``,
+    """The challenge score (``cytocore.metric.ScoreResult``: ``total``, ``giou_term``, ``f1_term``,
     ``per_class``...) of a submission against the truth, each a DataFrame or a CSV path with
     ``trustii_id,NAME,x1,y1,x2,y2,class``."""
-    from cytokit import metric, tables
+    from cytocore import metric, tables
 
     if not isinstance(submission, pd.DataFrame):
         from submit.score import read_submission_lenient
@@ -68,7 +68,7 @@ def score(submission: pd.DataFrame | str | Path, truth: pd.DataFrame | str | Pat
 def load_recipe(path: str | Path | None = None, overrides: Sequence[str] | dict = ()):
     """A ``make all`` recipe (``pipeline.recipe.RecipeConfig``; default ``configs/recipe.yaml``) with
     ``key=value`` overrides; unknown keys are an error naming the valid ones."""
-    from cytokit import paths
+    from cytocore import paths
     from pipeline import recipe
 
     return recipe.load(Path(path) if path else paths.CONFIGS / "recipe.yaml",

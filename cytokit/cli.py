@@ -33,7 +33,7 @@ def _runs(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cytokit import io
+    from cytocore import io
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):

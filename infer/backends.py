@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from cytokit.config import ConfigError
+from cytocore.config import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Second stage: classify the fused boxes' crops and blend with the detectors' class probabilities.
 
 ``apply_classifier(preds, images_dir, members, weight, ...)`` takes a fused
-prediction table (cytokit.predictions contract, with or without p_ columns) and
+prediction table (cytocore.predictions contract, with or without p_ columns) and
 returns the same rows with
 
     p = weight * classifier + (1 - weight) * detector,     class = argmax(p)
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cytokit import classes, predictions
+from cytocore import classes, predictions
 from infer.oof_cls import ClassifierProbs, CropClassifier, load_members, top_rows  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 ``member_meta`` records what a member's table depends on: its weights (path,
 size, mtime), views, threshold and the images themselves (a digest of every
-image's name and content, ``cytokit.images.content_digest``), so a changed image
+image's name and content, ``cytocore.images.content_digest``), so a changed image
 or another data folder with the same names is predicted again. ``cached_table``
 reuses the table at a path while its sidecar ``.json`` matches, else makes it
 again and writes both atomically.
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cytokit import images, paths, predictions
-from cytokit.io import atomic_write_text
+from cytocore import images, paths, predictions
+from cytocore.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ image predicted by the folds that did not see it) and the training truth:
   truth box of class c not found is a false negative of c) and the mean rescaled
   GIoU of the truth boxes ((GIoU + 1) / 2 of the correct kept box that found it,
   0 when none did); ``score = 0.2 * giou_term + 0.8 * f1`` as in
-  ``cytokit.metric``. ``best_threshold`` picks the highest score.
+  ``cytocore.metric``. ``best_threshold`` picks the highest score.
 
 ``fit_run`` does it for a trained run and writes ``calibration.json`` beside its
 tuned config (``work/logs/<dataset id>/``); ``load`` reads it back.
@@ -39,11 +39,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cytokit import boxes as bx
-from cytokit import classes, io
-from cytokit.config import ConfigError
-from cytokit.metric import F1_WEIGHT, GIOU_WEIGHT
-from cytokit.tables import COORDS
+from cytocore import boxes as bx
+from cytocore import classes, io
+from cytocore.config import ConfigError
+from cytocore.metric import F1_WEIGHT, GIOU_WEIGHT
+from cytocore.tables import COORDS
 
 log = logging.getLogger(__name__)
 IOU_MATCH = 0.5  # a predicted box finds a truth box at this IoU or more

@@ -4,7 +4,7 @@
                                [--classifier cls ...] [--weight 0.5] [--full-weight 0.5] [--device cpu]
                                [--no-tta] [--out DIR] [key=value ...]
 
-Unset flags come from the ensemble config (the last ``make all``'s tuned one, ``cytokit.lastrun``):
+Unset flags come from the ensemble config (the last ``make all``'s tuned one, ``cytocore.lastrun``):
 its first member, its classifier members, blend weight, full-image share, flip TTA and device.
 
 For every fold with both the detector's ``work/preds/<detector>/fold<k>/oof.parquet``
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cytokit import env, io, paths
+from cytocore import env, io, paths
 
 log = logging.getLogger(__name__)
 GT = "gt"  # --detector gt: the GT boxes stand in for detections, with the fold's most frequent class
@@ -43,14 +43,14 @@ class Comparison:
 
     table: pd.DataFrame  # variant, weight, score, giou_term, f1_term, balanced_accuracy
     per_class: pd.DataFrame  # label, support, f1 of each variant
-    results: dict  # variant -> cytokit.metric.ScoreResult
+    results: dict  # variant -> cytocore.metric.ScoreResult
     tune: pd.DataFrame  # weight, score, f1_term of each blend weight of the grid (empty when not tuned)
     best_weight: float | None  # the grid's best weight (None when not tuned)
 
 
 def gt_as_detections(boxes: pd.DataFrame, label: str) -> pd.DataFrame:
     """GT boxes (NAME, x1..y2, width, height) as a prediction table: class ``label``, score 1."""
-    from cytokit import predictions
+    from cytocore import predictions
 
     out = boxes[["NAME", "x1", "y1", "x2", "y2", "width", "height"]].copy()
     out = out.assign(score=1.0, **{"class": label}, model="gt_boxes", fold=-1, view="identity")
@@ -62,7 +62,7 @@ def compare(preds: pd.DataFrame, truth_boxes: pd.DataFrame, images: pd.DataFrame
     """Score ``preds`` alone and blended with classifier ``probs`` (``infer.blend.ClassifierProbs``), each
     through the submission writer and the metric; with ``tune``, also at the grid weight scoring best
     here (``blend w=... (tuned here)``), else the blend at ``weight`` is labelled the fixed default."""
-    from cytokit.submission import oof_score
+    from cytocore.submission import oof_score
     from infer import blend
 
     preds = preds.reset_index(drop=True)
@@ -97,7 +97,7 @@ def compare(preds: pd.DataFrame, truth_boxes: pd.DataFrame, images: pd.DataFrame
 
 def save(comp: Comparison, out: Path) -> list[Path]:
     """summary.csv, per_class.csv, tune.csv and the confusion PNGs of the detector and the last blend."""
-    from cytokit.metric import save_confusion
+    from cytocore.metric import save_confusion
 
     out = Path(out)
     written = [io.atomic_write_df(comp.table, out / "summary.csv"),
@@ -113,7 +113,7 @@ def save(comp: Comparison, out: Path) -> list[Path]:
 
 def render(comp: Comparison) -> str:
     """The side-by-side summary and per-class F1 as text."""
-    from cytokit.io import format_table
+    from cytocore.io import format_table
 
     text = format_table(comp.table) + "\n\nper-class F1 (support = GT boxes)\n" + format_table(comp.per_class)
     if comp.best_weight is None:
@@ -133,8 +133,8 @@ def oof_inputs(data: Path, k: int | None, seed: int | None, detector: str, class
     """The detector's OOF table, truth boxes, image sizes and classifier probabilities, all folds found
     (each image classified by the folds that did not see it: ``infer.oof_cls.OOFClassifier``, whose
     per-crop cache tuning and the report share)."""
-    from cytokit import dataset, predictions
-    from cytokit.submission import one_view
+    from cytocore import dataset, predictions
+    from cytocore.submission import one_view
     from infer.oof_cls import OOFClassifier
 
     ds = dataset.resolve(data, k, seed)
@@ -167,9 +167,9 @@ def oof_inputs(data: Path, k: int | None, seed: int | None, detector: str, class
 
 def settings(args: argparse.Namespace) -> tuple[str, list[str], float, float, str, bool]:
     """Detector, classifiers, blend weight, full-image share, device and flip TTA: each flag given, else
-    the ensemble config's (the last make all's tuned one by default, ``cytokit.lastrun``) with its
+    the ensemble config's (the last make all's tuned one by default, ``cytocore.lastrun``) with its
     ``key=value`` overrides, else the flag's old default."""
-    from cytokit import lastrun
+    from cytocore import lastrun
     from infer.config import device, load_config
 
     k, seed = args.k, args.seed

@@ -14,9 +14,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
-from cytokit import config as kit_config
-from cytokit import members as kit_members
-from cytokit.config import ConfigError
+from cytocore import config as kit_config
+from cytocore import members as kit_members
+from cytocore.config import ConfigError
 from infer import tta, wbf
 from infer.fuse import MODES, FuseParams
 
@@ -34,7 +34,7 @@ class Member:
     """One model of the ensemble with the folds whose weights it uses."""
 
     model: str  # registry name (python -m train --list): the adapter that loads it
-    name: str = ""  # the member's key (its runs, tables, fusion weight; cytokit.members); "" = model
+    name: str = ""  # the member's key (its runs, tables, fusion weight; cytocore.members); "" = model
     folds: list[int] = dataclasses.field(default_factory=list)  # folds to use; empty = all k folds
     weight: float = 1.0  # the member's share in the fusion (split over its folds and views)
     weights: str | None = None  # path template ({fold}, {model}, {name}); None = the runs of this dataset
@@ -63,7 +63,7 @@ class ClassifierMember:
     """One second-stage classifier model with the folds whose weights it uses (like ``Member``)."""
 
     model: str = "cls"  # registry name: cls (crops of boxes) or cls_full (whole single-cell images)
-    name: str = ""  # the member's key (its runs; cytokit.members); "" = model
+    name: str = ""  # the member's key (its runs; cytocore.members); "" = model
     folds: list[int] = dataclasses.field(default_factory=list)  # folds to use; empty = all k folds
     weights: str | None = None  # path template ({fold}, {model}, {name}); None = its runs on this dataset
 
@@ -210,9 +210,9 @@ class EnsembleConfig:
 
 
 def bind(cfg: EnsembleConfig, data: Path) -> tuple[EnsembleConfig, Any]:
-    """The prepared dataset of ``data`` (``cytokit.dataset.Dataset``; K and SEED from the config when
+    """The prepared dataset of ``data`` (``cytocore.dataset.Dataset``; K and SEED from the config when
     set) and the config with its K and SEED, so every member's folds are known."""
-    from cytokit import dataset
+    from cytocore import dataset
 
     ds = dataset.resolve(data, cfg.k, cfg.seed)
     return dataclasses.replace(cfg, k=ds.k, seed=ds.seed), ds
@@ -250,9 +250,9 @@ def device(cfg_device: str, override: str | None = None) -> str:
 
 def chosen(data: Path, given: Path | None, overrides: list[str]) -> tuple[EnsembleConfig, Path]:
     """The ensemble config of a command on ``data`` (``python -m infer``, ``python -m submit``): ``given``,
-    else the last ``make all``'s tuned one of the dataset (``cytokit.lastrun``, its line printed first),
+    else the last ``make all``'s tuned one of the dataset (``cytocore.lastrun``, its line printed first),
     with the ``key=value`` overrides; and its path."""
-    from cytokit import lastrun
+    from cytocore import lastrun
 
     k, seed = lastrun.ds_keys(overrides)
     choice = lastrun.ensemble(data, k, seed, given=given)

@@ -29,8 +29,8 @@ from typing import Any
 
 import pandas as pd
 
-from cytokit import io, paths, predictions, tables
-from cytokit.images import load_rgb
+from cytocore import io, paths, predictions, tables
+from cytocore.images import load_rgb
 from infer import cache, fuse, predict, tta
 from infer.config import EnsembleConfig, bind
 
@@ -47,7 +47,7 @@ class Result:
     fusion: str | None = None
     fused: pd.DataFrame | None = None
     submission: Path | None = None
-    score: object | None = None  # cytokit.metric.ScoreResult when test_labels.csv exists
+    score: object | None = None  # cytocore.metric.ScoreResult when test_labels.csv exists
     seconds_per_image: float = float("nan")  # member prediction time per test image (all members, views)
 
     @property
@@ -78,7 +78,7 @@ def predict_shared(jobs: list[Job], names: list[str], images_dir: Path, views: l
     table is held in memory while the others predict."""
     from tqdm.auto import tqdm
 
-    from cytokit.rows import chunked, predict_table
+    from cytocore.rows import chunked, predict_table
 
     if not jobs:
         return
@@ -218,7 +218,7 @@ def resolve_fusion(cfg: EnsembleConfig, data: Path) -> str:
 def classify(cfg: EnsembleConfig, fused: pd.DataFrame, images_dir: Path, n_cells: dict, ds) -> pd.DataFrame:
     """The classifier: blend every trained fold of the classifier members into the fused table. With
     none trained, one line says how to train them (or switch the classifier off) and the detectors'
-    classes stay. ``ds``: the prepared dataset (``cytokit.dataset.Dataset``) whose runs hold them."""
+    classes stay. ``ds``: the prepared dataset (``cytocore.dataset.Dataset``) whose runs hold them."""
     section = cfg.classifier_section()
     if section is None:
         return fused

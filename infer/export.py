@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cytokit import env, io, paths
-from cytokit.io import atomic_write, atomic_write_text
+from cytocore import env, io, paths
+from cytocore.io import atomic_write, atomic_write_text
 from infer import backends
 
 log = logging.getLogger("infer.export")
@@ -189,7 +189,7 @@ def export_classifier(weights: Path, images: list[np.ndarray]) -> dict:
 def check_images(images_dir: Path | None, n: int = CHECK_IMAGES) -> list[np.ndarray]:
     """``n`` RGB images to check exports on: the first of ``images_dir``, else synthetic smears."""
     if images_dir is not None and Path(images_dir).is_dir():
-        from cytokit.images import load_rgb
+        from cytocore.images import load_rgb
 
         files = sorted(p for p in Path(images_dir).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         if files:

@@ -1,6 +1,6 @@
 """Fusion of prediction tables over TTA views, folds and models: one WBF call per image.
 
-Input: a prediction table (``cytokit.predictions``) holding many members' rows.
+Input: a prediction table (``cytocore.predictions``) holding many members' rows.
 A WBF *list* (slot) is one ``(model, fold, view)``; with ``oof=True`` (out-of-
 fold tables, where each image was predicted by one fold of each model) the fold
 is ignored, so a slot is ``(model, view)``. Each model's weight (``weights``,
@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from cytokit import boxes as bx
-from cytokit import classes, predictions
-from cytokit.tables import COORDS
+from cytocore import boxes as bx
+from cytocore import classes, predictions
+from cytocore.tables import COORDS
 from infer import wbf
 
 log = logging.getLogger(__name__)

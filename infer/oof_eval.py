@@ -5,14 +5,14 @@ plus the classifier ``Blend``) into the out-of-fold prediction table a
 submission with those settings implies -- the members' OOF tables fused
 (``infer.fuse``), the classifier blended into the fused boxes (``infer.blend``,
 each image classified by the folds that did not see it, ``infer.oof_cls``) --
-and scores it with ``cytokit.submission.oof_score``: the writer's rows per
+and scores it with ``cytocore.submission.oof_score``: the writer's rows per
 test.csv row (top-N by score, full-image fillers with the image's likely class)
 and the challenge metric. Tuning (``infer.tune``), ``fusion: auto`` and
 ``make score`` all go through it, so their numbers are the same number.
 
 ``load_oof`` gathers the members' OOF tables over the images every member
 covers; ``config_settings`` reads an ensemble config's settings;
-``intervals`` is the paired bootstrap (``cytokit.compare``) of each row
+``intervals`` is the paired bootstrap (``cytocore.compare``) of each row
 against a reference row, as the score tables print it.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cytokit import members, predictions
+from cytocore import members, predictions
 from infer import blend
 from infer.config import EnsembleConfig, bind, classifier_weights
 from infer.fuse import FuseParams, fuse_grouped, group
@@ -183,8 +183,8 @@ class Evaluator:
         return blend.blend_table(fused, probs, s.blend.weight, s.blend.full_weight)
 
     def result(self, s: Settings):
-        """``cytokit.metric.ScoreResult`` of ``s`` (cached per settings)."""
-        from cytokit.submission import oof_score
+        """``cytocore.metric.ScoreResult`` of ``s`` (cached per settings)."""
+        from cytocore.submission import oof_score
 
         key = s.key()
         if key not in self.results:
@@ -198,7 +198,7 @@ class Evaluator:
 def intervals(results: dict[str, Any], reference: str, n: int = 1000) -> dict[str, str]:
     """Per row: ``diff [lo, hi]`` of its score minus the reference row's, a paired bootstrap over images
     (95 %); empty for the reference itself."""
-    from cytokit.compare import paired_bootstrap
+    from cytocore.compare import paired_bootstrap
 
     ref = results[reference]
     return {label: "" if label == reference else str(paired_bootstrap(r, ref, n=n))

@@ -4,7 +4,7 @@ against the ensemble -- computed ONCE per run by the tuning evaluator and read b
 ``rows(best, models, views, cls)`` lists the table's settings; ``compute(ev, rows)`` scores them with
 the tuning evaluator (``infer.oof_eval.Evaluator``: exactly as a submission with those settings would be
 scored) and compares each with the tuned ensemble by a paired bootstrap over images
-(``cytokit.compare.paired_bootstrap``). ``infer.tune`` saves it beside the tuned config
+(``cytocore.compare.paired_bootstrap``). ``infer.tune`` saves it beside the tuned config
 (``<tuned>.yaml`` -> ``oof_table.json`` in the same folder) and records its path in the dataset's
 ``variants.json``; the terminal summary of ``make all``, ``make score`` and the report page read it
 (``find`` / ``load``). Where no tuning ran, ``fallback`` computes it with the same two functions on the
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cytokit import io
+from cytocore import io
 
 log = logging.getLogger(__name__)
 FILE = "oof_table.json"
@@ -93,7 +93,7 @@ def rows(best: Any, models: list[str], views: list[str], cls: Any = None) -> lis
 def compute(ev: Any, table_rows: list[Row], n_boot: int = 1000) -> tuple[pd.DataFrame, dict]:
     """Score every row with the evaluator ``ev``; the table (``COLUMNS``) and each row's ScoreResult by
     label. The last row is the reference."""
-    from cytokit.compare import paired_bootstrap
+    from cytocore.compare import paired_bootstrap
 
     results = {r.label: ev.result(r.settings) for r in table_rows}
     ref = table_rows[-1].label
@@ -204,7 +204,7 @@ def check(table: pd.DataFrame | None) -> dict | None:
 
 def text(table: pd.DataFrame) -> str:
     """The table as printed by the terminal summary and ``make score`` (the same cells as the page)."""
-    from cytokit.io import format_table
+    from cytocore.io import format_table
 
     shown = table.drop(columns="reference")
     numbers = ["score", "giou", "f1", "diff", "lo", "hi", "p_better"]

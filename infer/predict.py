@@ -5,7 +5,7 @@ the predictor in one call; its boxes are mapped back to the original image
 (``View.inverse``), clipped to the image (boxes left with no area are
 dropped), cut to the ``max_det`` best per image and view, and stored as rows
 of the prediction contract with the view's name in the ``view`` column. That
-conversion is ``cytokit.rows``, shared with out-of-fold prediction.
+conversion is ``cytocore.rows``, shared with out-of-fold prediction.
 
 ``load_member`` builds the predictor of one (model, fold) through the
 registry: weights default to ``work/runs/<dataset id>/<model>/fold<k>/best.pt`` and the
@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from cytokit import rows
-from cytokit.config import ConfigError
-from cytokit.images import load_rgb
+from cytocore import rows
+from cytocore.config import ConfigError
+from cytocore.images import load_rgb
 from infer.tta import View
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def predict_arrays(
     batch: int = 8,
 ) -> pd.DataFrame:
     """Predict ``(name, RGB array)`` pairs with every view (all views of a chunk in one predictor
-    call); returns the prediction table (``cytokit.rows.predict_table``)."""
+    call); returns the prediction table (``cytocore.rows.predict_table``)."""
     return rows.predict_table(predictor, images, views, model, fold, conf, max_det, batch)
 
 
@@ -79,7 +79,7 @@ def load_member(model: str, fold: int, weights: Path, device: str = "cpu",
     """The ``Predictor`` of one member (registry ``model``, member ``name``, default the model) through
     the model registry; ``backend`` (``infer.backends``: torch, onnx, openvino or auto) picks what runs
     an exported YOLO member's network on the CPU."""
-    from cytokit import members
+    from cytocore import members
     from train import registry
 
     weights = Path(weights)

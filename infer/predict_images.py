@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cytokit import classes, io, lastrun, paths
-from cytokit.tables import COORDS
+from cytocore import classes, io, lastrun, paths
+from cytocore.tables import COORDS
 
 log = logging.getLogger(__name__)
 CONFIGS = (lastrun.TUNED, lastrun.ENSEMBLE)  # a run's ensemble configs (pipeline.run), preferred first
@@ -158,7 +158,7 @@ class Ensemble:
 
     def __init__(self, run: Run, device: str | None = None, conf: float | None = None,
                  backend: str | None = None, batch: int | None = None):
-        from cytokit import dataset
+        from cytocore import dataset
         from infer import tta
         from infer.config import load_config
 
@@ -245,7 +245,7 @@ class Ensemble:
         """Boxes of ``images`` (a folder, a glob, files) as a DataFrame of ``OUTPUT_COLUMNS``, boxes with a
         confidence below ``conf`` (default: the run's out-of-fold threshold) dropped. The seconds spent
         and the images are in ``.attrs``."""
-        from cytokit.images import load_rgb
+        from cytocore.images import load_rgb
         from infer import blend, fuse, predict
 
         files = list_images(images)
@@ -351,7 +351,7 @@ def draw(preds: pd.DataFrame, out_dir: Path, images: Sequence[str] | None = None
     else its images), boxes or none; images are read from the ``path`` column or ``root/<image>``."""
     import cv2
 
-    from cytokit.images import load_rgb
+    from cytocore.images import load_rgb
 
     names = list(images if images is not None else preds.attrs.get("names") or pd.unique(preds["image"]))
     root = Path(root or preds.attrs.get("root") or ".")
@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     images = [*(args.images or []), *args.paths]
     if not images:
         parser.error("give the images: a folder, a glob or files (IMAGES= with make predict)")
-    from cytokit import env
+    from cytocore import env
 
     env.apply()
     io.setup_logging()

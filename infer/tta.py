@@ -2,7 +2,7 @@
 
 A view turns the original ``(H, W, 3)`` image into the image the model sees
 and maps boxes between the two pixel frames. Every geometric view is written
-as a map on NORMALISED xyxy coordinates (``cytokit.boxes.normalize``), so a
+as a map on NORMALISED xyxy coordinates (``cytocore.boxes.normalize``), so a
 box found in the view image is mapped back by::
 
     normalise by the view image's size -> inverse map -> denormalise by the original size
@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
-from cytokit import boxes as bx
+from cytocore import boxes as bx
 
 BoxMap = Callable[[np.ndarray], np.ndarray]
 SCALE_PREFIX = "scale"

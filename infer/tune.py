@@ -4,7 +4,7 @@
 
 Without ``--config`` (ENSEMBLE=) it tunes the last ``make all``'s ensemble of the dataset (before
 tuning, so members tuned to weight 0 can come back) and rewrites that run's ``tuned.yaml``, which
-later commands use (``cytokit.lastrun``).
+later commands use (``cytocore.lastrun``).
 
 (``make tune-ensemble``). Every trial is scored exactly as a submission with
 its settings would be scored (``infer.oof_eval``): the members' OOF tables
@@ -38,8 +38,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from cytokit import config as kit_config
-from cytokit import env, io, lastrun, paths, predictions
+from cytocore import config as kit_config
+from cytocore import env, io, lastrun, paths, predictions
 from infer import oof_table
 from infer.config import EnsembleConfig, bind, load_config
 from infer.oof_eval import (
@@ -165,7 +165,7 @@ class Tuned:
     """What a tuning run found."""
 
     ev: Evaluator
-    ds: object  # cytokit.dataset.Dataset
+    ds: object  # cytocore.dataset.Dataset
     start: Settings  # the config's own settings (the better mode for fusion: auto)
     best: Settings
     rows: list  # infer.oof_table.Row of the score table

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cytokit import classes, io
-from cytokit.images import load_rgb
-from cytokit.tables import COORDS
+from cytocore import classes, io
+from cytocore.images import load_rgb
+from cytocore.tables import COORDS
 
 COLUMNS = 4  # images per row of the grid
 CELL_INCHES = 3.0  # size of one image in the figure

@@ -6,7 +6,7 @@
 1. checks the box contract, member by member: a NaN/inf coordinate or an
    inverted box (x2 < x1 or y2 < y1) raises ``ValueError`` naming the member;
    scores must be finite in [0, 1] and labels integer class ids;
-2. normalises by the image size (``cytokit.boxes.normalize``) and clips to
+2. normalises by the image size (``cytocore.boxes.normalize``) and clips to
    [0, 1] -- i.e. to the image. The rule: a box partly outside the image keeps
    its inside part; a box with no area left (entirely outside, or x2 == x1 /
    y2 == y1) is dropped, as ensemble-boxes would drop it with a warning;
@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 from ensemble_boxes import weighted_boxes_fusion
 
-from cytokit import boxes as bx
+from cytocore import boxes as bx
 
 CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cytokit import env, io, paths
+from cytocore import env, io, paths
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def member_settings(recipe, every: list[str], detectors: list[str]) -> str | None:
     """Append ``every`` to each member's overrides and ``detectors`` to each detector's (they win over
     the recipe's own); ``device`` also becomes the ensemble's inference device. The line saying so."""
-    from cytokit import config as kit_config
+    from cytocore import config as kit_config
 
     kit_config.parse_overrides([*every, *detectors])  # key=value, or a one-line error
     for what, extra in (("detectors", every + detectors), ("classifiers", every)):

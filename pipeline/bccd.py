@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cytokit import io, paths
+from cytocore import io, paths
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,9 +44,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cytokit import config as kit_config
-from cytokit import io, paths
-from cytokit.config import ConfigError
+from cytocore import config as kit_config
+from cytocore import io, paths
+from cytocore.config import ConfigError
 
 LAUNCHER_ENV = "CYTOKIT_LAUNCHER"
 LAUNCHERS = ("local", "slurm", "submitit-local")  # local: train.parallel on this machine (JOBS= at once)

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cytokit import env, io, paths
+from cytocore import env, io, paths
 
 DEFAULT_CONFIG = paths.CONFIGS / "demo.yaml"
 

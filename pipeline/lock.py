@@ -1,6 +1,6 @@
 """One ``make all`` at a time per work folder and data folder.
 
-``held(data)`` takes an exclusive ``fcntl.flock`` on ``cytokit.paths.lock_file(data)`` (under
+``held(data)`` takes an exclusive ``fcntl.flock`` on ``cytocore.paths.lock_file(data)`` (under
 ``work/locks/``) for the whole run and writes the holder into it (PID, command, start time, host). A
 second run on the same data and work folder stops at once with one line naming that holder
 (``LockHeld``, a ``ConfigError``: exit status 1, no traceback). The kernel releases the lock when the
@@ -18,8 +18,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from cytokit import paths
-from cytokit.config import ConfigError
+from cytocore import paths
+from cytocore.config import ConfigError
 
 
 class LockHeld(ConfigError):

@@ -12,11 +12,11 @@ the pre-flight of ``make train``.
   training next to a GPU torch cannot use, with the fix);
 - **disk**, **/dev/shm**, **memory**: of every member x fold, ``jobs`` at once, with the caches the
   data's size gives (``train.preflight``);
-- **data**: test.csv read with the kit's validator (``cytokit.tables``: a repeated trustii_id, a bad
+- **data**: test.csv read with the kit's validator (``cytocore.tables``: a repeated trustii_id, a bad
   row), its images present (train.csv is validated by the folds step that comes next).
 
 Every problem is one line; ``check`` raises ``train.preflight.PreflightError`` (a ``ConfigError``:
-``cytokit.io.cli`` prints the lines and exits 1, no traceback) when there is any. ``CYTOKIT_PREFLIGHT=off``
+``cytocore.io.cli`` prints the lines and exits 1, no traceback) when there is any. ``CYTOKIT_PREFLIGHT=off``
 skips it; a run that passed it sets ``CYTOKIT_PREFLIGHT=done`` for its training jobs, which then skip
 their own.
 """
@@ -29,9 +29,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from cytokit import paths
-from cytokit.config import ConfigError
-from cytokit.resources import Limits
+from cytocore import paths
+from cytocore.config import ConfigError
+from cytocore.resources import Limits
 from train.preflight import (
     ENSEMBLE,
     ENV,
@@ -70,7 +70,7 @@ def ensemble_problems(recipe: Any) -> tuple[Any, list[str]]:
     run builds it after training), or the line that refuses it."""
     from types import SimpleNamespace
 
-    from cytokit import config as kit_config
+    from cytocore import config as kit_config
     from infer.config import EnsembleConfig
     from pipeline.recipe import ensemble_values
 
@@ -97,10 +97,10 @@ def data_facts(train_csv: Path) -> DataFacts:
 
 
 def data_problems(data: Path, recipe: Any) -> tuple[DataFacts, list[str]]:
-    """test.csv through the kit's validator (``cytokit.tables``: a repeated trustii_id, a bad row; errors
+    """test.csv through the kit's validator (``cytocore.tables``: a repeated trustii_id, a bad row; errors
     only), its images present, train.csv there. Nothing to check when DATA has no train.csv and the
     recipe makes synthetic data."""
-    from cytokit import tables
+    from cytocore import tables
 
     files = paths.data_files(data)
     if not files["train"].exists():

@@ -14,9 +14,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from cytokit import config as kit_config
-from cytokit import dataset, members, paths
-from cytokit.config import ConfigError
+from cytocore import config as kit_config
+from cytocore import dataset, members, paths
+from cytocore.config import ConfigError
 
 CLASSIFIER_KEYS = ("weight", "tta", "full_weight")  # what the recipe may set of the ensemble's classifier
 
@@ -26,7 +26,7 @@ class TrainMember:
     """One model trained on folds: a detector (boxes + classes) or a crop classifier."""
 
     model: str  # registry name (python -m train --list): the adapter and its config family
-    name: str = ""  # the member's key (run folder, tables, fusion weight; cytokit.members); "" = model
+    name: str = ""  # the member's key (run folder, tables, fusion weight; cytocore.members); "" = model
     folds: list[int] = dataclasses.field(default_factory=list)  # folds to train; empty = all k
     overrides: list[str] = dataclasses.field(default_factory=list)  # configs/<model>.yaml key=value
     weight: float = 1.0  # detectors: the model's starting weight in the fusion (tuning moves it)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cytokit import io, paths
+from cytocore import io, paths
 from prepare import rehearsal
 
 TARGETS = {"wall_s": 600.0, "rss_gib": 8.0, "page_mb": 5.0}  # issue #18's targets at full scale, on 2 cores
@@ -132,7 +132,7 @@ def full_count(source: Path | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cytokit import env
+    from cytocore import env
 
     parser = argparse.ArgumentParser(prog="python -m pipeline.rehearsal", description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, help="a subset of this many images (default: every name)")

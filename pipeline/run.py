@@ -26,8 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cytokit import config as kit_config
-from cytokit import io, members, paths
+from cytocore import config as kit_config
+from cytocore import io, members, paths
 from pipeline.recipe import RecipeConfig, TrainMember, ensemble_values, val_detector
 
 log = logging.getLogger("pipeline")
@@ -153,7 +153,7 @@ class Steps:
 
 def finished(ds: Any, name: str, fold: int) -> bool:
     """True when the member ``name`` fold ``fold`` is trained and has its out-of-fold predictions."""
-    from cytokit import predictions
+    from cytocore import predictions
     from train import runs
 
     return runs.is_done(ds.run_dir(name, fold)) and (ds.preds_dir(name, fold)
@@ -297,7 +297,7 @@ def run(recipe: RecipeConfig, data: Path, out_dir: Path | None = None,
 
 
 def _run(recipe: RecipeConfig, data: Path, out_dir: Path | None, echo: Callable[[str], None]) -> dict:
-    from cytokit import dataset
+    from cytocore import dataset
 
     _use_tracker(recipe)
     steps = Steps(echo)
@@ -432,7 +432,7 @@ def _summary(report: dict, echo: Callable[[str], None]) -> None:
     """The end of the run: times, the out-of-fold and test tables, the failures, where things are."""
     import pandas as pd
 
-    from cytokit.io import format_table
+    from cytocore.io import format_table
 
     echo(f"\n  {'== times ==':<48} {'wall':>9} {'CPU':>9} {'peak RSS':>9} {'child':>9}")
     for name, sec in report["steps"].items():

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from cytokit.tables import COORDS
+from cytocore.tables import COORDS
 
 
 def oof_check(table: pd.DataFrame) -> dict | None:
@@ -42,7 +42,7 @@ def _row(label: str, result: Any) -> dict:
 def truth_as_fused(truth: pd.DataFrame, sizes: pd.DataFrame) -> pd.DataFrame:
     """The true boxes as a fused prediction table (score 1); their class is the first code, a
     placeholder the classifier replaces (weight 1), so nothing of the true class leaks in."""
-    from cytokit import classes, predictions
+    from cytocore import classes, predictions
 
     wh = sizes.drop_duplicates("NAME").set_index("NAME").loc[truth["NAME"]]
     table = pd.DataFrame({"NAME": truth["NAME"].to_numpy(), **{c: truth[c].to_numpy(float) for c in COORDS},
@@ -55,8 +55,8 @@ def ceiling(truth: pd.DataFrame, test: pd.DataFrame, sizes: pd.DataFrame,
             classify: Callable[[pd.DataFrame], pd.DataFrame]) -> Any:
     """The challenge score of ``classify`` (the classifier alone) on the true boxes: GIoU term 1, so
     the F1 term is the best the second stage can do with this classifier."""
-    from cytokit.metric import score
-    from cytokit.submission import make_submission
+    from cytocore.metric import score
+    from cytocore.submission import make_submission
 
     return score(truth, make_submission(classify(truth_as_fused(truth, sizes)), test, sizes))
 
@@ -64,9 +64,9 @@ def ceiling(truth: pd.DataFrame, test: pd.DataFrame, sizes: pd.DataFrame,
 def test_table(ens: Any, data: Path, fusion: str, submitted: Any) -> list[dict]:
     """Each member vs the ensemble on the test labels (see the module doc); ``submitted`` is the
     submission's ``ScoreResult`` (the last row)."""
-    from cytokit import paths, predictions, tables
-    from cytokit.metric import score
-    from cytokit.submission import image_sizes, make_submission
+    from cytocore import paths, predictions, tables
+    from cytocore.metric import score
+    from cytocore.submission import image_sizes, make_submission
     from infer import fuse
     from infer.config import bind
     from infer.ensemble import classify

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cytokit import env, io, paths
+from cytocore import env, io, paths
 from train.weights import catalog, cli, needs
 
 

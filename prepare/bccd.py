@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cytokit import env, io, paths, tables
+from cytocore import env, io, paths, tables
 
 log = logging.getLogger("prepare.bccd")
 SUBTYPES = "cytologia_wbc_subtypes.csv"  # one WBC box + subtype per image (see the BCCD README)

@@ -1,7 +1,7 @@
 """Cleaning of the train boxes: pure functions on DataFrames, every step counted.
 
 ``clean(boxes, sizes, ...)`` takes the train table (``NAME,x1,y1,x2,y2,class``,
-as ``cytokit.tables.read_train`` returns it) and the image sizes
+as ``cytocore.tables.read_train`` returns it) and the image sizes
 (``NAME,width,height``) and returns the cleaned boxes
 (``NAME,x1,y1,x2,y2,class,width,height``, original pixels, input order) with a
 ``Report`` of what each step did:
@@ -17,7 +17,7 @@ as ``cytokit.tables.read_train`` returns it) and the image sizes
 
 Overlaps are computed only within images that hold more than one box (about
 3,100 of the 48,417 real train images), batched by box count, with
-``cytokit.boxes.iou_matrix``.
+``cytocore.boxes.iou_matrix``.
 ``balance(boxes, per_class, seed)`` is the optional downsampling by whole images.
 No function here reads or writes a file.
 """
@@ -28,9 +28,9 @@ import logging
 import numpy as np
 import pandas as pd
 
-from cytokit import boxes as bx
-from cytokit import classes
-from cytokit.tables import COORDS
+from cytocore import boxes as bx
+from cytocore import classes
+from cytocore.tables import COORDS
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from cytokit.images import cached, n_workers
-from cytokit.io import DataError, Problem
+from cytocore.images import cached, n_workers
+from cytocore.io import DataError, Problem
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Exports of a fold assignment in the layout of ``cytokit/dataset.py``.
+"""Exports of a fold assignment in the layout of ``cytocore/dataset.py``.
 
 ``export_dataset(root, ...)`` writes, for every fold, the ultralytics dataset
 (images LINKED into ``yolo/images``, or resized JPEG copies with ``resize``;
@@ -6,7 +6,7 @@ labels ``yolo/labels/<stem>.txt`` in normalised cxcywh; ``fold<f>/train.txt``,
 ``val.txt``, ``data.yaml``) and the COCO json files, plus ``images.csv``,
 ``boxes.csv`` (original pixels) and ``meta.json``. Everything is built in a
 temporary folder beside ``root`` that replaces ``root`` only when complete, with
-``meta.json`` written last. Box conversions go through ``cytokit.boxes``.
+``meta.json`` written last. Box conversions go through ``cytocore.boxes``.
 
 One label cache per fold list: ultralytics finds an image's label by replacing the
 last ``/images/`` of its path with ``/labels/`` and keeps its scan in ``<labels
@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from cytokit import boxes as bx
-from cytokit import classes
-from cytokit.images import n_workers
-from cytokit.tables import COORDS
+from cytocore import boxes as bx
+from cytocore import classes
+from cytocore.images import n_workers
+from cytocore.tables import COORDS
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def plot_counts(counts: pd.DataFrame, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cytokit.io import atomic_write
+    from cytocore.io import atomic_write
 
     cols = [c for c in classes.CLASSES if c in counts.columns]
     share = counts[cols].div(counts[cols].sum(axis=1), axis=0) * 100

@@ -3,15 +3,15 @@
     python -m prepare.folds --data data/raw --k 5 --seed 42 [--balance 600] [--repair]
                             [--force] [--resize 512] [--config configs/folds.yaml] [key=value ...]
 
-Steps: read train.csv (``cytokit.tables``); check, size and hash every image
-(``prepare.sizes``, cached); the dataset id (``cytokit.dataset.id_for``: the data
+Steps: read train.csv (``cytocore.tables``); check, size and hash every image
+(``prepare.sizes``, cached); the dataset id (``cytocore.dataset.id_for``: the data
 folder, K, SEED and the source fingerprint of train.csv and the images' contents);
 perceptual hashes (``prepare.dedup``, cached); clean (``prepare.clean``); optional
 balancing; duplicate groups; folds grouped by duplicate group and
 multilabel-stratified on class presence; the fold file ``work/folds/<id>/folds.csv``
 (``NAME,fold,group``) with its sidecar JSON (input fingerprint), cleaning report,
 per-fold class counts (CSV + PNG) and resolved config; then the YOLO/COCO exports
-of ``cytokit/dataset.py`` under ``work/datasets/<id>/``.
+of ``cytocore/dataset.py`` under ``work/datasets/<id>/``.
 
 The fold file is written once: a rerun with the same inputs reuses it, other
 settings on the same data are an error unless ``--force``. The core (``make_folds``,
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cytokit import classes, config, dataset, env, io, paths, tables
+from cytocore import classes, config, dataset, env, io, paths, tables
 from prepare import clean, dedup, export, sizes
 
 log = logging.getLogger(__name__)

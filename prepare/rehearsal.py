@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cytokit import io, paths
+from cytocore import io, paths
 
 VERSION = 1               # of the placeholder drawing: a new version draws a new pool
 FIELD = 6                 # side of the random colour field that is upscaled
@@ -208,7 +208,7 @@ def build(images: int | None = None, source: Path | None = None, workers: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cytokit import env
+    from cytocore import env
 
     parser = argparse.ArgumentParser(prog="python -m prepare.rehearsal", description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, help="a subset of this many images (default: every name)")

@@ -3,7 +3,7 @@
 ``inspect_images(data, boxes, repair=...)`` checks every image named in the train
 table and returns ``NAME,width,height,path,bytes,mtime_ns,ctime_ns,sha1,truncated,repaired``
 (``path`` is the file to use: the raw image, or its repaired copy; ``sha1`` the
-raw file's content hash). The facts come from ``cytokit.images.file_facts``:
+raw file's content hash). The facts come from ``cytocore.images.file_facts``:
 sizes from the image headers (no decoding) and content hashes, cached per image
 folder and recomputed for a file whose size, mtime or ctime changed. Every
 problem is reported at once with the train.csv line that names the image:
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from cytokit import images, paths
-from cytokit.images import file_stats
-from cytokit.io import DataError, Problem, atomic_write
+from cytocore import images, paths
+from cytocore.images import file_stats
+from cytocore.io import DataError, Problem, atomic_write
 
 log = logging.getLogger(__name__)
 

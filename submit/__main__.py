@@ -2,20 +2,21 @@
 
     python -m submit [--config ENSEMBLE.yaml] --data DATA [--out DIR] [--force] [key=value ...]
 
-Without ``--config`` (ENSEMBLE=): the last ``make all``'s tuned ensemble of the dataset (``cytokit.lastrun``).
+Without ``--config`` (ENSEMBLE=): the last ``make all``'s tuned ensemble of the dataset
+(``cytocore.lastrun``).
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from cytokit import env, io, paths
+from cytocore import env, io, paths
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m submit", description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path,
-                        help="ensemble config (default: the last make all's tuned one, cytokit.lastrun)")
+                        help="ensemble config (default: the last make all's tuned one, cytocore.lastrun)")
     parser.add_argument("--data", type=Path, default=paths.DEFAULT_DATA, help="challenge data folder")
     parser.add_argument("--out", type=Path, help="submission folder (default: out_dir, else submissions/)")
     parser.add_argument("--force", action="store_true", help="predict again even when the tables are current")
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env.apply()
     io.setup_logging()
-    from cytokit import dataset
+    from cytocore import dataset
     from infer import calibrate
     from infer.config import chosen
     from submit import make

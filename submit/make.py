@@ -5,7 +5,7 @@ classified, written as the challenge's CSV, validated, drawn and scored.
 
 (``make submission``; ``python -m submit`` is this module's command line.) ``run`` predicts (or
 reuses) every member's tables, fuses the test tables and blends the classifier (``infer.ensemble``),
-makes one row per ``test.csv`` row (``cytokit.submission``), writes and validates the CSV
+makes one row per ``test.csv`` row (``cytocore.submission``), writes and validates the CSV
 (``submit.writer``: ``submissions/submission_<timestamp>.csv``, ``submission.csv`` pointing at it),
 draws the boxes of a sample of test images beside it, and scores it when DATA has test_labels.csv.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cytokit import paths, tables
+from cytocore import paths, tables
 from infer import ensemble
 from infer.config import EnsembleConfig
 
@@ -23,7 +23,7 @@ def run(cfg: EnsembleConfig, data: Path, out_dir: Path | None = None, force: boo
     """Predict, fuse, classify, write, validate, draw and (with test_labels.csv) score the submission.
     ``calibration`` (``infer.calibrate.Calibration`` of this ensemble, when fitted): the picture shows
     calibrated confidences instead of raw fused scores (the CSV has no scores either way)."""
-    from cytokit import submission
+    from cytocore import submission
     from infer import viz
     from submit import writer
 
@@ -46,7 +46,7 @@ def run(cfg: EnsembleConfig, data: Path, out_dir: Path | None = None, force: boo
             print(f"boxes drawn on {min(cfg.viz_images, len(n_cells))} test images: {png}")
     print(f"submission: {result.submission} ({len(sub)} rows, fusion={result.fusion})")
     if files["test_labels"].exists():
-        from cytokit.metric import format_result, score
+        from cytocore.metric import format_result, score
 
         result.score = score(tables.read(files["test_labels"], "submission"), sub)
         print(f"local score against {files['test_labels']}:")

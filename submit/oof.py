@@ -1,9 +1,9 @@
 """Out-of-fold scoring: the leaderboard's metric on each fold's validation images.
 
-Each fold's truth is its cleaned validation boxes (``cytokit.dataset.load_fold``)
+Each fold's truth is its cleaned validation boxes (``cytocore.dataset.load_fold``)
 with synthetic trustii_ids; the fold's out-of-fold predictions go through the
 SAME writer as a real submission (top-N per image, full-image fillers, nudged
-repeats), then through ``cytokit.metric``. So the local CV number is computed
+repeats), then through ``cytocore.metric``. So the local CV number is computed
 exactly as the leaderboard would compute it.
 
     python -m submit.oof --data DATA [--k K --seed SEED] [--model NAME ...] [--json OUT.json]
@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cytokit import env, io, paths, predictions
-from cytokit.submission import one_view, oof_score
+from cytocore import env, io, paths, predictions
+from cytocore.submission import one_view, oof_score
 from infer.oof_eval import intervals
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env.apply()
     io.setup_logging()
-    from cytokit import dataset, lastrun, makevars
-    from cytokit.io import format_table
+    from cytocore import dataset, lastrun, makevars
+    from cytocore.io import format_table
 
     ds = dataset.resolve(args.data, args.k, args.seed)
     where = ds.preds_dir("x", 0).parent.parent

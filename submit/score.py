@@ -2,10 +2,10 @@
 
     python -m submit.score --truth TRUTH.csv --submission SUB.csv [--json OUT.json] [--confusion OUT.png]
 
-The truth is read strictly (``cytokit.tables``, header
+The truth is read strictly (``cytocore.tables``, header
 ``trustii_id,NAME,x1,y1,x2,y2,class``); the submission leniently, like the
 platform (NaN classes, typos and extra rows are scored, not refused). The
-metric itself is ``cytokit.metric.score``.
+metric itself is ``cytocore.metric.score``.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cytokit import env, io, makevars, metric, tables
-from cytokit.metric import COLUMNS
+from cytocore import env, io, makevars, metric, tables
+from cytocore.metric import COLUMNS
 
 
 def read_submission_lenient(path: Path) -> pd.DataFrame:

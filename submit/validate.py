@@ -9,7 +9,7 @@ nearest code is suggested); coordinates that are not finite numbers or with
 x2 <= x1 or y2 <= y1; an exact duplicate (box, class) inside one image (the
 metric would drop it). Warnings: rows not in test.csv order; with ``--images``,
 boxes that leave their image (sizes from the image headers), unreadable images
-and (in one warning) missing ones. At most ``cytokit.io.MAX_SHOWN`` problems are
+and (in one warning) missing ones. At most ``cytocore.io.MAX_SHOWN`` problems are
 printed, errors first, then how many more there are.
 Exit status 1 when there is any error, 0 otherwise.
 """
@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cytokit import images, io, tables
-from cytokit.io import Problem
-from cytokit.tables import COORDS
+from cytocore import images, io, tables
+from cytocore.io import Problem
+from cytocore.tables import COORDS
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def _outside(sub: pd.DataFrame, images_dir: Path, file: str) -> list[Problem]:
 def validate_submission(sub_path: Path, test_path: Path, images_dir: Path | None = None) -> list[Problem]:
     """Every problem of the submission at ``sub_path`` against ``test_path`` (errors and warnings).
 
-    Builds on ``cytokit.tables.inspect`` for the header, types, classes and boxes,
+    Builds on ``cytocore.tables.inspect`` for the header, types, classes and boxes,
     then checks the rows against test.csv, duplicates inside images and, when
     ``images_dir`` is given, boxes against the image sizes.
     """

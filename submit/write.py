@@ -2,7 +2,7 @@
 
     python -m submit.write --preds PARQUET --test TEST.csv --images DIR [--out DIR]
 
-Reads the predictions (``cytokit.predictions`` contract), keeps the top-N
+Reads the predictions (``cytocore.predictions`` contract), keeps the top-N
 detections per test image, fills missing rows with full-image boxes (image
 sizes from the predictions, else from the image headers under ``--images``),
 validates, and writes ``submissions/submission_<timestamp>.csv`` plus
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cytokit import io, predictions, tables
+from cytocore import io, predictions, tables
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="output folder (default submissions/, or $CYTOKIT_WORK/submissions)")
     args = parser.parse_args(argv)
     io.setup_logging()
-    from cytokit import submission
+    from cytocore import submission
     from submit import writer
 
     preds = predictions.read(args.preds)

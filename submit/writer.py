@@ -3,7 +3,7 @@
 ``write_submission`` validates the table with ``submit.validate`` and writes it
 atomically to ``submissions/submission_<timestamp>.csv`` (never overwriting)
 with ``submissions/submission.csv`` pointing at the latest. The rows
-themselves come from ``cytokit.submission.make_submission``.
+themselves come from ``cytocore.submission.make_submission``.
 
 Command line: ``python -m submit.write --preds PARQUET --test TEST.csv --images DIR``.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cytokit import io, paths
-from cytokit.tables import SUBMISSION_COLUMNS as COLUMNS
+from cytocore import io, paths
+from cytocore.tables import SUBMISSION_COLUMNS as COLUMNS
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cytokit import env, paths
+from cytocore import env, paths
 
 SHARED = paths.shared_dir()
 CYTOLOGIA = paths.cytologia_dir()
@@ -16,7 +16,7 @@ BCCD = paths.bccd_dir()
 def pytest_configure(config):
     # One private work folder for the whole run: nothing lands in the repo's work/
     # or in ~/.config / ~/.cache.
-    os.environ.pop("CYTOKIT_MAKEVARS", None)  # `make test`: messages spell Python flags (cytokit.makevars)
+    os.environ.pop("CYTOKIT_MAKEVARS", None)  # `make test`: messages spell Python flags (cytocore.makevars)
     if "CYTOKIT_WORK" not in os.environ:
         import tempfile
 

@@ -16,8 +16,8 @@ import pytest
 import tiny_run
 
 import cytokit
+from cytocore import metric, paths
 from cytokit import cli as kit_cli
-from cytokit import metric, paths
 
 README = paths.ROOT / "README.md"
 SECTION = "## Predict on new images and the Python API"
@@ -138,7 +138,8 @@ def test_the_package_builds_a_wheel_with_the_cytokit_command(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "requirements.txt", "README.md", "LICENSE"):
         shutil.copy(paths.ROOT / name, src / name)
-    for package in ("cytokit", "prepare", "train", "infer", "submit", "pipeline", "bench", "tests"):
+    for package in ("cytokit", "cytocore", "prepare", "train", "infer", "submit", "pipeline", "bench",
+                    "tests"):
         shutil.copytree(paths.ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                           str(src), "-w", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path,
@@ -147,7 +148,7 @@ def test_the_package_builds_a_wheel_with_the_cytokit_command(tmp_path):
     wheel = next(Path(tmp_path).glob("*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
-    assert {"cytokit", "prepare", "train", "infer", "submit", "pipeline", "bench"} <= tops
+    assert {"cytokit", "cytocore", "prepare", "train", "infer", "submit", "pipeline", "bench"} <= tops
     assert "tests" not in tops and "cytokit/api.py" in names and "train/yolo/__init__.py" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "cytokit = cytokit.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from cytokit import config, predictions
-from cytokit.config import ConfigError
+from cytocore import config, predictions
+from cytocore.config import ConfigError
 from infer import backends, export, predict, tta
 
 pytestmark = pytest.mark.smoke
@@ -151,7 +151,7 @@ def test_classifier_export_and_backend(tmp_path, box_size):
 
 
 def test_ensemble_config_backend_key():
-    from cytokit import paths
+    from cytocore import paths
     from infer.config import EnsembleConfig, load_config
 
     assert load_config(paths.CONFIGS / "ensemble.yaml").backend == "auto"
@@ -182,7 +182,7 @@ def test_unreadable_image_after_ultralytics_is_imported(tmp_path):
     """ultralytics patches PIL's open to try the pi-heif plugin (not installed) on unknown files."""
     import ultralytics.utils.patches  # noqa: F401
 
-    from cytokit import images
+    from cytocore import images
 
     bad = tmp_path / "x.jpg"
     bad.write_bytes(b"this is not an image")

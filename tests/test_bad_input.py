@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cytokit import dataset, images, io, paths
+from cytocore import dataset, images, io, paths
 from prepare import folds, sizes
 
 pytestmark = pytest.mark.unit

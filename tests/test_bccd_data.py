@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cytokit import io, tables
+from cytocore import io, tables
 from prepare import bccd as bccd_data
 
 pytestmark = pytest.mark.unit

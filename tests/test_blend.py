@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cytokit import classes, config, predictions
+from cytocore import classes, config, predictions
 from infer import blend
 from train import checkpoint
 from train.cls import data as cls_data
@@ -191,7 +191,7 @@ def test_det_probs_prefers_p_columns():
 
 
 def test_blended_table_makes_a_valid_submission(tmp_path, fused):
-    from cytokit import submission
+    from cytocore import submission
     from submit import validate, writer
 
     crop = np.full((4, 23), 0.01)

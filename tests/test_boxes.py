@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cytokit import boxes
+from cytocore import boxes
 
 pytestmark = pytest.mark.unit
 

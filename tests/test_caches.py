@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from cytokit import classes, dataset, images, io, paths, predictions
+from cytocore import classes, dataset, images, io, paths, predictions
 from infer import __main__ as infer_cli
 from infer import predict
 from train.base import Detections, Predictor

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from cytokit import classes
+from cytocore import classes
 from train import checkpoint
 
 pytestmark = pytest.mark.unit

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from cytokit import classes
-from cytokit.config import ConfigError, load
-from cytokit.paths import ROOT
+from cytocore import classes
+from cytocore.config import ConfigError, load
+from cytocore.paths import ROOT
 from train.cls import data as cls_data
 from train.cls import model as cls_model
 from train.cls.adapter import ClassifierConfig
@@ -123,7 +123,7 @@ def test_config_file_and_errors():
 
 
 def test_resolve_device():
-    from cytokit.config import ConfigError
+    from cytocore.config import ConfigError
 
     assert cls_model.resolve_device("cpu") == "cpu"
     assert cls_model.resolve_device("") == ("cuda:0" if torch.cuda.is_available() else "cpu")
@@ -218,7 +218,7 @@ def test_crop_cache_stops_at_its_budget(tmp_path):
 
 
 def test_checkpoint_from_before_box_size_loads_and_predicts(tmp_path, caplog):
-    from cytokit import config
+    from cytocore import config
     from train import checkpoint
     from train.cls.adapter import ClassifierAdapter
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cytokit import classes, predictions
+from cytocore import classes, predictions
 from infer import blend, cls_report
 
 pytestmark = pytest.mark.unit

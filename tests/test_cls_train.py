@@ -1,4 +1,4 @@
-"""Smoke runs of MODEL=cls on a tiny fixture in the cytokit/dataset.py layout (CPU, seconds)."""
+"""Smoke runs of MODEL=cls on a tiny fixture in the cytocore/dataset.py layout (CPU, seconds)."""
 from __future__ import annotations
 
 import logging
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cytokit import config, predictions
-from cytokit.dataset import FoldData
+from cytocore import config, predictions
+from cytocore.dataset import FoldData
 from train.cls import data as cls_data
 from train.cls.adapter import ClassifierAdapter, ClassifierConfig, training_tables
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cytokit import paths
-from cytokit.config import ConfigError
+from cytocore import paths
+from cytocore.config import ConfigError
 from pipeline import cluster, recipe, run
 from train import parallel
 

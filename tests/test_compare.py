@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cytokit import classes, compare
-from cytokit.metric import score
+from cytocore import classes, compare
+from cytocore.metric import score
 
 pytestmark = pytest.mark.unit
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cytokit import classes, config, env, io, predictions
+from cytocore import classes, config, env, io, predictions
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from cytokit import dataset, paths
+from cytocore import dataset, paths
 from pipeline import demo
 from pipeline import recipe as rc
 

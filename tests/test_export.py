@@ -1,4 +1,4 @@
-"""``python -m prepare.folds`` on a tiny on-disk data set: the layout of cytokit/dataset.py."""
+"""``python -m prepare.folds`` on a tiny on-disk data set: the layout of cytocore/dataset.py."""
 from __future__ import annotations
 
 import hashlib
@@ -13,8 +13,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from cytokit import boxes as bx
-from cytokit import classes, dataset, io, paths
+from cytocore import boxes as bx
+from cytocore import classes, dataset, io, paths
 from prepare import export, folds
 
 pytestmark = pytest.mark.unit

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from cytokit import classes, dataset, env, images, io, paths, predictions
+from cytocore import classes, dataset, env, images, io, paths, predictions
 from train import registry
 from train.base import Adapter, Detections, Predictor
 

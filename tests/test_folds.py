@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cytokit import classes, config, paths, tables
+from cytocore import classes, config, paths, tables
 from prepare import clean, dedup, folds
 
 pytestmark = pytest.mark.unit

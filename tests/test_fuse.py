@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cytokit import classes, predictions
+from cytocore import classes, predictions
 from infer import fuse
 
 pytestmark = pytest.mark.unit

@@ -11,7 +11,7 @@ import torch
 
 from bench import gpu_check
 from bench import gpu_steps as steps
-from cytokit import paths, resources
+from cytocore import paths, resources
 from pipeline import recipe
 
 RECIPE = paths.CONFIGS / "recipe.yaml"

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from cytokit import paths
-from cytokit.config import ConfigError
+from cytocore import paths
+from cytocore.config import ConfigError
 from train import checkpoint, dist, registry
 
 pytestmark = pytest.mark.unit
@@ -157,7 +157,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.smoke  # a subprocess or a real search: seconds, not the unit tier
 def test_kit_trainer_configures_logging_in_a_fresh_ddp_worker():
-    out = _python("from cytokit import env; env.apply()\n"
+    out = _python("from cytocore import env; env.apply()\n"
                   "import logging\n"
                   "from train.yolo import trainer\n"
                   "try:\n    trainer.KitTrainer(overrides={'data': 'missing.yaml'})\n"
@@ -183,7 +183,7 @@ def test_ultralytics_ddp_state_round_trips_with_cloudpickle(tmp_path):
     state = {"trainer": KitTrainer, "args": {"epochs": 1, "imgsz": 64},
              "model": DetectionModel("yolov8n.yaml", nc=23, verbose=False), "callbacks": cbs}
     torch_save(state, tmp_path / "ddp.pt", pickle_module=cloudpickle)
-    out = _python("from cytokit import env; env.apply()\n"
+    out = _python("from cytocore import env; env.apply()\n"
                   "from ultralytics.utils.patches import torch_load\n"
                   f"s = torch_load({str(tmp_path / 'ddp.pt')!r}, map_location='cpu')\n"
                   "cb = s['callbacks']['on_model_save'][-1]\n"

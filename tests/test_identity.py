@@ -21,7 +21,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from cytokit import classes, dataset, io, paths
+from cytocore import classes, dataset, io, paths
 from train import registry
 from train.base import Adapter, Detections, Predictor
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from cytokit import classes, config, dataset, metric, paths, predictions, submission, tables
+from cytocore import classes, config, dataset, metric, paths, predictions, submission, tables
 from infer import blend, fuse, oof_table, predict, tune
 from infer import ensemble as infer_main
 from infer.config import load_config
@@ -215,7 +215,7 @@ class PerfectClassifier:
         return "crop"
 
     def probs(self, table, tta, n_cells):
-        from cytokit import boxes as bx
+        from cytocore import boxes as bx
 
         codes = []
         for row in table.itertuples():

@@ -11,7 +11,7 @@ import tomllib
 
 import pytest
 
-from cytokit import paths
+from cytocore import paths
 
 pytestmark = pytest.mark.unit
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cytokit import classes, config, dataset, paths
+from cytocore import classes, config, dataset, paths
 from train.unet import fallback as mf
 from train.unet import masks
 
@@ -107,7 +107,7 @@ def test_paint_puts_smaller_cells_on_top():
 
 
 def make_dataset(data: Path, k: int = 2, seed: int = 0, n: int = 6, size: int = 64) -> Path:
-    """A tiny prepared dataset in the cytokit/dataset.py layout: n images, folds 0/1 alternating.
+    """A tiny prepared dataset in the cytocore/dataset.py layout: n images, folds 0/1 alternating.
 
     Each image holds one drawn cell (PNN on even images, EO on odd ones); the
     last one holds a second, smaller LY cell.
@@ -168,7 +168,7 @@ def test_medsam_without_checkpoint_is_a_config_error():
 
 
 def test_cli_without_prepared_dataset_says_what_to_run(tmp_path, capsys):
-    from cytokit.io import cli
+    from cytocore.io import cli
 
     assert cli(masks.main, ["--data", str(tmp_path / "nothing"), "--k", "3", "--seed", "1"]) == 1
     assert "no prepared dataset with K=3 SEED=1; run `make folds DATA=" in capsys.readouterr().err

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from cytokit import classes
-from cytokit.io import cli
+from cytocore import classes
+from cytocore.io import cli
 from train.unet import masks, medsam
 from train.weights import WeightsError
 

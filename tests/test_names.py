@@ -1,4 +1,4 @@
-"""Members have names: variants of one model coexist in a recipe (``cytokit.members``).
+"""Members have names: variants of one model coexist in a recipe (``cytocore.members``).
 
 The recipe refuses a name listed twice, a name that is no safe folder name and a ``val_detector`` that
 names no detector member; the name keys the run folder, the jobs and logs, the ensemble config's members,
@@ -15,9 +15,9 @@ import pytest
 import test_pipeline
 import yaml
 
-from cytokit import config as kit_config
-from cytokit import dataset, lastrun, makevars, paths, predictions
-from cytokit.config import ConfigError
+from cytocore import config as kit_config
+from cytocore import dataset, lastrun, makevars, paths, predictions
+from cytocore.config import ConfigError
 from infer.config import EnsembleConfig, load_config
 from pipeline import cluster
 from pipeline import recipe as rc

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cytokit import classes, predictions
+from cytocore import classes, predictions
 from infer import oof_table
 from train.base import Detections
 

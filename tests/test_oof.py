@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cytokit import classes, coco_eval, dataset, paths, predictions, submission
+from cytocore import classes, coco_eval, dataset, paths, predictions, submission
 from submit import oof
 
 pytestmark = pytest.mark.unit
@@ -59,7 +59,7 @@ def test_one_view_prefers_fused_then_identity():
 
 @pytest.fixture
 def prepared(tmp_path, monkeypatch):
-    """A hand-made prepared dataset (cytokit/dataset.py layout) in a private work folder."""
+    """A hand-made prepared dataset (cytocore/dataset.py layout) in a private work folder."""
     monkeypatch.setenv("CYTOKIT_WORK", str(tmp_path / "work"))
     data = tmp_path / "mydata"
     data.mkdir()
@@ -109,7 +109,7 @@ def test_cli_table_per_model_and_fold(prepared, capsys, tmp_path):
 
 
 def test_cli_without_predictions_is_an_error(prepared, capsys):
-    from cytokit import io
+    from cytocore import io
 
     assert io.cli(oof.main, ["--data", str(prepared), "--k", "2", "--seed", "7"]) == 1
     assert "no out-of-fold predictions" in capsys.readouterr().err
@@ -130,7 +130,7 @@ def _cls_fold(root, monkeypatch):
     """Four 48 x 40 px validation images of one coloured square each, as fold 0 of a tiny dataset."""
     from PIL import Image
 
-    from cytokit.dataset import FoldData
+    from cytocore.dataset import FoldData
 
     monkeypatch.setenv("CYTOKIT_WORK", str(root / "work"))
     (root / "images").mkdir(parents=True)
@@ -149,8 +149,8 @@ def _cls_fold(root, monkeypatch):
 
 
 def test_cls_oof_table_is_the_detectors_boxes_with_the_classifiers_classes(tmp_path, monkeypatch):
-    from cytokit import config
-    from cytokit.images import load_rgb
+    from cytocore import config
+    from cytocore.images import load_rgb
     from train import checkpoint
     from train.cls import model as cls_model
     from train.cls.adapter import ClassifierAdapter, ClassifierConfig

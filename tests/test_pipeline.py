@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from cytokit import config as kit_config
-from cytokit import dataset, paths
+from cytocore import config as kit_config
+from cytocore import dataset, paths
 from infer.config import EnsembleConfig
 from pipeline import recipe as rc
 from pipeline import run as orch

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from cytokit import classes
+from cytocore import classes
 from pipeline import run as orch
 from pipeline import scores
 

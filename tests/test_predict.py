@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import tiny_run
 
-from cytokit import classes
+from cytocore import classes
 from infer import calibrate
 from infer import predict_images as pi
 

@@ -13,9 +13,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from cytokit import io, paths
-from cytokit.config import ConfigError
-from cytokit.resources import GIB, MIB, Limits
+from cytocore import io, paths
+from cytocore.config import ConfigError
+from cytocore.resources import GIB, MIB, Limits
 from pipeline import lock, preflight
 from pipeline import recipe as rc
 from pipeline import weights as recipe_weights

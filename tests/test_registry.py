@@ -8,8 +8,8 @@ import sys
 import pytest
 import yaml
 
-from cytokit import config, paths
-from cytokit.config import ConfigError
+from cytocore import config, paths
+from cytocore.config import ConfigError
 from train import registry
 
 pytestmark = pytest.mark.unit

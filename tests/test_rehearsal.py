@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cytokit import paths
+from cytocore import paths
 from pipeline import rehearsal as run_rehearsal
 from pipeline import run
 from prepare import dedup, rehearsal

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from cytokit import classes, dataset, paths, predictions
+from cytocore import classes, dataset, paths, predictions
 
 pytestmark = pytest.mark.smoke
 
@@ -72,8 +72,8 @@ def full(prepared):
     """Runs, out-of-fold tables of two detectors, a classifier per fold, a submission; the page."""
     import torch
 
-    from cytokit import config as kit_config
-    from cytokit.submission import image_sizes, make_submission
+    from cytocore import config as kit_config
+    from cytocore.submission import image_sizes, make_submission
     from pipeline.report import build_report
     from train import checkpoint, registry
     from train.cls import model as cls_model
@@ -137,7 +137,7 @@ def cells(text: str, label: str) -> list[str]:
 
 
 def test_oof_rows_hold_the_metric_and_a_bootstrap_interval(full):
-    from cytokit.submission import oof_score
+    from cytocore.submission import oof_score
     from infer.config import load_config
     from infer.fuse import FuseParams, fuse
 
@@ -201,7 +201,7 @@ def test_with_only_the_folds_the_page_says_what_is_missing(prepared, tmp_path, m
 
 
 def test_cli_names_the_page_and_refuses_an_unprepared_dataset(prepared, tmp_path, capsys):
-    from cytokit.io import cli
+    from cytocore.io import cli
     from pipeline.report.__main__ import main
 
     assert cli(main, ["--data", str(tmp_path / "nothing"), "--k", "2", "--seed", "0"]) == 1

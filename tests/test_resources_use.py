@@ -17,8 +17,8 @@ import torch
 import yaml
 from PIL import Image
 
-from cytokit import classes, config, resources
-from cytokit.resources import GIB, MIB, Limits
+from cytocore import classes, config, resources
+from cytocore.resources import GIB, MIB, Limits
 from prepare import export
 from train import parallel
 from train.cls import data as cls_data

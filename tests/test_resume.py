@@ -114,7 +114,7 @@ def test_the_kit_s_yolo_validation_runs_fp32_when_amp_is_off(monkeypatch, amp):
     ``amp: true`` (ultralytics' own validation follows ``trainer.amp`` already)."""
     import torch
 
-    from cytokit.config import from_dict
+    from cytocore.config import from_dict
     from train.yolo.adapter import UltraConfig
     from train.yolo.predict import UltraPredictor
 
@@ -131,7 +131,7 @@ def test_classifier_validation_and_prediction_honour_amp(monkeypatch, amp):
     import numpy as np
     import torch
 
-    from cytokit import classes
+    from cytocore import classes
     from train.cls import adapter as cls_adapter
     from train.cls import model as cls_model
     from train.cls.predictor import ClassifierPredictor
@@ -168,7 +168,7 @@ def test_a_resumed_run_goes_on_with_its_recorded_settings_and_says_so(tmp_path, 
     import logging
     from types import SimpleNamespace
 
-    from cytokit import config as kit_config
+    from cytocore import config as kit_config
     from train import job, registry
 
     run = tmp_path / "runs" / "yolov8" / "fold0"
@@ -199,7 +199,7 @@ def test_a_resumed_run_goes_on_with_its_recorded_settings_and_says_so(tmp_path, 
 def test_make_all_retrains_an_interrupted_run_whose_settings_changed(tmp_path):
     from types import SimpleNamespace
 
-    from cytokit import config as kit_config
+    from cytocore import config as kit_config
     from pipeline import recipe as rc
     from pipeline import run as orch
     from train import registry
@@ -302,7 +302,7 @@ def test_a_yolo_run_killed_after_its_last_epoch_finishes_on_resume(tiny_data, mo
 
     import pandas as pd
 
-    from cytokit import dataset, predictions
+    from cytocore import dataset, predictions
 
     run = dataset.resolve(tiny_data).run_dir("yolov8", 0)
     with monkeypatch.context() as mp:
@@ -343,7 +343,7 @@ def _cell_table(root: Path, n: int = 10):
 
 
 def _cls_cfg(**kw):
-    from cytokit import config
+    from cytocore import config
     from train.cls.adapter import ClassifierConfig
 
     base = {"backbone": "resnet10t", "imgsz": 32, "epochs": 2, "batch": 4, "workers": 0, "device": "cpu",
@@ -417,7 +417,7 @@ def test_rescoring_every_n_epochs_by_default_and_always_the_last_one(tmp_path, m
 
     import pandas as pd
 
-    from cytokit.config import from_dict
+    from cytocore.config import from_dict
     from train.yolo import trainer as ultra_trainer
     from train.yolo.adapter import UltraConfig
 

@@ -1,11 +1,11 @@
-"""Detections -> prediction rows (cytokit.rows), one conversion for OOF and inference; the YOLO letterbox."""
+"""Detections -> prediction rows (cytocore.rows), one conversion for OOF and inference; the YOLO letterbox."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from cytokit import classes, rows
+from cytocore import classes, rows
 from train.base import Detections
 
 pytestmark = pytest.mark.unit

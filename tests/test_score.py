@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from cytokit import metric
-from cytokit.metric import score
+from cytocore import metric
+from cytocore.metric import score
 from submit import score as score_mod
 
 pytestmark = pytest.mark.unit
@@ -248,7 +248,7 @@ def test_cli_prints_terms_and_writes_json_and_png(tmp_path, capsys):
 
 
 def test_cli_missing_submission_is_one_line_error(tmp_path, capsys):
-    from cytokit import io
+    from cytocore import io
 
     table([(1, "a.jpg", 0, 0, 10, 10, "PNN")]).to_csv(tmp_path / "truth.csv", index=False)
     argv = ["--truth", str(tmp_path / "truth.csv"), "--submission", str(tmp_path / "no.csv")]

@@ -1,7 +1,7 @@
 """The fast scorer equals a slow, literal reading of docs/CHALLENGE.md section 4 (the oracle below) to 1e-9.
 
 The oracle loops over images with pandas filters, computes each image's GIoU
-matrix with its own numpy arithmetic (independent of ``cytokit.boxes``: the
+matrix with its own numpy arithmetic (independent of ``cytocore.boxes``: the
 formula as the organisers' scorer writes it, signed areas, 1e-7 floors), takes
 ``np.argmax`` per row and scikit-learn's macro-F1. ``bench/bench_score.py``
 times it against the fast scorer.
@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import f1_score
 
-from cytokit import classes
-from cytokit.metric import score
+from cytocore import classes
+from cytocore.metric import score
 
 pytestmark = pytest.mark.unit
 

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from cytokit import config as kit_config
-from cytokit import lastrun, makevars, paths
-from cytokit.io import ConfigError
+from cytocore import config as kit_config
+from cytocore import lastrun, makevars, paths
+from cytocore.io import ConfigError
 
 pytestmark = pytest.mark.unit
 
@@ -54,7 +54,7 @@ def write_ensemble(path: Path, **changes) -> Path:
     return path
 
 
-# ---- cytokit.lastrun: the run's tuned ensemble by default ----
+# ---- cytocore.lastrun: the run's tuned ensemble by default ----
 
 def test_the_last_runs_tuned_ensemble_is_the_default_and_given_wins(work, tmp_path):
     d = prepared(work, tmp_path)
@@ -167,7 +167,7 @@ def test_make_score_names_the_truth_variable_and_takes_device_only(work, tmp_pat
         makevars.scoring_overrides(["iou_thr=0.5"], "make score")
 
 
-# ---- cytokit.makevars: no variable dropped ----
+# ---- cytocore.makevars: no variable dropped ----
 
 def test_lower_case_and_unused_variables_are_refused_with_the_right_spelling():
     env = {"imgsz": "640", "lr": "0.01", "foo": "1", "EPOCHS": "3", "CYTOKIT_WORK": "w", "DEVICE": "cuda"}
@@ -252,7 +252,7 @@ def test_a_finished_run_on_other_folds_is_trained_again(work, tmp_path):
 # ---- make clean keeps what took time ----
 
 def test_make_clean_removes_caches_only_and_clean_runs_asks_first(work, tmp_path, monkeypatch, capsys):
-    from cytokit import cleanup
+    from cytocore import cleanup
 
     keep = [work / "runs" / "d" / "yolov8" / "fold0" / "done.json", work / "preds" / "d" / "x.parquet",
             work / "logs" / "d" / "tuned.yaml", work / "demo" / "runs" / "d" / "m" / "fold0" / "best.pt"]
@@ -319,7 +319,8 @@ def test_every_later_command_gets_device_and_args_and_no_default_ensemble():
     for pair in (["--member", "epochs=3"], ["--member", "batch=8"], ["--member", "device=cpu"],
                  ["--member", "pretrained=none"], ["--detector", "imgsz=640"]):
         assert any(argv[i:i + 2] == pair for i in range(len(argv))), pair
-    assert "rm -rf" not in dry("clean") and "cytokit.cleanup runs --confirm" in dry("clean-runs", "CONFIRM=1")
+    assert "rm -rf" not in dry("clean")
+    assert "cytocore.cleanup runs --confirm" in dry("clean-runs", "CONFIRM=1")
 
 
 @pytest.mark.smoke

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cytokit import images, tables
-from cytokit.classes import CLASSES
+from cytocore import images, tables
+from cytocore.classes import CLASSES
 from prepare.synth import make as synth
 from prepare.synth.classes import BOX_COUNTS, RECIPES
 from prepare.synth.plan import make_plan, multi_probability

@@ -1,4 +1,4 @@
-"""cytokit.tables: every problem kind, with its line, all reported at once; typed output."""
+"""cytocore.tables: every problem kind, with its line, all reported at once; typed output."""
 from __future__ import annotations
 
 import logging
@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cytokit import tables
-from cytokit.io import DataError
+from cytocore import tables
+from cytocore.io import DataError
 
 pytestmark = pytest.mark.unit
 

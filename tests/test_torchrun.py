@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from cytokit import paths
+from cytocore import paths
 
 pytestmark = pytest.mark.smoke
 
@@ -18,9 +18,9 @@ import json, os, sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from cytokit import env
+from cytocore import env
 env.apply()
-from cytokit import paths, predictions
+from cytocore import paths, predictions
 from train import dist, job, oof, runs
 
 out = Path(sys.argv[1])

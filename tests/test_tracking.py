@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from cytokit import paths
-from cytokit.config import ConfigError
+from cytocore import paths
+from cytocore.config import ConfigError
 from train import runs, tracking
 
 pytestmark = pytest.mark.unit
@@ -102,7 +102,7 @@ def test_mlflow_tracker_uses_a_local_file_store(monkeypatch, run_dir):
 def test_the_recipe_chooses_the_tracker_of_make_all_and_make_wins(monkeypatch, run_dir, tmp_path):
     """recipe ``tracker:`` -> CYTOKIT_TRACKER for the jobs (unless TRACKER= already set it); an unknown
     tracker is refused with the recipe; the tuned OOF table and settings are logged as run make_all."""
-    from cytokit import config as kit_config
+    from cytocore import config as kit_config
     from pipeline import run as orch
     from pipeline.recipe import RecipeConfig
 

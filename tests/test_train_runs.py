@@ -6,8 +6,8 @@ import json
 import pandas as pd
 import pytest
 
-from cytokit import io
-from cytokit.config import ConfigError
+from cytocore import io
+from cytocore.config import ConfigError
 from train import runs
 from train.__main__ import main
 from train.job import folds_of, list_models

@@ -13,7 +13,7 @@ import json
 import pandas as pd
 import pytest
 
-from cytokit import classes, dataset, predictions
+from cytocore import classes, dataset, predictions
 
 pytestmark = pytest.mark.slow
 # From scratch on ~135 images: AdamW at 0.003 (ultralytics' "auto" picks 0.00037 for short runs, too slow
@@ -24,7 +24,7 @@ EPOCHS = ["epochs=25", "imgsz=160", "batch=8", "workers=1", "plots=false", "clos
 
 def constant_baseline(fold) -> float:
     """Challenge score of a full-image box with the training fold's commonest class on every image."""
-    from cytokit.submission import oof_score
+    from cytocore.submission import oof_score
 
     common = fold.train_boxes["class"].value_counts().idxmax()
     imgs = fold.val_images

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cytokit import classes, dataset, paths, predictions
+from cytocore import classes, dataset, paths, predictions
 
 pytestmark = pytest.mark.smoke
 
@@ -31,7 +31,7 @@ ARGS = {"yolov5": ULTRA, "yolov8": ULTRA, "yolo11": ULTRA,
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Iterator[Path]:
-    """8 synthetic images, folds k=2 seed 0, exported in the cytokit/dataset.py layout,
+    """8 synthetic images, folds k=2 seed 0, exported in the cytocore/dataset.py layout,
     in a work folder of this module's own (runs and predictions of other tests stay apart)."""
     from prepare import folds
     from prepare.synth import make as synth

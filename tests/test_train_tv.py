@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DistributedSampler
 
-from cytokit.config import ConfigError, from_dict
+from cytocore.config import ConfigError, from_dict
 from train import dist
 from train.tv.adapter import FasterRCNNConfig, TvConfig, build_model
 from train.tv.data import CocoDetection, augmentations

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cytokit.config import ConfigError, from_dict
+from cytocore.config import ConfigError, from_dict
 from train.weights import WeightsError
 from train.yolo.adapter import UltraConfig, Yolo11Adapter, Yolov5Adapter, Yolov8Adapter, check_weights
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cytokit import predictions
+from cytocore import predictions
 from infer import cache, fuse, predict, tta
 from train.base import Detections, Predictor
 

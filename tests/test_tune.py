@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cytokit import classes, config, metric, predictions, submission
+from cytocore import classes, config, metric, predictions, submission
 from infer import blend, fuse, tune
 from infer.config import EnsembleConfig, TuneGrid
 from infer.oof_eval import OFF, OOF, Blend, Evaluator, Settings, config_settings
@@ -83,7 +83,7 @@ class FakeClassifier:
         return "crop"
 
     def probs(self, table, tta, n_cells):
-        from cytokit import boxes as bx
+        from cytocore import boxes as bx
 
         out = np.full((len(table), 23), np.nan)
         for i, row in enumerate(table.reset_index(drop=True).itertuples()):

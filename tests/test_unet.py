@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cytokit import classes, config, predictions
+from cytocore import classes, config, predictions
 from train.unet.post import N_LABELS, confusion, detections_from_probs, refine_boxes, seg_metrics
 
 pytestmark = pytest.mark.unit
@@ -126,8 +126,8 @@ def test_imgsz_must_fit_the_encoder_depth():
 def test_cli_smoke_train_resume_predict_and_oof_table(tmp_path, capsys):
     from test_masks import make_dataset
 
-    from cytokit import dataset
-    from cytokit.dataset import load_fold
+    from cytocore import dataset
+    from cytocore.dataset import load_fold
     from infer.fuse import FuseParams, fuse
     from train.__main__ import main as train_main
     from train.unet.adapter import UnetAdapter

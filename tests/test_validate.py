@@ -111,7 +111,7 @@ def test_every_problem_is_listed_and_images_may_be_missing(files, tmp_path):
 
 def test_cli_caps_the_listing_errors_first(files, tmp_path, capsys):
     """20,000 rows without their images: one warning for the missing images, at most MAX_SHOWN lines."""
-    from cytokit import io
+    from cytocore import io
 
     images = tmp_path / "images"
     images.mkdir()

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cytokit import paths
-from cytokit.config import ConfigError
-from cytokit.io import cli
+from cytocore import paths
+from cytocore.config import ConfigError
+from cytocore.io import cli
 from train import registry
 from train.weights import WeightsError, catalog, normalise, resolve
 from train.weights.check import check_file
@@ -114,7 +114,7 @@ def test_the_old_weights_key_is_an_error_as_an_override_and_read_in_old_run_conf
             registry.load_config(name, ["weights=w.pt"])
     old = tmp_path / "config.yaml"  # a run folder written before the rename
     old.write_text("epochs: 3\nweights: null\n")
-    from cytokit.config import load
+    from cytocore.config import load
     from train.yolo.adapter import UltraConfig
 
     assert load(UltraConfig, old).pretrained == "none"
@@ -186,7 +186,7 @@ def test_timm_imagenet_file_starts_the_classifier_with_a_new_head(weights_dir):
     import timm
     from safetensors.torch import save_file
 
-    from cytokit import classes
+    from cytocore import classes
     from train.cls import model as cls_model
 
     entry = catalog.match("cls:efficientnet_b0")

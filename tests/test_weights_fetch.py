@@ -16,7 +16,7 @@ import threading
 import pytest
 import torch
 
-from cytokit import paths
+from cytocore import paths
 from train.weights import __main__ as cli_main
 from train.weights import catalog, fetch
 from train.weights.errors import WeightsError
@@ -239,7 +239,7 @@ def test_offline_exit_status_and_one_line_per_file(weights_dir, monkeypatch, cap
 def test_only_the_weights_downloader_opens_network_connections():
     """Every other module stays offline: none imports an HTTP client."""
     pattern = re.compile(r"^\s*(import|from)\s+(urllib\.request|http\.client|requests|socket)\b", re.M)
-    folders = ("cytokit", "prepare", "train", "infer", "submit", "pipeline", "bench")
+    folders = ("cytokit", "cytocore", "prepare", "train", "infer", "submit", "pipeline", "bench")
     users = sorted(str(p.relative_to(paths.ROOT)) for folder in folders
                    for p in (paths.ROOT / folder).rglob("*.py") if pattern.search(p.read_text()))
     assert users == ["train/weights/fetch.py"]

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cytokit import classes, io, predictions, submission, tables
-from cytokit.metric import score
+from cytocore import classes, io, predictions, submission, tables
+from cytocore.metric import score
 from submit import write, writer
 
 pytestmark = pytest.mark.unit

@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from cytokit import classes
-from cytokit.images import load_rgb
+from cytocore import classes
+from cytocore.images import load_rgb
 from train.base import Detections, Predictor
 
 MODEL = "fakedet"
@@ -85,7 +85,7 @@ def patched(data: Path):
 
 def save_classifiers(ds) -> None:
     """Untrained resnet10t crop classifiers (32 px) saved as cls folds 0 and 1 of the dataset ``ds``."""
-    from cytokit import config
+    from cytocore import config
     from train import checkpoint
     from train.cls import model as cls_model
     from train.cls.adapter import ClassifierConfig
@@ -99,7 +99,7 @@ def save_classifiers(ds) -> None:
 def build(tmp: Path, classifier: bool = False) -> tuple[Path, Path, str]:
     """``(data, work, dataset id)``: the data folder and the (outer) work folder of a tiny run; with
     ``classifier``, untrained crop classifier folds blended in at weight 0.5."""
-    from cytokit import config, dataset, env, paths
+    from cytocore import config, dataset, env, paths
     from infer import ensemble, tune
     from infer.config import load_config
     from prepare import folds

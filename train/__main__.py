@@ -7,7 +7,7 @@
     python -m train --list
 
 (``make train MODEL= NAME= FOLD= JOBS= EPOCHS= IMGSZ= BATCH= DEVICE= WEIGHTS= RESUME=1 FORCE=1
-ARGS="k=v"``.) The fold comes from ``make folds`` (``cytokit.dataset.load_fold``). Config =
+ARGS="k=v"``.) The fold comes from ``make folds`` (``cytocore.dataset.load_fold``). Config =
 defaults (``configs/<family>.yaml``, see --list) <- the member's settings (``--name``, default the
 model) in the recipe of the last ``make all`` on the dataset (``--recipe`` / RECIPE= another,
 ``none`` none) <- ``key=value``; unknown keys are
@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cytokit import env, io, paths
+from cytocore import env, io, paths
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, help="run the folds as this many parallel processes, the CPU threads "
                    "(or the GPUs) split between them; logs in work/logs/<dataset id>/")
     p.add_argument("--recipe", type=Path, help="recipe whose member settings come first (default: the last "
-                   "make all's on the dataset, cytokit.lastrun; 'none': the model's config alone)")
+                   "make all's on the dataset, cytocore.lastrun; 'none': the model's config alone)")
     p.add_argument("--list", action="store_true", help="list the registered models and exit")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -81,7 +81,7 @@ def recipe_overrides(args: argparse.Namespace) -> list[str]:
     member named ``--name`` (default: the model), which the command line's ``key=value`` then override;
     [] when none lists it. One line says which file, so ``make train`` after ``make all`` trains what the
     run trained."""
-    from cytokit import lastrun
+    from cytocore import lastrun
 
     if not args.model or (args.recipe is not None and str(args.recipe).lower() == "none"):
         return []

@@ -4,7 +4,7 @@ An adapter knows how to train one kind of model on one fold and how to load
 trained weights into a ``Predictor``. Everything model-specific (ultralytics
 result parsing, torchvision target dicts, UNet masks) stays inside its adapter;
 the rest of the kit sees only this interface and the prediction table
-(``cytokit.predictions``).
+(``cytocore.predictions``).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from cytokit.classes import NUM_CLASSES
+from cytocore.classes import NUM_CLASSES
 
 
 @dataclasses.dataclass
@@ -24,7 +24,7 @@ class Detections:
 
     xyxy: np.ndarray  # (N, 4) float, absolute
     scores: np.ndarray  # (N,) float in [0, 1]
-    labels: np.ndarray  # (N,) int class ids (cytokit.classes order)
+    labels: np.ndarray  # (N,) int class ids (cytocore.classes order)
     probs: np.ndarray | None = None  # (N, 23) per-class probabilities, when the model has them
 
     @classmethod
@@ -51,7 +51,7 @@ class Adapter(abc.ABC):
 
     @abc.abstractmethod
     def train(self, cfg: Any, fold_data: Any, run_dir: Path, resume: bool = False) -> Path:
-        """Train on ``fold_data`` (``cytokit.dataset.FoldData``) into ``run_dir``; return best weights."""
+        """Train on ``fold_data`` (``cytocore.dataset.FoldData``) into ``run_dir``; return best weights."""
 
     @abc.abstractmethod
     def load(self, weights: Path, cfg: Any, device: str = "cpu") -> Predictor:

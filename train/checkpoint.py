@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from cytokit import classes
-from cytokit.io import atomic_write
+from cytocore import classes
+from cytocore.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def read(path: Path, what: str) -> dict:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise WeightsError(path, f"not a {what} checkpoint of this kit (expected keys model, config)")
     if list(ckpt.get("classes", [])) != list(classes.CLASSES):
-        raise WeightsError(path, "trained with another class list/order than cytokit.classes.CLASSES")
+        raise WeightsError(path, "trained with another class list/order than cytocore.classes.CLASSES")
     return ckpt
 
 

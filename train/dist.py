@@ -30,7 +30,7 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
-from cytokit.config import ConfigError
+from cytocore.config import ConfigError
 
 
 def resolve_device(spec: str | int | None) -> str:

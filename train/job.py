@@ -2,7 +2,7 @@
 
 ``train(model, fold, data, k, seed, overrides, resume, force, name)`` is what
 ``python -m train`` (and ``make all``) runs: per fold, in the run folder of the member ``name``
-(default: the model; ``cytokit.members``), the run folder's state
+(default: the model; ``cytocore.members``), the run folder's state
 (fresh, resume, done; ``train.runs``), training through the model's adapter,
 then the out-of-fold predictions of the best weights and the fold's challenge
 score (``run_fold``). Under torchrun only rank 0 predicts and writes.
@@ -15,14 +15,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cytokit import makevars, paths
+from cytocore import makevars, paths
 
 log = logging.getLogger("train")
 
 
 def folds_of(text: str, k: int) -> list[int]:
     """``"all"`` -> ``[0..k-1]``; ``"2"`` -> ``[2]``; anything else raises ``ConfigError``."""
-    from cytokit.config import ConfigError
+    from cytocore.config import ConfigError
 
     if text == "all":
         return list(range(k))
@@ -63,7 +63,7 @@ def check_torchrun(model: str, adapter: Any) -> None:
     """Refuse torchrun for models whose training is not one-process-per-GPU DDP: ultralytics starts its
     own DDP workers (``device=0,1``) and would join a second process group; cls and unet would train the
     whole job once per process."""
-    from cytokit.config import ConfigError
+    from cytocore.config import ConfigError
     from train.tv.adapter import TvAdapter
     from train.yolo.adapter import UltraAdapter
 
@@ -81,7 +81,7 @@ def continued_config(name: str, fold: int, cfg: Any, run_dir: Path, state: str, 
     (ultralytics' resume reads its own arguments from last.pt), so settings this call changes are not
     applied, and not recorded: one line says which (``--force`` trains again with them). ``name``: the
     member, ``model``: its registry model (default: the name)."""
-    from cytokit import config as kit_config
+    from cytocore import config as kit_config
     from train import registry, runs
 
     changed = runs.recorded_differences(cfg, run_dir)
@@ -152,8 +152,8 @@ def train(model: str | None, fold: str, data: Path, k: int | None, seed: int | N
     """Train ``model`` on ``fold`` (an index or ``all``) of the dataset prepared from ``data``, as the
     member ``name`` (its run folder; default: the model); the done.json records of the folds (None on
     non-zero torchrun ranks)."""
-    from cytokit import dataset, members
-    from cytokit.config import ConfigError
+    from cytocore import dataset, members
+    from cytocore.config import ConfigError
     from train import dist, registry
 
     if not model:

@@ -2,10 +2,10 @@
 
 ``predict_images`` runs any ``train.base.Predictor`` over images read from disk
 (original size, so boxes come out in original coordinates) and returns the
-prediction table (``cytokit.predictions``) made by ``cytokit.rows``, the same
+prediction table (``cytocore.predictions``) made by ``cytocore.rows``, the same
 conversion inference uses. ``evaluate`` scores such a table on
-the fold's validation boxes with the challenge metric (``cytokit.submission.oof_score``) and
-mAP50 (``cytokit.coco_eval``). ``write_oof`` stores it as
+the fold's validation boxes with the challenge metric (``cytocore.submission.oof_score``) and
+mAP50 (``cytocore.coco_eval``). ``write_oof`` stores it as
 ``work/preds/<model>/fold<k>/oof.parquet``. Trainers call ``evaluate`` every
 epoch to keep the best checkpoint; ``python -m train`` calls all three after a
 fold is trained.
@@ -19,8 +19,8 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from cytokit import predictions, rows
-from cytokit.images import load_rgb
+from cytocore import predictions, rows
+from cytocore.images import load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def predict_images(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Predict every image of ``names`` (read from ``images_dir``) as a prediction table: the rows of
-    ``cytokit.rows`` (boxes clipped to the image, at most ``max_det`` per image, 0 = all)."""
+    ``cytocore.rows`` (boxes clipped to the image, at most ``max_det`` per image, 0 = all)."""
     names = list(names)
     bar = tqdm(names, desc=f"predict {model} fold{fold}", unit="img", disable=not progress, leave=False,
                mininterval=2)
@@ -61,8 +61,8 @@ def predict_fold(predictor: Any, fold_data: Any, model: str, conf: float = 0.001
 
 def evaluate(preds: pd.DataFrame, fold_data: Any) -> dict[str, float]:
     """Challenge score (with its GIoU and F1 terms) and mAP50 of ``preds`` on the fold's validation boxes."""
-    from cytokit.coco_eval import coco_map
-    from cytokit.submission import oof_score
+    from cytocore.coco_eval import coco_map
+    from cytocore.submission import oof_score
 
     result = oof_score(preds, fold_data.val_boxes, fold_data.val_images)
     maps = coco_map(fold_data.val_boxes, preds)

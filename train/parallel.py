@@ -45,7 +45,7 @@ import sys
 import time
 from pathlib import Path
 
-from cytokit.resources import JOBS_ENV
+from cytocore.resources import JOBS_ENV
 
 log = logging.getLogger("train")
 
@@ -117,7 +117,7 @@ def passive_wait() -> None:
 def job_env(threads: int, gpu: str | None = None, jobs: int = 1) -> dict[str, str]:
     """The environment of a job: this one, with its thread count (0: left as it is), (when
     given) its one GPU and the number of jobs at once (``CYTOKIT_JOBS``: its share of cores,
-    memory and /dev/shm, ``cytokit.resources``)."""
+    memory and /dev/shm, ``cytocore.resources``)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", JOBS_ENV: str(max(1, jobs))}
     if threads > 0:
         env.update({var: str(threads) for var in THREAD_VARS})
@@ -342,7 +342,7 @@ def train_argv(model: str, fold: int, data: Path, k: int, seed: int, overrides: 
 
 def log_path(ds, name: str, fold: int) -> Path:
     """The log file of the member ``name`` fold ``fold`` of the prepared dataset ``ds``."""
-    from cytokit import paths
+    from cytocore import paths
 
     return paths.logs_dir(ds.id) / f"{name}_fold{fold}.log"
 
@@ -359,7 +359,7 @@ def train_folds(model: str, fold: str, data: Path, k: int | None, seed: int | No
                 n: int, resume: bool = False, force: bool = False, name: str = "") -> int:
     """``python -m train --jobs N``: the folds of ``model`` (member ``name``, default the model) as
     parallel jobs; 1 when one failed."""
-    from cytokit import dataset, members
+    from cytocore import dataset, members
     from train import registry
     from train.job import folds_of
 

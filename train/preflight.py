@@ -11,10 +11,10 @@ silently run worse hours later, checked in seconds before any run folder or trai
 - **disk**: free space of the work folder against an estimate of the run's outputs;
 - **/dev/shm**: DataLoader workers x batches in flight against its free space (Docker's 64 MiB);
 - **memory**: the jobs run at once, each with its caches, against what this process may use
-  (``cytokit.resources.Limits``: cgroup and SLURM limits, not the node's RAM).
+  (``cytocore.resources.Limits``: cgroup and SLURM limits, not the node's RAM).
 
 Every problem is one line; ``check_training`` raises ``PreflightError`` (a ``ConfigError``:
-``cytokit.io.cli`` prints the lines and exits 1, no traceback) when there is any. ``CYTOKIT_PREFLIGHT=off``
+``cytocore.io.cli`` prints the lines and exits 1, no traceback) when there is any. ``CYTOKIT_PREFLIGHT=off``
 skips it; a run that passed the pre-flight of ``make all`` sets ``CYTOKIT_PREFLIGHT=done`` for its
 training jobs, which then skip their own. The estimates are rough on purpose (a margin over measured
 sizes, see the constants): the pre-flight refuses what cannot fit, it does not tune.
@@ -28,9 +28,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cytokit import paths, resources
-from cytokit.config import ConfigError
-from cytokit.resources import GIB, Limits, fmt_bytes
+from cytocore import paths, resources
+from cytocore.config import ConfigError
+from cytocore.resources import GIB, Limits, fmt_bytes
 
 ENV = "CYTOKIT_PREFLIGHT"  # off: skip the pre-flight; done: set for the jobs of a run that passed it
 README_GPU = "README, 'GPU machines'"
@@ -66,10 +66,10 @@ class Member:
     cfg: Any  # its resolved config (configs/<family>.yaml <- overrides)
     folds: int  # its training jobs (folds)
     overrides: list[str] = dataclasses.field(default_factory=list)
-    name: str = ""  # the member's name (cytokit.members); "" = the model
+    name: str = ""  # the member's name (cytocore.members); "" = the model
 
     def __post_init__(self) -> None:
-        from cytokit import members
+        from cytocore import members
 
         self.name = members.member_name(self.name, self.model)
 

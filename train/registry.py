@@ -27,8 +27,8 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from cytokit import paths
-from cytokit.config import ConfigError, load
+from cytocore import paths
+from cytocore.config import ConfigError, load
 
 MODELS: dict[str, str] = {
     "yolov5": "train.yolo.adapter:Yolov5Adapter",  # ultralytics YOLOv5u (anchor-free head)

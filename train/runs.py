@@ -34,9 +34,9 @@ from typing import Any
 
 import pandas as pd
 
-from cytokit import config as kit_config
-from cytokit import makevars
-from cytokit.io import atomic_write, atomic_write_df, atomic_write_text
+from cytocore import config as kit_config
+from cytocore import makevars
+from cytocore.io import atomic_write, atomic_write_df, atomic_write_text
 from train import tracking
 
 log = logging.getLogger(__name__)

@@ -28,8 +28,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cytokit import paths
-from cytokit.config import ConfigError
+from cytocore import paths
+from cytocore.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +92,14 @@ class CsvTracker(Tracker):
         self.folder = tracking_dir() / experiment / run
 
     def params(self, values: dict[str, Any]) -> None:
-        from cytokit.io import atomic_write_text
+        from cytocore.io import atomic_write_text
 
         atomic_write_text(self.folder / "params.json", json.dumps(values, indent=1, default=str) + "\n")
 
     def metrics(self, row: dict[str, Any], step: int) -> None:
         import pandas as pd
 
-        from cytokit.io import atomic_write_df
+        from cytocore.io import atomic_write_df
 
         path = self.folder / "metrics.csv"
         old = pd.read_csv(path) if path.exists() else pd.DataFrame()
@@ -109,7 +109,7 @@ class CsvTracker(Tracker):
         atomic_write_df(pd.concat([old, new], ignore_index=True) if len(old) else new, path)
 
     def table(self, name: str, frame: Any) -> None:
-        from cytokit.io import atomic_write_df
+        from cytocore.io import atomic_write_df
 
         atomic_write_df(frame, self.folder / f"{name}.csv")
 
@@ -213,7 +213,7 @@ def epoch(run_dir: Path, row: dict[str, Any]) -> None:
     if tracker(experiment, run) is None:
         return
     if first:
-        from cytokit import config as kit_config
+        from cytocore import config as kit_config
 
         saved = Path(run_dir) / "config.yaml"
         _call((experiment, run), "params", kit_config.read_yaml(saved) if saved.is_file() else {})

@@ -1,7 +1,7 @@
 """``python -m pipeline.report --data DATA [--k K --seed SEED] [key=value ...]``: the dataset's HTML report.
 
 ``make report``; the page is described in ``pipeline.report``. Without ``--config`` (ENSEMBLE=) the
-out-of-fold table uses the last ``make all``'s tuned ensemble of the dataset (``cytokit.lastrun``), so the
+out-of-fold table uses the last ``make all``'s tuned ensemble of the dataset (``cytocore.lastrun``), so the
 page of a run made again gives that run's numbers.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cytokit import env, io, lastrun, paths
+from cytocore import env, io, lastrun, paths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, help="folds of the prepared dataset (default: as prepared)")
     parser.add_argument("--seed", type=int, help="fold seed of the prepared dataset (default: as prepared)")
     parser.add_argument("--config", type=Path,
-                        help="ensemble config (default: the last make all's tuned one, cytokit.lastrun)")
+                        help="ensemble config (default: the last make all's tuned one, cytocore.lastrun)")
     parser.add_argument("--submission", type=Path, help="submission to validate (default: the latest)")
     parser.add_argument("--out", type=Path, help="HTML file to write (default work/reports/<dataset>.html)")
     parser.add_argument("--no-classifier", action="store_true", help="skip the classifier blend rows")

@@ -5,8 +5,8 @@ import logging
 import time
 from pathlib import Path
 
-from cytokit import config as kit_config
-from cytokit import io, lastrun
+from cytocore import config as kit_config
+from cytocore import io, lastrun
 from pipeline.report import calibration, errors, sections
 from pipeline.report import page as p
 from pipeline.report.sources import Source
@@ -31,7 +31,7 @@ def build_report(data: Path, k: int | None = None, seed: int | None = None, conf
     several times); its path.
 
     ``config``: the ensemble config whose fusion and classifier settings score the out-of-fold table
-    (default: the last make all's tuned one, ``cytokit.lastrun``) with ``overrides`` (``key=value``
+    (default: the last make all's tuned one, ``cytocore.lastrun``) with ``overrides`` (``key=value``
     ensemble config keys: device=cuda, ...); ``submission``: the submission to
     validate (default submissions/submission.csv); ``classifier``: score the classifier blend rows
     when no tuned table exists (crops classified once, cached); ``n_boot``: bootstrap resamples per

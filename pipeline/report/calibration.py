@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cytokit import paths
+from cytocore import paths
 from pipeline.report import page as p
 
 
@@ -33,7 +33,7 @@ def reliability_table(run: str | Path | None = None) -> pd.DataFrame:
 
     r = predict_images.find_run(run)
     with predict_images.in_work(r):
-        from cytokit import dataset
+        from cytocore import dataset
 
         meta = dataset.load_meta(paths.dataset_root(r.id))
         ds = dataset.Dataset(r.id, paths.dataset_root(r.id), int(meta["k"]), int(meta["seed"]))

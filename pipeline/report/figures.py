@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cytokit import classes
+from cytocore import classes
 
 TRUE_COLOUR, PRED_COLOUR = "#1a9850", "#d6046f"  # green truth, magenta prediction
 DPI = 100  # pixels per inch of every figure
@@ -191,6 +191,6 @@ def boxes_grid(items: list[tuple[str, np.ndarray, pd.DataFrame, pd.DataFrame]], 
 
 
 def image_of(images_dir: Path, name: str) -> np.ndarray:
-    from cytokit.images import load_rgb
+    from cytocore.images import load_rgb
 
     return load_rgb(Path(images_dir) / name)

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cytokit import predictions
-from cytokit.metric import ScoreResult, score
-from cytokit.submission import make_submission, one_view, synthetic_truth
+from cytocore import predictions
+from cytocore.metric import ScoreResult, score
+from cytocore.submission import make_submission, one_view, synthetic_truth
 from pipeline.report.sources import Source
 
 log = logging.getLogger(__name__)

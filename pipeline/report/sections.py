@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from cytokit import paths
+from cytocore import paths
 from pipeline.report import figures
 from pipeline.report import page as p
 from pipeline.report.sources import Source
@@ -108,7 +108,7 @@ def _started_from(run: Path, config: dict) -> str:
 
 
 def submission_section(src: Source, path: Path | None = None) -> str:
-    from cytokit import tables
+    from cytocore import tables
     from submit.validate import validate_submission
 
     path = Path(path) if path else src.submission()
@@ -135,7 +135,7 @@ def submission_section(src: Source, path: Path | None = None) -> str:
         out.append("<h3>Predicted classes</h3>" + p.table(pd.DataFrame(
             {"class": counts.index, "rows": counts.to_numpy(), "share": (counts / len(sub)).to_numpy()})))
     if files["test_labels"].is_file() and not errors:
-        from cytokit.metric import score
+        from cytocore.metric import score
 
         r = score(tables.read(files["test_labels"], "submission"), tables.read(path, "submission"))
         out.append(p.cards([("local score", r.total), ("GIoU term", r.giou_term), ("F1 term", r.f1_term)])

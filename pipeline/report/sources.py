@@ -1,6 +1,6 @@
 """Where the report reads each step's outputs: the one module that knows the work-folder layout.
 
-Every path comes from ``cytokit.paths`` / ``cytokit.dataset`` (never composed here), so a change of
+Every path comes from ``cytocore.paths`` / ``cytocore.dataset`` (never composed here), so a change of
 layout (runs and predictions under a dataset id) is a change of these few functions.
 """
 from __future__ import annotations
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from cytokit import dataset, paths, predictions
+from cytocore import dataset, paths, predictions
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
     """The prepared dataset a report is about: the data folder and, when it was prepared several
-    times, its K and SEED (``cytokit.dataset.resolve``)."""
+    times, its K and SEED (``cytocore.dataset.resolve``)."""
 
     data: Path
     k_asked: int | None = None

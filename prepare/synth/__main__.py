@@ -1,5 +1,5 @@
 """``python -m prepare.synth``: see ``prepare.synth.make``."""
-from cytokit import io
+from cytocore import io
 from prepare.synth.make import main
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from cytokit import images, io, paths, tables
-from cytokit.tables import COORDS
+from cytocore import images, io, paths, tables
+from cytocore.tables import COORDS
 
 
 def features(rgb: np.ndarray, box) -> np.ndarray:

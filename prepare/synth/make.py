@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from cytokit import env, io
+from cytocore import env, io
 from prepare.synth.plan import ImagePlan, make_plan
 from prepare.synth.sheet import write_contact_sheet
 from prepare.synth.smear import Scene, render

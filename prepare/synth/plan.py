@@ -17,7 +17,7 @@ import dataclasses
 
 import numpy as np
 
-from cytokit.classes import CLASSES
+from cytocore.classes import CLASSES
 from prepare.synth.classes import BOX_COUNTS, RECIPES
 
 CLASS_FLOOR = 4  # images per class guaranteed when there are enough images

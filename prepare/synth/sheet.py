@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from cytokit.classes import CLASSES
+from cytocore.classes import CLASSES
 from prepare.synth.cells import draw_cell
 from prepare.synth.smear import finish
 

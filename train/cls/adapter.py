@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cytokit import classes, config, predictions
+from cytocore import classes, config, predictions
 from train import checkpoint
 from train.base import Adapter
 from train.cls import data as cls_data
@@ -41,7 +41,7 @@ def training_tables(cfg: ClassifierConfig, fold_data: Any) -> tuple[pd.DataFrame
     if cfg.val_detector:
         oof = fold_data.preds_dir(cfg.val_detector) / predictions.OOF_FILE
         if oof.exists():
-            from cytokit.submission import one_view
+            from cytocore.submission import one_view
 
             matched = cls_data.match_truth(val, one_view(predictions.read(oof)))
             log.info("validation crops: %s boxes matched to GT by best GIoU (%d boxes, mean GIoU %.3f)",

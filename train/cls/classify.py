@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cytokit import classes, images, paths
-from cytokit.tables import COORDS
+from cytocore import classes, images, paths
+from cytocore.tables import COORDS
 
 log = logging.getLogger(__name__)
 IMAGE_CACHE_BYTES = 512 * 2**20  # decoded images kept between trials (least recently used dropped first)

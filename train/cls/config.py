@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from cytokit import config
+from cytocore import config
 from train.cls import data as cls_data
 from train.cls import model as cls_model
 from train.weights import normalise

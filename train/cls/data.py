@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cytokit import boxes, classes, images, resources
-from cytokit.tables import COORDS
+from cytocore import boxes, classes, images, resources
+from cytocore.tables import COORDS
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def build_augment(name: str):
 
 
 def labels_of(table: pd.DataFrame) -> np.ndarray:
-    """Class ids (``cytokit.classes`` order) of a table's ``class`` column; unknown codes raise."""
+    """Class ids (``cytocore.classes`` order) of a table's ``class`` column; unknown codes raise."""
     bad = ~table["class"].isin(classes.CLASSES)
     if bad.any():
         raise ValueError(f"unknown class {table['class'][bad].iloc[0]!r} in {int(bad.sum())} row(s)")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cytokit import classes
+from cytocore import classes
 from train.cls.data import to_tensor
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cytokit import classes, predictions
+from cytocore import classes, predictions
 
 log = logging.getLogger(__name__)
 CHUNK = 32  # images classified at a time
@@ -27,7 +27,7 @@ CHUNK = 32  # images classified at a time
 
 def detector_table(cfg: Any, fold_data: Any) -> pd.DataFrame | None:
     """The ``val_detector``'s out-of-fold table of the fold (one view), or None when unavailable."""
-    from cytokit.submission import one_view
+    from cytocore.submission import one_view
 
     if not cfg.val_detector:
         return None

@@ -91,7 +91,7 @@ def load_predictor(weights: Path, cfg: Any = None, device: str = "cpu") -> Class
     import dataclasses
     import logging
 
-    from cytokit import config
+    from cytocore import config
     from train import checkpoint
     from train.cls.config import ClassifierConfig
 

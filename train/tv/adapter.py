@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from cytokit import classes
-from cytokit.config import ConfigError
+from cytocore import classes
+from cytocore.config import ConfigError
 from train.base import Adapter, Detections, Predictor
 from train.weights import normalise, resolve
 from train.weights.load import load_matching, read_tensors

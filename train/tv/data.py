@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cytokit import boxes as kit_boxes
-from cytokit.config import ConfigError
-from cytokit.images import load_rgb
+from cytocore import boxes as kit_boxes
+from cytocore.config import ConfigError
+from cytocore.images import load_rgb
 from train.dist import reseed_augment
 
 PRESETS = ("default", "light", "none")

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from cytokit import resources
-from cytokit.config import to_dict
+from cytocore import resources
+from cytocore.config import to_dict
 from train import checkpoint, dist, runs
 from train.tv.data import collate
 

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from cytokit import config, resources
+from cytocore import config, resources
 from train import checkpoint, runs
 from train.base import Adapter
 from train.unet.post import N_LABELS, UnetPredictor, confusion, seg_metrics
@@ -126,8 +126,8 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, dice_weight: float) -> t
 
 def validate(predictor: UnetPredictor, fold_data: Any, masks_dir: Path) -> tuple[dict, pd.DataFrame]:
     """Segmentation metrics (original size) and the challenge score of the validation boxes."""
-    from cytokit import predictions
-    from cytokit.images import load_rgb
+    from cytocore import predictions
+    from cytocore.images import load_rgb
     from train.unet.masks import read_mask
 
     conf_mat = np.zeros((N_LABELS, N_LABELS), dtype=np.int64)

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from cytokit.images import load_rgb
+from cytocore.images import load_rgb
 from train.unet.masks import read_mask
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255

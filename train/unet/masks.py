@@ -3,7 +3,7 @@
     python -m train.unet.masks --data DATA --k K --seed SEED [--medsam-ckpt PATH|auto] [--device cpu|cuda]
                             [--config configs/masks.yaml] [--force] [key=value ...]
 
-Reads the prepared dataset (``cytokit/dataset.py``; run ``make folds`` first) and
+Reads the prepared dataset (``cytocore/dataset.py``; run ``make folds`` first) and
 writes, under ``work/masks/<dataset key>/``::
 
     meta.json     method, checkpoint, the resolved config, "complete" once every image is done
@@ -28,9 +28,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from cytokit import classes, config, env, paths
-from cytokit.io import atomic_write, atomic_write_text, cli, setup_logging
-from cytokit.tables import COORDS
+from cytocore import classes, config, env, paths
+from cytocore.io import atomic_write, atomic_write_text, cli, setup_logging
+from cytocore.tables import COORDS
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _write_png(path: Path, label_map: np.ndarray) -> None:
 
 def _fallback_one(job: tuple) -> tuple[str, np.ndarray]:
     """(name, label map) of one image with the classical method (runs in worker processes)."""
-    from cytokit.images import load_rgb
+    from cytocore.images import load_rgb
     from train.unet.fallback import box_masks
 
     name, image_path, xyxy, labels, method, kwargs = job
@@ -134,7 +134,7 @@ def make_masks(
     """Write the label maps of every image of a prepared dataset; return the mask folder."""
     from tqdm import tqdm
 
-    from cytokit.dataset import load_meta
+    from cytocore.dataset import load_meta
 
     cfg = cfg or MasksConfig()
     method = resolve_method(cfg, ckpt)
@@ -184,7 +184,7 @@ def make_masks(
 
 
 def _run_medsam(jobs, cfg: MasksConfig, ckpt: Path, device: str, out: Path, bar, spec=None) -> None:
-    from cytokit.images import load_rgb
+    from cytocore.images import load_rgb
     from train.unet import medsam
     from train.unet.fallback import finish
 
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     cfg = config.load(MasksConfig, args.config, args.overrides)
-    from cytokit import dataset
+    from cytocore import dataset
 
     device = args.device
     if device is None:

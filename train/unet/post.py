@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cytokit.classes import NUM_CLASSES
+from cytocore.classes import NUM_CLASSES
 from train.base import Detections, Predictor
 
 N_LABELS = NUM_CLASSES + 1  # background + 23 classes

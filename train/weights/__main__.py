@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from cytokit import env, io
+from cytocore import env, io
 from train.weights import catalog, cli
 
 

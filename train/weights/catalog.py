@@ -1,6 +1,6 @@
 """The one table of pretrained files: what each model of the kit can start from, and where it comes from.
 
-Each ``Entry`` names a file under ``weights/`` (``cytokit.paths.weights_dir()``), its public URL, the
+Each ``Entry`` names a file under ``weights/`` (``cytocore.paths.weights_dir()``), its public URL, the
 hash it is checked against where the publisher gives one (torchvision and torch hub put the first
 hex digits of the file's SHA-256 in its name; Zenodo publishes an MD5), how a file is checked by
 loading it (``loader``) and the models that start from it (``models``: ``<kind>:<architecture>``,
@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from cytokit import paths
+from cytocore import paths
 
 ULTRALYTICS = "https://github.com/ultralytics/assets/releases/download/v8.4.0"  # its attempt_download_asset
 TORCHVISION = "https://download.pytorch.org/models"
@@ -109,7 +109,7 @@ def by_name() -> dict[str, Entry]:
 
 def select(names: str | list[str]) -> list[Entry]:
     """The entries of comma-separated set or entry names (``default``, ``all``, ``yolov8s``...)."""
-    from cytokit.config import ConfigError
+    from cytocore.config import ConfigError
 
     wanted = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
     known = by_name()

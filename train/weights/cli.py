@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from cytokit import paths
+from cytocore import paths
 from train.weights import catalog
 
 

@@ -1,12 +1,12 @@
 """The one error of a weights file the kit cannot use (missing, empty, corrupt, of another model).
 
-A ``ConfigError`` (a ``ValueError``), so ``cytokit.io.cli`` prints it as one line and exits 1.
+A ``ConfigError`` (a ``ValueError``), so ``cytocore.io.cli`` prints it as one line and exits 1.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from cytokit.config import ConfigError
+from cytocore.config import ConfigError
 
 
 class WeightsError(ConfigError):

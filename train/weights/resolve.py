@@ -39,7 +39,7 @@ def resolve(pretrained: object, model_key: str, what: str, record: Path | None =
     """
     path = _resolve(normalise(pretrained), model_key, what)
     if record is not None:
-        from cytokit.io import atomic_write_text
+        from cytocore.io import atomic_write_text
 
         atomic_write_text(Path(record) / RECORD, json.dumps(
             {"pretrained": normalise(pretrained), "file": str(path) if path else None}) + "\n")

@@ -23,8 +23,8 @@ import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
-from cytokit import classes, env, resources
-from cytokit.config import ConfigError
+from cytocore import classes, env, resources
+from cytocore.config import ConfigError
 from train.base import Adapter, Predictor
 from train.weights import WeightsError, normalise, resolve
 
@@ -251,7 +251,7 @@ def ultra_device(spec: str | None) -> str | None:
 
 
 def ultra_workers(cfg: UltraConfig, limits: resources.Limits | None = None) -> int:
-    """``cfg.workers`` capped by the job's cores and /dev/shm (``cytokit.resources.capped_workers``).
+    """``cfg.workers`` capped by the job's cores and /dev/shm (``cytocore.resources.capped_workers``).
 
     Ultralytics starts ``workers`` per GPU rank for training and twice as many for validation, all alive
     at once (its loaders persist): training workers each hold 4 uint8 batches in /dev/shm, validation

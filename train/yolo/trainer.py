@@ -1,7 +1,7 @@
 """Ultralytics training pieces of the kit: an offline trainer and the per-epoch callback.
 
 Imported only when a YOLO model trains (it imports ultralytics, which must come
-after ``cytokit.env.apply()``). ``KitTrainer`` is ultralytics' DetectionTrainer
+after ``cytocore.env.apply()``). ``KitTrainer`` is ultralytics' DetectionTrainer
 whose AMP check never downloads its reference weights; ``EpochEnd`` writes the
 epoch's metrics row, scores the EMA model on the fold's validation images with
 the challenge metric (every ``val_every`` epochs and the last: off the GPU's
@@ -59,7 +59,7 @@ def ensure_logging() -> None:
     """Configure logging when nothing has (ultralytics' DDP workers are fresh interpreters that run its
     generated script, not ``python -m train``): else the per-epoch challenge line is lost."""
     if not logging.getLogger().handlers:
-        from cytokit.io import setup_logging
+        from cytocore.io import setup_logging
 
         setup_logging()
 

@@ -27,8 +27,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from cytokit import paths
-from cytokit.io import ConfigError, atomic_write_text
+from cytocore import paths
+from cytocore.io import ConfigError, atomic_write_text
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

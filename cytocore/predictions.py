@@ -8,7 +8,7 @@ column      dtype    meaning
 NAME        str      image file name (as in train.csv / test.csv)
 x1 y1 x2 y2 float64  absolute xyxy pixels in the ORIGINAL image
 score       float64  detection confidence in [0, 1]
-class       str      one of the 23 codes (``cytokit.classes.CLASSES``)
+class       str      one of the 23 codes (``cytocore.classes.CLASSES``)
 width       int64    original image width (px)
 height      int64    original image height (px)
 model       str      registry name of the member (``yolov8``, ``fasterrcnn``...)
@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cytokit import boxes, classes
-from cytokit.io import atomic_write_df
-from cytokit.tables import COORDS
+from cytocore import boxes, classes
+from cytocore.io import atomic_write_df
+from cytocore.tables import COORDS
 
 COLUMNS: dict[str, str] = {
     "NAME": "str",

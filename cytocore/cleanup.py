@@ -1,12 +1,12 @@
 """``make clean`` and ``make clean-runs``: what each removes, and the one that asks first.
 
-    python -m cytokit.cleanup caches          # make clean: caches and temporary files only
-    python -m cytokit.cleanup runs [--confirm] # make clean-runs [CONFIRM=1]: everything generated
+    python -m cytocore.cleanup caches          # make clean: caches and temporary files only
+    python -m cytocore.cleanup runs [--confirm] # make clean-runs [CONFIRM=1]: everything generated
 
 ``make clean`` never touches what took time to make: trained runs, predictions,
 tuned configs, logs and submissions stay. It removes the caches (``work/cache``:
 image facts; ``work/config``: the offline library settings, made again by
-``cytokit.env``; the report page's classifier cache), temporary files left by
+``cytocore.env``; the report page's classifier cache), temporary files left by
 an interrupted atomic write (``*.tmp*``) and the repository's ``__pycache__``,
 ``.pytest_cache`` and ``.ruff_cache``, in the work folder and in each nested one
 (``work/demo``, ``work/bccd``).
@@ -22,7 +22,7 @@ import os
 import shutil
 from pathlib import Path
 
-from cytokit import paths
+from cytocore import paths
 
 WORK_MARKERS = ("runs", "cache", "datasets", "config", "preds", "logs")  # what makes a folder a work folder
 CACHE_DIRS = ("cache", "config")  # per work folder: regenerated on demand
@@ -123,11 +123,11 @@ def describe(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cytokit.cleanup", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m cytocore.cleanup", description=__doc__.split("\n")[0])
     parser.add_argument("what", choices=("caches", "runs"), help="caches: make clean; runs: make clean-runs")
     parser.add_argument("--confirm", action="store_true", help="runs: delete (CONFIRM=1); else only list")
     args = parser.parse_args(argv)
-    from cytokit import makevars
+    from cytocore import makevars
 
     if args.what == "caches":
         found = cache_paths()

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cytokit import classes
-from cytokit.io import DataError, Problem
+from cytocore import classes
+from cytocore.io import DataError, Problem
 
 log = logging.getLogger(__name__)
 

@@ -126,7 +126,7 @@ class DataError(Exception):
 
 class ConfigError(ValueError):
     """A config file or override the kit cannot use; the message says which key and why
-    (``cytokit.config`` re-exports it: the error types live here so that ``cli`` needs no config)."""
+    (``cytocore.config`` re-exports it: the error types live here so that ``cli`` needs no config)."""
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -154,7 +154,7 @@ def os_error_line(exc: OSError) -> str | None:
 
 
 def _work() -> Path:
-    from cytokit import paths
+    from cytocore import paths
 
     return paths.work_dir()
 

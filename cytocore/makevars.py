@@ -1,7 +1,7 @@
 """Make variables: none is dropped without a word, and messages name them instead of Python flags.
 
 The Makefile exports ``CYTOKIT_MAKEVARS``, the names of the variables given on the
-``make`` command line, and runs ``python -m cytokit.makevars <goals>`` before each
+``make`` command line, and runs ``python -m cytocore.makevars <goals>`` before each
 command. A variable the goals do not use, or one in lower case (the ultralytics
 habit, ``make train imgsz=640``), is refused with its right spelling::
 
@@ -83,7 +83,7 @@ def setting(flag: str, value: str) -> str:
 def setting_keys() -> set[str]:
     """Every key a ``key=value`` override can set: the keys of configs/*.yaml (model families with their
     per-model sections, folds, masks, ensemble, recipes)."""
-    from cytokit import paths
+    from cytocore import paths
 
     try:
         import yaml
@@ -142,7 +142,7 @@ def check(names: Iterable[str], values: Mapping[str, str], goals: list[str],
 def scoring_overrides(overrides: list[str] | tuple[str, ...], prog: str) -> None:
     """The ``key=value`` settings of a scoring command (make score): ``device`` is accepted with a note
     (scoring runs on the CPU), any other key is an error naming what the command takes."""
-    from cytokit.config import ConfigError, parse_overrides
+    from cytocore.config import ConfigError, parse_overrides
 
     given = parse_overrides(list(overrides))
     if "device" in given:

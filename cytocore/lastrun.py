@@ -17,7 +17,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from cytokit import paths
+from cytocore import paths
 
 RECIPE = "recipe.yaml"  # the resolved recipe of the run (pipeline.run)
 ENSEMBLE = "ensemble.yaml"  # the run's ensemble before tuning
@@ -47,10 +47,10 @@ def display(path: Path) -> str:
 
 
 def dataset_of(data: Path, k: int | None = None, seed: int | None = None) -> Any | None:
-    """The prepared dataset of ``data`` (``cytokit.dataset.resolve``), or None when there is none or it
+    """The prepared dataset of ``data`` (``cytocore.dataset.resolve``), or None when there is none or it
     is ambiguous (the command itself then says what to run)."""
-    from cytokit import dataset
-    from cytokit.io import ConfigError
+    from cytocore import dataset
+    from cytocore.io import ConfigError
 
     try:
         return dataset.resolve(Path(data), k, seed)
@@ -101,11 +101,11 @@ def recipe(data: Path, k: int | None = None, seed: int | None = None,
 
 
 def member_overrides(recipe_path: Path, model: str, name: str = "") -> list[str] | None:
-    """The ``overrides`` of the member ``name`` (default: ``model``; ``cytokit.members``) among a recipe's
+    """The ``overrides`` of the member ``name`` (default: ``model``; ``cytocore.members``) among a recipe's
     detectors and classifiers (read as plain YAML: the recipe's owner, ``pipeline.recipe``, is a floor
     above); None when the recipe does not list it. A member of that name with another model is refused."""
-    from cytokit import members
-    from cytokit.config import ConfigError, read_yaml
+    from cytocore import members
+    from cytocore.config import ConfigError, read_yaml
 
     name = members.member_name(name, model, "--name")
     values = read_yaml(Path(recipe_path))
@@ -122,7 +122,7 @@ def member_overrides(recipe_path: Path, model: str, name: str = "") -> list[str]
 
 def ds_keys(overrides: list[str] | tuple[str, ...]) -> tuple[int | None, int | None]:
     """``k`` and ``seed`` among ``key=value`` overrides (the Makefile passes K= / SEED= that way)."""
-    from cytokit.config import parse_overrides
+    from cytocore.config import parse_overrides
 
     given = parse_overrides([o for o in overrides if o.split("=", 1)[0].strip() in ("k", "seed")])
     k, seed = given.get("k"), given.get("seed")
@@ -130,13 +130,13 @@ def ds_keys(overrides: list[str] | tuple[str, ...]) -> tuple[int | None, int | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m cytokit.lastrun DATA [k=K] [seed=SEED]``: print the ensemble config commands use on DATA
+    """``python -m cytocore.lastrun DATA [k=K] [seed=SEED]``: print the ensemble config commands use on DATA
     (its path on stdout, why on stderr), for targets whose command has no default of its own."""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
-        print("usage: python -m cytokit.lastrun DATA [k=K] [seed=SEED]", file=sys.stderr)
+        print("usage: python -m cytocore.lastrun DATA [k=K] [seed=SEED]", file=sys.stderr)
         return 2
     k, seed = ds_keys(args[1:])
     choice = ensemble(Path(args[0]), k, seed)

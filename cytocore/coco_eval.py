@@ -1,11 +1,11 @@
 """Detector diagnostics beside the challenge metric: COCO mAP50 and mAP50-95.
 
-``coco_map(truth, preds)`` evaluates a prediction table (``cytokit.predictions``
+``coco_map(truth, preds)`` evaluates a prediction table (``cytocore.predictions``
 contract) against truth boxes (``NAME,x1,y1,x2,y2,class``, absolute xyxy) with
 faster-coco-eval, class-aware (23 categories) and class-agnostic (one "cell"
 category: how well the boxes alone are found). Predictions on images absent
 from the truth are ignored. These numbers explain a score; they are not the
-challenge's metric (``cytokit.metric``).
+challenge's metric (``cytocore.metric``).
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import logging
 import numpy as np
 import pandas as pd
 
-from cytokit import boxes, classes
-from cytokit.tables import COORDS
+from cytocore import boxes, classes
+from cytocore.tables import COORDS
 
 log = logging.getLogger(__name__)
 

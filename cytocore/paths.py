@@ -7,10 +7,10 @@ ever read. Layout under the work folder::
     work/cache/<images>-<digest>/  per-file facts of an image folder (sizes, content hashes,
                                    perceptual hashes, repaired copies), keyed by file size and times
     work/folds/<dataset id>/       folds.csv, its sidecar, report, count table, plot and config
-    work/datasets/<dataset id>/    the prepared dataset (cytokit.dataset: meta.json, exports)
+    work/datasets/<dataset id>/    the prepared dataset (cytocore.dataset: meta.json, exports)
     work/runs/<dataset id>/<name>/fold<k>/    training runs (config, metrics, weights, plots)
     work/preds/<dataset id>/<name>/fold<k>/   predictions in the prediction contract
-                                   (<name>: the member's name, default its model; cytokit.members)
+                                   (<name>: the member's name, default its model; cytocore.members)
     work/masks/<dataset id>/       UNet label maps
     work/tuned/<name>.yaml         tuned ensemble configs
     work/reports/<name>/           reports (classifier vs detector, ...)
@@ -103,7 +103,7 @@ def datasets_dir() -> Path:
 
 
 def dataset_root(dataset_id: str) -> Path:
-    """The prepared dataset's folder (``cytokit.dataset``)."""
+    """The prepared dataset's folder (``cytocore.dataset``)."""
     return datasets_dir() / dataset_id
 
 
@@ -113,7 +113,7 @@ def dataset_runs(dataset_id: str) -> Path:
 
 
 def run_dir(dataset_id: str, name: str, fold: int | str) -> Path:
-    """Training run of the member ``name`` (``cytokit.members``: default its model) on fold ``fold`` of
+    """Training run of the member ``name`` (``cytocore.members``: default its model) on fold ``fold`` of
     the prepared dataset ``dataset_id``."""
     return dataset_runs(dataset_id) / name / f"fold{fold}"
 

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from cytokit import paths
+from cytocore import paths
 
 
 def _font_source() -> Path | None:
@@ -73,7 +73,7 @@ def apply(config_dir: Path | None = None) -> dict[str, str]:
 def _copy_whole(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` unless a complete copy is there (same size): a copy cut short by a full
     disk is replaced on the next call, and a failed copy leaves nothing behind."""
-    from cytokit.io import atomic_write
+    from cytocore.io import atomic_write
 
     try:
         if dst.stat().st_size == src.stat().st_size:

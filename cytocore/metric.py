@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cytokit import boxes, io
-from cytokit.tables import COORDS
-from cytokit.tables import SUBMISSION_COLUMNS as COLUMNS
+from cytocore import boxes, io
+from cytocore.tables import COORDS
+from cytocore.tables import SUBMISSION_COLUMNS as COLUMNS
 
 GIOU_WEIGHT = 0.2
 F1_WEIGHT = 0.8

@@ -1,7 +1,7 @@
 """Detections -> prediction-table rows: the ONE conversion, used by out-of-fold prediction and inference.
 
 ``Rows`` collects one image's detections at a time (``add``) and builds the
-prediction table (``cytokit.predictions``) once at the end (``table``): the
+prediction table (``cytocore.predictions``) once at the end (``table``): the
 hot path never makes a DataFrame per image. For each image and view it
 
 1. drops boxes that are not finite or have no area in the view image,
@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cytokit import boxes as bx
-from cytokit import classes, predictions
+from cytocore import boxes as bx
+from cytocore import classes, predictions
 
 log = logging.getLogger(__name__)
 

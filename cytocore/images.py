@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from cytokit import paths
-from cytokit.io import DataError, Problem, atomic_write_df
+from cytocore import paths
+from cytocore.io import DataError, Problem, atomic_write_df
 
 log = logging.getLogger(__name__)
 JPEG_EOI = b"\xff\xd9"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from cytokit.config import ConfigError
+from cytocore.config import ConfigError
 
 NAME_CHARS = re.compile(r"[a-z0-9_-]+")  # a folder name on every file system: lowercase, digits, _ and -
 

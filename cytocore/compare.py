@@ -1,6 +1,6 @@
 """Is a gain more than noise? A paired bootstrap over images of the difference of two challenge scores.
 
-``paired_bootstrap(a, b)`` takes two ``cytokit.metric.ScoreResult`` of the SAME
+``paired_bootstrap(a, b)`` takes two ``cytocore.metric.ScoreResult`` of the SAME
 truth (same GT boxes in the same order: two members, with and without TTA or
 the classifier, a member and the ensemble) and resamples the truth's images
 with replacement. Each resample scores both systems on the same images with
@@ -18,7 +18,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from cytokit.metric import F1_WEIGHT, GIOU_WEIGHT
+from cytocore.metric import F1_WEIGHT, GIOU_WEIGHT
 
 
 @dataclasses.dataclass(frozen=True)

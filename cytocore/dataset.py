@@ -12,7 +12,7 @@ so ``x/raw`` and ``y/raw`` never share an id)::
     images.csv           NAME,width,height,fold,group   (every train image, original size)
     boxes.csv            NAME,x1,y1,x2,y2,class,width,height   (cleaned boxes, original pixels)
     yolo/images/<NAME>   symlinks to the raw images (or resized copies when resize is set)
-    yolo/labels/<stem>.txt   "<class id> cx cy w h", normalised (ids: cytokit.classes order)
+    yolo/labels/<stem>.txt   "<class id> cx cy w h", normalised (ids: cytocore.classes order)
     fold<f>/data.yaml    ultralytics data file: train/val lists below, the 23 names in order
     fold<f>/train.txt    absolute paths under fold<f>/train/images of the fold's training images
     fold<f>/val.txt      same for its validation images (under fold<f>/val/images)
@@ -43,8 +43,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cytokit import paths
-from cytokit.config import ConfigError
+from cytocore import paths
+from cytocore.config import ConfigError
 
 DEFAULT_K = 5  # folds of `make folds` when K is not given
 DEFAULT_SEED = 42  # fold seed of `make folds` when SEED is not given
@@ -84,7 +84,7 @@ class Dataset:
 
     Every later step finds its inputs and outputs through it: ``fold(f)`` (the
     fold's boxes and images), ``run_dir(name, fold)`` (training runs) and
-    ``preds_dir(name, fold)`` (prediction tables; ``name``: a member's, ``cytokit.members``), so two
+    ``preds_dir(name, fold)`` (prediction tables; ``name``: a member's, ``cytocore.members``), so two
     datasets never mix.
     """
 
@@ -126,7 +126,7 @@ class Dataset:
         Compares train.csv's sha256 (``train_sha256`` when already computed) and each
         train image's size and mtime with those recorded, then its content sha1: read again
         only for files whose size, mtime or ctime differ from the image-facts cache
-        (``cytokit.images.file_facts``), so an image replaced by one of the same size with its
+        (``cytocore.images.file_facts``), so an image replaced by one of the same size with its
         mtime restored (its ctime moves) is found without reading every image at every step.
         A dataset without a record (made by hand, e.g. by a benchmark) is not checked.
         """
@@ -140,7 +140,7 @@ class Dataset:
             return f"{train} is gone"
         if sha != source["train_csv_sha256"]:
             return f"{train} changed"
-        from cytokit.images import file_facts, file_stats
+        from cytocore.images import file_facts, file_stats
 
         if not (self.root / SOURCE_FILE).exists():
             return f"{self.root / SOURCE_FILE} went missing"

@@ -10,7 +10,7 @@ sub-pixel offset, since the metric drops repeats.
 ``oof_score(preds, truth_boxes, images)`` scores a prediction table exactly as
 the leaderboard would score the submission made from it: out-of-fold truth
 gets synthetic trustii_ids (``synthetic_truth``), the table goes through
-``make_submission`` and then ``cytokit.metric.score``. Training (best epoch),
+``make_submission`` and then ``cytocore.metric.score``. Training (best epoch),
 tuning and ``make score`` all use it, so every local number is the metric's.
 Writing the CSV (validation, atomic file, ``submission.csv`` link) is
 ``submit.writer``.
@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cytokit import classes, images, predictions
-from cytokit.metric import ScoreResult, score
-from cytokit.tables import COORDS
-from cytokit.tables import SUBMISSION_COLUMNS as COLUMNS
+from cytocore import classes, images, predictions
+from cytocore.metric import ScoreResult, score
+from cytocore.tables import COORDS
+from cytocore.tables import SUBMISSION_COLUMNS as COLUMNS
 
 log = logging.getLogger(__name__)
 VIEW_PREFERENCE = ("fused", "identity")  # the view scored when a table holds several TTA views
