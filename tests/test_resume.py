@@ -430,10 +430,12 @@ def test_rescoring_every_n_epochs_by_default_and_always_the_last_one(tmp_path, m
     last = tmp_path / "last.pt"
     last.write_text("weights")
     trainer = SimpleNamespace(epochs=12, tloss=None, metrics={}, fitness=0.1, ema=SimpleNamespace(ema=None),
-                              device="cpu", last=last, stop=False, label_loss_items=lambda loss, prefix: {})
+                              device="cpu", last=last, stop=False, label_loss_items=lambda loss, prefix: {},
+                              args=SimpleNamespace(val=True))
     callback = ultra_trainer.EpochEnd(None, tmp_path, cfg, "yolov8")
     for epoch in range(7):
         trainer.epoch, trainer.stop = epoch, epoch == 6  # early stopping ends the run at epoch 7
+        ultra_trainer.UltraVal(cfg.val_every, cfg.select)(trainer)
         callback(trainer)
     table = pd.read_csv(tmp_path / "metrics.csv")
     assert table.dropna(subset=["challenge"])["epoch"].tolist() == [5, 7] and len(scored) == 2
