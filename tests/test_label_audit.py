@@ -205,3 +205,37 @@ def test_assigned_folds_keep_each_image_in_its_fold(tmp_path):
         folds.assigned_folds(fold_file, pd.Series(["a", "e"]), k=2)
     with pytest.raises(io.DataError, match="not 0..2 for k=3"):
         folds.assigned_folds(fold_file, pd.Series(["a", "b"]), k=3)
+
+
+@pytest.mark.smoke
+def test_audit_of_a_tiny_run_and_round_two_data_on_the_same_folds(tmp_path, monkeypatch, capsys):
+    """``python -m infer.label_audit`` on a tiny run (a detector that sees the truth), then the cleaned
+    folder through ``prepare.folds`` with ``assign``: each image keeps its round-one fold."""
+    import tiny_run
+
+    from cytokit import dataset, paths
+
+    data, work, dataset_id = tiny_run.build(tmp_path)
+    with tiny_run.patched(data):
+        monkeypatch.setenv("CYTOKIT_WORK", str(work / "demo"))
+        out = tmp_path / "audit.csv"
+        assert la.main(["--data", str(data), "--out", str(out), "box_conf=0.2", "conf=0.5"]) == 0
+        assert "label audit:" in capsys.readouterr().out
+        table = pd.read_csv(out)
+        assert list(table.columns) == la.COLUMNS and set(table["kind"]) <= set(la.KINDS)
+        ds = dataset.resolve(data)
+        boxes = pd.read_csv(ds.root / "boxes.csv")
+        assert table.loc[table["row"] >= 0, "row"].between(0, len(boxes) - 1).all()
+        truth = boxes.assign(row=np.arange(len(boxes)))
+        flipped = truth.assign(**{"class": np.where(truth["class"] == "PNN", "LY", "PNN")})
+        oof = pd.read_parquet(next(ds.preds_dir(tiny_run.MODEL, 0).glob("oof*.parquet")))
+        val = flipped[flipped["NAME"].isin(ds.fold(0).val_images["NAME"])]
+        wrong = la.audit(oof, val, la.CleanConfig(conf=0.5, box_conf=0.2))
+        assert (wrong["kind"] == "class").any()  # every class is wrong: the confident ones are caught
+        dst, info = la.write_cleaned(ds, wrong, la.CleanConfig(policy=["relabel"]))
+        assert dst.parent == paths.data_copy("x").parent and info["changed"]["relabel"] > 0
+        argv = ["--data", str(dst), "--k", "2", "--seed", "1", f"assign={ds.meta['fold_file']}"]
+        assert folds.main(argv) == 0
+        two = dataset.resolve(dst)
+        assert two.id != ds.id
+        pd.testing.assert_frame_equal(two.images()[["NAME", "fold"]], ds.images()[["NAME", "fold"]])
