@@ -65,7 +65,6 @@ class CleanConfig:
     box_conf: float = 0.5  # a confident detection: fused score at least this
     match_iou: float = 0.5  # a detection and a box are the same cell at this IoU or more
     far_iou: float = 0.1  # no_box / missing: nothing confident overlaps at this IoU or more
-    crops: int = 12  # the report page's crops of the top suspects
 
     def __post_init__(self) -> None:
         bad = sorted(set(self.policy) - set(POLICIES))

@@ -218,12 +218,15 @@ def test_audit_of_a_tiny_run_and_round_two_data_on_the_same_folds(tmp_path, monk
     data, work, dataset_id = tiny_run.build(tmp_path)
     with tiny_run.patched(data):
         monkeypatch.setenv("CYTOKIT_WORK", str(work / "demo"))
-        out = tmp_path / "audit.csv"
-        assert la.main(["--data", str(data), "--out", str(out), "box_conf=0.2", "conf=0.5"]) == 0
+        assert la.main(["--data", str(data), "box_conf=0.2", "conf=0.5"]) == 0
         assert "label audit:" in capsys.readouterr().out
-        table = pd.read_csv(out)
-        assert list(table.columns) == la.COLUMNS and set(table["kind"]) <= set(la.KINDS)
         ds = dataset.resolve(data)
+        table = pd.read_csv(paths.logs_dir(ds.id) / la.AUDIT_FILE)
+        assert list(table.columns) == la.COLUMNS and set(table["kind"]) <= set(la.KINDS)
+        from pipeline.report import audit as report_audit
+
+        html = report_audit.section(SimpleNamespace(key=ds.id), ds.meta["images_dir"])
+        assert "no_box" in html and "missing" in html and ("<img" in html) == (len(table) > 0)
         boxes = pd.read_csv(ds.root / "boxes.csv")
         assert table.loc[table["row"] >= 0, "row"].between(0, len(boxes) - 1).all()
         truth = boxes.assign(row=np.arange(len(boxes)))
