@@ -9,7 +9,8 @@ members fused, the classifier blended, ``infer.calibrate.oof_table``), and
 ``audit(preds, truth, cfg)`` lists, against the prepared dataset's boxes (``boxes.csv``,
 ``row`` = its row), four kinds of suspect:
 
-- ``class``   -- a confident detection (score >= ``box_conf``) on the box (IoU >= ``match_iou``)
+- ``class``   -- a confident detection (fused score >= ``box_conf``; 0 = the lowest score the
+  run's out-of-fold calibration keeps, ``auto_box_conf``) on the box (IoU >= ``match_iou``)
   gives another class a probability >= ``conf``: suggested class (policy ``relabel``);
 - ``no_box``  -- no confident detection overlaps the box at IoU >= ``far_iou`` (policy ``drop``);
 - ``refine``  -- the box's best confident detection overlaps it only partly
@@ -62,7 +63,7 @@ class CleanConfig:
         default_factory=list
     )  # relabel | drop | refine | add; [] = audit only
     conf: float = 0.9  # class: the other class's blended probability at least this
-    box_conf: float = 0.5  # a confident detection: fused score at least this
+    box_conf: float = 0.0  # a confident detection: fused score at least this; 0 = auto (see run_audit)
     match_iou: float = 0.5  # a detection and a box are the same cell at this IoU or more
     far_iou: float = 0.1  # no_box / missing: nothing confident overlaps at this IoU or more
 
@@ -239,9 +240,22 @@ def summary(table: pd.DataFrame) -> str:
     return "label audit: " + ", ".join(f"{k} {int(counts.get(k, 0))}" for k in KINDS) + " suspect(s)"
 
 
-def run_audit(cfg: Any, ds: Any, clean: CleanConfig, out: Path) -> pd.DataFrame:
+def auto_box_conf(preds: pd.DataFrame, truth: pd.DataFrame) -> float:
+    """The lowest fused score of a box the run's out-of-fold calibration keeps (``infer.calibrate``: the
+    threshold of the best challenge score without top-N): "confident" in the run's own terms, whatever
+    the scale of its scores (from scratch on a CPU they stay far below 0.5). 1.0 when it keeps none."""
+    from infer import calibrate
+
+    if preds.empty:
+        return 1.0
+    cal = calibrate.calibrate(preds, truth[["NAME", *COORDS, "class"]])
+    kept = preds["score"].to_numpy(float)[cal.apply(preds["score"].to_numpy(float)) >= cal.threshold]
+    return float(kept.min()) if len(kept) else 1.0
+
+
+def run_audit(cfg: Any, ds: Any, clean: CleanConfig, out: Path) -> tuple[pd.DataFrame, CleanConfig]:
     """Audit the run of ensemble config ``cfg`` (the tuned one) on dataset ``ds``; the table goes to
-    ``out``."""
+    ``out``, the settings used (``box_conf`` 0 resolved by ``auto_box_conf``) beside it (``.json``)."""
     from infer import calibrate
 
     preds, truth = calibrate.oof_table(cfg, ds)
@@ -250,15 +264,36 @@ def run_audit(cfg: Any, ds: Any, clean: CleanConfig, out: Path) -> pd.DataFrame:
     gt = gt[gt["NAME"].isin(set(truth["NAME"]))]
     if len(gt) != len(truth):
         raise ValueError(
-            f"{ds.root / 'boxes.csv'}: {len(gt)} boxes on the out-of-fold images, the evaluator has "
-            f"{len(truth)}"
+            f"{ds.root / 'boxes.csv'}: {len(gt)} boxes on the out-of-fold images, the evaluator "
+            f"has {len(truth)}"
         )
+    if clean.box_conf == 0:
+        clean = dataclasses.replace(clean, box_conf=auto_box_conf(preds, gt))
     table = audit(preds, gt, clean)
     io.atomic_write_df(table, out)
-    log.info(
-        "%s on %d out-of-fold images (%d boxes); table %s", summary(table), gt["NAME"].nunique(), len(gt), out
+    io.atomic_write_text(
+        Path(out).with_suffix(".json"),
+        json.dumps(
+            {
+                "dataset": ds.id,
+                "settings": kit_config.to_dict(clean),
+                "counts": table["kind"].value_counts().to_dict(),
+                "images": int(gt["NAME"].nunique()),
+                "boxes": len(gt),
+            },
+            indent=1,
+        )
+        + "\n",
     )
-    return table
+    log.info(
+        "%s on %d out-of-fold images (%d boxes; confident: fused score >= %.4f); table %s",
+        summary(table),
+        gt["NAME"].nunique(),
+        len(gt),
+        clean.box_conf,
+        out,
+    )
+    return table, clean
 
 
 def cleaned_dir(ds: Any, clean: CleanConfig) -> Path:
@@ -364,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{config}: no tuned ensemble config; run the recipe (make all) or give --config"
         )
     cfg = kit_config.load(EnsembleConfig, config)
-    table = run_audit(cfg, ds, clean, args.out or paths.logs_dir(ds.id) / AUDIT_FILE)
+    table, _ = run_audit(cfg, ds, clean, args.out or paths.logs_dir(ds.id) / AUDIT_FILE)
     print(summary(table))
     if args.noise:
         record = pd.read_csv(args.noise, dtype={"NAME": str})

@@ -395,9 +395,11 @@ def _audit(clean: Any, ds: Any, config: Path, echo: Callable[[str], None]) -> di
     from infer.config import EnsembleConfig
 
     audit_path = paths.logs_dir(ds.id) / label_audit.AUDIT_FILE
-    table = label_audit.run_audit(kit_config.load(EnsembleConfig, config), ds, clean, audit_path)
-    echo(f"{label_audit.summary(table)}: {paths.shown(audit_path)}")
-    return {"audit": str(audit_path), "suspects": table["kind"].value_counts().to_dict()}
+    table, used = label_audit.run_audit(kit_config.load(EnsembleConfig, config), ds, clean, audit_path)
+    echo(f"{label_audit.summary(table)} (confident: fused score >= {used.box_conf:.4f}): "
+         f"{paths.shown(audit_path)}")
+    return {"audit": str(audit_path), "suspects": table["kind"].value_counts().to_dict(),
+            "box_conf": used.box_conf}
 
 
 def _round_two(recipe: RecipeConfig, clean: Any, ds: Any, report: dict, out_dir: Path | None,
@@ -412,7 +414,8 @@ def _round_two(recipe: RecipeConfig, clean: Any, ds: Any, report: dict, out_dir:
     from infer import label_audit
 
     table = pd.read_csv(report["clean"]["audit"], dtype={"NAME": str})
-    folder, info = label_audit.write_cleaned(ds, table, clean)
+    used = dataclasses.replace(clean, box_conf=report["clean"]["box_conf"])  # auto resolved by the audit
+    folder, info = label_audit.write_cleaned(ds, table, used)
     echo(f"cleaned labels ({', '.join(f'{k} {v}' for k, v in info['changed'].items())}): {folder}")
     second = dataclasses.replace(recipe, clean={}, folds=[*recipe.folds, f"assign={ds.meta['fold_file']}"])
     echo("\n==== round two: the same recipe on the cleaned labels, the same folds ====")

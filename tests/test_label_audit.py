@@ -57,7 +57,7 @@ PREDS = preds([
 
 
 def test_audit_lists_exactly_the_hand_made_suspects():
-    table = la.audit(PREDS, GT, la.CleanConfig())
+    table = la.audit(PREDS, GT, la.CleanConfig(box_conf=0.5))
     assert table["kind"].tolist() == ["class", "no_box", "refine", "missing"]
     assert table["row"].tolist() == [10, 12, 13, -1]
     cls, nobox, refine, missing = (table.iloc[i] for i in range(4))
@@ -80,7 +80,7 @@ def test_audit_thresholds_move_the_suspects():
 
 def test_apply_relabels_drops_refines_and_adds_with_a_record():
     boxes = GT.drop(columns="row").reset_index(drop=True)
-    table = la.audit(PREDS, GT.assign(row=range(5)), la.CleanConfig())
+    table = la.audit(PREDS, GT.assign(row=range(5)), la.CleanConfig(box_conf=0.5))
     cleaned, changes = la.apply(boxes, table, ["class", "no_box", "refine", "missing"])
     assert cleaned[["NAME", *COORDS, "class"]].values.tolist() == [
         ["a", 0, 0, 100, 100, "MO"], ["a", 200, 0, 300, 100, "LY"], ["a", 250, 200, 350, 300, "LY"],
@@ -147,7 +147,7 @@ def test_against_noise_counts_found_fixed_and_false_alarms():
         (4, "b", "class", 0, 0, 50, 50, "PNN", 0, 0, 50, 50, "EO"),
         (2, "a", "class", 0, 200, 100, 300, "EO", 0, 200, 100, 300, "LY"),
     ], columns=["row", "NAME", "kind", *COORDS, "class", *(f"true_{c}" for c in COORDS), "true_class"])
-    table = la.audit(PREDS, GT, la.CleanConfig(conf=0.75))  # class suspects: a's PNN -> MO, b's PNN -> MO
+    table = la.audit(PREDS, GT, la.CleanConfig(conf=0.75, box_conf=0.5))  # class: a, b PNN -> MO
     got = la.against_noise(table, record)
     assert got == {"errors": 3, "suspects": 2, "found": 2, "fixed": 1, "false_alarms": 0,
                    "found_share": round(2 / 3, 4)}
@@ -172,7 +172,7 @@ def test_the_cleaned_folder_links_the_raw_data_and_records_every_change(tmp_path
     GT.drop(columns="row").to_csv(root / "boxes.csv", index=False)
     before = sha(raw)
     ds = SimpleNamespace(root=root, data=raw, id="raw-0_k2_s42")
-    table = la.audit(PREDS, GT.assign(row=range(5)), la.CleanConfig())
+    table = la.audit(PREDS, GT.assign(row=range(5)), la.CleanConfig(box_conf=0.5))
     cfg = la.CleanConfig(policy=["relabel", "add"])
     dst, info = la.write_cleaned(ds, table, cfg, tmp_path / "clean")
     assert sha(raw) == before  # the raw folder is only read
