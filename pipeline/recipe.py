@@ -4,7 +4,9 @@ A recipe names everything one run needs: the folds (k, seed, prepare.folds
 overrides), the detectors and crop classifiers to train per fold with their
 config overrides, how many training jobs run at once, the ensemble (keys of
 ``configs/ensemble.yaml``, which it starts from), whether to tune, and for the
-demo the synthetic data to make. ``load(path, overrides)`` reads it; unknown
+demo the synthetic data to make, and the out-of-fold label audit and cleaning
+(``clean``: an audit after round one; with a policy, round two on the cleaned
+labels). ``load(path, overrides)`` reads it; unknown
 keys are an error naming the valid ones (``key=value`` overrides too, e.g.
 ``jobs=2`` or ``k=3``).
 """
@@ -58,6 +60,7 @@ class RecipeConfig:
     synth: dict = dataclasses.field(default_factory=dict)  # SynthSettings if DATA has no train.csv; {}: never
     cluster: dict = dataclasses.field(default_factory=dict)  # LAUNCHER=slurm settings (pipeline.cluster)
     tracker: str = "none"  # none | csv | tensorboard | mlflow (train.tracking); TRACKER= on make wins
+    clean: dict = dataclasses.field(default_factory=dict)  # infer.label_audit.CleanConfig keys; {} = no audit
 
     def __post_init__(self) -> None:
         if self.k < 2 or self.jobs < 1 or self.threads < 0:
@@ -82,6 +85,7 @@ class RecipeConfig:
             raise ConfigError(f"recipe: ensemble.classifier: unknown key(s) {', '.join(extra)}; valid: "
                               f"{', '.join(CLASSIFIER_KEYS)} (its members are the recipe's classifiers)")
         self.synth_settings()
+        self.clean_settings()  # an unknown clean key or policy is refused with the recipe
         self.folds_config()  # a bad folds key is refused with the recipe, not after the synthetic data
         from train import tracking
 
@@ -120,6 +124,12 @@ class RecipeConfig:
 
         overrides = {**kit_config.parse_overrides(self.folds), "k": self.k, "seed": self.seed}
         return kit_config.load(FoldsConfig, DEFAULT_CONFIG, overrides)
+
+    def clean_settings(self):
+        """``infer.label_audit.CleanConfig`` of the ``clean`` section; None when it is empty (off)."""
+        from infer.label_audit import CleanConfig
+
+        return kit_config.from_dict(CleanConfig, self.clean, "recipe: clean") if self.clean else None
 
     def synth_settings(self) -> SynthSettings | None:
         return kit_config.from_dict(SynthSettings, self.synth, "recipe: synth") if self.synth else None

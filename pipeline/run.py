@@ -317,6 +317,10 @@ def _run(recipe: RecipeConfig, data: Path, out_dir: Path | None, echo: Callable[
         report["train"] = records
         report["failures"] = [r for r in records if r["status"] == "failed"]
         _after_training(recipe, data, ds, records, steps, report, out_dir, echo)
+        clean = recipe.clean_settings()
+        if clean is not None and clean.policy and report.get("clean"):
+            steps("round two on the cleaned labels",
+                  lambda: _round_two(recipe, clean, ds, report, out_dir, echo))
         report["status"] = "failed" if report["failures"] else "ok"
     except BaseException as exc:
         report.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "error",
@@ -385,7 +389,47 @@ def _after_training(recipe: RecipeConfig, data: Path, ds: Any, records: list[dic
         report["test"] = steps("test labels: each member vs the ensemble",
                                lambda: scores.test_table(ens, data, result.fusion, r))
     config = Path(report.get("tuned") or report["ensemble"])
+    clean = recipe.clean_settings()
+    if clean is not None:
+        report["clean"] = steps("label audit (out-of-fold)", lambda: _audit(clean, ds, config, echo))
     report["report_page"] = steps("report page", lambda: report_page(ds, config, result.submission))
+
+
+def _audit(clean: Any, ds: Any, config: Path, echo: Callable[[str], None]) -> dict:
+    """The out-of-fold label audit of the run's ensemble ``config`` (``infer.label_audit``), in its logs."""
+    from infer import label_audit
+    from infer.config import EnsembleConfig
+
+    audit_path = paths.logs_dir(ds.id) / label_audit.AUDIT_FILE
+    table, used = label_audit.run_audit(kit_config.load(EnsembleConfig, config), ds, clean, audit_path)
+    echo(f"{label_audit.summary(table)} (confident: fused score >= {used.box_conf:.4f}): "
+         f"{paths.shown(audit_path)}")
+    return {"audit": str(audit_path), "suspects": table["kind"].value_counts().to_dict(),
+            "box_conf": used.box_conf}
+
+
+def _round_two(recipe: RecipeConfig, clean: Any, ds: Any, report: dict, out_dir: Path | None,
+               echo: Callable[[str], None]) -> None:
+    """The audit's policy applied: the cleaned train table as a new data folder (the raw data untouched,
+    the changes recorded beside it) and the same recipe on it, each image in its round-one fold; what
+    round two scored goes into ``report["clean"]``."""
+    import dataclasses
+
+    import pandas as pd
+
+    from infer import label_audit
+
+    table = pd.read_csv(report["clean"]["audit"], dtype={"NAME": str})
+    used = dataclasses.replace(clean, box_conf=report["clean"]["box_conf"])  # auto resolved by the audit
+    folder, info = label_audit.write_cleaned(ds, table, used)
+    echo(f"cleaned labels ({', '.join(f'{k} {v}' for k, v in info['changed'].items())}): {folder}")
+    second = dataclasses.replace(recipe, clean={}, folds=[*recipe.folds, f"assign={ds.meta['fold_file']}"])
+    echo("\n==== round two: the same recipe on the cleaned labels, the same folds ====")
+    two = run(second, folder, out_dir, echo)
+    report["clean"].update(data=str(folder), changed=info["changed"],
+                           round_two={k: two.get(k) for k in ("status", "score", "giou_term", "f1_term",
+                                                              "report", "submission", "oof_check")})
+    report["failures"] += two["failures"]  # a round-two job that failed fails the run too
 
 
 def _use_tracker(recipe: RecipeConfig) -> None:
@@ -476,6 +520,14 @@ def _summary(report: dict, echo: Callable[[str], None]) -> None:
     if "score" in report:
         echo(f"test score: {report['score']:.4f} (GIoU term {report['giou_term']:.4f}, "
              f"F1 term {report['f1_term']:.4f}) in {report['total_s'] / 60:.1f} min")
+    if report.get("clean"):
+        c = report["clean"]
+        echo(f"label audit: suspects by kind {c['suspects']} in {c['audit']}")
+        two = c.get("round_two")
+        if two and two.get("score") is not None and "score" in report:
+            echo(f"round two on the cleaned labels ({c['changed']}): test score {two['score']:.4f} "
+                 f"(GIoU term {two['giou_term']:.4f}, F1 term {two['f1_term']:.4f}) vs round one "
+                 f"{report['score']:.4f}")
     if report.get("report"):
         echo(f"run report: {report['report']}")
         if report.get("report_page"):

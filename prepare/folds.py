@@ -56,6 +56,7 @@ class FoldsConfig:
     group_warn_size: int = 10
     jpeg_quality: int = 95
     workers: int = 0
+    assign: str = ""
 
     def __post_init__(self) -> None:
         checks = [
@@ -206,14 +207,17 @@ def run(data: Path, cfg: FoldsConfig, *, repair: bool = False, force: bool = Fal
     print(f"duplicate groups: {summary['duplicate_groups']} group(s) of 2+ images holding "
           f"{summary['images_in_duplicate_groups']} images, the largest {summary['largest_group']}")
     if folds is None:
-        try:
-            folds = make_folds(cleaned, groups, cfg.k, cfg.seed)
-        except ValueError as exc:  # too few images for k folds
-            raise io.DataError(io.Problem(str(files["train"]), str(exc))) from None
+        if cfg.assign:  # the folds of another dataset's fold file, image by image
+            folds = assigned_folds(Path(cfg.assign), cleaned["NAME"], cfg.k)
+        else:
+            try:
+                folds = make_folds(cleaned, groups, cfg.k, cfg.seed)
+            except ValueError as exc:  # too few images for k folds
+                raise io.DataError(io.Problem(str(files["train"]), str(exc))) from None
         counts = fold_counts(folds, cleaned)
         write_outputs(fold_file, folds, counts, cfg, {
             "fingerprint": digest, "data": str(Path(data).resolve()), "settings": settings,
-            "duplicates": summary, "cleaning": report.to_dict(),
+            "duplicates": summary, "cleaning": report.to_dict(), "assigned_from": cfg.assign or None,
             "repaired": images.loc[images["repaired"], "NAME"].tolist()})
         print(f"wrote {fold_file}")
     else:
@@ -241,6 +245,24 @@ def run(data: Path, cfg: FoldsConfig, *, repair: bool = False, force: bool = Fal
                           tables={dataset.SOURCE_FILE: recorded})
     print(f"wrote dataset {root} (id {ds_id})")
     return root
+
+
+def assigned_folds(fold_file: Path, names: pd.Series, k: int) -> pd.DataFrame:
+    """``NAME,fold,group`` of ``names`` (sorted) as another dataset's fold file ``fold_file`` assigns them:
+    a second round on changed labels keeps each image in its fold. An image it lacks is an error."""
+    if not fold_file.is_file():
+        raise FileNotFoundError(f"{fold_file}: no such fold file (folds config: assign)")
+    table = pd.read_csv(fold_file, dtype={"NAME": str}).drop_duplicates("NAME").set_index("NAME")
+    wanted = pd.Index(sorted(pd.unique(names)))
+    absent = wanted.difference(table.index)
+    if len(absent):
+        raise io.DataError(io.Problem(str(fold_file), f"{len(absent)} image(s) of the data have no fold "
+                                                      f"there, e.g. {absent[0]}"))
+    out = table.loc[wanted, ["fold", "group"]].rename_axis("NAME").reset_index()
+    if not out["fold"].between(0, k - 1).all() or out["fold"].nunique() < k:
+        raise io.DataError(io.Problem(str(fold_file), f"its folds {sorted(out['fold'].unique())} are not "
+                                                      f"0..{k - 1} for k={k}"))
+    return out
 
 
 def reuse_folds(fold_file: Path, digest: str, force: bool, runs: Path | None = None) -> pd.DataFrame | None:
