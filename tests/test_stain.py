@@ -113,3 +113,23 @@ def test_classifier_config_takes_and_refuses_color_aug():
     assert registry.load_config("cls", []).color_aug == "hsv"  # the default until measured otherwise
     with pytest.raises(ConfigError, match="color_aug: 'stain' is not one of hsv, hed, none"):
         registry.load_config("cls", ["color_aug=stain"])
+
+
+def test_yolo_color_aug_reaches_ultralytics_augmentations_hook():
+    from ultralytics.data.augment import Albumentations
+
+    from train import registry
+    from train.yolo.adapter import color_args
+
+    assert color_args(registry.load_config("yolov8", [])) == {}  # hsv: ultralytics' own hsv_h/s/v
+    assert color_args(registry.load_config("yolov8", ["color_aug=none"])) == {"hsv_h": 0.0, "hsv_s": 0.0}
+    args = color_args(registry.load_config("yolov8", ["color_aug=hed", "hed_strength=0.2"]))
+    (jitter,) = args.pop("augmentations")
+    assert args == {"hsv_h": 0.0, "hsv_s": 0.0} and isinstance(jitter, stain.HEDJitter)
+    assert jitter.strength == 0.2
+    with pytest.raises(ConfigError, match="color_aug: 'lab' is not one of hsv, hed, none"):
+        registry.load_config("yolov8", ["color_aug=lab"])
+    # ultralytics' trainer stores the list with A.to_dict and its dataset restores it: the step it builds
+    hook = Albumentations(p=1.0, transforms=[A.to_dict(jitter)])
+    assert [type(t) for t in hook.transform.transforms] == [stain.HEDJitter]
+    assert not hook.contains_spatial  # an image-only step: boxes are left alone
