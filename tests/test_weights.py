@@ -8,6 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,7 +63,7 @@ def test_ultralytics_entries_are_its_release_assets():
 def test_timm_entries_are_their_pretrained_cfg_hub_files():
     import timm
 
-    for e in (e for e in catalog.ENTRIES if e.loader.startswith("timm:")):
+    for e in (e for e in catalog.ENTRIES if e.upstream.startswith("timm:")):
         cfg = timm.models.get_pretrained_cfg(e.name)
         assert cfg is not None and cfg.hf_hub_id == f"timm/{e.name}" and cfg.num_classes == 1000
         assert e.url == f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/model.safetensors"
@@ -247,3 +248,66 @@ def test_every_model_kind_refuses_a_bad_file_in_one_line(tiny_data, tmp_path, ca
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 1 and len(err) == 1 and err[0].startswith(f"{bad}: "), (model, err)
         assert ("empty file (0 bytes)" if not content else "it starts with 'epoch 3") in err[0], (model, err)
+
+
+def dinobloom_standin(path: Path, **timm_kwargs) -> dict:
+    """A random DinoBloom-S file at ``path``: every tensor timm's ViT-S/14 at 224 px has, by name and shape
+    (the hub file has no head); ``timm_kwargs`` build another shape of it instead. Returns the tensors."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    kwargs = {"img_size": 224, **timm_kwargs}
+    state = timm.create_model("vit_small_patch14_dinov2", pretrained=False, **kwargs).state_dict()
+    save_file(state, path)
+    return state
+
+
+@pytest.mark.smoke  # builds a ViT-S (22 M parameters)
+def test_dinobloom_s_is_a_vit_s14_at_224_px_with_imagenet_normalisation():
+    from train.cls import data as cls_data
+    from train.cls import model as cls_model
+
+    entry = catalog.by_name()["dinobloom_s"]
+    assert entry.loader == "timm:dinobloom_s" and catalog.match("cls:dinobloom_s") is entry
+    assert entry.sets == ("all",) and len(entry.sha256) == 64  # the hub's full SHA-256 of the file
+    spec = cls_model.BACKBONES["dinobloom_s"]
+    assert spec.imgsz == 224 and spec.mean == (0.485, 0.456, 0.406) and spec.std == (0.229, 0.224, 0.225)
+    assert np.allclose(spec.mean, cls_data.MEAN) and np.allclose(spec.std, cls_data.STD)  # the kit's crops
+    model = cls_model.build_model("dinobloom_s", box_size=True)
+    vit = model.backbone
+    assert vit.patch_embed.patch_size == (14, 14) and vit.num_features == 384
+    assert tuple(vit.pos_embed.shape) == (1, (224 // 14) ** 2 + 1, 384)  # 16 x 16 patches + the class token
+    logits = cls_model.forward(model.eval(), torch.zeros(2, 3, 224, 224), torch.zeros(2, 2))
+    assert logits.shape == (2, 23)
+
+
+@pytest.mark.smoke  # builds a ViT-S (22 M parameters)
+def test_dinobloom_file_loads_through_the_kit_and_a_wrong_shape_is_refused(weights_dir):
+    from train.cls import model as cls_model
+
+    entry = catalog.by_name()["dinobloom_s"]
+    state = dinobloom_standin(entry.path)
+    assert check_file(entry.path, entry.loader).startswith("174 tensors, 21.6 M parameters")
+    assert round(entry.path.stat().st_size / 1e6, 1) == entry.mb == 86.5  # the size the hub lists for it
+    model = cls_model.build_model("dinobloom_s", weights=resolve("auto", "cls:dinobloom_s", "test"),
+                                  box_size=True)
+    own = model.backbone.state_dict()
+    assert set(own) == set(state)  # the file starts every backbone tensor; the head is new
+    torch.testing.assert_close(own["pos_embed"], state["pos_embed"])
+    torch.testing.assert_close(own["blocks.11.mlp.fc2.weight"], state["blocks.11.mlp.fc2.weight"])
+    # DINOv2's own 518 px position embedding (1370 tokens) is another network's file: one line, naming it
+    wrong = weights_dir / "dinov2_518.safetensors"
+    dinobloom_standin(wrong, img_size=518)
+    for refuse in (lambda: check_file(wrong, entry.loader),
+                   lambda: cls_model.build_model("dinobloom_s", weights=wrong)):
+        with pytest.raises(WeightsError) as exc:
+            refuse()
+        assert len(str(exc.value).splitlines()) == 1 and str(exc.value).startswith(f"{wrong}: ")
+        assert "pos_embed" in str(exc.value)
+
+
+def test_dinobloom_takes_only_its_224_px_crops():
+    assert registry.load_config("cls", ["backbone=dinobloom_s", "imgsz=224"]).backbone == "dinobloom_s"
+    with pytest.raises(ConfigError, match="backbone dinobloom_s takes 224 px crops .*, not imgsz=96"):
+        registry.load_config("cls", ["backbone=dinobloom_s", "imgsz=96"])

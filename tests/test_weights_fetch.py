@@ -243,3 +243,31 @@ def test_only_the_weights_downloader_opens_network_connections():
     users = sorted(str(p.relative_to(paths.ROOT)) for folder in folders
                    for p in (paths.ROOT / folder).rglob("*.py") if pattern.search(p.read_text()))
     assert users == ["train/weights/fetch.py"]
+
+
+@pytest.mark.smoke  # writes and serves an 86 MB stand-in of the real file
+def test_make_weights_set_dinobloom_s_downloads_and_checks_it(server, weights_dir, monkeypatch, capsys,
+                                                              tmp_path):
+    import dataclasses
+
+    import timm
+    from safetensors.torch import save_file
+
+    base, files = server
+    real = catalog.by_name()["dinobloom_s"]
+    standin = tmp_path / "standin.safetensors"  # the hub file's tensors by name and shape, random values
+    save_file(timm.create_model("vit_small_patch14_dinov2", img_size=224).state_dict(), standin)
+    files.files[real.file] = data = standin.read_bytes()
+    # pinned to the published hash, the stand-in is refused and removed
+    assert cli_main.main(["--set", "dinobloom_s", "--mirror", base, "--no-progress"]) == 1
+    assert f"sha256 {hashlib.sha256(data).hexdigest()[:16]}... does not match the published {real.sha256}" \
+        in capsys.readouterr().err
+    assert not real.path.exists() and not fetch.part_path(real.path).exists()
+    # pinned to its own hash, it is downloaded, loaded against ViT-S/14 at 224 px, and kept
+    pinned = dataclasses.replace(real, sha256=hashlib.sha256(data).hexdigest())
+    monkeypatch.setattr(catalog, "ENTRIES", tuple(pinned if e.name == "dinobloom_s" else e
+                                                  for e in catalog.ENTRIES))
+    assert cli_main.main(["--set", "dinobloom_s", "--mirror", base, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"{real.path}: downloaded 86.5 MB (174 tensors, 21.6 M parameters)" in out
+    assert real.path.read_bytes() == data and [n for n, _ in files.requests] == [real.file] * 2

@@ -125,7 +125,7 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
     full, t0 = cfg.mode == "full", time.perf_counter()
     budget = cls_data.cache_budget() if cfg.cache else 0
     ds_train = cls_data.CropDataset(train_table, images_dir, cfg.imgsz, cfg.margin, cfg.augment,
-                                    cfg.jitter, full, cfg.seed, budget)
+                                    cfg.jitter, full, cfg.seed, budget, cfg.color_aug, cfg.hed_strength)
     ds_val = cls_data.CropDataset(val_table, images_dir, cfg.imgsz, cfg.margin, "none", 0.0, full, cfg.seed,
                                   max(budget - ds_train.cached_bytes, 0) if cfg.cache else 0)
     if cfg.cache:

@@ -8,6 +8,7 @@ from typing import ClassVar
 from cytocore import config
 from train.cls import data as cls_data
 from train.cls import model as cls_model
+from train.stain import check_color_aug
 from train.weights import normalise
 
 MODES = ("crop", "full")
@@ -41,6 +42,8 @@ class ClassifierConfig:
     sampler: str
     balance_power: float
     augment: str
+    color_aug: str
+    hed_strength: float
     mixup: float
     cutmix: float
     mix_prob: float
@@ -60,6 +63,11 @@ class ClassifierConfig:
                            ("sampler", cls_data.SAMPLERS), ("augment", cls_data.AUGMENTS)):
             if getattr(self, key) not in valid:
                 raise config.ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(valid)}")
+        try:
+            check_color_aug(self.color_aug, self.hed_strength)
+            cls_model.check_backbone(self.backbone, self.imgsz)
+        except ValueError as exc:
+            raise config.ConfigError(str(exc)) from None
         # Ranges, checked before a run folder exists (a bad value must not leave one behind).
         for ok, rule in (
             (self.epochs >= 1, f"epochs={self.epochs}: must be >= 1"),

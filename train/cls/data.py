@@ -127,10 +127,17 @@ def to_tensor(crops: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
-def build_augment(name: str):
-    """The albumentations pipeline called ``name`` (applied to uint8 crops), or None for ``none``."""
+def build_augment(name: str, color_aug: str = "hsv", hed_strength: float = 0.05):
+    """The albumentations pipeline called ``name`` (applied to uint8 crops), or None for ``none``.
+
+    ``color_aug`` picks the colour step of ``default`` (``train.stain.COLOR_AUGS``): ``hsv`` a generic
+    hue/saturation/value jitter, ``hed`` a stain-space jitter of ``hed_strength``, ``none`` neither;
+    the brightness/contrast step stays in all three."""
+    from train.stain import HEDJitter, check_color_aug
+
     if name not in AUGMENTS:
         raise ValueError(f"unknown augment {name!r}; valid: {', '.join(AUGMENTS)}")
+    check_color_aug(color_aug, hed_strength)
     if name == "none":
         return None
     import albumentations as A
@@ -138,9 +145,11 @@ def build_augment(name: str):
     # Cells have no orientation: every flip and rotation is a valid sample.
     steps = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
     if name == "default":
+        hsv = A.HueSaturationValue(hue_shift_limit=8, sat_shift_limit=20, val_shift_limit=12, p=0.5)
+        colour = {"hsv": [hsv], "hed": [HEDJitter(hed_strength, p=0.5)], "none": []}[color_aug]
         steps += [
             A.Affine(rotate=(-180, 180), scale=(0.9, 1.1), border_mode=cv2.BORDER_REFLECT_101, p=0.5),
-            A.HueSaturationValue(hue_shift_limit=8, sat_shift_limit=20, val_shift_limit=12, p=0.5),
+            *colour,
             A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
         ]
     return A.Compose(steps)
@@ -215,14 +224,14 @@ class CropDataset(torch.utils.data.Dataset):
 
     def __init__(self, table: pd.DataFrame, images_dir: Path, imgsz: int, margin: int,
                  augment: str = "none", jitter: float = 0.0, full: bool = False, seed: int = 0,
-                 cache_bytes: int = 0):
+                 cache_bytes: int = 0, color_aug: str = "hsv", hed_strength: float = 0.05):
         self.table = table.reset_index(drop=True)
         self.names = self.table["NAME"].to_numpy()
         self.xyxy = self.table[COORDS].to_numpy(dtype=np.float64)
         self.labels = labels_of(self.table)
         self.images_dir = Path(images_dir)
         self.imgsz, self.margin, self.jitter, self.full = imgsz, margin, jitter, full
-        self.transform = build_augment(augment)
+        self.transform = build_augment(augment, color_aug, hed_strength)
         self.seed, self.epoch = seed, 0  # the jitter and augmentation streams: see ``generator``
         self._stream: tuple[int, int] | None = None  # (epoch, torch seed) that ``_rng`` was seeded for
         self._rng: np.random.Generator | None = None

@@ -10,6 +10,7 @@ classifier config as a dict), ``classes`` (the 23 codes in order), ``epoch``,
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,56 @@ log = logging.getLogger(__name__)
 
 TTA_VIEWS = ("identity", "hflip", "vflip")  # cells have no orientation: flips are label-preserving
 LOSSES = ("ce", "focal")
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """A kit backbone name for a timm architecture built with arguments of its own (a fixed input size)."""
+
+    arch: str  # the timm model
+    kwargs: dict  # timm.create_model keyword arguments it was trained with
+    imgsz: int  # the only crop size it takes (its position embedding is for this size)
+    mean: tuple[float, float, float]  # the input normalisation it was trained with (checked against
+    std: tuple[float, float, float]  # the kit's, train.cls.data.MEAN / STD, before training)
+    about: str
+
+
+# DinoBloom (Koch et al. 2024, arXiv 2404.05022): DINOv2 ViTs fine-tuned on 13 public sets of single blood and
+# bone-marrow cells. Their code (marrlab/DinoBloom, get_dino_finetuned_downloaded and get_transforms) builds
+# torch hub's dinov2_vits14 with a 257-token position embedding (224 px / patch 14 = 16 x 16, + the class
+# token) and feeds 224 px crops normalised with ImageNet's mean and std: timm's vit_small_patch14_dinov2
+# at img_size 224 is that network, key for key.
+BACKBONES = {
+    "dinobloom_s": Backbone("vit_small_patch14_dinov2", {"img_size": 224}, 224, (0.485, 0.456, 0.406),
+                            (0.229, 0.224, 0.225), "DinoBloom-S, DINOv2 ViT-S/14 on single blood cells"),
+}
+
+
+def create_backbone(backbone: str, **kwargs: Any) -> torch.nn.Module:
+    """``timm.create_model`` of a timm name or a kit name of ``BACKBONES`` (never a download)."""
+    import timm
+
+    known = BACKBONES.get(backbone)
+    arch, extra = (known.arch, known.kwargs) if known else (backbone, {})
+    try:
+        return timm.create_model(arch, pretrained=False, **extra, **kwargs)
+    except RuntimeError as exc:  # timm: "Unknown model (...)"
+        raise ValueError(f"backbone {backbone!r}: {exc}") from None
+
+
+def check_backbone(backbone: str, imgsz: int) -> None:
+    """Refuse a crop size or a normalisation a kit backbone of ``BACKBONES`` was not trained with."""
+    from train.cls.data import MEAN, STD
+
+    known = BACKBONES.get(backbone)
+    if known is None:
+        return
+    if imgsz != known.imgsz:
+        raise ValueError(f"backbone {backbone} takes {known.imgsz} px crops (its position embedding), "
+                         f"not imgsz={imgsz}")
+    if not (np.allclose(known.mean, MEAN) and np.allclose(known.std, STD)):
+        raise ValueError(f"backbone {backbone} was trained with mean {known.mean} and std {known.std}; "
+                         "the kit normalises crops otherwise (train.cls.data.MEAN, STD)")
 
 
 def resolve_device(device: str) -> str:
@@ -60,13 +111,7 @@ def build_model(backbone: str, num_classes: int = classes.NUM_CLASSES, drop_rate
                 weights: str | Path | None = None, box_size: bool = False) -> torch.nn.Module:
     """A timm ``backbone`` with a ``num_classes`` head, randomly initialised or from local ``weights``;
     with ``box_size`` a ``SizeAwareClassifier`` around it (the weights go to the backbone)."""
-    import timm
-
-    try:
-        model = timm.create_model(backbone, pretrained=False, num_classes=num_classes,
-                                  drop_rate=0.0 if box_size else drop_rate)
-    except RuntimeError as exc:  # timm: "Unknown model (...)"
-        raise ValueError(f"backbone {backbone!r}: {exc}") from None
+    model = create_backbone(backbone, num_classes=num_classes, drop_rate=0.0 if box_size else drop_rate)
     if weights:
         load_pretrained(model, Path(weights))
     if box_size:
@@ -110,9 +155,10 @@ def load_pretrained(model: torch.nn.Module, path: Path) -> None:
     own = model.state_dict()
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     head_keys = {f"{n}.{p}" for n, m in model.named_modules() if m is head for p, _ in m.named_parameters()}
-    skipped = [k for k in head_keys if k in state and state[k].shape != own[k].shape]
+    # a head of another size is replaced, and so is none (a feature backbone's file, e.g. DinoBloom's)
+    skipped = [k for k in head_keys if k not in state or state[k].shape != own[k].shape]
     for k in skipped:
-        del state[k]
+        state.pop(k, None)
     missing = sorted(set(own) - set(state) - set(skipped))
     unexpected = sorted(set(state) - set(own))
     shape = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)

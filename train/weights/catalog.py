@@ -96,6 +96,14 @@ ENTRIES: tuple[Entry, ...] = (
     _timm("efficientnet_b2.ra_in1k", 36.8),
     _timm("resnet50.a1_in1k", 102.2),
     _timm("convnext_tiny.in12k_ft_in1k", 114.4),
+    # DinoBloom-S as timm weights: 1aurent's conversion of DinoBloom-S.pth (zenodo.org/records/10908163, the
+    # authors' release) to vit_small_patch14_dinov2 at 224 px, no head; the SHA-256 is the one the hub
+    # publishes for that file (its "Add model" commit 5e74787); the exact byte count is not published.
+    Entry("dinobloom_s", "vit_small_patch14_224.dinobloom.safetensors",
+          f"{HF}/1aurent/vit_small_patch14_224.dinobloom/resolve/main/model.safetensors", "timm:dinobloom_s",
+          ("cls:dinobloom_s",), "DinoBloom-S (DINOv2 ViT-S/14 fine-tuned on single blood cells)", 86.5,
+          "hf:1aurent/vit_small_patch14_224.dinobloom@5e74787",
+          sha256="a7aa4f35e0fdc34c1ce25962db2511df895a96201f2cebe19dd3b3539ab93b26"),
     Entry("medsam_vit_b", "medsam_vit_b.pth", "https://zenodo.org/records/10689643/files/medsam_vit_b.pth?download=1",
           "sam:vit_b", ("medsam:vit_b",), "MedSAM ViT-B (SAM tuned on medical images; make masks)", 375.0,
           "zenodo:10.5281/zenodo.10689643", md5="3bb6db55bd0c9ca30b61248bca72f8d6"),

@@ -21,10 +21,10 @@ def reference_shapes(loader: str) -> dict:
             builder = getattr(torchvision.models.detection, arch, None) or getattr(torchvision.models, arch)
             extra = {"weights_backbone": None} if hasattr(torchvision.models.detection, arch) else {}
             model = builder(weights=None, **extra)
-        elif family == "timm":
-            import timm
+        elif family == "timm":  # a timm name, or a kit name of train.cls.model.BACKBONES (dinobloom_s)
+            from train.cls.model import create_backbone
 
-            model = timm.create_model(arch, pretrained=False)
+            model = create_backbone(arch)
         elif family == "sam":
             from train.unet import medsam
 

@@ -3,7 +3,7 @@
 - ``torch_load``: a torch file read with ``weights_only=True`` (no code runs); an empty file, a text
   or HTML page saved instead of the weights, a truncated archive: one line naming the file.
 - ``read_tensors``: the ``name -> tensor`` mapping of a state dict, a kit checkpoint (``model``),
-  a ``state_dict`` / ``model_state_dict`` wrapper, or a ``.safetensors`` file.
+  a ``state_dict`` / ``model_state_dict`` wrapper, or a safetensors file (told by its suffix or header).
 - ``load_matching``: copy the tensors whose name and shape fit a model (a COCO or ImageNet head of
   another size is left to its fresh initialisation, and the log says which tensors those were).
 - ``check_fits``: a state dict must fit a reference architecture exactly (keys and shapes).
@@ -44,6 +44,17 @@ def sniff(path: Path, what: str, torch_file: bool = True) -> None:
                                  "torch file (a text file, or another format?)")
 
 
+def safetensors_header(path: Path) -> bool:
+    """Whether ``path`` starts as a safetensors file does (an 8-byte header length, then its JSON): how a
+    download's ``.part`` file, which has no ``.safetensors`` suffix, is told from a torch file."""
+    try:
+        with Path(path).open("rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < 100_000_000
+
+
 def torch_load(path: Path | str, what: str) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU; a bad file raises ``WeightsError``."""
     import torch
@@ -62,7 +73,7 @@ def read_tensors(path: Path | str, what: str) -> dict:
     import torch
 
     path = Path(path).expanduser()
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or safetensors_header(path):
         sniff(path, what, torch_file=False)
         from safetensors.torch import load_file
 

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 from cytocore import classes, env, resources
 from cytocore.config import ConfigError
 from train.base import Adapter, Predictor
+from train.stain import check_color_aug
 from train.weights import WeightsError, normalise, resolve
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class UltraConfig:
     hsv_h: float
     hsv_s: float
     hsv_v: float
+    color_aug: str
+    hed_strength: float
     amp: bool
     cache: bool
     plots: bool
@@ -81,6 +84,10 @@ class UltraConfig:
         self.pretrained = normalise(self.pretrained)
         if self.size not in ("n", "s", "m", "l", "x"):
             raise ConfigError(f"size={self.size!r}: valid sizes are n, s, m, l, x")
+        try:
+            check_color_aug(self.color_aug, self.hed_strength)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.select not in ("challenge", "fitness"):
             raise ConfigError(f"select={self.select!r}: valid values are challenge, fitness")
         # Ranges, checked before a run folder exists (a bad value must not leave one behind).
@@ -122,6 +129,21 @@ PASSED = ("epochs", "imgsz", "batch", "workers", "seed", "optimizer", "lr", "lrf
 ULTRA_NAME = {"lr": "lr0"}
 
 
+def color_args(cfg: UltraConfig) -> dict[str, Any]:
+    """Ultralytics' arguments for ``color_aug``: ``hsv`` keeps hsv_h/s/v; ``hed`` and ``none`` turn hue and
+    saturation off (hsv_v, brightness, stays), ``hed`` adds ``train.stain.HEDJitter`` through ultralytics'
+    ``augmentations`` (its Albumentations step, after mosaic; it replaces that step's defaults, blur, grey
+    and CLAHE at p=0.01 each)."""
+    from train.stain import HEDJitter
+
+    if cfg.color_aug == "hsv":
+        return {}
+    out: dict[str, Any] = {"hsv_h": 0.0, "hsv_s": 0.0}
+    if cfg.color_aug == "hed":
+        out["augmentations"] = [HEDJitter(cfg.hed_strength, p=0.5)]
+    return out
+
+
 class UltraAdapter(Adapter):
     """Trains an ultralytics detection model of ``family`` on one fold."""
 
@@ -146,6 +168,7 @@ class UltraAdapter(Adapter):
             name="ultralytics", exist_ok=True, val=True, verbose=env.verbose(),
             pretrained=str(init_weights(init)) if init else False, workers=ultra_workers(cfg),
         )
+        args.update(color_args(cfg))
         clash = sorted(set(cfg.extra) & set(args))
         if clash:
             kit = {v: k for k, v in ULTRA_NAME.items()}
@@ -158,6 +181,8 @@ class UltraAdapter(Adapter):
 
         run_dir = Path(run_dir)
         ul_last = run_dir / "ultralytics" / "weights" / "last.pt"
+        import train.stain  # noqa: F401 (a resumed run's stored augmentations name train.stain.HEDJitter)
+
         if resume and ul_last.exists():
             ckpt = read_checkpoint(ul_last)
             if training_over(ckpt):  # killed after its last epoch: ultralytics has "nothing to resume"
