@@ -5,7 +5,7 @@ import albumentations as A
 import numpy as np
 import pytest
 
-from cytokit.config import ConfigError
+from cytocore.config import ConfigError
 from train import stain
 from train.cls import data as cls_data
 
