@@ -196,3 +196,21 @@ def test_tuning_finds_a_good_classifier_and_writes_a_config_that_scores_the_same
     ev2 = Evaluator(dataclasses.replace(oof, preds=oof.preds[oof.preds["model"].isin(kept)]), ev.classifier,
                     0.001, 20)
     assert ev2.result(again[0]).total == pytest.approx(ev.result(best).total, abs=1e-12)
+
+
+@pytest.mark.unit
+def test_the_ensemble_dataclasses_defaults_are_those_of_configs_ensemble_yaml():
+    """A recipe's partial ``ensemble.tune`` (or a config without some key) gets the same values as
+    configs/ensemble.yaml: a default the dataclass keeps beside the YAML is the same value."""
+    values = config.read_yaml(config.defaults_path(EnsembleConfig))
+    for cls, section in ((EnsembleConfig, values), (TuneGrid, values["tune"])):
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                continue
+            assert f.name in section, f"configs/ensemble.yaml has no {f.name} ({cls.__name__})"
+            if not isinstance(section[f.name], dict) and f.name != "members":
+                assert default == section[f.name], f"{cls.__name__}.{f.name}"
