@@ -191,7 +191,7 @@ def predict_agreement(work: Path, data: Path, device: str, model: str = "yolov8"
     from cytocore.images import load_rgb
     from infer import predict, tta
 
-    weights = run_dir(work, data, model) / "best.pt"
+    weights = run_dir(work, data, model) / paths.BEST
     names = sorted(p.name for p in (data / "images").iterdir())[:8]
     pairs = [(n, load_rgb(data / "images" / n)) for n in names]
     views = tta.get_views(["identity", "hflip"])
@@ -241,8 +241,8 @@ def random_run(model: str, overrides: list[str], folder: Path, fold: int, name: 
     cfg = registry.load_config(model, list(overrides))
     out = folder / (name or model) / f"fold{fold}"
     out.mkdir(parents=True, exist_ok=True)
-    kit_config.save(cfg, out / "config.yaml")
-    path = out / "best.pt"
+    kit_config.save(cfg, out / paths.CONFIG)
+    path = out / paths.BEST
     torch.manual_seed(fold)
     if model in ("yolov5", "yolov8", "yolo11"):
         from bench.bench_backends import noisy_yolo

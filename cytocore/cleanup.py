@@ -99,7 +99,7 @@ def size(path: Path) -> int:
 
 def finished_runs(path: Path) -> int:
     """The finished training runs (``done.json``) under ``path``."""
-    return sum(1 for _ in Path(path).rglob("done.json")) if Path(path).is_dir() else 0
+    return sum(1 for _ in Path(path).rglob(paths.DONE)) if Path(path).is_dir() else 0
 
 
 def human(n: int) -> str:

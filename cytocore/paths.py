@@ -34,6 +34,12 @@ DEFAULT_DATA = ROOT / "data" / "raw"
 DEMO_DATA = ROOT / "data" / "demo"
 
 
+# The files of a run folder (train.runs and the trainers write them; every reader names them from here)
+BEST, LAST = "best.pt", "last.pt"  # the best epoch's checkpoint, the latest one (what --resume continues)
+DONE, TRAINED = "done.json", "trained.json"  # finished with its out-of-fold table; training finished
+CONFIG, METRICS, CURVES = "config.yaml", "metrics.csv", "curves.png"  # resolved config, per-epoch rows, plot
+
+
 def work_dir() -> Path:
     """The folder of all generated outputs (``$CYTOKIT_WORK`` or ``<root>/work``)."""
     env = os.environ.get("CYTOKIT_WORK")

@@ -141,7 +141,7 @@ def oof_inputs(data: Path, k: int | None, seed: int | None, detector: str, class
     preds, truth, sizes, found, used = [], [], [], [], []
     for fold in range(ds.k):
         oof = ds.preds_dir(detector, fold) / predictions.OOF_FILE
-        weights = [ds.run_dir(c, fold) / "best.pt" for c in classifiers]
+        weights = [ds.run_dir(c, fold) / paths.BEST for c in classifiers]
         if not (detector == GT or oof.exists()) or not all(w.exists() for w in weights):
             continue
         unfinished = [str(w.parent) for w in weights if not finished(w.parent)]

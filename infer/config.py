@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from cytocore import config as kit_config
 from cytocore import members as kit_members
+from cytocore import paths
 from cytocore.config import ConfigError
 from infer import tta, wbf
 from infer.fuse import MODES, FuseParams
@@ -55,7 +56,7 @@ def weights_path(member: Any, ds: Any, fold: int) -> Path:
     dataset ``ds`` (``ds.run_dir(name, fold)``)."""
     if member.weights:
         return Path(member.weights.format(fold=fold, model=member.model, name=member.name))
-    return ds.run_dir(member.name, fold) / "best.pt"
+    return ds.run_dir(member.name, fold) / paths.BEST
 
 
 @dataclasses.dataclass

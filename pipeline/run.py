@@ -172,7 +172,7 @@ def changed_settings(ds: Any, m: TrainMember, fold: int) -> list[str]:
     from train import registry, runs
 
     run_dir = ds.run_dir(m.name, fold)
-    if not (run_dir / "config.yaml").is_file():
+    if not (run_dir / runs.CONFIG).is_file():
         return []
     try:
         wanted = registry.load_config(m.model, m.overrides)

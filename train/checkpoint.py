@@ -27,11 +27,11 @@ import torch
 
 from cytocore import classes
 from cytocore.io import atomic_write
+from cytocore.paths import BEST, LAST
 
 log = logging.getLogger(__name__)
 
 FORMAT = 2
-BEST, LAST = "best.pt", "last.pt"
 RESUME_STATE = ("optimizer", "scheduler", "scaler", "best")
 
 

@@ -87,7 +87,7 @@ def continued_config(name: str, fold: int, cfg: Any, run_dir: Path, state: str, 
     changed = runs.recorded_differences(cfg, run_dir)
     if not changed:
         return cfg
-    new, old = kit_config.to_dict(cfg), kit_config.read_yaml(Path(run_dir) / "config.yaml")
+    new, old = kit_config.to_dict(cfg), kit_config.read_yaml(Path(run_dir) / runs.CONFIG)
     taken = {k: v for k, v in new.items() if k in runs.RUNTIME_KEYS or k not in old}  # + keys new to the kit
     verb = "resumes with" if state == "resume" else "keeps"
     log.warning("%s fold %s: %s the settings it started with, not this call's (%s); %s trains it "
@@ -128,7 +128,7 @@ def run_fold(name: str, adapter: Any, cfg: Any, fold_data: Any, resume: bool, fo
             runs.mark_trained(run_dir)
     if not dist.is_main():  # trained (now or before): rank 0 alone predicts and writes
         return None
-    best = run_dir / "best.pt"
+    best = run_dir / runs.BEST
     predictor = adapter.load(best, cfg, device=cfg.device)
     preds = adapter.oof_predictions(predictor, cfg, fold_data)
     if preds is None:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from cytocore import paths
+
 TIME = "time"  # the wall-clock column append_metrics stamps on every row
 
 
@@ -40,7 +42,7 @@ class JobState:
 
 def job_state(name: str, model: str, run_dir: Path, epochs: int) -> JobState:
     """The state of a job from ``run_dir/metrics.csv`` (none yet: 0 epochs done, no rate)."""
-    path = Path(run_dir) / "metrics.csv"
+    path = Path(run_dir) / paths.METRICS
     state = JobState(name, model, max(1, int(epochs)))
     if not path.is_file():
         return state

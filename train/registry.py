@@ -29,6 +29,7 @@ from typing import Any
 
 from cytocore import paths
 from cytocore.config import ConfigError, load
+from train import runs
 
 MODELS: dict[str, str] = {
     "yolov5": "train.yolo.adapter:Yolov5Adapter",  # ultralytics YOLOv5u (anchor-free head)
@@ -92,7 +93,7 @@ def load_config(name: str, overrides: dict[str, Any] | list[str] = ()) -> Any:
 def run_config(name: str, run_dir: Path, overrides: dict[str, Any] | list[str] = ()) -> Any:
     """The resolved config a run was trained with (``<run_dir>/config.yaml``) <- overrides; the model's
     default config when the run folder has none (weights from elsewhere)."""
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / runs.CONFIG
     if not path.exists():
         return load_config(name, overrides)
     return load(get(check_name(name)).config_cls, path, overrides, section=name)

@@ -37,6 +37,7 @@ import pandas as pd
 from cytocore import config as kit_config
 from cytocore import makevars
 from cytocore.io import atomic_write, atomic_write_df, atomic_write_text
+from cytocore.paths import BEST, CONFIG, CURVES, DONE, LAST, METRICS, TRAINED  # noqa: F401 (runs.DONE...)
 from train import tracking
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,6 @@ log = logging.getLogger(__name__)
 # predict_batch only batches the out-of-fold predictions).
 RUNTIME_KEYS = frozenset({"device", "workers", "plots", "batch_infer", "predict_batch", "val_every"})
 
-DONE = "done.json"
-TRAINED = "trained.json"
-METRICS = "metrics.csv"
-CURVES = "curves.png"
-
 
 def is_done(run_dir: Path) -> bool:
     return (Path(run_dir) / DONE).exists()
@@ -58,7 +54,7 @@ def is_done(run_dir: Path) -> bool:
 
 def has_checkpoint(run_dir: Path) -> bool:
     """True when the run folder holds a ``last.pt`` to resume from."""
-    return (Path(run_dir) / "last.pt").exists()
+    return (Path(run_dir) / LAST).exists()
 
 
 def prepare(run_dir: Path, resume: bool = False, force: bool = False, stale: tuple[Path, ...] = ()) -> str:
@@ -111,7 +107,7 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def recorded_differences(cfg: Any, run_dir: Path) -> list[str]:
     """``differences`` between ``run_dir``'s config.yaml and ``cfg``; [] when the folder has none."""
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / CONFIG
     if not path.is_file():
         return []
     return differences(kit_config.read_yaml(path), kit_config.to_dict(cfg))
@@ -119,7 +115,7 @@ def recorded_differences(cfg: Any, run_dir: Path) -> list[str]:
 
 def save_config(cfg: Any, run_dir: Path) -> Path:
     """Write the resolved config as ``config.yaml``; log keys changed since a previous save."""
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / CONFIG
     if path.exists():
         old = kit_config.read_yaml(path)
         new = kit_config.to_dict(cfg)

@@ -215,7 +215,7 @@ def epoch(run_dir: Path, row: dict[str, Any]) -> None:
     if first:
         from cytocore import config as kit_config
 
-        saved = Path(run_dir) / "config.yaml"
+        saved = Path(run_dir) / paths.CONFIG
         _call((experiment, run), "params", kit_config.read_yaml(saved) if saved.is_file() else {})
     _call((experiment, run), "metrics", row, int(row.get("epoch", 0)))
 

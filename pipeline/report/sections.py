@@ -17,6 +17,7 @@ from cytocore import paths
 from pipeline.report import figures
 from pipeline.report import page as p
 from pipeline.report.sources import Source
+from train import runs
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +73,11 @@ def training_section(src: Source, models: list[str]) -> str:
         frames = {}
         for fold in folds:
             run = src.run_dir(model, fold)
-            metrics = pd.read_csv(run / "metrics.csv") if (run / "metrics.csv").is_file() else pd.DataFrame()
+            metrics = pd.read_csv(run / runs.METRICS) if (run / runs.METRICS).is_file() else pd.DataFrame()
             if len(metrics) and "epoch" in metrics:
                 frames[fold] = metrics
-            done = yaml.safe_load((run / "done.json").read_text()) if (run / "done.json").is_file() else {}
-            config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() \
+            done = yaml.safe_load((run / runs.DONE).read_text()) if (run / runs.DONE).is_file() else {}
+            config = yaml.safe_load((run / runs.CONFIG).read_text()) if (run / runs.CONFIG).is_file() \
                 else {}
             rows.append({"member": model, "model": done.get("model", model), "fold": fold,
                          "epochs": len(metrics),
@@ -84,7 +85,7 @@ def training_section(src: Source, models: list[str]) -> str:
                          "out-of-fold score": float(done.get("challenge", float("nan"))),
                          "GIoU term": float(done.get("giou_term", float("nan"))),
                          "F1 term": float(done.get("f1_term", float("nan"))),
-                         "state": "done" if done else ("trained" if (run / "trained.json").is_file()
+                         "state": "done" if done else ("trained" if (run / runs.TRAINED).is_file()
                                                        else "unfinished")})
         if frames:
             out.append(f"<h3>{p.esc(model)}</h3>" + p.img(figures.curves(model, frames), f"{model} curves"))

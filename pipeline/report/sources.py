@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from cytocore import dataset, paths, predictions
+from train import runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +88,7 @@ class Source:
         out = {}
         for m in models:
             folds = [f for f in range(self.k) if any((self.run_dir(m, f) / n).is_file()
-                                                     for n in ("metrics.csv", "done.json"))]
+                                                     for n in (runs.METRICS, runs.DONE))]
             if folds:
                 out[m] = folds
         return out

@@ -142,7 +142,7 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
                                                **loader_args)
     val_loader = torch.utils.data.DataLoader(ds_val, shuffle=False, **loader_args)
 
-    init = None if resume and (run_dir / "last.pt").exists() else resolve(
+    init = None if resume and (run_dir / runs.LAST).exists() else resolve(
         cfg.pretrained, f"cls:{cfg.backbone}", f"{cfg.mode} classifier {cfg.backbone}", record=run_dir)
     model = cls_model.build_model(cfg.backbone, drop_rate=cfg.drop_rate, weights=init, box_size=cfg.box_size)
     model.to(device)
@@ -151,7 +151,7 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
     amp = cfg.amp and device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     start, best = 0, -math.inf
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    last_path, best_path = run_dir / runs.LAST, run_dir / runs.BEST
     if resume and last_path.exists():
         start, best = checkpoint.restore(last_path, "classifier", model, optimizer, scheduler, scaler)
         log.info("resuming %s at epoch %d/%d", run_dir, start + 1, cfg.epochs)

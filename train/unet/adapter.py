@@ -172,7 +172,7 @@ def fit(cfg: UnetConfig, fold_data: Any, masks_dir: Path, run_dir: Path, resume:
     loader = torch.utils.data.DataLoader(
         ds, batch_size=cfg.batch, shuffle=True, num_workers=workers, drop_last=len(ds) > cfg.batch,
         generator=torch.Generator().manual_seed(cfg.seed), pin_memory=device.startswith("cuda"))
-    init = None if resume and (run_dir / "last.pt").exists() else resolve(
+    init = None if resume and (run_dir / runs.LAST).exists() else resolve(
         cfg.pretrained, f"unet:{cfg.encoder}", f"unet fold {fold_data.fold}", record=run_dir)
     model = build_model(cfg, init).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

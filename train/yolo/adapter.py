@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
-from cytocore import classes, env, resources
+from cytocore import classes, env, paths, resources
 from cytocore.config import ConfigError
 from train.base import Adapter, Predictor
 from train.stain import check_color_aug
@@ -192,7 +192,7 @@ class UltraAdapter(Adapter):
         else:
             model = YOLO(self.model_yaml(cfg))
             args = self.train_args(cfg, fold_data, run_dir)
-        link = run_dir / "last.pt"
+        link = run_dir / paths.LAST
         if not link.exists():
             link.unlink(missing_ok=True)
             link.symlink_to(Path("ultralytics") / "weights" / "last.pt")
@@ -258,7 +258,7 @@ def final_best(run_dir: Path, ul_last: Path) -> Path:
     ultralytics' choice (its best.pt, else last.pt)."""
     from ultralytics.utils.torch_utils import strip_optimizer
 
-    best = Path(run_dir) / "best.pt"
+    best = Path(run_dir) / paths.BEST
     if not best.exists():
         ul_best = ul_last.with_name("best.pt")
         shutil.copyfile(ul_best if ul_best.exists() else ul_last, best)

@@ -174,11 +174,11 @@ class EpochEnd:
             score = row["challenge"] if row["challenge"] == row["challenge"] else -1.0
         else:
             score = -math.inf  # not scored this epoch: not a candidate
-        if score > self.best or not (self.run_dir / "best.pt").exists():
+        if score > self.best or not (self.run_dir / runs.BEST).exists():
             self.best = max(self.best, score)
             tmp = self.run_dir / ".best.pt.tmp"
             shutil.copyfile(weights, tmp)
-            os.replace(tmp, self.run_dir / "best.pt")
+            os.replace(tmp, self.run_dir / runs.BEST)
         runs.append_metrics(self.run_dir, row)
         log.info("%s", self.epoch_line(row, score, scored))
 
