@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import test_pipeline
 
 from cytocore import boxes as bx
 from cytocore import classes, io
@@ -17,6 +18,9 @@ from cytocore.config import ConfigError
 from cytocore.tables import COORDS
 from infer import label_audit as la
 from prepare import derive, folds, noise
+
+tiny_data = test_pipeline.tiny_data  # the fixture: 16 synthetic images, k=2, a work folder of its own
+TINY_YOLO = test_pipeline.TINY_YOLO
 
 pytestmark = pytest.mark.unit
 CODES = list(classes.CLASSES)
@@ -242,3 +246,39 @@ def test_audit_of_a_tiny_run_and_round_two_data_on_the_same_folds(tmp_path, monk
         two = dataset.resolve(dst)
         assert two.id != ds.id
         pd.testing.assert_frame_equal(two.images()[["NAME", "fold"]], ds.images()[["NAME", "fold"]])
+
+
+@pytest.mark.smoke
+def test_make_all_with_clean_runs_round_two_on_a_cleaned_copy_with_the_same_folds(tiny_data, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """The recipe switch end to end: round one, the audit, the cleaned folder, round two on it."""
+    import yaml
+
+    from cytocore import dataset, paths
+    from pipeline.__main__ import main
+
+    data = tiny_data
+    monkeypatch.setenv("CYTOKIT_PREFLIGHT", "off")
+    before = (data / "train.csv").read_bytes()
+    tiny = [o for o in TINY_YOLO if not o.startswith("epochs")] + [
+        "epochs=1", "pretrained=none", "conf=0.000001"]
+    recipe = tmp_path / "clean.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "k": 2, "seed": 0, "jobs": 2, "clean": {"policy": ["relabel"], "conf": 0.0},
+        "detectors": [{"model": "yolov8", "overrides": tiny}],
+        "ensemble": {"tta": ["identity"], "viz_images": 0, "conf": 0.000001,
+                     "tune": {"weights": [1.0], "iou_thr": [0.55], "skip_box_thr": [0.000001],
+                              "conf_type": ["avg"], "fusion": ["wbf"], "rounds": 1, "views": False}}}))
+    assert main(["--recipe", str(recipe), "--data", str(data), "--out", str(tmp_path / "subs")]) == 0
+    out = capsys.readouterr().out
+    assert "round two: the same recipe on the cleaned labels" in out
+    ds = dataset.resolve(data)
+    report = json.loads(paths.run_report(ds.id).read_text())
+    clean = report["clean"]
+    folder = Path(clean["data"])
+    assert folder != data and (folder / "train.csv").is_file() and (folder / la.CHANGES_FILE).is_file()
+    assert clean["round_two"]["status"] == "ok" and Path(clean["audit"]).is_file()
+    assert (data / "train.csv").read_bytes() == before  # the raw data untouched
+    one, two = ds.images(), dataset.resolve(folder).images()  # every image in its round-one fold
+    merged = one.merge(two, on="NAME", suffixes=("_1", "_2"))
+    assert len(merged) == len(one) and (merged["fold_1"] == merged["fold_2"]).all()
