@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,15 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG = paths.CONFIGS / "folds.yaml"
 # Settings that do not change the fold file (left out of its fingerprint).
 NOT_IN_FINGERPRINT = ("resize", "jpeg_quality", "workers")
+# Keys added after fold files were made, at the value that keeps the folds as before: left out of the
+# fingerprint at that value, so a kit upgrade does not refuse (or, with --force, replace) existing folds.
+NEUTRAL = {"assign": ""}
+
+
+def fingerprint_settings(cfg: Any) -> dict:
+    """The settings that shape the folds: what ``fingerprint`` digests."""
+    return {k: v for k, v in config.to_dict(cfg).items()
+            if k not in NOT_IN_FINGERPRINT and not (k in NEUTRAL and v == NEUTRAL[k])}
 
 
 @dataclasses.dataclass
@@ -199,7 +209,7 @@ def run(data: Path, cfg: FoldsConfig, *, repair: bool = False, force: bool = Fal
                     "is hash_distance %d too loose?",
                     summary["largest_group"], cfg.group_warn_size, cfg.hash_distance)
 
-    settings = {k: v for k, v in config.to_dict(cfg).items() if k not in NOT_IN_FINGERPRINT}
+    settings = fingerprint_settings(cfg)
     digest = fingerprint(cleaned, groups, settings)
     fold_file = paths.fold_file(ds_id)
     folds = reuse_folds(fold_file, digest, force, paths.dataset_runs(ds_id))

@@ -226,3 +226,14 @@ def test_config_rejects_bad_values():
         config.load(folds.FoldsConfig, None, ["hash_dist=3"])
     with pytest.raises(config.ConfigError, match="k must be at least 2"):
         config.load(folds.FoldsConfig, None, {"k": 1})
+
+
+def test_a_key_added_later_at_its_neutral_value_keeps_the_fingerprints_of_existing_folds():
+    """A kit that gained a folds key (``assign``) must reuse the fold files an older kit made: at its
+    neutral value the key is not digested, so the settings are exactly what the older kit digested."""
+    cfg = config.load(folds.FoldsConfig, folds.DEFAULT_CONFIG)
+    older = {k: v for k, v in config.to_dict(cfg).items()
+             if k not in folds.NOT_IN_FINGERPRINT and k not in folds.NEUTRAL}
+    assert folds.fingerprint_settings(cfg) == older and "assign" not in older
+    assigned = dataclasses.replace(cfg, assign="work/folds/other/folds.csv")
+    assert folds.fingerprint_settings(assigned) == {**older, "assign": "work/folds/other/folds.csv"}
