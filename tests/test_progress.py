@@ -75,3 +75,14 @@ def test_the_heartbeat_of_make_all_reads_each_running_jobs_epochs(tmp_path):
     assert lines[1] == "    yolov8 fold 0: epoch 3/10, 40 s/epoch, ETA 4 min"
     assert lines[2] == "    cls fold 0: loading crops"
     assert all(len(line) <= 120 for line in lines)
+
+
+def test_every_and_batch_text_say_where_a_long_loop_is():
+    from train import progress
+
+    clock = iter([10.0, 31.0, 40.0, 62.0])
+    every = progress.Every(30.0)
+    every.clock, every.start, every.shown = lambda: next(clock), 0.0, 0.0
+    assert [every.due() for _ in range(4)] == [False, True, False, True]  # t = 10, 31, 40, 62
+    assert progress.batch_text(400, 1200, 200.0) == "batch 400/1200 (33 %), 0.50 s/batch, ETA 6 min"
+    assert progress.batch_text(0, 0, 0.0, "image") == "image 0/1 (0 %), 0.00 s/image, ETA 0 s"

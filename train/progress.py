@@ -76,6 +76,34 @@ def overall(running: list[JobState], queued: list[JobState], slots: int) -> floa
     return left / max(1, min(slots, len(running) + len(queued)))
 
 
+class Every:
+    """``due()`` is True at most once every ``seconds`` (a job's progress lines in its log)."""
+
+    def __init__(self, seconds: float = 30.0):
+        import time
+
+        self.seconds, self.clock = seconds, time.monotonic
+        self.start = self.shown = self.clock()
+
+    def due(self) -> bool:
+        now = self.clock()
+        if now - self.shown < self.seconds:
+            return False
+        self.shown = now
+        return True
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+
+def batch_text(done: int, total: int, elapsed_s: float, what: str = "batch") -> str:
+    """``batch 400/1210 (33 %), 0.41 s/batch, ETA 5 min``: where a loop is and when it ends."""
+    total = max(total, done, 1)
+    per = elapsed_s / max(done, 1)
+    return (f"{what} {done}/{total} ({100 * done // total} %), {per:.2f} s/{what}, "
+            f"ETA {duration(per * (total - done))}")
+
+
 def duration(seconds: float | None) -> str:
     """``1 h 05 min``, ``12 min``, ``40 s``, or ``?`` when unknown."""
     if seconds is None:

@@ -114,7 +114,7 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
     """Train a classifier on crops of ``train_table``; select on ``val_table``; return best.pt."""
     from tqdm import tqdm
 
-    from train import runs
+    from train import progress, runs
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -161,8 +161,12 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
         rng = seed_epoch(cfg.seed, epoch, ds_train, sampler, loader_rng)
         model.train()
         total, seen = 0.0, 0
-        for x, size, y in tqdm(train_loader, desc=f"cls epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                               disable=None):
+        bar = tqdm(train_loader, desc=f"cls epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
+        every = progress.Every(30.0)  # without a terminal (a job's log): one line every 30 s instead
+        for step, (x, size, y) in enumerate(bar, 1):
+            if bar.disable and every.due():
+                log.info("cls epoch %d/%d: %s", epoch + 1, cfg.epochs,
+                         progress.batch_text(step, len(train_loader), every.elapsed()))
             x, size = x.to(device, non_blocking=True), size.to(device, non_blocking=True)
             target = torch.nn.functional.one_hot(y, classes.NUM_CLASSES).float().to(device)
             if rng.random() < cfg.mix_prob:  # box sizes mixed as the labels are (the same share)

@@ -247,10 +247,16 @@ class CropDataset(torch.utils.data.Dataset):
 
     def _fill_cache(self, budget: int) -> int:
         """Decode the images once and keep their rows' reachable pixels, up to ``budget`` bytes."""
+        from train import progress
+
         groups = list(self.table.groupby("NAME", sort=False).indices.items())
         threads, held = max(1, torch.get_num_threads()), 0
+        every = progress.Every(30.0)  # at real scale the decoding takes minutes: say where it is
         with ThreadPoolExecutor(threads) as pool:
             for start in range(0, len(groups), 8 * threads):  # a few images decoded ahead, not all
+                if every.due():
+                    log.info("crop cache: %s",
+                             progress.batch_text(start, len(groups), every.elapsed(), "image"))
                 chunk = groups[start:start + 8 * threads]
                 for (_, rows), image in zip(chunk, pool.map(lambda g: images.load_rgb(self.images_dir / g[0]),
                                                             chunk)):
