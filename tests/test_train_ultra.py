@@ -160,8 +160,8 @@ def test_batch_progress_logs_the_epochs_batches_at_most_every_30_s(monkeypatch, 
         callback(fake)
     lines = [r.getMessage() for r in caplog.records]
     # t=31: 4 batches in 31 s -> 7.75 s/batch, 96 left -> 744 s; t=62: 6 in 62 s -> 10.33, 94 left -> 971 s
-    assert lines == ["epoch 3/60: batch 4/100 (4 %), 7.75 s/batch, epoch ETA 12 min",
-                     "epoch 3/60: batch 6/100 (6 %), 10.33 s/batch, epoch ETA 16 min"]
+    assert lines == ["epoch 3/60: batch 4/100 (4 %), 7.75 s/batch, ETA 12 min",
+                     "epoch 3/60: batch 6/100 (6 %), 10.33 s/batch, ETA 16 min"]
 
 
 def test_ultralytics_validates_only_on_the_kits_scoring_epochs_under_select_challenge():

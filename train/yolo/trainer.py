@@ -114,7 +114,7 @@ class UltraVal:
 
 class BatchProgress:
     """``on_train_batch_end`` callback: at most every ``every_s`` seconds one log line
-    ``epoch 3/60: batch 400/1210 (33 %), 0.41 s/batch, epoch ETA 5 min`` (first rank only)."""
+    ``epoch 3/60: batch 400/1210 (33 %), 0.41 s/batch, ETA 5 min`` (the epoch's; first rank only)."""
 
     def __init__(self, every_s: float = 30.0):
         self.every_s, self.epoch, self.batches, self.start, self.shown = every_s, -1, 0, 0.0, 0.0
@@ -131,11 +131,8 @@ class BatchProgress:
         if now - self.shown < self.every_s or RANK not in (-1, 0):
             return
         self.shown = now
-        total = max(self.batches, len(trainer.train_loader))
-        per = (now - self.start) / self.batches
-        log.info("epoch %d/%d: batch %d/%d (%d %%), %.2f s/batch, epoch ETA %s", trainer.epoch + 1,
-                 trainer.epochs, self.batches, total, 100 * self.batches // total, per,
-                 progress.duration(per * (total - self.batches)))
+        log.info("epoch %d/%d: %s", trainer.epoch + 1, trainer.epochs,
+                 progress.batch_text(self.batches, len(trainer.train_loader), now - self.start))
 
 
 def _shown(value: float) -> str:
