@@ -48,6 +48,7 @@ from cytocore.config import ConfigError
 
 DEFAULT_K = 5  # folds of `make folds` when K is not given
 DEFAULT_SEED = 42  # fold seed of `make folds` when SEED is not given
+TRAIN_ONLY = -1  # the fold of an image every fold trains on and none validates on (pseudo-labels)
 SOURCE_FILE = "source.csv"  # the raw train images' NAME,bytes,mtime_ns,sha1 at make folds
 
 

@@ -46,6 +46,7 @@ class Result:
     views: list[str]  # the TTA views the run asked for (a reused table may hold more)
     fusion: str | None = None
     fused: pd.DataFrame | None = None
+    detector_class: Any = None  # the fused rows' classes before the classifier's blend (pseudo-labels)
     submission: Path | None = None
     score: object | None = None  # cytocore.metric.ScoreResult when test_labels.csv exists
     seconds_per_image: float = float("nan")  # member prediction time per test image (all members, views)
@@ -248,9 +249,10 @@ def fuse_test(cfg: EnsembleConfig, data: Path, result: Result, progress: bool = 
     n_cells = test.groupby("NAME").size().to_dict()
     result.fusion = resolve_fusion(cfg, data)
     fused = fuse_files(result.test_files, result.views, cfg.fuse_params(result.fusion), progress=progress)
-    fused = classify(cfg, fused, files["images"], n_cells, ds)
+    detector_class = fused["class"].to_numpy(dtype=object)
+    fused = classify(cfg, fused, files["images"], n_cells, ds)  # the same rows in the same order
     predictions.write(fused, ds.preds_dir("ensemble", "all") / predictions.TEST_FILE)
-    result.fused = fused
+    result.fused, result.detector_class = fused, detector_class
     return result
 
 

@@ -311,6 +311,14 @@ def write_cleaned(
     with the changes beside it; returns the folder and the summary it records. The raw data is only read."""
     from prepare import derive
 
+    cleaned, records = cleaned_boxes(ds, table, clean)
+    dst = derive.write_folder(Path(ds.data), dst or cleaned_dir(ds, clean), cleaned, records)
+    return dst, records[SUMMARY_FILE]
+
+
+def cleaned_boxes(ds: Any, table: pd.DataFrame, clean: CleanConfig) -> tuple[pd.DataFrame, dict]:
+    """``ds``'s boxes with ``clean.policy`` applied and the records that go beside them
+    (``CHANGES_FILE``: every change; ``SUMMARY_FILE``: settings and counts)."""
     boxes = pd.read_csv(ds.root / "boxes.csv", dtype={"NAME": str})
     cleaned, changes = apply(boxes, table, clean.kinds)
     info = {
@@ -321,10 +329,7 @@ def write_cleaned(
         "boxes_after": len(cleaned),
         "changed": {a: int((changes["action"] == a).sum()) for a in clean.policy},
     }
-    dst = derive.write_folder(
-        Path(ds.data), dst or cleaned_dir(ds, clean), cleaned, {CHANGES_FILE: changes, SUMMARY_FILE: info}
-    )
-    return dst, info
+    return cleaned, {CHANGES_FILE: changes, SUMMARY_FILE: info}
 
 
 def against_noise(

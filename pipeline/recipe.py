@@ -4,9 +4,10 @@ A recipe names everything one run needs: the folds (k, seed, prepare.folds
 overrides), the detectors and crop classifiers to train per fold with their
 config overrides, how many training jobs run at once, the ensemble (keys of
 ``configs/ensemble.yaml``, which it starts from), whether to tune, and for the
-demo the synthetic data to make, and the out-of-fold label audit and cleaning
+demo the synthetic data to make, the out-of-fold label audit and cleaning
 (``clean``: an audit after round one; with a policy, round two on the cleaned
-labels). ``load(path, overrides)`` reads it; unknown
+labels) and the pseudo-labels (``pseudo``: round two also trains on round one's
+sure test images, ``infer.pseudo``). ``load(path, overrides)`` reads it; unknown
 keys are an error naming the valid ones (``key=value`` overrides too, e.g.
 ``jobs=2`` or ``k=3``).
 """
@@ -61,6 +62,7 @@ class RecipeConfig:
     cluster: dict = dataclasses.field(default_factory=dict)  # LAUNCHER=slurm settings (pipeline.cluster)
     tracker: str = "none"  # none | csv | tensorboard | mlflow (train.tracking); TRACKER= on make wins
     clean: dict = dataclasses.field(default_factory=dict)  # infer.label_audit.CleanConfig keys; {} = no audit
+    pseudo: dict = dataclasses.field(default_factory=dict)  # infer.pseudo.PseudoConfig keys; {} = off
 
     def __post_init__(self) -> None:
         if self.k < 2 or self.jobs < 1 or self.threads < 0:
@@ -86,6 +88,7 @@ class RecipeConfig:
                               f"{', '.join(CLASSIFIER_KEYS)} (its members are the recipe's classifiers)")
         self.synth_settings()
         self.clean_settings()  # an unknown clean key or policy is refused with the recipe
+        self.pseudo_settings()
         self.folds_config()  # a bad folds key is refused with the recipe, not after the synthetic data
         from train import tracking
 
@@ -130,6 +133,17 @@ class RecipeConfig:
         from infer.label_audit import CleanConfig
 
         return kit_config.from_dict(CleanConfig, self.clean, "recipe: clean") if self.clean else None
+
+    def pseudo_settings(self):
+        """``infer.pseudo.PseudoConfig`` of the ``pseudo`` section; None when it is empty (off)."""
+        from infer.pseudo import PseudoConfig
+
+        return kit_config.from_dict(PseudoConfig, self.pseudo, "recipe: pseudo") if self.pseudo else None
+
+    def round_two(self) -> bool:
+        """Whether a second round trains after the first: pseudo-labels, or cleaning with a policy."""
+        clean = self.clean_settings()
+        return self.pseudo_settings() is not None or bool(clean is not None and clean.policy)
 
     def synth_settings(self) -> SynthSettings | None:
         return kit_config.from_dict(SynthSettings, self.synth, "recipe: synth") if self.synth else None

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cytocore import config as kit_config
-from cytocore import io, members, paths
+from cytocore import io, members, paths, tables
 from pipeline.recipe import RecipeConfig, TrainMember, ensemble_values, val_detector
 
 log = logging.getLogger("pipeline")
@@ -317,10 +317,9 @@ def _run(recipe: RecipeConfig, data: Path, out_dir: Path | None, echo: Callable[
         report["train"] = records
         report["failures"] = [r for r in records if r["status"] == "failed"]
         _after_training(recipe, data, ds, records, steps, report, out_dir, echo)
-        clean = recipe.clean_settings()
-        if clean is not None and clean.policy and report.get("clean"):
-            steps("round two on the cleaned labels",
-                  lambda: _round_two(recipe, clean, ds, report, out_dir, echo))
+        if recipe.round_two() and (report.get("clean") or report.get("pseudo")):
+            steps("round two (" + ", ".join(_round_two_parts(recipe)) + ")",
+                  lambda: _round_two(recipe, ds, report, out_dir, echo))
         report["status"] = "failed" if report["failures"] else "ok"
     except BaseException as exc:
         report.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "error",
@@ -375,6 +374,15 @@ def _after_training(recipe: RecipeConfig, data: Path, ds: Any, records: list[dic
         cal = steps("calibration (out-of-fold)", lambda: calibrate.ensure(
             ens, ds, Path(report["tuned"]), logs / calibrate.FILE))
     result = steps("submission", lambda: make.run(ens, data, out_dir=out_dir, calibration=cal))
+    pseudo = recipe.pseudo_settings()
+    if pseudo is not None:
+        if cal is None:  # no tuning: the recipe's own ensemble is calibrated out-of-fold
+            from infer import calibrate
+
+            cal = steps("calibration (out-of-fold)", lambda: calibrate.ensure(
+                ens, ds, Path(report["ensemble"]), logs / calibrate.FILE))
+        report["pseudo"] = steps("pseudo-labels (sure test images)",
+                                 lambda: _pseudo(pseudo, ds, data, result, cal, echo))
     report.update(submission=str(result.submission), fusion=result.fusion)
     files = paths.data_files(data)
     problems = steps("validate",
@@ -408,28 +416,108 @@ def _audit(clean: Any, ds: Any, config: Path, echo: Callable[[str], None]) -> di
             "box_conf": used.box_conf}
 
 
-def _round_two(recipe: RecipeConfig, clean: Any, ds: Any, report: dict, out_dir: Path | None,
+def _pseudo(cfg: Any, ds: Any, data: Path, result: Any, cal: Any, echo: Callable[[str], None]) -> dict:
+    """Round one's sure test images (``infer.pseudo.select``, capped at the recipe's share) written to
+    the run's logs (``pseudo_labels.csv``); returns the counts and where they are."""
+    from infer import pseudo
+
+    test = tables.read(paths.data_files(data)["test"], "test")
+    n_cells = test.groupby("NAME").size().to_dict()
+    fused = result.fused
+    rows, counts = pseudo.select(fused, result.detector_class, cal.apply(fused["score"].to_numpy()),
+                                 n_cells, cfg)
+    rows = pseudo.cap(rows, int(ds.images()["NAME"].nunique()), cfg.share, cfg.seed)
+    path = io.atomic_write_df(rows, paths.logs_dir(ds.id) / pseudo.LABELS_FILE)
+    left = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts["left_out"].items())
+    echo(f"pseudo-labels: {counts['kept_images']} of {counts['test_images']} test images sure "
+         f"(confidence >= {cfg.conf}{', classes agree' if cfg.agree else ''}; left out: {left}); "
+         f"{rows['NAME'].nunique()} used ({len(rows)} boxes, share <= {cfg.share}): {paths.shown(path)}")
+    return {**counts, "labels": str(path), "used_images": int(rows["NAME"].nunique()),
+            "used_boxes": len(rows)}
+
+
+def _round_two_parts(recipe: RecipeConfig) -> list[str]:
+    clean = recipe.clean_settings()
+    parts = ["cleaned labels"] if clean is not None and clean.policy else []
+    return parts + (["pseudo-labels"] if recipe.pseudo_settings() is not None else [])
+
+
+def _round_two(recipe: RecipeConfig, ds: Any, report: dict, out_dir: Path | None,
                echo: Callable[[str], None]) -> None:
-    """The audit's policy applied: the cleaned train table as a new data folder (the raw data untouched,
-    the changes recorded beside it) and the same recipe on it, each image in its round-one fold; what
-    round two scored goes into ``report["clean"]``."""
+    """Round two: the audit's policy applied (``clean``) and/or round one's sure test images added
+    (``pseudo``) as a NEW data folder (the raw data untouched, the changes recorded beside it), and the
+    same recipe on it, each train image in its round-one fold (pseudo images in every fold's training
+    list, no validation list). What round two scored goes into ``report["clean"]`` / ``report["pseudo"]``;
+    with pseudo-labels, also its out-of-fold score vs round one's on the same images and truth."""
     import dataclasses
 
     import pandas as pd
 
-    from infer import label_audit
+    from infer import label_audit, pseudo
 
-    table = pd.read_csv(report["clean"]["audit"], dtype={"NAME": str})
-    used = dataclasses.replace(clean, box_conf=report["clean"]["box_conf"])  # auto resolved by the audit
-    folder, info = label_audit.write_cleaned(ds, table, used)
-    echo(f"cleaned labels ({', '.join(f'{k} {v}' for k, v in info['changed'].items())}): {folder}")
-    second = dataclasses.replace(recipe, clean={}, folds=[*recipe.folds, f"assign={ds.meta['fold_file']}"])
-    echo("\n==== round two: the same recipe on the cleaned labels, the same folds ====")
+    clean, cfg = recipe.clean_settings(), recipe.pseudo_settings()
+    cleaning = clean is not None and bool(clean.policy) and bool(report.get("clean"))
+    if cfg is not None and not report["pseudo"]["used_images"]:
+        echo("pseudo-labels: no test image is sure at this confidence"
+             + ("; round two cleans labels only" if cleaning else "; no round two"))
+        if not cleaning:
+            return
+        cfg = None
+    boxes, records, info = pd.read_csv(ds.root / "boxes.csv", dtype={"NAME": str}), {}, {}
+    fold_file = Path(ds.meta["fold_file"])
+    if cleaning:
+        table = pd.read_csv(report["clean"]["audit"], dtype={"NAME": str})
+        used = dataclasses.replace(clean, box_conf=report["clean"]["box_conf"])  # auto resolved by the audit
+        if cfg is None:
+            folder, info = label_audit.write_cleaned(ds, table, used)
+        else:
+            boxes, records = label_audit.cleaned_boxes(ds, table, used)
+            info = records[label_audit.SUMMARY_FILE]
+        echo(f"cleaned labels ({', '.join(f'{k} {v}' for k, v in info['changed'].items())})")
+    if cfg is not None:
+        rows = pd.read_csv(report["pseudo"]["labels"], dtype={"NAME": str})
+        folder, _ = pseudo.write_round_two(ds, boxes, rows, cfg, {}, records,
+                                           extra=records.get(label_audit.SUMMARY_FILE))
+        fold_file = folder / pseudo.FOLDS_FILE
+    echo(f"round two's data: {folder}")
+    second = dataclasses.replace(recipe, clean={}, pseudo={}, folds=[*recipe.folds, f"assign={fold_file}"])
+    what = " and ".join(p for p in _round_two_parts(recipe) if cfg is not None or p != "pseudo-labels")
+    echo(f"\n==== round two: the same recipe on {what}, the same folds ====")
     two = run(second, folder, out_dir, echo)
-    report["clean"].update(data=str(folder), changed=info["changed"],
-                           round_two={k: two.get(k) for k in ("status", "score", "giou_term", "f1_term",
-                                                              "report", "submission", "oof_check")})
+    summary = {k: two.get(k) for k in ("status", "score", "giou_term", "f1_term", "report", "submission",
+                                       "oof_check", "tuned", "report_page")}
     report["failures"] += two["failures"]  # a round-two job that failed fails the run too
+    if info:
+        report["clean"].update(data=str(folder), changed=info["changed"], round_two=summary)
+    if cfg is not None:
+        report["pseudo"].update(data=str(folder), round_two=summary)
+        if report.get("tuned") and two.get("tuned"):
+            report["pseudo"]["oof"] = _compare_rounds(report, two, ds, folder, echo)
+    from pipeline.report import rounds
+
+    record = {"what": what, "data": str(folder), "round_two": summary, "changed": info.get("changed"),
+              "round_one": {k: report.get(k) for k in ("score", "report_page", "tuned")},
+              "pseudo": report.get("pseudo") if cfg is not None else None,
+              "oof": (report.get("pseudo") or {}).get("oof") if cfg is not None else None}
+    text = json.dumps(record, indent=1, default=str) + "\n"
+    io.atomic_write_text(paths.logs_dir(ds.id) / rounds.FILE, text)
+    if report.get("report_page") and report.get("submission"):  # round one's page with both rounds
+        config = Path(report.get("tuned") or report["ensemble"])
+        report["report_page"] = report_page(ds, config, Path(report["submission"]))
+
+
+def _compare_rounds(report: dict, two: dict, ds: Any, folder: Path, echo: Callable[[str], None]) -> dict:
+    """Round two's tuned out-of-fold score vs round one's, on round one's images and truth."""
+    from cytocore import dataset
+    from infer import pseudo
+    from infer.config import EnsembleConfig
+
+    one = (kit_config.load(EnsembleConfig, Path(report["tuned"])), ds)
+    second = (kit_config.load(EnsembleConfig, Path(two["tuned"])), dataset.resolve(folder, ds.k, ds.seed))
+    out = pseudo.compare_rounds(one, second)
+    echo(f"out-of-fold, round two minus round one on the same {out['images']} images: {out['text']} "
+         f"({out['round_two']:.4f} vs {out['round_one']:.4f}; paired bootstrap 95 % interval)")
+    return {k: v for k, v in out.items() if k != "text"}
 
 
 def _use_tracker(recipe: RecipeConfig) -> None:
@@ -528,6 +616,16 @@ def _summary(report: dict, echo: Callable[[str], None]) -> None:
             echo(f"round two on the cleaned labels ({c['changed']}): test score {two['score']:.4f} "
                  f"(GIoU term {two['giou_term']:.4f}, F1 term {two['f1_term']:.4f}) vs round one "
                  f"{report['score']:.4f}")
+    if report.get("pseudo"):
+        p = report["pseudo"]
+        two, oof = p.get("round_two"), p.get("oof")
+        echo(f"pseudo-labels: {p['used_images']} test images ({p['used_boxes']} boxes) in {p['labels']}")
+        if two and two.get("score") is not None and "score" in report:
+            echo(f"round two with pseudo-labels: test score {two['score']:.4f} vs round one "
+                 f"{report['score']:.4f}")
+        if oof:
+            echo(f"round two with pseudo-labels: out-of-fold {oof['round_two']:.4f} vs round one "
+                 f"{oof['round_one']:.4f}: {oof['diff']:+.4f} [{oof['lo']:+.4f}, {oof['hi']:+.4f}]")
     if report.get("report"):
         echo(f"run report: {report['report']}")
         if report.get("report_page"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cytocore import config as kit_config
 from cytocore import io, lastrun
-from pipeline.report import audit, calibration, errors, sections
+from pipeline.report import audit, calibration, errors, rounds, sections
 from pipeline.report import page as p
 from pipeline.report.sources import Source
 
@@ -68,6 +68,7 @@ def build_report(data: Path, k: int | None = None, seed: int | None = None, conf
         ("worst", "Worst out-of-fold images",
          _guarded("worst", lambda: errors.worst_section(oof, images_dir))),
         ("audit", "Label audit (out-of-fold)", _guarded("audit", lambda: audit.section(src, images_dir))),
+        ("rounds", "Round one vs round two", _guarded("rounds", lambda: rounds.section(src))),
         ("calibration", "Confidence calibration", _guarded("cal", lambda: calibration.section(src, config))),
         ("submission", "Last submission", _guarded("submission",
                                                     lambda: sections.submission_section(src, submission))),

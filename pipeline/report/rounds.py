@@ -1,0 +1,44 @@
+"""The report's rounds section: round one vs round two of a run with pseudo-labels or label cleaning
+(``pipeline.run`` writes ``rounds.json`` into round one's logs once round two is scored)."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from cytocore import paths
+from pipeline.report import page as p
+
+FILE = "rounds.json"  # in round one's logs folder
+
+
+def section(src) -> str:
+    path = paths.logs_dir(src.key) / FILE
+    if not path.is_file():
+        return p.note("one round (the recipe's pseudo: and clean: policy are off, or round two has not run)")
+    r = json.loads(path.read_text())
+    one, two, oof = r.get("round_one", {}), r.get("round_two", {}), r.get("oof") or {}
+    rows = pd.DataFrame([
+        {"round": "one", "trained on": "the train labels", "out-of-fold": oof.get("round_one"),
+         "test score": one.get("score"), "report": one.get("report_page") or ""},
+        {"round": "two", "trained on": r.get("what", ""), "out-of-fold": oof.get("round_two"),
+         "test score": two.get("score"), "report": two.get("report_page") or ""},
+    ])
+    out = [p.table(rows)]
+    if oof:
+        out.append(p.help_text(
+            f"out-of-fold: both rounds' tuned ensembles on round one's {oof['images']} out-of-fold images "
+            f"and their labels; round two minus round one {oof['diff']:+.4f}, paired bootstrap 95 % interval "
+            f"[{oof['lo']:+.4f}, {oof['hi']:+.4f}] (round two better in {oof['p_better']:.0%} of resamples). "
+            "Pseudo-labelled test images are never validation images; their labels come from round one's "
+            "ensemble of every fold, so round two's out-of-fold score can be slightly optimistic."))
+    if r.get("pseudo"):
+        q = r["pseudo"]
+        left = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in q.get("left_out", {}).items())
+        out.append(p.help_text(f"pseudo-labels: {q['used_images']} of {q['test_images']} test images "
+                               f"({q['used_boxes']} boxes) from {paths.shown(q['labels'])}; "
+                               f"left out: {left}"))
+    if r.get("changed"):
+        out.append(p.help_text(f"label cleaning: {r['changed']}"))
+    out.append(p.help_text(f"round two's data: {r.get('data', '')}"))
+    return "".join(out)
