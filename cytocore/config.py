@@ -36,9 +36,18 @@ SECTIONS = "models"  # the key of a defaults file that holds the per-model secti
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """``["epochs=3", "device=cpu"]`` -> ``{"epochs": 3, "device": "cpu"}``."""
+    """``["epochs=3", "device=cpu"]`` -> ``{"epochs": 3, "device": "cpu"}``. A YAML flow value split at
+    its spaces (``make demo ARGS="pseudo={conf: 0.9}"`` passes ``pseudo={conf:`` and ``0.9}``) is joined
+    back while its brackets are open."""
     out: dict[str, Any] = {}
+    joined: list[str] = []
     for item in items:
+        last = joined[-1] if joined else ""
+        if "=" in last and _open_brackets(last.partition("=")[2]) > 0:
+            joined[-1] = f"{last} {item}"
+        else:
+            joined.append(item)
+    for item in joined:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, _, raw = item.partition("=")
@@ -47,6 +56,11 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
             raise ConfigError(f"override {item!r} has an empty key")
         out[key] = yaml.safe_load(raw) if raw.strip() else None
     return out
+
+
+def _open_brackets(text: str) -> int:
+    """How many of ``text``'s ``{`` and ``[`` are still open (quotes not considered)."""
+    return sum(text.count(c) for c in "{[") - sum(text.count(c) for c in "}]")
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -144,3 +144,19 @@ def test_make_all_with_pseudo_trains_round_two_on_sure_test_images(tiny_data, tm
         listed = (two.root / f"fold{f}" / "val.txt").read_text()
         assert not any(n in listed for n in pseudo_names)
         assert all(n in (two.root / f"fold{f}" / "train.txt").read_text() for n in pseudo_names)
+
+
+def test_a_flow_value_split_by_make_at_its_spaces_is_joined_back():
+    """``make demo ARGS="pseudo={conf: 0.9} jobs=1"`` reaches the command as separate words."""
+    from cytocore.config import parse_overrides
+    from pipeline import recipe
+
+    assert parse_overrides(["pseudo={conf:", "0.9,", "share:", "0.2}", "jobs=1"]) == {
+        "pseudo": {"conf": 0.9, "share": 0.2}, "jobs": 1}
+    assert parse_overrides(["folds=[balance=0,", "workers=1]"]) == {"folds": ["balance=0", "workers=1"]}
+    with pytest.raises(ConfigError, match="'b' is not of the form key=value"):
+        parse_overrides(["a=1", "b"])
+    r = recipe.load(Path("configs/demo.yaml"), ["pseudo={conf:", "0.8}", "clean={policy:", "[relabel]}"])
+    assert r.pseudo_settings().conf == 0.8 and r.round_two()
+    with pytest.raises(ConfigError, match="pseudo: need 0 < conf <= 1"):
+        recipe.load(Path("configs/demo.yaml"), ["pseudo={conf: 0}"])
