@@ -6,15 +6,17 @@ returns the same rows with
 
     p = weight * classifier + (1 - weight) * detector,     class = argmax(p)
 
-where ``classifier`` is the mean over crop members and flip views of the
-softmax of each box's crop (box + margin), and ``detector`` is the table's p_
-columns (a one-hot of ``class`` when it has none). For single-cell images
+where ``classifier`` is the mean over flip views of the softmax of each box's
+crop (box + margin), averaged over each crop member's folds, then over the crop
+members with their relative ``shares`` (``member_mean``; equal shares without),
+and ``detector`` is the table's p_ columns (a one-hot of ``class`` when it has
+none). For single-cell images
 (``n_cells[NAME] == 1``, i.e. one test.csv row) full-image members are mixed in
 first: ``classifier = (1 - full_weight) * crop + full_weight * full``. Scores
 and boxes are unchanged, so the submission's top-N choice is too; weight 0
 leaves the table as it is (the detectors' classes).
 
-Pure pieces: ``blend_probs`` and ``blend_table``. The classification itself
+Pure pieces: ``blend_probs``, ``blend_table`` and ``member_mean``. The classification itself
 (test images by every fold, out-of-fold images by the fold that did not see
 them, cached per crop in memory and under work/cache/cls) is ``infer.oof_cls``.
 """
@@ -29,7 +31,13 @@ import numpy as np
 import pandas as pd
 
 from cytocore import classes, predictions
-from infer.oof_cls import ClassifierProbs, CropClassifier, load_members, top_rows  # noqa: F401 (re-exported)
+from infer.oof_cls import (  # noqa: F401 (re-exported)
+    ClassifierProbs,
+    CropClassifier,
+    load_members,
+    member_mean,
+    top_rows,
+)
 
 log = logging.getLogger(__name__)
 WEIGHT_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))  # 0, 0.05, ..., 1
@@ -67,22 +75,42 @@ def blend_probs(det: np.ndarray, cls: np.ndarray, weight: float, full: np.ndarra
     return weight * c + (1 - weight) * det
 
 
+def found_for_test(weights: Sequence[Any], names: Sequence[str] | None = None) -> list[tuple[str, int, Any]]:
+    """``CropClassifier``'s ``found`` for test images (every checkpoint classifies every image): each
+    weights (a path or a loaded predictor) under its member's name (``names``; None: each its own
+    member), numbered within it (the number only tells a member's folds apart)."""
+    if names is None:
+        names = [f"member{i}" for i in range(len(weights))]
+    if len(names) != len(weights):
+        raise ValueError(f"{len(names)} member names for {len(weights)} classifier weights")
+    seen: dict[str, int] = {}
+    found = []
+    for name, w in zip(names, weights):
+        seen[name] = seen.get(name, -1) + 1
+        found.append((name, seen[name], w))
+    return found
+
+
 def classifier_probs(preds: pd.DataFrame, images_dir: Path, predictors: Sequence, tta: bool = True,
-                     n_cells: Mapping[str, int] | None = None) -> ClassifierProbs:
+                     n_cells: Mapping[str, int] | None = None,
+                     names: Sequence[str] | None = None) -> ClassifierProbs:
     """Classify the rows' crops (crop members) and single-cell images (full members) with loaded
-    predictors: ``infer.oof_cls.CropClassifier``, every predictor on every image, memory cache only."""
-    found = [(f"member{i}", 0, p) for i, p in enumerate(predictors)]
+    predictors: ``infer.oof_cls.CropClassifier``, every predictor on every image, memory cache only.
+    ``names``: each predictor's member (its folds averaged first); None: each predictor its own."""
+    found = found_for_test(predictors, names)
     return CropClassifier(images_dir, found, disk=False).probs(preds, tta, n_cells)
 
 
 def blend_table(preds: pd.DataFrame, probs: ClassifierProbs, weight: float,
-                full_weight: float = 0.5) -> pd.DataFrame:
+                full_weight: float = 0.5, shares: Mapping[str, float] | None = None) -> pd.DataFrame:
     """``preds`` with p_ columns = the blend and ``class`` = its argmax (rows without a
-    classifier probability keep the detector's); ``weight`` 0: ``preds`` unchanged."""
+    classifier probability keep the detector's); ``weight`` 0: ``preds`` unchanged. ``shares``:
+    the crop members' relative shares (``ClassifierProbs.crop_for``; None: equal)."""
     if weight == 0:
         return preds.copy()
     det = det_probs(preds)
-    crop = np.where(np.isnan(probs.crop), det, probs.crop)
+    crop = probs.crop_for(shares)
+    crop = np.where(np.isnan(crop), det, crop)
     full, single = None, probs.single
     if probs.full is not None:
         single = probs.single & ~np.isnan(probs.full).any(axis=1)
@@ -96,19 +124,22 @@ def blend_table(preds: pd.DataFrame, probs: ClassifierProbs, weight: float,
 
 def apply_classifier(preds: pd.DataFrame, images_dir: Path, members: list[tuple[Path, Any]], weight: float,
                      device: str = "cpu", tta: bool = True, n_cells: Mapping[str, int] | None = None,
-                     full_weight: float = 0.5, backend: str = "torch") -> pd.DataFrame:
+                     full_weight: float = 0.5, backend: str = "torch", names: Sequence[str] | None = None,
+                     shares: Mapping[str, float] | None = None) -> pd.DataFrame:
     """Blend the classifier members' probabilities into a fused prediction table (see module doc).
 
-    ``n_cells`` (NAME -> test.csv rows) limits the work to each image's top-n
-    boxes by score (the only ones a submission keeps) and enables full-image
-    members on single-cell images.
+    ``members``: (weights, config) of every checkpoint. ``n_cells`` (NAME -> test.csv rows) limits
+    the work to each image's top-n boxes by score (the only ones a submission keeps) and enables
+    full-image members on single-cell images. ``names``: the classifier member of each checkpoint
+    (its folds are averaged, then the crop members mixed by ``shares``, as tuning scored them);
+    None: each checkpoint is its own member (equal shares).
     """
     if not members or len(preds) == 0 or weight == 0:
         return preds.copy()
-    found = [(str(w), 0, Path(w) if c is None else load_members([(w, c)], device, backend)[0])
-             for w, c in members]
+    weights = [Path(w) if c is None else load_members([(w, c)], device, backend)[0] for w, c in members]
+    found = found_for_test(weights, [str(w) for w, _ in members] if names is None else names)
     loader = None if backend == "torch" else (lambda w: load_members([(w, None)], device, backend)[0])
     # the disk cache holds the torch network's probabilities: an exported backend's are not mixed in
     classifier = CropClassifier(images_dir, found, None, device, loader, disk=loader is None)
     probs = classifier.probs(preds, tta, n_cells)
-    return blend_table(preds, probs, weight, full_weight)
+    return blend_table(preds, probs, weight, full_weight, shares)

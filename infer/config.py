@@ -66,10 +66,13 @@ class ClassifierMember:
     model: str = "cls"  # registry name: cls (crops of boxes) or cls_full (whole single-cell images)
     name: str = ""  # the member's key (its runs; cytocore.members); "" = model
     folds: list[int] = dataclasses.field(default_factory=list)  # folds to use; empty = all k folds
+    weight: float = 1.0  # relative share among the crop members (each the mean of its folds); 0 = unused
     weights: str | None = None  # path template ({fold}, {model}, {name}); None = its runs on this dataset
 
     def __post_init__(self) -> None:
         self.name = kit_members.member_name(self.name, self.model, f"classifier member {self.model}")
+        if self.weight < 0:
+            raise ConfigError(f"classifier member {self.name}: weight must be >= 0, got {self.weight}")
 
     def weights_path(self, ds: Any, fold: int) -> Path:
         return weights_path(self, ds, fold)
@@ -88,6 +91,11 @@ class ClassifierSection:
         for key in ("weight", "full_weight"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"classifier.{key} must be in [0, 1], got {getattr(self, key)}")
+
+    def shares(self) -> dict[str, float]:
+        """Each member's relative share (``weight``) by name: what mixes the crop members
+        (``infer.blend.member_mean``; full-image members' entries go unused)."""
+        return {m.name: float(m.weight) for m in self.members}
 
 
 CLASSIFIER_DEFAULT = {"members": [{"model": "cls"}], "weight": 0.5, "tta": True, "full_weight": 0.5}
@@ -186,7 +194,8 @@ class EnsembleConfig:
         if raw == []:
             return None
         if not isinstance(raw, list):
-            raise ConfigError(f"classifier.members must be a list of {{model, folds, weights}}, got {raw!r}")
+            raise ConfigError("classifier.members must be a list of {model, name, folds, weight, weights}, "
+                              f"got {raw!r}")
         members = []
         for i, m in enumerate(raw):
             if not isinstance(m, dict):

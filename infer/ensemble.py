@@ -208,7 +208,8 @@ def resolve_fusion(cfg: EnsembleConfig, data: Path) -> str:
     bound, ds = bind(cfg, data)
     classifier = oof_eval.classifier_for(bound, ds, quiet=True)
     ev = oof_eval.Evaluator(oof, classifier, cfg.skip_box_thr, cfg.max_det)
-    settings = oof_eval.config_settings(bound, sorted(set(oof.preds["view"])), classifier is not None)
+    settings = oof_eval.config_settings(bound, sorted(set(oof.preds["view"])), classifier is not None,
+                                        oof_eval.crop_members(classifier))
     scores = {s.fuse.mode: ev.result(s).total for s in settings}
     best = max(scores, key=lambda mode: scores[mode])
     print("fusion auto, out-of-fold scores: " + ", ".join(f"{k} {v:.6f}" for k, v in scores.items())
@@ -217,9 +218,11 @@ def resolve_fusion(cfg: EnsembleConfig, data: Path) -> str:
 
 
 def classify(cfg: EnsembleConfig, fused: pd.DataFrame, images_dir: Path, n_cells: dict, ds) -> pd.DataFrame:
-    """The classifier: blend every trained fold of the classifier members into the fused table. With
-    none trained, one line says how to train them (or switch the classifier off) and the detectors'
-    classes stay. ``ds``: the prepared dataset (``cytocore.dataset.Dataset``) whose runs hold them."""
+    """The classifier: blend every trained fold of the classifier members into the fused table, the
+    crop members mixed by their ``weight`` shares as tuning scored them (``infer.blend.member_mean``).
+    With none trained, one line says how to train them (or switch the classifier off) and the
+    detectors' classes stay. ``ds``: the prepared dataset (``cytocore.dataset.Dataset``) whose runs
+    hold them."""
     section = cfg.classifier_section()
     if section is None:
         return fused
@@ -233,10 +236,12 @@ def classify(cfg: EnsembleConfig, fused: pd.DataFrame, images_dir: Path, n_cells
     if missing:
         log.warning("classifier: %d of %d fold(s) not trained (first: %s); using the %d found",
                     len(missing), len(missing) + len(found), missing[0], len(found))
-    weights = list(dict.fromkeys(path for _, _, path in found))
-    return blend.apply_classifier(fused, images_dir, [(w, None) for w in weights], section.weight,
+    # a template without {fold} names one file for every fold: classify with it once per member
+    pairs = list(dict.fromkeys((name, path) for name, _, path in found))
+    return blend.apply_classifier(fused, images_dir, [(w, None) for _, w in pairs], section.weight,
                                   device=cfg.device, tta=section.tta, n_cells=n_cells,
-                                  full_weight=section.full_weight, backend=cfg.backend)
+                                  full_weight=section.full_weight, backend=cfg.backend,
+                                  names=[name for name, _ in pairs], shares=section.shares())
 
 
 def fuse_test(cfg: EnsembleConfig, data: Path, result: Result, progress: bool = True) -> Result:

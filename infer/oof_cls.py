@@ -17,6 +17,7 @@ from train.cls.classify import (  # noqa: F401 (re-exported: the names tuning an
     CropClassifier,
     combine,
     crop_windows,
+    member_mean,
     top_rows,
 )
 

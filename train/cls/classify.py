@@ -5,10 +5,12 @@ a prediction table's rows, cached per crop in memory and on disk.
 ``found`` = ``(model, fold, best.pt)``. ``probs(table, tta, n_cells)`` returns the
 ``infer.ClassifierProbs`` of a table's rows: the crops of each image's top-n
 boxes (n = ``n_cells[NAME]``; every row without ``n_cells``) for crop models, the
-whole image of single-cell images for full-image models, the mean over the
-checkpoints that classify the row. With ``fold_of`` (image -> fold; out of fold)
-a row is classified only by the checkpoints of its image's fold -- those trained
-without it; without it (test images) by every checkpoint.
+whole image of single-cell images for full-image models. A crop member (``model``) gets the
+mean over its checkpoints that classify the row (``ClassifierProbs.members``); the members
+are then mixed with relative shares (``member_mean``: equal shares in ``crop``, the tuned
+shares through ``ClassifierProbs.crop_for``); full-image checkpoints are averaged together.
+With ``fold_of`` (image -> fold; out of fold) a row is classified only by the checkpoints
+of its image's fold -- those trained without it; without it (test images) by every checkpoint.
 Tuning (``infer.oof_eval``), the report, ``make cls-report``, the submission
 (``infer.blend.apply_classifier``) and the classifier's own out-of-fold table
 (``train.cls.oof``) all call it; ``infer.oof_cls.OOFClassifier`` is the out-of-fold one of
@@ -55,9 +57,15 @@ KEY_INTS = 6  # a crop key: image sha1 + window (4 ints) + box size (2 ints, siz
 class ClassifierProbs:
     """Per-row classifier output for a prediction table (row order kept)."""
 
-    crop: np.ndarray  # (N, 23); NaN rows: not classified (no crop member, or beyond the top-n)
+    crop: np.ndarray  # (N, 23) crop members at equal shares; NaN rows: not classified (none, or beyond top-n)
     full: np.ndarray | None  # (N, 23) full-image probabilities on single-cell rows, NaN elsewhere
     single: np.ndarray  # (N,) bool: the row's image holds one cell
+    members: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # crop member -> its folds' mean
+
+    def crop_for(self, shares: Mapping[str, float] | None = None) -> np.ndarray:
+        """The crop probabilities with the members' relative ``shares`` (``member_mean``); ``crop`` when
+        no share is given or the members are not kept apart."""
+        return member_mean(self.members, shares) if shares and self.members else self.crop
 
 
 def top_rows(preds: pd.DataFrame, n_cells: Mapping[str, int] | None) -> np.ndarray:
@@ -284,7 +292,8 @@ class CropClassifier:
         modes = {m: self.mode(m) for m in self.models}
         if n_cells is None and "full" in modes.values():
             log.warning("full-image classifiers ignored: n_cells (test.csv rows per image) not given")
-        parts: dict[str, list[np.ndarray]] = {"crop": [], "full": []}
+        crops: dict[str, list[np.ndarray]] = {}  # crop member -> one array per checkpoint
+        fulls: list[np.ndarray] = []
         for model, f in tqdm(list(self.paths), desc="classify crops", leave=False, disable=None):
             kind = modes[model]
             if kind == "full" and n_cells is None:
@@ -298,21 +307,51 @@ class CropClassifier:
                 r = rows[start:start + chunk]
                 views = self._views(model, f, names[r], None if kind == "full" else xyxy[r], sizes[r])
                 p[r] = combine(views, tta)
-            parts[kind].append(p)
-        crop = _nanmean(parts["crop"], n)
-        full = _nanmean(parts["full"], n) if parts["full"] else None
+            if kind == "full":
+                fulls.append(p)
+            else:
+                crops.setdefault(model, []).append(p)
+        members = {m: _nanmean(parts, n) for m, parts in crops.items()}
+        crop = member_mean(members) if members else _nanmean([], n)
+        full = _nanmean(fulls, n) if fulls else None
         self.flush(force=False)
-        return ClassifierProbs(crop, full, single)
+        return ClassifierProbs(crop, full, single, members)
+
+
+def member_mean(members: Mapping[str, np.ndarray], shares: Mapping[str, float] | None = None) -> np.ndarray:
+    """Row-wise weighted mean of the crop members' ``(N, 23)`` probabilities (NaN rows: the member did
+    not classify the row) with relative ``shares`` (member -> share >= 0; a member not named has 0).
+    Each row mixes the members with a share > 0 that classified it, their shares renormalised; NaN
+    where none did. ``shares`` None, empty or 0 for every member: equal shares. Pure.
+
+    Shares are divided by the largest first, so a lone member, or equal shares, give exactly the
+    plain mean (one member's probabilities bit for bit: a one-member ensemble scores as before)."""
+    if not members:
+        raise ValueError("member_mean needs at least one member")
+    names = list(members)
+    w = np.array([float((shares or {}).get(m, 0.0)) for m in names])
+    if (w < 0).any() or not np.isfinite(w).all():
+        raise ValueError(f"member shares must be finite and >= 0, got {dict(zip(names, w.tolist()))}")
+    if not w.any():
+        w = np.ones(len(names))
+    return _weighted_nanmean([np.asarray(members[m], dtype=np.float64) for m in names], w / w.max())
 
 
 def _nanmean(arrays: list[np.ndarray], n: int) -> np.ndarray:
-    """Row-wise mean over the models that classified each row; NaN rows where none did."""
+    """Row-wise mean over the checkpoints that classified each row; NaN rows where none did."""
     if not arrays:
         return np.full((n, classes.NUM_CLASSES), np.nan)
+    return _weighted_nanmean(arrays, np.ones(len(arrays)))
+
+
+def _weighted_nanmean(arrays: list[np.ndarray], w: np.ndarray) -> np.ndarray:
+    """Row-wise mean of ``arrays`` weighted by ``w`` over those with a weight > 0 that have the row (no
+    NaN); NaN rows where none has. Weights of 1 give the plain sum over count."""
     stack = np.stack(arrays)
-    have = ~np.isnan(stack).any(axis=2)
-    total = np.where(have[..., None], stack, 0.0).sum(axis=0)
-    count = have.sum(axis=0)
-    out = np.full((n, classes.NUM_CLASSES), np.nan)
+    have = ~np.isnan(stack).any(axis=2) & (w > 0)[:, None]
+    weight = np.where(have, w[:, None], 0.0)
+    total = (np.where(have[..., None], stack, 0.0) * weight[..., None]).sum(axis=0)
+    count = weight.sum(axis=0)
+    out = np.full(stack.shape[1:], np.nan)
     out[count > 0] = total[count > 0] / count[count > 0, None]
     return out
