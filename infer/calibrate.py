@@ -263,7 +263,8 @@ def oof_table(cfg: Any, ds: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     oof = oof_eval.load_oof(cfg, data)
     classifier = oof_eval.classifier_for(cfg, ds, quiet=True)
     ev = oof_eval.Evaluator(oof, classifier, cfg.skip_box_thr, cfg.max_det)
-    settings = oof_eval.config_settings(cfg, sorted(set(oof.preds["view"])), classifier is not None)
+    settings = oof_eval.config_settings(cfg, sorted(set(oof.preds["view"])), classifier is not None,
+                                        oof_eval.crop_members(classifier))
     s = max(settings, key=lambda x: ev.result(x).total) if len(settings) > 1 else settings[0]
     table = ev.table(s)
     if classifier is not None and s.blend.weight > 0 and len(table):
@@ -273,7 +274,7 @@ def oof_table(cfg: Any, ds: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
         fused = ev.fused(s.fuse)
         every = {name: len(fused) + 1 for name in pd.unique(fused["NAME"])}  # no top-N, no single cells
         probs = classifier.probs(fused, s.blend.tta, every)
-        table = blend.blend_table(fused, probs, s.blend.weight, s.blend.full_weight)
+        table = blend.blend_table(fused, probs, s.blend.weight, s.blend.full_weight, dict(s.blend.members))
     return table, oof.truth_boxes
 
 

@@ -115,6 +115,7 @@ class TuneGrid:
     cls_weight: list[float] = _list(*[round(0.05 * i, 2) for i in range(21)])  # classifier blend weights
     cls_tta: list[bool] = _list(True, False)  # classifier flip TTA on / off
     full_weight: list[float] = _list(0.0, 0.25, 0.5, 0.75, 1.0)  # full-image shares (with a cls_full member)
+    cls_member_weights: list[float] = _list(0.0, 0.5, 1.0, 2.0)  # each crop member's share (with 2+ of them)
     max_images: int = 5000  # OOF images used (a fixed random subset; 0 = all)
     seed: int = 0  # seed of that subset
 

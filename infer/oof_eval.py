@@ -11,7 +11,8 @@ and the challenge metric. Tuning (``infer.tune``), ``fusion: auto`` and
 ``make score`` all go through it, so their numbers are the same number.
 
 ``load_oof`` gathers the members' OOF tables over the images every member
-covers; ``config_settings`` reads an ensemble config's settings;
+covers; ``config_settings`` reads an ensemble config's settings (with 2+ crop
+classifier members, ``crop_members``, their relative shares too);
 ``intervals`` is the paired bootstrap (``cytocore.compare``) of each row
 against a reference row, as the score tables print it.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,7 @@ class Blend:
     weight: float = 0.0  # 0 = the detectors' classes
     tta: bool = True
     full_weight: float = 0.5
+    members: tuple[tuple[str, float], ...] = ()  # (crop member, relative share) with 2+ of them; () = equal
 
 
 OFF = Blend()
@@ -100,6 +103,8 @@ class Settings:
     def key(self) -> tuple:
         p, b = self.fuse, self.blend
         cls = (b.weight, b.tta, b.full_weight) if b.weight > 0 else (0.0,)
+        if b.weight > 0 and len(b.members) > 1:  # one crop member: the key (and cache) of before
+            cls += (tuple(sorted(b.members)),)
         return (p.mode, p.iou_thr, p.skip_box_thr, p.conf_type, p.max_det,
                 tuple(sorted((m, w) for m, w in p.weights.items())), tuple(p.views), cls)
 
@@ -135,13 +140,23 @@ def missing_message(section: Any, ds: Any, missing: list[Path]) -> str:
             "`classifier: {}` in the ensemble config")
 
 
-def config_settings(cfg: EnsembleConfig, views: list[str], classifier: bool) -> list[Settings]:
+def crop_members(classifier: Any) -> list[str]:
+    """The crop (not full-image) members of a classifier (``CropClassifier``; None: none)."""
+    if classifier is None:
+        return []
+    return [m for m in classifier.models if classifier.mode(m) == "crop"]
+
+
+def config_settings(cfg: EnsembleConfig, views: list[str], classifier: bool,
+                    crop: Sequence[str] = ()) -> list[Settings]:
     """The settings of ``cfg`` as ``make submission`` applies them (one per mode for ``fusion: auto``);
-    ``views``: the TTA views the OOF tables hold; ``classifier``: whether its folds exist."""
+    ``views``: the TTA views the OOF tables hold; ``classifier``: whether its folds exist; ``crop``:
+    its crop members with trained folds (``crop_members``): with 2+, the blend holds their shares."""
     section = cfg.classifier_section()
     b = OFF
     if classifier and section is not None:
-        b = Blend(section.weight, section.tta, section.full_weight)
+        shares = tuple((m, w) for m, w in section.shares().items() if m in crop)
+        b = Blend(section.weight, section.tta, section.full_weight, shares if len(shares) > 1 else ())
     kept = tuple(v for v in cfg.tta if v in views)
     modes = ("wbf", "agnostic") if cfg.fusion == "auto" else (cfg.fusion,)
     return [Settings(dataclasses.replace(cfg.fuse_params(mode), views=kept), b) for mode in modes]
@@ -180,7 +195,7 @@ class Evaluator:
         start = time.perf_counter()
         probs = self.classifier.probs(fused, s.blend.tta, self.n_cells)
         self.seconds["classify"] += time.perf_counter() - start
-        return blend.blend_table(fused, probs, s.blend.weight, s.blend.full_weight)
+        return blend.blend_table(fused, probs, s.blend.weight, s.blend.full_weight, dict(s.blend.members))
 
     def result(self, s: Settings):
         """``cytocore.metric.ScoreResult`` of ``s`` (cached per settings)."""

@@ -162,14 +162,14 @@ def fallback(cfg: Any, data: Path, n_boot: int = 1000, classifier: bool = True) 
     """No tuned table: the same table on the config's own settings (``fusion: auto``: the better mode),
     through the same evaluator and ``compute``. Returns ``(table, meta, ev, rows)``."""
     from infer.config import bind
-    from infer.oof_eval import Evaluator, classifier_for, config_settings, load_oof
+    from infer.oof_eval import Evaluator, classifier_for, config_settings, crop_members, load_oof
 
     grid = cfg.tune_grid()
     bound, ds = bind(cfg, data)
     oof = load_oof(bound, data, grid.max_images, grid.seed)
     cls = classifier_for(bound, ds, quiet=True) if classifier else None
     ev = Evaluator(oof, cls, cfg.skip_box_thr, cfg.max_det)
-    starts = config_settings(bound, sorted(set(oof.preds["view"])), cls is not None)
+    starts = config_settings(bound, sorted(set(oof.preds["view"])), cls is not None, crop_members(cls))
     best = max(starts, key=lambda s: ev.result(s).total)
     models = [m.name for m in bound.member_list()]
     table_rows = rows(best, models, list(best.fuse.views), best.blend if cls is not None else None)

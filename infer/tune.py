@@ -13,7 +13,8 @@ fused, the crop classifier blended in with the folds that did not see each
 image, the writer's rows per test.csv row with its full-image fillers, the
 metric. Coordinate ascent over the grids of the config's ``tune`` section --
 model weights, WBF iou_thr / skip_box_thr / conf_type, fusion mode, TTA views,
-and the classifier's blend weight, flip TTA and full-image share -- starts from
+and the classifier's blend weight, flip TTA, full-image share and (with 2+ crop
+classifier members) each crop member's share -- starts from
 the best of the config's own settings and each member alone, and only ever
 moves up. Then every row of the score table (each member with and without TTA,
 with and without the classifier) is a candidate too, so the tuned ensemble is
@@ -33,6 +34,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -47,6 +49,7 @@ from infer.oof_eval import (
     Settings,
     classifier_for,
     config_settings,
+    crop_members,
     load_oof,
 )
 
@@ -56,17 +59,20 @@ PROGRESS_S = 30.0  # seconds between two progress lines of a search (no silence 
 
 
 def search(ev: Evaluator, starts: list[Settings], grid, models: list[str], views: list[str],
-           tune_classifier: bool = False, full: bool = False) -> tuple[Settings, list[dict]]:
+           tune_classifier: bool = False, full: bool = False, crop: Sequence[str] = ()
+           ) -> tuple[Settings, list[dict]]:
     """Coordinate ascent from the best of ``starts`` over ``grid`` (a ``TuneGrid``): a move is kept
-    only when it raises the score. Returns the best settings and the trials."""
+    only when it raises the score; ``crop``: the classifier's crop members (with 2+, each one's share
+    moves too). Returns the best settings and the trials."""
     trials: list[dict] = []
 
     def value(s: Settings) -> float:
         fresh = s.key() not in ev.results
         total = ev.result(s).total
         if fresh:
-            trials.append({**dataclasses.asdict(s.fuse), **{f"cls_{k}": v for k, v in
-                                                          dataclasses.asdict(s.blend).items()},
+            b = dataclasses.asdict(s.blend)
+            shares = {f"cls_share_{m}": w for m, w in b.pop("members")}
+            trials.append({**dataclasses.asdict(s.fuse), **{f"cls_{k}": v for k, v in b.items()}, **shares,
                            "score": total})
             log.debug("trial %d: %s -> %.5f", len(trials), s.key(), total)
         return total
@@ -76,9 +82,9 @@ def search(ev: Evaluator, starts: list[Settings], grid, models: list[str], views
     shown = time.perf_counter()
     for r in range(grid.rounds):
         before = best_score
-        moves = _moves(grid, models, views, tune_classifier, full)
+        moves = _moves(grid, models, views, tune_classifier, full, crop)
         for i, move in enumerate(moves, 1):
-            cand = _apply(best, move, views)
+            cand = _apply(best, move, views, crop)
             if cand is None:
                 continue
             s = value(cand)
@@ -95,8 +101,10 @@ def search(ev: Evaluator, starts: list[Settings], grid, models: list[str], views
     return best, trials
 
 
-def _moves(grid, models: list[str], views: list[str], tune_classifier: bool, full: bool) -> list[tuple]:
-    """Every one-setting change of a round, as ``(field, model, value)`` (applied by ``_apply``)."""
+def _moves(grid, models: list[str], views: list[str], tune_classifier: bool, full: bool,
+           crop: Sequence[str] = ()) -> list[tuple]:
+    """Every one-setting change of a round, as ``(field, model, value)`` (applied by ``_apply``);
+    ``crop``: the classifier's crop members, whose shares move when there are 2+."""
     moves = [("weights", m, float(w)) for m in models for w in grid.weights] if len(models) > 1 else []
     moves += [(f, None, v) for f in ("iou_thr", "skip_box_thr", "conf_type") for v in getattr(grid, f)]
     moves += [("mode", None, v) for v in grid.fusion]
@@ -105,15 +113,22 @@ def _moves(grid, models: list[str], views: list[str], tune_classifier: bool, ful
         moves += [("weight", None, float(w)) for w in grid.cls_weight]
         moves += [("tta", None, bool(t)) for t in grid.cls_tta]
         moves += [("full_weight", None, float(f)) for f in grid.full_weight] if full else []
+        if len(crop) > 1:
+            moves += [("share", m, float(w)) for m in crop for w in grid.cls_member_weights]
     return moves
 
 
-def _apply(best: Settings, move: tuple, views: list[str]) -> Settings | None:
-    """``best`` with one setting changed (None when the change leaves nothing to fuse)."""
+def _apply(best: Settings, move: tuple, views: list[str], crop: Sequence[str] = ()) -> Settings | None:
+    """``best`` with one setting changed (None when the change leaves nothing to fuse, or no crop
+    member with a share)."""
     field, model, v = move
     p = best.fuse
     if field in ("weight", "tta", "full_weight"):
         return dataclasses.replace(best, blend=dataclasses.replace(best.blend, **{field: v}))
+    if field == "share":  # the blend's members () mean equal shares: every crop member at 1
+        shares = {**dict.fromkeys(crop, 1.0), **dict(best.blend.members), model: v}
+        blend = dataclasses.replace(best.blend, members=tuple(shares.items()))
+        return dataclasses.replace(best, blend=blend) if sum(shares.values()) > 0 else None
     if field == "weights":
         weights = {**p.weights, model: v}
         return dataclasses.replace(best, fuse=dataclasses.replace(p, weights=weights)) \
@@ -140,7 +155,21 @@ def tuned_config(cfg: EnsembleConfig, best: Settings, classifier: bool) -> dict:
         b = best.blend
         out["classifier"] = {**(out["classifier"] or {}), "weight": float(b.weight), "tta": bool(b.tta),
                              "full_weight": float(b.full_weight)}
+        if b.members:
+            out["classifier"]["members"] = _classifier_members(cfg, dict(b.members))
     return out
+
+
+def _classifier_members(cfg: EnsembleConfig, shares: dict[str, float]) -> list[dict]:
+    """The config's classifier member entries with each crop member's tuned share as its ``weight``;
+    crop members tuned to 0 are left out (they add nothing; ``member_mean`` skips them alike)."""
+    typed = cfg.classifier_section().members
+    entries = [{**raw, "name": m.name, "weight": float(shares.get(m.name, m.weight))}
+               for raw, m in zip(cfg.classifier["members"], typed)]
+    dropped = [e["name"] for e in entries if e["name"] in shares and e["weight"] <= 0]
+    if dropped:
+        log.info("classifier members tuned to weight 0 left out: %s", ", ".join(dropped))
+    return [e for e in entries if e["name"] not in dropped]
 
 
 def write_variants(ev: Evaluator, rows: list, folder: Path, config: Path, table: Path | None = None) -> Path:
@@ -179,7 +208,7 @@ def optimise(ev: Evaluator, starts: list[Settings], grid, models: list[str], vie
     best settings, the table's rows and the trials."""
     c = ev.classifier
     full = c is not None and any(c.mode(m) == "full" for m in c.models)
-    args = (grid, models, views, c is not None, full)
+    args = (grid, models, views, c is not None, full, crop_members(c))
     alone = (
         [
             dataclasses.replace(
@@ -211,7 +240,8 @@ def tune(cfg: EnsembleConfig, data: Path) -> Tuned:
     oof = load_oof(cfg, data, grid.max_images, grid.seed)
     classifier = classifier_for(cfg, ds)
     models = [m.name for m in cfg.member_list()]
-    starts = config_settings(cfg, sorted(set(oof.preds["view"])), classifier is not None)
+    starts = config_settings(cfg, sorted(set(oof.preds["view"])), classifier is not None,
+                             crop_members(classifier))
     ev = Evaluator(oof, classifier, min([cfg.skip_box_thr, *grid.skip_box_thr]), cfg.max_det)
     start = max(starts, key=lambda s: ev.result(s).total)
     best, rows, trials = optimise(ev, starts, grid, models, list(starts[0].fuse.views))
@@ -250,7 +280,8 @@ def run(cfg: EnsembleConfig, data: Path, out: Path) -> tuple[Path, pd.DataFrame]
     print(f"out-of-fold score: config {first:.6f} -> tuned {tuned:.6f}")
     print(f"tuned: fusion={p.mode} iou_thr={p.iou_thr} skip_box_thr={p.skip_box_thr} conf_type={p.conf_type}")
     print(f"  weights={p.weights} views={list(p.views)}"
-          + (f" classifier weight={b.weight} tta={b.tta} full_weight={b.full_weight}" if classifier else ""))
+          + (f" classifier weight={b.weight} tta={b.tta} full_weight={b.full_weight}" if classifier else "")
+          + (f" shares={dict(b.members)}" if classifier and b.members else ""))
     print("out-of-fold challenge score of each member and the ensemble")
     print("  (diff [lo, hi]: minus the tuned ensemble's, paired bootstrap 95 % interval over images)")
     print(oof_table.text(table))
