@@ -32,7 +32,7 @@ class TrainMember:
     name: str = ""  # the member's key (run folder, tables, fusion weight; cytocore.members); "" = model
     folds: list[int] = dataclasses.field(default_factory=list)  # folds to train; empty = all k
     overrides: list[str] = dataclasses.field(default_factory=list)  # configs/<model>.yaml key=value
-    weight: float = 1.0  # detectors: the model's starting weight in the fusion (tuning moves it)
+    weight: float = 1.0  # starting weight, tuned: a detector's in the fusion, a classifier's among crop ones
 
 
 @dataclasses.dataclass
@@ -173,7 +173,7 @@ def ensemble_values(recipe: RecipeConfig, ds: Any, detectors: dict[str, list[int
                     classifiers: dict[str, list[int]]) -> dict[str, Any]:
     """The ensemble config (as a dict) of the trained members: ``detectors`` and ``classifiers`` map
     each member's name to its folds that finished training; members without any are left out. Each
-    member entry carries its ``name`` (the files) and ``model`` (the adapter)."""
+    member entry carries its ``name`` (the files), ``model`` (the adapter) and starting ``weight``."""
     base = kit_config.read_yaml(paths.ROOT / recipe.ensemble_base)
     values = {**base, **recipe.ensemble, "k": ds.k, "seed": ds.seed}
     dets = {m.name: m for m in recipe.detector_list()}
@@ -181,7 +181,7 @@ def ensemble_values(recipe: RecipeConfig, ds: Any, detectors: dict[str, list[int
                           "weight": dets[name].weight} for name, folds in detectors.items() if folds]
     section = {**(base.get("classifier") or {}), **(recipe.ensemble.get("classifier") or {})}
     clss = {m.name: m for m in recipe.classifier_list()}
-    chosen = [{"name": name, "model": clss[name].model, "folds": folds}
+    chosen = [{"name": name, "model": clss[name].model, "folds": folds, "weight": clss[name].weight}
               for name, folds in classifiers.items() if folds]
     values["classifier"] = {**{k: v for k, v in section.items() if k != "members"}, "members": chosen} \
         if chosen else {}

@@ -24,6 +24,7 @@ from infer import blend, ensemble, tune
 from infer.config import EnsembleConfig, TuneGrid
 from infer.oof_cls import OOFClassifier
 from infer.oof_eval import Blend, Evaluator, Settings, config_settings, crop_members
+from pipeline import recipe as rc
 
 pytestmark = pytest.mark.unit
 
@@ -135,6 +136,18 @@ def test_tuned_config_writes_each_classifier_members_weight():
     assert section.shares() == {"c1": 2.0, "c2": 0.5, "cls_full": 1.0} and section.weight == 0.4
     one = tune.tuned_config(_cfg([{"model": "cls"}]), Settings(best.fuse, Blend(0.4)), classifier=True)
     assert one["classifier"]["members"] == [{"model": "cls"}]  # one member: written as before
+
+
+def test_recipe_passes_a_classifiers_weight_to_the_ensemble(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"k": 2, "detectors": [{"model": "yolov8"}],
+                                    "classifiers": [{"model": "cls", "name": "c1", "weight": 2.0},
+                                                    {"model": "cls", "name": "c2"}]}))
+    recipe = rc.load(path)
+    values = rc.ensemble_values(recipe, SimpleNamespace(k=2, seed=0), {"yolov8": [0, 1]},
+                                {"c1": [0, 1], "c2": [0, 1]})
+    section = config.from_dict(EnsembleConfig, values).classifier_section()
+    assert section.shares() == {"c1": 2.0, "c2": 1.0}
 
 
 # ---- real checkpoints, end to end ----
