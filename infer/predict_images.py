@@ -7,7 +7,8 @@ The run (``--run``, default the newest ``make all`` / ``make demo`` run: a
 ``work/logs/<dataset id>/`` or ``work/<nested>/logs/<dataset id>/`` folder with a
 ``tuned.yaml`` or ``ensemble.yaml``) gives the ensemble: every trained member x
 fold with the config's TTA views (``infer.predict``), the fusion
-(``infer.fuse``), the classifier blend (``infer.blend``; every box classified),
+(``infer.fuse``), the classifier blend (``infer.blend``; every box classified, the crop
+members at their tuned shares),
 on the config's device and backend (exported ONNX / OpenVINO members when
 ``make export`` made them). Each image is decoded once per chunk and predicted
 by all members in batches.
@@ -175,7 +176,7 @@ class Ensemble:
         self.calibration = self._calibration()
         self.threshold = float(self.calibration.threshold if conf is None else conf)
         self._members: list[tuple[str, int, Any]] | None = None
-        self._classifiers: list[Any] | None = None
+        self._classifiers: list[tuple[str, Any]] | None = None
 
     # -- loading ------------------------------------------------------------------------------------
     def _fusion(self) -> str:
@@ -222,8 +223,9 @@ class Ensemble:
             self._members = loaded
         return self._members
 
-    def classifiers(self) -> list[Any]:
-        """The crop classifier folds of the config (none when it is off or untrained)."""
+    def classifiers(self) -> list[tuple[str, Any]]:
+        """``(member name, predictor)`` of the config's crop classifier folds (none when it is off or
+        untrained)."""
         if self._classifiers is None:
             from infer import blend
             from infer.config import classifier_weights
@@ -233,10 +235,10 @@ class Ensemble:
             if section is not None and section.weight > 0:
                 with in_work(self.run):
                     found, _ = classifier_weights(section, self.ds)
-            weights = list(dict.fromkeys(path for _, _, path in found))
-            loaded = blend.load_members([(w, None) for w in weights], self.cfg.device, self.cfg.backend) \
-                if weights else []
-            self._classifiers = [p for p in loaded if p.cfg.mode == "crop"]
+            pairs = list(dict.fromkeys((name, path) for name, _, path in found))
+            loaded = blend.load_members([(w, None) for _, w in pairs], self.cfg.device, self.cfg.backend) \
+                if pairs else []
+            self._classifiers = [(name, p) for (name, _), p in zip(pairs, loaded) if p.cfg.mode == "crop"]
         return self._classifiers
 
     # -- prediction ---------------------------------------------------------------------------------
@@ -266,8 +268,9 @@ class Ensemble:
                 continue
             fused = fuse.fuse(pd.concat(tables, ignore_index=True), params, progress=False)
             if crop and len(fused):
-                probs = blend.classifier_probs(fused, root, crop, section.tta, None)
-                fused = blend.blend_table(fused, probs, section.weight, section.full_weight)
+                probs = blend.classifier_probs(fused, root, [p for _, p in crop], section.tta, None,
+                                               [name for name, _ in crop])
+                fused = blend.blend_table(fused, probs, section.weight, section.full_weight, section.shares())
             parts.append(fused)
         seconds = time.perf_counter() - start
         fused = pd.concat(parts, ignore_index=True) if parts else None
