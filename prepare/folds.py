@@ -42,10 +42,11 @@ NOT_IN_FINGERPRINT = ("resize", "jpeg_quality", "workers")
 NEUTRAL = {"assign": ""}
 
 
-def fingerprint_settings(cfg: Any) -> dict:
-    """The settings that shape the folds: what ``fingerprint`` digests."""
+def fingerprint_settings(cfg: Any, neutral: bool = False) -> dict:
+    """The settings that shape the folds: what ``fingerprint`` digests. ``neutral``: keep the keys at
+    their neutral value too, as the kits between a key's arrival and ``NEUTRAL`` digested them."""
     return {k: v for k, v in config.to_dict(cfg).items()
-            if k not in NOT_IN_FINGERPRINT and not (k in NEUTRAL and v == NEUTRAL[k])}
+            if k not in NOT_IN_FINGERPRINT and (neutral or not (k in NEUTRAL and v == NEUTRAL[k]))}
 
 
 @dataclasses.dataclass
@@ -212,7 +213,8 @@ def run(data: Path, cfg: FoldsConfig, *, repair: bool = False, force: bool = Fal
     settings = fingerprint_settings(cfg)
     digest = fingerprint(cleaned, groups, settings)
     fold_file = paths.fold_file(ds_id)
-    folds = reuse_folds(fold_file, digest, force, paths.dataset_runs(ds_id))
+    folds = reuse_folds(fold_file, digest, force, paths.dataset_runs(ds_id),
+                        also=fingerprint(cleaned, groups, fingerprint_settings(cfg, neutral=True)))
     print(report.table())
     print(f"duplicate groups: {summary['duplicate_groups']} group(s) of 2+ images holding "
           f"{summary['images_in_duplicate_groups']} images, the largest {summary['largest_group']}")
@@ -278,8 +280,10 @@ def assigned_folds(fold_file: Path, names: pd.Series, k: int) -> pd.DataFrame:
     return out
 
 
-def reuse_folds(fold_file: Path, digest: str, force: bool, runs: Path | None = None) -> pd.DataFrame | None:
-    """The existing fold table when it was made from the same inputs; None to (re)make it.
+def reuse_folds(fold_file: Path, digest: str, force: bool, runs: Path | None = None,
+                also: str = "") -> pd.DataFrame | None:
+    """The existing fold table when it was made from the same inputs (its fingerprint ``digest``, or
+    ``also``: the same inputs as an earlier kit digested them); None to (re)make it.
 
     Raises ``FileExistsError`` when it was made from other inputs and ``force`` is off;
     with ``force``, warns when ``runs`` (the dataset's training runs) were made on the old folds.
@@ -288,7 +292,7 @@ def reuse_folds(fold_file: Path, digest: str, force: bool, runs: Path | None = N
         return None
     sidecar = sidecar_path(fold_file)
     old = json.loads(sidecar.read_text()).get("fingerprint") if sidecar.exists() else None
-    if old == digest:
+    if old is not None and old in (digest, also):
         return pd.read_csv(fold_file, dtype={"NAME": str})
     if force:
         log.warning("replacing %s (made from other inputs) because of --force", fold_file)

@@ -237,3 +237,16 @@ def test_a_key_added_later_at_its_neutral_value_keeps_the_fingerprints_of_existi
     assert folds.fingerprint_settings(cfg) == older and "assign" not in older
     assigned = dataclasses.replace(cfg, assign="work/folds/other/folds.csv")
     assert folds.fingerprint_settings(assigned) == {**older, "assign": "work/folds/other/folds.csv"}
+
+
+def test_folds_made_while_a_new_key_was_still_digested_at_its_neutral_value_are_reused(tmp_path):
+    """Fold files made by the kits that digested ``assign: ""`` (before ``NEUTRAL``) are reused too."""
+    cfg = config.load(folds.FoldsConfig, folds.DEFAULT_CONFIG)
+    assert folds.fingerprint_settings(cfg, neutral=True) == {**folds.fingerprint_settings(cfg), "assign": ""}
+    fold_file = tmp_path / "folds.csv"
+    table = pd.DataFrame({"NAME": ["a", "b"], "fold": [0, 1], "group": [0, 1]})
+    table.to_csv(fold_file, index=False)
+    folds.sidecar_path(fold_file).write_text(json.dumps({"fingerprint": "older"}))
+    pd.testing.assert_frame_equal(folds.reuse_folds(fold_file, "now", False, also="older"), table)
+    with pytest.raises(FileExistsError, match="made from other inputs"):
+        folds.reuse_folds(fold_file, "now", False, also="other")
