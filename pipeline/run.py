@@ -228,7 +228,7 @@ def plan(recipe: RecipeConfig, ds: Any, echo: Callable[[str], None] = print) -> 
             add(m, f)
     for c in recipe.classifier_list():
         det = val_detector(c)  # a detector member of the recipe (pipeline.recipe refuses another), or none
-        if not det:
+        if not det and c.model != "cls_full":  # a full-image classifier validates on whole images
             log.warning("%s validates on no detector (val_detector empty): ground-truth crops", c.name)
         for f in c.folds:  # validation crops come from the detector's OOF boxes of the same fold
             add(c, f, tuple(j.name for j in jobs if j.name == f"{det} fold {f}"))
