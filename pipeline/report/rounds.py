@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 
@@ -20,9 +21,9 @@ def section(src) -> str:
     one, two, oof = r.get("round_one", {}), r.get("round_two", {}), r.get("oof") or {}
     rows = pd.DataFrame([
         {"round": "one", "trained on": "the train labels", "out-of-fold": oof.get("round_one"),
-         "test score": one.get("score"), "report": one.get("report_page") or ""},
+         "test score": one.get("score"), "report page": _name(one.get("report_page"))},
         {"round": "two", "trained on": r.get("what", ""), "out-of-fold": oof.get("round_two"),
-         "test score": two.get("score"), "report": two.get("report_page") or ""},
+         "test score": two.get("score"), "report page": _name(two.get("report_page"))},
     ])
     out = [p.table(rows)]
     if oof:
@@ -42,3 +43,8 @@ def section(src) -> str:
         out.append(p.help_text(f"label cleaning: {r['changed']}"))
     out.append(p.help_text(f"round two's data: {r.get('data', '')}"))
     return "".join(out)
+
+
+def _name(page: str | None) -> str:
+    """A report page's file name (the pages sit side by side in one folder)."""
+    return Path(page).name if page else ""
