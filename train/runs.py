@@ -173,8 +173,9 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
 
 def append_metrics(run_dir: Path, row: dict[str, Any]) -> pd.DataFrame:
     """Add one epoch's row to ``metrics.csv`` (replacing a row of the same epoch) and redraw the curves.
-    The row is stamped with the wall clock (``time``): ``train.progress`` reads s/epoch and ETAs from it."""
-    row = {**row, "time": row.get("time", round(time.time(), 1))}
+    The row is stamped with the wall clock (``time``, always: ``train.progress`` reads s/epoch and ETAs
+    from it; a family's own epoch duration is ``epoch_s``)."""
+    row = {**row, "time": round(time.time(), 1)}
     old = read_metrics(run_dir)
     if len(old) and "epoch" in old:
         old = old[old["epoch"] != row["epoch"]]
@@ -205,7 +206,7 @@ def plot_curves(table: pd.DataFrame, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     losses = [c for c in table.columns if "loss" in c]
-    metrics = [c for c in table.columns if c not in losses and c not in ("epoch", "lr", "time")]
+    metrics = [c for c in table.columns if c not in losses and c not in ("epoch", "lr", "time", "epoch_s")]
     series = [c for c in losses + metrics
               if pd.api.types.is_numeric_dtype(table[c]) and table[c].notna().any()] or ["(no series)"]
     cols = min(4, len(series))

@@ -62,7 +62,7 @@ def _numbers(row: dict[str, Any]) -> dict[str, float]:
             number = float(value)
         except (TypeError, ValueError):
             continue
-        if math.isfinite(number) and key not in ("epoch", "time"):
+        if math.isfinite(number) and key not in ("epoch", "time", "epoch_s"):
             out[str(key)] = number
     return out
 

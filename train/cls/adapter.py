@@ -186,7 +186,7 @@ def fit(cfg: ClassifierConfig, train_table: pd.DataFrame, val_table: pd.DataFram
             seen += len(x)
         val = evaluate(model, val_loader, device, amp)
         row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), **val,
-               "lr": optimizer.param_groups[0]["lr"], "time": time.perf_counter() - t0}
+               "lr": optimizer.param_groups[0]["lr"], "epoch_s": time.perf_counter() - t0}
         runs.append_metrics(run_dir, row)
         score = val["val_f1"] if np.isfinite(val["val_f1"]) else -val["val_loss"]
         if cfg.select == "last" or not np.isfinite(score) or score > best:

@@ -210,7 +210,7 @@ def fit(cfg: UnetConfig, fold_data: Any, masks_dir: Path, run_dir: Path, resume:
             row.update(metrics)
             score = metrics.get("challenge", float("nan"))
             score = score if np.isfinite(score) else metrics["seg_miou"]
-        row.update({"lr": optimizer.param_groups[0]["lr"], "time": time.perf_counter() - t0})
+        row.update({"lr": optimizer.param_groups[0]["lr"], "epoch_s": time.perf_counter() - t0})
         runs.append_metrics(run_dir, row)
         best = checkpoint.keep(run_dir, model, cfg_dict, epoch, score, best, optimizer, scheduler, scaler)
         log.info("unet epoch %d/%d: %s", epoch + 1, cfg.epochs,
