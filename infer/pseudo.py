@@ -137,13 +137,15 @@ def write_round_two(ds: Any, boxes: pd.DataFrame, rows: pd.DataFrame, cfg: Pseud
 
 def compare_rounds(one: tuple[Any, Any], two: tuple[Any, Any], n_boot: int = 1000) -> dict:
     """Round two's tuned out-of-fold score minus round one's, both against round one's truth on the
-    same images, with a paired bootstrap interval. ``one``, ``two``: (ensemble config, dataset)."""
+    same images (tuning's subset), with a paired bootstrap interval. ``one``, ``two``: (ensemble
+    config, dataset)."""
     from cytocore.compare import paired_bootstrap
     from cytocore.submission import oof_score
     from infer import calibrate
 
-    table1, truth = calibrate.oof_table(*one)
-    table2, _ = calibrate.oof_table(*two)
+    grid = one[0].tune_grid()  # the images tuning scored (the same subset in both rounds: same images, seed)
+    table1, truth = calibrate.oof_table(*one, grid.max_images, grid.seed)
+    table2, _ = calibrate.oof_table(*two, grid.max_images, grid.seed)
     names = set(truth["NAME"])
     images = one[1].images()
     images = images[images["NAME"].isin(names)][["NAME", "width", "height"]].reset_index(drop=True)

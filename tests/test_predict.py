@@ -245,6 +245,28 @@ def test_make_predict_writes_csv_json_and_an_annotated_image_per_input(tiny, tmp
 
 
 @pytest.mark.smoke
+def test_the_calibration_is_fitted_on_the_images_tuning_scored(tiny, tmp_path):
+    """Every box of each image is classified to fit it: at full scale all ~48k out-of-fold images took
+    tens of minutes of crops, so it uses tuning's fixed subset (``tune.max_images``, its seed)."""
+    import dataclasses
+
+    from cytocore import dataset
+    from infer import oof_eval
+
+    root, data, work, dataset_id = tiny
+    run = pi.find_run()
+    cfg = pi.Ensemble(run).cfg
+    with pi.in_work(run):
+        ds = dataset.resolve(data)
+        every = calibrate.fit_run(dataclasses.replace(cfg, tune={**cfg.tune, "max_images": 0}), ds,
+                                  tmp_path / "a.json")
+        few = calibrate.fit_run(dataclasses.replace(cfg, tune={**cfg.tune, "max_images": 3, "seed": 1}), ds,
+                                tmp_path / "b.json")
+        chosen = oof_eval.load_oof(cfg, data, 3, 1).images["NAME"]
+    assert few.n_images == 3 == len(chosen) < every.n_images
+
+
+@pytest.mark.smoke
 def test_conf_replaces_the_threshold_and_the_calibration_is_reused(tiny, tmp_path, capsys):
     root, data, work, dataset_id = tiny
     path = work / "demo" / "logs" / dataset_id / "calibration.json"
