@@ -220,7 +220,7 @@ def optimise(ev: Evaluator, starts: list[Settings], grid, models: list[str], vie
         if len(models) > 1
         else []
     )
-    best, trials = search(ev, starts + alone, *args)
+    best, trials = search(ev, starts + alone + classifier_starts(starts[0], full, crop_members(c)), *args)
     cls = None
     if c is not None:  # the "+ cls" rows: the tuned blend, or the config's when tuning turned it off
         cls = best.blend if best.blend.weight > 0 else starts[0].blend
@@ -231,6 +231,23 @@ def optimise(ev: Evaluator, starts: list[Settings], grid, models: list[str], vie
             return best, rows, trials
         best, more = search(ev, [top], *args)
         trials += more
+
+
+def classifier_starts(start: Settings, full: bool, crop: list[str]) -> list[Settings]:
+    """More starting points for the classifier's part: without the full-image members (``full_weight``
+    0) and each crop member alone. One round of coordinate ascent from the config's full_weight 0.5
+    stopped at 0.9105 out-of-fold on the demo data (0.7329 on BCCD) where other blends of the same
+    members reached 0.9132 with full_weight 0 (0.7347): the blend weight moved first, and from there
+    no single move of full_weight paid. Pure."""
+    if start.blend.weight == 0:
+        return []
+    out = []
+    if full:
+        out.append(dataclasses.replace(start, blend=dataclasses.replace(start.blend, full_weight=0.0)))
+    if len(crop) > 1:
+        out += [dataclasses.replace(start, blend=dataclasses.replace(
+            start.blend, members=tuple((m, float(m == one)) for m in crop))) for one in crop]
+    return out
 
 
 def tune(cfg: EnsembleConfig, data: Path) -> Tuned:

@@ -232,3 +232,17 @@ def test_the_submission_blends_the_table_tuning_scored(world):
     pd.testing.assert_frame_equal(submitted, ev.table(s))
     equal = ev.table(_with(s, ()))
     assert not submitted[list(classes.PROB_COLUMNS)].equals(equal[list(classes.PROB_COLUMNS)])
+
+
+def test_tuning_also_starts_without_the_full_image_members_and_from_each_crop_member_alone():
+    from infer import tune
+    from infer.fuse import FuseParams
+    from infer.oof_eval import Blend, Settings
+
+    start = Settings(FuseParams(iou_thr=0.55), Blend(0.5, True, 0.5, (("a", 1.0), ("b", 1.0))))
+    got = tune.classifier_starts(start, full=True, crop=["a", "b"])
+    assert [(s.blend.full_weight, s.blend.members) for s in got] == [
+        (0.0, (("a", 1.0), ("b", 1.0))), (0.5, (("a", 1.0), ("b", 0.0))), (0.5, (("a", 0.0), ("b", 1.0)))]
+    assert tune.classifier_starts(start, full=False, crop=["a"]) == []
+    off = Settings(FuseParams(iou_thr=0.55), Blend(0.0))
+    assert tune.classifier_starts(off, full=True, crop=["a", "b"]) == []
