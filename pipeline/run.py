@@ -438,7 +438,7 @@ def _pseudo(cfg: Any, ds: Any, data: Path, result: Any, cal: Any, echo: Callable
 
 def _round_two_parts(recipe: RecipeConfig) -> list[str]:
     clean = recipe.clean_settings()
-    parts = ["cleaned labels"] if clean is not None and clean.policy else []
+    parts = ["the cleaned labels"] if clean is not None and clean.policy else []
     return parts + (["pseudo-labels"] if recipe.pseudo_settings() is not None else [])
 
 

@@ -248,11 +248,26 @@ def test_audit_of_a_tiny_run_and_round_two_data_on_the_same_folds(tmp_path, monk
         pd.testing.assert_frame_equal(two.images()[["NAME", "fold"]], ds.images()[["NAME", "fold"]])
 
 
+def two_round_recipe(path: Path, **sections) -> Path:
+    """A tiny k=2 recipe (1-epoch YOLOv8, one TTA view, a one-point tuning grid) with ``sections``
+    (``clean=...``, ``pseudo=...``) that ask for a round two."""
+    import yaml
+
+    tiny = [o for o in TINY_YOLO if not o.startswith("epochs")] + [
+        "epochs=1", "pretrained=none", "conf=0.000001"]
+    path.write_text(yaml.safe_dump({
+        "k": 2, "seed": 0, "jobs": 2, **sections,
+        "detectors": [{"model": "yolov8", "overrides": tiny}],
+        "ensemble": {"tta": ["identity"], "viz_images": 0, "conf": 0.000001,
+                     "tune": {"weights": [1.0], "iou_thr": [0.55], "skip_box_thr": [0.000001],
+                              "conf_type": ["avg"], "fusion": ["wbf"], "rounds": 1, "views": False}}}))
+    return path
+
+
 @pytest.mark.smoke
 def test_make_all_with_clean_runs_round_two_on_a_cleaned_copy_with_the_same_folds(tiny_data, tmp_path,
                                                                                  monkeypatch, capsys):
     """The recipe switch end to end: round one, the audit, the cleaned folder, round two on it."""
-    import yaml
 
     from cytocore import dataset, paths
     from pipeline.__main__ import main
@@ -260,15 +275,7 @@ def test_make_all_with_clean_runs_round_two_on_a_cleaned_copy_with_the_same_fold
     data = tiny_data
     monkeypatch.setenv("CYTOKIT_PREFLIGHT", "off")
     before = (data / "train.csv").read_bytes()
-    tiny = [o for o in TINY_YOLO if not o.startswith("epochs")] + [
-        "epochs=1", "pretrained=none", "conf=0.000001"]
-    recipe = tmp_path / "clean.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "k": 2, "seed": 0, "jobs": 2, "clean": {"policy": ["relabel"], "conf": 0.0},
-        "detectors": [{"model": "yolov8", "overrides": tiny}],
-        "ensemble": {"tta": ["identity"], "viz_images": 0, "conf": 0.000001,
-                     "tune": {"weights": [1.0], "iou_thr": [0.55], "skip_box_thr": [0.000001],
-                              "conf_type": ["avg"], "fusion": ["wbf"], "rounds": 1, "views": False}}}))
+    recipe = two_round_recipe(tmp_path / "clean.yaml", clean={"policy": ["relabel"], "conf": 0.0})
     assert main(["--recipe", str(recipe), "--data", str(data), "--out", str(tmp_path / "subs")]) == 0
     out = capsys.readouterr().out
     assert "round two: the same recipe on the cleaned labels" in out

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import test_pipeline
+from test_label_audit import two_round_recipe
 
 from cytocore import dataset, io
 from cytocore.config import ConfigError
@@ -17,7 +18,6 @@ from infer import pseudo
 from prepare import folds
 
 tiny_data = test_pipeline.tiny_data  # the fixture: 16 synthetic images, k=2, a work folder of its own
-TINY_YOLO = test_pipeline.TINY_YOLO
 
 pytestmark = pytest.mark.unit
 
@@ -93,7 +93,6 @@ def test_make_all_with_pseudo_trains_round_two_on_sure_test_images(tiny_data, tm
     fold's training list and in no validation list, and round two's out-of-fold score against round
     one's on the same images. A 1-epoch detector is sure of no test image, so the selection sees the
     test labels as the fused table (``select`` itself: the tests above)."""
-    import yaml
 
     from cytocore import paths
     from pipeline.__main__ import main
@@ -105,15 +104,7 @@ def test_make_all_with_pseudo_trains_round_two_on_sure_test_images(tiny_data, tm
     monkeypatch.setattr(pseudo, "select", lambda f, d, c, n, cfg: select(
         labels, labels["class"], np.ones(len(labels)), n, cfg))
     before = (data / "train.csv").read_bytes()
-    tiny = [o for o in TINY_YOLO if not o.startswith("epochs")] + [
-        "epochs=1", "pretrained=none", "conf=0.000001"]
-    recipe = tmp_path / "pseudo.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "k": 2, "seed": 0, "jobs": 2, "pseudo": {"conf": 0.5, "agree": False, "share": 0.4},
-        "detectors": [{"model": "yolov8", "overrides": tiny}],
-        "ensemble": {"tta": ["identity"], "viz_images": 0, "conf": 0.000001,
-                     "tune": {"weights": [1.0], "iou_thr": [0.55], "skip_box_thr": [0.000001],
-                              "conf_type": ["avg"], "fusion": ["wbf"], "rounds": 1, "views": False}}}))
+    recipe = two_round_recipe(tmp_path / "pseudo.yaml", pseudo={"conf": 0.5, "agree": False, "share": 0.4})
     assert main(["--recipe", str(recipe), "--data", str(data), "--out", str(tmp_path / "subs")]) == 0
     out = capsys.readouterr().out
     assert "round two: the same recipe on pseudo-labels" in out and "out-of-fold, round two minus" in out
