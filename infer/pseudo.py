@@ -35,6 +35,7 @@ import pandas as pd
 from cytocore import config as kit_config
 from cytocore import dataset
 from cytocore.tables import COORDS
+from train.cls.classify import top_rows
 
 LABELS_FILE = "pseudo_labels.csv"  # the selected boxes (run logs, and beside round two's train.csv)
 SUMMARY_FILE = "pseudo.json"  # beside round two's train.csv: settings, counts, where it came from
@@ -65,17 +66,15 @@ def select(fused: pd.DataFrame, detector_class: Any, confidence: Any, n_cells: M
     table = fused[["NAME", *COORDS, "class", "score"]].reset_index(drop=True).copy()
     table["confidence"] = np.asarray(confidence, dtype=np.float64)
     table["detector_class"] = np.asarray(detector_class, dtype=object)
-    table = table[table["NAME"].isin(set(n_cells))]
+    table = table[table["NAME"].isin(set(n_cells))].reset_index(drop=True)
+    table = table[top_rows(table, n_cells)]  # each image's top-n: the boxes the submission keeps
     table = table.sort_values(["NAME", "score"], ascending=[True, False], kind="stable")
-    table = table[table.groupby("NAME").cumcount() < table["NAME"].map(n_cells)]
     sure = table["confidence"] >= cfg.conf
     agrees = (table["detector_class"] == table["class"]) | (not cfg.agree)
     per_image = pd.DataFrame({"NAME": table["NAME"], "sure": sure, "agrees": agrees}).groupby("NAME").agg(
         boxes=("sure", "size"), sure=("sure", "all"), agrees=("agrees", "all"))
-    per_image = per_image.astype({"sure": bool, "agrees": bool}).reindex(sorted(n_cells)).fillna(
-        {"boxes": 0, "sure": False, "agrees": False})
-    per_image["needed"] = pd.Series(n_cells).reindex(per_image.index)
-    too_few = per_image["boxes"] < per_image["needed"]
+    per_image = per_image.reindex(sorted(n_cells)).fillna({"boxes": 0, "sure": False, "agrees": False})
+    too_few = per_image["boxes"] < pd.Series(n_cells).reindex(per_image.index)
     unsure = ~too_few & ~per_image["sure"].astype(bool)
     disagree = ~too_few & ~unsure & ~per_image["agrees"].astype(bool)
     kept = per_image.index[~(too_few | unsure | disagree)]

@@ -476,7 +476,8 @@ def _round_two(recipe: RecipeConfig, ds: Any, report: dict, out_dir: Path | None
         echo(f"cleaned labels ({', '.join(f'{k} {v}' for k, v in info['changed'].items())})")
     if cfg is not None:
         rows = pd.read_csv(report["pseudo"]["labels"], dtype={"NAME": str})
-        folder, _ = pseudo.write_round_two(ds, boxes, rows, cfg, {}, records,
+        counts = {k: report["pseudo"][k] for k in ("test_images", "kept_images", "kept_boxes", "left_out")}
+        folder, _ = pseudo.write_round_two(ds, boxes, rows, cfg, counts, records,
                                            extra=records.get(label_audit.SUMMARY_FILE))
         fold_file = folder / pseudo.FOLDS_FILE
     echo(f"round two's data: {folder}")

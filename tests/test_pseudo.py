@@ -122,6 +122,8 @@ def test_make_all_with_pseudo_trains_round_two_on_sure_test_images(tiny_data, tm
     page = Path(json.loads(paths.run_report(ds.id).read_text())["report_page"]).read_text()
     assert "Round one vs round two" in page and "paired bootstrap 95 % interval" in page
     folder = Path(report["data"])
+    recorded = json.loads((folder / pseudo.SUMMARY_FILE).read_text())
+    assert recorded["test_images"] == report["test_images"] and "left_out" in recorded
     two = dataset.resolve(folder, ds.k, ds.seed)
     images = two.images()
     pseudo_names = set(images.loc[images["fold"] == dataset.TRAIN_ONLY, "NAME"])
