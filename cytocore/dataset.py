@@ -40,7 +40,9 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from cytocore import paths
@@ -54,6 +56,29 @@ SOURCE_FILE = "source.csv"  # the raw train images' NAME,bytes,mtime_ns,sha1 at 
 
 class DatasetError(ConfigError):
     """No usable prepared dataset for a data folder; the one-line message says what to run."""
+
+
+def train_only_in(fold: int) -> int:
+    """The fold code of an image that only fold ``fold`` trains on and none validates on: a pseudo-labelled
+    copy of a test image labelled by round one's fold ``fold`` (``infer.pseudo``). -2 for fold 0, -3 for
+    fold 1...; ``TRAIN_ONLY`` (-1) is every fold's."""
+    if fold < 0:
+        raise ValueError(f"fold {fold}: a fold is 0..k-1")
+    return -2 - fold
+
+
+def trains_in(codes: Any, fold: int) -> np.ndarray:
+    """Which of the fold codes ``codes`` (an image's ``fold`` column) fold ``fold`` trains on: the other
+    folds' images, ``TRAIN_ONLY`` and ``train_only_in(fold)``. The one rule behind every fold's training
+    list (the YOLO lists, COCO files and ``FoldData.train_*``); it validates on ``codes == fold``."""
+    codes = np.asarray(codes)
+    return ((codes >= 0) & (codes != fold)) | (codes == TRAIN_ONLY) | (codes == train_only_in(fold))
+
+
+def valid_codes(codes: Any, k: int) -> np.ndarray:
+    """Which of ``codes`` are fold codes of a k-fold dataset: 0..k-1, TRAIN_ONLY or train_only_in(f)."""
+    codes = np.asarray(codes)
+    return (codes > -2 - k) & (codes < k)
 
 
 def file_sha256(path: Path) -> str | None:
@@ -301,8 +326,10 @@ def _load_fold(ds: Dataset, fold: int) -> FoldData:
         raise ValueError(f"fold {fold} out of range for k={k} (valid: 0..{k - 1})")
     images = pd.read_csv(root / "images.csv")
     boxes = pd.read_csv(root / "boxes.csv")
-    is_val = images["fold"] == fold
+    is_val = (images["fold"] == fold).to_numpy()
+    is_train = trains_in(images["fold"], fold)
     val_names = set(images.loc[is_val, "NAME"])
+    train_names = set(images.loc[is_train, "NAME"])
     fold_dir = root / f"fold{fold}"
     return FoldData(
         root=root,
@@ -310,10 +337,10 @@ def _load_fold(ds: Dataset, fold: int) -> FoldData:
         k=k,
         seed=ds.seed,
         images_dir=Path(meta["images_dir"]),
-        train_boxes=boxes[~boxes["NAME"].isin(val_names)].reset_index(drop=True),
+        train_boxes=boxes[boxes["NAME"].isin(train_names)].reset_index(drop=True),
         val_boxes=boxes[boxes["NAME"].isin(val_names)].reset_index(drop=True),
         val_images=images.loc[is_val, ["NAME", "width", "height"]].reset_index(drop=True),
-        train_images=images.loc[~is_val, ["NAME", "width", "height"]].reset_index(drop=True),
+        train_images=images.loc[is_train, ["NAME", "width", "height"]].reset_index(drop=True),
         yolo_yaml=fold_dir / "data.yaml",
         coco_train=fold_dir / "coco_train.json",
         coco_val=fold_dir / "coco_val.json",

@@ -229,6 +229,24 @@ def bind(cfg: EnsembleConfig, data: Path) -> tuple[EnsembleConfig, Any]:
     return dataclasses.replace(cfg, k=ds.k, seed=ds.seed), ds
 
 
+def one_fold(cfg: EnsembleConfig, fold: int) -> EnsembleConfig | None:
+    """The ensemble of fold ``fold``'s models only (a config bound to its dataset, see ``bind``): each
+    detector and classifier member that uses that fold, with that fold alone. What fold ``fold`` of round
+    one predicts, as its out-of-fold predictions are made (``infer.pseudo``'s per-fold labels). None
+    when no detector member uses that fold."""
+    if cfg.k is None:
+        raise ValueError("one_fold needs a config bound to its dataset (infer.config.bind)")
+    members = [{**raw, "folds": [fold]} for raw, m in zip(cfg.members, cfg.member_list()) if fold in m.folds]
+    if not members:
+        return None
+    section, classifier = cfg.classifier_section(), cfg.classifier
+    if section is not None:
+        chosen = [{**kit_config.to_dict(m), "folds": [fold]} for m in section.members
+                  if not m.folds or fold in m.folds]
+        classifier = {**(cfg.classifier or {}), "members": chosen}
+    return dataclasses.replace(cfg, members=members, classifier=classifier)
+
+
 def classifier_weights(section: ClassifierSection, ds: Any) -> tuple[list[tuple[str, int, Path]],
                                                                       list[Path]]:
     """``(found, missing)``: ``(name, fold, best.pt)`` of every classifier member fold that exists on

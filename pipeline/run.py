@@ -382,7 +382,7 @@ def _after_training(recipe: RecipeConfig, data: Path, ds: Any, records: list[dic
             cal = steps("calibration (out-of-fold)", lambda: calibrate.ensure(
                 ens, ds, Path(report["ensemble"]), logs / calibrate.FILE))
         report["pseudo"] = steps("pseudo-labels (sure test images)",
-                                 lambda: _pseudo(pseudo, ds, data, result, cal, echo))
+                                 lambda: _pseudo(pseudo, ens, ds, data, result, cal, echo))
     report.update(submission=str(result.submission), fusion=result.fusion)
     files = paths.data_files(data)
     problems = steps("validate",
@@ -416,23 +416,19 @@ def _audit(clean: Any, ds: Any, config: Path, echo: Callable[[str], None]) -> di
             "box_conf": used.box_conf}
 
 
-def _pseudo(cfg: Any, ds: Any, data: Path, result: Any, cal: Any, echo: Callable[[str], None]) -> dict:
-    """Round one's sure test images (``infer.pseudo.select``, capped at the recipe's share) written to
-    the run's logs (``pseudo_labels.csv``); returns the counts and where they are."""
+def _pseudo(cfg: Any, ens: Any, ds: Any, data: Path, result: Any, cal: Any,
+            echo: Callable[[str], None]) -> dict:
+    """Round one's sure test images (``infer.pseudo.choose``: each fold's own, or the ensemble's, capped
+    at the recipe's share) written to the run's logs (``pseudo_labels.csv``); returns the counts and
+    where they are."""
     from infer import pseudo
 
     test = tables.read(paths.data_files(data)["test"], "test")
     n_cells = test.groupby("NAME").size().to_dict()
-    fused = result.fused
-    rows, counts = pseudo.select(fused, result.detector_class, cal.apply(fused["score"].to_numpy()),
-                                 n_cells, cfg)
-    rows = pseudo.cap(rows, int(ds.images()["NAME"].nunique()), cfg.share, cfg.seed)
+    rows, counts = pseudo.choose(cfg, ens, data, ds, result, cal, n_cells)
     path = io.atomic_write_df(rows, paths.logs_dir(ds.id) / pseudo.LABELS_FILE)
-    left = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts["left_out"].items())
-    echo(f"pseudo-labels: {counts['kept_images']} of {counts['test_images']} test images sure "
-         f"(confidence >= {cfg.conf}{', classes agree' if cfg.agree else ''}; left out: {left}); "
-         f"{rows['NAME'].nunique()} used ({len(rows)} boxes, share <= {cfg.share}): {paths.shown(path)}")
-    return {**counts, "labels": str(path), "used_images": int(rows["NAME"].nunique()),
+    echo(f"{pseudo.describe(counts, rows, cfg)}: {paths.shown(path)}")
+    return {**counts, "labels": str(path), "source": cfg.labels, "used_images": int(rows["NAME"].nunique()),
             "used_boxes": len(rows)}
 
 
@@ -476,7 +472,8 @@ def _round_two(recipe: RecipeConfig, ds: Any, report: dict, out_dir: Path | None
         echo(f"cleaned labels ({', '.join(f'{k} {v}' for k, v in info['changed'].items())})")
     if cfg is not None:
         rows = pd.read_csv(report["pseudo"]["labels"], dtype={"NAME": str})
-        counts = {k: report["pseudo"][k] for k in ("test_images", "kept_images", "kept_boxes", "left_out")}
+        counts = {k: report["pseudo"][k] for k in ("test_images", "kept_images", "kept_boxes", "left_out",
+                                                   "per_fold", "source") if k in report["pseudo"]}
         folder, _ = pseudo.write_round_two(ds, boxes, rows, cfg, counts, records,
                                            extra=records.get(label_audit.SUMMARY_FILE))
         fold_file = folder / pseudo.FOLDS_FILE

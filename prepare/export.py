@@ -31,7 +31,7 @@ import pandas as pd
 import yaml
 
 from cytocore import boxes as bx
-from cytocore import classes
+from cytocore import classes, dataset
 from cytocore.images import n_workers
 from cytocore.tables import COORDS
 
@@ -183,7 +183,7 @@ def write_folds(tmp: Path, root: Path, images: pd.DataFrame, exported: pd.DataFr
     for fold in range(k):
         fold_dir = tmp / f"fold{fold}"
         fold_dir.mkdir(parents=True)
-        for part, is_part in (("train", np.not_equal), ("val", np.equal)):
+        for part, is_part in (("train", dataset.trains_in), ("val", np.equal)):
             mask = is_part(img_fold, fold)
             list_folder(fold_dir, part)
             final_images = root / f"fold{fold}" / part / "images"

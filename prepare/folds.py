@@ -263,7 +263,7 @@ def assigned_folds(fold_file: Path, names: pd.Series, k: int) -> pd.DataFrame:
     """``NAME,fold,group`` of ``names`` (sorted) as another dataset's fold file ``fold_file`` assigns them:
     a second round on changed labels keeps each image in its fold. An image it lacks is an error; fold
     ``dataset.TRAIN_ONLY`` (a pseudo-labelled image) is in every fold's training list and no fold's
-    validation list."""
+    validation list, ``dataset.train_only_in(f)`` in fold f's training list only (``dataset.trains_in``)."""
     if not fold_file.is_file():
         raise FileNotFoundError(f"{fold_file}: no such fold file (folds config: assign)")
     table = pd.read_csv(fold_file, dtype={"NAME": str}).drop_duplicates("NAME").set_index("NAME")
@@ -273,8 +273,8 @@ def assigned_folds(fold_file: Path, names: pd.Series, k: int) -> pd.DataFrame:
         raise io.DataError(io.Problem(str(fold_file), f"{len(absent)} image(s) of the data have no fold "
                                                       f"there, e.g. {absent[0]}"))
     out = table.loc[wanted, ["fold", "group"]].rename_axis("NAME").reset_index()
-    held = out["fold"][out["fold"] != dataset.TRAIN_ONLY]  # pseudo-labelled images: never held out
-    if not held.between(0, k - 1).all() or held.nunique() < k:
+    held = out["fold"][out["fold"] >= 0]  # pseudo-labelled images (negative codes): never held out
+    if not dataset.valid_codes(out["fold"], k).all() or held.nunique() < k:
         raise io.DataError(io.Problem(str(fold_file), f"its folds {sorted(out['fold'].unique())} are not "
                                                       f"0..{k - 1} for k={k}"))
     return out

@@ -2,6 +2,7 @@
 TRAIN_ONLY fold through prepare.folds and the exports, and the recipe switch end to end."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -70,29 +71,96 @@ def test_cap_keeps_at_most_the_share_of_training_images_seeded():
         pseudo.PseudoConfig(share=1.0)
 
 
-def test_round_two_folds_put_pseudo_images_in_every_training_list(tmp_path):
+def test_per_fold_labels_train_only_their_fold_and_ensemble_labels_every_fold(tmp_path):
+    """A test image sure to folds 0 and 1 is two training images (aliases), each in its own fold's
+    training list only; an ensemble-labelled image is in every fold's; no fold validates on either."""
     fold_file = tmp_path / "folds.csv"
     pd.DataFrame({"NAME": ["a", "b", "c", "d"], "fold": [1, 0, 1, 0], "group": [0, 1, 2, 3]}).to_csv(
         fold_file, index=False)
-    table = pseudo.round_two_folds(fold_file, ["t2", "t1", "t1"])
-    assert table.loc[table["NAME"].str.startswith("t"), "fold"].tolist() == [dataset.TRAIN_ONLY] * 2
+    rows = fused([("t1.jpg", 0, 0, 10, 10, 0.9, "LY"), ("t1.jpg", 20, 0, 30, 10, 0.9, "MO"),
+                  ("t1.jpg", 0, 0, 10, 10, 0.9, "EO"), ("t2.png", 0, 0, 9, 9, 0.9, "LY"),
+                  ("t3.jpg", 0, 0, 9, 9, 0.9, "BA")]).assign(fold=[0, 0, 1, 1, dataset.TRAIN_ONLY])
+    named, extra, aliases = pseudo.training_rows(rows)
+    assert named["NAME"].tolist() == ["t1.pseudo-f0.jpg", "t1.pseudo-f0.jpg", "t1.pseudo-f1.jpg",
+                                      "t2.pseudo-f1.png", "t3.jpg"]
+    assert named["class"].tolist() == rows["class"].tolist()  # each fold keeps its own boxes
+    assert aliases == {"t1.pseudo-f0.jpg": "t1.jpg", "t1.pseudo-f1.jpg": "t1.jpg",
+                       "t2.pseudo-f1.png": "t2.png"}
+    table = pseudo.round_two_folds(fold_file, extra)
     table.to_csv(tmp_path / "two.csv", index=False)
-    got = folds.assigned_folds(tmp_path / "two.csv", pd.Series(["a", "b", "c", "d", "t1", "t2"]), k=2)
-    assert got["fold"].tolist() == [1, 0, 1, 0, -1, -1]
+    names = pd.Series(table["NAME"])
+    got = folds.assigned_folds(tmp_path / "two.csv", names, k=2).set_index("NAME")["fold"]
+    assert got.to_dict() == {"a": 1, "b": 0, "c": 1, "d": 0, "t1.pseudo-f0.jpg": dataset.train_only_in(0),
+                             "t1.pseudo-f1.jpg": dataset.train_only_in(1),
+                             "t2.pseudo-f1.png": dataset.train_only_in(1), "t3.jpg": dataset.TRAIN_ONLY}
+    assert got.loc[dataset.trains_in(got, 0)].index.tolist() == ["a", "c", "t1.pseudo-f0.jpg", "t3.jpg"]
+    assert got.loc[dataset.trains_in(got, 1)].index.tolist() == [
+        "b", "d", "t1.pseudo-f1.jpg", "t2.pseudo-f1.png", "t3.jpg"]
+    assert not dataset.trains_in([0, 1, -1, -2, -3], 0)[0] and dataset.trains_in([-2], 0)[0]
     with pytest.raises(ValueError, match="a: a pseudo-labelled test image is also a train image"):
-        pseudo.round_two_folds(fold_file, ["t1", "a"])
+        pseudo.round_two_folds(fold_file, extra.assign(NAME=["t1", "a", "t2", "t3"]))
     only_pseudo = pd.DataFrame({"NAME": ["a", "b"], "fold": [0, -1], "group": [0, 1]})
     only_pseudo.to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(io.DataError, match="not 0..1 for k=2"):  # every fold still needs validation images
         folds.assigned_folds(tmp_path / "bad.csv", pd.Series(["a", "b"]), k=2)
+    no_such_fold = pd.DataFrame({"NAME": ["a", "b", "c"], "fold": [0, 1, dataset.train_only_in(2)],
+                                 "group": [0, 1, 2]})
+    no_such_fold.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(io.DataError, match="not 0..1 for k=2"):
+        folds.assigned_folds(tmp_path / "bad.csv", pd.Series(["a", "b", "c"]), k=2)
+    with pytest.raises(ConfigError, match="labels='best'; valid: fold, ensemble"):
+        pseudo.PseudoConfig(labels="best")
+
+
+def test_aliased_images_are_links_and_the_source_is_untouched(tmp_path):
+    from prepare import derive
+
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    for name in ("a.jpg", "t1.jpg"):
+        (src / "images" / name).write_bytes(name.encode())
+    (src / "test.csv").write_text("trustii_id,NAME\n1,t1.jpg\n")
+    train = pd.DataFrame({"NAME": ["a.jpg", "t1.pseudo-f0.jpg"], "x1": 0, "y1": 0, "x2": 5, "y2": 5,
+                          "class": "LY"})
+    dst = derive.write_folder(src, tmp_path / "dst", train, aliases={"t1.pseudo-f0.jpg": "t1.jpg"})
+    images = dst / "images"
+    assert images.is_dir() and not images.is_symlink()
+    assert sorted(p.name for p in images.iterdir()) == ["a.jpg", "t1.jpg", "t1.pseudo-f0.jpg"]
+    assert (images / "t1.pseudo-f0.jpg").read_bytes() == b"t1.jpg" and (images / "a.jpg").is_symlink()
+    assert sorted(p.name for p in (src / "images").iterdir()) == ["a.jpg", "t1.jpg"]
+    assert derive.write_folder(src, tmp_path / "dst", train, aliases={"t1.pseudo-f0.jpg": "t1.jpg"}) == dst
+    with pytest.raises(FileExistsError, match="exists with other images"):
+        derive.write_folder(src, tmp_path / "dst", train, aliases={"t1.pseudo-f1.jpg": "t1.jpg"})
+    with pytest.raises(FileNotFoundError, match="image alias 'x.jpg' names no image"):
+        derive.write_folder(src, tmp_path / "dst2", train, aliases={"x.jpg": "nope.jpg"})
+    with pytest.raises(ValueError, match="is already an image of"):
+        derive.write_folder(src, tmp_path / "dst3", train, aliases={"a.jpg": "t1.jpg"})
+    assert not (tmp_path / "dst3" / "images").exists() and not list((tmp_path / "dst3").glob(".images*"))
+
+
+def test_one_fold_keeps_each_member_of_that_fold_alone():
+    from infer.config import EnsembleConfig, one_fold
+
+    cfg = EnsembleConfig(members=[{"model": "yolov8"}, {"model": "yolov5", "folds": [1]}], k=2, seed=0,
+                         iou_thr=0.55, classifier={"members": [{"model": "cls"}, {"model": "cls_full",
+                                                                                  "folds": [1]}]})
+    zero = one_fold(cfg, 0)
+    assert [(m.name, m.folds) for m in zero.member_list()] == [("yolov8", [0])]
+    assert [(m.name, m.folds) for m in zero.classifier_section().members] == [("cls", [0])]
+    one = one_fold(cfg, 1)
+    assert [(m.name, m.folds) for m in one.member_list()] == [("yolov8", [1]), ("yolov5", [1])]
+    assert [m.name for m in one.classifier_section().members] == ["cls", "cls_full"]
+    assert one_fold(dataclasses.replace(cfg, members=[{"model": "yolov5", "folds": [1]}]), 0) is None
+    with pytest.raises(ValueError, match="bound to its dataset"):
+        one_fold(dataclasses.replace(cfg, k=None), 0)
 
 
 @pytest.mark.smoke
 def test_make_all_with_pseudo_trains_round_two_on_sure_test_images(tiny_data, tmp_path, monkeypatch, capsys):
-    """The recipe switch end to end: round one, the selection, round two with the test images in every
-    fold's training list and in no validation list, and round two's out-of-fold score against round
-    one's on the same images. A 1-epoch detector is sure of no test image, so the selection sees the
-    test labels as the fused table (``select`` itself: the tests above)."""
+    """The recipe switch end to end: round one, each fold's selection, round two with each fold's
+    pseudo images in that fold's training list only and in no validation list, and round two's
+    out-of-fold score against round one's on the same images. A 1-epoch detector is sure of no test
+    image, so the selection sees the test labels as the fused table (``select`` itself: the tests above)."""
 
     from cytocore import paths
     from pipeline.__main__ import main
@@ -126,17 +194,23 @@ def test_make_all_with_pseudo_trains_round_two_on_sure_test_images(tiny_data, tm
     assert recorded["test_images"] == report["test_images"] and "left_out" in recorded
     two = dataset.resolve(folder, ds.k, ds.seed)
     images = two.images()
-    pseudo_names = set(images.loc[images["fold"] == dataset.TRAIN_ONLY, "NAME"])
-    assert pseudo_names == set(used["NAME"])
     merged = ds.images().merge(images, on="NAME", suffixes=("_1", "_2"))  # train images keep their fold
     assert len(merged) == len(ds.images()) and (merged["fold_1"] == merged["fold_2"]).all()
+    extra = images[images["fold"] < 0]
+    assert set(used["fold"]) == set(range(ds.k))  # each fold labelled the test images itself
+    assert set(extra["NAME"]) == {pseudo.alias_name(n, f) for n, f in zip(used["NAME"], used["fold"])}
+    assert set(extra["fold"]) == {dataset.train_only_in(f) for f in range(ds.k)}
     for f in range(ds.k):
         fold = two.fold(f)
-        assert pseudo_names <= set(fold.train_images["NAME"])
-        assert not pseudo_names & set(fold.val_images["NAME"])
+        mine = {pseudo.alias_name(n, f) for n in used.loc[used["fold"] == f, "NAME"]}
+        others = set(extra["NAME"]) - mine
+        assert mine and mine <= set(fold.train_images["NAME"]) and not others & set(fold.train_images["NAME"])
+        assert not set(extra["NAME"]) & set(fold.val_images["NAME"])
+        train_list = (two.root / f"fold{f}" / "train.txt").read_text().split()
+        assert mine <= {Path(n).name for n in train_list} and not others & {Path(n).name for n in train_list}
         listed = (two.root / f"fold{f}" / "val.txt").read_text()
-        assert not any(n in listed for n in pseudo_names)
-        assert all(n in (two.root / f"fold{f}" / "train.txt").read_text() for n in pseudo_names)
+        assert not any(n in listed for n in extra["NAME"])
+    assert "pseudo-labels (fold labels)" in page
 
 
 def test_a_flow_value_split_by_make_at_its_spaces_is_joined_back():
