@@ -203,7 +203,9 @@ def fuse_chunks(chunks: list[list[Path]], params: fuse.FuseParams, slots: list[s
     fork of a parent whose torch threads may run), each reading its own chunk's parts; at most
     ``workers`` chunks are in flight, so memory stays about ``workers`` chunks. ``done()`` is called as
     each chunk finishes (the progress bar). A chunk whose fusion raises raises the same exception here,
-    once the chunks already running have ended."""
+    once the chunks already running have ended. Spawned workers import the main module again: a script
+    run by path that calls this needs the ``if __name__ == "__main__":`` guard (``python -m`` entry
+    points of the kit are light to import and run nothing at import)."""
     if workers <= 1:
         out = []
         for parts in chunks:
