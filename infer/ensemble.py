@@ -14,7 +14,8 @@ once for all of them, and each one's rows are written to its table as they come
 (``predict_shared``). ``fuse_test`` resolves ``fusion: auto`` on
 the out-of-fold tables, fuses the test tables over views, folds and models
 chunk of images by chunk of images, one member-fold's table read at a time
-(``fuse_files``: the main process never holds every table at once), blends in
+(``fuse_files``: the main process never holds every table at once; the chunks are fused in
+``fuse_workers`` processes, ``fuse_chunks``), blends in
 the classifier (every trained fold of its members; one line and the detectors'
 classes when none is trained) and writes ``work/preds/ensemble/test.parquet``.
 """
