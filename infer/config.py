@@ -140,6 +140,7 @@ class EnsembleConfig:
     iou_thr: float = dataclasses.field(kw_only=True)  # WBF: IoU for boxes to join a cluster (YAML default)
     skip_box_thr: float = 0.001  # WBF: boxes scored below are ignored
     conf_type: str = "avg"  # WBF: avg | max | box_and_model_avg | absent_model_aware_avg
+    fuse_workers: int = 0  # processes fusing the submission's image chunks; 0 = one per core, 1 = in-process
     classifier: dict | None = dataclasses.field(  # ClassifierSection keys; {} or null = no classifier
         default_factory=lambda: copy.deepcopy(CLASSIFIER_DEFAULT))
     viz_images: int = 16  # images drawn in the PNG grid beside the submission (0 = none)
@@ -158,6 +159,8 @@ class EnsembleConfig:
             raise ConfigError(f"backend={self.backend!r}: valid values are {', '.join(BACKEND_CHOICES)}")
         if self.max_det < 0 or self.batch < 1 or (self.k is not None and self.k < 1):
             raise ConfigError("max_det must be >= 0, batch >= 1 and k >= 1")
+        if self.fuse_workers < 0:
+            raise ConfigError(f"fuse_workers must be >= 0 (0 = one per CPU core), got {self.fuse_workers}")
         self.member_list()
         self.tune_grid()
         self.classifier_section()

@@ -14,7 +14,8 @@ once for all of them, and each one's rows are written to its table as they come
 (``predict_shared``). ``fuse_test`` resolves ``fusion: auto`` on
 the out-of-fold tables, fuses the test tables over views, folds and models
 chunk of images by chunk of images, one member-fold's table read at a time
-(``fuse_files``: the main process never holds every table at once), blends in
+(``fuse_files``: the main process never holds every table at once; the chunks are fused in
+``fuse_workers`` processes, ``fuse_chunks``), blends in
 the classifier (every trained fold of its members; one line and the detectors'
 classes when none is trained) and writes ``work/preds/ensemble/test.parquet``.
 """
@@ -29,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from cytocore import io, paths, predictions, tables
+from cytocore import io, paths, predictions, resources, tables
 from cytocore.images import load_rgb
 from infer import cache, fuse, predict, tta
 from infer.config import EnsembleConfig, bind
@@ -149,11 +150,15 @@ def predict_members(cfg: EnsembleConfig, data: Path, force: bool = False, progre
 
 
 def fuse_files(files: list[Path], views: list[str], params: fuse.FuseParams, chunk: int = FUSE_CHUNK,
-               progress: bool = True, batch_rows: int = 1 << 18) -> pd.DataFrame:
+               progress: bool = True, batch_rows: int = 1 << 18, workers: int = 1) -> pd.DataFrame:
     """Fuse member test tables image-chunk by image-chunk, never holding them all: each file is read in
     row batches and split by chunks of ``chunk`` images into a temporary folder (one member-fold at a
     time), then each chunk is fused with every member's rows of its images. Per-image fusion with the
-    slot weights of the whole (``fuse.group``'s ``slots``): the same table as ``fuse.fuse`` of them all."""
+    slot weights of the whole (``fuse.group``'s ``slots``): the same table as ``fuse.fuse`` of them all.
+
+    ``workers`` > 1 fuses the chunks in that many processes (``fuse_chunks``), 0 in one per CPU core
+    (``cytocore.resources.cpu_cores``), either capped by the number of chunks; 1 fuses in this process.
+    The table is the same, row for row, whatever the number."""
     import tempfile
 
     import pyarrow.parquet as pq
@@ -183,14 +188,53 @@ def fuse_files(files: list[Path], views: list[str], params: fuse.FuseParams, chu
                     part.to_parquet(path, index=False)
                     parts.setdefault(int(b), []).append(path)
                 del df
-        fused = []
-        order = sorted(slots)
-        for b in tqdm(sorted(parts), desc=f"fuse ({params.mode})", disable=not progress, mininterval=2):
-            df = pd.concat([pd.read_parquet(p) for p in parts[b]], ignore_index=True)
-            fused.append(fuse.fuse(df, params, progress=False, slots=order))
-            del df
+        chunks = [parts[b] for b in sorted(parts)]
+        workers = min(workers or resources.cpu_cores(), len(chunks))
+        desc = f"fuse ({params.mode}" + (f", {workers} processes)" if workers > 1 else ")")
+        with tqdm(total=len(chunks), desc=desc, disable=not progress, mininterval=2) as bar:
+            fused = fuse_chunks(chunks, params, sorted(slots), workers, bar.update)
     fused = [t for t in fused if len(t)]
     return pd.concat(fused, ignore_index=True) if fused else predictions.empty(with_probs=True)
+
+
+def fuse_chunks(chunks: list[list[Path]], params: fuse.FuseParams, slots: list[str], workers: int = 1,
+                done: Callable[[], Any] = lambda: None) -> list[pd.DataFrame]:
+    """Each chunk's fused table (``fuse.fuse_parts`` of its parquet parts), in chunk order. With
+    ``workers`` > 1 in a pool of that many "spawn" processes (as ``prepare.synth`` and the benches: no
+    fork of a parent whose torch threads may run), each reading its own chunk's parts; at most
+    ``workers`` chunks are in flight, so memory stays about ``workers`` chunks. ``done()`` is called as
+    each chunk finishes (the progress bar). A chunk whose fusion raises raises the same exception here,
+    once the chunks already running have ended. Spawned workers import the main module again: a script
+    run by path that calls this needs the ``if __name__ == "__main__":`` guard (``python -m`` entry
+    points of the kit are light to import and run nothing at import)."""
+    if workers <= 1:
+        out = []
+        for parts in chunks:
+            out.append(fuse.fuse_parts(parts, params, slots))
+            done()
+        return out
+    import concurrent.futures as cf
+    import itertools
+    import multiprocessing
+
+    results: dict[int, pd.DataFrame] = {}
+    todo = iter(enumerate(chunks))
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=fuse.worker_init) as pool:
+        try:
+            pending = {pool.submit(fuse.fuse_parts, parts, params, slots): i
+                       for i, parts in itertools.islice(todo, workers)}
+            while pending:
+                finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for future in finished:
+                    results[pending.pop(future)] = future.result()
+                    done()
+                    for i, parts in itertools.islice(todo, 1):
+                        pending[pool.submit(fuse.fuse_parts, parts, params, slots)] = i
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    return [results[i] for i in range(len(chunks))]
 
 
 def resolve_fusion(cfg: EnsembleConfig, data: Path) -> str:
@@ -253,7 +297,8 @@ def fuse_test(cfg: EnsembleConfig, data: Path, result: Result, progress: bool = 
     test = tables.read(files["test"], "test")
     n_cells = test.groupby("NAME").size().to_dict()
     result.fusion = resolve_fusion(cfg, data)
-    fused = fuse_files(result.test_files, result.views, cfg.fuse_params(result.fusion), progress=progress)
+    fused = fuse_files(result.test_files, result.views, cfg.fuse_params(result.fusion), progress=progress,
+                       workers=cfg.fuse_workers)
     detector_class = fused["class"].to_numpy(dtype=object)
     fused = classify(cfg, fused, files["images"], n_cells, ds)  # the same rows in the same order
     predictions.write(fused, ds.preds_dir("ensemble", "all") / predictions.TEST_FILE)

@@ -29,6 +29,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -265,3 +268,23 @@ def fuse(df: pd.DataFrame, params: FuseParams, oof: bool = False, progress: bool
     params.check()
     g = group(df, params.skip_box_thr, params.max_det, oof=oof, slots=slots)
     return fuse_grouped(g, params, progress=progress)
+
+
+def fuse_parts(parts: list[Path], params: FuseParams, slots: list[str]) -> pd.DataFrame:
+    """``fuse`` of one chunk of images read from its parquet ``parts`` (every member-fold's rows of those
+    images; ``infer.ensemble.fuse_files`` writes them), with the ``slots`` of the whole test set: what
+    one fusion worker process does, and the in-process path too (the same code either way)."""
+    df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    return fuse(df, params, progress=False, slots=slots)
+
+
+def worker_init() -> None:
+    """A fusion worker's start: its numeric libraries on one thread each (the pool is the parallelism).
+    The worker imports this module only, not torch; were torch loaded, it gets one thread too."""
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency: caps loaded BLAS/OpenMP pools
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"  # libraries loaded later
+    threadpool_limits(1)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)

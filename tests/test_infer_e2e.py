@@ -175,6 +175,24 @@ def test_trained_classifier_folds_are_blended_into_the_submission(tiny, fake_mem
     pd.testing.assert_frame_equal(pd.read_csv(off.submission), detectors_only, check_dtype=False)
 
 
+def test_the_submission_fuses_in_fuse_workers_processes(tiny, fake_members, tmp_path, monkeypatch):
+    """``fuse_workers`` reaches ``fuse_files``; with chunks of 4 images the pool of 2 fuses the test set
+    and the submission is the one recomputed by fusing every table at once."""
+    cfg_path, _ = fake_members
+    real, seen = infer_main.fuse_files, []
+
+    def small_chunks(*args, workers, **kwargs):
+        seen.append(workers)
+        return real(*args, chunk=4, workers=workers, **kwargs)
+
+    monkeypatch.setattr(infer_main, "fuse_files", small_chunks)
+    cfg = load_config(cfg_path, {"fusion": "wbf", "viz_images": 0, "classifier": {}, "fuse_workers": 2})
+    result = submit_make.run(cfg, tiny, out_dir=tmp_path / "subs", progress=False)
+    assert seen == [2] and result.fused["NAME"].nunique() > 4  # several chunks
+    pd.testing.assert_frame_equal(pd.read_csv(result.submission), expected_submission(cfg, tiny, "wbf"),
+                                  check_dtype=False)
+
+
 def test_tuner_scores_a_config_as_the_submission_it_implies(tiny, fake_members, cls_folds, tmp_path):
     """The tuner's number for a config with the real classifier folds == fusing, blending with the fold
     that did not see each image, writing the rows and scoring, done by hand."""
