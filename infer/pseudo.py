@@ -128,7 +128,7 @@ def fold_predictions(ens: Any, data: Path, fold: int, fusion: str, views: list[s
         return None
     files = [ds.preds_dir(m.name, fold) / predictions.TEST_FILE for m in cfg.member_list()]
     fused = ensemble.fuse_files([f for f in files if f.is_file()], views, cfg.fuse_params(fusion),
-                                progress=False)
+                                progress=False, workers=cfg.fuse_workers)
     detector_class = fused["class"].to_numpy(dtype=object)
     return ensemble.classify(cfg, fused, paths.data_files(data)["images"], n_cells, ds), detector_class
 
