@@ -11,7 +11,8 @@ members fused, the classifier blended, ``infer.calibrate.oof_table``), and
 
 - ``class``   -- a confident detection (fused score >= ``box_conf``; 0 = the lowest score the
   run's out-of-fold calibration keeps, ``auto_box_conf``) on the box (IoU >= ``match_iou``)
-  gives another class a probability >= ``conf``: suggested class (policy ``relabel``);
+  gives another class a probability >= ``conf`` and the box's own class one <= ``gt_conf``:
+  suggested class (policy ``relabel``);
 - ``no_box``  -- no confident detection overlaps the box at IoU >= ``far_iou`` (policy ``drop``);
 - ``refine``  -- the box's best confident detection overlaps it only partly
   (``far_iou`` <= IoU < ``match_iou``) and finds no other box better: suggested box (``refine``);
@@ -63,6 +64,7 @@ class CleanConfig:
         default_factory=list
     )  # relabel | drop | refine | add; [] = audit only
     conf: float = 0.9  # class: the other class's blended probability at least this
+    gt_conf: float = 0.1  # class: and the box's own class's at most this (1 = any; spares confusable pairs)
     box_conf: float = 0.0  # a confident detection: fused score at least this; 0 = auto (see run_audit)
     match_iou: float = 0.5  # a detection and a box are the same cell at this IoU or more
     far_iou: float = 0.1  # no_box / missing: nothing confident overlaps at this IoU or more
@@ -73,11 +75,12 @@ class CleanConfig:
             raise kit_config.ConfigError(
                 f"clean: unknown policy {', '.join(bad)}; valid: {', '.join(POLICIES)}"
             )
-        if not (0 <= self.far_iou < self.match_iou <= 1 and 0 <= self.conf <= 1 and 0 <= self.box_conf <= 1):
+        if not (0 <= self.far_iou < self.match_iou <= 1
+                and all(0 <= v <= 1 for v in (self.conf, self.gt_conf, self.box_conf))):
             raise kit_config.ConfigError(
-                f"clean: need 0 <= far_iou < match_iou <= 1 and conf, box_conf in [0, 1] "
+                f"clean: need 0 <= far_iou < match_iou <= 1 and conf, gt_conf, box_conf in [0, 1] "
                 f"(far_iou={self.far_iou}, match_iou={self.match_iou}, conf={self.conf}, "
-                f"box_conf={self.box_conf})"
+                f"gt_conf={self.gt_conf}, box_conf={self.box_conf})"
             )
 
     @property
@@ -138,7 +141,7 @@ def audit(preds: pd.DataFrame, truth: pd.DataFrame, cfg: CleanConfig) -> pd.Data
             }
             if iou[i, j] >= cfg.match_iou:
                 top = int(p.argmax())
-                if codes[top] != g["class"] and p[top] >= cfg.conf:
+                if codes[top] != g["class"] and p[top] >= cfg.conf and evidence["p_gt"] <= cfg.gt_conf:
                     out.append(
                         {**base, **evidence, "kind": "class", "class": codes[top], "p_class": float(p[top])}
                     )

@@ -82,6 +82,21 @@ def test_audit_thresholds_move_the_suspects():
     assert strict["kind"].tolist() == ["no_box"] * 5  # nothing is confident: every box is unsupported
 
 
+def test_a_box_whose_own_class_stays_likely_is_not_relabelled():
+    """Confusable pairs: another class at 0.6 but the box's own at 0.3 (> gt_conf 0.1) is no suspect."""
+    two = preds([("b", 0, 0, 50, 50, 0.9, "MO", 0.6)])
+    pnn = classes.PROB_COLUMNS[CODES.index("PNN")]
+    two[classes.PROB_COLUMNS] = 0.1 / 21
+    two[classes.PROB_COLUMNS[CODES.index("MO")]], two[pnn] = 0.6, 0.3
+    gt = GT[GT["NAME"] == "b"]
+    assert la.audit(two, gt, la.CleanConfig(conf=0.5, box_conf=0.5)).empty
+    listed = la.audit(two, gt, la.CleanConfig(conf=0.5, gt_conf=0.3, box_conf=0.5))
+    assert listed["kind"].tolist() == ["class"] and listed["p_gt"].iloc[0] == pytest.approx(0.3)
+    assert la.CleanConfig().gt_conf == 0.1
+    with pytest.raises(ConfigError, match="gt_conf=1.5"):
+        la.CleanConfig(gt_conf=1.5)
+
+
 def test_apply_relabels_drops_refines_and_adds_with_a_record():
     boxes = GT.drop(columns="row").reset_index(drop=True)
     table = la.audit(PREDS, GT.assign(row=range(5)), la.CleanConfig(box_conf=0.5))
