@@ -175,7 +175,8 @@ def describe(counts: dict, rows: pd.DataFrame, cfg: PseudoConfig) -> str:
     else:
         per_fold = ", ".join(f"fold {f}: {n}" for f, n in counts["per_fold"].items())
         sure = f"test images sure to each fold's own round-one models ({per_fold} of {counts['test_images']})"
-        used = f"{len(rows.drop_duplicates(['NAME', 'fold']))} used"
+        used = (f"{len(rows.drop_duplicates(['NAME', 'fold']))} training images from "
+                f"{rows['NAME'].nunique()} test images")
     return (f"pseudo-labels: {sure} ({rule}; left out: {left}); {used} ({len(rows)} boxes, "
             f"share <= {cfg.share})")
 
