@@ -177,7 +177,8 @@ def describe(counts: dict, rows: pd.DataFrame, cfg: PseudoConfig) -> str:
         sure = f"test images sure to each fold's own round-one models ({per_fold} of {counts['test_images']})"
         used = (f"{len(rows.drop_duplicates(['NAME', 'fold']))} training images from "
                 f"{rows['NAME'].nunique()} test images")
-    return (f"pseudo-labels: {sure} ({rule}; left out: {left}); {used} ({len(rows)} boxes, "
+    pairs = " (test image x fold)" if cfg.labels == "fold" else ""
+    return (f"pseudo-labels: {sure} ({rule}; left out{pairs}: {left}); {used} ({len(rows)} boxes, "
             f"share <= {cfg.share})")
 
 

@@ -210,7 +210,7 @@ def test_make_all_with_pseudo_trains_round_two_on_sure_test_images(tiny_data, tm
         assert mine <= {Path(n).name for n in train_list} and not others & {Path(n).name for n in train_list}
         listed = (two.root / f"fold{f}" / "val.txt").read_text()
         assert not any(n in listed for n in extra["NAME"])
-    assert "pseudo-labels (fold labels)" in page
+    assert "pseudo-labels (fold labels)" in page and "left out (test image x fold)" in page
 
 
 def test_a_flow_value_split_by_make_at_its_spaces_is_joined_back():

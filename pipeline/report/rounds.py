@@ -43,7 +43,8 @@ def section(src) -> str:
         out.append(p.help_text(f"pseudo-labels ({q.get('source', 'ensemble')} labels): "
                                f"{q['used_images']} of {q['test_images']} test images "
                                f"({q['used_boxes']} boxes) from {paths.shown(q['labels'])}; "
-                               f"left out: {left}"))
+                               f"left out{' (test image x fold)' if q.get('source') == 'fold' else ''}: "
+                               f"{left}"))
     if r.get("changed"):
         out.append(p.help_text(f"label cleaning: {r['changed']}"))
     out.append(p.help_text(f"round two's data: {r.get('data', '')}"))
