@@ -70,11 +70,11 @@ endif
 endif
 endif
 
-.PHONY: help setup lint test-unit test test-all bench export gpu-check demo-data demo all bccd weights folds masks train infer submission score tune-ensemble cls-report report rehearsal validate predict clean clean-runs
+.PHONY: help setup lint test-unit test test-all bench export gpu-check demo-data demo all bccd weights folds masks train infer submission score tune-ensemble cls-report report rehearsal levers validate predict clean clean-runs
 
 # make help lists the targets in the order of the work: start, the real data, using a run, checks, housekeeping
 HELP_ORDER := demo setup demo-data weights folds all train masks tune-ensemble infer submission validate score \
-	report cls-report predict export rehearsal gpu-check bccd test test-unit test-all lint bench clean clean-runs
+	report cls-report predict export rehearsal levers gpu-check bccd test test-unit test-all lint bench clean clean-runs
 
 help: ## list the targets
 	@awk -v order="$(HELP_ORDER)" 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{text[$$1]=$$2; seen[++n]=$$1} \
@@ -179,6 +179,10 @@ demo: $(STAMP) ## make all on synthetic data (configs/demo.yaml), from nothing, 
 rehearsal: $(STAMP) ## make all at full scale on placeholder images: each step's time and peak RSS (IMAGES=N)
 	$(CHECK)
 	$(PY) -m pipeline.rehearsal $(if $(filter command line environment,$(origin IMAGES)),--images $(IMAGES)) $(call opt,JOBS,--jobs) $(ARGS)
+
+levers: $(STAMP) ## a lever on several training seeds, arm by arm side by side (STUDY=configs/levers/cleaning.yaml)
+	$(CHECK)
+	$(PY) -m pipeline.levers --study $(call q,$(or $(STUDY),configs/levers/cleaning.yaml)) $(ARGS)
 
 predict: $(STAMP) ## the run's ensemble on IMAGES=<folder or glob> (RUN= OUT= DEVICE= CONF=): CSV, JSON, drawings
 	$(if $(filter default file,$(origin IMAGES)),$(error give the images: make predict IMAGES=<folder or 'glob'>))

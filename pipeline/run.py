@@ -305,9 +305,8 @@ def _run(recipe: RecipeConfig, data: Path, out_dir: Path | None, echo: Callable[
                               "steps_cpu": steps.cpu, "steps_rss": steps.rss, "failures": []}
     report_path = None
     try:
-        synth = recipe.synth_settings()
-        if synth and not (data / "train.csv").exists():
-            steps("synthetic data", lambda: _synth(synth, recipe.seed, data))
+        if recipe.synth_settings() and not (data / "train.csv").exists():
+            steps("synthetic data", lambda: make_synthetic(recipe, data))
         steps("folds", lambda: _folds(recipe, data))
         ds = dataset.resolve(data, recipe.k, recipe.seed)
         logs = paths.logs_dir(ds.id)
@@ -534,9 +533,11 @@ def _track_oof(ds: Any, table: Any, tuned: Path) -> None:
     tracking.close_all()
 
 
-def _synth(settings: Any, seed: int, data: Path) -> None:
+def make_synthetic(recipe: RecipeConfig, data: Path) -> None:
+    """The recipe's synthetic data (its ``synth`` section, drawn with its seed) in ``data``."""
     from prepare.synth import make
 
+    settings, seed = recipe.synth_settings(), recipe.seed
     code = make.main(["--out", str(data), "--images", str(settings.images), "--seed", str(seed),
                       "--test-fraction", str(settings.test_fraction), "--workers", str(settings.workers)])
     if code:

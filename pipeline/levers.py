@@ -1,0 +1,296 @@
+"""``make levers``: a lever measured on several training seeds, arm by arm, side by side.
+
+    python -m pipeline.levers --study configs/levers/cleaning.yaml [--seeds 0 1] [--again]
+
+A study (YAML, ``Study`` below) names a recipe, a data folder, training seeds and arms. Each arm x
+seed is one ``make all`` (``python -m pipeline``) with ``--member seed=S`` (every detector's and
+classifier's seed) and the arm's recipe overrides, in its own work folder
+``work/levers/<study>/<data>-seed<S>/``: arms on the same data and seed share it, so an arm that
+only adds a round two (``clean:``, ``pseudo:``) reuses the other arm's trained round one. An arm
+with ``noise:`` trains on a copy of the data with seeded label noise (``prepare.noise``; the test
+labels stay clean). A run's round two, when its recipe has one, is a row of its own.
+
+Why seeds: the bootstrap over images of one run covers which images were drawn, not the training's
+randomness, and on 2 CPU cores from scratch a second training seed moves the test score as much as
+any lever (README, "The winners' levers, measured"). So each row gets its score per seed, the mean
+and, against the first row, the difference paired by seed with a t interval over the seeds; a
+round-two row also says how much of the gap between its round one and the first row it won back.
+
+Finished arm x seed runs are kept in ``work/levers/<study>/results.json`` with a fingerprint of
+what they ran: a second call runs only what is missing or changed (``--again``: everything).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cytocore import config as kit_config
+from cytocore import env, io, paths
+from cytocore.config import ConfigError
+
+RESULTS = "results.json"
+
+
+@dataclasses.dataclass
+class Arm:
+    """One side of the comparison: the recipe plus these overrides, on the study's data or a noisy copy."""
+
+    name: str  # the row's name
+    overrides: list[str] = dataclasses.field(default_factory=list)  # recipe key=value (python -m pipeline)
+    noise: dict[str, float] = dataclasses.field(default_factory=dict)  # prepare.noise: p_class, ..., seed
+    round_two: str = ""  # the name of this arm's round-two row ("" = "<name>, round two")
+
+
+@dataclasses.dataclass
+class Study:
+    """A lever on several training seeds (``configs/levers/*.yaml``)."""
+
+    recipe: str  # the recipe every arm starts from (relative to the project root)
+    data: str  # the data folder (made by the recipe's synth section when it has no train.csv)
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])  # training seeds
+    arms: list[Arm] = dataclasses.field(default_factory=list)  # the first arm's first row is the reference
+
+
+def load(path: Path) -> Study:
+    """The study at ``path``; a bad key or a missing arm is a one-line error naming the file."""
+    values = kit_config.read_yaml(path)
+    study = kit_config.from_dict(Study, {k: v for k, v in values.items() if k != "arms"}, str(path))
+    arms = values.get("arms") or []
+    if not isinstance(arms, list) or not arms:
+        raise ConfigError(f"{path}: arms: give at least one arm ({{name: ..., overrides: [...]}})")
+    study.arms = [kit_config.from_dict(Arm, a, f"{path}: arms[{i}]") for i, a in enumerate(arms)]
+    names = [a.name for a in study.arms]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: arms: two arms are named alike ({names})")
+    if not study.seeds:
+        raise ConfigError(f"{path}: seeds: give at least one training seed")
+    return study
+
+
+def root_of(study_path: Path) -> Path:
+    """The study's work folder."""
+    return paths.work_dir() / "levers" / study_path.stem
+
+
+def noise_label(noise: dict[str, float]) -> str:
+    """The folder name of a noise setting, e.g. ``noise-class0.1-seed2``."""
+    parts = [f"{k.removeprefix('p_')}{v:g}" for k, v in sorted(noise.items()) if k != "seed"]
+    return "noise-" + "-".join(parts) + f"-seed{int(noise.get('seed', 0))}"
+
+
+def data_for(study: Study, arm: Arm, root: Path) -> Path:
+    """The data folder of ``arm``: the study's, or its noisy copy (made here when absent)."""
+    source = (paths.ROOT / study.data).resolve()
+    if not arm.noise:
+        return source
+    out = root / "data" / f"{source.name}-{noise_label(arm.noise)}"
+    if not (out / "train.csv").exists():
+        from prepare import noise
+
+        args = ["--data", str(source), "--out", str(out)]
+        for key, value in arm.noise.items():
+            args += [f"--{key.replace('_', '-')}", str(value)]
+        if noise.main(args):
+            raise RuntimeError(f"prepare.noise failed for arm {arm.name!r}")
+    return out
+
+
+def fingerprint(study: Study, arm: Arm, seed: int) -> str:
+    """What an arm x seed run depends on: the recipe's text, the arm and the seed."""
+    text = (paths.ROOT / study.recipe).read_text() + json.dumps([study.data, dataclasses.asdict(arm), seed])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def rows_of(report: dict, arm: Arm) -> dict[str, dict]:
+    """The rows one run gives: round one and, when it ran, round two (test and out-of-fold scores)."""
+    def row(part: dict) -> dict:
+        oof = part.get("oof_check") or {}
+        return {"test": part.get("score"), "oof": oof.get("ensemble"), "giou": part.get("giou_term"),
+                "f1": part.get("f1_term")}
+
+    out = {arm.name: row(report)}
+    for lever in ("clean", "pseudo"):
+        two = (report.get(lever) or {}).get("round_two")
+        if two:
+            out[arm.round_two or f"{arm.name}, round two"] = row(two)
+    return out
+
+
+def run_one(study: Study, arm: Arm, seed: int, root: Path, echo=print) -> dict:
+    """``python -m pipeline`` for one arm x seed in its own process and work folder; its rows."""
+    data = data_for(study, arm, root)
+    work = root / f"{data.name}-seed{seed}"
+    log = root / "logs" / f"{arm.name.replace(' ', '_').replace(',', '')}-seed{seed}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pipeline", "--recipe", str(paths.ROOT / study.recipe), "--data", str(data),
+           "--out", str(work / "submissions"), "--member", f"seed={seed}", *arm.overrides]
+    echo(f"{arm.name}, seed {seed}: running (log {log})")
+    start = time.time()
+    with open(log, "w") as out:
+        code = subprocess.run(cmd, cwd=paths.ROOT, stdout=out, stderr=subprocess.STDOUT,
+                              env={**os.environ, "CYTOKIT_WORK": str(work)}).returncode
+    report = latest_report(work, data)
+    if code or report is None:
+        raise RuntimeError(f"{arm.name}, seed {seed}: make all exited {code}; see {log}")
+    return {"rows": rows_of(report, arm), "minutes": round((time.time() - start) / 60, 1), "log": str(log),
+            "report": report.get("report")}
+
+
+def latest_report(work: Path, data: Path) -> dict | None:
+    """The newest round-one report.json of ``data`` in the work folder ``work``."""
+    found = sorted((work / "logs").glob("*/report.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in found:
+        report = json.loads(path.read_text())
+        if Path(report.get("data", "")) == data.resolve():
+            return report
+    return None
+
+
+def table(results: dict, study: Study, metric: str) -> tuple[list[str], dict[str, dict[int, float]]]:
+    """Row names in arm order and each row's ``metric`` per seed, from the stored results."""
+    order: list[str] = []
+    values: dict[str, dict[int, float]] = {}
+    for arm in study.arms:
+        for seed in study.seeds:
+            for row, scores in (results.get(key(arm, seed)) or {}).get("rows", {}).items():
+                if row not in values:
+                    order.append(row)
+                    values[row] = {}
+                if scores.get(metric) is not None:
+                    values[row][seed] = float(scores[metric])
+    return order, values
+
+
+def paired(a: dict[int, float], b: dict[int, float], level: float = 0.95) -> dict | None:
+    """``a - b`` over the seeds both have: per seed, mean, and a t interval over seeds (None below 2)."""
+    from scipy import stats
+
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    d = np.array([a[s] - b[s] for s in seeds])
+    out = {"seeds": seeds, "diff": d.tolist(), "mean": float(d.mean()), "lo": None, "hi": None,
+           "up": int((d > 0).sum())}
+    if len(d) >= 2:
+        half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+        out.update(lo=out["mean"] - half, hi=out["mean"] + half)
+    return out
+
+
+def won_back(results: dict, study: Study, metric: str) -> list[str]:
+    """For each round-two row: the share of the gap between its round one and the reference row (the
+    first) that round two won back, on the seed means (only where round one is below the reference)."""
+    order, values = table(results, study, metric)
+    if not order:
+        return []
+    ref = values[order[0]]
+    lines = []
+    for arm in study.arms:
+        one_name, two_name = arm.name, arm.round_two or f"{arm.name}, round two"
+        one, two = values.get(one_name, {}), values.get(two_name, {})
+        seeds = sorted(set(ref) & set(one) & set(two))
+        if not seeds or one_name == order[0]:
+            continue
+        gap = np.mean([ref[s] - one[s] for s in seeds])
+        gain = np.mean([two[s] - one[s] for s in seeds])
+        if gap <= 0:
+            lines.append(f"{two_name}: {gain:+.4f} over its round one, which is not below {order[0]} "
+                         f"({-gap:+.4f}): nothing to win back")
+            continue
+        lines.append(f"{two_name}: won back {gain:+.4f} of the {gap:.4f} that {one_name} lost against "
+                     f"{order[0]} = {100 * gain / gap:.0f} % (means over seeds {', '.join(map(str, seeds))})")
+    return lines
+
+
+def render(results: dict, study: Study) -> str:
+    """The study's tables: each row's score per seed, its mean, and its difference from the first row."""
+    lines = []
+    titles = (("test", "test labels"), ("oof", "out-of-fold (each row against its own train labels)"))
+    for metric, title in titles:
+        order, values = table(results, study, metric)
+        if not order:
+            continue
+        seeds = study.seeds
+        head = f"{'row':<34}" + "".join(f"{'seed ' + str(s):>9}" for s in seeds) + f"{'mean':>9}"
+        lines += ["", f"{title}: challenge score per training seed; minus '{order[0]}', paired by seed "
+                      "(t interval over seeds, 95 %)", head + "   minus the first row"]
+        for row in order:
+            v = values[row]
+            cells = "".join(f"{v[s]:9.4f}" if s in v else f"{'-':>9}" for s in seeds)
+            mean = f"{np.mean(list(v.values())):9.4f}" if v else f"{'-':>9}"
+            d = paired(v, values[order[0]]) if row != order[0] else None
+            diff = ""
+            if d:
+                ci = f" [{d['lo']:+.4f}, {d['hi']:+.4f}]" if d["lo"] is not None else ""
+                diff = f"   {d['mean']:+.4f}{ci}, up on {d['up']} of {len(d['seeds'])} seeds"
+            lines.append(f"{row[:34]:<34}{cells}{mean}{diff}")
+        if metric == "test":
+            lines += [""] + won_back(results, study, metric)
+    return "\n".join(lines).strip("\n")
+
+
+def key(arm: Arm, seed: int) -> str:
+    return f"{arm.name}|seed{seed}"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipeline.levers", description=__doc__.split("\n")[0])
+    p.add_argument("--study", type=Path, required=True, help="the study YAML (configs/levers/*.yaml)")
+    p.add_argument("--seeds", type=int, nargs="+", help="these training seeds instead of the study's")
+    p.add_argument("--again", action="store_true", help="rerun arm x seed runs already in results.json")
+    p.add_argument("--table", action="store_true", help="print the stored results only, run nothing")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    env.apply()
+    io.setup_logging()
+    study = load(args.study)
+    if args.seeds:
+        study.seeds = args.seeds
+    root = root_of(args.study)
+    store = root / RESULTS
+    results = json.loads(store.read_text()) if store.exists() else {}
+    if not args.table:
+        _ensure_data(study)
+        for seed in study.seeds:
+            for arm in study.arms:
+                stamp = fingerprint(study, arm, seed)
+                done = results.get(key(arm, seed))
+                if done and done.get("fingerprint") == stamp and not args.again:
+                    print(f"{arm.name}, seed {seed}: kept from {store.name}")
+                    continue
+                results[key(arm, seed)] = {**run_one(study, arm, seed, root), "fingerprint": stamp}
+                io.atomic_write_text(store, json.dumps(results, indent=1) + "\n")
+                print(render(results, study))
+    print(render(results, study))
+    print(f"\nresults: {store}")
+    return 0
+
+
+def _ensure_data(study: Study) -> None:
+    """The study's data folder, made by the recipe's synth section when it has no train.csv (the demo)."""
+    data = (paths.ROOT / study.data).resolve()
+    if (data / "train.csv").exists():
+        return
+    from pipeline import recipe, run
+
+    cfg = recipe.load(paths.ROOT / study.recipe, [])
+    if not cfg.synth_settings():
+        raise ConfigError(f"{study.data}: no train.csv, and the recipe {study.recipe} makes no synthetic "
+                          "data")
+    run.make_synthetic(cfg, data)
+
+
+if __name__ == "__main__":
+    raise SystemExit(io.cli(main))

@@ -1,0 +1,163 @@
+"""pipeline.levers (make levers): arms x training seeds as separate make all runs, their rows, the paired
+differences over seeds, what round two won back, the kept results, and the noisy copy of the data."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from cytocore.config import ConfigError
+from pipeline import levers
+
+pytestmark = pytest.mark.unit
+
+TEST = {0: 0.90, 1: 0.88, 2: 0.93}  # the clean labels' test score per training seed
+NOISY = {0: 0.84, 1: 0.85, 2: 0.86}
+CLEANED = {0: 0.88, 1: 0.86, 2: 0.90}
+
+
+def data_folder(tmp_path: Path) -> Path:
+    raw = tmp_path / "raw"
+    (raw / "images").mkdir(parents=True)
+    rows = "".join(f"{i}.jpg,0,0,{50 + i},60,{'PNN' if i % 2 else 'LY'}\n" for i in range(40))
+    (raw / "train.csv").write_text("NAME,x1,y1,x2,y2,class\n" + rows)
+    (raw / "test.csv").write_text("trustii_id,NAME\n1,t.jpg\n")
+    return raw
+
+
+def study_file(tmp_path: Path, data: Path, **extra) -> Path:
+    path = tmp_path / "cleaning.yaml"
+    arms = [{"name": "clean labels"},
+            {"name": "noisy", "noise": {"p_class": 0.1, "seed": 2},
+             "overrides": ["clean={policy: [relabel], conf: 0.4}"], "round_two": "noisy, cleaned"}]
+    path.write_text(json.dumps({"recipe": "configs/demo.yaml", "data": str(data), "seeds": [0, 1, 2],
+                                "arms": arms, **extra}))
+    return path
+
+
+class FakeRuns:
+    """subprocess.run of ``python -m pipeline``: writes the report a run would, scored by seed and arm."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def __call__(self, cmd, cwd, stdout, stderr, env):
+        seed = int(cmd[cmd.index("--member") + 1].removeprefix("seed="))
+        data = Path(cmd[cmd.index("--data") + 1])
+        work = Path(env["CYTOKIT_WORK"])
+        self.calls.append({"seed": seed, "data": data, "work": work, "cmd": cmd})
+        noisy = "noise" in data.name
+        report = {"data": str(data), "score": (NOISY if noisy else TEST)[seed], "giou_term": 0.9,
+                  "f1_term": 0.8, "oof_check": {"ensemble": 0.5 + seed / 100}}
+        if any(c.startswith("clean=") for c in cmd):
+            report["clean"] = {"round_two": {"score": CLEANED[seed], "oof_check": {"ensemble": 0.6}}}
+        logs = work / "logs" / f"run{len(self.calls)}"
+        logs.mkdir(parents=True)
+        (logs / "report.json").write_text(json.dumps(report))
+        return type("Done", (), {"returncode": 0})()
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    monkeypatch.setenv("CYTOKIT_WORK", str(tmp_path / "work"))
+    runs = FakeRuns()
+    monkeypatch.setattr(levers.subprocess, "run", runs)
+    return runs
+
+
+def sha(folder: Path) -> dict[str, str]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return {str(p): hashlib.sha1(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_a_study_runs_each_arm_and_seed_once_and_says_what_round_two_won_back(tmp_path, fake, capsys):
+    raw = data_folder(tmp_path)
+    before = sha(raw)
+    path = study_file(tmp_path, raw)
+    assert levers.main(["--study", str(path)]) == 0
+    assert len(fake.calls) == 6  # 2 arms x 3 seeds
+    assert sha(raw) == before  # the noisy arm trains on a copy
+    noisy = {c["data"] for c in fake.calls if "noise" in c["data"].name}
+    assert len(noisy) == 1 and (next(iter(noisy)) / "noise.csv").exists()
+    assert all(f"seed={c['seed']}" in c["cmd"] for c in fake.calls)
+    assert len({c["work"] for c in fake.calls}) == 6  # one work folder per data x seed
+    out = capsys.readouterr().out.rsplit("test labels:", 1)[1]  # the last table: every run in
+    gap = np.mean([TEST[s] - NOISY[s] for s in TEST])
+    gain = np.mean([CLEANED[s] - NOISY[s] for s in TEST])
+    assert f"won back {gain:+.4f} of the {gap:.4f}" in out and f"= {100 * gain / gap:.0f} %" in out
+    d = np.array([CLEANED[s] - TEST[s] for s in TEST])
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    line = next(x for x in out.splitlines() if x.startswith("noisy, cleaned"))
+    assert f"{d.mean():+.4f} [{d.mean() - half:+.4f}, {d.mean() + half:+.4f}], up on 0 of 3 seeds" in line
+    assert f"{np.mean(list(CLEANED.values())):9.4f}" in line
+    stored = json.loads((levers.root_of(path) / levers.RESULTS).read_text())
+    assert stored["noisy|seed1"]["rows"]["noisy, cleaned"]["test"] == CLEANED[1]
+
+    assert levers.main(["--study", str(path)]) == 0  # everything kept
+    assert len(fake.calls) == 6
+    arms = json.loads(path.read_text())
+    arms["arms"][1]["overrides"] = ["clean={policy: [relabel], conf: 0.5}"]
+    path.write_text(json.dumps(arms))
+    assert levers.main(["--study", str(path), "--seeds", "1"]) == 0  # only the changed arm, only seed 1
+    assert [(c["seed"], "noise" in c["data"].name) for c in fake.calls[6:]] == [(1, True)]
+
+
+def test_arms_on_the_same_data_and_seed_share_a_work_folder(tmp_path, fake):
+    raw = data_folder(tmp_path)
+    path = tmp_path / "pseudo.yaml"
+    arms = [{"name": "off"}, {"name": "on", "overrides": ["pseudo={conf: 0.9}"]}]
+    path.write_text(json.dumps({"recipe": "configs/demo.yaml", "data": str(raw), "seeds": [0], "arms": arms}))
+    levers.main(["--study", str(path)])
+    assert fake.calls[0]["work"] == fake.calls[1]["work"]  # round one is trained once
+
+
+def test_a_failed_run_names_its_log_and_keeps_the_finished_ones(tmp_path, fake, monkeypatch):
+    path = study_file(tmp_path, data_folder(tmp_path))
+
+    def second_fails(cmd, **kw):
+        if len(fake.calls) == 1:
+            return type("Done", (), {"returncode": 1})()
+        return fake(cmd, **kw)
+
+    monkeypatch.setattr(levers.subprocess, "run", second_fails)
+    with pytest.raises(RuntimeError, match=r"noisy, seed 0: make all exited 1; see .*noisy-seed0\.log"):
+        levers.main(["--study", str(path)])
+    stored = json.loads((levers.root_of(path) / levers.RESULTS).read_text())
+    assert list(stored) == ["clean labels|seed0"]
+
+
+def test_paired_differences_and_the_t_interval_over_seeds():
+    a, b = {0: 0.5, 1: 0.7, 2: 0.6, 3: 0.9}, {0: 0.4, 1: 0.5, 2: 0.6}
+    d = levers.paired(a, b)
+    assert d["seeds"] == [0, 1, 2] and d["up"] == 2
+    assert np.allclose(d["diff"], [0.1, 0.2, 0.0]) and d["mean"] == pytest.approx(0.1)
+    half = stats.t.ppf(0.975, 2) * 0.1 / np.sqrt(3)
+    assert (d["lo"], d["hi"]) == pytest.approx((0.1 - half, 0.1 + half))
+    one = levers.paired({0: 0.5}, {0: 0.4})
+    assert one["lo"] is None and one["mean"] == pytest.approx(0.1)
+    assert levers.paired({1: 0.5}, {0: 0.4}) is None
+
+
+def test_a_study_without_arms_or_with_twin_names_is_refused(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(json.dumps({"recipe": "configs/demo.yaml", "data": "data/demo", "arms": []}))
+    with pytest.raises(ConfigError, match="s.yaml: arms: give at least one arm"):
+        levers.load(path)
+    path.write_text(json.dumps({"recipe": "configs/demo.yaml", "data": "data/demo",
+                                "arms": [{"name": "a"}, {"name": "a"}]}))
+    with pytest.raises(ConfigError, match="two arms are named alike"):
+        levers.load(path)
+    path.write_text(json.dumps({"recipe": "configs/demo.yaml", "data": "data/demo",
+                                "arms": [{"name": "a", "overide": []}]}))
+    with pytest.raises(ConfigError, match="overide"):
+        levers.load(path)
+
+
+def test_the_shipped_studies_load():
+    for path in sorted((levers.paths.CONFIGS / "levers").glob("*.yaml")):
+        study = levers.load(path)
+        assert study.arms and study.seeds and (levers.paths.ROOT / study.recipe).exists()
