@@ -111,17 +111,20 @@ def fingerprint(study: Study, arm: Arm, seed: int) -> str:
 
 
 def rows_of(report: dict, arm: Arm) -> dict[str, dict]:
-    """The rows one run gives: round one and, when it ran, round two (test and out-of-fold scores)."""
-    def row(part: dict) -> dict:
+    """The rows one run gives: round one and, when it ran, round two (test and out-of-fold scores, and
+    ``labels``: the train labels its out-of-fold score is scored on, the name of their data folder)."""
+    def row(part: dict, labels: str) -> dict:
         oof = part.get("oof_check") or {}
         return {"test": part.get("score"), "oof": oof.get("ensemble"), "giou": part.get("giou_term"),
-                "f1": part.get("f1_term")}
+                "f1": part.get("f1_term"), "labels": labels}
 
-    out = {arm.name: row(report)}
+    own = Path(report.get("data", "")).name
+    out = {arm.name: row(report, own)}
     for lever in ("clean", "pseudo"):
-        two = (report.get(lever) or {}).get("round_two")
-        if two:
-            out[arm.round_two or f"{arm.name}, round two"] = row(two)
+        part = report.get(lever) or {}
+        if part.get("round_two"):  # cleaning: scored on the cleaned labels; pseudo-labels: on round one's
+            labels = Path(part.get("data", "")).name if lever == "clean" else own
+            out[arm.round_two or f"{arm.name}, round two"] = row(part["round_two"], labels)
     return out
 
 
@@ -138,20 +141,20 @@ def run_one(study: Study, arm: Arm, seed: int, root: Path, echo=print) -> dict:
     with open(log, "w") as out:
         code = subprocess.run(cmd, cwd=paths.ROOT, stdout=out, stderr=subprocess.STDOUT,
                               env={**os.environ, "CYTOKIT_WORK": str(work)}).returncode
-    report = latest_report(work, data)
-    if code or report is None:
+    path = latest_report(work, data)
+    if code or path is None:
         raise RuntimeError(f"{arm.name}, seed {seed}: make all exited {code}; see {log}")
-    return {"rows": rows_of(report, arm), "minutes": round((time.time() - start) / 60, 1), "log": str(log),
-            "report": report.get("report")}
+    minutes = round((time.time() - start) / 60, 1)
+    return {"rows": rows_of(json.loads(path.read_text()), arm), "minutes": minutes, "log": str(log),
+            "report": str(path)}
 
 
-def latest_report(work: Path, data: Path) -> dict | None:
+def latest_report(work: Path, data: Path) -> Path | None:
     """The newest round-one report.json of ``data`` in the work folder ``work``."""
     found = sorted((work / "logs").glob("*/report.json"), key=lambda p: p.stat().st_mtime, reverse=True)
     for path in found:
-        report = json.loads(path.read_text())
-        if Path(report.get("data", "")) == data.resolve():
-            return report
+        if Path(json.loads(path.read_text()).get("data", "")) == data.resolve():
+            return path
     return None
 
 
@@ -219,6 +222,7 @@ def render(results: dict, study: Study) -> str:
         order, values = table(results, study, metric)
         if not order:
             continue
+        labels = row_labels(results)
         seeds = study.seeds
         head = f"{'row':<34}" + "".join(f"{'seed ' + str(s):>9}" for s in seeds) + f"{'mean':>9}"
         lines += ["", f"{title}: challenge score per training seed; minus '{order[0]}', paired by seed "
@@ -229,13 +233,36 @@ def render(results: dict, study: Study) -> str:
             mean = f"{np.mean(list(v.values())):9.4f}" if v else f"{'-':>9}"
             d = paired(v, values[order[0]]) if row != order[0] else None
             diff = ""
-            if d:
+            if d and metric == "oof" and (labels.get(row) is None or labels.get(row) != labels.get(order[0])):
+                diff = "   (scored on other train labels: not compared)"
+            elif d:
                 ci = f" [{d['lo']:+.4f}, {d['hi']:+.4f}]" if d["lo"] is not None else ""
                 diff = f"   {d['mean']:+.4f}{ci}, up on {d['up']} of {len(d['seeds'])} seeds"
             lines.append(f"{row[:34]:<34}{cells}{mean}{diff}")
         if metric == "test":
             lines += [""] + won_back(results, study, metric)
     return "\n".join(lines).strip("\n")
+
+
+def row_labels(results: dict) -> dict[str, str | None]:
+    """Each row's train labels (the data folder its out-of-fold score is scored on); None when the seeds
+    disagree or a stored result predates the field."""
+    seen: dict[str, set] = {}
+    for result in results.values():
+        for row, scores in result.get("rows", {}).items():
+            seen.setdefault(row, set()).add(scores.get("labels"))
+    return {row: next(iter(v)) if len(v) == 1 else None for row, v in seen.items()}
+
+
+def refresh(results: dict, study: Study) -> dict:
+    """``results`` with each run's rows read again from its report.json where it still exists (rows
+    stored by an older kit gain the fields added since)."""
+    arms = {arm.name: arm for arm in study.arms}
+    for k, result in results.items():
+        arm, path = arms.get(k.split("|")[0]), Path(result.get("report") or "")
+        if arm is not None and path.is_file():
+            result["rows"] = rows_of(json.loads(path.read_text()), arm)
+    return results
 
 
 def key(arm: Arm, seed: int) -> str:
@@ -260,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         study.seeds = args.seeds
     root = root_of(args.study)
     store = root / RESULTS
-    results = json.loads(store.read_text()) if store.exists() else {}
+    results = refresh(json.loads(store.read_text()), study) if store.exists() else {}
     if not args.table:
         _ensure_data(study)
         for seed in study.seeds:

@@ -54,7 +54,10 @@ class FakeRuns:
         report = {"data": str(data), "score": (NOISY if noisy else TEST)[seed], "giou_term": 0.9,
                   "f1_term": 0.8, "oof_check": {"ensemble": 0.5 + seed / 100}}
         if any(c.startswith("clean=") for c in cmd):
-            report["clean"] = {"round_two": {"score": CLEANED[seed], "oof_check": {"ensemble": 0.6}}}
+            report["clean"] = {"data": str(work / f"clean-{seed}"),
+                               "round_two": {"score": CLEANED[seed], "oof_check": {"ensemble": 0.6}}}
+        if any(c.startswith("pseudo=") for c in cmd):
+            report["pseudo"] = {"round_two": {"score": 0.95, "oof_check": {"ensemble": 0.7}}}
         logs = work / "logs" / f"run{len(self.calls)}"
         logs.mkdir(parents=True)
         (logs / "report.json").write_text(json.dumps(report))
@@ -113,6 +116,28 @@ def test_arms_on_the_same_data_and_seed_share_a_work_folder(tmp_path, fake):
     path.write_text(json.dumps({"recipe": "configs/demo.yaml", "data": str(raw), "seeds": [0], "arms": arms}))
     levers.main(["--study", str(path)])
     assert fake.calls[0]["work"] == fake.calls[1]["work"]  # round one is trained once
+
+
+def test_out_of_fold_rows_are_compared_only_on_the_same_train_labels(tmp_path, fake, capsys):
+    raw = data_folder(tmp_path)
+    path = study_file(tmp_path, raw)
+    study = json.loads(path.read_text())
+    study["arms"].append({"name": "pseudo", "overrides": ["pseudo={conf: 0.9}"]})
+    path.write_text(json.dumps(study))
+    levers.main(["--study", str(path), "--seeds", "0", "1"])
+    oof = capsys.readouterr().out.rsplit("out-of-fold", 1)[1].split("results:")[0]
+    lines = {line[:34].strip(): line for line in oof.splitlines()[2:] if line.strip()}
+    assert "not compared" in lines["noisy"] and "not compared" in lines["noisy, cleaned"]
+    assert "up on 2 of 2 seeds" in lines["pseudo, round two"]  # pseudo-labels: round one's images and labels
+    assert "+0.1950" in lines["pseudo, round two"]  # 0.7 - mean(0.50, 0.51)
+    store = levers.root_of(path) / levers.RESULTS
+    stored = json.loads(store.read_text())
+    for result in stored.values():  # rows as an older kit stored them: no labels
+        for row in result["rows"].values():
+            row.pop("labels")
+    store.write_text(json.dumps(stored))
+    assert levers.main(["--study", str(path), "--seeds", "0", "1", "--table"]) == 0
+    assert levers.row_labels(levers.refresh(stored, levers.load(path)))["noisy"].startswith("raw-noise")
 
 
 def test_a_failed_run_names_its_log_and_keeps_the_finished_ones(tmp_path, fake, monkeypatch):
