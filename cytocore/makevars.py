@@ -46,6 +46,7 @@ TARGET_VARS: dict[str, tuple[str, ...]] = {
     "bccd": ("JOBS", "TRACKER", "ARGS"),
     "demo": ("DEMO", "JOBS", "TRACKER", "ARGS"),
     "rehearsal": ("IMAGES", "JOBS", "TRACKER", "ARGS"),
+    "levers": ("STUDY", "ARGS"),
     "clean": (),
     "clean-runs": ("CONFIRM",),
     "lint": (),
