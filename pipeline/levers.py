@@ -138,15 +138,44 @@ def run_one(study: Study, arm: Arm, seed: int, root: Path, echo=print) -> dict:
            "--out", str(work / "submissions"), "--member", f"seed={seed}", *arm.overrides]
     echo(f"{arm.name}, seed {seed}: running (log {log})")
     start = time.time()
-    with open(log, "w") as out:
-        code = subprocess.run(cmd, cwd=paths.ROOT, stdout=out, stderr=subprocess.STDOUT,
-                              env={**os.environ, "CYTOKIT_WORK": str(work)}).returncode
+    code = launch(cmd, {**os.environ, "CYTOKIT_WORK": str(work)}, log, lambda line: echo(f"  {line}"))
     path = latest_report(work, data)
     if code or path is None:
         raise RuntimeError(f"{arm.name}, seed {seed}: make all exited {code}; see {log}")
     minutes = round((time.time() - start) / 60, 1)
     return {"rows": rows_of(json.loads(path.read_text()), arm), "minutes": minutes, "log": str(log),
             "report": str(path)}
+
+
+def launch(cmd: list[str], environ: dict[str, str], log: Path, echo=print) -> int:
+    """Run ``cmd`` with its output in ``log``, echoing the lines a user follows (``progress``); its exit
+    status."""
+    shown = Progress()
+    with open(log, "w") as out, subprocess.Popen(cmd, cwd=paths.ROOT, env=environ, stdout=subprocess.PIPE,
+                                                 stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        for line in proc.stdout:
+            out.write(line)
+            kept = shown(line.rstrip("\n"), time.monotonic())
+            if kept:
+                echo(kept)
+    return proc.returncode
+
+
+class Progress:
+    """Which lines of a ``make all`` log to echo: each step's start and end (``== ... ==``), the test
+    score, and the training heartbeat (``[2/4 jobs done, ...]``) at most once a minute."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        self.every_s, self.last = every_s, -float("inf")
+
+    def __call__(self, line: str, now: float) -> str | None:
+        text = line.strip()
+        if text.startswith("== ") or text.startswith("test score:") or text.startswith("round two on"):
+            return text
+        if text.startswith("[") and "jobs done" in text and now - self.last >= self.every_s:
+            self.last = now
+            return text
+        return None
 
 
 def latest_report(work: Path, data: Path) -> Path | None:
@@ -290,16 +319,23 @@ def main(argv: list[str] | None = None) -> int:
     results = refresh(json.loads(store.read_text()), study) if store.exists() else {}
     if not args.table:
         _ensure_data(study)
+        todo = []
         for seed in study.seeds:
             for arm in study.arms:
-                stamp = fingerprint(study, arm, seed)
                 done = results.get(key(arm, seed))
-                if done and done.get("fingerprint") == stamp and not args.again:
-                    print(f"{arm.name}, seed {seed}: kept from {store.name}")
-                    continue
-                results[key(arm, seed)] = {**run_one(study, arm, seed, root), "fingerprint": stamp}
-                io.atomic_write_text(store, json.dumps(results, indent=1) + "\n")
-                print(render(results, study))
+                if done and done.get("fingerprint") == fingerprint(study, arm, seed) and not args.again:
+                    print(f"{arm.name}, seed {seed}: kept from {store}")
+                else:
+                    todo.append((arm, seed))
+        minutes: list[float] = []
+        for i, (arm, seed) in enumerate(todo, 1):
+            left = f"; about {np.mean(minutes) * (len(todo) - i + 1):.0f} min left" if minutes else ""
+            print(f"\n[run {i} of {len(todo)}{left}]")
+            result = run_one(study, arm, seed, root)
+            minutes.append(result["minutes"])
+            results[key(arm, seed)] = {**result, "fingerprint": fingerprint(study, arm, seed)}
+            io.atomic_write_text(store, json.dumps(results, indent=1) + "\n")
+            print(f"{arm.name}, seed {seed}: done in {result['minutes']:.1f} min")
     print(render(results, study))
     print(f"\nresults: {store}")
     return 0

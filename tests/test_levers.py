@@ -45,7 +45,7 @@ class FakeRuns:
     def __init__(self) -> None:
         self.calls: list[dict] = []
 
-    def __call__(self, cmd, cwd, stdout, stderr, env):
+    def __call__(self, cmd, env, log, echo):
         seed = int(cmd[cmd.index("--member") + 1].removeprefix("seed="))
         data = Path(cmd[cmd.index("--data") + 1])
         work = Path(env["CYTOKIT_WORK"])
@@ -61,14 +61,14 @@ class FakeRuns:
         logs = work / "logs" / f"run{len(self.calls)}"
         logs.mkdir(parents=True)
         (logs / "report.json").write_text(json.dumps(report))
-        return type("Done", (), {"returncode": 0})()
+        return 0
 
 
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
     monkeypatch.setenv("CYTOKIT_WORK", str(tmp_path / "work"))
     runs = FakeRuns()
-    monkeypatch.setattr(levers.subprocess, "run", runs)
+    monkeypatch.setattr(levers, "launch", runs)
     return runs
 
 
@@ -143,12 +143,10 @@ def test_out_of_fold_rows_are_compared_only_on_the_same_train_labels(tmp_path, f
 def test_a_failed_run_names_its_log_and_keeps_the_finished_ones(tmp_path, fake, monkeypatch):
     path = study_file(tmp_path, data_folder(tmp_path))
 
-    def second_fails(cmd, **kw):
-        if len(fake.calls) == 1:
-            return type("Done", (), {"returncode": 1})()
-        return fake(cmd, **kw)
+    def second_fails(*args):
+        return 1 if len(fake.calls) == 1 else fake(*args)
 
-    monkeypatch.setattr(levers.subprocess, "run", second_fails)
+    monkeypatch.setattr(levers, "launch", second_fails)
     with pytest.raises(RuntimeError, match=r"noisy, seed 0: make all exited 1; see .*noisy-seed0\.log"):
         levers.main(["--study", str(path)])
     stored = json.loads((levers.root_of(path) / levers.RESULTS).read_text())
@@ -186,3 +184,23 @@ def test_the_shipped_studies_load():
     for path in sorted((levers.paths.CONFIGS / "levers").glob("*.yaml")):
         study = levers.load(path)
         assert study.arms and study.seeds and (levers.paths.ROOT / study.recipe).exists()
+
+
+def test_progress_echoes_steps_scores_and_a_heartbeat_a_minute():
+    shown = levers.Progress(every_s=60)
+    lines = [("== train ==", 0), ("07:06 INFO cytocore.images: reading", 1), ("  [0/4 jobs done, 1 min]", 2),
+             ("  [0/4 jobs done, 1 min]", 30), ("    yolov8 fold 0: epoch 5/14", 31),
+             ("  [1/4 jobs done, 2 min]", 63), ("== train: 371.0 s (CPU 700 s)", 64),
+             ("test score: 0.9262 (GIoU term 0.9279, F1 term 0.9258) in 8.9 min", 65)]
+    assert [shown(text, t) for text, t in lines] == [
+        "== train ==", None, "[0/4 jobs done, 1 min]", None, None, "[1/4 jobs done, 2 min]",
+        "== train: 371.0 s (CPU 700 s)", "test score: 0.9262 (GIoU term 0.9279, F1 term 0.9258) in 8.9 min"]
+
+
+@pytest.mark.smoke  # starts a process
+def test_launch_keeps_the_whole_log_and_returns_the_exit_status(tmp_path):
+    log, seen = tmp_path / "run.log", []
+    script = "print('== folds =='); print('detail'); print('test score: 0.5'); raise SystemExit(3)"
+    code = levers.launch([levers.sys.executable, "-c", script], dict(levers.os.environ), log, seen.append)
+    assert code == 3 and seen == ["== folds ==", "test score: 0.5"]
+    assert log.read_text().splitlines() == ["== folds ==", "detail", "test score: 0.5"]
