@@ -58,10 +58,12 @@ def gt_as_detections(boxes: pd.DataFrame, label: str) -> pd.DataFrame:
 
 
 def compare(preds: pd.DataFrame, truth_boxes: pd.DataFrame, images: pd.DataFrame, probs, weight: float,
-            full_weight: float = 0.5, detector_label: str = "detector", tune: bool = True) -> Comparison:
+            full_weight: float = 0.5, detector_label: str = "detector", tune: bool = True,
+            shares: dict[str, float] | None = None) -> Comparison:
     """Score ``preds`` alone and blended with classifier ``probs`` (``infer.blend.ClassifierProbs``), each
     through the submission writer and the metric; with ``tune``, also at the grid weight scoring best
-    here (``blend w=... (tuned here)``), else the blend at ``weight`` is labelled the fixed default."""
+    here (``blend w=... (tuned here)``), else the blend at ``weight`` is labelled the fixed default.
+    ``shares``: the crop members' relative shares (the ensemble's, as tuning chose them; None: equal)."""
     from cytocore.submission import oof_score
     from infer import blend
 
@@ -70,7 +72,8 @@ def compare(preds: pd.DataFrame, truth_boxes: pd.DataFrame, images: pd.DataFrame
     if tune:
         rows = []
         for w in blend.WEIGHT_GRID:
-            res = oof_score(blend.blend_table(preds, probs, float(w), full_weight), truth_boxes, images)
+            table = blend.blend_table(preds, probs, float(w), full_weight, shares)
+            res = oof_score(table, truth_boxes, images)
             rows.append({"weight": float(w), "score": res.total, "f1_term": res.f1_term})
         grid = pd.DataFrame(rows)
         best = float(grid.loc[grid["score"].idxmax(), "weight"])
@@ -80,7 +83,7 @@ def compare(preds: pd.DataFrame, truth_boxes: pd.DataFrame, images: pd.DataFrame
         variants[f"blend w={best:g} (tuned here)"] = best
     results, lines = {}, []
     for name, w in variants.items():
-        table = preds if w is None else blend.blend_table(preds, probs, w, full_weight)
+        table = preds if w is None else blend.blend_table(preds, probs, w, full_weight, shares)
         res = results[name] = oof_score(table, truth_boxes, images)
         lines.append({"variant": name, "weight": np.nan if w is None else w, "score": res.total,
                       "giou_term": res.giou_term, "f1_term": res.f1_term,
@@ -165,10 +168,11 @@ def oof_inputs(data: Path, k: int | None, seed: int | None, detector: str, class
     return preds, truth, pd.concat(sizes, ignore_index=True), probs, used
 
 
-def settings(args: argparse.Namespace) -> tuple[str, list[str], float, float, str, bool]:
-    """Detector, classifiers, blend weight, full-image share, device and flip TTA: each flag given, else
-    the ensemble config's (the last make all's tuned one by default, ``cytocore.lastrun``) with its
-    ``key=value`` overrides, else the flag's old default."""
+def settings(args: argparse.Namespace) -> tuple[str, list[str], float, float, str, bool, dict[str, float]]:
+    """Detector, classifiers, blend weight, full-image share, device, flip TTA and the crop members'
+    shares: each flag given, else the ensemble config's (the last make all's tuned one by default,
+    ``cytocore.lastrun``) with its ``key=value`` overrides, else the flag's old default. A classifier
+    named by ``--classifier`` keeps its share in the config, 1 when the config has no such member."""
     from cytocore import lastrun
     from infer.config import device, load_config
 
@@ -183,7 +187,9 @@ def settings(args: argparse.Namespace) -> tuple[str, list[str], float, float, st
     weight = args.weight if args.weight is not None else (section.weight if section else 0.5)
     full = args.full_weight if args.full_weight is not None else (section.full_weight if section else 0.5)
     tta = not args.no_tta and (section.tta if section else True)
-    return detector, classifiers, weight, full, device(cfg.device, args.device), tta
+    known = section.shares() if section else {}
+    shares = {c: known.get(c, 1.0) for c in classifiers}
+    return detector, classifiers, weight, full, device(cfg.device, args.device), tta, shares
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,14 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env.apply()
     io.setup_logging()
-    detector, classifiers, weight, full_weight, device, tta = settings(args)
+    detector, classifiers, weight, full_weight, device, tta, shares = settings(args)
     preds, truth, sizes, probs, folds = oof_inputs(args.data, args.k, args.seed, detector,
                                                     classifiers, device, tta)
-    comp = compare(preds, truth, sizes, probs, weight, full_weight, f"{detector} only")
+    comp = compare(preds, truth, sizes, probs, weight, full_weight, f"{detector} only", shares=shares)
     out = args.out or paths.reports_dir(f"cls_{detector}")
     save(comp, out)
-    print(f"out-of-fold, folds {folds}: {detector} boxes, classes from the detector vs "
-          f"{'+'.join(classifiers)} ({len(truth)} GT boxes)")
+    mixed = " : ".join(f"{c} {shares[c]:g}" for c in classifiers) if len(classifiers) > 1 else classifiers[0]
+    print(f"out-of-fold, folds {folds}: {detector} boxes, classes from the detector vs {mixed} "
+          f"({len(truth)} GT boxes)")
     print(render(comp))
     print(f"report: {out}")
     return 0

@@ -57,3 +57,27 @@ def test_a_fixed_blend_weight_is_not_chosen_on_the_scored_rows():
     assert comp.best_weight is None and comp.tune.empty
     assert "the fixed default, not chosen on these images" in cls_report.render(comp)
 
+
+
+def test_the_crop_members_are_mixed_at_the_ensembles_shares(tmp_path):
+    """Two crop members that disagree: at equal shares the blend keeps the detector's wrong class, at the
+    tuned shares 3 : 1 (what the submission uses) it takes the right one; settings reads them."""
+    truth = pd.DataFrame({"NAME": ["a.jpg"], "x1": [10.0], "y1": [10.0], "x2": [50.0], "y2": [50.0],
+                          "class": ["EO"]})
+    sizes = pd.DataFrame({"NAME": ["a.jpg"], "width": [60], "height": [60]})
+    preds = predictions.make("a.jpg", [[10, 10, 50, 50]], [0.9], [PNN], 60, 60, "det", 0)
+    good, bad = np.zeros((1, 23)), np.zeros((1, 23))
+    good[0, [EO, PNN]], bad[0, PNN] = [0.8, 0.2], 1.0  # equal: EO 0.4 < PNN 0.6; 3 : 1: EO 0.6
+    probs = blend.ClassifierProbs((good + bad) / 2, None, np.array([True]), {"c1": good, "c2": bad})
+    equal = cls_report.compare(preds, truth, sizes, probs, 1.0, tune=False)
+    tuned = cls_report.compare(preds, truth, sizes, probs, 1.0, tune=False, shares={"c1": 3.0, "c2": 1.0})
+    assert equal.table["f1_term"].iloc[-1] == 0.0 and tuned.table["f1_term"].iloc[-1] == 1.0
+    config = tmp_path / "ens.yaml"
+    config.write_text("members: [{model: yolov8}]\nclassifier: {members: [{model: cls, name: c1, weight: 3}, "
+                      "{model: cls, name: c2}], weight: 0.6}\n")
+    args = cls_report.argparse.Namespace(data=tmp_path, k=None, seed=None, config=config, overrides=[],
+                                         detector=None, classifier=None, weight=None, full_weight=None,
+                                         no_tta=False, device=None)
+    assert cls_report.settings(args)[-1] == {"c1": 3.0, "c2": 1.0}
+    args.classifier = ["c2", "other"]
+    assert cls_report.settings(args)[-1] == {"c2": 1.0, "other": 1.0}
