@@ -4,9 +4,10 @@
 
 A study (YAML, ``Study`` below) names a recipe, a data folder, training seeds and arms. Each arm x
 seed is one ``make all`` (``python -m pipeline``) with ``--member seed=S`` (every detector's and
-classifier's seed) and the arm's recipe overrides, in its own work folder
-``work/levers/<study>/<data>-seed<S>/``: arms on the same data and seed share it, so an arm that
-only adds a round two (``clean:``, ``pseudo:``) reuses the other arm's trained round one. An arm
+classifier's seed) and the arm's recipe overrides, in the work folder
+``work/levers/runs/<data>-seed<S>/``: arms on the same data and seed share it, so an arm that
+only adds a round two (``clean:``, ``pseudo:``) reuses the other arm's trained round one, and so do
+the arms of another study on the same recipe, data and seed. An arm
 with ``noise:`` trains on a copy of the data with seeded label noise (``prepare.noise``; the test
 labels stay clean). A run's round two, when its recipe has one, is a row of its own.
 
@@ -77,8 +78,14 @@ def load(path: Path) -> Study:
 
 
 def root_of(study_path: Path) -> Path:
-    """The study's work folder."""
+    """The study's folder (its results and logs)."""
     return paths.work_dir() / "levers" / study_path.stem
+
+
+def shared() -> Path:
+    """The folder every study's runs and noisy data live in: a run of the same recipe on the same data
+    and seed is the same run whichever study asks for it (the kit trains again what changed)."""
+    return paths.work_dir() / "levers"
 
 
 def noise_label(noise: dict[str, float]) -> str:
@@ -92,7 +99,7 @@ def data_for(study: Study, arm: Arm, root: Path) -> Path:
     source = (paths.ROOT / study.data).resolve()
     if not arm.noise:
         return source
-    out = root / "data" / f"{source.name}-{noise_label(arm.noise)}"
+    out = shared() / "data" / f"{source.name}-{noise_label(arm.noise)}"
     if not (out / "train.csv").exists():
         from prepare import noise
 
@@ -131,7 +138,7 @@ def rows_of(report: dict, arm: Arm) -> dict[str, dict]:
 def run_one(study: Study, arm: Arm, seed: int, root: Path, echo=print) -> dict:
     """``python -m pipeline`` for one arm x seed in its own process and work folder; its rows."""
     data = data_for(study, arm, root)
-    work = root / f"{data.name}-seed{seed}"
+    work = shared() / "runs" / f"{data.name}-seed{seed}"
     log = root / "logs" / f"{arm.name.replace(' ', '_').replace(',', '')}-seed{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pipeline", "--recipe", str(paths.ROOT / study.recipe), "--data", str(data),

@@ -116,6 +116,11 @@ def test_arms_on_the_same_data_and_seed_share_a_work_folder(tmp_path, fake):
     path.write_text(json.dumps({"recipe": "configs/demo.yaml", "data": str(raw), "seeds": [0], "arms": arms}))
     levers.main(["--study", str(path)])
     assert fake.calls[0]["work"] == fake.calls[1]["work"]  # round one is trained once
+    other = tmp_path / "another.yaml"
+    other.write_text(path.read_text())
+    levers.main(["--study", str(other)])
+    assert fake.calls[2]["work"] == fake.calls[0]["work"]  # so is another study's on the same data and seed
+    assert levers.root_of(other) != levers.root_of(path)  # each study keeps its own results
 
 
 def test_out_of_fold_rows_are_compared_only_on_the_same_train_labels(tmp_path, fake, capsys):
