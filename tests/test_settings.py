@@ -143,14 +143,18 @@ def test_cls_report_takes_its_settings_from_the_runs_ensemble(work, tmp_path, ca
     from infer import cls_report
 
     d = prepared(work, tmp_path)
-    write_ensemble(d.logs / "tuned.yaml")
+    tuned = {**ENSEMBLE["classifier"], "members": [{"model": "cls", "weight": 0.7},
+                                                    {"model": "cls", "name": "cls_b", "weight": 0.3}]}
+    write_ensemble(d.logs / "tuned.yaml", classifier=tuned)
     args = SimpleNamespace(config=None, data=d.data, k=None, seed=None, detector=None, classifier=None,
                            weight=None, full_weight=None, device=None, no_tta=False,
                            overrides=["device=cuda"])
-    assert cls_report.settings(args) == ("yolov8", ["cls"], 0.3, 0.25, "cuda", False)
+    assert cls_report.settings(args) == ("yolov8", ["cls", "cls_b"], 0.3, 0.25, "cuda", False,
+                                         {"cls": 0.7, "cls_b": 0.3})
     assert "tuned.yaml" in capsys.readouterr().out
-    args.detector, args.weight, args.device = "gt", 0.8, "cpu"
-    assert cls_report.settings(args)[:5] == ("gt", ["cls"], 0.8, 0.25, "cpu")
+    args.detector, args.weight, args.device, args.classifier = "gt", 0.8, "cpu", ["cls_b", "other"]
+    assert cls_report.settings(args) == ("gt", ["cls_b", "other"], 0.8, 0.25, "cpu", False,
+                                         {"cls_b": 0.3, "other": 1.0})
 
 
 def test_make_score_names_the_truth_variable_and_takes_device_only(work, tmp_path, monkeypatch, capsys):
