@@ -132,7 +132,34 @@ def rows_of(report: dict, arm: Arm) -> dict[str, dict]:
         if part.get("round_two"):  # cleaning: scored on the cleaned labels; pseudo-labels: on round one's
             labels = Path(part.get("data", "")).name if lever == "clean" else own
             out[arm.round_two or f"{arm.name}, round two"] = row(part["round_two"], labels)
+            if lever == "clean":
+                out[arm.round_two or f"{arm.name}, round two"]["audit"] = against_noise(
+                    Path(report.get("data", "")), Path(part.get("data", "")))
     return out
+
+
+def against_noise(noisy: Path, cleaned: Path) -> dict | None:
+    """What the cleaning did to the errors ``prepare.noise`` injected into ``noisy`` (its ``noise.csv``),
+    from the changes beside the ``cleaned`` copy (``label_changes.csv``, rows of the noisy train.csv):
+    the errors by kind, the class errors relabelled to their true class, the errors changed at all,
+    and the false alarms (rows changed that held no error); None when either record is missing."""
+    import pandas as pd
+
+    from infer.label_audit import CHANGES_FILE
+
+    if not (noisy / "noise.csv").is_file() or not (cleaned / CHANGES_FILE).is_file():
+        return None
+    record, changes = pd.read_csv(noisy / "noise.csv"), pd.read_csv(cleaned / CHANGES_FILE)
+    truth = dict(zip(record["row"].astype(int), record["true_class"]))
+    kind = dict(zip(record["row"].astype(int), record["kind"]))
+    on_rows = changes[changes["row"].notna()].astype({"row": int})
+    hit = on_rows["row"].isin(truth)
+    fixed = sum(1 for r, a, c in zip(on_rows["row"], on_rows["action"], on_rows["class"])
+                if a == "relabel" and kind.get(r) == "class" and c == truth[r])
+    return {"errors": {k: int(n) for k, n in record["kind"].value_counts().items()}, "fixed": fixed,
+            "changed_errors": int(on_rows.loc[hit, "row"].nunique()),
+            "false_alarms": int(on_rows.loc[~hit, "row"].nunique()),
+            "added": int(changes["row"].isna().sum())}
 
 
 def run_one(study: Study, arm: Arm, seed: int, root: Path, echo=print) -> dict:
@@ -276,8 +303,23 @@ def render(results: dict, study: Study) -> str:
                 diff = f"   {d['mean']:+.4f}{ci}, up on {d['up']} of {len(d['seeds'])} seeds"
             lines.append(f"{row[:34]:<34}{cells}{mean}{diff}")
         if metric == "test":
-            lines += [""] + won_back(results, study, metric)
+            lines += [""] + won_back(results, study, metric) + audits(results, study)
     return "\n".join(lines).strip("\n")
+
+
+def audits(results: dict, study: Study) -> list[str]:
+    """Per round-two row with injected noise: what the cleaning changed, seed by seed."""
+    lines = []
+    for arm in study.arms:
+        for seed in study.seeds:
+            for row, scores in (results.get(key(arm, seed)) or {}).get("rows", {}).items():
+                a = scores.get("audit")
+                if a:
+                    errors = ", ".join(f"{n} {k}" for k, n in a["errors"].items())
+                    lines.append(f"{row}, seed {seed}: of {errors} injected errors, {a['fixed']} relabelled "
+                                 f"to their true class, {a['changed_errors']} changed; {a['false_alarms']} "
+                                 f"correct labels changed, {a['added']} boxes added")
+    return [""] + lines if lines else []
 
 
 def row_labels(results: dict) -> dict[str, str | None]:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -209,3 +210,37 @@ def test_launch_keeps_the_whole_log_and_returns_the_exit_status(tmp_path):
     code = levers.launch([levers.sys.executable, "-c", script], dict(levers.os.environ), log, seen.append)
     assert code == 3 and seen == ["== folds ==", "test score: 0.5"]
     assert log.read_text().splitlines() == ["== folds ==", "detail", "test score: 0.5"]
+
+
+def test_what_the_cleaning_did_to_the_injected_errors(tmp_path):
+    from infer.label_audit import CHANGES_FILE
+    from prepare import noise
+
+    raw, noisy, cleaned = data_folder(tmp_path), tmp_path / "noisy", tmp_path / "cleaned"
+    assert noise.main(["--data", str(raw), "--out", str(noisy), "--p-class", "0.2", "--p-jitter", "0.1",
+                       "--seed", "3"]) == 0
+    record = pd.read_csv(noisy / "noise.csv")
+    wrong = record[record["kind"] == "class"].reset_index(drop=True)
+    jittered = record[record["kind"] == "jitter"]
+    correct = sorted(set(range(40)) - set(record["row"]))
+    assert len(wrong) >= 3 and len(jittered) and len(correct) >= 2
+    changes = [  # 2 class errors set right, 1 set to another wrong class, 1 jittered box refined,
+        (wrong.at[0, "row"], "relabel", wrong.at[0, "true_class"]),  # 2 correct labels changed, 1 box added
+        (wrong.at[1, "row"], "relabel", wrong.at[1, "true_class"]),
+        (wrong.at[2, "row"], "relabel", wrong.at[2, "class"]),
+        (jittered["row"].iloc[0], "refine", ""),
+        (correct[0], "relabel", "LY"), (correct[1], "drop", ""), (None, "add", "LY")]
+    cleaned.mkdir()
+    pd.DataFrame(changes, columns=["row", "action", "class"]).to_csv(cleaned / CHANGES_FILE, index=False)
+    got = levers.against_noise(noisy, cleaned)
+    assert got == {"errors": {"class": len(wrong), "jitter": len(jittered)}, "fixed": 2, "changed_errors": 4,
+                   "false_alarms": 2, "added": 1}
+    assert levers.against_noise(raw, cleaned) is None  # no noise record: the clean data
+
+    report = {"data": str(noisy), "score": 0.8,
+              "clean": {"data": str(cleaned), "round_two": {"score": 0.85}}}
+    arm = levers.Arm(name="noisy", round_two="noisy, cleaned")
+    results = {"noisy|seed0": {"rows": levers.rows_of(report, arm)}}
+    line = levers.audits(results, levers.Study(recipe="r", data="d", seeds=[0], arms=[arm]))[1]
+    assert line == (f"noisy, cleaned, seed 0: of {len(wrong)} class, {len(jittered)} jitter injected errors, "
+                    "2 relabelled to their true class, 4 changed; 2 correct labels changed, 1 boxes added")
