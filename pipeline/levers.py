@@ -316,9 +316,9 @@ def audits(results: dict, study: Study) -> list[str]:
                 a = scores.get("audit")
                 if a:
                     errors = ", ".join(f"{n} {k}" for k, n in a["errors"].items())
-                    lines.append(f"{row}, seed {seed}: of {errors} injected errors, {a['fixed']} relabelled "
-                                 f"to their true class, {a['changed_errors']} changed; {a['false_alarms']} "
-                                 f"correct labels changed, {a['added']} boxes added")
+                    lines.append(f"{row}, seed {seed}: of the injected errors ({errors}), {a['fixed']} "
+                                 f"relabelled to their true class, {a['changed_errors']} changed; "
+                                 f"{a['false_alarms']} correct labels changed, {a['added']} boxes added")
     return [""] + lines if lines else []
 
 

@@ -242,5 +242,6 @@ def test_what_the_cleaning_did_to_the_injected_errors(tmp_path):
     arm = levers.Arm(name="noisy", round_two="noisy, cleaned")
     results = {"noisy|seed0": {"rows": levers.rows_of(report, arm)}}
     line = levers.audits(results, levers.Study(recipe="r", data="d", seeds=[0], arms=[arm]))[1]
-    assert line == (f"noisy, cleaned, seed 0: of {len(wrong)} class, {len(jittered)} jitter injected errors, "
-                    "2 relabelled to their true class, 4 changed; 2 correct labels changed, 1 boxes added")
+    assert line == (f"noisy, cleaned, seed 0: of the injected errors ({len(wrong)} class, "
+                    f"{len(jittered)} jitter), 2 relabelled to their true class, 4 changed; "
+                    "2 correct labels changed, 1 boxes added")
