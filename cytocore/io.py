@@ -170,7 +170,10 @@ def _hint(where: str | bytes) -> str:
 
 def cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run ``main(argv)``; user errors (DataError, ConfigError, FileNotFoundError, FileExistsError)
-    and the OS errors of files (``os_error_line``) print one line and return 1 instead of a traceback."""
+    and the OS errors of files (``os_error_line``) print one line and return 1 instead of a traceback.
+    Standard output is line-buffered first: redirected to a file (``nohup``, a SLURM job's output, ``| tee``)
+    each line is there when printed, not kilobytes later."""
+    line_buffered()
     try:
         return int(main(argv) or 0)
     except (DataError, ConfigError, FileExistsError) as exc:
@@ -188,6 +191,17 @@ def cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def line_buffered() -> None:
+    """Flush standard output at each newline even when it is not a terminal (Python buffers it in blocks
+    then); a stream that cannot be reconfigured is left alone."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        try:
+            reconfigure(line_buffering=True)
+        except (ValueError, OSError):  # a closed or detached stream
+            pass
 
 
 WIDTH = 120  # the widest line the kit prints in a terminal table

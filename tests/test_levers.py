@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ class FakeRuns:
         seed = int(cmd[cmd.index("--member") + 1].removeprefix("seed="))
         data = Path(cmd[cmd.index("--data") + 1])
         work = Path(env["CYTOKIT_WORK"])
-        self.calls.append({"seed": seed, "data": data, "work": work, "cmd": cmd})
+        self.calls.append({"seed": seed, "data": data, "work": work, "cmd": cmd, "env": env})
         noisy = "noise" in data.name
         report = {"data": str(data), "score": (NOISY if noisy else TEST)[seed], "giou_term": 0.9,
                   "f1_term": 0.8, "oof_check": {"ensemble": 0.5 + seed / 100}}
@@ -88,6 +89,7 @@ def test_a_study_runs_each_arm_and_seed_once_and_says_what_round_two_won_back(tm
     noisy = {c["data"] for c in fake.calls if "noise" in c["data"].name}
     assert len(noisy) == 1 and (next(iter(noisy)) / "noise.csv").exists()
     assert all(f"seed={c['seed']}" in c["cmd"] for c in fake.calls)
+    assert all(c["env"]["PYTHONUNBUFFERED"] == "1" for c in fake.calls)  # its lines come as printed
     assert len({c["work"] for c in fake.calls}) == 6  # one work folder per data x seed
     out = capsys.readouterr().out.rsplit("test labels:", 1)[1]  # the last table: every run in
     gap = np.mean([TEST[s] - NOISY[s] for s in TEST])
@@ -245,3 +247,23 @@ def test_what_the_cleaning_did_to_the_injected_errors(tmp_path):
     assert line == (f"noisy, cleaned, seed 0: of the injected errors ({len(wrong)} class, "
                     f"{len(jittered)} jitter), 2 relabelled to their true class, 4 changed; "
                     "2 correct labels changed, 1 boxes added")
+
+
+@pytest.mark.smoke  # starts a process
+def test_a_cli_prints_each_line_when_printed_into_a_pipe():
+    """Into a pipe or a file (nohup, a SLURM job's output) a kit command's lines come as they are printed:
+    the first line arrives while the command is still running, not at its exit."""
+    import select
+    import subprocess
+    import sys
+
+    code = ("import time; from cytocore import io; "
+            "io.cli(lambda argv: (print('step one'), time.sleep(60)))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env,
+                          cwd=levers.paths.ROOT) as proc:
+        try:
+            ready, _, _ = select.select([proc.stdout], [], [], 30)
+            assert ready and proc.stdout.readline() == "step one\n"
+        finally:
+            proc.kill()
