@@ -273,8 +273,11 @@ def won_back(results: dict, study: Study, metric: str) -> list[str]:
             lines.append(f"{two_name}: {gain:+.4f} over its round one, which is not below {order[0]} "
                          f"({-gap:+.4f}): nothing to win back")
             continue
+        d = paired({s: two[s] for s in seeds}, {s: one[s] for s in seeds})
+        ci = f" [{d['lo']:+.4f}, {d['hi']:+.4f}]" if d["lo"] is not None else ""
         lines.append(f"{two_name}: won back {gain:+.4f} of the {gap:.4f} that {one_name} lost against "
-                     f"{order[0]} = {100 * gain / gap:.0f} % (means over seeds {', '.join(map(str, seeds))})")
+                     f"{order[0]} = {100 * gain / gap:.0f} % (means over seeds {', '.join(map(str, seeds))}; "
+                     f"round two minus round one{ci}, up on {d['up']} of {len(seeds)} seeds)")
     return lines
 
 

@@ -95,6 +95,10 @@ def test_a_study_runs_each_arm_and_seed_once_and_says_what_round_two_won_back(tm
     gap = np.mean([TEST[s] - NOISY[s] for s in TEST])
     gain = np.mean([CLEANED[s] - NOISY[s] for s in TEST])
     assert f"won back {gain:+.4f} of the {gap:.4f}" in out and f"= {100 * gain / gap:.0f} %" in out
+    g = np.array([CLEANED[s] - NOISY[s] for s in TEST])
+    half = stats.t.ppf(0.975, 2) * g.std(ddof=1) / np.sqrt(3)
+    assert (f"round two minus round one [{g.mean() - half:+.4f}, {g.mean() + half:+.4f}], "
+            "up on 3 of 3 seeds") in out
     d = np.array([CLEANED[s] - TEST[s] for s in TEST])
     half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
     line = next(x for x in out.splitlines() if x.startswith("noisy, cleaned"))
