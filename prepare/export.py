@@ -267,7 +267,7 @@ def plot_counts(counts: pd.DataFrame, path: Path) -> Path:
     ax.set_xticks(x + 0.4 - width / 2, cols, rotation=60, ha="right")
     ax.set_ylabel("share of the fold's boxes (%)")
     ax.set_title("Boxes per class in each fold")
-    ax.legend(ncol=len(share), fontsize="small")
+    ax.legend(ncol=len(share), fontsize="small", loc="lower right", bbox_to_anchor=(1.0, 1.0))  # above, right
     fig.tight_layout()
     with atomic_write(path, suffix=".tmp.png") as tmp:
         fig.savefig(tmp, dpi=80)
