@@ -131,10 +131,10 @@ def rows_of(report: dict, arm: Arm) -> dict[str, dict]:
         part = report.get(lever) or {}
         if part.get("round_two"):  # cleaning: scored on the cleaned labels; pseudo-labels: on round one's
             labels = Path(part.get("data", "")).name if lever == "clean" else own
-            out[arm.round_two or f"{arm.name}, round two"] = row(part["round_two"], labels)
+            name = arm.round_two or f"{arm.name}, round two"
+            out[name] = row(part["round_two"], labels)
             if lever == "clean":
-                out[arm.round_two or f"{arm.name}, round two"]["audit"] = against_noise(
-                    Path(report.get("data", "")), Path(part.get("data", "")))
+                out[name]["audit"] = against_noise(Path(report.get("data", "")), Path(part.get("data", "")))
     return out
 
 
