@@ -172,8 +172,7 @@ def run_one(study: Study, arm: Arm, seed: int, root: Path, echo=print) -> dict:
            "--out", str(work / "submissions"), "--member", f"seed={seed}", *arm.overrides]
     echo(f"{arm.name}, seed {seed}: running (log {log})")
     start = time.time()
-    environ = {**os.environ, "CYTOKIT_WORK": str(work), "PYTHONUNBUFFERED": "1"}  # its lines as printed
-    code = launch(cmd, environ, log, lambda line: echo(f"  {line}"))
+    code = launch(cmd, {**os.environ, "CYTOKIT_WORK": str(work)}, log, lambda line: echo(f"  {line}"))
     path = latest_report(work, data)
     if code or path is None:
         raise RuntimeError(f"{arm.name}, seed {seed}: make all exited {code}; see {log}")
